@@ -1,0 +1,222 @@
+"""Frozen, validated configuration: model sizes, LoRA, data, training, and the two presets."""
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from engine.errors import ConfigError
+
+Pooling = Literal["last", "last_token"]
+Padding = Literal["longest", "batch"]
+Scaling = Literal["alpha", "alpha_over_rank"]
+PresetName = Literal["book", "recommended"]
+
+POOLINGS: tuple[str, ...] = ("last", "last_token")
+PADDINGS: tuple[str, ...] = ("longest", "batch")
+SCALINGS: tuple[str, ...] = ("alpha", "alpha_over_rank")
+PRESETS: tuple[str, ...] = ("book", "recommended")
+
+# Every Linear of the classifier, by module-name suffix; the book wraps all of them.
+LORA_TARGETS: tuple[str, ...] = (
+    "attn.q_proj",
+    "attn.k_proj",
+    "attn.v_proj",
+    "attn.c_proj",
+    "mlp.c_fc",
+    "mlp.c_proj",
+    "score",
+)
+
+LABELS: tuple[str, ...] = ("ham", "spam")
+
+
+def _raise_if(problems: list[str], what: str) -> None:
+    if problems:
+        raise ConfigError(f"invalid {what}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Shape of a GPT-2 model; the four published sizes are in GPT2_SIZES."""
+
+    name: str = "gpt2-small"  # size name, or a label for a local checkpoint
+    vocab_size: int = 50257
+    context_length: int = 1024  # learned position embeddings: the hard limit on tokens
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} must be a positive integer, got {value!r}"
+            for name, value in (
+                ("vocab_size", self.vocab_size),
+                ("context_length", self.context_length),
+                ("n_embd", self.n_embd),
+                ("n_layer", self.n_layer),
+                ("n_head", self.n_head),
+            )
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0
+        ]
+        if not problems and self.n_embd % self.n_head:
+            problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        _raise_if(problems, "model config")
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any], name: str) -> "GPTConfig":
+        """Read a Hugging Face GPT-2 `config.json` dictionary."""
+        activation = hf.get("activation_function", "gelu_new")
+        if hf.get("model_type", "gpt2") != "gpt2" or activation not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ConfigError(
+                f"{name}: only GPT-2 checkpoints are supported (model_type gpt2, tanh GELU), "
+                f"got model_type={hf.get('model_type')!r}, activation_function={activation!r}"
+            )
+        try:
+            return cls(
+                name=name,
+                vocab_size=int(hf["vocab_size"]),
+                context_length=int(hf["n_positions"]),
+                n_embd=int(hf["n_embd"]),
+                n_layer=int(hf["n_layer"]),
+                n_head=int(hf["n_head"]),
+                layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+            )
+        except KeyError as missing:
+            raise ConfigError(f"{name}: config.json lacks the field {missing}") from None
+
+
+GPT2_SIZES: dict[str, GPTConfig] = {
+    "gpt2-small": GPTConfig("gpt2-small", n_embd=768, n_layer=12, n_head=12),
+    "gpt2-medium": GPTConfig("gpt2-medium", n_embd=1024, n_layer=24, n_head=16),
+    "gpt2-large": GPTConfig("gpt2-large", n_embd=1280, n_layer=36, n_head=20),
+    "gpt2-xl": GPTConfig("gpt2-xl", n_embd=1600, n_layer=48, n_head=25),
+}
+
+# Hugging Face repositories holding each size's `model.safetensors`.
+HF_REPOS: dict[str, str] = {
+    "gpt2-small": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+}
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """Where LoRA goes and how strong it is."""
+
+    rank: int = 16
+    alpha: float = 16.0
+    scaling: Scaling = "alpha_over_rank"  # "alpha": the book; "alpha_over_rank": Hu et al., PEFT
+    targets: tuple[str, ...] = LORA_TARGETS  # module-name suffixes, see LORA_TARGETS
+    train_head: bool = False  # also train the 2-class head's own weights (else only its LoRA)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
+            problems.append(f"rank must be a whole number of at least 1, got {self.rank!r}")
+        if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) or self.alpha <= 0:
+            problems.append(f"alpha must be a finite number above 0, got {self.alpha!r}")
+        if self.scaling not in SCALINGS:
+            problems.append(f"scaling must be one of {', '.join(SCALINGS)}, got {self.scaling!r}")
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        if unknown:
+            problems.append(f"unknown targets {unknown}: choose from {', '.join(LORA_TARGETS)}")
+        if not self.targets:
+            problems.append("targets is empty: choose at least one of " + ", ".join(LORA_TARGETS))
+        _raise_if(problems, "LoRA settings")
+
+    @property
+    def scale(self) -> float:
+        """The factor applied to the low-rank update B·A."""
+        return self.alpha if self.scaling == "alpha" else self.alpha / self.rank
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser, schedule, and how batches are formed and read."""
+
+    lr: float = 8e-4
+    weight_decay: float = 0.1
+    epochs: int = 5
+    batch_size: int = 8
+    eval_freq: int = 50  # optimiser steps between train/validation loss estimates
+    eval_iter: int = 5  # batches per loss/accuracy estimate during training
+    seed: int = 123
+    max_steps: int | None = None  # stop early after this many optimiser steps
+    pooling: Pooling = "last_token"  # which position's logits classify the message
+    padding: Padding = "batch"  # "longest": pad all to the longest training message
+    group_by_length: bool = True  # batch messages of similar length (only with "batch" padding)
+    bf16_autocast: bool = True  # on CUDA GPUs with bf16: faster steps, fp32 master weights
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+            problems.append(f"learning rate must be a finite number above 0, got {self.lr!r}")
+        if not isinstance(self.weight_decay, (int, float)) or not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            problems.append(f"weight decay must be a finite number of at least 0, got {self.weight_decay!r}")
+        for name in ("epochs", "batch_size", "eval_freq", "eval_iter"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.append(f"{name} must be a whole number of at least 1, got {value!r}")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
+            problems.append(f"max_steps must be a whole number of at least 1 (or unset), got {self.max_steps!r}")
+        if self.pooling not in POOLINGS:
+            problems.append(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.padding not in PADDINGS:
+            problems.append(f"padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}")
+        _raise_if(problems, "training settings")
+
+
+@dataclass(frozen=True)
+class Preset:
+    lora: LoRAConfig
+    train: TrainConfig
+
+
+PRESET_CONFIGS: dict[str, Preset] = {
+    # The book's appendix E exactly: alpha scaling, small lr, everything padded to 120, last position.
+    "book": Preset(
+        LoRAConfig(rank=16, alpha=16, scaling="alpha"),
+        TrainConfig(lr=5e-5, weight_decay=0.1, epochs=5, batch_size=8, pooling="last", padding="longest", group_by_length=False, bf16_autocast=False),
+    ),
+    # The reference repository's later settings plus reading the last real token and
+    # length-grouped batches: same accuracy, a fraction of the compute.
+    "recommended": Preset(
+        LoRAConfig(rank=16, alpha=16, scaling="alpha_over_rank"),
+        TrainConfig(lr=8e-4, weight_decay=0.1, epochs=5, batch_size=8, pooling="last_token", padding="batch", group_by_length=True),
+    ),
+}
+
+
+def preset(name: str) -> Preset:
+    try:
+        return PRESET_CONFIGS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}: choose {' or '.join(PRESETS)}") from None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one fine-tuning run needs; what the CLI and the app build from their inputs."""
+
+    model: str = "gpt2-small"  # size name, or a folder with config.json + model.safetensors
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: str | None = None  # prepared folder, URL, zip or TSV; None downloads into data_cache
+    data_cache: str = "data_cache"
+    out_dir: str = "runs/latest"
+    device: str = "auto"
+    preset: str | None = None  # name of the preset this run started from, for the record
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "RunConfig":
+        base = preset(name)
+        return cls(lora=base.lora, train=base.train, preset=name, **overrides)
+
+    def with_lora(self, **changes: Any) -> "RunConfig":
+        return replace(self, lora=replace(self.lora, **changes))
+
+    def with_train(self, **changes: Any) -> "RunConfig":
+        return replace(self, train=replace(self.train, **changes))

@@ -1,0 +1,29 @@
+"""Error types: each message names the problem and what the user can do about it."""
+
+
+class LoRALabError(Exception):
+    """Base class for problems a user can fix (bad input, missing files, unreachable servers)."""
+
+
+class ConfigError(LoRALabError, ValueError):
+    """A setting is out of range or inconsistent with another."""
+
+
+class DataError(LoRALabError, ValueError):
+    """A dataset file cannot be read or does not hold what the pipeline needs."""
+
+
+class DownloadError(LoRALabError, ConnectionError):
+    """Every source of a download failed."""
+
+
+class WeightsError(LoRALabError, ValueError):
+    """A checkpoint is missing, unsafe to load, corrupt, or does not fit the model."""
+
+
+class AdapterError(LoRALabError, ValueError):
+    """A saved adapter is unreadable or belongs to another base model."""
+
+
+class InputError(LoRALabError, ValueError):
+    """A message to classify is unusable (empty, not text)."""

@@ -1,0 +1,148 @@
+"""Low-rank adaptation (Hu et al., 2021) of nn.Linear layers: wrap, freeze, count, merge.
+
+      x ──► base_layer (frozen W, b) ──────────────┐
+      │                                            + ──► y = xWᵀ + b + scale · (x A B)
+      └──► lora_A (in × r) ──► lora_B (r × out) ───┘
+
+A starts Kaiming-uniform and B at zero, so a fresh adapter leaves the model unchanged. The
+layout (A: in × r, B: r × out) is the book's, so its initialisation (fan-in = r) is reproduced.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from engine.config import LoRAConfig
+from engine.errors import ConfigError
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base_layer: nn.Linear, rank: int, scale: float) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.rank = rank
+        self.scale = scale
+        self.merged = False
+        self.enabled = True  # off: behave as the base layer (the "before" model)
+        weight = base_layer.weight
+        self.lora_A = nn.Parameter(torch.empty(base_layer.in_features, rank, device=weight.device, dtype=weight.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(rank, base_layer.out_features, device=weight.device, dtype=weight.dtype))
+        if weight.device.type != "meta":
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        if self.merged or not self.enabled:
+            return out
+        return out + (x @ self.lora_A @ self.lora_B) * self.scale
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update in nn.Linear's (out, in) layout."""
+        return (self.lora_A @ self.lora_B).t() * self.scale
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the update into the base weight (idempotent): faster inference, same outputs."""
+        if not self.merged:
+            if not self.enabled:
+                raise RuntimeError("merge() on a disabled adapter: enable it first")
+            delta = self.delta_weight()
+            if not torch.isfinite(delta).all():
+                raise ValueError("the LoRA update holds NaN or infinity: the adapter is broken, retrain it")
+            self.base_layer.weight += delta
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.base_layer.weight -= self.delta_weight()
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, scale={self.scale:g}, merged={self.merged}"
+
+
+def apply_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
+    """Wrap each nn.Linear whose name ends with one of `cfg.targets`; returns the wrapped names.
+
+    Layers are wrapped in module order, so a seeded run initialises every A the same way.
+
+    Raises:
+        ConfigError: no layer matched, or the rank is larger than a target layer's input width.
+    """
+    chosen = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in cfg.targets)
+    ]
+    if not chosen:
+        raise ConfigError(f"no layer matches the LoRA targets {list(cfg.targets)}")
+    too_small = [name for name, module in chosen if cfg.rank > module.in_features]
+    if too_small:
+        raise ConfigError(f"rank {cfg.rank} is larger than the input width of {too_small[0]}: choose a rank up to {min(m.in_features for _, m in chosen)}")
+    for name, module in chosen:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, LoRALinear(module, cfg.rank, cfg.scale))
+    return [name for name, _ in chosen]
+
+
+def lora_layers(model: nn.Module) -> list[LoRALinear]:
+    return [m for m in model.modules() if isinstance(m, LoRALinear)]
+
+
+def freeze_base(model: nn.Module, train_head: bool = False) -> None:
+    """Only LoRA tensors stay trainable (and the class head's own weights if `train_head`)."""
+    for name, parameter in model.named_parameters():
+        is_head = name.startswith("score.") and "lora_" not in name
+        parameter.requires_grad = "lora_" in name or (train_head and is_head)
+
+
+def set_lora_enabled(model: nn.Module, enabled: bool) -> None:
+    """Switch every adapter on or off (off: the base model's answers); merged weights are unmerged first."""
+    for layer in lora_layers(model):
+        if not enabled:
+            layer.unmerge()
+        layer.enabled = enabled
+
+
+def merge_lora(model: nn.Module) -> None:
+    for layer in lora_layers(model):
+        layer.merge()
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    for layer in lora_layers(model):
+        layer.unmerge()
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    total: int  # every parameter, frozen or not
+    trainable: int
+    frozen: int
+    lora: int  # the LoRA A and B tensors
+
+    @property
+    def ratio(self) -> float:
+        """How many times fewer parameters are trained than the full model holds."""
+        return self.total / self.trainable if self.trainable else math.inf
+
+
+def count_parameters(model: nn.Module) -> ParamCounts:
+    total = trainable = lora = 0
+    for name, parameter in model.named_parameters():
+        total += parameter.numel()
+        trainable += parameter.numel() if parameter.requires_grad else 0
+        lora += parameter.numel() if "lora_" in name else 0
+    return ParamCounts(total, trainable, total - trainable, lora)

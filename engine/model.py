@@ -1,0 +1,133 @@
+"""GPT-2 in plain PyTorch, with a tied LM head for generation and a class head (`score`) for classifying.
+
+Query, key and value are separate Linear layers (the book's layout), so LoRA can adapt each one
+and the parameter counts match the book. Classification computes the last block only at the
+position whose logits are read: the other positions' outputs there would be thrown away.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import GPTConfig, Pooling
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.k_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.v_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+
+    def forward(self, x: torch.Tensor, read: torch.Tensor | None = None) -> torch.Tensor:
+        """Attend causally over x (B, T, C); with `read` (B,), only at those positions: (B, 1, C)."""
+        B, T, C = x.shape
+        heads = lambda t: t.view(B, -1, self.n_head, C // self.n_head).transpose(1, 2)  # noqa: E731
+        k, v = heads(self.k_proj(x)), heads(self.v_proj(x))  # (B, nh, T, hs)
+        if read is None:
+            y = F.scaled_dot_product_attention(heads(self.q_proj(x)), k, v, is_causal=True)
+        else:
+            q = heads(self.q_proj(x[torch.arange(B, device=x.device), read].unsqueeze(1)))  # (B, nh, 1, hs)
+            visible = torch.arange(T, device=x.device)[None, :] <= read[:, None]  # (B, T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible[:, None, None, :])
+        return self.c_proj(y.transpose(1, 2).reshape(B, -1, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, read: torch.Tensor | None = None) -> torch.Tensor:
+        residual = x if read is None else x[torch.arange(x.size(0), device=x.device), read].unsqueeze(1)
+        x = residual + self.attn(self.ln_1(x), read)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """GPT-2. `forward` returns class logits; `lm_logits` returns next-token logits (tied to wte)."""
+
+    def __init__(self, cfg: GPTConfig, n_classes: int | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+                wpe=nn.Embedding(cfg.context_length, cfg.n_embd),
+                h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+                ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps),
+            )
+        )
+        self.score: nn.Linear | None = nn.Linear(cfg.n_embd, n_classes) if n_classes else None
+        self.apply(_init_weights)
+
+    def add_classifier(self, n_classes: int, seed: int = 123) -> None:
+        """Give the model a fresh class head, seeded as the book does (torch seed 123)."""
+        torch.manual_seed(seed)
+        weight = self.transformer.wte.weight
+        self.score = nn.Linear(self.cfg.n_embd, n_classes, device=weight.device, dtype=weight.dtype)
+
+    def hidden_states(self, idx: torch.Tensor, read: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-norm hidden states (B, T, C), or (B, 1, C) at the `read` positions only."""
+        T = idx.size(1)
+        if T > self.cfg.context_length:
+            raise ValueError(f"sequence of {T} tokens exceeds the model's context of {self.cfg.context_length}")
+        positions = torch.arange(T, device=idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(positions)  # (B, T, C)
+        *early, last = self.transformer.h
+        for block in early:
+            x = block(x)
+        return self.transformer.ln_f(last(x, read))
+
+    def lm_logits(self, idx: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (B, T, vocab) through the tied embedding: the generation sanity check."""
+        return F.linear(self.hidden_states(idx), self.transformer.wte.weight)
+
+    def forward(self, idx: torch.Tensor, read: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits (B, n_classes) from the positions in `read` (B,); default the last position."""
+        if self.score is None:
+            raise RuntimeError("this model has no class head: call add_classifier first")
+        if read is None:
+            read = torch.full((idx.size(0),), idx.size(1) - 1, device=idx.device)
+        return self.score(self.hidden_states(idx, read)[:, 0])
+
+
+def read_positions(lengths: torch.Tensor, padded_length: int, pooling: Pooling) -> torch.Tensor:
+    """Which position classifies each message: the last real token, or the last position (book)."""
+    if pooling == "last_token":
+        return (lengths - 1).clamp(min=0)
+    return torch.full_like(lengths, padded_length - 1)
+
+
+@torch.inference_mode()
+def generate_greedy(model: GPT, ids: list[int], max_new_tokens: int) -> list[int]:
+    """Greedy continuation of `ids`; the context is cropped to the model's limit."""
+    device = model.transformer.wte.weight.device
+    tokens = torch.tensor([ids], device=device)
+    for _ in range(max_new_tokens):
+        logits = model.lm_logits(tokens[:, -model.cfg.context_length :])[:, -1]
+        tokens = torch.cat([tokens, logits.argmax(dim=-1, keepdim=True)], dim=1)
+    return tokens[0].tolist()
+
+
+def _init_weights(module: nn.Module) -> None:
+    # GPT-2's initialisation; pretrained weights overwrite it, random-weight tests and benchmarks keep it.
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,159 @@
+"""One fine-tuning run end to end: data, model, LoRA, baseline, training, final metrics, saved outputs.
+
+`fine_tune` yields the training loop's events plus its own (data ready, model ready, baseline,
+final metrics, saved); the CLI prints them, the app draws them, tests collect them.
+"""
+
+import json
+import platform
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from engine.adapter import AdapterConfig, save_adapter
+from engine.classifier import build_classifier
+from engine.config import LABELS, RunConfig
+from engine.data import DataSummary, prepare
+from engine.device import pick_device
+from engine.download import ProgressCallback
+from engine.evaluate import Metrics, evaluate
+from engine.loaders import make_loaders
+from engine.lora import ParamCounts, count_parameters
+from engine.atomic import write_text_atomic
+from engine.plot import save_loss_plot
+from engine.train import EpochDone, LossEvaluated, StepDone, TrainEnded, TrainEvent, train
+from engine.weights import load_model
+
+BASELINE_BATCHES = 10  # the book estimates accuracy before training on 10 batches per split
+RECORD_FILE = "run.json"
+PLOT_FILE = "loss.png"
+
+
+@dataclass(frozen=True)
+class DataReady:
+    summary: DataSummary
+
+
+@dataclass(frozen=True)
+class ModelReady:
+    model: str
+    device: str
+    counts: ParamCounts
+    seconds: float
+
+
+@dataclass(frozen=True)
+class BaselineEvaluated:
+    train_accuracy: float
+    validation_accuracy: float
+    test_accuracy: float
+
+
+@dataclass(frozen=True)
+class FinalEvaluated:
+    metrics: dict[str, Metrics]  # "train", "validation", "test" on the full loaders
+
+
+@dataclass(frozen=True)
+class RunSaved:
+    out_dir: Path
+    adapter_dir: Path
+    record: Path
+    plot: Path | None
+    stopped: bool
+
+
+RunEvent = DataReady | ModelReady | BaselineEvaluated | TrainEvent | FinalEvaluated | RunSaved
+
+
+@dataclass
+class History:
+    """Everything a run record keeps; filled from the events as they pass."""
+
+    losses: list[LossEvaluated] = field(default_factory=list)
+    epochs: list[EpochDone] = field(default_factory=list)
+    baseline: BaselineEvaluated | None = None
+    final: dict[str, Metrics] | None = None
+    steps: int = 0
+    examples_seen: int = 0
+    train_seconds: float = 0.0
+
+
+def fine_tune(
+    cfg: RunConfig,
+    stop: threading.Event | None = None,
+    on_download: ProgressCallback | None = None,
+) -> Iterator[RunEvent]:
+    """Run `cfg` to the end (or until `stop` is set) and save the adapter, run record and loss plot.
+
+    A stopped run still saves the adapter of its last completed step, and skips the final evaluation.
+    """
+    started = time.perf_counter()
+    stop = stop or threading.Event()
+    device = pick_device(cfg.device)
+    data = prepare(cfg.data, cfg.data_cache, on_download, seed=cfg.train.seed)
+    yield DataReady(data.summary)
+
+    loading = time.perf_counter()
+    model = build_classifier(load_model(cfg.model, device), cfg.lora, n_classes=len(LABELS), seed=cfg.train.seed)
+    yield ModelReady(cfg.model, str(device), count_parameters(model), time.perf_counter() - loading)
+
+    loaders = make_loaders(data.splits, cfg.train, model.cfg.context_length)
+    history = History()
+    accuracy = lambda loader, batches=BASELINE_BATCHES: evaluate(model, loader, device, cfg.train.pooling, batches, stop.is_set).accuracy  # noqa: E731
+    history.baseline = BaselineEvaluated(accuracy(loaders.train), accuracy(loaders.validation), accuracy(loaders.test))
+    yield history.baseline
+
+    stopped = False
+    for event in train(model, loaders, cfg.train, device, stop):
+        if isinstance(event, LossEvaluated):
+            history.losses.append(event)
+        elif isinstance(event, EpochDone):
+            history.epochs.append(event)
+        elif isinstance(event, StepDone):
+            history.steps, history.examples_seen = event.step, event.examples_seen
+        elif isinstance(event, TrainEnded):
+            stopped, history.train_seconds = event.stopped, event.elapsed_s
+        yield event
+
+    if not stopped:
+        history.final = {
+            name: evaluate(model, loader, device, cfg.train.pooling, should_stop=stop.is_set)
+            for name, loader in (("train", loaders.train), ("validation", loaders.validation), ("test", loaders.test))
+        }
+        stopped = stop.is_set()
+        yield FinalEvaluated(history.final)
+
+    out = Path(cfg.out_dir)
+    adapter_dir = out / "adapter"
+    save_adapter(model, adapter_dir, AdapterConfig(cfg.model, model.cfg, cfg.lora, cfg.train.pooling, cfg.train.padding, loaders.max_length, LABELS))
+    plot = save_loss_plot(history.losses, out / PLOT_FILE) if history.losses else None
+    record = write_record(out / RECORD_FILE, cfg, data.summary, history, stopped, str(device), time.perf_counter() - started)
+    yield RunSaved(out, adapter_dir, record, plot, stopped)
+
+
+def write_record(path: Path, cfg: RunConfig, summary: DataSummary, history: History, stopped: bool, device: str, seconds: float) -> Path:
+    """The run record: config, data, curves, metrics and timings, as JSON."""
+    record = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": asdict(cfg),
+        "data": summary.to_dict(),
+        "device": device,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "stopped": stopped,
+        "steps": history.steps,
+        "examples_seen": history.examples_seen,
+        "baseline": asdict(history.baseline) if history.baseline else None,
+        "losses": [asdict(p) for p in history.losses],
+        "epochs": [asdict(e) for e in history.epochs],
+        "final": {name: asdict(m) for name, m in history.final.items()} if history.final else None,
+        "timings": {"train_seconds": round(history.train_seconds, 2), "total_seconds": round(seconds, 2)},
+    }
+    write_text_atomic(path, json.dumps(record, indent=2, default=str) + "\n")
+    return path

@@ -1,0 +1,141 @@
+"""The training loop as an iterator of small events, with the book's evaluation schedule.
+
+Every `eval_freq` optimiser steps (counting from the first, step 0) the train and validation
+loss are estimated on `eval_iter` batches; after each epoch, train and validation accuracy on
+`eval_iter` batches. A stop event is checked before every step.
+"""
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from engine.config import TrainConfig
+from engine.evaluate import batch_loss, evaluate
+from engine.loaders import Loaders
+from engine.model import GPT
+
+
+@dataclass(frozen=True)
+class TrainStarted:
+    total_steps: int
+    steps_per_epoch: int
+    epochs: int
+    train_examples: int
+
+
+@dataclass(frozen=True)
+class StepDone:
+    step: int  # 1-based count of optimiser steps taken
+    total_steps: int
+    epoch: int  # 1-based
+    examples_seen: int
+    loss: float
+    elapsed_s: float
+    eta_s: float
+
+
+@dataclass(frozen=True)
+class LossEvaluated:
+    step: int  # the book's 0-based global step
+    epoch_progress: float  # epochs completed, fractional: the plot's x axis
+    examples_seen: int
+    train_loss: float
+    validation_loss: float
+
+
+@dataclass(frozen=True)
+class EpochDone:
+    epoch: int
+    step: int
+    examples_seen: int
+    train_accuracy: float
+    validation_accuracy: float
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class TrainEnded:
+    stopped: bool  # True when the stop event ended it early
+    steps: int
+    examples_seen: int
+    elapsed_s: float
+
+
+TrainEvent = TrainStarted | StepDone | LossEvaluated | EpochDone | TrainEnded
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on GPUs that support it (fp32 master weights); plain fp32 elsewhere."""
+    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train(
+    model: GPT,
+    loaders: Loaders,
+    cfg: TrainConfig,
+    device: torch.device,
+    stop: threading.Event | None = None,
+) -> Iterator[TrainEvent]:
+    """Fine-tune the trainable parameters of `model` in place, yielding progress as it goes."""
+    torch.manual_seed(cfg.seed)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if not parameters:
+        raise ValueError("the model has no trainable parameters: apply LoRA before training")
+    optimizer = torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(loaders.train)
+    total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+    yield TrainStarted(total, steps_per_epoch, cfg.epochs, len(loaders.train.dataset))
+    estimate = lambda loader: evaluate(model, loader, device, cfg.pooling, cfg.eval_iter)  # noqa: E731
+    start = time.perf_counter()
+    step = examples_seen = 0
+    stopped = False
+    model.train()
+    for epoch in range(1, cfg.epochs + 1):
+        for batch in loaders.train:
+            if stop is not None and stop.is_set():
+                stopped = True
+                break
+            batch = batch.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device, cfg.bf16_autocast):
+                loss = batch_loss(model, batch, cfg.pooling)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            examples_seen += batch.labels.numel()
+            elapsed = time.perf_counter() - start
+            yield StepDone(step, total, epoch, examples_seen, loss.item(), elapsed, elapsed / step * (total - step))
+            if (step - 1) % cfg.eval_freq == 0:
+                yield LossEvaluated(
+                    step - 1,
+                    (epoch - 1) + _position_in_epoch(step, steps_per_epoch),
+                    examples_seen,
+                    estimate(loaders.train).loss,
+                    estimate(loaders.validation).loss,
+                )
+            if step >= total:
+                break
+        if stopped:
+            break
+        yield EpochDone(
+            epoch,
+            step,
+            examples_seen,
+            estimate(loaders.train).accuracy,
+            estimate(loaders.validation).accuracy,
+            time.perf_counter() - start,
+        )
+        if step >= total:
+            break
+    model.eval()
+    yield TrainEnded(stopped, step, examples_seen, time.perf_counter() - start)
+
+
+def _position_in_epoch(step: int, steps_per_epoch: int) -> float:
+    return ((step - 1) % steps_per_epoch + 1) / steps_per_epoch
