@@ -1,0 +1,142 @@
+"""Shared fixtures: the shipped SMS zip, a local HTTP server, tiny GPT-2 checkpoints, prepared splits.
+
+Everything is offline: data comes from tests/fixtures, models are random and tiny, servers bind 127.0.0.1.
+"""
+
+import functools
+import http.server
+import json
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that forgets a fixture must not reach the internet
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from engine.config import GPTConfig  # noqa: E402
+from engine.model import GPT  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SMS_ZIP = FIXTURES / "sms_spam_collection.zip"
+TINY = GPTConfig("tiny", vocab_size=50257, context_length=256, n_embd=32, n_layer=2, n_head=4)
+
+
+def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """Our model's base weights in Hugging Face GPT-2 layout (fused c_attn, Conv1D transposed)."""
+    ours = {k.removeprefix("transformer."): v for k, v in model.state_dict().items() if k.startswith("transformer.")}
+    hf: dict[str, torch.Tensor] = {}
+    for i in range(model.cfg.n_layer):
+        p = f"h.{i}."
+        hf[p + "attn.c_attn.weight"] = torch.cat([ours[p + f"attn.{n}.weight"] for n in ("q_proj", "k_proj", "v_proj")]).t().contiguous()
+        hf[p + "attn.c_attn.bias"] = torch.cat([ours[p + f"attn.{n}.bias"] for n in ("q_proj", "k_proj", "v_proj")])
+        for name in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+            hf[p + name + ".weight"] = ours[p + name + ".weight"].t().contiguous()
+            hf[p + name + ".bias"] = ours[p + name + ".bias"]
+        for name in ("ln_1", "ln_2"):
+            for kind in ("weight", "bias"):
+                hf[p + f"{name}.{kind}"] = ours[p + f"{name}.{kind}"]
+    for name in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"):
+        hf[name] = ours[name]
+    return hf
+
+
+def write_hf_checkpoint(folder: Path, cfg: GPTConfig = TINY, seed: int = 0, prefix: str = "transformer.") -> Path:
+    """A random GPT-2 saved as config.json + model.safetensors, the layout `--model PATH` takes."""
+    torch.manual_seed(seed)
+    model = GPT(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({prefix + k: v for k, v in hf_state_dict(model).items()}, str(folder / "model.safetensors"))
+    config = {
+        "model_type": "gpt2",
+        "activation_function": "gelu_new",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.context_length,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "layer_norm_epsilon": cfg.layer_norm_eps,
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_hf_checkpoint(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def sms_zip() -> Path:
+    return SMS_ZIP
+
+
+@pytest.fixture(scope="session")
+def prepared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real SMS data, balanced and split into train/validation/test CSVs."""
+    from engine.data import prepare
+
+    folder = tmp_path_factory.mktemp("sms-prepared")
+    prepare(str(SMS_ZIP), folder)
+    return folder
+
+
+@dataclass
+class LocalServer:
+    """An HTTP server on 127.0.0.1 with canned responses per path, counting requests."""
+
+    base: str
+    routes: dict[str, tuple[int, bytes, dict[str, str]]] = field(default_factory=dict)
+    hits: list[str] = field(default_factory=list)
+    stall_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before going silent
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server_state: LocalServer
+
+    def do_GET(self) -> None:  # noqa: N802
+        state = self.server_state
+        state.hits.append(self.path)
+        status, body, headers = state.routes.get(self.path, (404, b"not found", {}))
+        self.send_response(status)
+        for key, value in {"Content-Length": str(len(body)), **headers}.items():
+            self.send_header(key, value)
+        self.end_headers()
+        stall = state.stall_after.get(self.path)
+        if stall is not None:
+            self.wfile.write(body[:stall])
+            self.wfile.flush()
+            threading.Event().wait(5)  # longer than the client's read timeout in the tests
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_server() -> Iterator[LocalServer]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True  # a stalled response must not block shutdown
+    state = LocalServer(f"http://127.0.0.1:{server.server_address[1]}")
+    server.RequestHandlerClass = type("Handler", (_Handler,), {"server_state": state})
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+@functools.cache
+def sms_zip_bytes() -> bytes:
+    return SMS_ZIP.read_bytes()
