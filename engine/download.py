@@ -36,7 +36,7 @@ def download_first_valid(
     validate: Callable[[Path], None],
     on_progress: ProgressCallback | None = None,
     max_bytes: int = 100 * 1024 * 1024,
-    timeout: tuple[float, float] = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
+    timeout: tuple[float, float] | None = None,
 ) -> str:
     """Download the first URL that yields a valid file into `destination` and return that URL.
 
@@ -47,6 +47,7 @@ def download_first_valid(
     Raises:
         DownloadError: every URL failed; the message lists why each did.
     """
+    timeout = timeout or (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
     failures: list[str] = []
     for url in urls:
         try:
@@ -98,7 +99,8 @@ def _stream(
 def _describe(error: Exception) -> str:
     if isinstance(error, requests.HTTPError) and error.response is not None:
         return f"HTTP {error.response.status_code}"
-    if isinstance(error, requests.Timeout):
+    # Mid-stream, requests wraps urllib3's read timeout in a ConnectionError.
+    if isinstance(error, requests.Timeout) or "timed out" in str(error).lower():
         return "timed out"
     if isinstance(error, requests.ConnectionError):
         return "could not connect"
