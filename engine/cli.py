@@ -84,7 +84,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     lora_changes = {k: v for k, v in (("rank", args.rank), ("alpha", args.alpha), ("scaling", args.scaling)) if v is not None}
     if args.targets:
         lora_changes["targets"] = tuple(args.targets)
-    train_changes = {k: v for k, v in (("lr", args.lr), ("epochs", args.epochs), ("batch_size", args.batch_size), ("max_steps", args.max_steps)) if v is not None}
+    overrides = (("lr", args.lr), ("epochs", args.epochs), ("batch_size", args.batch_size), ("max_steps", args.max_steps))
+    train_changes = {k: v for k, v in overrides if v is not None}
     cfg = replace(cfg, lora=replace(cfg.lora, **lora_changes), train=replace(cfg.train, **train_changes))
     result: dict[str, Any] = {}
     for event in fine_tune(cfg, on_download=None if args.json else _download_reporter()):

@@ -214,7 +214,7 @@ def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
 
 
-def fetch_zip(cache: Path, urls: Sequence[str] = SOURCES, on_progress: ProgressCallback | None = None) -> tuple[Path, str]:
+def fetch_zip(cache: Path, urls: Sequence[str], on_progress: ProgressCallback | None = None) -> tuple[Path, str]:
     """The cached zip, downloading it (first working URL) if it is not there; returns (path, origin)."""
     target = cache / ZIP_NAME
     if target.is_file():
@@ -232,9 +232,9 @@ def prepare(
     cache: Path | str = "data_cache",
     on_progress: ProgressCallback | None = None,
     seed: int = 123,
-    urls: Sequence[str] = SOURCES,
+    urls: Sequence[str] | None = None,
 ) -> PreparedData:
-    """Get the data from `source` (None: the UCI URLs; a URL; a local zip/TSV; a prepared folder),
+    """Get the data from `source` (None: `urls`, default the UCI URL then its backup; a URL; a local zip/TSV; a prepared folder),
     then balance, split and save the splits into `cache`.
 
     Raises:
@@ -251,7 +251,7 @@ def prepare(
             return PreparedData(folder, splits, summarize(str(folder), labelled, splits))
         raise DataError(f"{folder} is a folder without train.csv: give a folder made by `python -m engine data`, a zip or a TSV")
     if source is None or is_url(source):
-        zip_path, origin = fetch_zip(cache, [source] if source else urls, on_progress)
+        zip_path, origin = fetch_zip(cache, [source] if source else (urls or SOURCES), on_progress)
         messages = read_source_file(zip_path)
     else:
         origin = source

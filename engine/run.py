@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from engine.adapter import AdapterConfig, save_adapter
+from engine.atomic import write_text_atomic
 from engine.classifier import build_classifier
 from engine.config import LABELS, RunConfig
 from engine.data import DataSummary, prepare
@@ -24,7 +25,6 @@ from engine.download import ProgressCallback
 from engine.evaluate import Metrics, evaluate
 from engine.loaders import make_loaders
 from engine.lora import ParamCounts, count_parameters
-from engine.atomic import write_text_atomic
 from engine.plot import save_loss_plot
 from engine.train import EpochDone, LossEvaluated, StepDone, TrainEnded, TrainEvent, train
 from engine.weights import load_model

@@ -71,7 +71,7 @@ def resolve(spec: str) -> ModelSource:
 def fetch(source: ModelSource, progress: Callable[[int, int | None], None] | None = None) -> Path:
     """Local path of the weights, downloading them into the Hugging Face cache if needed.
 
-    Honours HF_ENDPOINT (a mirror) and HF_HUB_OFFLINE=1 (cache only), read at call time.
+    Honours HF_ENDPOINT (a mirror, read at call time) and HF_HUB_OFFLINE=1 (cache only).
 
     Raises:
         WeightsError: offline and not cached, or the download failed; the message says where to put the file.
@@ -139,10 +139,14 @@ def load_into(model: GPT, weights: Path) -> None:
     expected = {k: v for k, v in model.state_dict().items() if k.startswith("transformer.")}
     missing = sorted(set(expected) - set(converted))
     if missing:
-        raise WeightsError(f"{weights.name} lacks tensor {_hf_name(missing[0])}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "") + ": the checkpoint is incomplete or not GPT-2")
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise WeightsError(f"{weights.name} lacks tensor {_hf_name(missing[0])}{more}: the checkpoint is incomplete or not GPT-2")
     for key, tensor in expected.items():
         if converted[key].shape != tensor.shape:
-            raise WeightsError(f"tensor {_hf_name(key)} has shape {tuple(converted[key].shape)}, the model expects {tuple(tensor.shape)}: the checkpoint is for another model size")
+            raise WeightsError(
+                f"tensor {_hf_name(key)} has shape {tuple(converted[key].shape)}, the model expects {tuple(tensor.shape)}: "
+                "the checkpoint is for another model size"
+            )
     unexpected = sorted(set(converted) - set(expected))
     if unexpected:
         raise WeightsError(f"{weights.name} has unexpected tensor {_hf_name(unexpected[0])}: it is not a GPT-2 checkpoint of this size")
@@ -179,7 +183,8 @@ def _config_from_shapes(path: Path) -> GPTConfig:
     n_layer = len({k.split(".")[1] for k in names if k.startswith("h.")})
     for size in GPT2_SIZES.values():
         if (size.n_embd, size.n_layer) == (n_embd, n_layer):
-            return GPTConfig(str(path), vocab_size=names["wte.weight"][0], context_length=names["wpe.weight"][0], n_embd=n_embd, n_layer=n_layer, n_head=size.n_head)
+            vocab, context = names["wte.weight"][0], names["wpe.weight"][0]
+            return GPTConfig(str(path), vocab_size=vocab, context_length=context, n_embd=n_embd, n_layer=n_layer, n_head=size.n_head)
     raise WeightsError(f"{path.name} ({n_layer} layers of width {n_embd}) is not one of the four GPT-2 sizes: put it in a folder with its config.json")
 
 

@@ -104,6 +104,14 @@ class LocalServer:
 class _Handler(http.server.BaseHTTPRequestHandler):
     server_state: LocalServer
 
+    def do_HEAD(self) -> None:  # noqa: N802
+        status, body, headers = self.server_state.routes.get(self.path, (404, b"", {}))
+        self.server_state.hits.append("HEAD " + self.path)
+        self.send_response(status)
+        for key, value in {"Content-Length": str(len(body)), **headers}.items():
+            self.send_header(key, value)
+        self.end_headers()
+
     def do_GET(self) -> None:  # noqa: N802
         state = self.server_state
         state.hits.append(self.path)
@@ -140,3 +148,20 @@ def http_server() -> Iterator[LocalServer]:
 @functools.cache
 def sms_zip_bytes() -> bytes:
     return SMS_ZIP.read_bytes()
+
+
+def tiny_run_config(model_dir: Path, data_dir: Path, out_dir: Path, **train_changes: object):
+    """A recommended-preset run on the tiny model and the real SMS splits, short enough for a test."""
+    from engine.config import RunConfig
+
+    cfg = RunConfig.from_preset("recommended", model=str(model_dir), data=str(data_dir), out_dir=str(out_dir), device="cpu")
+    return cfg.with_train(**{"epochs": 1, "max_steps": 40, "eval_freq": 10, "lr": 3e-3, **train_changes})
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_model_dir: Path, prepared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[object, list]:
+    """(RunConfig, events) of one finished tiny run; its adapter is in OUT/adapter."""
+    from engine.run import fine_tune
+
+    cfg = tiny_run_config(tiny_model_dir, prepared_data, tmp_path_factory.mktemp("run"))
+    return cfg, list(fine_tune(cfg))

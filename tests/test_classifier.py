@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from engine.classifier import Classifier
+from engine.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def classifier(trained_run):
+    return Classifier.load(trained_run[1][-1].adapter_dir, torch.device("cpu"))
+
+
+def test_classify_returns_label_and_probability(classifier):
+    (prediction,) = classifier.classify(["Congratulations! You won a free cruise, text WIN to 80086"])
+    assert prediction.label in ("ham", "spam")
+    assert prediction.p_spam == pytest.approx(prediction.probabilities["spam"])
+    assert sum(prediction.probabilities.values()) == pytest.approx(1)
+    assert (prediction.label == "spam") == (prediction.p_spam > 0.5)
+
+
+@pytest.mark.parametrize("bad", ["", "   \n\t "])
+def test_empty_message_is_a_clear_error(classifier, bad):
+    with pytest.raises(InputError, match="message 2 is empty"):
+        classifier.classify(["fine", bad])
+
+
+def test_long_message_is_truncated_to_the_model_limit(classifier):
+    (prediction,) = classifier.classify(["free entry " * 2000])
+    assert prediction.truncated and prediction.tokens == classifier.config.max_length == 256
+
+
+def test_unusual_text_is_handled(classifier):
+    texts = ["emoji 😀 and Ελληνικά", "nul \x00 and bell \x07", "literal <|endoftext|> token"]
+    assert len(classifier.classify(texts)) == 3
+
+
+def test_merged_classifier_matches_the_training_model(trained_run, classifier):
+    from engine.adapter import load_tensors, read_adapter
+    from engine.classifier import build_classifier
+    from engine.model import read_positions
+    from engine.tokenizer import encode
+    from engine.weights import load_model
+
+    config, tensors = read_adapter(trained_run[1][-1].adapter_dir)
+    unmerged = build_classifier(load_model(config.base_model, torch.device("cpu")), config.lora)
+    load_tensors(unmerged, tensors)
+    text = "URGENT! Your mobile number has been awarded a £2000 prize"
+    ids = torch.tensor([encode(text)])
+    expected = torch.softmax(unmerged(ids, read_positions(torch.tensor([ids.size(1)]), ids.size(1), "last_token")), -1)[0, 1]
+    assert classifier.classify(text)[0].p_spam == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_before_and_after_differ(classifier):
+    before, after = classifier.compare_with_base("Free tickets! Reply YES")
+    assert before.probabilities != after.probabilities
+    assert classifier.classify("Free tickets! Reply YES")[0].probabilities == pytest.approx(after.probabilities, abs=1e-6)

@@ -1,0 +1,95 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = ["data", "params", "generate", "train", "classify", "bench"]
+
+
+def run_json(capsys, *argv: str) -> dict:
+    assert main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_and_json(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args([command, "--help"])
+    assert exit_.value.code == 0
+    assert "--json" in capsys.readouterr().out
+
+
+def test_params_reproduces_the_book(capsys):
+    out = run_json(capsys, "params", "--model", "gpt2-small", "--rank", "16", "--alpha", "16")
+    assert (out["total_before_freeze"], out["trainable_after_freeze"], out["trainable_lora"]) == (124_441_346, 0, 2_666_528)
+    assert 10 < out["adapter_megabytes"] < 11
+
+
+def test_data_from_local_zip(capsys, sms_zip, tmp_path):
+    out = run_json(capsys, "data", "--source", str(sms_zip), "--cache", str(tmp_path))
+    assert {k: out[k] for k in ("messages", "ham", "spam", "train", "validation", "test", "longest_train_tokens")} == {
+        "messages": 5574, "ham": 4827, "spam": 747, "train": 1045, "validation": 149, "test": 300, "longest_train_tokens": 120,
+    }
+    assert sorted(p.name for p in tmp_path.glob("*.csv")) == ["test.csv", "train.csv", "validation.csv"]
+
+
+def test_data_download_uses_backup(capsys, http_server, tmp_path, monkeypatch):
+    from conftest import sms_zip_bytes
+
+    import engine.data
+
+    http_server.routes["/backup.zip"] = (200, sms_zip_bytes(), {})
+    monkeypatch.setattr(engine.data, "SOURCES", (http_server.url("/down.zip"), http_server.url("/backup.zip")))
+    out = run_json(capsys, "data", "--cache", str(tmp_path))
+    assert out["source"].endswith("/backup.zip") and out["train"] == 1045
+
+
+def test_generate_train_classify_on_a_tiny_model(capsys, tiny_model_dir, prepared_data, tmp_path):
+    generated = run_json(capsys, "generate", "--model", str(tiny_model_dir), "--max-new-tokens", "4", "Every effort moves you")
+    assert generated["text"].startswith("Every effort moves you") and len(generated["text"]) > len("Every effort moves you")
+    trained = run_json(
+        capsys, "train", "--model", str(tiny_model_dir), "--data", str(prepared_data), "--max-steps", "5",
+        "--rank", "2", "--alpha", "4", "--lr", "1e-3", "--out", str(tmp_path / "run"), "--device", "cpu",
+    )
+    assert set(trained["accuracy"]) == {"train", "validation", "test"} and not trained["stopped"]
+    assert (tmp_path / "run" / "run.json").is_file()
+    classified = run_json(capsys, "classify", "--adapter", trained["adapter"], "Free prize!", "See you soon")
+    assert [p["label"] in ("ham", "spam") for p in classified["predictions"]] == [True, True]
+    assert all(0 <= p["p_spam"] <= 1 for p in classified["predictions"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["params", "--rank", "0"], "rank must be a whole number of at least 1"),
+        (["params", "--alpha", "-1"], "alpha must be a finite number above 0"),
+        (["params", "--model", "gpt5"], "unknown model 'gpt5'"),
+        (["data", "--source", "/nonexistent/sms.zip"], "does not exist"),
+        (["train", "--preset", "fast"], "invalid choice: 'fast'"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_one_line(argv, problem, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and problem in err
+
+
+def test_empty_message_to_classify(capsys, trained_run):
+    adapter = str(trained_run[1][-1].adapter_dir)
+    assert main(["classify", "--adapter", adapter, "ok", " "]) == 2
+    assert capsys.readouterr().err.strip() == "error: message 2 is empty: type some text to classify"
+
+
+def test_module_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "engine", "params", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["trainable_lora"] == 2_666_528

@@ -1,0 +1,91 @@
+import pytest
+import torch
+from conftest import TINY, write_hf_checkpoint
+
+from engine.config import GPT2_SIZES
+from engine.model import GPT, generate_greedy, read_positions
+from engine.weights import load_model
+
+transformers = pytest.importorskip("transformers")
+PROMPT = [3887, 3626, 6100, 345]  # "Every effort moves you"
+
+
+@pytest.fixture(scope="module")
+def hf_pair(tmp_path_factory):
+    """A random-init transformers GPT-2 saved with save_pretrained, and the same weights in our model."""
+    folder = tmp_path_factory.mktemp("hf-gpt2")
+    config = transformers.GPT2Config(vocab_size=50257, n_positions=128, n_embd=48, n_layer=3, n_head=4)
+    torch.manual_seed(7)
+    reference = transformers.GPT2LMHeadModel(config).eval()
+    # Non-trivial layer norms and biases, so a mix-up of tensors cannot pass by accident.
+    with torch.no_grad():
+        for name, parameter in reference.named_parameters():
+            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")) or name.endswith("bias"):
+                parameter.normal_(0.5 if name.endswith("weight") else 0.0, 0.1)
+    reference.save_pretrained(folder)
+    return reference, load_model(str(folder), torch.device("cpu")), folder
+
+
+def test_logits_match_transformers(hf_pair):
+    reference, ours, _ = hf_pair
+    ids = torch.randint(0, 50257, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = reference(ids).logits
+        actual = ours.lm_logits(ids)
+    assert (actual - expected).abs().max().item() < 1e-4
+
+
+def test_greedy_tokens_match_transformers(hf_pair):
+    reference, ours, _ = hf_pair
+    expected = reference.generate(torch.tensor([PROMPT]), max_new_tokens=15, do_sample=False, pad_token_id=50256)[0].tolist()
+    assert generate_greedy(ours, PROMPT, 15) == expected
+
+
+def test_loads_keys_without_transformer_prefix(hf_pair, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    reference, ours, folder = hf_pair
+    stripped = {k.removeprefix("transformer."): v for k, v in load_file(folder / "model.safetensors").items()}
+    assert not any(k.startswith("transformer.") for k in stripped)
+    (tmp_path / "config.json").write_text((folder / "config.json").read_text())
+    save_file(stripped, tmp_path / "model.safetensors")
+    again = load_model(str(tmp_path), torch.device("cpu"))
+    ids = torch.tensor([PROMPT])
+    assert torch.equal(again.lm_logits(ids), ours.lm_logits(ids))
+
+
+def test_gpt2_small_parameter_count_matches_the_book():
+    with torch.device("meta"):
+        model = GPT(GPT2_SIZES["gpt2-small"], n_classes=2)
+    assert sum(p.numel() for p in model.parameters()) == 124_441_346
+
+
+def test_reading_only_the_last_position_equals_the_full_forward(tmp_path):
+    model = load_model(str(write_hf_checkpoint(tmp_path)), torch.device("cpu"))
+    model.add_classifier(2)
+    ids = torch.randint(0, 50257, (3, 12))
+    read = torch.tensor([11, 4, 0])
+    full = model.hidden_states(ids)  # every position through every block
+    expected = model.score(full[torch.arange(3), read])
+    assert torch.allclose(model(ids, read), expected, atol=1e-5)
+
+
+def test_last_token_logits_do_not_depend_on_padding(tmp_path):
+    model = load_model(str(write_hf_checkpoint(tmp_path)), torch.device("cpu"))
+    model.add_classifier(2)
+    message = torch.randint(0, 50000, (7,))
+    logits = []
+    for padding in (0, 5, 60):
+        ids = torch.cat([message, torch.full((padding,), 50256)])[None]
+        read = read_positions(torch.tensor([7]), ids.size(1), "last_token")
+        logits.append(model(ids, read))
+    assert torch.allclose(logits[0], logits[1], atol=1e-5) and torch.allclose(logits[0], logits[2], atol=1e-5)
+    # The book's reading (the last position) does change with padding: the pitfall last_token avoids.
+    last = [model(torch.cat([message, torch.full((p,), 50256)])[None]) for p in (0, 60)]
+    assert not torch.allclose(last[0], last[1], atol=1e-3)
+
+
+def test_too_long_input_is_an_error():
+    model = GPT(TINY)
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        model.lm_logits(torch.zeros(1, TINY.context_length + 1, dtype=torch.long))

@@ -1,0 +1,120 @@
+import threading
+
+import pytest
+import torch
+from conftest import tiny_run_config
+
+from engine.config import TrainConfig, preset
+from engine.errors import ConfigError
+from engine.run import BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunSaved, fine_tune
+from engine.train import EpochDone, LossEvaluated, StepDone, TrainEnded, TrainStarted
+
+
+def kinds(events):
+    return [type(e).__name__ for e in events]
+
+
+def test_events_arrive_in_order(trained_run):
+    _, events = trained_run
+    names = kinds(events)
+    assert names[:4] == ["DataReady", "ModelReady", "BaselineEvaluated", "TrainStarted"]
+    assert names[-3:] == ["TrainEnded", "FinalEvaluated", "RunSaved"]
+    steps = [e.step for e in events if isinstance(e, StepDone)]
+    assert steps == list(range(1, 41))
+    # The book's schedule: loss estimates at global steps 0, 10, 20, 30 right after those steps.
+    assert [e.step for e in events if isinstance(e, LossEvaluated)] == [0, 10, 20, 30]
+    assert names.index("EpochDone") > max(i for i, n in enumerate(names) if n == "StepDone")
+    started = next(e for e in events if isinstance(e, TrainStarted))
+    assert (started.total_steps, started.steps_per_epoch, started.train_examples) == (40, 130, 1045)
+    last_step = [e for e in events if isinstance(e, StepDone)][-1]
+    assert last_step.examples_seen == 320 and last_step.eta_s == 0
+
+
+def test_training_lowers_the_loss_and_beats_the_baseline(trained_run):
+    _, events = trained_run
+    losses = [e for e in events if isinstance(e, LossEvaluated)]
+    # The validation estimate reads the same unshuffled batches each time, so it is the steady signal.
+    assert losses[-1].validation_loss < losses[0].validation_loss * 0.8
+    final = next(e for e in events if isinstance(e, FinalEvaluated)).metrics
+    baseline = next(e for e in events if isinstance(e, BaselineEvaluated))
+    assert final["validation"].accuracy > max(0.6, baseline.validation_accuracy)
+    assert final["test"].count == 300 and final["validation"].count == 149 and final["train"].count == 1040
+    assert sum(map(sum, final["test"].confusion)) == 300
+
+
+def test_outputs_are_written(trained_run):
+    import json
+
+    cfg, events = trained_run
+    saved = events[-1]
+    assert isinstance(saved, RunSaved) and not saved.stopped
+    assert (saved.adapter_dir / "adapter.safetensors").is_file() and (saved.adapter_dir / "adapter_config.json").is_file()
+    assert saved.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    record = json.loads(saved.record.read_text())
+    assert record["config"]["model"] == cfg.model and record["steps"] == 40
+    assert len(record["losses"]) == 4 and record["final"]["test"]["count"] == 300
+    assert record["timings"]["train_seconds"] > 0
+
+
+def test_stop_halts_within_one_step_and_keeps_an_adapter(tiny_model_dir, prepared_data, tmp_path):
+    stop = threading.Event()
+    events = []
+    for event in fine_tune(tiny_run_config(tiny_model_dir, prepared_data, tmp_path, max_steps=None), stop):
+        events.append(event)
+        if isinstance(event, StepDone) and event.step == 3:
+            stop.set()
+    assert [e.step for e in events if isinstance(e, StepDone)] == [1, 2, 3]
+    ended = next(e for e in events if isinstance(e, TrainEnded))
+    assert ended.stopped and ended.steps == 3
+    assert not any(isinstance(e, (EpochDone, FinalEvaluated)) for e in events)
+    saved = events[-1]
+    assert isinstance(saved, RunSaved) and saved.stopped and (saved.adapter_dir / "adapter.safetensors").is_file()
+
+
+def test_seeded_runs_are_identical(tiny_model_dir, prepared_data, tmp_path):
+    def losses(out):
+        cfg = tiny_run_config(tiny_model_dir, prepared_data, out, max_steps=6, eval_freq=3)
+        return [e.loss for e in fine_tune(cfg) if isinstance(e, StepDone)]
+
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+
+
+def test_book_preset_is_the_book_pipeline():
+    book = preset("book")
+    assert (book.lora.rank, book.lora.alpha, book.lora.scaling) == (16, 16, "alpha")
+    t = book.train
+    assert (t.lr, t.weight_decay, t.epochs, t.batch_size, t.eval_freq, t.eval_iter, t.seed) == (5e-5, 0.1, 5, 8, 50, 5, 123)
+    assert (t.padding, t.pooling) == ("longest", "last")
+    recommended = preset("recommended")
+    settings = (recommended.lora.scaling, recommended.train.lr, recommended.train.padding, recommended.train.pooling)
+    assert settings == ("alpha_over_rank", 8e-4, "batch", "last_token")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "problem"),
+    [
+        ({"lr": 0}, "learning rate must be"),
+        ({"lr": -1e-3}, "learning rate must be"),
+        ({"epochs": 0}, "epochs must be"),
+        ({"max_steps": 0}, "max_steps must be"),
+        ({"batch_size": 0}, "batch_size must be"),
+        ({"pooling": "first"}, "pooling must be"),
+    ],
+)
+def test_bad_training_settings_are_named(kwargs, problem):
+    with pytest.raises(ConfigError, match=problem):
+        TrainConfig(**kwargs)
+
+
+def test_batch_larger_than_the_training_set_is_refused(tiny_model_dir, prepared_data, tmp_path):
+    with pytest.raises(ConfigError, match="batch size 2000 is larger than the 1045 training messages"):
+        list(fine_tune(tiny_run_config(tiny_model_dir, prepared_data, tmp_path, batch_size=2000)))
+
+
+def test_first_events_come_before_training(tiny_model_dir, prepared_data, tmp_path):
+    run = fine_tune(tiny_run_config(tiny_model_dir, prepared_data, tmp_path))
+    assert isinstance(next(run), DataReady)
+    ready = next(run)
+    assert isinstance(ready, ModelReady) and ready.counts.trainable == ready.counts.lora > 0
+    run.close()
+    assert torch.is_grad_enabled()
