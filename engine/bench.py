@@ -281,21 +281,23 @@ def matmul_peak(cfg: GPTConfig, device: torch.device, dtype: torch.dtype = torch
         a = torch.randn(m, k, device=device, dtype=dtype)
         b = torch.randn(k, n, device=device, dtype=dtype)
         out = torch.empty(m, n, device=device, dtype=dtype)
-        torch.matmul(a, b, out=out)
-        _sync(device)
-        start = time.perf_counter()
-        torch.matmul(a, b, out=out)
-        _sync(device)
-        inner = max(1, math.ceil(0.02 / max(time.perf_counter() - start, 1e-7)))  # small products repeat to ~20 ms
-        times = []
-        for i in range(repeats + 2):
+        once = []
+        for _ in range(3):
+            _sync(device)
+            start = time.perf_counter()
+            torch.matmul(a, b, out=out)
+            _sync(device)
+            once.append(time.perf_counter() - start)
+        inner = min(200, max(1, math.ceil(0.02 / max(statistics.median(once), 1e-7))))  # small products repeat to ~20 ms
+        times: list[float] = []
+        deadline = time.perf_counter() + 2.0  # a busy machine must not stretch this section
+        while len(times) < repeats and (len(times) < 3 or time.perf_counter() < deadline):
             _sync(device)
             start = time.perf_counter()
             for _ in range(inner):
                 torch.matmul(a, b, out=out)
             _sync(device)
-            if i >= 2:
-                times.append((time.perf_counter() - start) / inner)
+            times.append((time.perf_counter() - start) / inner)
         results[f"{m}x{k}@{k}x{n}"] = 2 * m * k * n / statistics.median(times) / 1e9
     best = max(results[f"{m}x{k}@{k}x{n}"] for m, k, n in large)
     return MatmulPeak(str(dtype).removeprefix("torch."), round(best, 1), {k: round(v, 1) for k, v in results.items()})
@@ -730,13 +732,14 @@ def run_benchmark(
         precision = "bf16 autocast"
     train_peak = peaks[-1].gflops
 
-    say(f"fixed workload {BATCH}x{SEQ}, ours: {WARMUP_STEPS} warm-up + {steps} timed steps (fresh subprocess) ...")
+    where = "fresh subprocess" if isolate else "this process"
+    say(f"fixed workload {BATCH}x{SEQ}, ours: {WARMUP_STEPS} warm-up + {steps} timed steps ({where}) ...")
     measure = _in_subprocess if isolate else _in_process
     ours = _step_result("ours", measure("ours", cfg, torch_device, steps), flops["total"], train_peak, precision)
     say(f"  ours: {ours.step_s:.2f} s a step")
     peer = None
     if with_peer:
-        say(f"fixed workload {BATCH}x{SEQ}, transformers+peft: {WARMUP_STEPS} warm-up + {steps} timed steps (fresh subprocess) ...")
+        say(f"fixed workload {BATCH}x{SEQ}, transformers+peft: {WARMUP_STEPS} warm-up + {steps} timed steps ({where}) ...")
         peer = _step_result("transformers+peft", measure("peer", cfg, torch_device, steps), flops["total"], train_peak, precision)
         say(f"  transformers+peft: {peer.step_s:.2f} s a step")
         notes.append(

@@ -6,10 +6,10 @@ Speed targets live in the benchmark's output, never here.
 import json
 
 import pytest
+from conftest import SMS_ZIP, TINY
 
 from engine.bench import Report, peers_available, percentile, run_benchmark, step_flops
 from engine.config import GPT2_SIZES
-from tests.conftest import SMS_ZIP, TINY
 
 
 def test_step_flops_reproduce_the_issue_figure() -> None:
