@@ -55,6 +55,7 @@ class JobSnapshot:
     step: int
     total_steps: int
     epoch: int
+    epochs: int  # epochs this run will train (fewer than configured when max_steps ends it early)
     examples_seen: int
     loss: float | None  # the last training batch's loss
     elapsed_s: float  # since start()
@@ -82,8 +83,8 @@ class JobSnapshot:
         progress = f"step {self.step}/{self.total_steps}" if self.total_steps else self.phase
         if self.state == "running":
             details = [progress]
-            if self.total_steps and self.config is not None:
-                details.append(f"epoch {max(self.epoch, 1)}/{self.config.train.epochs}")
+            if self.total_steps:
+                details.append(f"epoch {max(self.epoch, 1)}/{self.epochs}")
             if self.loss is not None:
                 details.append(f"loss {self.loss:.3f}")
             if self.eta_s is not None and self.phase == "training":
@@ -146,6 +147,7 @@ class TrainingJob:
                 step=self._step,
                 total_steps=self._total_steps,
                 epoch=self._epoch,
+                epochs=self._epochs,
                 examples_seen=self._examples_seen,
                 loss=self._loss,
                 elapsed_s=(self._ended or time.perf_counter()) - self._started if self._config else 0.0,
@@ -162,7 +164,7 @@ class TrainingJob:
 
     def _reset(self, cfg: RunConfig | None, state: JobState) -> None:
         self._config, self._state, self._phase = cfg, state, "starting"
-        self._step = self._total_steps = self._epoch = self._examples_seen = 0
+        self._step = self._total_steps = self._epoch = self._epochs = self._examples_seen = 0
         self._loss: float | None = None
         self._eta_s: float | None = None
         self._started, self._ended = time.perf_counter(), None
@@ -220,6 +222,7 @@ class TrainingJob:
                 self._accuracies += [AccuracyRow(0, 0, event.train_accuracy, "train"), AccuracyRow(0, 0, event.validation_accuracy, "validation")]
             elif isinstance(event, TrainStarted):
                 self._total_steps = event.total_steps
+                self._epochs = -(-event.total_steps // event.steps_per_epoch)  # ceiling division
             elif isinstance(event, StepDone):
                 self._step, self._epoch, self._examples_seen = event.step, event.epoch, event.examples_seen
                 self._loss, self._eta_s = event.loss, event.eta_s

@@ -64,7 +64,7 @@ def test_second_start_is_refused_and_stop_ends_within_a_step(tiny_model_dir: Pat
     assert job.start(tiny_run(tiny_model_dir, tmp_path, str(sms_zip), epochs=50, max_steps=None))
     running = wait_for(job, lambda s: s.step >= 3)
     assert running.running and running.status.startswith(f"running: step {running.step}/")
-    assert "ETA" in running.status
+    assert "epoch 1/50" in running.status and "ETA" in running.status
 
     assert not job.start(tiny_run(tiny_model_dir, tmp_path / "other", str(sms_zip)))
     assert job.snapshot().config == running.config  # the refused start changed nothing

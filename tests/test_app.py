@@ -1,0 +1,321 @@
+"""The Gradio app: handlers called directly, then the launched app driven through gradio_client."""
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import huggingface_hub
+import pandas as pd
+import pytest
+from app_fixtures import RunningApp, running_app
+from conftest import sms_zip_bytes
+from gradio_client import Client, handle_file
+from matplotlib.figure import Figure
+
+import app
+from engine.config import LORA_TARGETS
+from engine.errors import ConfigError
+from engine.job import JobSnapshot
+
+API_NAMES = {
+    "download_data",
+    "upload_data",
+    "show_data",
+    "load_weights",
+    "apply_preset",
+    "parameters",
+    "start",
+    "poll",
+    "attach",
+    "stop",
+    "classify",
+    "adapter_info",
+}
+
+
+@pytest.fixture
+def settings(tiny_model_dir: Path, tmp_path: Path) -> app.AppSettings:
+    return app.AppSettings(model=str(tiny_model_dir), device="cpu", out=tmp_path / "runs", cache=tmp_path / "cache")
+
+
+@pytest.fixture
+def lab(settings: app.AppSettings) -> Iterator[app.Lab]:
+    lab = app.Lab(settings)
+    yield lab
+    lab.job.stop()
+    lab.job.wait(30)
+
+
+def train_inputs(model: str, **changes: Any) -> dict[str, Any]:
+    """The Train button's inputs as the widgets send them by default (numbers as floats)."""
+    values = dict(
+        model=model,
+        preset_name="recommended",
+        rank=16.0,
+        alpha=16.0,
+        scaling="alpha_over_rank",
+        targets=list(LORA_TARGETS),
+        train_head=False,
+        pooling="last_token",
+        padding="batch",
+        lr=8e-4,
+        epochs=1.0,
+        batch_size=8.0,
+        max_steps=12.0,
+        eval_freq=5.0,
+    )
+    return {**values, **changes}
+
+
+def wait_until_idle(lab: app.Lab, timeout: float = 120.0) -> JobSnapshot:
+    assert lab.job.wait(timeout), "the training job did not finish"
+    return lab.job.snapshot()
+
+
+def frame(value: Any) -> pd.DataFrame:
+    """A Dataframe/plot value as gradio_client returns it, or as a handler returns it."""
+    if isinstance(value, pd.DataFrame):
+        return value
+    return pd.DataFrame(value["data"], columns=value.get("headers") or value.get("columns"))
+
+
+# --- building and configuration ---------------------------------------------------------------
+
+
+def test_build_ui_loads_nothing_and_names_every_event(settings: app.AppSettings) -> None:
+    demo = app.build_ui(settings)
+    names = {fn.api_name for fn in demo.fns.values()}
+    assert API_NAMES <= names
+    tabs = [block.label for block in demo.blocks.values() if isinstance(block, gr.Tab)]
+    assert tabs == ["Data", "Model & LoRA", "Train", "Parameters", "Classify"]
+    assert not settings.out.exists() and not settings.cache.exists()  # building touches no files
+
+
+def test_run_config_turns_widget_values_into_a_validated_config(settings: app.AppSettings, tmp_path: Path) -> None:
+    values = train_inputs(settings.model, rank=4.0, max_steps=0.0, padding="longest")
+    del values["model"], values["preset_name"]
+    cfg = app.run_config(settings, settings.model, "book", **values, out_dir=tmp_path / "run")
+    assert (cfg.lora.rank, cfg.train.epochs, cfg.train.batch_size, cfg.train.max_steps) == (4, 1, 8, None)
+    assert cfg.train.group_by_length is False and cfg.preset == "book" and cfg.train.lr == 8e-4
+    assert cfg.data is None  # nothing prepared yet: the job downloads first
+
+    settings.cache.mkdir()
+    (settings.cache / "train.csv").write_text("Label,Text\n")
+    assert app.run_config(settings, settings.model, "book", **values, out_dir=tmp_path / "run").data == str(settings.cache)
+
+    with pytest.raises(ConfigError, match="rank must be a whole number"):
+        app.run_config(settings, settings.model, "book", **{**values, "rank": 2.5}, out_dir=tmp_path)
+    with pytest.raises(ConfigError, match="targets is empty"):
+        app.run_config(settings, settings.model, "book", **{**values, "targets": []}, out_dir=tmp_path)
+
+
+def test_new_run_dir_never_reuses_a_folder(tmp_path: Path) -> None:
+    first = app.new_run_dir(tmp_path)
+    first.mkdir()
+    second = app.new_run_dir(tmp_path)
+    assert second != first and second.name.startswith(first.name[:8])
+
+
+def test_cli_defaults_and_bad_model(capsys: pytest.CaptureFixture[str]) -> None:
+    args = app.parse_args([])
+    assert (args.host, args.port, args.share, args.device, args.model) == ("127.0.0.1", 7860, False, "auto", "gpt2-small")
+    assert tuple(args.data_urls) == app.SOURCES
+    with pytest.raises(SystemExit):
+        app.parse_args(["--model", "gpt2-huge"])
+    assert "unknown model 'gpt2-huge'" in capsys.readouterr().err
+
+
+# --- Data tab ------------------------------------------------------------------------------------
+
+
+def test_download_uses_the_backup_when_the_primary_fails(settings: app.AppSettings, http_server) -> None:
+    http_server.routes["/backup.zip"] = (200, sms_zip_bytes(), {})
+    lab = app.Lab(app.AppSettings(model=settings.model, cache=settings.cache, data_urls=(http_server.url("/primary.zip"), http_server.url("/backup.zip"))))
+    status, counts, preview, histogram = lab.download_data()
+    assert status.startswith(f"Data ready from {http_server.url('/backup.zip')}")
+    assert f"{http_server.url('/primary.zip')}: failed: HTTP 404" in status
+    assert dict(zip(counts[""], counts["messages"], strict=True)) == {
+        "messages": 5574,
+        "ham": 4827,
+        "spam": 747,
+        "balanced": 1494,
+        "train": 1045,
+        "validation": 149,
+        "test": 300,
+    }
+    assert list(preview["class"]) == ["ham"] * 3 + ["spam"] * 3
+    assert isinstance(histogram, Figure)
+    assert any("padding cut-off" in text.get_text() for text in histogram.axes[0].get_legend().get_texts())
+    # a reloaded page shows the same data
+    assert lab.show_data()[0] == status.split("\n")[0]
+
+
+def test_download_failure_is_a_toast_with_the_engine_message(settings: app.AppSettings, http_server) -> None:
+    lab = app.Lab(app.AppSettings(cache=settings.cache, data_urls=(http_server.url("/nothing.zip"),)))
+    with pytest.raises(gr.Error, match="could not download from any source"):
+        lab.download_data()
+    assert lab.show_data()[0].startswith("No data yet")
+
+
+def test_upload_a_local_file(lab: app.Lab, sms_zip: Path, tmp_path: Path) -> None:
+    status, counts, _, _ = lab.upload_data(str(sms_zip))
+    assert status == "Data ready from the uploaded file sms_spam_collection.zip" and counts["messages"][0] == 5574
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello world\n")
+    with pytest.raises(gr.Error, match="no tab between label and message"):
+        lab.upload_data(str(bad))
+    with pytest.raises(gr.Error, match="choose the SMS Spam Collection"):
+        lab.upload_data(None)
+
+
+# --- Model & LoRA, Parameters ----------------------------------------------------------------------
+
+
+def test_load_weights_from_a_local_folder_runs_the_sanity_generation(lab: app.Lab, tiny_model_dir: Path) -> None:
+    status, text = lab.load_weights(str(tiny_model_dir))
+    assert status.startswith(f"{tiny_model_dir}: 2 layers, width 32; weights ") and "loaded on cpu" in status
+    assert text.startswith("Every effort moves you") and len(text) > len("Every effort moves you")
+
+
+def test_unreachable_weights_say_where_to_put_them(lab: app.Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))  # HF_HUB_OFFLINE=1: cache only
+    with pytest.warns(UserWarning, match="model.safetensors"):
+        status, text = lab.load_weights("gpt2-small")
+    assert status.startswith("Weights not available: could not get openai-community/gpt2/model.safetensors")
+    assert "HF_ENDPOINT" in status and "HF_HUB_OFFLINE" in status and text == ""
+    assert lab.parameters("gpt2-small", 16, list(LORA_TARGETS), False)[1] is not None  # the rest still works
+
+
+def test_presets_set_their_controls(lab: app.Lab) -> None:
+    assert lab.apply_preset("book") == (16, 16.0, "alpha", "last", "longest", 5e-5, 5, 8)
+    assert lab.apply_preset("recommended") == (16, 16.0, "alpha_over_rank", "last_token", "batch", 8e-4, 5, 8)
+    with pytest.raises(gr.Error, match="unknown preset"):
+        lab.apply_preset("fastest")
+
+
+def test_parameters_match_the_book_and_follow_rank_and_targets(lab: app.Lab) -> None:
+    chart, table = lab.parameters("gpt2-small", 16.0, list(LORA_TARGETS), False)
+    rows = dict(zip(table[""], table["gpt2-small"], strict=True))
+    assert rows["total parameters (before freezing)"] == "124,441,346"
+    assert rows["LoRA trainable"] == "2,666,528"
+    assert rows["ratio"] == "47x fewer"
+    assert list(chart["parameters"]) == ["total (before freezing)", "frozen", "trainable with LoRA"]
+
+    smaller, _ = lab.parameters("gpt2-small", 4.0, ["attn.q_proj", "attn.v_proj"], False)
+    assert smaller["millions"][2] < chart["millions"][2] / 10
+    with pytest.raises(gr.Error, match="targets is empty"):
+        lab.parameters("gpt2-small", 16, [], False)
+
+
+# --- Train and Classify ----------------------------------------------------------------------------
+
+
+def test_train_poll_classify_through_the_handlers(lab: app.Lab, settings: app.AppSettings, sms_zip: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(gr.Error, match="No trained adapter yet"):
+        lab.classify("hello", None)
+    assert lab.adapter_info().startswith("No trained adapter yet")
+    idle = lab.attach()
+    assert idle[0] == "ready: no run yet" and idle[2] is None  # None, never an empty frame, for the plots
+    with pytest.raises(gr.Error, match="rank must be"):
+        lab.start_training(**train_inputs(settings.model, rank=0.0))
+
+    lab.upload_data(str(sms_zip))
+    first = lab.start_training(**train_inputs(settings.model))
+    assert first[0].startswith("running") and first[-1].active is True
+    again = lab.start_training(**train_inputs(settings.model, rank=2.0))
+    assert "already going" in capsys.readouterr().out  # gr.Info outside a request prints
+    assert again[0].startswith("running")
+    snapshot = wait_until_idle(lab)
+    assert snapshot.state == "done" and snapshot.config.lora.rank == 16  # the refused start changed nothing
+
+    status, progress, loss, loss_again, accuracy, baseline, final, book_plot, files, timer = lab.poll()
+    assert status.startswith("done: step 12/12") and "step 12 of 12" in progress
+    assert loss is loss_again and set(loss["split"]) == {"training batch", "train", "validation"}
+    assert list(accuracy["epoch"]) == [0, 0, 1, 1]
+    assert list(baseline["split"]) == ["train", "validation", "test"]
+    assert list(final["split"]) == ["train", "validation", "test"] and final["messages"].tolist() == [1040, 149, 300]
+    assert Path(book_plot).name == "loss.png" and [Path(f).name for f in files] == ["adapter.safetensors", "run.json"]
+    assert timer.active is False
+    assert lab.stop_training().startswith("done")  # nothing to stop
+
+    fine_tuned, untrained, details = lab.classify(app.EXAMPLE_MESSAGES[0], None)
+    for scores in (fine_tuned, untrained):
+        assert set(scores) == {"ham", "spam"} and abs(sum(scores.values()) - 1) < 1e-5
+    assert str(snapshot.saved.adapter_dir) in details and lab.adapter_info().endswith(str(snapshot.saved.adapter_dir))
+    # an uploaded adapter file works the same way
+    assert lab.classify(app.EXAMPLE_MESSAGES[0], str(snapshot.saved.adapter_dir / "adapter.safetensors"))[0] == fine_tuned
+    with pytest.raises(gr.Error, match="empty"):
+        lab.classify("   ", None)
+
+
+def test_loss_frame_thins_long_runs_but_keeps_estimates_and_the_last_step() -> None:
+    from engine.job import LossRow
+
+    rows = [LossRow(step, 8 * step, 1.0, "batch") for step in range(1, 2001)] + [LossRow(1000, 8000, 0.5, "validation")]
+    shown = app.loss_frame(rows)
+    batch = shown[shown["split"] == "training batch"]
+    assert len(batch) <= app.MAX_BATCH_POINTS + 1 and batch["step"].iloc[-1] == 2000
+    assert (shown["split"] == "validation").sum() == 1
+    assert app.loss_frame([]) is None
+
+
+# --- the launched app, through gradio_client --------------------------------------------------------
+
+
+@pytest.fixture
+def served(settings: app.AppSettings) -> Iterator[RunningApp]:
+    with running_app(settings) as running:
+        yield running
+
+
+def test_gradio_client_drives_the_whole_app(served: RunningApp, settings: app.AppSettings, sms_zip: Path) -> None:
+    client = Client(served.url, verbose=False, analytics_enabled=False)
+    endpoints = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    assert {f"/{name}" for name in API_NAMES} <= endpoints
+
+    status, counts, _, _ = client.predict(handle_file(str(sms_zip)), api_name="/upload_data")
+    assert status.startswith("Data ready") and frame(counts)["messages"][0] == 5574
+    chart, table = client.predict(settings.model, 4, ["attn.q_proj"], False, api_name="/parameters")
+    assert frame(chart)["millions"].iloc[2] > 0
+    assert client.predict("book", api_name="/apply_preset")[3:5] == ("last", "longest")
+    weights, sanity = client.predict(settings.model, api_name="/load_weights")
+    assert "2 layers" in weights and sanity.startswith("Every effort moves you")
+
+    started = client.predict(model=settings.model, max_steps=15, eval_freq=5, api_name="/start")
+    assert started[0].startswith("running")
+    deadline = time.monotonic() + 120
+    while (polled := client.predict(api_name="/poll"))[-1]["active"]:
+        assert time.monotonic() < deadline, polled[0]
+        time.sleep(0.3)
+    assert polled[0].startswith("done: step 15/15")
+    assert frame(polled[6])["split"].tolist() == ["train", "validation", "test"]
+    assert sorted(Path(f).name for f in polled[8]) == ["adapter.safetensors", "run.json"]
+    assert client.predict(api_name="/attach")[0] == polled[0]  # what a reloaded page shows
+
+    fine_tuned, untrained, details = client.predict("WIN a free prize now!!!", None, api_name="/classify")
+    assert fine_tuned["label"] in ("ham", "spam") and untrained["label"] in ("ham", "spam")
+    assert "tokens read" in details
+    with pytest.raises(Exception, match="empty"):  # gradio_client raises AppError with the engine's message
+        client.predict("", None, api_name="/classify")
+    assert client.predict(api_name="/adapter_info").startswith("Using the latest trained adapter")
+
+
+def test_second_visitor_is_told_and_any_visitor_can_stop(served: RunningApp, settings: app.AppSettings, sms_zip: Path) -> None:
+    first = Client(served.url, verbose=False, analytics_enabled=False)
+    second = Client(served.url, verbose=False, analytics_enabled=False)
+    first.predict(handle_file(str(sms_zip)), api_name="/upload_data")
+    first.predict(model=settings.model, epochs=50, max_steps=0, api_name="/start")
+    deadline = time.monotonic() + 60
+    while not served.lab.job.snapshot().step:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    watching = second.predict(model=settings.model, rank=2, api_name="/start")  # refused: shows the running job
+    assert watching[0].startswith("running: step") and watching[-1]["active"] is True
+    assert served.lab.job.snapshot().config.lora.rank == 16
+
+    assert second.predict(api_name="/stop").startswith("stopping")
+    assert served.lab.job.wait(10)
+    stopped = first.predict(api_name="/poll")
+    assert stopped[0].startswith("stopped: step") and stopped[-1]["active"] is False
