@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from engine.config import LoRAConfig
@@ -41,10 +42,13 @@ class LoRALinear(nn.Module):
         return self.base_layer.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)
         if self.merged or not self.enabled:
-            return out
-        return out + (x @ self.lora_A @ self.lora_B) * self.scale
+            return self.base_layer(x)
+        # One BLAS call adds scale·(xA)B into the base output: no separate multiply and add passes.
+        rows = x.reshape(-1, x.size(-1))
+        out = F.linear(rows, self.base_layer.weight, self.base_layer.bias)
+        out = torch.addmm(out, rows @ self.lora_A, self.lora_B, alpha=self.scale)
+        return out.view(*x.shape[:-1], out.size(-1))
 
     def delta_weight(self) -> torch.Tensor:
         """The update in nn.Linear's (out, in) layout."""

@@ -11,6 +11,8 @@ from torch import nn
 
 from engine.config import GPTConfig, Pooling
 
+FUSE_MIN_ROWS = 64  # below this many tokens a fused product costs more (weight copies) than it saves
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
@@ -25,14 +27,40 @@ class CausalSelfAttention(nn.Module):
         """Attend causally over x (B, T, C); with `read` (B,), only at those positions: (B, 1, C)."""
         B, T, C = x.shape
         heads = lambda t: t.view(B, -1, self.n_head, C // self.n_head).transpose(1, 2)  # noqa: E731
-        k, v = heads(self.k_proj(x)), heads(self.v_proj(x))  # (B, nh, T, hs)
         if read is None:
-            y = F.scaled_dot_product_attention(heads(self.q_proj(x)), k, v, is_causal=True)
+            q, k, v = (heads(t) for t in project(x, (self.q_proj, self.k_proj, self.v_proj)))  # (B, nh, T, hs)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
+            k, v = (heads(t) for t in project(x, (self.k_proj, self.v_proj)))
             q = heads(self.q_proj(x[torch.arange(B, device=x.device), read].unsqueeze(1)))  # (B, nh, 1, hs)
             visible = torch.arange(T, device=x.device)[None, :] <= read[:, None]  # (B, T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible[:, None, None, :])
         return self.c_proj(y.transpose(1, 2).reshape(B, -1, C))
+
+
+def project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> list[torch.Tensor]:
+    """Apply several Linear (or LoRA-wrapped Linear) layers to the same input as one matrix product.
+
+    The frozen weights are concatenated into one (sum of outputs, in) product, and the active LoRA
+    pairs into one x·[A₁ A₂ …] product followed by a block-diagonal B, so each layer keeps its
+    own adapter while the work runs as two large BLAS calls instead of many small ones.
+    Few rows gain nothing from fusing, so they take the layers one by one.
+    """
+    if x.numel() // x.size(-1) < FUSE_MIN_ROWS:
+        return [layer(x) for layer in layers]
+    bases = [getattr(layer, "base_layer", layer) for layer in layers]
+    rows = x.reshape(-1, x.size(-1))
+    out = F.linear(rows, torch.cat([b.weight for b in bases]), torch.cat([b.bias for b in bases]))
+    active = [i for i, layer in enumerate(layers) if getattr(layer, "enabled", False) and not layer.merged]
+    if active:
+        widths = [b.out_features for b in bases]
+        starts = [sum(widths[:i]) for i in range(len(widths))]
+        a = torch.cat([layers[i].lora_A for i in active], dim=1)  # (in, sum of ranks)
+        b = torch.cat(
+            [F.pad(layers[i].lora_B * layers[i].scale, (starts[i], out.size(1) - starts[i] - widths[i])) for i in active]
+        )  # (sum of ranks, sum of outputs), block-diagonal
+        out = torch.addmm(out, rows @ a, b)
+    return [part.view(*x.shape[:-1], part.size(-1)) for part in out.split([b.out_features for b in bases], dim=-1)]
 
 
 class MLP(nn.Module):

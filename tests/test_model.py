@@ -89,3 +89,51 @@ def test_too_long_input_is_an_error():
     model = GPT(TINY)
     with pytest.raises(ValueError, match="exceeds the model's context"):
         model.lm_logits(torch.zeros(1, TINY.context_length + 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("targets", [("attn.q_proj", "attn.k_proj", "attn.v_proj"), ("attn.q_proj", "attn.v_proj"), ("mlp.c_fc",)])
+def test_fused_projection_equals_separate_layers(targets):
+    from engine.config import LoRAConfig
+    from engine.lora import apply_lora, merge_lora
+    from engine.model import FUSE_MIN_ROWS, project
+
+    torch.manual_seed(0)
+    model = GPT(TINY, n_classes=2)
+    apply_lora(model, LoRAConfig(rank=3, alpha=5, targets=targets))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    attention = model.transformer.h[0].attn
+    layers = (attention.q_proj, attention.k_proj, attention.v_proj)
+    x = torch.randn(2, FUSE_MIN_ROWS, TINY.n_embd)
+    for merged in (False, True):
+        if merged:
+            merge_lora(model)
+        fused = project(x, layers)
+        for part, layer in zip(fused, layers, strict=True):
+            assert torch.allclose(part, layer(x), atol=1e-5)
+
+
+def test_fused_and_unfused_training_gradients_agree(monkeypatch):
+    import engine.model
+    from engine.classifier import build_classifier
+    from engine.config import LoRAConfig
+
+    def gradients(min_rows):
+        monkeypatch.setattr(engine.model, "FUSE_MIN_ROWS", min_rows)
+        torch.manual_seed(0)
+        model = build_classifier(GPT(TINY), LoRAConfig(rank=2, alpha=4))
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.normal_(0, 0.5)
+        ids = torch.randint(0, 50257, (4, 30), generator=torch.Generator().manual_seed(3))
+        model(ids, torch.tensor([29, 10, 3, 0])).sum().backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    fused, separate = gradients(1), gradients(10**9)
+    assert fused.keys() == separate.keys()
+    for name in fused:
+        scale = separate[name].abs().max().item()  # gradients here reach tens: compare relatively
+        assert torch.allclose(fused[name], separate[name], rtol=1e-4, atol=1e-5 * scale), name
