@@ -1,10 +1,12 @@
 """A GPT-2 spam classifier: build one for training, or load a saved adapter and classify messages."""
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from engine.adapter import AdapterConfig, check_base, load_tensors, read_adapter
 from engine.config import LoRAConfig
@@ -15,6 +17,7 @@ from engine.tokenizer import END_OF_TEXT_ID, encode
 from engine.weights import load_model
 
 MAX_MESSAGE_CHARS = 100_000  # far beyond any SMS; longer input is cut before tokenising
+BATCH_SIZE = 32  # messages per forward pass when classifying many
 
 
 def build_classifier(base: GPT, lora: LoRAConfig, n_classes: int = 2, seed: int = 123) -> GPT:
@@ -40,21 +43,24 @@ class Prediction:
 class Classifier:
     """A loaded adapter on its base model, ready to classify (LoRA merged, inference mode)."""
 
-    def __init__(self, model: GPT, config: AdapterConfig, device: torch.device) -> None:
+    def __init__(self, model: GPT, config: AdapterConfig, device: torch.device, int8: bool = False) -> None:
         self.model = model.to(device).eval()
         self.config = config
         self.device = device
+        self.int8 = int8
         merge_lora(self.model)
+        if int8:
+            quantize_int8(self.model, device)
 
     @classmethod
-    def load(cls, adapter: Path | str, device: torch.device, model: str | None = None) -> "Classifier":
+    def load(cls, adapter: Path | str, device: torch.device, model: str | None = None, int8: bool = False) -> "Classifier":
         """Load an adapter folder onto its base model (or `model`, which must have the same shape)."""
         config, tensors = read_adapter(Path(adapter))
         base = load_model(model or config.base_model, device)
         check_base(config, base)
         classifier = build_classifier(base, config.lora, n_classes=len(config.labels))
         load_tensors(classifier, tensors)
-        return cls(classifier, config, device)
+        return cls(classifier, config, device, int8)
 
     def classify(self, texts: str | Sequence[str]) -> list[Prediction]:
         """Label and class probabilities for each message.
@@ -64,18 +70,27 @@ class Classifier:
         """
         texts = [texts] if isinstance(texts, str) else list(texts)
         encoded = [self._encode(text, i) for i, text in enumerate(texts)]
-        return [self._predict(ids, truncated) for ids, truncated in encoded]
+        # Batches of similar length: little padding, and with last-token reading padding cannot change an answer.
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+        predictions: list[Prediction | None] = [None] * len(encoded)
+        for start in range(0, len(order), BATCH_SIZE):
+            chunk = order[start : start + BATCH_SIZE]
+            for index, prediction in zip(chunk, self._predict([encoded[i] for i in chunk]), strict=True):
+                predictions[index] = prediction
+        return predictions  # type: ignore[return-value]
 
     def compare_with_base(self, text: str) -> tuple[Prediction, Prediction]:
         """The same message scored with the adapter switched off (before) and on (after)."""
-        ids, truncated = self._encode(text, 0)
+        if self.int8:
+            raise InputError("the before/after comparison needs the fp32 classifier: load it without int8")
+        encoded = [self._encode(text, 0)]
         set_lora_enabled(self.model, False)
         try:
-            before = self._predict(ids, truncated)
+            (before,) = self._predict(encoded)
         finally:
             set_lora_enabled(self.model, True)
             merge_lora(self.model)
-        return before, self._predict(ids, truncated)
+        return before, self._predict(encoded)[0]
 
     def _encode(self, text: str, position: int) -> tuple[list[int], bool]:
         if not isinstance(text, str):
@@ -87,15 +102,27 @@ class Classifier:
         return ids[:limit], len(ids) > limit or len(text) > MAX_MESSAGE_CHARS
 
     @torch.inference_mode()
-    def _predict(self, ids: list[int], truncated: bool) -> Prediction:
+    def _predict(self, encoded: list[tuple[list[int], bool]]) -> list[Prediction]:
         # The book's "last" reading was trained on messages padded to max_length, so pad the same way;
-        # reading the last real token needs no padding at all.
-        width = self.config.max_length if self.config.pooling == "last" else len(ids)
-        input_ids = torch.full((1, width), END_OF_TEXT_ID, dtype=torch.long)
-        input_ids[0, : len(ids)] = torch.tensor(ids)
-        lengths = torch.tensor([len(ids)])
+        # reading the last real token needs padding only to the batch's longest message.
+        lengths = torch.tensor([len(ids) for ids, _ in encoded])
+        width = self.config.max_length if self.config.pooling == "last" else int(lengths.max())
+        input_ids = torch.full((len(encoded), width), END_OF_TEXT_ID, dtype=torch.long)
+        for row, (ids, _) in enumerate(encoded):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
         read = read_positions(lengths, width, self.config.pooling).to(self.device)
-        probabilities = torch.softmax(self.model(input_ids.to(self.device), read).float(), dim=-1)[0].tolist()
+        probabilities = torch.softmax(self.model(input_ids.to(self.device), read).float(), dim=-1).tolist()
         labels = self.config.labels
-        best = max(range(len(labels)), key=probabilities.__getitem__)
-        return Prediction(labels[best], dict(zip(labels, probabilities, strict=True)), len(ids), truncated)
+        return [
+            Prediction(labels[max(range(len(labels)), key=row.__getitem__)], dict(zip(labels, row, strict=True)), len(ids), truncated)
+            for row, (ids, truncated) in zip(probabilities, encoded, strict=True)
+        ]
+
+
+def quantize_int8(model: GPT, device: torch.device) -> None:
+    """Dynamic int8 quantisation of every (merged) Linear, in place: faster CPU inference, slightly different numbers."""
+    if device.type != "cpu":
+        raise InputError("int8 classification runs on the CPU only: use --device cpu or drop int8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyTorch marks its quantised tensors as deprecated, yet they work
+        torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)

@@ -46,9 +46,9 @@ def project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> list[torch.Tensor
     own adapter while the work runs as two large BLAS calls instead of many small ones.
     Few rows gain nothing from fusing, so they take the layers one by one.
     """
-    if x.numel() // x.size(-1) < FUSE_MIN_ROWS:
-        return [layer(x) for layer in layers]
     bases = [getattr(layer, "base_layer", layer) for layer in layers]
+    if x.numel() // x.size(-1) < FUSE_MIN_ROWS or not all(type(b) is nn.Linear for b in bases):  # e.g. int8 layers
+        return [layer(x) for layer in layers]
     rows = x.reshape(-1, x.size(-1))
     out = F.linear(rows, torch.cat([b.weight for b in bases]), torch.cat([b.bias for b in bases]))
     active = [i for i, layer in enumerate(layers) if getattr(layer, "enabled", False) and not layer.merged]

@@ -54,3 +54,31 @@ def test_before_and_after_differ(classifier):
     before, after = classifier.compare_with_base("Free tickets! Reply YES")
     assert before.probabilities != after.probabilities
     assert classifier.classify("Free tickets! Reply YES")[0].probabilities == pytest.approx(after.probabilities, abs=1e-6)
+
+
+def test_batched_classification_equals_one_at_a_time(classifier):
+    from engine.data import read_source_file
+    from conftest import SMS_ZIP
+
+    texts = read_source_file(SMS_ZIP).Text[:70].tolist()  # varied lengths, more than one batch
+    together = classifier.classify(texts)
+    for text, prediction in zip(texts, together, strict=True):
+        alone = classifier.classify(text)[0]
+        assert alone.label == prediction.label
+        assert alone.p_spam == pytest.approx(prediction.p_spam, abs=1e-5)
+
+
+def test_int8_path_agrees_with_fp32(trained_run, classifier):
+    from engine.data import read_source_file
+    from conftest import SMS_ZIP
+
+    quantized = Classifier.load(trained_run[1][-1].adapter_dir, torch.device("cpu"), int8=True)
+    assert quantized.int8
+    texts = read_source_file(SMS_ZIP).Text[:100].tolist()
+    fp32 = classifier.classify(texts)
+    int8 = quantized.classify(texts)
+    agreement = sum(a.label == b.label for a, b in zip(fp32, int8, strict=True)) / len(texts)
+    assert agreement >= 0.9
+    assert max(abs(a.p_spam - b.p_spam) for a, b in zip(fp32, int8, strict=True)) < 0.2
+    with pytest.raises(InputError, match="fp32"):
+        quantized.compare_with_base("hello")
