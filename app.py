@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,49 @@ class TrainingView:
     final: pd.DataFrame | None
     book_plot: str | None
     files: list[str] | None
+
+
+@dataclass(frozen=True)
+class Controls:
+    """The Model & LoRA widgets' values, in the order the Start button sends them."""
+
+    model: str
+    preset_name: str
+    rank: int
+    alpha: float
+    scaling: str
+    targets: tuple[str, ...]
+    train_head: bool
+    pooling: str
+    padding: str
+    lr: float
+    epochs: int
+    batch_size: int
+    max_steps: int  # 0: no limit
+    eval_freq: int
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> "Controls":
+        lora, train = cfg.lora, cfg.train
+        return cls(
+            cfg.model,
+            cfg.preset or "recommended",
+            lora.rank,
+            float(lora.alpha),
+            lora.scaling,
+            lora.targets,
+            lora.train_head,
+            train.pooling,
+            train.padding,
+            train.lr,
+            train.epochs,
+            train.batch_size,
+            train.max_steps or 0,
+            train.eval_freq,
+        )
+
+    def values(self) -> tuple[Any, ...]:
+        return tuple(list(value) if isinstance(value, tuple) else value for value in astuple(self))
 
 
 def as_int(value: Any) -> Any:
@@ -163,7 +206,7 @@ def token_histogram(prepared: PreparedData) -> Figure:
     lengths = [[len(encode(text)) for text in everything[everything["Label"] == index]["Text"]] for index in range(len(LABELS))]
     axis.hist(lengths, bins=40, stacked=True, label=list(LABELS), color=["#1f77b4", "#d62728"])
     cutoff = prepared.summary.longest_train_tokens
-    axis.axvline(cutoff, color="black", linestyle="--", label=f"padding cut-off: {cutoff} tokens")
+    axis.axvline(cutoff, color="black", linestyle="--", label=f"book padding: every message to {cutoff} tokens (longest training message)")
     axis.set_xlabel("tokens per message")
     axis.set_ylabel("messages")
     axis.legend()
@@ -374,7 +417,7 @@ class Lab:
                 ("adapter file", f"{summary.adapter_megabytes:,.2f} MB"),
                 ("base model", f"{summary.model_megabytes:,.1f} MB"),
             ],
-            columns=["", model],
+            columns=["", Path(model).name],  # a size name, or the local folder's name
         )
         return chart, table
 
@@ -434,6 +477,11 @@ class Lab:
         """On page load: re-attach to a job started by any session, before or after a reload."""
         return self.poll()
 
+    def controls(self) -> tuple[Any, ...]:
+        """On page load: the settings of the current (or last) run, so a reload loses none of them."""
+        cfg = self.job.snapshot().config or RunConfig.from_preset("recommended", model=self.settings.model)
+        return Controls.of(cfg).values()
+
     def stop_training(self) -> str:
         if not self.job.stop():
             return self.job.snapshot().status
@@ -481,14 +529,14 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
     """The five tabs, wired to one Lab; nothing heavy happens until an event fires."""
     lab = lab or Lab(settings)
     models = list(GPT2_SIZES) + ([settings.model] if settings.model not in GPT2_SIZES else [])
-    start = preset("recommended")
+    initial = Controls.of(RunConfig.from_preset("recommended", model=settings.model))
     with gr.Blocks(title="LoRA Lab") as demo:
         gr.Markdown("# LoRA Lab\nFine-tune GPT-2 with LoRA to tell spam from ham, and watch it learn.")
         with gr.Tabs():
             with gr.Tab("Data"):
                 with gr.Row():
                     download = gr.Button("Download the SMS Spam Collection", variant="primary")
-                    upload = gr.File(label="...or upload its zip or tab-separated file (offline)", file_count="single", height=100)
+                    upload = gr.File(label="...or upload its zip or tab-separated file (offline)", file_count="single", height=150)
                 data_status = gr.Markdown(elem_id="data-status")
                 with gr.Row():
                     counts = gr.Dataframe(label="Counts", interactive=False, elem_id="counts", scale=1)
@@ -499,7 +547,7 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
                 with gr.Row():
                     model = gr.Dropdown(
                         models,
-                        value=settings.model,
+                        value=initial.model,
                         label="Model",
                         info="a GPT-2 size, or type a local folder with config.json + model.safetensors",
                         allow_custom_value=True,
@@ -509,34 +557,34 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
                 weights_status = gr.Textbox(label="Weights", interactive=False, elem_id="weights-status")
                 sanity = gr.Textbox(label=f'Sanity check: greedy continuation of "{SANITY_PROMPT}"', interactive=False, elem_id="sanity")
                 preset_name = gr.Radio(
-                    list(PRESETS), value="recommended", label="Preset", info="book: the book's appendix E exactly; recommended: as accurate, much faster"
+                    list(PRESETS), value=initial.preset_name, label="Preset", info="book: the book's appendix E exactly; recommended: as accurate, much faster"
                 )
                 with gr.Row():
-                    rank = gr.Slider(1, 64, value=start.lora.rank, step=1, label="LoRA rank", elem_id="rank")
-                    alpha = gr.Number(float(start.lora.alpha), label="LoRA alpha", minimum=0, elem_id="alpha")
-                    scaling = gr.Radio(list(SCALINGS), value=start.lora.scaling, label="Scaling", info="alpha (book) or alpha / rank (Hu et al., PEFT)")
+                    rank = gr.Slider(1, 64, value=initial.rank, step=1, label="LoRA rank", elem_id="rank")
+                    alpha = gr.Number(initial.alpha, label="LoRA alpha", minimum=0, elem_id="alpha")
+                    scaling = gr.Radio(list(SCALINGS), value=initial.scaling, label="Scaling", info="alpha (book) or alpha / rank (Hu et al., PEFT)")
                 with gr.Accordion("Advanced", open=False):
-                    targets = gr.CheckboxGroup(list(LORA_TARGETS), value=list(LORA_TARGETS), label="Layers LoRA adapts", elem_id="targets")
-                    train_head = gr.Checkbox(False, label="Also train the class head's own weights")
+                    targets = gr.CheckboxGroup(list(LORA_TARGETS), value=list(initial.targets), label="Layers LoRA adapts", elem_id="targets")
+                    train_head = gr.Checkbox(initial.train_head, label="Also train the class head's own weights")
                     with gr.Row():
                         pooling = gr.Radio(
                             list(POOLINGS),
-                            value=start.train.pooling,
+                            value=initial.pooling,
                             label="Read the logits at",
                             info="last: the last position (book); last_token: the last real token",
                         )
                         padding = gr.Radio(
                             list(PADDINGS),
-                            value=start.train.padding,
+                            value=initial.padding,
                             label="Padding",
                             info="longest: every message to the longest training one (book); batch: per batch",
                         )
                     with gr.Row():
-                        lr = gr.Number(start.train.lr, label="Learning rate", elem_id="lr")
-                        epochs = gr.Number(start.train.epochs, label="Epochs", precision=0, minimum=1, elem_id="epochs")
-                        batch_size = gr.Number(start.train.batch_size, label="Batch size", precision=0, minimum=1, elem_id="batch-size")
-                        max_steps = gr.Number(0, label="Stop after steps (0: all)", precision=0, minimum=0, elem_id="max-steps")
-                        eval_freq = gr.Number(start.train.eval_freq, label="Estimate loss every N steps", precision=0, minimum=1, elem_id="eval-freq")
+                        lr = gr.Number(initial.lr, label="Learning rate", elem_id="lr")
+                        epochs = gr.Number(initial.epochs, label="Epochs", precision=0, minimum=1, elem_id="epochs")
+                        batch_size = gr.Number(initial.batch_size, label="Batch size", precision=0, minimum=1, elem_id="batch-size")
+                        max_steps = gr.Number(initial.max_steps, label="Stop after steps (0: all)", precision=0, minimum=0, elem_id="max-steps")
+                        eval_freq = gr.Number(initial.eval_freq, label="Estimate loss every N steps", precision=0, minimum=1, elem_id="eval-freq")
 
             with gr.Tab("Train"):
                 with gr.Row():
@@ -577,7 +625,7 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
 
             with gr.Tab("Classify"):
                 adapter_status = gr.Markdown(elem_id="adapter-status")
-                adapter_file = gr.File(label="Optional: an adapter.safetensors file to use instead", file_types=[".safetensors"], height=100)
+                adapter_file = gr.File(label="Optional: an adapter.safetensors file to use instead", file_types=[".safetensors"], height=150)
                 message = gr.Textbox(label="Message", lines=3, placeholder="Type an SMS, or pick an example below", elem_id="message")
                 gr.Examples([[m] for m in EXAMPLE_MESSAGES], inputs=[message], label="Examples")
                 classify_button = gr.Button("Classify", variant="primary", elem_id="classify")
@@ -591,7 +639,7 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
         upload.upload(lab.upload_data, upload, data_views, api_name="upload_data")
 
         load.click(lab.load_weights, model, [weights_status, sanity], api_name="load_weights")
-        preset_name.change(lab.apply_preset, preset_name, [rank, alpha, scaling, pooling, padding, lr, epochs, batch_size], api_name="apply_preset")
+        preset_name.input(lab.apply_preset, preset_name, [rank, alpha, scaling, pooling, padding, lr, epochs, batch_size], api_name="apply_preset")
 
         param_inputs = [model, rank, targets, train_head]
         gr.on(
@@ -612,6 +660,7 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
         gr.on([classify_button.click, message.submit], lab.classify, [message, adapter_file], [after, before, details], api_name="classify")
 
         demo.load(lab.attach, None, view, api_name="attach", show_progress="hidden")
+        demo.load(lab.controls, None, train_inputs, api_name="controls", show_progress="hidden")
         demo.load(lab.show_data, None, data_views, api_name="show_data")
         # A finished run's adapter becomes the Classify tab's default: refresh on the ticks that watch the run.
         gr.on([demo.load, timer.tick], lab.adapter_info, None, adapter_status, api_name="adapter_info", show_progress="hidden", concurrency_limit=None)

@@ -32,6 +32,7 @@ API_NAMES = {
     "stop",
     "classify",
     "adapter_info",
+    "controls",
 }
 
 
@@ -147,7 +148,7 @@ def test_download_uses_the_backup_when_the_primary_fails(settings: app.AppSettin
     }
     assert list(preview["class"]) == ["ham"] * 3 + ["spam"] * 3
     assert isinstance(histogram, Figure)
-    assert any("padding cut-off" in text.get_text() for text in histogram.axes[0].get_legend().get_texts())
+    assert any("book padding: every message to" in text.get_text() for text in histogram.axes[0].get_legend().get_texts())
     # a reloaded page shows the same data
     assert lab.show_data()[0] == status.split("\n")[0]
 
@@ -216,6 +217,7 @@ def test_train_poll_classify_through_the_handlers(lab: app.Lab, settings: app.Ap
     with pytest.raises(gr.Error, match="No trained adapter yet"):
         lab.classify("hello", None)
     assert lab.adapter_info().startswith("No trained adapter yet")
+    assert lab.controls() == (settings.model, "recommended", 16, 16.0, "alpha_over_rank", list(LORA_TARGETS), False, "last_token", "batch", 8e-4, 5, 8, 0, 50)
     idle = lab.attach()
     assert idle[0] == "ready: no run yet" and idle[2] is None  # None, never an empty frame, for the plots
     with pytest.raises(gr.Error, match="rank must be"):
@@ -239,6 +241,7 @@ def test_train_poll_classify_through_the_handlers(lab: app.Lab, settings: app.Ap
     assert Path(book_plot).name == "loss.png" and [Path(f).name for f in files] == ["adapter.safetensors", "run.json"]
     assert timer.active is False
     assert lab.stop_training().startswith("done")  # nothing to stop
+    assert lab.controls() == tuple(train_inputs(settings.model, rank=16, epochs=1, batch_size=8, max_steps=12, eval_freq=5).values())  # what a reload shows
 
     fine_tuned, untrained, details = lab.classify(app.EXAMPLE_MESSAGES[0], None)
     for scores in (fine_tuned, untrained):

@@ -1,0 +1,204 @@
+"""LoRA Lab in a real browser (Debian's chromium driven by Playwright), the way a demo goes.
+
+Needs `apt-get install chromium` and the playwright package; never `playwright install`, which
+downloads a browser. With CI=true a missing browser fails the run instead of skipping it.
+Screenshots of every tab are written to docs/screenshots/.
+"""
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from app_fixtures import RunningApp, running_app
+from conftest import sms_zip_bytes
+
+import app
+
+IN_CI = os.getenv("CI", "").strip().lower() in ("1", "true", "yes")
+if IN_CI:
+    from playwright import sync_api  # CI installs it: a missing package is an error there
+else:
+    sync_api = pytest.importorskip("playwright.sync_api")
+expect = sync_api.expect
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.getenv("CHROMIUM_PATH", "/usr/bin/chromium")
+ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+LOCAL_SCHEMES = ("data", "blob")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator["sync_api.Browser"]:
+    if not shutil.which(CHROMIUM):
+        (pytest.fail if IN_CI else pytest.skip)(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def served(tiny_model_dir: Path, tmp_path: Path, http_server) -> Iterator[RunningApp]:
+    """The app on the tiny model, downloading the SMS zip from 127.0.0.1 (the primary URL 404s)."""
+    http_server.routes["/backup.zip"] = (200, sms_zip_bytes(), {"Content-Type": "application/zip"})
+    settings = app.AppSettings(
+        model=str(tiny_model_dir),
+        device="cpu",
+        out=tmp_path / "runs",
+        cache=tmp_path / "cache",
+        data_urls=(http_server.url("/primary.zip"), http_server.url("/backup.zip")),
+    )
+    with running_app(settings) as running:
+        yield running
+
+
+@pytest.fixture
+def page(browser: "sync_api.Browser", served: RunningApp) -> Iterator["sync_api.Page"]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    external: list[str] = []
+    opened.on("request", lambda request: None if is_local(request.url) else external.append(request.url))
+    opened.goto(served.url)
+    opened.get_by_role("button", name="Download the SMS Spam Collection").wait_for()  # mounted, not just loaded
+    yield opened
+    context.close()
+    assert external == [], f"the page requested something outside 127.0.0.1: {external}"
+
+
+def is_local(url: str) -> bool:
+    parsed = urlparse(url)
+    return parsed.scheme in LOCAL_SCHEMES or parsed.hostname == "127.0.0.1"
+
+
+def open_tab(page: "sync_api.Page", name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def set_number(page: "sync_api.Page", selector: str, value: str) -> None:
+    field = page.locator(selector)
+    field.fill(value)
+    field.press("Tab")  # Gradio sends number changes on blur
+
+
+def screenshot(page: "sync_api.Page", name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(600)  # let plots in a freshly opened tab finish drawing
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def lines_drawn(page: "sync_api.Page", plot: str) -> int:
+    """Total length of the plot's line paths: grows as points are added."""
+    marks = page.locator(f"{plot} path[aria-roledescription='line mark']")
+    return sum(len(marks.nth(i).get_attribute("d") or "") for i in range(marks.count()))
+
+
+def step_of(status: str) -> int:
+    match = re.search(r"step (\d+)/", status)
+    assert match, status
+    return int(match.group(1))
+
+
+def test_demo_in_a_real_browser(page: "sync_api.Page", served: RunningApp, http_server) -> None:
+    status = page.locator("#train-status textarea")
+
+    # Data: download from 127.0.0.1, primary failing first
+    page.get_by_role("button", name="Download the SMS Spam Collection").click()
+    data_status = page.locator("#data-status")
+    expect(data_status).to_contain_text(f"Data ready from {http_server.url('/backup.zip')}", timeout=60_000)
+    expect(data_status).to_contain_text("HTTP 404")
+    expect(page.locator("#counts")).to_contain_text("5574")
+    expect(page.locator("#preview")).to_contain_text("spam")
+    expect(page.locator("#token-histogram img")).to_be_visible(timeout=20_000)
+    screenshot(page, "data")
+
+    # Parameters before any change, from the model given on the command line
+    open_tab(page, "Parameters")
+    lora_bar = page.locator("#param-chart path[aria-roledescription='bar']").nth(2)
+    expect(lora_bar).to_have_attribute("aria-label", re.compile("trainable with LoRA"), timeout=20_000)
+    before = lora_bar.get_attribute("aria-label")
+
+    # Model & LoRA: weights and sanity generation, then rank, alpha and a long run
+    open_tab(page, "Model & LoRA")
+    page.get_by_role("button", name="Download / load weights and test them").click()
+    expect(page.locator("#weights-status textarea")).to_have_value(re.compile("2 layers, width 32"), timeout=60_000)
+    expect(page.locator("#sanity textarea")).to_have_value(re.compile("^Every effort moves you"))
+    set_number(page, "#rank input[type=number]", "4")
+    set_number(page, "#alpha input", "8")
+    page.get_by_text("Advanced").click()
+    set_number(page, "#epochs input", "50")  # far more than the test waits for: it stops the run
+    set_number(page, "#eval-freq input", "10")
+    screenshot(page, "model")
+
+    open_tab(page, "Parameters")
+    expect(lora_bar).not_to_have_attribute("aria-label", before, timeout=20_000)
+    lora_trainable = served.lab.parameters(served.lab.settings.model, 4, list(app.LORA_TARGETS), False)[1].iloc[2, 1]
+    expect(page.locator("#param-table")).to_contain_text(lora_trainable)
+    screenshot(page, "parameters")
+
+    # Train: the loss plot gains points while the job runs
+    open_tab(page, "Train")
+    page.get_by_role("button", name="Start training").click()
+    expect(status).to_have_value(re.compile(r"^running: step [1-9]"), timeout=60_000)
+    loss_lines = page.locator("#loss-steps path[aria-roledescription='line mark']")
+    expect(loss_lines.first).to_be_attached(timeout=20_000)
+    drawn = lines_drawn(page, "#loss-steps")
+    deadline = time.monotonic() + 30
+    while lines_drawn(page, "#loss-steps") <= drawn:
+        assert time.monotonic() < deadline, "the loss plot did not grow while training ran"
+        page.wait_for_timeout(250)
+    cfg = served.lab.job.snapshot().config
+    assert (cfg.lora.rank, cfg.lora.alpha, cfg.train.epochs) == (4, 8.0, 50)  # what was set in the browser
+
+    # Reload mid-run: the page re-attaches to the job, which kept going
+    step_before_reload = step_of(status.input_value())
+    page.reload()
+    page.get_by_role("button", name="Download the SMS Spam Collection").wait_for()
+    open_tab(page, "Train")
+    expect(status).to_have_value(re.compile(r"^running: step [1-9]"), timeout=10_000)
+    expect(loss_lines.first).to_be_attached(timeout=10_000)
+    expect(page.locator("#train-progress progress")).to_be_attached()
+    deadline = time.monotonic() + 30
+    while step_of(status.input_value()) <= step_before_reload:
+        assert time.monotonic() < deadline, "the re-attached page stopped following the job"
+        page.wait_for_timeout(250)
+
+    # Stop: within a step, and the page returns to ready
+    page.get_by_role("button", name="Stop").click()
+    expect(status).to_have_value(re.compile(r"^stopped: step \d+/\d+"), timeout=15_000)
+    assert served.lab.job.snapshot().state == "stopped"
+
+    # A short complete run for the final accuracies, the book-style plot and the downloads;
+    # the reloaded page kept the settings of the run it re-attached to
+    open_tab(page, "Model & LoRA")
+    expect(page.locator("#rank input[type=number]")).to_have_value("4")
+    expect(page.locator("#alpha input")).to_have_value("8")
+    page.get_by_text("Advanced").click()
+    expect(page.locator("#epochs input")).to_have_value("50")
+    set_number(page, "#max-steps input", "30")
+    open_tab(page, "Train")
+    page.get_by_role("button", name="Start training").click()
+    expect(status).to_have_value(re.compile(r"^done: step 30/30"), timeout=120_000)
+    expect(page.locator("#final")).to_contain_text("test", timeout=10_000)
+    expect(page.locator("#baseline")).to_contain_text("validation")
+    expect(page.locator("#book-plot img")).to_be_visible(timeout=10_000)
+    for name in ("adapter.safetensors", "run.json"):
+        expect(page.locator(f"#run-files a[href$='/{name}']")).to_have_count(1)
+    screenshot(page, "train")
+
+    # Classify an example message with the adapter just trained, next to the untrained answer
+    open_tab(page, "Classify")
+    expect(page.locator("#adapter-status")).to_contain_text("Using the latest trained adapter", timeout=10_000)
+    page.locator("button.gallery-item").first.click()  # the first example (its label is cut short)
+    expect(page.locator("#message textarea")).to_have_value(app.EXAMPLE_MESSAGES[0])
+    page.get_by_role("button", name="Classify", exact=True).click()
+    for label in ("#prediction-after", "#prediction-before"):
+        expect(page.locator(f"{label} [data-testid='label-output-value']")).to_have_text(re.compile("^(ham|spam)$"), timeout=60_000)
+    expect(page.locator("#classify-details")).to_contain_text("tokens read")
+    screenshot(page, "classify")
