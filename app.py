@@ -352,9 +352,11 @@ class Lab:
         """What a (re)loaded page shows: the data prepared earlier, if any."""
         if self._prepared is None and (self.settings.cache / "train.csv").is_file():
             try:
-                self._prepared = prepare(str(self.settings.cache), self.settings.cache)
+                prepared = prepare(str(self.settings.cache), self.settings.cache)
             except LoRALabError as error:
                 return f"The prepared data in {self.settings.cache} is unusable ({error}): download it again.", None, None, None
+            # Only the balanced splits were saved, so these counts are of the balanced set.
+            return data_outputs(prepared, f"Data prepared earlier, read from {self.settings.cache} (counts of the balanced splits)")
         if self._prepared is None:
             return "No data yet: download it, or upload the zip or tab-separated file.", None, None, None
         return data_outputs(self._prepared, f"Data ready from {self._prepared.summary.source}")
@@ -693,7 +695,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     args = parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: anyone who can reach this machine can use LoRA Lab, train on it and read the files it serves", args.host)

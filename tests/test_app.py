@@ -163,6 +163,9 @@ def test_download_failure_is_a_toast_with_the_engine_message(settings: app.AppSe
 def test_upload_a_local_file(lab: app.Lab, sms_zip: Path, tmp_path: Path) -> None:
     status, counts, _, _ = lab.upload_data(str(sms_zip))
     assert status == "Data ready from the uploaded file sms_spam_collection.zip" and counts["messages"][0] == 5574
+    restarted = app.Lab(lab.settings)  # a new app process finds the splits saved in its cache
+    status, counts, _, _ = restarted.show_data()
+    assert status.startswith("Data prepared earlier") and counts["messages"][0] == 1494
     bad = tmp_path / "notes.txt"
     bad.write_text("hello world\n")
     with pytest.raises(gr.Error, match="no tab between label and message"):
