@@ -42,7 +42,8 @@ def download_first_valid(
 
     Each source is streamed to a temporary file beside `destination`, checked by `validate`
     (which raises ValueError on bad content), and only then renamed into place: a failure
-    never leaves a partial file that looks complete.
+    never leaves a partial file that looks complete. `on_progress` may raise
+    engine.errors.Cancelled to stop the download; the partial file is removed.
 
     Raises:
         DownloadError: every URL failed; the message lists why each did.

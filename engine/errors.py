@@ -27,3 +27,7 @@ class AdapterError(LoRALabError, ValueError):
 
 class InputError(LoRALabError, ValueError):
     """A message to classify is unusable (empty, not text)."""
+
+
+class Cancelled(LoRALabError):
+    """The user stopped a long operation (a download, a run); nothing half-done was kept."""

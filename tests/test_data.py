@@ -142,3 +142,28 @@ def test_html_page_saved_as_zip_is_named(tmp_path):
 def test_missing_prepared_folder_explains(tmp_path):
     with pytest.raises(DataError, match="python -m engine data"):
         load_splits(tmp_path)
+
+
+def test_cancelling_a_download_leaves_nothing(http_server, tmp_path):
+    from engine.errors import Cancelled
+
+    http_server.routes["/big.zip"] = (200, sms_zip_bytes(), {})
+
+    def cancel_after_first_chunk(progress):
+        if progress.received:
+            raise Cancelled("download stopped")
+
+    with pytest.raises(Cancelled):
+        prepare(None, tmp_path, cancel_after_first_chunk, urls=[http_server.url("/big.zip"), http_server.url("/never.zip")])
+    assert list(tmp_path.iterdir()) == []
+    assert http_server.hits == ["/big.zip"]
+
+
+def test_oversized_source_file_is_refused(tmp_path, monkeypatch):
+    import engine.data
+
+    monkeypatch.setattr(engine.data, "MAX_SOURCE_BYTES", 1000)
+    path = tmp_path / "huge.tsv"
+    path.write_text("ham\t" + "x" * 2000 + "\n")
+    with pytest.raises(DataError, match="over the 1,000-byte limit"):
+        read_source_file(path)
