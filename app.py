@@ -21,7 +21,7 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from engine.classifier import Classifier, Prediction  # noqa: E402
+from engine.classifier import Classifier  # noqa: E402
 from engine.config import GPT2_SIZES, LABELS, LORA_TARGETS, PADDINGS, POOLINGS, PRESETS, SCALINGS, LoRAConfig, RunConfig, TrainConfig, preset  # noqa: E402
 from engine.data import SOURCES, PreparedData, prepare  # noqa: E402
 from engine.device import pick_device  # noqa: E402
@@ -64,7 +64,7 @@ class AppSettings:
 
 @dataclass(frozen=True)
 class TrainingView:
-    """The Train tab's outputs, in the order `Lab.view_outputs` lists them."""
+    """What the Train tab shows of a job; `view_values` orders it for the outputs."""
 
     status: str
     progress: str  # HTML progress bar
@@ -172,7 +172,7 @@ def run_config(
     )
 
 
-def fail(error: Exception) -> gr.Error:
+def user_error(error: Exception) -> gr.Error:
     """A toast with the engine's own message; the app keeps running."""
     return gr.Error(" ".join(str(error).split()), duration=None)
 
@@ -199,17 +199,18 @@ def preview_frame(prepared: PreparedData) -> pd.DataFrame:
 
 def token_histogram(prepared: PreparedData) -> Figure:
     """Token counts of every balanced message by class, with the book's padding length marked."""
-    figure = Figure(figsize=(7, 3.2), layout="tight")  # no pyplot: no global state shared between sessions
+    figure = Figure(figsize=(7, 3.6), layout="tight")  # no pyplot: no global state shared between sessions
     axis = figure.subplots()
     frames = [part for _, part in prepared.splits.items()]
     everything = pd.concat(frames)
     lengths = [[len(encode(text)) for text in everything[everything["Label"] == index]["Text"]] for index in range(len(LABELS))]
     axis.hist(lengths, bins=40, stacked=True, label=list(LABELS), color=["#1f77b4", "#d62728"])
     cutoff = prepared.summary.longest_train_tokens
-    axis.axvline(cutoff, color="black", linestyle="--", label=f"book padding: every message to {cutoff} tokens (longest training message)")
+    axis.axvline(cutoff, color="black", linestyle="--", label=f"padding cut-off (book): {cutoff} tokens")
+    axis.set_title("Tokens per message; the book pads every message to the longest training one", fontsize=10)
     axis.set_xlabel("tokens per message")
     axis.set_ylabel("messages")
-    axis.legend()
+    axis.legend(loc="upper right")
     return figure
 
 
@@ -301,10 +302,6 @@ def new_run_dir(root: Path) -> Path:
     return next(path for path in candidates if not path.exists())
 
 
-def label_scores(prediction: Prediction) -> dict[str, float]:
-    return dict(prediction.probabilities)
-
-
 class Lab:
     """The app's shared state and its event handlers: one training job, the data, the last classifier."""
 
@@ -331,7 +328,7 @@ class Lab:
         try:
             prepared = prepare(None, self.settings.cache, report, urls=self.settings.data_urls)
         except LoRALabError as error:
-            raise fail(error) from None
+            raise user_error(error) from None
         self._prepared = prepared
         tried = "".join(f"\n- {failure}" for failure in failures)
         status = f"Data ready from {prepared.summary.source}" + (f"\n\nSources that failed first:{tried}" if failures else "")
@@ -344,7 +341,7 @@ class Lab:
         try:
             prepared = prepare(path, self.settings.cache)
         except LoRALabError as error:
-            raise fail(error) from None
+            raise user_error(error) from None
         self._prepared = prepared
         return data_outputs(prepared, f"Data ready from the uploaded file {Path(path).name}")
 
@@ -390,7 +387,7 @@ class Lab:
         try:
             chosen = preset(name)
         except LoRALabError as error:
-            raise fail(error) from None
+            raise user_error(error) from None
         lora, train = chosen.lora, chosen.train
         return lora.rank, float(lora.alpha), lora.scaling, train.pooling, train.padding, train.lr, train.epochs, train.batch_size
 
@@ -401,7 +398,7 @@ class Lab:
         try:
             summary = param_summary(model, LoRAConfig(rank=as_int(rank), targets=tuple(targets or ()), train_head=bool(train_head)))
         except LoRALabError as error:
-            raise fail(error) from None
+            raise user_error(error) from None
         frozen = summary.total_before_freeze - summary.trainable_after_freeze
         chart = pd.DataFrame(
             {
@@ -464,7 +461,7 @@ class Lab:
                 out_dir,
             )
         except LoRALabError as error:
-            raise fail(error) from None
+            raise user_error(error) from None
         if not self.job.start(cfg):
             gr.Info("A training run is already going: showing it. Stop it first to start another.")
         return self.poll()
@@ -500,10 +497,10 @@ class Lab:
             classifier = self._load_classifier(adapter)
             before, after = classifier.compare_with_base(message)
         except LoRALabError as error:
-            raise fail(error) from None
+            raise user_error(error) from None
         cut = " (the message was cut to the model's length limit)" if after.truncated else ""
         details = f"{after.tokens} tokens read{cut}. Adapter: {adapter}; base model: {classifier.config.base_model}."
-        return label_scores(after), label_scores(before), details
+        return dict(after.probabilities), dict(before.probabilities), details
 
     def adapter_info(self) -> str:
         latest = self.latest_adapter()
@@ -515,6 +512,8 @@ class Lab:
         return found[-1].parent if found else None
 
     def _load_classifier(self, adapter: Path) -> Classifier:
+        # Classify is one listener with the queue's default limit of 1, so this cache and
+        # compare_with_base's switching LoRA off and on never run concurrently.
         tensors = adapter / "adapter.safetensors" if adapter.is_dir() else adapter
         key = (str(tensors.resolve()), tensors.stat().st_mtime_ns if tensors.exists() else 0, self.settings.device)
         if self._classifier is None or self._classifier[0] != key:
@@ -542,7 +541,7 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
                 data_status = gr.Markdown(elem_id="data-status")
                 with gr.Row():
                     counts = gr.Dataframe(label="Counts", interactive=False, elem_id="counts", scale=1)
-                    histogram = gr.Plot(label="Tokens per message", elem_id="token-histogram", scale=2)
+                    histogram = gr.Plot(label="Tokens per message", show_label=False, elem_id="token-histogram", scale=2)
                 preview = gr.Dataframe(label="A few training messages per class", interactive=False, wrap=True, elem_id="preview")
 
             with gr.Tab("Model & LoRA"):

@@ -80,7 +80,9 @@ class JobSnapshot:
             return "ready: no run yet"
         if self.state == "failed":
             return f"failed: {self.error}"
-        progress = f"step {self.step}/{self.total_steps}" if self.total_steps else self.phase
+        progress = f"step {self.step}/{self.total_steps}" if self.total_steps else (self.phase if self.running else "before training")
+        if self.state == "running" and self.phase == "downloading data" and self.download is not None:
+            return f"running: downloading data from {self.download.url} ({self.download.received / 1e6:.1f} MB)"
         if self.state == "running":
             details = [progress]
             if self.total_steps:

@@ -148,7 +148,7 @@ def test_download_uses_the_backup_when_the_primary_fails(settings: app.AppSettin
     }
     assert list(preview["class"]) == ["ham"] * 3 + ["spam"] * 3
     assert isinstance(histogram, Figure)
-    assert any("book padding: every message to" in text.get_text() for text in histogram.axes[0].get_legend().get_texts())
+    assert any("padding cut-off (book): 120 tokens" in text.get_text() for text in histogram.axes[0].get_legend().get_texts())
     # a reloaded page shows the same data
     assert lab.show_data()[0] == status.split("\n")[0]
 

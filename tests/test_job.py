@@ -8,6 +8,7 @@ import pytest
 from conftest import sms_zip_bytes
 
 from engine.config import RunConfig
+from engine.download import DownloadProgress
 from engine.job import JobSnapshot, TrainingJob, format_seconds
 
 
@@ -91,6 +92,13 @@ def test_failure_is_reported_and_the_job_can_start_again(tiny_model_dir: Path, t
     assert job.wait(60)
     again = job.snapshot()
     assert again.state == "done" and again.error is None and again.step == 2
+
+
+def test_status_while_downloading_names_the_source() -> None:
+    idle = TrainingJob().snapshot()
+    downloading = dataclasses.replace(idle, state="running", phase="downloading data", download=DownloadProgress("http://mirror/sms.zip", 250_000, None))
+    assert downloading.status == "running: downloading data from http://mirror/sms.zip (0.2 MB)"
+    assert dataclasses.replace(idle, state="stopped").status.startswith("stopped: before training in ")
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(0, "0:00"), (59.6, "1:00"), (61, "1:01"), (3725, "1:02:05")])
