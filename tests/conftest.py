@@ -19,10 +19,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from engine.config import GPTConfig  # noqa: E402
 from engine.model import GPT  # noqa: E402
+
+# Two shared cores make single examples slow now and then: judge properties, not speed.
+settings.register_profile("lora-lab", deadline=None, max_examples=60)
+settings.load_profile("lora-lab")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMS_ZIP = FIXTURES / "sms_spam_collection.zip"
