@@ -205,6 +205,7 @@ class RunConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: str | None = None  # prepared folder, URL, zip or TSV; None downloads into data_cache
+    data_urls: tuple[str, ...] | None = None  # where None downloads from (default: UCI, then its backup)
     data_cache: str = "data_cache"
     out_dir: str = "runs/latest"
     device: str = "auto"

@@ -1,6 +1,7 @@
 """The SMS Spam Collection: fetch or read it, parse every message, balance, split, save, describe."""
 
 import io
+import json
 import statistics
 import zipfile
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ SOURCES: tuple[str, ...] = (PRIMARY_URL, BACKUP_URL)
 MEMBER = "SMSSpamCollection"
 ZIP_NAME = "sms_spam_collection.zip"
 SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
+SUMMARY_FILE = "summary.json"
 MAX_SOURCE_BYTES = 50 * 1024 * 1024  # the real file is 0.5 MB; anything far larger is not it
 
 
@@ -246,6 +248,10 @@ def prepare(
         folder = Path(source)
         if (folder / "train.csv").is_file():
             splits = load_splits(folder)
+            saved = load_summary(folder)
+            if saved is not None and (saved.train, saved.validation, saved.test) == tuple(len(p) for _, p in splits.items()):
+                return PreparedData(folder, splits, saved)
+            # Without the summary of the original file, describe what the splits hold.
             everything = pd.concat([part for _, part in splits.items()])
             labelled = everything.assign(Label=everything["Label"].map(dict(enumerate(LABELS))))
             return PreparedData(folder, splits, summarize(str(folder), labelled, splits))
@@ -257,6 +263,18 @@ def prepare(
         origin = source
         messages = read_source_file(Path(source))
     splits = split(balance(messages, seed), seed=seed)
+    summary = summarize(origin, messages, splits)
     save_splits(splits, cache)
-    return PreparedData(cache, splits, summarize(origin, messages, splits))
+    write_text_atomic(cache / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2) + "\n")
+    return PreparedData(cache, splits, summary)
+
+
+def load_summary(folder: Path) -> DataSummary | None:
+    """The summary `prepare` saved beside the splits (counts of the whole original file), if readable."""
+    try:
+        data = json.loads((Path(folder) / SUMMARY_FILE).read_text(encoding="utf-8"))
+        data["token_lengths"] = {name: LengthStats(**stats) for name, stats in data["token_lengths"].items()}
+        return DataSummary(**data)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None  # missing or from another version: the caller recomputes what it can
 

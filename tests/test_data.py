@@ -99,7 +99,7 @@ def test_stalled_download_times_out_then_backup_is_used(http_server, tmp_path, m
     data = prepare(None, tmp_path, events.append, urls=[http_server.url("/stall.zip"), http_server.url("/good.zip")])
     assert data.summary.source.endswith("/good.zip")
     assert [e.status for e in events if e.status.startswith("failed")] == ["failed: timed out"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ZIP_NAME, "train.csv", "validation.csv", "test.csv"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ZIP_NAME, "summary.json", "train.csv", "validation.csv", "test.csv"])
 
 
 def test_local_tsv_with_crlf_blank_lines_and_header(tmp_path):
@@ -167,3 +167,15 @@ def test_oversized_source_file_is_refused(tmp_path, monkeypatch):
     path.write_text("ham\t" + "x" * 2000 + "\n")
     with pytest.raises(DataError, match="over the 1,000-byte limit"):
         read_source_file(path)
+
+
+def test_prepared_folder_keeps_the_original_counts(prepared_data, tmp_path):
+    again = prepare(str(prepared_data), tmp_path)
+    assert (again.summary.messages, again.summary.ham, again.summary.spam) == (5574, 4827, 747)
+    assert again.summary.token_lengths["train"].max == 120
+    (prepared_data / "summary.json").rename(tmp_path / "moved.json")
+    try:
+        described = prepare(str(prepared_data), tmp_path).summary
+        assert (described.messages, described.ham, described.spam) == (1494, 747, 747)  # what the splits hold
+    finally:
+        (tmp_path / "moved.json").rename(prepared_data / "summary.json")
