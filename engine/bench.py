@@ -158,6 +158,7 @@ class Report:
     latency: tuple[LatencyResult, ...]
     notes: tuple[str, ...] = field(default_factory=tuple)
     elapsed_s: float = 0.0
+    step_pair_ratios: tuple[float, ...] = ()  # transformers / ours for each interleaved pair of timed steps
 
     @property
     def speedup_vs_peer(self) -> float | None:
@@ -195,6 +196,7 @@ class Report:
         data = asdict(self)
         data["ratios"] = {
             "step_speedup_vs_transformers_peft": self.speedup_vs_peer,
+            "step_speedup_paired_median": statistics.median(self.step_pair_ratios) if self.step_pair_ratios else None,
             "epoch_speedup_recommended_vs_book": self.epoch_speedup,
             "padded_length_book_over_recommended": self.padding_ratio,
             "classification_speedup_vs_transformers": self.latency_ratios(),
@@ -225,7 +227,10 @@ class Report:
                 f"peak memory {result.peak_memory_mb / 1024:.2f} GB ({result.precision})"
             )
         if self.speedup_vs_peer is not None:
-            out.append(f"  ours vs transformers+peft: {self.speedup_vs_peer:.2f}x faster per step (target 1.15x, aim 1.25x)")
+            paired = (
+                f", median of {len(self.step_pair_ratios)} interleaved pairs {statistics.median(self.step_pair_ratios):.2f}x" if self.step_pair_ratios else ""
+            )
+            out.append(f"  ours vs transformers+peft: {self.speedup_vs_peer:.2f}x faster per step{paired} (target 1.15x, aim 1.25x)")
         if self.epochs:
             out.append("one epoch of the SMS training split:")
             for e in self.epochs:
@@ -317,86 +322,105 @@ def _rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
+def _memory_now_mb(device: torch.device) -> float:
+    """Memory held now: allocated on CUDA; on CPU the RSS high-water mark so far (imports and model)."""
+    return torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else _rss_mb()
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def _memory_mb(device: torch.device) -> tuple[float, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "torch.cuda.max_memory_allocated"
     return _rss_mb(), "RSS high-water mark (ru_maxrss), imports and model build included"
 
 
-def _ours_fixed(cfg: GPTConfig, device: torch.device, steps: int) -> dict[str, Any]:
-    """The fixed workload through the engine's own `train` loop (book preset, LoRA on every Linear)."""
-    from torch.utils.data import DataLoader
+class _OursStepper:
+    """The fixed workload through the engine's own `train` loop (book preset, LoRA on every Linear), a step at a time."""
 
-    from engine.classifier import build_classifier
-    from engine.loaders import Loaders, collate
-    from engine.lora import count_parameters
-    from engine.model import GPT
-    from engine.train import StepDone, train
+    def __init__(self, cfg: GPTConfig, device: torch.device, total: int) -> None:
+        from torch.utils.data import DataLoader
 
-    book = preset("book")
-    total = WARMUP_STEPS + steps
-    ids, labels = fixed_batches(cfg.vocab_size, total)
-    rows = [(row.tolist(), int(label)) for batch, batch_labels in zip(ids, labels, strict=True) for row, label in zip(batch, batch_labels, strict=True)]
-    loader = DataLoader(rows, batch_size=BATCH, shuffle=False, collate_fn=lambda items: collate(items, SEQ))
-    loaders = Loaders(loader, loader, loader, SEQ)
-    # eval_iter 1 and a far eval_freq: the only evaluation is train()'s after step 1, inside the warm-up.
-    train_cfg = replace(book.train, epochs=1, max_steps=total, eval_iter=1, eval_freq=10**9, bf16_autocast=True)
-    torch.manual_seed(123)
-    start = time.perf_counter()
-    model = build_classifier(GPT(cfg).to(device), book.lora)
-    _sync(device)
-    build_s = time.perf_counter() - start
-    before = _memory_mb(device)[0] if device.type != "cuda" else torch.cuda.memory_allocated(device) / 2**20
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    elapsed = []
-    events = train(model, loaders, train_cfg, device)
-    for event in events:
-        if isinstance(event, StepDone):
-            elapsed.append(event.elapsed_s)
-            if event.step == total:
-                break
-    events.close()  # skip the end-of-epoch evaluation
-    times = [b - a for a, b in zip(elapsed, elapsed[1:], strict=False)][WARMUP_STEPS - 1 :]
-    peak, method = _memory_mb(device)
-    return dict(times=times, peak_mb=peak, before_mb=before, method=method, trainable=count_parameters(model).trainable, build_s=build_s)
+        from engine.classifier import build_classifier
+        from engine.loaders import Loaders, collate
+        from engine.lora import count_parameters
+        from engine.model import GPT
+        from engine.train import train
 
-
-def _peer_fixed(cfg: GPTConfig, device: torch.device, steps: int) -> dict[str, Any]:
-    """The same batches through transformers' GPT2ForSequenceClassification + peft LoRA r16."""
-    import torch.nn.functional as F
-
-    book = preset("book")
-    total = WARMUP_STEPS + steps
-    ids, labels = fixed_batches(cfg.vocab_size, total)
-    torch.manual_seed(123)
-    start = time.perf_counter()
-    model = _peer_model(cfg, book.lora).to(device)
-    _sync(device)
-    build_s = time.perf_counter() - start
-    before = _memory_mb(device)[0] if device.type != "cuda" else torch.cuda.memory_allocated(device) / 2**20
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=book.train.lr, weight_decay=book.train.weight_decay)
-    model.train()
-    from engine.train import autocast
-
-    times = []
-    for step in range(total):
+        book = preset("book")
+        ids, labels = fixed_batches(cfg.vocab_size, total)
+        rows = [(row.tolist(), int(label)) for batch, batch_labels in zip(ids, labels, strict=True) for row, label in zip(batch, batch_labels, strict=True)]
+        loader = DataLoader(rows, batch_size=BATCH, shuffle=False, collate_fn=lambda items: collate(items, SEQ))
+        # eval_iter 1 and a far eval_freq: the only evaluation is train()'s after step 1, inside the warm-up.
+        train_cfg = replace(book.train, epochs=1, max_steps=total, eval_iter=1, eval_freq=10**9, bf16_autocast=True)
+        self.device = device
+        torch.manual_seed(123)
         start = time.perf_counter()
-        batch_ids, batch_labels = ids[step].to(device), labels[step].to(device)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, True):
-            logits = model(input_ids=batch_ids).logits
-        loss = F.cross_entropy(logits.float(), batch_labels)
+        model = build_classifier(GPT(cfg).to(device), book.lora)
+        _sync(device)
+        self.info = dict(build_s=time.perf_counter() - start, before_mb=_memory_now_mb(device), trainable=count_parameters(model).trainable)
+        _reset_peak(device)
+        self.events = train(model, Loaders(loader, loader, loader, SEQ), train_cfg, device)
+
+    def step(self) -> float:
+        from engine.train import StepDone
+
+        start = time.perf_counter()
+        for event in self.events:
+            if isinstance(event, StepDone):
+                break
+        return time.perf_counter() - start
+
+    def finish(self) -> dict[str, Any]:
+        self.events.close()  # skip the end-of-epoch evaluation
+        peak, method = _memory_mb(self.device)
+        return dict(peak_mb=peak, method=method)
+
+
+class _PeerStepper:
+    """The same batches through transformers' GPT2ForSequenceClassification + peft LoRA, the same optimiser."""
+
+    def __init__(self, cfg: GPTConfig, device: torch.device, total: int) -> None:
+        book = preset("book")
+        self.ids, self.labels = fixed_batches(cfg.vocab_size, total)
+        self.device = device
+        torch.manual_seed(123)
+        start = time.perf_counter()
+        self.model = _peer_model(cfg, book.lora).to(device)
+        _sync(device)
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.info = dict(build_s=time.perf_counter() - start, before_mb=_memory_now_mb(device), trainable=sum(p.numel() for p in parameters))
+        _reset_peak(device)
+        self.optimizer = torch.optim.AdamW(parameters, lr=book.train.lr, weight_decay=book.train.weight_decay)
+        self.model.train()
+        self.index = 0
+
+    def step(self) -> float:
+        import torch.nn.functional as F
+
+        from engine.train import autocast
+
+        start = time.perf_counter()
+        ids, labels = self.ids[self.index].to(self.device), self.labels[self.index].to(self.device)
+        self.index += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, True):
+            logits = self.model(input_ids=ids).logits
+        loss = F.cross_entropy(logits.float(), labels)
         loss.backward()
-        optimizer.step()
+        self.optimizer.step()
         loss.item()
-        if step >= WARMUP_STEPS:
-            times.append(time.perf_counter() - start)
-    peak, method = _memory_mb(device)
-    return dict(times=times, peak_mb=peak, before_mb=before, method=method, trainable=sum(p.numel() for p in parameters), build_s=build_s)
+        return time.perf_counter() - start
+
+    def finish(self) -> dict[str, Any]:
+        peak, method = _memory_mb(self.device)
+        return dict(peak_mb=peak, method=method)
+
+
+STEPPERS = {"ours": _OursStepper, "peer": _PeerStepper}
 
 
 def _peer_model(cfg: GPTConfig, lora: LoRAConfig) -> Any:
@@ -427,43 +451,106 @@ def _peer_model(cfg: GPTConfig, lora: LoRAConfig) -> Any:
         return get_peft_model(base, peft_config)
 
 
+PROTOCOL = "@@bench "  # prefix of the lines a measuring subprocess answers with
+
+
 def _child_main() -> None:
-    """Entry point of a measuring subprocess: JSON arguments on stdin, one JSON result line on stdout."""
-    args = json.loads(sys.stdin.read())
-    cfg = GPTConfig(**args["cfg"])
-    device = torch.device(args["device"])
-    measure = _ours_fixed if args["kind"] == "ours" else _peer_fixed
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = measure(cfg, device, args["steps"])
-    print("\n" + json.dumps(result))
+    """A measuring subprocess: JSON arguments on the first stdin line, then `step` / `finish` commands."""
+    args = json.loads(sys.stdin.readline())
+    warnings.simplefilter("ignore")
+    stepper = STEPPERS[args["kind"]](GPTConfig(**args["cfg"]), torch.device(args["device"]), args["total"])
+    answer = lambda payload: print(PROTOCOL + json.dumps(payload), flush=True)  # noqa: E731
+    answer(stepper.info)
+    for command in sys.stdin:
+        if command.strip() == "step":
+            answer(stepper.step())
+        else:
+            answer(stepper.finish())
+            return
 
 
-def _in_subprocess(kind: str, cfg: GPTConfig, device: torch.device, steps: int) -> dict[str, Any]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    payload = json.dumps({"kind": kind, "cfg": asdict(cfg), "device": str(device), "steps": steps})
-    completed = subprocess.run(
-        [sys.executable, "-c", "from engine.bench import _child_main; _child_main()"],
-        input=payload,
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    if completed.returncode != 0:
-        tail = " ".join(completed.stderr.strip().splitlines()[-3:])
-        raise RuntimeError(f"the {kind} measurement failed in its subprocess (exit {completed.returncode}): {tail}")
-    result = json.loads(completed.stdout.strip().splitlines()[-1])
-    result["method"] += ", in a fresh subprocess"
-    return result
+class _Subprocess:
+    """A stepper living in a fresh Python process, so its peak memory is its own."""
+
+    def __init__(self, kind: str, cfg: GPTConfig, device: torch.device, total: int) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        self.kind = kind
+        self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (lives as long as the child; closed in kill)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from engine.bench import _child_main; _child_main()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            env=env,
+        )
+        self.info = self._ask(json.dumps({"kind": kind, "cfg": asdict(cfg), "device": str(device), "total": total}))
+
+    def _ask(self, line: str) -> Any:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        try:
+            self.process.stdin.write(line + "\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            pass  # reported below, with the child's own error
+        for answer in self.process.stdout:
+            if answer.startswith(PROTOCOL):
+                return json.loads(answer[len(PROTOCOL) :])
+        code = self.process.wait()
+        self.stderr.seek(0)
+        tail = " ".join(self.stderr.read().strip().splitlines()[-3:])
+        raise RuntimeError(f"the {self.kind} measurement failed in its subprocess (exit {code}): {tail}")
+
+    def step(self) -> float:
+        return self._ask("step")
+
+    def finish(self) -> dict[str, Any]:
+        result = self._ask("finish")
+        self.process.wait()
+        result["method"] += ", in a fresh subprocess per implementation"
+        return result
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.stderr.close()
 
 
-def _in_process(kind: str, cfg: GPTConfig, device: torch.device, steps: int) -> dict[str, Any]:
-    measure = _ours_fixed if kind == "ours" else _peer_fixed
-    result = measure(cfg, device, steps)
-    result["method"] += ", in this process (not isolated)"
-    return result
+def fixed_workload(
+    cfg: GPTConfig, device: torch.device, steps: int, kinds: Sequence[str], isolate: bool, say: Callable[[str], None]
+) -> dict[str, dict[str, Any]]:
+    """Time `steps` steps (after WARMUP_STEPS) of each implementation, interleaved step by step.
+
+    Interleaving (in alternating order) makes both sides see the same background load, so their
+    ratio holds even when the machine's speed drifts during the run.
+    """
+    total = WARMUP_STEPS + steps
+    workers: dict[str, Any] = {}
+    try:
+        for kind in kinds:
+            say(f"  building {kind} ({'fresh subprocess' if isolate else 'this process'}) ...")
+            workers[kind] = _Subprocess(kind, cfg, device, total) if isolate else STEPPERS[kind](cfg, device, total)
+        times: dict[str, list[float]] = {kind: [] for kind in workers}
+        for i in range(total):
+            order = list(workers) if i % 2 == 0 else list(reversed(workers))
+            this_round = {kind: workers[kind].step() for kind in order}
+            if i >= WARMUP_STEPS:
+                for kind, elapsed in this_round.items():
+                    times[kind].append(elapsed)
+            say(f"  step {i + 1}/{total}{' (warm-up)' if i < WARMUP_STEPS else ''}: " + ", ".join(f"{k} {t:.2f} s" for k, t in this_round.items()))
+        results = {}
+        for kind, worker in workers.items():
+            finished = worker.finish()
+            if not isolate:
+                finished["method"] += ", in one shared process (not isolated)"
+            results[kind] = {**worker.info, **finished, "times": times[kind]}
+        return results
+    finally:
+        for worker in workers.values():
+            if isinstance(worker, _Subprocess):
+                worker.kill()
 
 
 def _step_result(name: str, raw: dict[str, Any], flops: float, peak_gflops: float, precision: str) -> StepResult:
@@ -498,60 +585,80 @@ def load_splits_for_bench(data: str | None) -> Any:
         return prepare(data, scratch).splits
 
 
-def epoch_result(mode: str, cfg: GPTConfig, splits: Any, device: torch.device, steps: int, full: bool = False) -> EpochResult:
-    """Time one epoch of `mode`'s real loader through `train`; extrapolate from `steps` timed steps unless `full`."""
-    from engine.classifier import build_classifier
-    from engine.loaders import make_loaders
-    from engine.model import GPT
-    from engine.train import StepDone, train
+class _EpochRun:
+    """One preset's real training epoch through `train`, advanced a step at a time."""
 
-    chosen = preset(mode)
-    widths, real = [], []
-    for batch in make_loaders(splits, chosen.train, cfg.context_length).train:  # the same seeded order train() will see
-        widths.append(batch.input_ids.size(1))
-        real += batch.lengths.tolist()
-    rows_per_batch = chosen.train.batch_size
-    n_batches = len(widths)
-    timed = n_batches if full else min(n_batches, WARMUP_STEPS + steps)
-    loaders = make_loaders(splits, chosen.train, cfg.context_length)
-    train_cfg = replace(chosen.train, epochs=1, max_steps=timed, eval_iter=1, eval_freq=10**9)
-    torch.manual_seed(123)
-    model = build_classifier(GPT(cfg).to(device), chosen.lora)
-    elapsed = []
-    events = train(model, loaders, train_cfg, device)
-    for event in events:
-        if isinstance(event, StepDone):
-            elapsed.append(event.elapsed_s)
-            if event.step == timed:
+    def __init__(self, mode: str, cfg: GPTConfig, splits: Any, device: torch.device, timed: int | None) -> None:
+        from engine.classifier import build_classifier
+        from engine.loaders import make_loaders
+        from engine.model import GPT
+        from engine.train import train
+
+        chosen = preset(mode)
+        self.mode, self.device, self.rows_per_batch = mode, device, chosen.train.batch_size
+        self.widths, self.real = [], []
+        for batch in make_loaders(splits, chosen.train, cfg.context_length).train:  # the same seeded order train() will see
+            self.widths.append(batch.input_ids.size(1))
+            self.real += batch.lengths.tolist()
+        self.total = len(self.widths) if timed is None else min(len(self.widths), timed)
+        self.full = timed is None
+        self.train_cfg = replace(chosen.train, epochs=1, max_steps=self.total, eval_iter=1, eval_freq=10**9)
+        torch.manual_seed(123)
+        model = build_classifier(GPT(cfg).to(device), chosen.lora)
+        self.events = train(model, make_loaders(splits, chosen.train, cfg.context_length), self.train_cfg, device)
+        self.intervals: list[float] = []
+
+    def step(self) -> None:
+        from engine.train import StepDone
+
+        if len(self.intervals) >= self.total:
+            return
+        start = time.perf_counter()
+        for event in self.events:
+            if isinstance(event, StepDone):
                 break
-    events.close()
-    intervals = [elapsed[0]] + [b - a for a, b in zip(elapsed, elapsed[1:], strict=False)]
-    precision = "bf16 autocast" if device.type == "cuda" and train_cfg.bf16_autocast and torch.cuda.is_bf16_supported() else "fp32"
-    padded = [w * rows_per_batch for w in widths]
-    if full:
-        # step 2's interval holds train()'s evaluation after step 1: replace it by its neighbours' mean
-        if len(intervals) > 2:
-            intervals[1] = (intervals[0] + intervals[2]) / 2
-        epoch_s, method, kept, kept_widths = sum(intervals), "full epoch", intervals, widths
-    else:
-        kept = intervals[WARMUP_STEPS:timed] or intervals[-1:]
-        kept_widths = widths[WARMUP_STEPS:timed] or widths[timed - 1 : timed]
-        epoch_s, method = _extrapolate(kept, [w * rows_per_batch for w in kept_widths], padded)
-    return EpochResult(
-        mode=mode,
-        precision=precision,
-        steps_per_epoch=n_batches,
-        rows=n_batches * rows_per_batch,
-        mean_padded_length=round(statistics.fmean(widths), 2),
-        mean_real_length=round(statistics.fmean(real), 2),
-        padded_tokens=sum(padded),
-        measured_steps=len(kept),
-        measured_step_times_s=tuple(round(t, 4) for t in kept),
-        measured_step_widths=tuple(kept_widths),
-        epoch_s=round(epoch_s, 2),
-        extrapolated=not full,
-        method=method,
-    )
+        self.intervals.append(time.perf_counter() - start)
+
+    def result(self) -> EpochResult:
+        self.events.close()
+        intervals, widths = list(self.intervals), self.widths
+        bf16 = self.device.type == "cuda" and self.train_cfg.bf16_autocast and torch.cuda.is_bf16_supported()
+        padded = [w * self.rows_per_batch for w in widths]
+        if self.full:
+            # step 2's interval holds train()'s evaluation after step 1: count it as its neighbours' mean
+            if len(intervals) > 2:
+                intervals[1] = (intervals[0] + intervals[2]) / 2
+            epoch_s, method, kept, kept_widths = sum(intervals), "full epoch", intervals, widths
+        else:
+            kept = intervals[WARMUP_STEPS:] or intervals[-1:]
+            kept_widths = widths[WARMUP_STEPS : len(intervals)] or widths[len(intervals) - 1 : len(intervals)]
+            epoch_s, method = _extrapolate(kept, [w * self.rows_per_batch for w in kept_widths], padded)
+        return EpochResult(
+            mode=self.mode,
+            precision="bf16 autocast" if bf16 else "fp32",
+            steps_per_epoch=len(widths),
+            rows=len(widths) * self.rows_per_batch,
+            mean_padded_length=round(statistics.fmean(widths), 2),
+            mean_real_length=round(statistics.fmean(self.real), 2),
+            padded_tokens=sum(padded),
+            measured_steps=len(kept),
+            measured_step_times_s=tuple(round(t, 4) for t in kept),
+            measured_step_widths=tuple(kept_widths),
+            epoch_s=round(epoch_s, 2),
+            extrapolated=not self.full,
+            method=method,
+        )
+
+
+def epochs(cfg: GPTConfig, splits: Any, device: torch.device, steps: int, full: bool, say: Callable[[str], None]) -> list[EpochResult]:
+    """`book` and `recommended` epochs, their steps interleaved so both see the same machine load."""
+    runs = [_EpochRun(mode, cfg, splits, device, None if full else WARMUP_STEPS + steps) for mode in ("book", "recommended")]
+    for i in range(max(run.total for run in runs)):
+        for run in runs if i % 2 == 0 else runs[::-1]:
+            run.step()
+        if i % 10 == 9 or i < WARMUP_STEPS + steps:
+            say(f"  step {i + 1}: " + ", ".join(f"{r.mode} {r.intervals[-1]:.2f} s (width {r.widths[len(r.intervals) - 1]})" for r in runs))
+    return [run.result() for run in runs]
 
 
 def _extrapolate(times: Sequence[float], tokens: Sequence[int], all_tokens: Sequence[int]) -> tuple[float, str]:
@@ -570,21 +677,23 @@ def _extrapolate(times: Sequence[float], tokens: Sequence[int], all_tokens: Sequ
     return rate * sum(all_tokens), f"{rate * 1e3:.3f} ms/token x epoch tokens"
 
 
-def _latency(run: Callable[[list[str]], Any], single: str, batch: list[str], single_runs: int, batch_runs: int) -> tuple[list[float], list[float]]:
-    for _ in range(2):
-        run([single])
-    singles = []
-    for _ in range(single_runs):
-        start = time.perf_counter()
-        run([single])
-        singles.append(time.perf_counter() - start)
-    run(batch[:10])
-    batches = []
-    for _ in range(batch_runs):
-        start = time.perf_counter()
-        run(batch)
-        batches.append(time.perf_counter() - start)
-    return singles, batches
+def _latency(
+    runners: dict[str, Callable[[list[str]], Any]], single: str, batch: list[str], single_runs: int, batch_runs: int
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Single-message and whole-batch timings of every runner, interleaved run by run."""
+    names = list(runners)
+    for name in names:
+        runners[name]([single])
+        runners[name]([single])
+        runners[name](batch[:10])
+    timings: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in names}
+    for kind, texts, runs in ((0, [single], single_runs), (1, batch, batch_runs)):
+        for i in range(runs):
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                start = time.perf_counter()
+                runners[name](texts)
+                timings[name][kind].append(time.perf_counter() - start)
+    return timings
 
 
 def _latency_result(name: str, singles: list[float], batches: list[float], single: str, batch: list[str], agreement: float | None = None) -> LatencyResult:
@@ -614,7 +723,7 @@ def _int8_option() -> str | None:
 def classification_latency(
     cfg: GPTConfig, device: torch.device, messages: list[str], single: str, steps: int, with_peer: bool, notes: list[str]
 ) -> list[LatencyResult]:
-    """p50/p95 latency of one message and of `messages`, ours (fp32, int8 if offered) and the peer's."""
+    """p50/p95 latency of one message and of `messages`, ours (fp32, int8 if offered) and the peer's, interleaved."""
     from engine.adapter import AdapterConfig
     from engine.classifier import Classifier, build_classifier
     from engine.model import GPT
@@ -622,16 +731,14 @@ def classification_latency(
     chosen = preset("recommended")  # classification as shipped: last real token, no padding
     single_runs, batch_runs = max(10, 4 * steps), max(2, steps)
     adapter = AdapterConfig("random:" + cfg.name, cfg, chosen.lora, chosen.train.pooling, chosen.train.padding, cfg.context_length)
-    results = []
 
     def ours(**options: Any) -> Any:
         torch.manual_seed(123)
         return Classifier(build_classifier(GPT(cfg), chosen.lora), adapter, device, **options)
 
     fp32 = ours()
-    results.append(_latency_result("ours fp32", *_latency(fp32.classify, single, messages, single_runs, batch_runs), single, messages))
-    reference = [p.label for p in fp32.classify(messages)]
-    del fp32
+    runners: dict[str, Callable[[list[str]], Any]] = {"ours fp32": fp32.classify}
+    agreement: dict[str, float] = {}
     option = _int8_option()
     if option is None:
         notes.append("int8 classification: not measured, engine.classifier.Classifier has no quantize/int8 option yet (issue 4 target 4)")
@@ -639,9 +746,9 @@ def classification_latency(
         notes.append(f"int8 classification: skipped on {device.type} (PyTorch's dynamic quantization runs on CPU)")
     else:
         int8 = ours(**{option: True})
-        agreement = statistics.fmean(p.label == r for p, r in zip(int8.classify(messages), reference, strict=True))
-        results.append(_latency_result("ours int8", *_latency(int8.classify, single, messages, single_runs, batch_runs), single, messages, agreement))
-        del int8
+        reference = [p.label for p in fp32.classify(messages)]
+        agreement["ours int8"] = statistics.fmean(p.label == r for p, r in zip(int8.classify(messages), reference, strict=True))
+        runners["ours int8"] = int8.classify
     if with_peer:
         torch.manual_seed(123)
         peer = _peer_model(cfg, chosen.lora).merge_and_unload().to(device).eval()
@@ -655,8 +762,9 @@ def classification_latency(
                 labels.append(max(range(len(probabilities)), key=probabilities.__getitem__))
             return labels
 
-        results.append(_latency_result("transformers+peft", *_latency(run_peer, single, messages, single_runs, batch_runs), single, messages))
-    return results
+        runners["transformers+peft"] = run_peer
+    timings = _latency(runners, single, messages, single_runs, batch_runs)
+    return [_latency_result(name, *timings[name], single, messages, agreement.get(name)) for name in runners]
 
 
 def _environment(cfg: GPTConfig, device: torch.device) -> dict[str, Any]:
@@ -732,16 +840,15 @@ def run_benchmark(
         precision = "bf16 autocast"
     train_peak = peaks[-1].gflops
 
-    where = "fresh subprocess" if isolate else "this process"
-    say(f"fixed workload {BATCH}x{SEQ}, ours: {WARMUP_STEPS} warm-up + {steps} timed steps ({where}) ...")
-    measure = _in_subprocess if isolate else _in_process
-    ours = _step_result("ours", measure("ours", cfg, torch_device, steps), flops["total"], train_peak, precision)
-    say(f"  ours: {ours.step_s:.2f} s a step")
+    kinds = ["ours", "peer"] if with_peer else ["ours"]
+    say(f"fixed workload {BATCH}x{SEQ}: {WARMUP_STEPS} warm-up + {steps} timed steps each, {' and '.join(kinds)} interleaved ...")
+    raw = fixed_workload(cfg, torch_device, steps, kinds, isolate, say)
+    ours = _step_result("ours", raw["ours"], flops["total"], train_peak, precision)
     peer = None
+    pairs: tuple[float, ...] = ()
     if with_peer:
-        say(f"fixed workload {BATCH}x{SEQ}, transformers+peft: {WARMUP_STEPS} warm-up + {steps} timed steps ({where}) ...")
-        peer = _step_result("transformers+peft", measure("peer", cfg, torch_device, steps), flops["total"], train_peak, precision)
-        say(f"  transformers+peft: {peer.step_s:.2f} s a step")
+        peer = _step_result("transformers+peft", raw["peer"], flops["total"], train_peak, precision)
+        pairs = tuple(round(p / o, 4) for p, o in zip(raw["peer"]["times"], raw["ours"]["times"], strict=True))
         notes.append(
             "transformers+peft: GPT2ForSequenceClassification (sdpa attention, dropout 0, pad id 50256), LoRA r16 alpha-scaled as the book on "
             "c_attn, c_proj, c_fc, score (its fused c_attn has one LoRA pair where ours has three: same frozen work, 2% fewer LoRA FLOPs)"
@@ -749,11 +856,8 @@ def run_benchmark(
 
     say("loading the SMS splits ...")
     splits = load_splits_for_bench(data)
-    epochs = []
-    for mode in ("book", "recommended"):
-        say(f"epoch in {mode} mode: {'every step' if full_epochs else f'{WARMUP_STEPS} warm-up + {steps} timed steps'} ...")
-        epochs.append(epoch_result(mode, cfg, splits, torch_device, steps, full_epochs))
-        say(f"  {mode}: {epochs[-1].epoch_s:.1f} s an epoch, mean padded length {epochs[-1].mean_padded_length:.1f}")
+    say(f"one epoch, book and recommended interleaved: {'every step' if full_epochs else f'{WARMUP_STEPS} warm-up + {steps} timed steps each'} ...")
+    epoch_results = epochs(cfg, splits, torch_device, steps, full_epochs, say)
 
     say("classification latency ...")
     test_texts = splits.test["Text"].tolist()
@@ -774,8 +878,9 @@ def run_benchmark(
         peaks=tuple(peaks),
         ours=ours,
         peer=peer,
-        epochs=tuple(epochs),
+        epochs=tuple(epoch_results),
         latency=tuple(latency),
+        step_pair_ratios=pairs,
         notes=tuple(notes),
         elapsed_s=round(time.perf_counter() - began, 1),
     )
