@@ -1,0 +1,63 @@
+"""Why a message got its answer: P(spam) as the message is read token by token, and which words matter.
+
+GPT-2 is causal, so the class head applied at position i sees exactly tokens 0..i: one forward
+pass gives the score "so far" at every token. Leaving one word out at a time and re-scoring shows
+which words moved the decision most.
+"""
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from engine.classifier import Classifier
+from engine.errors import InputError
+from engine.tokenizer import decode, encode
+
+MAX_WORDS = 64  # leave-one-out re-scores the message once per word: cap the work for long texts
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    token: str  # the token's text (may start with a space)
+    p_spam: float  # P(spam) reading the message up to and including this token
+
+
+@dataclass(frozen=True)
+class WordInfluence:
+    word: str
+    p_spam_without: float
+    influence: float  # P(spam) with the word minus without it: > 0 pushes towards spam
+
+
+def spam_index(classifier: Classifier) -> int:
+    labels = classifier.config.labels
+    return labels.index("spam") if "spam" in labels else len(labels) - 1
+
+
+@torch.inference_mode()
+def token_scores(classifier: Classifier, text: str) -> list[TokenScore]:
+    """P(spam) after each token, from one forward pass over the (truncated) message."""
+    if not text.strip():
+        raise InputError("the message is empty: type some text to explain")
+    ids = encode(text)[: classifier.config.max_length]
+    model = classifier.model
+    hidden = model.hidden_states(torch.tensor([ids], device=classifier.device))[0]  # (T, C)
+    probabilities = torch.softmax(model.score(hidden).float(), dim=-1)[:, spam_index(classifier)].tolist()
+    return [TokenScore(decode([token]), p) for token, p in zip(ids, probabilities, strict=True)]
+
+
+def word_influence(classifier: Classifier, text: str) -> list[WordInfluence]:
+    """Each word's effect on P(spam), found by scoring the message without it; strongest first."""
+    words = re.findall(r"\S+", text)
+    if not words:
+        raise InputError("the message is empty: type some text to explain")
+    words = words[:MAX_WORDS]
+    variants = [" ".join(words[:i] + words[i + 1 :]) or "." for i in range(len(words))]
+    full, *without = classifier.classify([" ".join(words), *variants])
+    label = classifier.config.labels[spam_index(classifier)]
+    influences = [
+        WordInfluence(word, prediction.probabilities[label], full.probabilities[label] - prediction.probabilities[label])
+        for word, prediction in zip(words, without, strict=True)
+    ]
+    return sorted(influences, key=lambda w: abs(w.influence), reverse=True)
