@@ -22,7 +22,7 @@ from engine.config import LABELS, RunConfig
 from engine.data import DataSummary, prepare
 from engine.device import pick_device
 from engine.download import ProgressCallback
-from engine.evaluate import Metrics, evaluate
+from engine.evaluate import Metrics, Scores, evaluate, evaluate_with_scores
 from engine.loaders import make_loaders
 from engine.lora import ParamCounts, count_parameters
 from engine.plot import save_loss_plot
@@ -57,6 +57,7 @@ class BaselineEvaluated:
 @dataclass(frozen=True)
 class FinalEvaluated:
     metrics: dict[str, Metrics]  # "train", "validation", "test" on the full loaders
+    scores: dict[str, Scores] = field(default_factory=dict)  # per-message P(spam): "validation", "test"
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class History:
     epochs: list[EpochDone] = field(default_factory=list)
     baseline: BaselineEvaluated | None = None
     final: dict[str, Metrics] | None = None
+    scores: dict[str, Scores] = field(default_factory=dict)
     steps: int = 0
     examples_seen: int = 0
     train_seconds: float = 0.0
@@ -122,12 +124,15 @@ def fine_tune(
         yield event
 
     if not stopped:
-        history.final = {
-            name: evaluate(model, loader, device, cfg.train.pooling, should_stop=stop.is_set)
-            for name, loader in (("train", loaders.train), ("validation", loaders.validation), ("test", loaders.test))
-        }
-        stopped = stop.is_set()
-        yield FinalEvaluated(history.final)
+        final, scores = {}, {}
+        for name, loader in (("train", loaders.train), ("validation", loaders.validation), ("test", loaders.test)):
+            final[name], split_scores = evaluate_with_scores(model, loader, device, cfg.train.pooling, should_stop=stop.is_set)
+            if name != "train":  # the training loader is shuffled: its order means nothing
+                scores[name] = split_scores
+        stopped = stop.is_set()  # stopped mid-evaluation: partial figures would mislead, so none are kept
+        if not stopped:
+            history.final, history.scores = final, scores
+            yield FinalEvaluated(final, scores)
 
     out = Path(cfg.out_dir)
     adapter_dir = out / "adapter"
@@ -153,6 +158,7 @@ def write_record(path: Path, cfg: RunConfig, summary: DataSummary, history: Hist
         "losses": [asdict(p) for p in history.losses],
         "epochs": [asdict(e) for e in history.epochs],
         "final": {name: asdict(m) for name, m in history.final.items()} if history.final else None,
+        "scores": {name: asdict(s) for name, s in history.scores.items()},
         "timings": {"train_seconds": round(history.train_seconds, 2), "total_seconds": round(seconds, 2)},
     }
     write_text_atomic(path, json.dumps(record, indent=2, default=str) + "\n")
