@@ -2,12 +2,14 @@
 
 Needs `apt-get install chromium` and the playwright package; never `playwright install`, which
 downloads a browser. With CI=true a missing browser fails the run instead of skipping it.
-Screenshots of every tab are written to docs/screenshots/.
+Screenshots of every tab go to a temporary folder; `LORA_LAB_SCREENSHOTS=docs/screenshots` (a path
+relative to the repository, or absolute) writes them where the README shows them, to refresh those.
 """
 
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +32,9 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = os.getenv("CHROMIUM_PATH", "/usr/bin/chromium")
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+REPO = Path(__file__).resolve().parents[1]
+# Not docs/screenshots by default: a test run must not rewrite committed files.
+SCREENSHOTS = REPO / os.environ["LORA_LAB_SCREENSHOTS"] if os.getenv("LORA_LAB_SCREENSHOTS") else Path(tempfile.gettempdir()) / "lora-lab-screenshots"
 LOCAL_SCHEMES = ("data", "blob")
 
 
