@@ -32,7 +32,7 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], lines: list[str]) -
 def cmd_data(args: argparse.Namespace) -> None:
     from engine.data import prepare
 
-    summary = prepare(args.source, args.cache, _download_reporter() if not args.json else None).summary
+    summary = prepare(args.source, args.cache, _download_reporter() if not args.json else None, deduplicate=args.dedupe).summary
     _emit(
         args,
         summary.to_dict(),
@@ -41,6 +41,9 @@ def cmd_data(args: argparse.Namespace) -> None:
             f"messages: {summary.messages:,} ({summary.ham:,} ham, {summary.spam:,} spam); balanced {summary.balanced:,}",
             f"splits: train {summary.train:,}, validation {summary.validation:,}, test {summary.test:,} (written to {args.cache})",
             f"longest training message: {summary.longest_train_tokens} tokens",
+            f"repeated texts: {summary.duplicates['repeated_texts']:,} ({summary.duplicates['extra_copies']:,} extra copies); "
+            + ", ".join(f"{pair}: {n}" for pair, n in summary.duplicates["across_splits"].items())
+            + (" (de-duplicated first)" if summary.deduplicated else " (use --dedupe to drop repeats)"),
         ],
     )
 
@@ -80,7 +83,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from engine.run import DataReady, FinalEvaluated, ModelReady, RunSaved, fine_tune
     from engine.train import EpochDone, LossEvaluated, StepDone
 
-    cfg = RunConfig.from_preset(args.preset, model=args.model, data=args.data, data_cache=args.cache, out_dir=args.out, device=args.device)
+    cfg = RunConfig.from_preset(
+        args.preset, model=args.model, data=args.data, data_cache=args.cache, out_dir=args.out, device=args.device, deduplicate=args.dedupe
+    )
     lora_changes = {k: v for k, v in (("rank", args.rank), ("alpha", args.alpha), ("scaling", args.scaling)) if v is not None}
     if args.targets:
         lora_changes["targets"] = tuple(args.targets)
@@ -172,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = add("data", "download (or read) the SMS Spam Collection and write train/validation/test CSVs")
     data.add_argument("--source", help="URL, local zip or tab-separated file (default: the UCI URL, then its backup)")
     data.add_argument("--cache", default="data_cache", help="folder for the download and the CSVs (default: data_cache)")
+    data.add_argument("--dedupe", action="store_true", help="drop repeated messages before balancing and splitting")
     data.set_defaults(run=cmd_data)
 
     params = add("params", "count total, frozen and trainable parameters (no weights needed)")
@@ -191,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", choices=PRESETS, default="recommended", help="book: the book's appendix E exactly; recommended: faster and as accurate")
     train.add_argument("--data", help="folder made by `data`, or a source as `data --source` takes (default: download)")
     train.add_argument("--cache", default="data_cache", help="where downloaded data and CSVs go (default: data_cache)")
+    train.add_argument("--dedupe", action="store_true", help="drop repeated messages before balancing and splitting")
     _lora_arguments(train, defaults=False)
     train.add_argument("--lr", type=float, help="learning rate (preset: book 5e-5, recommended 8e-4)")
     train.add_argument("--epochs", type=int)

@@ -206,6 +206,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: str | None = None  # prepared folder, URL, zip or TSV; None downloads into data_cache
     data_urls: tuple[str, ...] | None = None  # where None downloads from (default: UCI, then its backup)
+    deduplicate: bool = False  # drop repeated messages before balancing and splitting
     data_cache: str = "data_cache"
     out_dir: str = "runs/latest"
     device: str = "auto"

@@ -5,8 +5,9 @@ import json
 import statistics
 import zipfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -14,6 +15,8 @@ from engine.atomic import write_text_atomic
 from engine.config import LABELS
 from engine.download import ProgressCallback, download_first_valid
 from engine.errors import DataError
+from engine.quality import deduplicate as drop_duplicates
+from engine.quality import duplicate_report
 from engine.tokenizer import encode
 
 PRIMARY_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
@@ -61,6 +64,8 @@ class DataSummary:
     longest_train_tokens: int
     token_lengths: dict[str, LengthStats]  # per split
     spam_fraction: dict[str, float]  # per split
+    deduplicated: bool = False  # repeated (label, text) pairs were dropped before balancing
+    duplicates: dict[str, Any] = field(default_factory=dict)  # DuplicateReport of the parsed file
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -172,7 +177,7 @@ def token_length_stats(texts: Sequence[str]) -> LengthStats:
     return LengthStats(min(lengths), round(statistics.fmean(lengths), 2), float(statistics.median(lengths)), max(lengths))
 
 
-def summarize(source: str, messages: pd.DataFrame, splits: Splits) -> DataSummary:
+def summarize(source: str, messages: pd.DataFrame, splits: Splits, deduplicated: bool = False) -> DataSummary:
     lengths = {name: token_length_stats(part["Text"].tolist()) for name, part in splits.items()}
     return DataSummary(
         source=source,
@@ -186,6 +191,8 @@ def summarize(source: str, messages: pd.DataFrame, splits: Splits) -> DataSummar
         longest_train_tokens=lengths["train"].max,
         token_lengths=lengths,
         spam_fraction={name: round(float(part["Label"].mean()), 4) for name, part in splits.items()},
+        deduplicated=deduplicated,
+        duplicates=duplicate_report(messages, splits).to_dict(),
     )
 
 
@@ -235,9 +242,11 @@ def prepare(
     on_progress: ProgressCallback | None = None,
     seed: int = 123,
     urls: Sequence[str] | None = None,
+    deduplicate: bool = False,
 ) -> PreparedData:
     """Get the data from `source` (None: `urls`, default the UCI URL then its backup; a URL; a local zip/TSV; a prepared folder),
-    then balance, split and save the splits into `cache`.
+    then balance, split and save the splits into `cache`. With `deduplicate`, repeated (label, text)
+    pairs are dropped first, so no text can sit in two splits.
 
     Raises:
         DataError: the source is unreadable or holds the wrong content.
@@ -262,8 +271,9 @@ def prepare(
     else:
         origin = source
         messages = read_source_file(Path(source))
-    splits = split(balance(messages, seed), seed=seed)
-    summary = summarize(origin, messages, splits)
+    kept = drop_duplicates(messages) if deduplicate else messages
+    splits = split(balance(kept, seed), seed=seed)
+    summary = summarize(origin, messages, splits, deduplicated=deduplicate)
     save_splits(splits, cache)
     write_text_atomic(cache / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2) + "\n")
     return PreparedData(cache, splits, summary)

@@ -98,7 +98,7 @@ def fine_tune(
     started = time.perf_counter()
     stop = stop or threading.Event()
     device = pick_device(cfg.device)
-    data = prepare(cfg.data, cfg.data_cache, on_download, seed=cfg.train.seed, urls=cfg.data_urls)
+    data = prepare(cfg.data, cfg.data_cache, on_download, seed=cfg.train.seed, urls=cfg.data_urls, deduplicate=cfg.deduplicate)
     yield DataReady(data.summary)
 
     loading = time.perf_counter()
