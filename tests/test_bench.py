@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import SMS_ZIP, TINY
 
-from engine.bench import Report, peers_available, percentile, run_benchmark, step_flops
+from engine.bench import Report, _int8_option, peers_available, percentile, run_benchmark, step_flops
 from engine.config import GPT2_SIZES
 
 
@@ -42,6 +42,9 @@ def _check(report: Report, with_peer: bool) -> dict:
     assert all(e["epoch_s"] > 0 and e["measured_steps"] >= 1 for e in modes.values())
     names = {r["implementation"] for r in data["latency"]}
     assert "ours fp32" in names
+    if _int8_option() is not None:
+        (int8,) = [r for r in data["latency"] if r["implementation"] == "ours int8"]
+        assert 0 <= int8["agreement_with_fp32"] <= 1
     for result in data["latency"]:
         assert 0 < result["single_p50_ms"] <= result["single_p95_ms"]
         assert 0 < result["batch_p50_s"] <= result["batch_p95_s"]
