@@ -81,6 +81,7 @@ class History:
     baseline: BaselineEvaluated | None = None
     final: dict[str, Metrics] | None = None
     scores: dict[str, Scores] = field(default_factory=dict)
+    trainable: int = 0
     steps: int = 0
     examples_seen: int = 0
     train_seconds: float = 0.0
@@ -103,10 +104,11 @@ def fine_tune(
 
     loading = time.perf_counter()
     model = build_classifier(load_model(cfg.model, device), cfg.lora, n_classes=len(LABELS), seed=cfg.train.seed)
-    yield ModelReady(cfg.model, str(device), count_parameters(model), time.perf_counter() - loading)
+    counts = count_parameters(model)
+    yield ModelReady(cfg.model, str(device), counts, time.perf_counter() - loading)
 
     loaders = make_loaders(data.splits, cfg.train, model.cfg.context_length)
-    history = History()
+    history = History(trainable=counts.trainable)
     accuracy = lambda loader, batches=BASELINE_BATCHES: evaluate(model, loader, device, cfg.train.pooling, batches, stop.is_set).accuracy  # noqa: E731
     history.baseline = BaselineEvaluated(accuracy(loaders.train), accuracy(loaders.validation), accuracy(loaders.test))
     yield history.baseline
@@ -152,6 +154,7 @@ def write_record(path: Path, cfg: RunConfig, summary: DataSummary, history: Hist
         "torch": torch.__version__,
         "python": platform.python_version(),
         "stopped": stopped,
+        "trainable": history.trainable,
         "steps": history.steps,
         "examples_seen": history.examples_seen,
         "baseline": asdict(history.baseline) if history.baseline else None,
