@@ -17,6 +17,7 @@ from engine.download import ProgressCallback, download_first_valid
 from engine.errors import DataError
 from engine.quality import deduplicate as drop_duplicates
 from engine.quality import duplicate_report
+from engine.table import header_columns, parse_table
 from engine.tokenizer import encode
 
 PRIMARY_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
@@ -36,6 +37,7 @@ class Splits:
     train: pd.DataFrame
     validation: pd.DataFrame
     test: pd.DataFrame
+    labels: tuple[str, ...] = LABELS  # Label i means labels[i]
 
     def items(self) -> list[tuple[str, pd.DataFrame]]:
         return [("train", self.train), ("validation", self.validation), ("test", self.test)]
@@ -65,6 +67,8 @@ class DataSummary:
     token_lengths: dict[str, LengthStats]  # per split
     spam_fraction: dict[str, float]  # per split
     deduplicated: bool = False  # repeated (label, text) pairs were dropped before balancing
+    labels: tuple[str, ...] = LABELS  # class names, in class-index order
+    class_counts: dict[str, int] = field(default_factory=dict)  # messages per class in the parsed file
     duplicates: dict[str, Any] = field(default_factory=dict)  # DuplicateReport of the parsed file
 
     def to_dict(self) -> dict:
@@ -82,16 +86,13 @@ def parse_messages(raw: bytes, origin: str = "data") -> pd.DataFrame:
     """Parse `label<TAB>text` lines into a frame with string columns Label and Text.
 
     Quotes are not special (a message may start with `"`), tabs after the first belong to the text,
-    CRLF endings and blank lines are tolerated, and a `label<TAB>text` header row is skipped.
+    CRLF endings and blank lines are tolerated. (A file whose first line is a header goes to
+    engine.table instead: see `parse_source`.)
 
     Raises:
         DataError: not UTF-8, a line without a tab, or a label other than ham/spam.
     """
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise DataError(f"{origin} is not UTF-8 text (bad byte on line {line}): save it as UTF-8 and try again") from None
+    text = decode_utf8(raw, origin)
     labels, texts = [], []
     # Split on "\n" only: str.splitlines would also break at U+0085 and friends, which occur in messages.
     for number, line in enumerate(text.split("\n"), start=1):
@@ -100,12 +101,16 @@ def parse_messages(raw: bytes, origin: str = "data") -> pd.DataFrame:
             continue
         label, tab, message = line.partition("\t")
         if not tab:
-            raise DataError(f"{origin}, line {number}: no tab between label and message; expected 'ham<TAB>text' or 'spam<TAB>text'")
+            raise DataError(
+                f"{origin}, line {number}: no tab between label and message; expected 'ham<TAB>text' or 'spam<TAB>text' lines, "
+                "or a CSV/TSV whose first line names a text and a label column"
+            )
         label = label.strip().lower()
-        if number == 1 and label in ("label", "class", "category", "v1"):
-            continue
         if label not in LABELS:
-            raise DataError(f"{origin}, line {number}: unknown label {label[:20]!r}; every line must start with ham or spam")
+            raise DataError(
+                f"{origin}, line {number}: unknown label {label[:20]!r}; every line must start with ham or spam "
+                "(for other labels, start the file with a header row such as 'label<TAB>text')"
+            )
         labels.append(label)
         texts.append(message)
     if not labels:
@@ -113,8 +118,30 @@ def parse_messages(raw: bytes, origin: str = "data") -> pd.DataFrame:
     return pd.DataFrame({"Label": labels, "Text": texts})
 
 
+def decode_utf8(raw: bytes, origin: str) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(f"{origin} is not UTF-8 text (bad byte on line {line}): save it as UTF-8 and try again") from None
+
+
+def parse_source(raw: bytes, origin: str) -> pd.DataFrame:
+    """A headered CSV/TSV (any labels) or the SMS collection's headerless `label<TAB>text` lines."""
+    text = decode_utf8(raw, origin)
+    if header_columns(text.split("\n", 1)[0].removesuffix("\r")) is not None:
+        return parse_table(text, origin)
+    return parse_messages(raw, origin)
+
+
+def label_names(messages: pd.DataFrame) -> tuple[str, ...]:
+    """The class names: ham, spam for the SMS data (the book's 0 and 1), else the labels sorted."""
+    found = set(messages["Label"])
+    return LABELS if found <= set(LABELS) else tuple(sorted(found))
+
+
 def read_source_file(path: Path) -> pd.DataFrame:
-    """Parse a local zip (UCI layout) or tab-separated file."""
+    """Parse a local zip (UCI layout), the SMS tab-separated file, or a headered CSV/TSV of your own."""
     if not path.is_file():
         raise DataError(f"{path} does not exist: give the SMS Spam Collection zip or its tab-separated file")
     if path.stat().st_size > MAX_SOURCE_BYTES:
@@ -124,7 +151,7 @@ def read_source_file(path: Path) -> pd.DataFrame:
         raw = _zip_member(raw, path.name)
     elif raw.lstrip()[:1] == b"<":
         raise DataError(f"{path.name} is an HTML page, not the dataset: download the zip again or use its tab-separated file")
-    return parse_messages(raw, path.name)
+    return parse_source(raw, path.name)
 
 
 def _zip_member(raw: bytes, name: str) -> bytes:
@@ -144,19 +171,24 @@ def validate_zip(path: Path) -> None:
     _zip_member(path.read_bytes(), path.name)
 
 
-def balance(messages: pd.DataFrame, seed: int = 123) -> pd.DataFrame:
-    """Undersample ham to the spam count, exactly as the book (pandas `sample`, seed 123)."""
-    spam = messages[messages["Label"] == "spam"]
-    ham = messages[messages["Label"] == "ham"]
-    if spam.empty or ham.empty:
-        missing = "spam" if spam.empty else "ham"
-        raise DataError(f"the data has no {missing} messages: both classes are needed to train a classifier")
-    n = min(len(spam), len(ham))
-    balanced = pd.concat([ham.sample(n, random_state=seed), spam.sample(n, random_state=seed) if len(spam) > n else spam])
-    return balanced.assign(Label=balanced["Label"].map({name: i for i, name in enumerate(LABELS)}))
+def balance(messages: pd.DataFrame, seed: int = 123, labels: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Undersample every class to the smallest one's size and number the labels.
+
+    For the SMS data this is the book's step exactly: 747 ham drawn with pandas `sample`
+    (seed 123), followed by all 747 spam.
+    """
+    labels = labels or label_names(messages)
+    parts = [messages[messages["Label"] == name] for name in labels]
+    missing = [name for name, part in zip(labels, parts, strict=True) if part.empty]
+    if missing or len(labels) < 2:
+        what = f"no {missing[0]} messages" if missing else f"only one class ({labels[0]!r})"
+        raise DataError(f"the data has {what}: at least two classes are needed to train a classifier")
+    n = min(len(part) for part in parts)
+    balanced = pd.concat([part.sample(n, random_state=seed) if len(part) > n else part for part in parts])
+    return balanced.assign(Label=balanced["Label"].map({name: i for i, name in enumerate(labels)}))
 
 
-def split(frame: pd.DataFrame, train_frac: float = 0.7, validation_frac: float = 0.1, seed: int = 123) -> Splits:
+def split(frame: pd.DataFrame, train_frac: float = 0.7, validation_frac: float = 0.1, seed: int = 123, labels: tuple[str, ...] = LABELS) -> Splits:
     """Shuffle (seeded) and cut into train / validation / test, as the book does."""
     shuffled = frame.sample(frac=1, random_state=seed).reset_index(drop=True)
     train_end = int(len(shuffled) * train_frac)
@@ -165,6 +197,7 @@ def split(frame: pd.DataFrame, train_frac: float = 0.7, validation_frac: float =
         shuffled[:train_end].reset_index(drop=True),
         shuffled[train_end:validation_end].reset_index(drop=True),
         shuffled[validation_end:].reset_index(drop=True),
+        labels,
     )
     empty = [name for name, part in splits.items() if part.empty]
     if empty:
@@ -179,6 +212,8 @@ def token_length_stats(texts: Sequence[str]) -> LengthStats:
 
 def summarize(source: str, messages: pd.DataFrame, splits: Splits, deduplicated: bool = False) -> DataSummary:
     lengths = {name: token_length_stats(part["Text"].tolist()) for name, part in splits.items()}
+    counts = messages["Label"].value_counts()
+    positive = splits.labels.index("spam") if "spam" in splits.labels else 1
     return DataSummary(
         source=source,
         messages=len(messages),
@@ -190,8 +225,10 @@ def summarize(source: str, messages: pd.DataFrame, splits: Splits, deduplicated:
         test=len(splits.test),
         longest_train_tokens=lengths["train"].max,
         token_lengths=lengths,
-        spam_fraction={name: round(float(part["Label"].mean()), 4) for name, part in splits.items()},
+        spam_fraction={name: round(float((part["Label"] == positive).mean()), 4) for name, part in splits.items()},
         deduplicated=deduplicated,
+        labels=splits.labels,
+        class_counts={name: int(counts.get(name, 0)) for name in splits.labels},
         duplicates=duplicate_report(messages, splits).to_dict(),
     )
 
@@ -202,8 +239,8 @@ def save_splits(splits: Splits, folder: Path) -> None:
         write_text_atomic(folder / f"{name}.csv", part.to_csv(index=False))
 
 
-def load_splits(folder: Path) -> Splits:
-    """Read the three CSVs written by `save_splits`."""
+def load_splits(folder: Path, labels: tuple[str, ...] = LABELS) -> Splits:
+    """Read the three CSVs written by `save_splits`; `labels` names the class indices."""
     frames = []
     for name in SPLIT_NAMES:
         path = Path(folder) / f"{name}.csv"
@@ -213,10 +250,10 @@ def load_splits(folder: Path) -> Splits:
             frame = pd.read_csv(path, dtype={"Label": int, "Text": str}, keep_default_na=False)
         except (ValueError, pd.errors.ParserError) as error:
             raise DataError(f"{path} is not a Label,Text CSV ({error}): prepare the data again") from None
-        if list(frame.columns) != ["Label", "Text"] or not frame["Label"].isin(range(len(LABELS))).all():
-            raise DataError(f"{path} must have columns Label (0 or 1) and Text: prepare the data again")
+        if list(frame.columns) != ["Label", "Text"] or not frame["Label"].isin(range(len(labels))).all():
+            raise DataError(f"{path} must have columns Label (0 to {len(labels) - 1}) and Text: prepare the data again")
         frames.append(frame)
-    return Splits(*frames)
+    return Splits(*frames, labels)
 
 
 def is_url(source: str) -> bool:
@@ -256,13 +293,13 @@ def prepare(
     if source is not None and not is_url(source) and Path(source).is_dir():
         folder = Path(source)
         if (folder / "train.csv").is_file():
-            splits = load_splits(folder)
             saved = load_summary(folder)
+            splits = load_splits(folder, saved.labels if saved else LABELS)
             if saved is not None and (saved.train, saved.validation, saved.test) == tuple(len(p) for _, p in splits.items()):
                 return PreparedData(folder, splits, saved)
             # Without the summary of the original file, describe what the splits hold.
             everything = pd.concat([part for _, part in splits.items()])
-            labelled = everything.assign(Label=everything["Label"].map(dict(enumerate(LABELS))))
+            labelled = everything.assign(Label=everything["Label"].map(dict(enumerate(splits.labels))))
             return PreparedData(folder, splits, summarize(str(folder), labelled, splits))
         raise DataError(f"{folder} is a folder without train.csv: give a folder made by `python -m engine data`, a zip or a TSV")
     if source is None or is_url(source):
@@ -272,7 +309,8 @@ def prepare(
         origin = source
         messages = read_source_file(Path(source))
     kept = drop_duplicates(messages) if deduplicate else messages
-    splits = split(balance(kept, seed), seed=seed)
+    labels = label_names(messages)
+    splits = split(balance(kept, seed, labels), seed=seed, labels=labels)
     summary = summarize(origin, messages, splits, deduplicated=deduplicate)
     save_splits(splits, cache)
     write_text_atomic(cache / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2) + "\n")
@@ -284,6 +322,7 @@ def load_summary(folder: Path) -> DataSummary | None:
     try:
         data = json.loads((Path(folder) / SUMMARY_FILE).read_text(encoding="utf-8"))
         data["token_lengths"] = {name: LengthStats(**stats) for name, stats in data["token_lengths"].items()}
+        data["labels"] = tuple(data.get("labels", LABELS))
         return DataSummary(**data)
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None  # missing or from another version: the caller recomputes what it can

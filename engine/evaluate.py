@@ -80,14 +80,11 @@ def evaluate_with_scores(
 
 
 def metrics_from(confusion: torch.Tensor, total_loss: float, count: int) -> Metrics:
+    """Accuracy and loss, plus precision/recall/F1 of class 1 (spam) for two classes, macro-averaged for more."""
     if count == 0:
         return Metrics(float("nan"), float("nan"), confusion.tolist(), float("nan"), float("nan"), float("nan"), 0)
-    true_pos = confusion[1, 1].item()
-    predicted_pos = confusion[:, 1].sum().item()
-    actual_pos = confusion[1, :].sum().item()
-    precision = true_pos / predicted_pos if predicted_pos else 0.0
-    recall = true_pos / actual_pos if actual_pos else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    classes = [1] if confusion.size(0) == 2 else list(range(confusion.size(0)))
+    precision, recall, f1 = (sum(values) / len(classes) for values in zip(*(_class_scores(confusion, c) for c in classes), strict=True))
     return Metrics(
         loss=total_loss / count,
         accuracy=confusion.diagonal().sum().item() / count,
@@ -97,6 +94,15 @@ def metrics_from(confusion: torch.Tensor, total_loss: float, count: int) -> Metr
         f1=f1,
         count=count,
     )
+
+
+def _class_scores(confusion: torch.Tensor, positive: int) -> tuple[float, float, float]:
+    true_pos = confusion[positive, positive].item()
+    predicted_pos = confusion[:, positive].sum().item()
+    actual_pos = confusion[positive, :].sum().item()
+    precision = true_pos / predicted_pos if predicted_pos else 0.0
+    recall = true_pos / actual_pos if actual_pos else 0.0
+    return precision, recall, 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import torch
 from engine.adapter import AdapterConfig, save_adapter
 from engine.atomic import write_text_atomic
 from engine.classifier import build_classifier
-from engine.config import LABELS, RunConfig
+from engine.config import RunConfig
 from engine.data import DataSummary, prepare
 from engine.device import pick_device
 from engine.download import ProgressCallback
@@ -103,7 +103,8 @@ def fine_tune(
     yield DataReady(data.summary)
 
     loading = time.perf_counter()
-    model = build_classifier(load_model(cfg.model, device), cfg.lora, n_classes=len(LABELS), seed=cfg.train.seed)
+    labels = data.splits.labels
+    model = build_classifier(load_model(cfg.model, device), cfg.lora, n_classes=len(labels), seed=cfg.train.seed)
     counts = count_parameters(model)
     yield ModelReady(cfg.model, str(device), counts, time.perf_counter() - loading)
 
@@ -138,7 +139,7 @@ def fine_tune(
 
     out = Path(cfg.out_dir)
     adapter_dir = out / "adapter"
-    save_adapter(model, adapter_dir, AdapterConfig(cfg.model, model.cfg, cfg.lora, cfg.train.pooling, cfg.train.padding, loaders.max_length, LABELS))
+    save_adapter(model, adapter_dir, AdapterConfig(cfg.model, model.cfg, cfg.lora, cfg.train.pooling, cfg.train.padding, loaders.max_length, labels))
     plot = save_loss_plot(history.losses, out / PLOT_FILE) if history.losses else None
     record = write_record(out / RECORD_FILE, cfg, data.summary, history, stopped, str(device), time.perf_counter() - started)
     yield RunSaved(out, adapter_dir, record, plot, stopped)

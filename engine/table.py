@@ -1,0 +1,62 @@
+"""Your own data: a CSV or TSV file with a header row naming a text column and a label column.
+
+Any label names work, two classes or more; they become the classifier's classes in sorted order.
+"""
+
+import csv
+import io
+
+import pandas as pd
+
+from engine.errors import DataError
+
+TEXT_COLUMNS = ("text", "message", "sms", "content", "v2")
+LABEL_COLUMNS = ("label", "class", "category", "target", "v1")
+
+
+def header_columns(first_line: str) -> tuple[str, int, int] | None:
+    """(delimiter, label column, text column) when `first_line` is a recognisable header, else None."""
+    delimiter = "\t" if "\t" in first_line else ","
+    names = [name.strip().strip('"').lower() for name in first_line.split(delimiter)]
+    label = next((names.index(n) for n in LABEL_COLUMNS if n in names), None)
+    text = next((names.index(n) for n in TEXT_COLUMNS if n in names), None)
+    if label is None or text is None or {"ham", "spam"} & set(names):  # an SMS data line, not a header
+        return None
+    return delimiter, label, text
+
+
+def parse_table(text: str, origin: str) -> pd.DataFrame:
+    """Rows of (Label, Text) from a headered CSV/TSV; labels are stripped, texts kept as written.
+
+    Raises:
+        DataError: no usable header, a short row, an empty text or label (the line is named).
+    """
+    first_line = text.split("\n", 1)[0].removesuffix("\r")
+    columns = header_columns(first_line)
+    if columns is None:
+        raise DataError(
+            f"{origin}: the first line must name a text column ({', '.join(TEXT_COLUMNS[:3])}) and a label column "
+            f"({', '.join(LABEL_COLUMNS[:3])}), e.g. 'label,text'"
+        )
+    delimiter, label_column, text_column = columns
+    # TSV fields are taken literally, like the SMS collection; CSV fields may be quoted.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
+    next(reader)
+    labels, texts = [], []
+    try:
+        for row in reader:
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) <= max(label_column, text_column):
+                raise DataError(f"{origin}, line {reader.line_num}: expected at least {max(label_column, text_column) + 1} fields, found {len(row)}")
+            label, message = row[label_column].strip(), row[text_column]
+            if not label or not message.strip():
+                raise DataError(f"{origin}, line {reader.line_num}: empty {'label' if not label else 'text'}: fill it in or delete the line")
+            labels.append(label)
+            texts.append(message)
+    except csv.Error as error:
+        raise DataError(f"{origin}, line {reader.line_num}: {error}; check the quotes on that line") from None
+    if not labels:
+        raise DataError(f"{origin} has a header but no rows")
+    return pd.DataFrame({"Label": labels, "Text": texts})
