@@ -2,7 +2,9 @@
 
 The app owns one TrainingJob rather than a browser session owning the run: a reloaded page, a
 second visitor or a script polls `snapshot()` and sees the same progress; `stop()` ends the run
-within one training step (the engine checks the event before every step). No UI code here.
+within one training step (the engine checks the event before every step), within one batch
+while it evaluates, and at the next received chunk while it downloads the data. A run that runs out
+of memory fails with advice instead of taking the app down. No UI code here.
 """
 
 import logging
@@ -15,8 +17,9 @@ from typing import Literal
 from engine.config import RunConfig
 from engine.data import SOURCES, DataSummary, prepare
 from engine.download import DownloadProgress
-from engine.errors import LoRALabError
+from engine.errors import Cancelled, LoRALabError
 from engine.evaluate import Metrics
+from engine.memory import is_out_of_memory, out_of_memory_message, release_memory
 from engine.run import BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunEvent, RunSaved, fine_tune
 from engine.train import EpochDone, LossEvaluated, StepDone, TrainEnded, TrainStarted
 
@@ -177,6 +180,7 @@ class TrainingJob:
         self._final: Mapping[str, Metrics] | None = None
         self._saved: RunSaved | None = None
         self._download: DownloadProgress | None = None
+        self._device = cfg.device if cfg and cfg.device != "auto" else "the device"  # the resolved one once the model is loaded
         self._error: str | None = None
 
     def _run(self, cfg: RunConfig) -> None:
@@ -193,13 +197,19 @@ class TrainingJob:
                 self._record(event)
             if self._stop.is_set():
                 state = "stopped"
+        except Cancelled:  # Stop while the data downloaded: the partial file is gone, nothing to save
+            state = "stopped"
         except (LoRALabError, ValueError, FileNotFoundError) as problem:
             state, error = "failed", str(problem)
-        except MemoryError:
-            state, error = "failed", "out of memory: try a smaller model size or a smaller batch size"
         except Exception as problem:  # a bug must still end the run visibly, not kill the thread silently
-            log.exception("training run failed")
-            state, error = "failed", f"{type(problem).__name__}: {problem}"
+            if is_out_of_memory(problem):
+                with self._lock:
+                    device, phase = self._device, self._phase
+                state, error = "failed", out_of_memory_message(device, phase)
+                release_memory()
+            else:
+                log.exception("training run failed")
+                state, error = "failed", f"{type(problem).__name__}: {problem}"
         with self._lock:
             self._state, self._error, self._ended = state, error, time.perf_counter()
             self._phase = state
@@ -210,6 +220,8 @@ class TrainingJob:
             self._phase = phase
 
     def _on_download(self, progress: DownloadProgress) -> None:
+        if self._stop.is_set():
+            raise Cancelled("the download was stopped; nothing was kept")  # the engine removes the partial file
         with self._lock:
             self._download = progress
 
@@ -218,7 +230,9 @@ class TrainingJob:
             if isinstance(event, DataReady):
                 self._data, self._phase = event.summary, "loading model"
             elif isinstance(event, ModelReady):
-                self._phase = "measuring baseline accuracy"
+                self._phase, self._device = "measuring baseline accuracy", event.device
+            elif isinstance(event, BaselineEvaluated) and self._stop.is_set():
+                self._phase = "stopping"  # cut short by Stop: its accuracies cover too few batches to show
             elif isinstance(event, BaselineEvaluated):
                 self._baseline, self._phase = event, "training"
                 self._accuracies += [AccuracyRow(0, 0, event.train_accuracy, "train"), AccuracyRow(0, 0, event.validation_accuracy, "validation")]
@@ -244,6 +258,7 @@ class TrainingJob:
                 self._eta_s = None
                 self._phase = "saving" if event.stopped else "final evaluation"
             elif isinstance(event, FinalEvaluated):
-                self._final, self._phase = event.metrics, "saving"
+                # Stopped mid-evaluation, the metrics cover part of the splits: show none rather than those.
+                self._final, self._phase = (None if self._stop.is_set() else event.metrics), "saving"
             elif isinstance(event, RunSaved):
                 self._saved = event

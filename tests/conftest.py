@@ -101,6 +101,7 @@ class LocalServer:
     routes: dict[str, tuple[int, bytes, dict[str, str]]] = field(default_factory=dict)
     hits: list[str] = field(default_factory=list)
     stall_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before going silent
+    trickle: dict[str, float] = field(default_factory=dict)  # path -> seconds between 4 KiB chunks (a slow link)
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -130,6 +131,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body[:stall])
             self.wfile.flush()
             threading.Event().wait(5)  # longer than the client's read timeout in the tests
+            return
+        pause = state.trickle.get(self.path)
+        if pause is not None:
+            try:
+                for start in range(0, len(body), 4096):
+                    self.wfile.write(body[start : start + 4096])
+                    self.wfile.flush()
+                    threading.Event().wait(pause)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client stopped the download
             return
         self.wfile.write(body)
 

@@ -1,15 +1,20 @@
 """TrainingJob: one background run, watched through snapshots, stoppable, failing visibly."""
 
 import dataclasses
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import sms_zip_bytes
+import torch
+from conftest import SMS_ZIP, sms_zip_bytes
 
+from engine.classifier import Classifier
 from engine.config import RunConfig
 from engine.download import DownloadProgress
 from engine.job import JobSnapshot, TrainingJob, format_seconds
+from engine.memory import ADVICE
+from engine.train import StepDone
 
 
 def tiny_run(model: Path, tmp_path: Path, data: str | None, **train: object) -> RunConfig:
@@ -104,3 +109,115 @@ def test_status_while_downloading_names_the_source() -> None:
 @pytest.mark.parametrize(("seconds", "text"), [(0, "0:00"), (59.6, "1:00"), (61, "1:01"), (3725, "1:02:05")])
 def test_format_seconds(seconds: float, text: str) -> None:
     assert format_seconds(seconds) == text
+
+
+# --- stopping in every phase, running out of memory ----------------------------------------------------
+
+
+def test_stop_during_the_download_returns_to_ready_and_keeps_no_partial_file(tiny_model_dir: Path, tmp_path: Path, http_server) -> None:
+    http_server.routes["/slow.zip"] = (200, sms_zip_bytes(), {})
+    http_server.trickle["/slow.zip"] = 0.02  # ~2.5 s for the whole zip
+    job = TrainingJob(data_urls=[http_server.url("/slow.zip"), http_server.url("/backup.zip")])
+    assert job.start(tiny_run(tiny_model_dir, tmp_path, data=None))
+    wait_for(job, lambda s: s.download is not None and s.download.received > 0)
+    assert job.stop()
+    assert job.wait(5)
+    stopped = job.snapshot()
+    assert stopped.state == "stopped" and stopped.error is None, stopped.status
+    assert stopped.status.startswith("stopped: before training")
+    assert http_server.hits == ["/slow.zip"]  # stopping does not fall through to the backup source
+    assert not [p for p in (tmp_path / "cache").glob("*") if p.is_file()]  # no partial zip left
+    assert job.start(tiny_run(tiny_model_dir, tmp_path, data=str(SMS_ZIP), max_steps=2))  # ready for the next run
+    assert job.wait(60) and job.snapshot().state == "done"
+
+
+def evaluation_that_waits_for_stop(monkeypatch: pytest.MonkeyPatch, phase: str) -> threading.Event:
+    """Make fine_tune's baseline or final evaluation block until Stop is pressed."""
+    import engine.run
+
+    entered = threading.Event()
+    name = "evaluate" if phase == "baseline" else "evaluate_with_scores"
+    real = getattr(engine.run, name)
+
+    def waiting(model, loader, device, pooling, num_batches=None, should_stop=None):
+        entered.set()
+        deadline = time.monotonic() + 20
+        while should_stop is not None and not should_stop() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return real(model, loader, device, pooling, num_batches, should_stop)
+
+    monkeypatch.setattr(engine.run, name, waiting)
+    return entered
+
+
+@pytest.mark.parametrize("phase", ["baseline", "final"])
+def test_stop_during_evaluation_keeps_a_usable_adapter(
+    tiny_model_dir: Path, tmp_path: Path, sms_zip: Path, monkeypatch: pytest.MonkeyPatch, phase: str
+) -> None:
+    entered = evaluation_that_waits_for_stop(monkeypatch, phase)
+    job = TrainingJob()
+    assert job.start(tiny_run(tiny_model_dir, tmp_path, str(sms_zip), max_steps=4))
+    assert entered.wait(60), f"the run never reached the evaluation: {job.snapshot().status}"
+    assert job.snapshot().phase == ("measuring baseline accuracy" if phase == "baseline" else "final evaluation")
+    assert job.stop()
+    assert job.wait(10)
+    stopped = job.snapshot()
+    assert stopped.state == "stopped" and stopped.error is None
+    assert stopped.final is None  # partial metrics are never shown as the final ones
+    assert stopped.step == (0 if phase == "baseline" else 4)  # the last completed step
+    if phase == "baseline":
+        assert stopped.baseline is None and stopped.accuracies == ()
+    adapter = stopped.saved.adapter_dir
+    (prediction,) = Classifier.load(adapter, torch.device("cpu")).classify("Call now to claim your prize")
+    assert prediction.label in ("ham", "spam")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("MPS backend out of memory (MPS allocated: 8.00 GB)"),
+        MemoryError(),
+    ],
+    ids=["cuda", "mps", "host"],
+)
+def test_out_of_memory_fails_with_advice_and_the_next_run_works(
+    tiny_model_dir: Path, tmp_path: Path, sms_zip: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
+    import engine.job
+
+    real = engine.job.fine_tune
+
+    def exhausted(cfg, stop=None, on_download=None):
+        events = real(cfg, stop, on_download)
+        for event in events:
+            yield event
+            if isinstance(event, StepDone):
+                raise error
+
+    monkeypatch.setattr(engine.job, "fine_tune", exhausted)
+    job = TrainingJob()
+    assert job.start(tiny_run(tiny_model_dir, tmp_path, str(sms_zip)))
+    assert job.wait(60)
+    failed = job.snapshot()
+    assert failed.state == "failed"
+    assert failed.error == f"out of memory on cpu while training: {ADVICE}"
+    assert "smaller model size" in ADVICE and "smaller batch size" in ADVICE
+
+    monkeypatch.setattr(engine.job, "fine_tune", real)
+    assert job.start(tiny_run(tiny_model_dir, tmp_path / "again", str(sms_zip), max_steps=2))
+    assert job.wait(60) and job.snapshot().state == "done"
+
+
+def test_an_unexpected_bug_fails_the_run_visibly(tiny_model_dir: Path, tmp_path: Path, sms_zip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.job
+
+    def broken(cfg, stop=None, on_download=None):
+        raise RuntimeError("CUDA error: device-side assert triggered")
+        yield
+
+    monkeypatch.setattr(engine.job, "fine_tune", broken)
+    job = TrainingJob()
+    assert job.start(tiny_run(tiny_model_dir, tmp_path, str(sms_zip)))
+    assert job.wait(10)
+    assert job.snapshot().error == "RuntimeError: CUDA error: device-side assert triggered"  # not mistaken for out of memory
