@@ -9,6 +9,7 @@ import json
 import sys
 import time
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 from engine.config import GPT2_SIZES, LORA_TARGETS, PRESETS, SCALINGS, LoRAConfig, RunConfig
@@ -117,8 +118,19 @@ def cmd_classify(args: argparse.Namespace) -> None:
     from engine.classifier import Classifier
     from engine.device import pick_device
 
+    if bool(args.messages) == bool(args.file):
+        raise LoRALabError("give messages to classify, or --file (one message per line, or a CSV with a text column), not both")
     device = pick_device("cpu" if args.int8 and args.device == "auto" else args.device)
     classifier = Classifier.load(args.adapter, device, model=args.model, int8=args.int8)
+    if args.file:
+        from engine.batch import classify_file
+
+        out = args.out or str(Path(args.file).with_suffix(".predictions.csv"))
+        table = classify_file(classifier, Path(args.file), Path(out))
+        counts = table["label"].value_counts().to_dict()
+        summary = {"file": args.file, "out": out, "messages": len(table), "labels": counts}
+        _emit(args, summary, [f"{len(table):,} messages classified {counts}; written to {out}"])
+        return
     predictions = classifier.classify(args.messages)
     rows = [{"message": m, "label": p.label, "p_spam": round(p.p_spam, 4), "truncated": p.truncated} for m, p in zip(args.messages, predictions, strict=True)]
     _emit(args, {"predictions": rows}, [f"{r['label']:<4}  P(spam)={r['p_spam']:.3f}  {r['message'][:70]}" for r in rows])
@@ -212,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--model", help="base model if it has moved (default: the one the adapter names)")
     classify.add_argument("--device", default="auto")
     classify.add_argument("--int8", action="store_true", help="int8 weights on the CPU: faster, answers may differ slightly")
-    classify.add_argument("messages", nargs="+", help="one or more messages")
+    classify.add_argument("--file", help="classify every message of a file (one per line, or a CSV/TSV with a text column)")
+    classify.add_argument("--out", help="where --file's predictions go (default: FILE.predictions.csv)")
+    classify.add_argument("messages", nargs="*", help="one or more messages")
     classify.set_defaults(run=cmd_classify)
 
     bench = add("bench", "measure training and classification speed on this machine (random weights)")

@@ -93,3 +93,13 @@ def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "engine", "params", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["trainable_lora"] == 2_666_528
+
+
+def test_classify_a_file_and_refuse_both_or_neither(capsys, trained_run, tmp_path):
+    adapter = str(trained_run[1][-1].adapter_dir)
+    messages = tmp_path / "inbox.txt"
+    messages.write_text("WIN a car\nlunch?\n")
+    out = run_json(capsys, "classify", "--adapter", adapter, "--file", str(messages))
+    assert out["messages"] == 2 and (tmp_path / "inbox.predictions.csv").is_file()
+    assert main(["classify", "--adapter", adapter]) == 2
+    assert "give messages to classify, or --file" in capsys.readouterr().err

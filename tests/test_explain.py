@@ -37,3 +37,21 @@ def test_empty_message_cannot_be_explained(classifier):
         token_scores(classifier, "  ")
     with pytest.raises(InputError):
         word_influence(classifier, "")
+
+
+def test_batch_classification_of_a_file(classifier, tmp_path):
+    import pandas as pd
+
+    from engine.batch import classify_file, read_messages_file
+
+    lines = tmp_path / "messages.txt"
+    lines.write_text("Free entry in a weekly prize draw\n\nok see you at 7\r\nCall 0800 now to claim\n")
+    assert read_messages_file(lines) == ["Free entry in a weekly prize draw", "ok see you at 7", "Call 0800 now to claim"]
+    table = classify_file(classifier, lines, tmp_path / "out.csv")
+    saved = pd.read_csv(tmp_path / "out.csv")
+    assert list(saved.columns) == ["message", "label", "p_ham", "p_spam", "truncated"]
+    assert saved.message.tolist() == table.message.tolist() and len(saved) == 3
+    assert saved.p_spam.tolist() == pytest.approx([p.p_spam for p in classifier.classify(table.message.tolist())], abs=1e-5)
+    csv_file = tmp_path / "messages.csv"
+    csv_file.write_text('id,text\n1,"hello, there"\n2,WIN cash\n')
+    assert read_messages_file(csv_file) == ["hello, there", "WIN cash"]
