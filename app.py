@@ -4,12 +4,18 @@ Five tabs over `engine`: Data, Model & LoRA, Train, Parameters, Classify. Traini
 TrainingJob owned by the app, not by a browser session: a reloaded page or a second visitor
 re-attaches to it through a 1 s timer. The app does no tensor math; every event has an api_name,
 so `gradio_client` can script it. Nothing loads at import: `build_ui()` builds, `main()` launches.
+
+What a visitor can reach is fenced: models are the four sizes plus the `--model` given at start,
+uploads are read only from Gradio's own temporary copies (never a typed path or a URL), served files
+are the runs folder's, and every bad input ends in a message naming the problem and the fix.
 """
 
 import argparse
 import logging
 import os
+import threading
 import time
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
@@ -21,13 +27,15 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from engine.adapter import read_adapter  # noqa: E402
 from engine.classifier import Classifier  # noqa: E402
-from engine.config import GPT2_SIZES, LABELS, LORA_TARGETS, PADDINGS, POOLINGS, PRESETS, SCALINGS, LoRAConfig, RunConfig, TrainConfig, preset  # noqa: E402
-from engine.data import SOURCES, PreparedData, prepare  # noqa: E402
+from engine.config import GPT2_SIZES, LORA_TARGETS, PADDINGS, POOLINGS, PRESETS, SCALINGS, LoRAConfig, RunConfig, TrainConfig, preset  # noqa: E402
+from engine.data import SOURCES, PreparedData, load_summary, prepare  # noqa: E402
 from engine.device import pick_device  # noqa: E402
 from engine.download import DownloadProgress  # noqa: E402
-from engine.errors import LoRALabError  # noqa: E402
+from engine.errors import Cancelled, LoRALabError  # noqa: E402
 from engine.job import JobSnapshot, LossRow, TrainingJob, format_seconds  # noqa: E402
+from engine.memory import is_out_of_memory, out_of_memory_message, release_memory  # noqa: E402
 from engine.model import generate_greedy  # noqa: E402
 from engine.params import param_summary  # noqa: E402
 from engine.tokenizer import decode, encode  # noqa: E402
@@ -49,6 +57,11 @@ EXAMPLE_MESSAGES = (
     "Sorry I'm running late, the bus broke down. Be there in 20 min.",
 )
 THEME = gr.themes.Soft()  # a built-in theme ships its fonts; GoogleFont themes fetch from the internet
+# Gradio refuses bigger uploads. The largest adapter the controls can make (gpt2-xl, rank 64, every
+# layer) is 354 MB; the data files are held to the engine's own, smaller limit.
+MAX_UPLOAD_MB = 400
+MAX_BATCH_MESSAGES = 500  # lines per "classify many" request
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,12 @@ class AppSettings:
     out: Path = Path("runs")  # each run writes into out/<date-time>
     cache: Path = Path("data_cache")  # downloaded zip and the prepared train/validation/test CSVs
     data_urls: tuple[str, ...] = SOURCES  # where Download fetches the SMS data from, in order
+    max_upload_mb: int = MAX_UPLOAD_MB  # Gradio refuses larger uploads
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models a visitor may choose: the four sizes, plus the folder given with --model."""
+        return tuple(GPT2_SIZES) + (() if self.model in GPT2_SIZES else (self.model,))
 
 
 @dataclass(frozen=True)
@@ -177,6 +196,65 @@ def user_error(error: Exception) -> gr.Error:
     return gr.Error(" ".join(str(error).split()), duration=None)
 
 
+def memory_error(device: str, doing: str) -> gr.Error:
+    """Out of memory: free what the failed call held, and say what to change."""
+    release_memory()
+    return gr.Error(out_of_memory_message(device, doing), duration=None)
+
+
+class UploadedFile(gr.File):
+    """A gr.File that takes bytes sent from the visitor's computer only.
+
+    Gradio would fetch a URL given in place of an upload (from a script, say) on the server's
+    behalf; this component refuses to, so no visitor can make the app reach the network.
+    """
+
+    is_template = True  # the browser draws it as a plain gr.File
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path: str | Path | None) -> str | None:
+        refuse_url(url_or_file_path)
+        return await super().async_move_resource_to_block_cache(url_or_file_path)
+
+    def move_resource_to_block_cache(self, url_or_file_path: str | Path | None) -> str | None:
+        refuse_url(url_or_file_path)
+        return super().move_resource_to_block_cache(url_or_file_path)
+
+
+def refuse_url(value: str | Path | None) -> None:
+    if isinstance(value, str) and "://" in value:
+        raise gr.Error("LoRA Lab does not fetch URLs given as uploads: download the file yourself, then upload it from your computer")
+
+
+def upload_folder() -> Path:
+    """Where Gradio keeps its temporary copies of uploaded files (GRADIO_TEMP_DIR, or the system temp dir)."""
+    return Path(gr.utils.get_upload_folder()).resolve()
+
+
+def uploaded_path(path: str | None, what: str) -> Path:
+    """The path of a file a visitor uploaded; anything outside Gradio's upload folder is refused.
+
+    Handlers get paths from Gradio, which copies every upload into its folder first; a path that points
+    anywhere else (a script sending a typed path, say) must not reach the file system.
+    """
+    if not path:
+        raise gr.Error(f"choose {what} first")
+    resolved = Path(path).resolve()
+    if not resolved.is_relative_to(upload_folder()) or not resolved.is_file():
+        raise gr.Error(f"only files uploaded through this page are read: upload {what}")
+    return resolved
+
+
+def message_problem(message: object, number: int | None = None) -> str | None:
+    """Why a message cannot be classified (None when it can): not text, or no visible character."""
+    which = "the message" if number is None else f"line {number}"
+    if not isinstance(message, str):
+        return f"{which} is not text: send a string"
+    if not any(not char.isspace() and unicodedata.category(char)[0] != "C" for char in message):
+        what = "is empty" if not message.strip() else "holds only control characters"
+        return f"{which} {what}: type a message to classify"
+    return None
+
+
 def counts_frame(prepared: PreparedData) -> pd.DataFrame:
     s = prepared.summary
     rows = [
@@ -193,7 +271,7 @@ def counts_frame(prepared: PreparedData) -> pd.DataFrame:
 
 def preview_frame(prepared: PreparedData) -> pd.DataFrame:
     train = prepared.splits.train
-    parts = [train[train["Label"] == index].head(PREVIEW_PER_CLASS).assign(Label=name) for index, name in enumerate(LABELS)]
+    parts = [train[train["Label"] == index].head(PREVIEW_PER_CLASS).assign(Label=name) for index, name in enumerate(prepared.splits.labels)]
     return pd.concat(parts).rename(columns={"Label": "class", "Text": "message"}).reset_index(drop=True)
 
 
@@ -203,8 +281,10 @@ def token_histogram(prepared: PreparedData) -> Figure:
     axis = figure.subplots()
     frames = [part for _, part in prepared.splits.items()]
     everything = pd.concat(frames)
-    lengths = [[len(encode(text)) for text in everything[everything["Label"] == index]["Text"]] for index in range(len(LABELS))]
-    axis.hist(lengths, bins=40, stacked=True, label=list(LABELS), color=["#1f77b4", "#d62728"])
+    labels = prepared.splits.labels
+    lengths = [[len(encode(text)) for text in everything[everything["Label"] == index]["Text"]] for index in range(len(labels))]
+    colors = ["#1f77b4", "#d62728"] if len(labels) == 2 else None
+    axis.hist(lengths, bins=40, stacked=True, label=list(labels), color=colors)
     cutoff = prepared.summary.longest_train_tokens
     axis.axvline(cutoff, color="black", linestyle="--", label=f"padding cut-off (book): {cutoff} tokens")
     axis.set_title("Tokens per message; the book pads every message to the longest training one", fontsize=10)
@@ -310,6 +390,20 @@ class Lab:
         self.job = TrainingJob(settings.data_urls)
         self._prepared: PreparedData | None = None
         self._classifier: tuple[tuple[str, int, str], Classifier] | None = None  # (path, mtime, device) -> loaded
+        # Classify is its own concurrency group (limit 1); the lock also guards the cache and
+        # compare_with_base's switching LoRA off and on should anyone raise that limit.
+        self._classify_lock = threading.Lock()
+        self._download_stop = threading.Event()
+
+    def check_model(self, model: str) -> str:
+        """`model` if the app offers it; a typed folder or anything else is refused (no path from a visitor reaches the disk)."""
+        if model not in self.settings.models:
+            raise gr.Error(
+                f"unknown model {str(model)[:80]!r}: choose one of {', '.join(self.settings.models)}. "
+                "A local model folder is chosen when starting the app: python app.py --model FOLDER",
+                duration=None,
+            )
+        return model
 
     # Data tab
 
@@ -319,14 +413,21 @@ class Lab:
     ) -> tuple[str, pd.DataFrame, pd.DataFrame, Figure]:
         """Fetch the SMS data (primary URL, then backup), balance, split and describe it."""
         failures: list[str] = []
+        self._download_stop.clear()
 
         def report(event: DownloadProgress) -> None:
+            if self._download_stop.is_set():
+                raise Cancelled("download stopped")  # the engine deletes the partial file
             if event.status.startswith("failed"):
                 failures.append(f"{event.url}: {event.status}")
             progress((event.received, event.total), desc=f"downloading {event.url}", unit="bytes")
 
         try:
             prepared = prepare(None, self.settings.cache, report, urls=self.settings.data_urls)
+        except Cancelled:
+            gr.Warning("Download stopped; nothing was kept. Press Download to start again.")
+            status, *views = self.show_data()
+            return "Download stopped; nothing was kept. Press Download to start again.\n\n" + status, *views
         except LoRALabError as error:
             raise user_error(error) from None
         self._prepared = prepared
@@ -334,16 +435,20 @@ class Lab:
         status = f"Data ready from {prepared.summary.source}" + (f"\n\nSources that failed first:{tried}" if failures else "")
         return data_outputs(prepared, status)
 
+    def stop_download(self) -> str:
+        """Ask a running Download to stop at its next chunk of data."""
+        self._download_stop.set()
+        return "Stopping the download..."
+
     def upload_data(self, path: str | None) -> tuple[str, pd.DataFrame, pd.DataFrame, Figure]:
         """Use a local SMS Spam Collection zip or tab-separated file instead of downloading."""
-        if not path:
-            raise gr.Error("choose the SMS Spam Collection zip or its tab-separated file first")
+        source = uploaded_path(path, "the SMS Spam Collection zip or its tab-separated file")
         try:
-            prepared = prepare(path, self.settings.cache)
+            prepared = prepare(str(source), self.settings.cache)
         except LoRALabError as error:
             raise user_error(error) from None
         self._prepared = prepared
-        return data_outputs(prepared, f"Data ready from the uploaded file {Path(path).name}")
+        return data_outputs(prepared, f"Data ready from the uploaded file {source.name}")
 
     def show_data(self) -> tuple[str, pd.DataFrame | None, pd.DataFrame | None, Figure | None]:
         """What a (re)loaded page shows: the data prepared earlier, if any."""
@@ -352,8 +457,7 @@ class Lab:
                 prepared = prepare(str(self.settings.cache), self.settings.cache)
             except LoRALabError as error:
                 return f"The prepared data in {self.settings.cache} is unusable ({error}): download it again.", None, None, None
-            # Only the balanced splits were saved, so these counts are of the balanced set.
-            return data_outputs(prepared, f"Data prepared earlier, read from {self.settings.cache} (counts of the balanced splits)")
+            return data_outputs(prepared, f"Data prepared earlier, read from {self.settings.cache}")
         if self._prepared is None:
             return "No data yet: download it, or upload the zip or tab-separated file.", None, None, None
         return data_outputs(self._prepared, f"Data ready from {self._prepared.summary.source}")
@@ -367,17 +471,22 @@ class Lab:
     ) -> tuple[str, str]:
         """Download (if needed) and load the weights, then run the "Every effort moves you" check."""
         started = time.perf_counter()
+        self.check_model(model)
+        device = pick_device(self.settings.device)
         try:
             source = resolve(model)
             path = fetch(source, lambda received, total: progress((received, total), desc="downloading model.safetensors", unit="bytes"))
             progress(None, desc="loading the weights")
-            device = pick_device(self.settings.device)
             loaded = load_model(model, device)
+            text = decode(generate_greedy(loaded, encode(SANITY_PROMPT), SANITY_TOKENS))
         except LoRALabError as error:
             message = " ".join(str(error).split())
             gr.Warning(message, duration=None)
             return f"Weights not available: {message}", ""
-        text = decode(generate_greedy(loaded, encode(SANITY_PROMPT), SANITY_TOKENS))
+        except Exception as error:
+            if is_out_of_memory(error):
+                raise memory_error(str(device), f"loading {model}") from None
+            raise
         shape = f"{source.config.n_layer} layers, width {source.config.n_embd}"
         seconds = time.perf_counter() - started
         return f"{model}: {shape}; weights {path.stat().st_size / 1e6:,.1f} MB at {path}; loaded on {device} in {seconds:.1f} s", text
@@ -395,6 +504,7 @@ class Lab:
 
     def parameters(self, model: str, rank: float, targets: Sequence[str], train_head: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Frozen vs trainable counts for these settings, computed without weights."""
+        self.check_model(model)
         try:
             summary = param_summary(model, LoRAConfig(rank=as_int(rank), targets=tuple(targets or ()), train_head=bool(train_head)))
         except LoRALabError as error:
@@ -440,6 +550,7 @@ class Lab:
         eval_freq: float,
     ) -> tuple[Any, ...]:
         """Start a run with these settings; if one is running already, say so and show that one."""
+        self.check_model(model)
         out_dir = new_run_dir(self.settings.out)
         try:
             cfg = run_config(
@@ -460,11 +571,19 @@ class Lab:
                 eval_freq,
                 out_dir,
             )
+            param_summary(cfg.model, cfg.lora)  # builds the model on the meta device: a rank wider than a layer fails here, at once
         except LoRALabError as error:
             raise user_error(error) from None
+        self.check_batch_size(cfg.train.batch_size)
         if not self.job.start(cfg):
             gr.Info("A training run is already going: showing it. Stop it first to start another.")
         return self.poll()
+
+    def check_batch_size(self, batch_size: int) -> None:
+        """Refuse a batch larger than the training split, when the data is known already (else the run says so)."""
+        summary = self._prepared.summary if self._prepared else load_summary(self.settings.cache)
+        if summary is not None and batch_size > summary.train:
+            raise gr.Error(f"batch size {batch_size} is larger than the {summary.train} training messages: choose at most {summary.train}", duration=None)
 
     def poll(self) -> tuple[Any, ...]:
         """The running (or last) job's state; the timer keeps ticking only while it runs."""
@@ -490,17 +609,58 @@ class Lab:
 
     def classify(self, message: str, adapter_file: str | None) -> tuple[dict[str, float], dict[str, float], str]:
         """The fine-tuned model's answer next to the untrained one's (the same model with LoRA off)."""
-        adapter = Path(adapter_file) if adapter_file else self.latest_adapter()
-        if adapter is None:
-            raise gr.Error("No trained adapter yet: train one on the Train tab, or load an adapter.safetensors file above.")
-        try:
-            classifier = self._load_classifier(adapter)
-            before, after = classifier.compare_with_base(message)
-        except LoRALabError as error:
-            raise user_error(error) from None
+        problem = message_problem(message)
+        if problem:
+            raise gr.Error(problem)
+        with self._classify_lock:
+            adapter, classifier = self._classifier_for(adapter_file)
+            try:
+                before, after = classifier.compare_with_base(message)
+            except LoRALabError as error:
+                raise user_error(error) from None
+            except Exception as error:
+                if is_out_of_memory(error):
+                    raise memory_error(str(classifier.device), "classifying") from None
+                raise
         cut = " (the message was cut to the model's length limit)" if after.truncated else ""
         details = f"{after.tokens} tokens read{cut}. Adapter: {adapter}; base model: {classifier.config.base_model}."
         return dict(after.probabilities), dict(before.probabilities), details
+
+    def classify_many(self, messages: str, adapter_file: str | None) -> pd.DataFrame:
+        """One message per line: a table of answers. A bad line is reported in its row; the others still get answers."""
+        if not isinstance(messages, str):
+            raise gr.Error("send the messages as text, one per line")
+        lines = [(number, line.removesuffix("\r")) for number, line in enumerate(messages.split("\n"), start=1) if line.removesuffix("\r")]
+        if not lines:
+            raise gr.Error("no messages: type or paste one message per line")
+        if len(lines) > MAX_BATCH_MESSAGES:
+            raise gr.Error(f"{len(lines)} messages: classify at most {MAX_BATCH_MESSAGES} at a time, or use `python -m engine classify` for more")
+        problems = {number: message_problem(line, number) for number, line in lines}
+        good = [(number, line) for number, line in lines if problems[number] is None]
+        with self._classify_lock:
+            adapter, classifier = self._classifier_for(adapter_file)
+            try:
+                predictions = dict(zip([n for n, _ in good], classifier.classify([line for _, line in good]) if good else [], strict=True))
+            except LoRALabError as error:
+                raise user_error(error) from None
+            except Exception as error:
+                if is_out_of_memory(error):
+                    raise memory_error(str(classifier.device), "classifying") from None
+                raise
+        bad = [problem for problem in problems.values() if problem]
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            gr.Warning(f"{len(bad)} of {len(lines)} lines skipped: {bad[0]}{more}")
+        rows = []
+        for number, line in lines:
+            prediction = predictions.get(number)
+            shown = line if len(line) <= 200 else line[:200] + "…"
+            if prediction is None:
+                rows.append((number, shown, "", None, f"skipped: {problems[number]}"))
+            else:
+                note = "cut to the length limit" if prediction.truncated else ""
+                rows.append((number, shown, prediction.label, round(prediction.probabilities[prediction.label], 4), note))
+        return pd.DataFrame(rows, columns=["line", "message", "label", "probability", "note"])
 
     def adapter_info(self) -> str:
         latest = self.latest_adapter()
@@ -511,14 +671,37 @@ class Lab:
         found = sorted(self.settings.out.glob("*/adapter/adapter.safetensors"), key=lambda p: p.stat().st_mtime)
         return found[-1].parent if found else None
 
-    def _load_classifier(self, adapter: Path) -> Classifier:
-        # Classify is one listener with the queue's default limit of 1, so this cache and
-        # compare_with_base's switching LoRA off and on never run concurrently.
+    def _classifier_for(self, adapter_file: str | None) -> tuple[Path, Classifier]:
+        """The adapter to use (an uploaded file, else the latest trained) and its loaded classifier; call under the lock."""
+        if adapter_file:
+            adapter = uploaded_path(adapter_file, "an adapter.safetensors file")
+        else:
+            adapter = self.latest_adapter()
+            if adapter is None:
+                raise gr.Error("No trained adapter yet: train one on the Train tab, or load an adapter.safetensors file above.")
+        device = pick_device(self.settings.device)
         tensors = adapter / "adapter.safetensors" if adapter.is_dir() else adapter
-        key = (str(tensors.resolve()), tensors.stat().st_mtime_ns if tensors.exists() else 0, self.settings.device)
+        key = (str(tensors.resolve()), tensors.stat().st_mtime_ns if tensors.exists() else 0, str(device))
         if self._classifier is None or self._classifier[0] != key:
-            self._classifier = key, Classifier.load(adapter, pick_device(self.settings.device))
-        return self._classifier[1]
+            self._classifier = None  # free the previous model before loading the next
+            try:
+                # The adapter names its base model; only a model this app offers is loaded (an uploaded
+                # adapter must not point the app at an arbitrary folder or download).
+                config, _ = read_adapter(adapter)
+                if config.base_model not in self.settings.models:
+                    raise gr.Error(
+                        f"this adapter was trained on {config.base_model[:120]!r}, which this app does not offer "
+                        f"({', '.join(self.settings.models)}): start LoRA Lab with --model pointing at that model",
+                        duration=None,
+                    )
+                self._classifier = key, Classifier.load(adapter, device, model=config.base_model)
+            except LoRALabError as error:
+                raise user_error(error) from None
+            except Exception as error:
+                if is_out_of_memory(error):
+                    raise memory_error(str(device), "loading the classifier") from None
+                raise
+        return adapter, self._classifier[1]
 
 
 def view_values(view: TrainingView) -> tuple[Any, ...]:
@@ -529,15 +712,17 @@ def view_values(view: TrainingView) -> tuple[Any, ...]:
 def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
     """The five tabs, wired to one Lab; nothing heavy happens until an event fires."""
     lab = lab or Lab(settings)
-    models = list(GPT2_SIZES) + ([settings.model] if settings.model not in GPT2_SIZES else [])
+    models = list(settings.models)
     initial = Controls.of(RunConfig.from_preset("recommended", model=settings.model))
     with gr.Blocks(title="LoRA Lab") as demo:
         gr.Markdown("# LoRA Lab\nFine-tune GPT-2 with LoRA to tell spam from ham, and watch it learn.")
         with gr.Tabs():
             with gr.Tab("Data"):
                 with gr.Row():
-                    download = gr.Button("Download the SMS Spam Collection", variant="primary")
-                    upload = gr.File(label="...or upload its zip or tab-separated file (offline)", file_count="single", height=150)
+                    with gr.Column():
+                        download = gr.Button("Download the SMS Spam Collection", variant="primary")
+                        stop_download = gr.Button("Stop the download", variant="stop", size="sm", elem_id="stop-download")
+                    upload = UploadedFile(label="...or upload its zip or tab-separated file (offline)", file_count="single", height=150, elem_id="upload")
                 data_status = gr.Markdown(elem_id="data-status")
                 with gr.Row():
                     counts = gr.Dataframe(label="Counts", interactive=False, elem_id="counts", scale=1)
@@ -550,8 +735,7 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
                         models,
                         value=initial.model,
                         label="Model",
-                        info="a GPT-2 size, or type a local folder with config.json + model.safetensors",
-                        allow_custom_value=True,
+                        info="a GPT-2 size (a local folder is chosen when starting the app: --model FOLDER)",
                         elem_id="model",
                     )
                     load = gr.Button("Download / load weights and test them", elem_id="load-weights")
@@ -626,7 +810,9 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
 
             with gr.Tab("Classify"):
                 adapter_status = gr.Markdown(elem_id="adapter-status")
-                adapter_file = gr.File(label="Optional: an adapter.safetensors file to use instead", file_types=[".safetensors"], height=150)
+                adapter_file = UploadedFile(
+                    label="Optional: an adapter.safetensors file to use instead", file_types=[".safetensors"], height=150, elem_id="adapter-file"
+                )
                 message = gr.Textbox(label="Message", lines=3, placeholder="Type an SMS, or pick an example below", elem_id="message")
                 gr.Examples([[m] for m in EXAMPLE_MESSAGES], inputs=[message], label="Examples")
                 classify_button = gr.Button("Classify", variant="primary", elem_id="classify")
@@ -634,9 +820,14 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
                     after = gr.Label(label="Fine-tuned model", elem_id="prediction-after")
                     before = gr.Label(label="Untrained model (LoRA off)", elem_id="prediction-before")
                 details = gr.Markdown(elem_id="classify-details")
+                with gr.Accordion("Classify many messages at once", open=False):
+                    many = gr.Textbox(label="Messages, one per line", lines=6, elem_id="many")
+                    classify_many_button = gr.Button("Classify every line", elem_id="classify-many")
+                    many_results = gr.Dataframe(label="Answers of the fine-tuned model", interactive=False, wrap=True, elem_id="many-results")
 
         data_views = [data_status, counts, preview, histogram]
         download.click(lab.download_data, None, data_views, api_name="download_data")
+        stop_download.click(lab.stop_download, None, data_status, api_name="stop_download", concurrency_limit=None)
         upload.upload(lab.upload_data, upload, data_views, api_name="upload_data")
 
         load.click(lab.load_weights, model, [weights_status, sanity], api_name="load_weights")
@@ -658,7 +849,19 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
         timer.tick(lab.poll, None, view, api_name="poll", show_progress="hidden", concurrency_limit=None)
         stop_button.click(lab.stop_training, None, train_status, api_name="stop", concurrency_limit=None)
 
-        gr.on([classify_button.click, message.submit], lab.classify, [message, adapter_file], [after, before, details], api_name="classify")
+        # Classification has its own queue, never behind training or a download: visitors can classify while a run goes.
+        gr.on(
+            [classify_button.click, message.submit],
+            lab.classify,
+            [message, adapter_file],
+            [after, before, details],
+            api_name="classify",
+            concurrency_id="classify",
+            concurrency_limit=1,
+        )
+        classify_many_button.click(
+            lab.classify_many, [many, adapter_file], many_results, api_name="classify_many", concurrency_id="classify", concurrency_limit=1
+        )
 
         demo.load(lab.attach, None, view, api_name="attach", show_progress="hidden")
         demo.load(lab.controls, None, train_inputs, api_name="controls", show_progress="hidden")
@@ -684,7 +887,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="URL",
         help="where Download fetches the SMS zip from, tried in order (default: UCI, then the book's backup)",
     )
+    parser.add_argument(
+        "--auth",
+        type=parse_auth,
+        default=os.environ.get("LORA_LAB_AUTH") or None,
+        metavar="USER:PASSWORD",
+        help="ask for this login before showing the app (Gradio's auth), for shared machines; "
+        "LORA_LAB_AUTH=USER:PASSWORD does the same without showing the password in the process list",
+    )
+    parser.add_argument(
+        "--max-upload-mb", type=int, default=MAX_UPLOAD_MB, help=f"largest file a visitor may upload, in MB (default {MAX_UPLOAD_MB})"
+    )
     args = parser.parse_args(argv)
+    if args.max_upload_mb < 1:
+        parser.error("--max-upload-mb must be at least 1")
     try:
         resolve(args.model)
         pick_device(args.device)
@@ -693,25 +909,55 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def parse_auth(value: str) -> tuple[str, str]:
+    """"user:password" -> ("user", "password"); the password may itself contain colons."""
+    user, colon, password = value.partition(":")
+    if not colon or not user or not password:
+        raise argparse.ArgumentTypeError("expected USER:PASSWORD, both non-empty")
+    return user, password
+
+
+def exposure_warnings(host: str, share: bool, auth: tuple[str, str] | None) -> list[str]:
+    """What to tell the person starting the app when others can reach it."""
+    warnings = []
+    if host not in LOCAL_HOSTS:
+        warnings.append(f"listening on {host}: anyone who can reach this machine can use LoRA Lab, train on it and download its runs")
+    if share:
+        warnings.append("--share: a public gradio.live link will forward to this app through Gradio's servers; anyone with the link can use it")
+    if warnings and auth is None:
+        warnings.append("no login is asked: add --auth USER:PASSWORD (or set LORA_LAB_AUTH) on a shared machine")
+    return warnings
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     args = parse_args(argv)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s: anyone who can reach this machine can use LoRA Lab, train on it and read the files it serves", args.host)
-    if args.share:
-        log.warning("--share: a public gradio.live link will forward to this app through Gradio's servers")
-    settings = AppSettings(model=args.model, device=args.device, out=args.out, cache=args.cache, data_urls=tuple(args.data_urls))
-    launch(build_ui(settings), settings, args.host, args.port, args.share)
+    for warning in exposure_warnings(args.host, args.share, args.auth):
+        log.warning(warning)
+    settings = AppSettings(
+        model=args.model, device=args.device, out=args.out, cache=args.cache, data_urls=tuple(args.data_urls), max_upload_mb=args.max_upload_mb
+    )
+    launch(build_ui(settings), settings, args.host, args.port, args.share, auth=args.auth)
 
 
-def launch(demo: gr.Blocks, settings: AppSettings, host: str, port: int, share: bool = False, block: bool = True) -> str:
+def launch(
+    demo: gr.Blocks,
+    settings: AppSettings,
+    host: str,
+    port: int,
+    share: bool = False,
+    block: bool = True,
+    auth: tuple[str, str] | None = None,
+) -> str:
     """Queue and serve `demo`; returns its local URL (at once when `block` is False, as tests want)."""
     _, url, _ = demo.queue(max_size=64).launch(
         server_name=host,
         server_port=port,
         share=share,
+        auth=auth,
         theme=THEME,
-        allowed_paths=[str(settings.out)],  # run files may live outside the working directory
+        allowed_paths=[str(settings.out)],  # the only files served besides Gradio's own copies: the runs
+        max_file_size=settings.max_upload_mb * 1024 * 1024,
         footer_links=["api", "settings"],  # no link to gradio.app
         prevent_thread_lock=not block,
         quiet=not block,

@@ -1,9 +1,12 @@
 """Launching LoRA Lab in-process on a free 127.0.0.1 port, for the gradio_client and browser tests."""
 
 import contextlib
+import shutil
 import socket
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import app
 
@@ -21,14 +24,31 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(settings: app.AppSettings) -> Iterator[RunningApp]:
+def running_app(settings: app.AppSettings, auth: tuple[str, str] | None = None) -> Iterator[RunningApp]:
     """The app launched as `python app.py` launches it, in this process; its job is stopped afterwards."""
     lab = app.Lab(settings)
     demo = app.build_ui(settings, lab)
-    url = app.launch(demo, settings, "127.0.0.1", free_port(), block=False)
+    url = app.launch(demo, settings, "127.0.0.1", free_port(), block=False, auth=auth)
     try:
         yield RunningApp(url, lab)
     finally:
         lab.job.stop()
         lab.job.wait(30)
         demo.close()
+
+
+def as_upload(path: Path, name: str | None = None) -> str:
+    """A copy of `path` where Gradio keeps uploaded files: what a handler receives after a visitor's upload."""
+    folder = app.upload_folder() / f"lora-lab-test-{uuid.uuid4().hex}"
+    folder.mkdir(parents=True)
+    target = folder / (name or path.name)
+    shutil.copyfile(path, target) if path.is_file() else shutil.copytree(path, target)
+    return str(target)
+
+
+def upload_bytes(data: bytes, name: str) -> str:
+    """`data` as an uploaded file called `name`."""
+    folder = app.upload_folder() / f"lora-lab-test-{uuid.uuid4().hex}"
+    folder.mkdir(parents=True)
+    (folder / name).write_bytes(data)
+    return str(folder / name)

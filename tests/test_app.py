@@ -9,7 +9,7 @@ import gradio as gr
 import huggingface_hub
 import pandas as pd
 import pytest
-from app_fixtures import RunningApp, running_app
+from app_fixtures import RunningApp, as_upload, running_app, upload_bytes
 from conftest import sms_zip_bytes
 from gradio_client import Client, handle_file
 from matplotlib.figure import Figure
@@ -33,6 +33,8 @@ API_NAMES = {
     "classify",
     "adapter_info",
     "controls",
+    "stop_download",
+    "classify_many",
 }
 
 
@@ -161,15 +163,13 @@ def test_download_failure_is_a_toast_with_the_engine_message(settings: app.AppSe
 
 
 def test_upload_a_local_file(lab: app.Lab, sms_zip: Path, tmp_path: Path) -> None:
-    status, counts, _, _ = lab.upload_data(str(sms_zip))
+    status, counts, _, _ = lab.upload_data(as_upload(sms_zip))
     assert status == "Data ready from the uploaded file sms_spam_collection.zip" and counts["messages"][0] == 5574
-    restarted = app.Lab(lab.settings)  # a new app process finds the splits saved in its cache
+    restarted = app.Lab(lab.settings)  # a new app process finds the splits and the summary saved in its cache
     status, counts, _, _ = restarted.show_data()
-    assert status.startswith("Data prepared earlier") and counts["messages"][0] == 1494
-    bad = tmp_path / "notes.txt"
-    bad.write_text("hello world\n")
+    assert status == f"Data prepared earlier, read from {lab.settings.cache}" and counts["messages"][0] == 5574
     with pytest.raises(gr.Error, match="no tab between label and message"):
-        lab.upload_data(str(bad))
+        lab.upload_data(upload_bytes(b"hello world\n", "notes.txt"))
     with pytest.raises(gr.Error, match="choose the SMS Spam Collection"):
         lab.upload_data(None)
 
@@ -226,7 +226,7 @@ def test_train_poll_classify_through_the_handlers(lab: app.Lab, settings: app.Ap
     with pytest.raises(gr.Error, match="rank must be"):
         lab.start_training(**train_inputs(settings.model, rank=0.0))
 
-    lab.upload_data(str(sms_zip))
+    lab.upload_data(as_upload(sms_zip))
     first = lab.start_training(**train_inputs(settings.model))
     assert first[0].startswith("running") and first[-1].active is True
     again = lab.start_training(**train_inputs(settings.model, rank=2.0))
@@ -251,7 +251,7 @@ def test_train_poll_classify_through_the_handlers(lab: app.Lab, settings: app.Ap
         assert set(scores) == {"ham", "spam"} and abs(sum(scores.values()) - 1) < 1e-5
     assert str(snapshot.saved.adapter_dir) in details and lab.adapter_info().endswith(str(snapshot.saved.adapter_dir))
     # an uploaded adapter file works the same way
-    assert lab.classify(app.EXAMPLE_MESSAGES[0], str(snapshot.saved.adapter_dir / "adapter.safetensors"))[0] == fine_tuned
+    assert lab.classify(app.EXAMPLE_MESSAGES[0], as_upload(snapshot.saved.adapter_dir / "adapter.safetensors"))[0] == fine_tuned
     with pytest.raises(gr.Error, match="empty"):
         lab.classify("   ", None)
 
