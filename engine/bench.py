@@ -103,6 +103,7 @@ class StepResult:
     implementation: str
     precision: str
     step_s: float  # median of the timed steps
+    step_min_s: float  # fastest timed step: the least disturbed by other work on a shared machine
     step_times_s: tuple[float, ...]
     examples_per_s: float
     gflop: float  # nominal work of a step (see step_flops)
@@ -152,7 +153,7 @@ class LatencyResult:
 class Report:
     environment: dict[str, Any]
     flops: dict[str, float]
-    peaks: tuple[MatmulPeak, ...]
+    peaks: tuple[MatmulPeak, ...]  # at the start of the run
     ours: StepResult
     peer: StepResult | None
     epochs: tuple[EpochResult, ...]
@@ -160,6 +161,7 @@ class Report:
     notes: tuple[str, ...] = field(default_factory=tuple)
     elapsed_s: float = 0.0
     step_pair_ratios: tuple[float, ...] = ()  # transformers / ours for each interleaved pair of timed steps
+    peak_at_end: MatmulPeak | None = None  # measured again last: a large drift means the machine's speed changed mid-run
 
     @property
     def speedup_vs_peer(self) -> float | None:
@@ -213,6 +215,8 @@ class Report:
         for peak in self.peaks:
             shapes = ", ".join(f"{k} {v:.0f}" for k, v in peak.shapes.items())
             out.append(f"matmul peak ({peak.dtype}): {peak.gflops:.1f} GFLOP/s  [GFLOP/s by shape: {shapes}]")
+        if self.peak_at_end is not None:
+            out.append(f"  again at the end of the run: {self.peak_at_end.gflops:.1f} GFLOP/s ({self.peak_at_end.dtype})")
         f = self.flops
         out.append(
             f"fixed workload: batch {BATCH} x {SEQ} tokens, LoRA r{env['rank']} on every Linear, book preset; "
@@ -223,7 +227,7 @@ class Report:
             if result is None:
                 continue
             out.append(
-                f"  {result.implementation:<18} step {result.step_s:6.2f} s (median of {len(result.step_times_s)}), "
+                f"  {result.implementation:<18} step {result.step_s:6.2f} s (median of {len(result.step_times_s)}; best {result.step_min_s:.2f} s), "
                 f"{result.examples_per_s:5.2f} examples/s, {result.percent_of_peak:5.1f} % of peak, "
                 f"peak memory {result.peak_memory_mb / 1024:.2f} GB ({result.precision})"
             )
@@ -560,6 +564,7 @@ def _step_result(name: str, raw: dict[str, Any], flops: float, peak_gflops: floa
         implementation=name,
         precision=precision,
         step_s=round(step, 4),
+        step_min_s=round(min(raw["times"]), 4),
         step_times_s=tuple(round(t, 4) for t in raw["times"]),
         examples_per_s=round(BATCH / step, 3),
         gflop=round(flops / 1e9, 1),
@@ -876,6 +881,11 @@ def run_benchmark(
         "% of peak: the nominal step FLOPs (all positions, both sides alike) over the median step time, against the matmul peak "
         f"({train_peak:.1f} GFLOP/s); peak memory: {ours.memory_method}"
     )
+    say("matmul peak again (drift check) ...")
+    peak_at_end = matmul_peak(cfg, torch_device, torch.bfloat16 if precision != "fp32" else torch.float32)
+    drift = peak_at_end.gflops / train_peak - 1
+    if abs(drift) > 0.15:
+        notes.append(f"the matmul peak moved {drift:+.0%} between the start and the end of the run: the machine's speed changed, compare ratios only")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if torch_device.type == "cpu" and max(load, environment["load_average_1min"] or 0.0) > 0.5 * (os.cpu_count() or 1) + 0.5:
         notes.append(f"the machine was busy (1-min load average {environment['load_average_1min']} at the start, {load:.2f} at the end): figures are noisy")
@@ -893,6 +903,7 @@ def run_benchmark(
         epochs=tuple(epoch_results),
         latency=tuple(latency),
         step_pair_ratios=pairs,
+        peak_at_end=peak_at_end,
         notes=tuple(notes),
         elapsed_s=round(time.perf_counter() - began, 1),
     )

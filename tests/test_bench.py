@@ -31,7 +31,7 @@ def _check(report: Report, with_peer: bool) -> dict:
     assert {"environment", "flops", "peaks", "ours", "peer", "epochs", "latency", "notes", "ratios", "elapsed_s"} <= data.keys()
     assert data["peaks"][0]["gflops"] > 0 and data["peaks"][0]["shapes"]
     ours = data["ours"]
-    assert ours["step_s"] > 0 and ours["examples_per_s"] > 0 and ours["percent_of_peak"] > 0
+    assert ours["step_s"] >= ours["step_min_s"] > 0 and ours["examples_per_s"] > 0 and ours["percent_of_peak"] > 0
     assert ours["peak_memory_mb"] >= ours["memory_before_training_mb"] > 0
     assert ours["trainable_parameters"] > 0
     modes = {e["mode"]: e for e in data["epochs"]}
