@@ -7,8 +7,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import app
+from engine.config import LORA_TARGETS
 
 
 @dataclass(frozen=True)
@@ -52,3 +54,24 @@ def upload_bytes(data: bytes, name: str) -> str:
     folder.mkdir(parents=True)
     (folder / name).write_bytes(data)
     return str(folder / name)
+
+
+def train_inputs(model: str, **changes: Any) -> dict[str, Any]:
+    """The Train button's inputs as the widgets send them by default (numbers as floats)."""
+    values = dict(
+        model=model,
+        preset_name="recommended",
+        rank=16.0,
+        alpha=16.0,
+        scaling="alpha_over_rank",
+        targets=list(LORA_TARGETS),
+        train_head=False,
+        pooling="last_token",
+        padding="batch",
+        lr=8e-4,
+        epochs=1.0,
+        batch_size=8.0,
+        max_steps=12.0,
+        eval_freq=5.0,
+    )
+    return {**values, **changes}

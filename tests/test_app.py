@@ -9,7 +9,7 @@ import gradio as gr
 import huggingface_hub
 import pandas as pd
 import pytest
-from app_fixtures import RunningApp, as_upload, running_app, upload_bytes
+from app_fixtures import RunningApp, as_upload, running_app, train_inputs, upload_bytes
 from conftest import sms_zip_bytes
 from gradio_client import Client, handle_file
 from matplotlib.figure import Figure
@@ -49,27 +49,6 @@ def lab(settings: app.AppSettings) -> Iterator[app.Lab]:
     yield lab
     lab.job.stop()
     lab.job.wait(30)
-
-
-def train_inputs(model: str, **changes: Any) -> dict[str, Any]:
-    """The Train button's inputs as the widgets send them by default (numbers as floats)."""
-    values = dict(
-        model=model,
-        preset_name="recommended",
-        rank=16.0,
-        alpha=16.0,
-        scaling="alpha_over_rank",
-        targets=list(LORA_TARGETS),
-        train_head=False,
-        pooling="last_token",
-        padding="batch",
-        lr=8e-4,
-        epochs=1.0,
-        batch_size=8.0,
-        max_steps=12.0,
-        eval_freq=5.0,
-    )
-    return {**values, **changes}
 
 
 def wait_until_idle(lab: app.Lab, timeout: float = 120.0) -> JobSnapshot:
