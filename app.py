@@ -202,22 +202,27 @@ def memory_error(device: str, doing: str) -> gr.Error:
     return gr.Error(out_of_memory_message(device, doing), duration=None)
 
 
-class UploadedFile(gr.File):
+def uploaded_file(**options: Any) -> gr.File:
     """A gr.File that takes bytes sent from the visitor's computer only.
 
     Gradio would fetch a URL given in place of an upload (from a script, say) on the server's
-    behalf; this component refuses to, so no visitor can make the app reach the network.
+    behalf; this one refuses to, so no visitor can make the app reach the network. (The methods
+    are wrapped on the instance: a gr.File subclass would make Gradio write an app.pyi stub.)
     """
+    component = gr.File(**options)
+    move_async, move = component.async_move_resource_to_block_cache, component.move_resource_to_block_cache
 
-    is_template = True  # the browser draws it as a plain gr.File
-
-    async def async_move_resource_to_block_cache(self, url_or_file_path: str | Path | None) -> str | None:
+    async def move_async_refusing_urls(url_or_file_path: str | Path | None) -> str | None:
         refuse_url(url_or_file_path)
-        return await super().async_move_resource_to_block_cache(url_or_file_path)
+        return await move_async(url_or_file_path)
 
-    def move_resource_to_block_cache(self, url_or_file_path: str | Path | None) -> str | None:
+    def move_refusing_urls(url_or_file_path: str | Path | None) -> str | None:
         refuse_url(url_or_file_path)
-        return super().move_resource_to_block_cache(url_or_file_path)
+        return move(url_or_file_path)
+
+    component.async_move_resource_to_block_cache = move_async_refusing_urls  # type: ignore[method-assign]
+    component.move_resource_to_block_cache = move_refusing_urls  # type: ignore[method-assign]
+    return component
 
 
 def refuse_url(value: str | Path | None) -> None:
@@ -722,7 +727,7 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
                     with gr.Column():
                         download = gr.Button("Download the SMS Spam Collection", variant="primary")
                         stop_download = gr.Button("Stop the download", variant="stop", size="sm", elem_id="stop-download")
-                    upload = UploadedFile(label="...or upload its zip or tab-separated file (offline)", file_count="single", height=150, elem_id="upload")
+                    upload = uploaded_file(label="...or upload its zip or tab-separated file (offline)", file_count="single", height=150, elem_id="upload")
                 data_status = gr.Markdown(elem_id="data-status")
                 with gr.Row():
                     counts = gr.Dataframe(label="Counts", interactive=False, elem_id="counts", scale=1)
@@ -810,7 +815,7 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
 
             with gr.Tab("Classify"):
                 adapter_status = gr.Markdown(elem_id="adapter-status")
-                adapter_file = UploadedFile(
+                adapter_file = uploaded_file(
                     label="Optional: an adapter.safetensors file to use instead", file_types=[".safetensors"], height=150, elem_id="adapter-file"
                 )
                 message = gr.Textbox(label="Message", lines=3, placeholder="Type an SMS, or pick an example below", elem_id="message")

@@ -174,7 +174,7 @@ def test_demo_in_a_real_browser(page: "sync_api.Page", served: RunningApp, http_
         page.wait_for_timeout(250)
 
     # Stop: within a step, and the page returns to ready
-    page.get_by_role("button", name="Stop").click()
+    page.get_by_role("button", name="Stop", exact=True).click()
     expect(status).to_have_value(re.compile(r"^stopped: step \d+/\d+"), timeout=15_000)
     assert served.lab.job.snapshot().state == "stopped"
 
