@@ -87,8 +87,15 @@ def open_tab(page: "sync_api.Page", name: str) -> None:
 
 def set_number(page: "sync_api.Page", selector: str, value: str) -> None:
     field = page.locator(selector)
-    field.fill(value)
-    field.press("Tab")  # Gradio sends number changes on blur
+    # A field in a just-opened accordion can still be mounting: its initial value may land after a
+    # quick fill and replace it. Fill again until the value stays.
+    for _ in range(10):
+        field.fill(value)
+        field.press("Tab")  # Gradio sends number changes on blur
+        page.wait_for_timeout(300)
+        if field.input_value() == value:
+            return
+    raise AssertionError(f"{selector} did not keep the value {value}")
 
 
 def screenshot(page: "sync_api.Page", name: str) -> None:
