@@ -519,6 +519,10 @@ def test_bad_input_through_gradio_client(served: RunningApp, settings: app.AppSe
         answer = raw_call(served.url, endpoint, [*arguments, {"path": str(sms_zip), "meta": {"_type": "gradio.FileData"}}])
         assert answer.startswith("event: error"), answer  # Gradio refuses it before any handler runs
     assert served.lab.show_data()[0].startswith("No data yet")
+    table = client.predict(f"{SPAM}\n \t \nsee you at lunch", None, api_name="/classify_many")  # one bad line among good ones
+    labels = [row[2] for row in table["data"]]
+    assert labels[0] in ("ham", "spam") and labels[1] == "" and labels[2] in ("ham", "spam")
+    assert table["data"][1][4].startswith("skipped: line 2 is empty")
     # and after all that, the app still works
     assert client.predict(handle_file(str(sms_zip)), api_name="/upload_data")[0].startswith("Data ready")
     assert client.predict(SPAM, None, api_name="/classify")[0]["label"] in ("ham", "spam")
