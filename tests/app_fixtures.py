@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import app
+from app_guards import upload_folder
 from engine.config import LORA_TARGETS
 
 
@@ -41,7 +42,7 @@ def running_app(settings: app.AppSettings, auth: tuple[str, str] | None = None) 
 
 def as_upload(path: Path, name: str | None = None) -> str:
     """A copy of `path` where Gradio keeps uploaded files: what a handler receives after a visitor's upload."""
-    folder = app.upload_folder() / f"lora-lab-test-{uuid.uuid4().hex}"
+    folder = upload_folder() / f"lora-lab-test-{uuid.uuid4().hex}"
     folder.mkdir(parents=True)
     target = folder / (name or path.name)
     shutil.copyfile(path, target) if path.is_file() else shutil.copytree(path, target)
@@ -50,7 +51,7 @@ def as_upload(path: Path, name: str | None = None) -> str:
 
 def upload_bytes(data: bytes, name: str) -> str:
     """`data` as an uploaded file called `name`."""
-    folder = app.upload_folder() / f"lora-lab-test-{uuid.uuid4().hex}"
+    folder = upload_folder() / f"lora-lab-test-{uuid.uuid4().hex}"
     folder.mkdir(parents=True)
     (folder / name).write_bytes(data)
     return str(folder / name)

@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import app
+import app_guards
 from engine.classifier import Classifier
 from engine.config import LORA_TARGETS
 from engine.memory import ADVICE
@@ -629,4 +630,4 @@ def test_auth_and_upload_limit_options(monkeypatch: pytest.MonkeyPatch, capsys: 
         with pytest.raises(SystemExit):
             app.parse_args(bad)
     assert "USER:PASSWORD" in capsys.readouterr().err
-    assert app.exposure_warnings("localhost", False, None) == []
+    assert app_guards.exposure_warnings("localhost", False, None) == []
