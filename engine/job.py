@@ -3,14 +3,16 @@
 The app owns one TrainingJob rather than a browser session owning the run: a reloaded page, a
 second visitor or a script polls `snapshot()` and sees the same progress; `stop()` ends the run
 within one training step (the engine checks the event before every step), within one batch
-while it evaluates, and at the next received chunk while it downloads the data. A run that runs out
+while it evaluates, and at the next received chunk while it downloads the data. The same job can
+run a rank sweep (one run per LoRA rank, one after another), so a sweep and a training run never
+overlap and Stop ends either. A run that runs out
 of memory fails with advice instead of taking the app down. No UI code here.
 """
 
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -20,7 +22,8 @@ from engine.download import DownloadProgress
 from engine.errors import Cancelled, LoRALabError
 from engine.evaluate import Metrics
 from engine.memory import is_out_of_memory, out_of_memory_message, release_memory
-from engine.run import BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunEvent, RunSaved, fine_tune
+from engine.run import BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunSaved, fine_tune
+from engine.sweep import SweepEvent, SweepPoint, SweepRunStarted, rank_sweep
 from engine.train import EpochDone, LossEvaluated, StepDone, TrainEnded, TrainStarted
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,9 @@ class JobSnapshot:
     saved: RunSaved | None
     download: DownloadProgress | None
     error: str | None  # why a failed run failed, in the engine's user-facing words
+    sweep: tuple[SweepPoint, ...] = ()  # a rank sweep's finished runs, in order
+    sweep_run: SweepRunStarted | None = None  # the sweep's current run; None for a single run
+    sweep_ranks: tuple[int, ...] = ()  # every rank the sweep trains; () for a single run
 
     @property
     def running(self) -> bool:
@@ -88,6 +94,8 @@ class JobSnapshot:
             return f"running: downloading data from {self.download.url} ({self.download.received / 1e6:.1f} MB)"
         if self.state == "running":
             details = [progress]
+            if self.sweep_run is not None:
+                details.insert(0, f"rank {self.sweep_run.rank} (run {self.sweep_run.index + 1} of {self.sweep_run.total})")
             if self.total_steps:
                 details.append(f"epoch {max(self.epoch, 1)}/{self.epochs}")
             if self.loss is not None:
@@ -117,14 +125,18 @@ class TrainingJob:
         self._thread: threading.Thread | None = None
         self._reset(None, "idle")
 
-    def start(self, cfg: RunConfig) -> bool:
-        """Start `cfg` in the background; False (and nothing changes) while another run is going."""
+    def start(self, cfg: RunConfig, ranks: Sequence[int] = ()) -> bool:
+        """Start `cfg` in the background; False (and nothing changes) while another run is going.
+
+        With `ranks`, run a rank sweep instead: `cfg` once per rank, into OUT/rank-R.
+        """
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return False
             self._stop.clear()
             self._reset(cfg, "running")
-            self._thread = threading.Thread(target=self._run, args=(cfg,), name="lora-lab-training", daemon=True)
+            self._sweep_ranks = tuple(ranks)
+            self._thread = threading.Thread(target=self._run, args=(cfg, self._sweep_ranks), name="lora-lab-training", daemon=True)
             self._thread.start()
             return True
 
@@ -165,14 +177,26 @@ class TrainingJob:
                 saved=self._saved,
                 download=self._download,
                 error=self._error,
+                sweep=tuple(self._sweep),
+                sweep_run=self._sweep_run,
+                sweep_ranks=self._sweep_ranks,
             )
 
     def _reset(self, cfg: RunConfig | None, state: JobState) -> None:
         self._config, self._state, self._phase = cfg, state, "starting"
+        self._started, self._ended = time.perf_counter(), None
+        self._sweep: list[SweepPoint] = []
+        self._sweep_run: SweepRunStarted | None = None
+        self._sweep_ranks: tuple[int, ...] = ()
+        self._device = cfg.device if cfg and cfg.device != "auto" else "the device"  # the resolved one once the model is loaded
+        self._error: str | None = None
+        self._reset_run()
+
+    def _reset_run(self) -> None:
+        """Forget one run's progress and results (a sweep's next run starts from nothing)."""
         self._step = self._total_steps = self._epoch = self._epochs = self._examples_seen = 0
         self._loss: float | None = None
         self._eta_s: float | None = None
-        self._started, self._ended = time.perf_counter(), None
         self._losses: list[LossRow] = []
         self._accuracies: list[AccuracyRow] = []
         self._data: DataSummary | None = None
@@ -180,10 +204,8 @@ class TrainingJob:
         self._final: Mapping[str, Metrics] | None = None
         self._saved: RunSaved | None = None
         self._download: DownloadProgress | None = None
-        self._device = cfg.device if cfg and cfg.device != "auto" else "the device"  # the resolved one once the model is loaded
-        self._error: str | None = None
 
-    def _run(self, cfg: RunConfig) -> None:
+    def _run(self, cfg: RunConfig, ranks: tuple[int, ...] = ()) -> None:
         state: JobState = "done"
         error = None
         try:
@@ -193,7 +215,8 @@ class TrainingJob:
                 prepared = prepare(None, cfg.data_cache, self._on_download, seed=cfg.train.seed, urls=self._data_urls)
                 cfg = replace(cfg, data=str(prepared.folder))
             self._set_phase("loading data")
-            for event in fine_tune(cfg, self._stop, self._on_download):
+            events: Iterator[SweepEvent] = rank_sweep(cfg, ranks, self._stop) if ranks else fine_tune(cfg, self._stop, self._on_download)
+            for event in events:
                 self._record(event)
             if self._stop.is_set():
                 state = "stopped"
@@ -225,9 +248,14 @@ class TrainingJob:
         with self._lock:
             self._download = progress
 
-    def _record(self, event: RunEvent) -> None:
+    def _record(self, event: SweepEvent) -> None:
         with self._lock:
-            if isinstance(event, DataReady):
+            if isinstance(event, SweepRunStarted):
+                self._reset_run()
+                self._sweep_run, self._phase = event, "loading data"
+            elif isinstance(event, SweepPoint):
+                self._sweep.append(event)
+            elif isinstance(event, DataReady):
                 self._data, self._phase = event.summary, "loading model"
             elif isinstance(event, ModelReady):
                 self._phase, self._device = "measuring baseline accuracy", event.device
