@@ -104,6 +104,7 @@ class StepResult:
     precision: str
     step_s: float  # median of the timed steps
     step_min_s: float  # fastest timed step: the least disturbed by other work on a shared machine
+    step_cpu_s: float  # median CPU time of a step, all threads: wall time far above cpu/threads means contention
     step_times_s: tuple[float, ...]
     examples_per_s: float
     gflop: float  # nominal work of a step (see step_flops)
@@ -227,7 +228,8 @@ class Report:
             if result is None:
                 continue
             out.append(
-                f"  {result.implementation:<18} step {result.step_s:6.2f} s (median of {len(result.step_times_s)}; best {result.step_min_s:.2f} s), "
+                f"  {result.implementation:<18} step {result.step_s:6.2f} s (median of {len(result.step_times_s)}; "
+                f"best {result.step_min_s:.2f} s; CPU {result.step_cpu_s:.1f} s), "
                 f"{result.examples_per_s:5.2f} examples/s, {result.percent_of_peak:5.1f} % of peak, "
                 f"peak memory {result.peak_memory_mb / 1024:.2f} GB ({result.precision})"
             )
@@ -370,14 +372,14 @@ class _OursStepper:
         _reset_peak(device)
         self.events = train(model, Loaders(loader, loader, loader, SEQ), train_cfg, device)
 
-    def step(self) -> float:
+    def step(self) -> tuple[float, float]:
         from engine.train import StepDone
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for event in self.events:
             if isinstance(event, StepDone):
                 break
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
     def finish(self) -> dict[str, Any]:
         self.events.close()  # skip the end-of-epoch evaluation
@@ -403,12 +405,12 @@ class _PeerStepper:
         self.model.train()
         self.index = 0
 
-    def step(self) -> float:
+    def step(self) -> tuple[float, float]:
         import torch.nn.functional as F
 
         from engine.train import autocast
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         ids, labels = self.ids[self.index].to(self.device), self.labels[self.index].to(self.device)
         self.index += 1
         self.optimizer.zero_grad(set_to_none=True)
@@ -418,7 +420,7 @@ class _PeerStepper:
         loss.backward()
         self.optimizer.step()
         loss.item()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
     def finish(self) -> dict[str, Any]:
         peak, method = _memory_mb(self.device)
@@ -507,8 +509,9 @@ class _Subprocess:
         tail = " ".join(self.stderr.read().strip().splitlines()[-3:])
         raise RuntimeError(f"the {self.kind} measurement failed in its subprocess (exit {code}): {tail}")
 
-    def step(self) -> float:
-        return self._ask("step")
+    def step(self) -> tuple[float, float]:
+        wall, cpu = self._ask("step")
+        return wall, cpu
 
     def finish(self) -> dict[str, Any]:
         result = self._ask("finish")
@@ -538,19 +541,21 @@ def fixed_workload(
             say(f"  building {kind} ({'fresh subprocess' if isolate else 'this process'}) ...")
             workers[kind] = _Subprocess(kind, cfg, device, total) if isolate else STEPPERS[kind](cfg, device, total)
         times: dict[str, list[float]] = {kind: [] for kind in workers}
+        cpu: dict[str, list[float]] = {kind: [] for kind in workers}
         for i in range(total):
             order = list(workers) if i % 2 == 0 else list(reversed(workers))
             this_round = {kind: workers[kind].step() for kind in order}
             if i >= WARMUP_STEPS:
-                for kind, elapsed in this_round.items():
-                    times[kind].append(elapsed)
-            say(f"  step {i + 1}/{total}{' (warm-up)' if i < WARMUP_STEPS else ''}: " + ", ".join(f"{k} {t:.2f} s" for k, t in this_round.items()))
+                for kind, (wall, used) in this_round.items():
+                    times[kind].append(wall)
+                    cpu[kind].append(used)
+            say(f"  step {i + 1}/{total}{' (warm-up)' if i < WARMUP_STEPS else ''}: " + ", ".join(f"{k} {t:.2f} s" for k, (t, _) in this_round.items()))
         results = {}
         for kind, worker in workers.items():
             finished = worker.finish()
             if not isolate:
                 finished["method"] += ", in one shared process (not isolated)"
-            results[kind] = {**worker.info, **finished, "times": times[kind]}
+            results[kind] = {**worker.info, **finished, "times": times[kind], "cpu_times": cpu[kind]}
         return results
     finally:
         for worker in workers.values():
@@ -565,6 +570,7 @@ def _step_result(name: str, raw: dict[str, Any], flops: float, peak_gflops: floa
         precision=precision,
         step_s=round(step, 4),
         step_min_s=round(min(raw["times"]), 4),
+        step_cpu_s=round(statistics.median(raw["cpu_times"]), 4),
         step_times_s=tuple(round(t, 4) for t in raw["times"]),
         examples_per_s=round(BATCH / step, 3),
         gflop=round(flops / 1e9, 1),
