@@ -40,6 +40,7 @@ from engine.model import generate_greedy  # noqa: E402
 from engine.params import param_summary  # noqa: E402
 from engine.tokenizer import decode, encode  # noqa: E402
 from engine.weights import fetch, load_model, resolve  # noqa: E402
+from insight_ui import Insight, build_classify_extras, build_evaluate_tab, build_quality, build_runs_tab  # noqa: E402
 
 log = logging.getLogger("lora_lab.app")
 
@@ -197,10 +198,10 @@ def user_error(error: Exception) -> gr.Error:
 
 def counts_frame(prepared: PreparedData) -> pd.DataFrame:
     s = prepared.summary
+    per_class = list(s.class_counts.items()) or [("ham", s.ham), ("spam", s.spam)]  # your own data: its own labels
     rows = [
         ("messages", s.messages),
-        ("ham", s.ham),
-        ("spam", s.spam),
+        *per_class,
         ("balanced", s.balanced),
         ("train", s.train),
         ("validation", s.validation),
@@ -349,6 +350,7 @@ class Lab:
 
     def download_data(
         self,
+        deduplicate: bool = False,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio finds its progress tracker by this default
     ) -> tuple[str, pd.DataFrame, pd.DataFrame, Figure]:
         """Fetch the SMS data (primary URL, then backup), balance, split and describe it."""
@@ -363,7 +365,7 @@ class Lab:
             progress((event.received, event.total), desc=f"downloading {event.url}", unit="bytes")
 
         try:
-            prepared = prepare(None, self.settings.cache, report, urls=self.settings.data_urls)
+            prepared = prepare(None, self.settings.cache, report, urls=self.settings.data_urls, deduplicate=bool(deduplicate))
         except Cancelled:
             gr.Warning("Download stopped; nothing was kept. Press Download to start again.")
             status, *views = self.show_data()
@@ -380,11 +382,11 @@ class Lab:
         self._download_stop.set()
         return "Stopping the download..."
 
-    def upload_data(self, path: str | None) -> tuple[str, pd.DataFrame, pd.DataFrame, Figure]:
-        """Use a local SMS Spam Collection zip or tab-separated file instead of downloading."""
-        source = uploaded_path(path, "the SMS Spam Collection zip or its tab-separated file")
+    def upload_data(self, path: str | None, deduplicate: bool = False) -> tuple[str, pd.DataFrame, pd.DataFrame, Figure]:
+        """Use a local SMS Spam Collection zip or tab-separated file, or your own headered CSV/TSV of text and label."""
+        source = uploaded_path(path, "the SMS Spam Collection zip or its tab-separated file, or a CSV/TSV with text and label columns")
         try:
-            prepared = prepare(str(source), self.settings.cache)
+            prepared = prepare(str(source), self.settings.cache, deduplicate=bool(deduplicate))
         except LoRALabError as error:
             raise user_error(error) from None
         self._prepared = prepared
@@ -650,8 +652,9 @@ def view_values(view: TrainingView) -> tuple[Any, ...]:
 
 
 def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
-    """The five tabs, wired to one Lab; nothing heavy happens until an event fires."""
+    """The tabs, wired to one Lab; nothing heavy happens until an event fires."""
     lab = lab or Lab(settings)
+    insight = Insight(lab, run_config)
     models = list(settings.models)
     initial = Controls.of(RunConfig.from_preset("recommended", model=settings.model))
     with gr.Blocks(title="LoRA Lab") as demo:
@@ -662,12 +665,24 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
                     with gr.Column():
                         download = gr.Button("Download the SMS Spam Collection", variant="primary")
                         stop_download = gr.Button("Stop the download", variant="stop", size="sm", elem_id="stop-download")
-                    upload = uploaded_file(label="...or upload its zip or tab-separated file (offline)", file_count="single", height=150, elem_id="upload")
+                    upload = uploaded_file(
+                        label="...or upload its zip or tab-separated file (offline), or your own CSV/TSV with a header naming text and label columns",
+                        file_count="single",
+                        height=150,
+                        elem_id="upload",
+                    )
+                deduplicate = gr.Checkbox(
+                    False,
+                    label="De-duplicate before splitting",
+                    info="keep one copy of each repeated message (applies to the next download or upload)",
+                    elem_id="deduplicate",
+                )
                 data_status = gr.Markdown(elem_id="data-status")
                 with gr.Row():
                     counts = gr.Dataframe(label="Counts", interactive=False, elem_id="counts", scale=1)
                     histogram = gr.Plot(label="Tokens per message", show_label=False, elem_id="token-histogram", scale=2)
                 preview = gr.Dataframe(label="A few training messages per class", interactive=False, wrap=True, elem_id="preview")
+                quality, repeated = build_quality(insight)
 
             with gr.Tab("Model & LoRA"):
                 with gr.Row():
@@ -764,11 +779,21 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
                     many = gr.Textbox(label="Messages, one per line", lines=6, elem_id="many")
                     classify_many_button = gr.Button("Classify every line", elem_id="classify-many")
                     many_results = gr.Dataframe(label="Answers of the fine-tuned model", interactive=False, wrap=True, elem_id="many-results")
+                build_classify_extras(insight, message, adapter_file)
+
+            train_inputs = [model, preset_name, rank, alpha, scaling, targets, train_head, pooling, padding, lr, epochs, batch_size, max_steps, eval_freq]
+            build_evaluate_tab(insight, demo)
+            build_runs_tab(insight, demo, train_inputs)  # its rank sweep trains the Model & LoRA settings
 
         data_views = [data_status, counts, preview, histogram]
-        download.click(lab.download_data, None, data_views, api_name="download_data")
+        quality_views = [quality, repeated]
+        download.click(lab.download_data, deduplicate, data_views, api_name="download_data").then(
+            insight.data_quality, None, quality_views, api_name="data_quality_downloaded"
+        )
         stop_download.click(lab.stop_download, None, data_status, api_name="stop_download", concurrency_limit=None)
-        upload.upload(lab.upload_data, upload, data_views, api_name="upload_data")
+        upload.upload(lab.upload_data, [upload, deduplicate], data_views, api_name="upload_data").then(
+            insight.data_quality, None, quality_views, api_name="data_quality_uploaded"
+        )
 
         load.click(lab.load_weights, model, [weights_status, sanity], api_name="load_weights")
         preset_name.input(lab.apply_preset, preset_name, [rank, alpha, scaling, pooling, padding, lr, epochs, batch_size], api_name="apply_preset")
@@ -784,7 +809,6 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
         )
 
         view = [train_status, progress, loss_steps, loss_examples, accuracy, baseline, final, book_plot, files, timer]
-        train_inputs = [model, preset_name, rank, alpha, scaling, targets, train_head, pooling, padding, lr, epochs, batch_size, max_steps, eval_freq]
         start_button.click(lab.start_training, train_inputs, view, api_name="start", show_progress="hidden")
         timer.tick(lab.poll, None, view, api_name="poll", show_progress="hidden", concurrency_limit=None)
         stop_button.click(lab.stop_training, None, train_status, api_name="stop", concurrency_limit=None)
@@ -805,7 +829,7 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
 
         demo.load(lab.attach, None, view, api_name="attach", show_progress="hidden")
         demo.load(lab.controls, None, train_inputs, api_name="controls", show_progress="hidden")
-        demo.load(lab.show_data, None, data_views, api_name="show_data")
+        demo.load(lab.show_data, None, data_views, api_name="show_data").then(insight.data_quality, None, quality_views, api_name="data_quality")
         # A finished run's adapter becomes the Classify tab's default: refresh on the ticks that watch the run.
         gr.on([demo.load, timer.tick], lab.adapter_info, None, adapter_status, api_name="adapter_info", show_progress="hidden", concurrency_limit=None)
     return demo

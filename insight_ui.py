@@ -7,7 +7,7 @@ places on the Data tab (duplicates) and the Classify tab (why this answer, class
 
 Like app.py it does no tensor math: it turns the engine's results into tables, plots and HTML, and
 its handlers return plain values. It does not import app.py (app.py imports it); what it needs of
-the app arrives as the `Lab` it is given and two helpers (see `Insight`).
+the app arrives as the `Lab` it is given and app.py's widgets-to-config function (see `Insight`).
 """
 
 import html
@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import gradio as gr
 import pandas as pd
 
+from app_guards import uploaded_file, uploaded_path
 from engine.batch import classify_file
 from engine.classifier import Classifier
 from engine.config import RunConfig
@@ -37,6 +38,10 @@ from engine.sweep import DEFAULT_RANKS, SweepPoint
 SWEEP_RANK_CHOICES = (1, 2, 4, 8, 16, 32, 64)
 MAX_INFLUENCE_BARS = 15
 SPLITS = ("validation", "test")
+# A Vega plot keeps the colour legend of the value it was drawn with; Gradio redraws it only when a
+# setting such as color_map changes. Plots whose series change (runs, ranks) get a color_map per value.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+ROC_COLORS = {"ROC curve": "#d62728", "chance": "#aaaaaa"}
 HAM_RGB, SPAM_RGB = (31, 119, 180), (214, 39, 40)  # the Data tab's histogram colours
 
 
@@ -192,7 +197,7 @@ def roc_frame(evaluation: RunEvaluation) -> tuple[pd.DataFrame | None, float | N
         curve = roc_curve(evaluation.scores)
     except ValueError:
         return None, None  # one class only in this split
-    name = f"ROC (AUC {curve.auc:.3f})"
+    name = "ROC curve"
     rows = [
         {"false positive rate": x, "true positive rate": y, "curve": name} for x, y in zip(curve.false_positive_rate, curve.true_positive_rate, strict=True)
     ]
@@ -277,20 +282,6 @@ def repeated_frame(summary: DataSummary | None) -> pd.DataFrame | None:
     return pd.DataFrame([(text, copies) for text, copies in rows], columns=["message", "copies"]) if rows else None
 
 
-def counts_frame(summary: DataSummary) -> pd.DataFrame:
-    """Messages in the file, per class (whatever the labels), balanced, and per split."""
-    per_class = list(summary.class_counts.items()) or [("ham", summary.ham), ("spam", summary.spam)]
-    rows = [
-        ("messages", summary.messages),
-        *per_class,
-        ("balanced", summary.balanced),
-        ("train", summary.train),
-        ("validation", summary.validation),
-        ("test", summary.test),
-    ]
-    return pd.DataFrame(rows, columns=["", "messages"])
-
-
 def sweep_frame(points: Sequence[SweepPoint]) -> pd.DataFrame | None:
     if not points:
         return None
@@ -303,6 +294,12 @@ def sweep_frame(points: Sequence[SweepPoint]) -> pd.DataFrame | None:
             "folder": [str(p.out_dir) for p in points],
         }
     )
+
+
+def series_colors(names: Sequence[str]) -> dict[str, str]:
+    """A colour per series name, in order of first appearance (cycling through the palette)."""
+    unique = list(dict.fromkeys(names))
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(unique)}
 
 
 def sweep_status(snapshot: JobSnapshot) -> str:
@@ -331,21 +328,11 @@ class Insight:
     Args:
         lab: the app's Lab (shared training job, settings, classifier cache and its lock).
         make_config: the app's widgets-to-RunConfig function: (settings, *control values, out_dir) -> RunConfig.
-        uploaded_path: the app's check that a path is a file uploaded through the page.
-        uploaded_file: the app's gr.File factory that refuses URLs.
     """
 
-    def __init__(
-        self,
-        lab: LabLike,
-        make_config: Callable[..., RunConfig],
-        uploaded_path: Callable[[str | None, str], Path],
-        uploaded_file: Callable[..., gr.File],
-    ) -> None:
+    def __init__(self, lab: LabLike, make_config: Callable[..., RunConfig]) -> None:
         self.lab = lab
         self.make_config = make_config
-        self.uploaded_path = uploaded_path
-        self.uploaded_file = uploaded_file
 
     @property
     def out(self) -> Path:
@@ -359,7 +346,7 @@ class Insight:
     def evaluation_choices(self) -> gr.Dropdown:
         """The finished runs to evaluate, newest first (the picker's choices, so not a plain value)."""
         names = [name for name, _ in self.evaluated_runs()]
-        return gr.Dropdown(choices=names, value=names[0] if names else None)
+        return gr.Dropdown(choices=names, value=names[0] if names else None, allow_custom_value=True)
 
     def evaluate(self, run: str | None, split: str, threshold: float) -> tuple[str, str, pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]:
         """Confusion matrix, metrics at `threshold`, ROC and the misclassified messages of one finished run."""
@@ -417,7 +404,7 @@ class Insight:
 
     def classify_upload(self, path: str | None, adapter_file: str | None) -> tuple[str, pd.DataFrame]:
         """Classify every message of an uploaded file; a CSV of label and probabilities to download."""
-        source = self.uploaded_path(path, "a file of messages (one per line, or a CSV/TSV with a text column)")
+        source = uploaded_path(path, "a file of messages (one per line, or a CSV/TSV with a text column)")
         destination = Path(tempfile.mkdtemp(prefix="lora-lab-predictions-")) / f"{source.stem}-predictions.csv"
         with self.lab._classify_lock:
             _, classifier = self.lab._classifier_for(adapter_file)
@@ -441,12 +428,17 @@ class Insight:
     def overlay_choices(self) -> gr.Dropdown:
         """Runs with loss curves; the newest two chosen (the picker's choices, so not a plain value)."""
         names = [name for name, run in all_runs(self.out) if run.losses]
-        return gr.Dropdown(choices=names, value=names[:2], multiselect=True)
+        return gr.Dropdown(choices=names, value=names[:2], multiselect=True, allow_custom_value=True)
 
     def overlay(self, chosen: Sequence[str] | None) -> pd.DataFrame | None:
         if chosen is not None and not isinstance(chosen, list | tuple):
             raise gr.Error("choose runs from the list")
         return overlay_frame(all_runs(self.out), list(chosen or ()))
+
+    def overlay_plot(self, chosen: Sequence[str] | None) -> gr.LinePlot:
+        """The overlay for the page: the frame plus a colour per series, so the legend follows the chosen runs."""
+        frame = self.overlay(chosen)
+        return gr.LinePlot(value=frame, color_map=series_colors(frame["run"]) if frame is not None else None)
 
     def start_sweep(self, ranks: Sequence[Any], *controls: Any) -> tuple[Any, ...]:
         """Train the Model & LoRA settings once per chosen rank, one after another, in the app's job."""
@@ -469,7 +461,9 @@ class Insight:
     def poll_sweep(self) -> tuple[Any, ...]:
         snapshot = self.lab.job.snapshot()
         table = sweep_frame(snapshot.sweep)
-        return sweep_status(snapshot), table, table, table, gr.Timer(active=snapshot.running)
+        colors = series_colors(table["rank"]) if table is not None else None
+        plot = lambda: gr.ScatterPlot(value=table, color_map=colors)  # noqa: E731 - one update object per plot
+        return sweep_status(snapshot), table, plot(), plot(), gr.Timer(active=snapshot.running)
 
     def stop_sweep(self) -> str:
         return "stopping after the current step..." if self.lab.job.stop() else self.lab.job.snapshot().status
@@ -504,7 +498,7 @@ def build_classify_extras(insight: Insight, message: gr.Textbox, adapter_file: g
             )
             words = gr.Dataframe(label="Words that moved the decision most", interactive=False, elem_id="word-table", scale=1)
     with gr.Accordion("Classify a file", open=False):
-        source = insight.uploaded_file(
+        source = uploaded_file(
             label="A text file (one message per line) or a CSV/TSV with a text column", file_types=[".txt", ".csv", ".tsv"], height=130, elem_id="batch-file"
         )
         batch_button = gr.Button("Classify the file", elem_id="classify-file")
@@ -520,7 +514,9 @@ def build_evaluate_tab(insight: Insight, demo: gr.Blocks) -> gr.Tab:
     with gr.Tab("Evaluate") as tab:
         gr.Markdown("How a finished run does on every message of the validation (or test) set, and what changes when spam needs more, or less, certainty.")
         with gr.Row():
-            run = gr.Dropdown([], label="Run", info="finished runs, newest first", elem_id="eval-run", scale=2)
+            run = gr.Dropdown(
+                [], label="Run", info="finished runs, newest first", allow_custom_value=True, elem_id="eval-run", scale=2
+            )  # the handler checks the name
             split = gr.Radio(list(SPLITS), value="validation", label="Messages", elem_id="eval-split", scale=1)
             refresh = gr.Button("Refresh", size="sm", elem_id="eval-refresh", scale=0)
         threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Decision threshold: spam when P(spam) is at least", elem_id="threshold")
@@ -533,7 +529,7 @@ def build_evaluate_tab(insight: Insight, demo: gr.Blocks) -> gr.Tab:
                 x="false positive rate",
                 y="true positive rate",
                 color="curve",
-                color_map={"chance": "#aaaaaa"},
+                color_map=ROC_COLORS,
                 title="ROC curve: every threshold at once",
                 x_lim=[0, 1],
                 y_lim=[0, 1],
@@ -546,7 +542,7 @@ def build_evaluate_tab(insight: Insight, demo: gr.Blocks) -> gr.Tab:
     gr.on([tab.select, refresh.click], insight.evaluation_choices, None, run, api_name="evaluation_runs", show_progress="hidden").then(
         insight.evaluate, [run, split, threshold], views, api_name="evaluate_refreshed", show_progress="hidden"
     )
-    gr.on([run.input, split.change, threshold.release], insight.evaluate, [run, split, threshold], views, api_name="evaluate", show_progress="hidden")
+    gr.on([run.input, split.change, threshold.change], insight.evaluate, [run, split, threshold], views, api_name="evaluate", show_progress="hidden")
     return tab
 
 
@@ -554,7 +550,7 @@ def build_runs_tab(insight: Insight, demo: gr.Blocks, controls: Sequence[gr.comp
     with gr.Tab("Runs") as tab:
         refresh = gr.Button("Refresh", size="sm", elem_id="runs-refresh")
         history = gr.Dataframe(label="Run history (each run's folder is under the runs folder)", interactive=False, max_height=300, elem_id="run-history")
-        chosen = gr.Dropdown([], multiselect=True, label="Runs to compare", elem_id="overlay-runs")
+        chosen = gr.Dropdown([], multiselect=True, label="Runs to compare", allow_custom_value=True, elem_id="overlay-runs")  # choices come on refresh
         overlay = gr.LinePlot(x="step", y="loss", color="run", title="Loss curves of the chosen runs (estimated every N steps)", height=300, elem_id="overlay")
         gr.Markdown(
             "### Rank sweep\nTrain the settings of *Model & LoRA* once per rank, one run after another (watch each on the Train tab), "
@@ -577,8 +573,8 @@ def build_runs_tab(insight: Insight, demo: gr.Blocks, controls: Sequence[gr.comp
     sweep_view = [status, table, by_params, by_time, timer]
     gr.on([tab.select, refresh.click], insight.history, None, history, api_name="run_history", show_progress="hidden").then(
         insight.overlay_choices, None, chosen, api_name="overlay_runs", show_progress="hidden"
-    ).then(insight.overlay, chosen, overlay, api_name="overlay_refreshed", show_progress="hidden")
-    chosen.change(insight.overlay, chosen, overlay, api_name="overlay", show_progress="hidden")
+    ).then(insight.overlay_plot, chosen, overlay, api_name="overlay_refreshed", show_progress="hidden")
+    chosen.change(insight.overlay_plot, chosen, overlay, api_name="overlay", show_progress="hidden")
     start.click(insight.start_sweep, [ranks, *controls], sweep_view, api_name="start_sweep", show_progress="hidden")
     timer.tick(insight.poll_sweep, None, sweep_view, api_name="poll_sweep", show_progress="hidden", concurrency_limit=None)
     stop.click(insight.stop_sweep, None, status, api_name="stop_sweep", concurrency_limit=None)

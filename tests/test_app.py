@@ -71,7 +71,7 @@ def test_build_ui_loads_nothing_and_names_every_event(settings: app.AppSettings)
     names = {fn.api_name for fn in demo.fns.values()}
     assert API_NAMES <= names
     tabs = [block.label for block in demo.blocks.values() if isinstance(block, gr.Tab)]
-    assert tabs == ["Data", "Model & LoRA", "Train", "Parameters", "Classify"]
+    assert tabs == ["Data", "Model & LoRA", "Train", "Parameters", "Classify", "Evaluate", "Runs"]
     assert not settings.out.exists() and not settings.cache.exists()  # building touches no files
 
 

@@ -1,0 +1,98 @@
+"""The insight views in a real browser: data quality, Evaluate, why this answer, Runs and a rank sweep.
+
+Same rules as test_browser.py (Debian chromium + Playwright; CI=true makes a missing browser fail;
+any request outside 127.0.0.1 fails the test). The app starts with a finished tiny run in its runs
+folder and a small prepared dataset, so every view has real content at once. Screenshots go to a
+temporary folder, or to LORA_LAB_SCREENSHOTS (e.g. docs/screenshots) to refresh the README's.
+"""
+
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import insight_fixtures
+import pytest
+import test_browser
+from app_fixtures import RunningApp, running_app
+from test_browser import expect, is_local, open_tab, screenshot, set_number, sync_api
+
+import app
+
+pytestmark = pytest.mark.browser
+
+small_data, finished_runs = insight_fixtures.small_data, insight_fixtures.finished_runs
+browser = test_browser.browser  # the same module-scoped chromium fixture
+
+
+@pytest.fixture
+def served(tiny_model_dir: Path, finished_runs: Path, small_data: Path, tmp_path: Path) -> Iterator[RunningApp]:
+    shutil.copytree(finished_runs, tmp_path / "runs")
+    shutil.copytree(small_data, tmp_path / "cache")
+    settings = app.AppSettings(
+        model=str(tiny_model_dir), device="cpu", out=tmp_path / "runs", cache=tmp_path / "cache", data_urls=("http://127.0.0.1:9/none.zip",)
+    )
+    with running_app(settings) as running:
+        yield running
+
+
+@pytest.fixture
+def page(browser: "sync_api.Browser", served: RunningApp) -> Iterator["sync_api.Page"]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    external: list[str] = []
+    opened.on("request", lambda request: None if is_local(request.url) else external.append(request.url))
+    opened.goto(served.url)
+    opened.get_by_role("button", name="Download the SMS Spam Collection").wait_for()
+    yield opened
+    context.close()
+    assert external == [], f"the page requested something outside 127.0.0.1: {external}"
+
+
+def test_insight_views_in_a_real_browser(page: "sync_api.Page", served: RunningApp) -> None:
+    # Data: the prepared data's duplicates
+    expect(page.locator("#data-quality")).to_contain_text("distinct texts", timeout=20_000)
+    expect(page.locator("#data-quality")).to_contain_text("train & test")
+    screenshot(page, "data-quality")
+
+    # Evaluate: confusion matrix, metrics, ROC and mistakes of the finished run; the threshold moves them
+    open_tab(page, "Evaluate")
+    expect(page.locator("#confusion")).to_contain_text("true spam", timeout=20_000)
+    expect(page.locator("#eval-summary")).to_contain_text("full validation set")
+    expect(page.locator("#roc path[aria-roledescription='line mark']")).to_have_count(2, timeout=20_000)
+    expect(page.locator("#eval-metrics")).to_contain_text("threshold 0.50")
+    set_number(page, "#threshold input[type=number]", "0.2")
+    expect(page.locator("#eval-metrics")).to_contain_text("threshold 0.20", timeout=10_000)
+    expect(page.locator("#confusion")).to_contain_text("threshold 0.20")
+    screenshot(page, "evaluate")
+
+    # Classify: why this answer
+    open_tab(page, "Classify")
+    page.locator("#message textarea").fill(app.EXAMPLE_MESSAGES[2])
+    page.get_by_role("button", name="Explain this message").click()
+    expect(page.locator("#token-heatmap .token").first).to_be_attached(timeout=60_000)
+    assert page.locator("#token-heatmap .token").count() > 10
+    expect(page.locator("#word-influence path[aria-roledescription='bar']").first).to_be_attached(timeout=20_000)
+    expect(page.locator("#word-table")).to_contain_text("URGENT!")
+    screenshot(page, "classify-explain")
+
+    # Runs: the history, the loss overlay, and a two-rank sweep with its plots
+    open_tab(page, "Runs")
+    expect(page.locator("#run-history")).to_contain_text("first-run", timeout=20_000)
+    expect(page.locator("#overlay path[aria-roledescription='line mark']")).to_have_count(2, timeout=20_000)
+    open_tab(page, "Model & LoRA")
+    page.get_by_text("Advanced").click()
+    set_number(page, "#max-steps input", "4")
+    set_number(page, "#eval-freq input", "2")
+    open_tab(page, "Runs")
+    for rank in ("4", "8", "16"):
+        page.locator("#sweep-ranks").get_by_label(rank, exact=True).uncheck()
+    page.get_by_role("button", name="Start the sweep").click()
+    status = page.locator("#sweep-status textarea")
+    expect(status).to_have_value(re.compile("Sweep over ranks 1, 2"), timeout=20_000)
+    expect(status).to_have_value(re.compile("2 of 2 runs finished"), timeout=120_000)
+    expect(page.locator("#sweep-params path[aria-roledescription='point']")).to_have_count(2, timeout=20_000)
+    assert [p.rank for p in served.lab.job.snapshot().sweep] == [1, 2]
+    page.locator("#runs-refresh").click()
+    expect(page.locator("#run-history")).to_contain_text("rank-2", timeout=20_000)
+    screenshot(page, "runs")

@@ -1,0 +1,202 @@
+"""The insight views (issue 6): plain helpers, handlers over a tiny finished run, the sweep job, gradio_client.
+
+Runs here train the tiny model on a small slice of the SMS data (80 messages), so each takes seconds.
+"""
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import gradio as gr
+import insight_fixtures
+import pandas as pd
+import pytest
+from app_fixtures import RunningApp, running_app, train_inputs, upload_bytes
+from conftest import SMS_ZIP
+from gradio_client import Client, handle_file
+from insight_fixtures import write_three_classes
+
+import app
+import insight_ui
+from engine.data import prepare
+from engine.explain import TokenScore, WordInfluence
+from engine.job import TrainingJob
+from engine.sweep import SweepPoint
+
+small_data, finished_runs = insight_fixtures.small_data, insight_fixtures.finished_runs  # fixtures shared with the browser test
+
+
+@pytest.fixture
+def lab(tiny_model_dir: Path, finished_runs: Path, small_data: Path, tmp_path: Path) -> Iterator[app.Lab]:
+    runs = tmp_path / "runs"
+    shutil.copytree(finished_runs, runs)
+    cache = tmp_path / "cache"
+    shutil.copytree(small_data, cache)
+    lab = app.Lab(app.AppSettings(model=str(tiny_model_dir), device="cpu", out=runs, cache=cache))
+    yield lab
+    lab.job.stop()
+    lab.job.wait(30)
+
+
+@pytest.fixture
+def insight(lab: app.Lab) -> insight_ui.Insight:
+    return insight_ui.Insight(lab, app.run_config)
+
+
+# --- plain helpers ---------------------------------------------------------------------------------
+
+
+def test_confusion_table_names_true_and_predicted_classes() -> None:
+    table = insight_ui.confusion_html([[5, 1], [2, 7]], ("ham", "spam"), "validation <set>")
+    assert "true ham" in table and "predicted spam" in table and ">7</td>" in table
+    assert "validation &lt;set&gt;" in table  # captions and labels are escaped
+
+
+def test_token_heat_map_escapes_tokens_and_shades_by_probability() -> None:
+    heat = insight_ui.token_heatmap_html([TokenScore("<b>", 0.1), TokenScore(" win", 0.9)], "spam")
+    assert "&lt;b&gt;" in heat and "<b>" not in heat
+    assert "rgba(31,119,180" in heat and "rgba(214,39,40" in heat and "After the last token: 0.900" in heat
+
+
+def test_word_influence_labels_repeated_words_apart() -> None:
+    frame = insight_ui.influence_frame([WordInfluence("win", 0.2, 0.5), WordInfluence("win", 0.6, 0.1), WordInfluence("hi", 0.8, -0.1)], "spam")
+    assert frame["word"].tolist() == ["win", "win (2)", "hi"]
+    assert frame["direction"].tolist() == ["towards spam", "towards spam", "away from spam"]
+    assert insight_ui.influence_frame([], "spam") is None
+
+
+def test_data_quality_and_counts_show_every_class(small_data: Path) -> None:
+    prepared = prepare(str(small_data), small_data)
+    summary = prepared.summary
+    text = insight_ui.quality_markdown(summary)
+    assert "distinct texts" in text and "train & test" in text and "Not de-duplicated" in text
+    assert insight_ui.quality_markdown(None) == "Data quality: no data yet."
+    counts = app.counts_frame(prepared)
+    assert counts[""].tolist() == ["messages", "ham", "spam", "balanced", "train", "validation", "test"]
+    three = prepare(str(write_three_classes(small_data.parent)), small_data.parent / "three")
+    assert app.counts_frame(three)[""].tolist()[1:4] == ["bills", "friends", "work"]  # your own labels, not ham/spam
+
+
+def test_sweep_frame_and_status() -> None:
+    assert insight_ui.sweep_frame([]) is None
+    frame = insight_ui.sweep_frame([SweepPoint(2, 1000, 0.9, 1.5, Path("runs/sweep/rank-2")), SweepPoint(4, 2000, None, 0.5, Path("x"))])
+    assert frame["rank"].tolist() == ["2", "4"] and frame["test accuracy (%)"].tolist()[0] == 90.0
+    assert insight_ui.sweep_status(TrainingJob().snapshot()).startswith("No sweep yet")
+
+
+# --- handlers over a finished run ------------------------------------------------------------------
+
+
+def test_evaluate_a_finished_run_at_any_threshold(insight: insight_ui.Insight) -> None:
+    assert insight.evaluation_choices().value == "first-run"
+    summary, confusion, metrics, roc, wrong = insight.evaluate("first-run", "validation", 0.5)
+    assert "full validation set: 8 messages" in summary and "AUC" in summary
+    assert "true spam" in confusion and metrics.columns[1] == "threshold 0.50"
+    assert set(roc["curve"]) == {"ROC curve", "chance"} and roc["true positive rate"].max() == 1.0
+    assert wrong is not None and list(wrong.columns) == ["message", "true", "predicted", "P(spam)"]
+    everything_spam = insight.evaluate("first-run", "test", 0.0)[2]
+    assert everything_spam.iloc[2, 1] == 1.0  # recall of spam at threshold 0
+    assert insight.evaluate(None, "validation", 0.5)[0].startswith("No finished run yet")
+    with pytest.raises(gr.Error, match="from 0 to 1"):
+        insight.evaluate("first-run", "validation", 1.5)
+    with pytest.raises(gr.Error, match="press Refresh"):
+        insight.evaluate("../elsewhere", "validation", 0.5)
+    with pytest.raises(gr.Error, match="choose validation or test"):
+        insight.evaluate("first-run", "train", 0.5)
+
+
+def test_evaluate_without_texts_and_with_three_classes(insight: insight_ui.Insight, lab: app.Lab) -> None:
+    record_path = lab.settings.out / "first-run" / "run.json"
+    record = json.loads(record_path.read_text())
+    record["config"]["data"] = str(lab.settings.out / "gone")
+    record_path.write_text(json.dumps(record))
+    summary, *_, wrong = insight.evaluate("first-run", "validation", 0.5)
+    assert "texts are not shown" in summary and wrong is None
+    record["data"]["labels"] = ["bills", "friends", "work"]
+    record["final"]["validation"]["confusion"] = [[3, 0, 0], [1, 2, 0], [0, 0, 2]]
+    record_path.write_text(json.dumps(record))
+    summary, confusion, metrics, roc, wrong = insight.evaluate("first-run", "validation", 0.5)
+    assert "3 classes" in summary and "true work" in confusion and metrics is roc is wrong is None
+
+
+def test_history_and_loss_overlay(insight: insight_ui.Insight) -> None:
+    history = insight.history()
+    assert history["run"].tolist() == ["first-run"] and history["steps"].tolist() == [6]
+    assert insight.overlay_choices().value == ["first-run"]
+    overlay = insight.overlay(["first-run"])
+    assert set(overlay["run"]) == {"first-run · train", "first-run · validation"} and overlay["step"].min() == 1
+    assert insight.overlay([]) is None
+    assert set(insight.overlay_plot(["first-run"]).color_map) == {"first-run · train", "first-run · validation"}
+    with pytest.raises(gr.Error, match="choose runs"):
+        insight.overlay("first-run")  # type: ignore[arg-type]
+
+
+def test_explain_and_classify_a_file(insight: insight_ui.Insight) -> None:
+    heat, bars, words = insight.explain("WIN a free prize now", None)
+    assert heat.count("class='token'") >= 5 and bars is words
+    assert sorted(words["word"]) == sorted(["WIN", "a", "free", "prize", "now"])
+    with pytest.raises(gr.Error, match="empty"):
+        insight.explain("  ", None)
+
+    path, preview = insight.classify_upload(upload_bytes(b"text,label\nWIN cash now,spam\nsee you at 6,ham\n", "mine.csv"), None)
+    written = pd.read_csv(path)
+    assert written["message"].tolist() == ["WIN cash now", "see you at 6"] and {"label", "p_ham", "p_spam"} <= set(written.columns)
+    assert preview["message"].tolist() == written["message"].tolist()
+    with pytest.raises(gr.Error, match="holds no messages"):
+        insight.classify_upload(upload_bytes(b"\n\n", "blank.txt"), None)
+    with pytest.raises(gr.Error, match="only files uploaded"):
+        insight.classify_upload(str(SMS_ZIP), None)
+
+
+def test_data_quality_reads_the_prepared_summary(insight: insight_ui.Insight) -> None:
+    text, repeated = insight.data_quality()
+    assert text.startswith("### Data quality") and (repeated is None or list(repeated.columns) == ["message", "copies"])
+
+
+# --- the sweep, in the app's one job ---------------------------------------------------------------
+
+
+def test_sweep_runs_in_the_training_job_and_refuses_a_second_start(insight: insight_ui.Insight, lab: app.Lab) -> None:
+    controls = list(train_inputs(lab.settings.model, max_steps=3.0, eval_freq=2.0).values())
+    with pytest.raises(gr.Error, match="tick at least one rank"):
+        insight.start_sweep([], *controls)
+    status, *_ = insight.start_sweep([2, 1], *controls)
+    assert status.startswith("Sweep over ranks 1, 2")
+    assert lab.start_training(**train_inputs(lab.settings.model))[0].startswith("running")  # refused: the sweep goes on
+    assert lab.job.wait(120)
+    status, table, by_params, by_time, timer = insight.poll_sweep()
+    snapshot = lab.job.snapshot()
+    assert snapshot.state == "done" and [p.rank for p in snapshot.sweep] == [1, 2], snapshot.status
+    assert "2 of 2 runs finished" in status and timer.active is False
+    assert by_params.color_map == {"1": insight_ui.PALETTE[0], "2": insight_ui.PALETTE[1]}  # a legend entry per rank
+    assert table["trainable parameters"].iloc[1] > table["trainable parameters"].iloc[0]
+    names = [name for name, _ in insight_ui.all_runs(lab.settings.out)]
+    assert {n.split("/")[1] for n in names if "/" in n} == {"rank-1", "rank-2"} and "first-run" in names
+
+
+# --- the launched app ------------------------------------------------------------------------------
+
+
+def test_insight_views_through_gradio_client(lab: app.Lab, tmp_path: Path) -> None:
+    with running_app(lab.settings) as served:
+        check_through_client(served, tmp_path)
+
+
+def check_through_client(served: RunningApp, tmp_path: Path) -> None:
+    client = Client(served.url, verbose=False, analytics_enabled=False)
+    endpoints = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    assert {"/evaluate", "/explain", "/classify_file", "/run_history", "/overlay", "/start_sweep", "/poll_sweep", "/stop_sweep"} <= endpoints
+    summary, confusion, metrics, roc, wrong = client.predict("first-run", "validation", 0.3, api_name="/evaluate")
+    assert "threshold" not in summary or "0.30" in summary
+    assert "true ham" in confusion
+    history = client.predict(api_name="/run_history")
+    assert history["data"][0][0] == "first-run"
+    heat, bars, words = client.predict("Call now to claim your prize", None, api_name="/explain")
+    assert "class='token'" in heat
+    lines = tmp_path / "lines.txt"
+    lines.write_text("WIN a prize\nsee you later\n")
+    path, preview = client.predict(handle_file(str(lines)), None, api_name="/classify_file")
+    assert pd.read_csv(path)["label"].isin(["ham", "spam"]).all()
+    with pytest.raises(Exception, match="tick at least one rank"):
+        client.predict([], api_name="/start_sweep")
