@@ -38,8 +38,9 @@ from engine.sweep import DEFAULT_RANKS, SweepPoint
 SWEEP_RANK_CHOICES = (1, 2, 4, 8, 16, 32, 64)
 MAX_INFLUENCE_BARS = 15
 SPLITS = ("validation", "test")
-# A Vega plot keeps the colour legend of the value it was drawn with; Gradio redraws it only when a
-# setting such as color_map changes. Plots whose series change (runs, ranks) get a color_map per value.
+# A Gradio plot keeps the colour legend of the first value it draws: later values with new series
+# (other runs, more ranks) would be drawn without lines or legend. Such plots are cleared (None)
+# before they get a value with other series, which makes Gradio draw them afresh.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 ROC_COLORS = {"ROC curve": "#d62728", "chance": "#aaaaaa"}
 HAM_RGB, SPAM_RGB = (31, 119, 180), (214, 39, 40)  # the Data tab's histogram colours
@@ -106,14 +107,15 @@ def percent(value: float | None) -> float | None:
 
 def overlay_frame(runs: Sequence[tuple[str, RunSummary]], chosen: Sequence[str]) -> pd.DataFrame | None:
     """Long format for one LinePlot: train and validation loss of every chosen run, against steps."""
+    picked = [(name, run) for name, run in runs if name in chosen]
+    short = [name.rsplit("/", 1)[-1] for name, _ in picked]  # "rank-2", not "sweep-.../rank-2": legends cut long names
+    labels = short if len(set(short)) == len(short) else [name for name, _ in picked]
     rows = []
-    for name, run in runs:
-        if name not in chosen:
-            continue
+    for label, (_, run) in zip(labels, picked, strict=True):
         for point in run.losses:
             step = int(point["step"]) + 1  # the book counts evaluations from step 0; the Train tab counts steps taken
-            rows.append({"step": step, "loss": float(point["train_loss"]), "run": f"{name} · train"})
-            rows.append({"step": step, "loss": float(point["validation_loss"]), "run": f"{name} · validation"})
+            rows.append({"step": step, "loss": float(point["train_loss"]), "run": f"{label} · train"})
+            rows.append({"step": step, "loss": float(point["validation_loss"]), "run": f"{label} · validation"})
     return pd.DataFrame(rows) if rows else None
 
 
@@ -435,6 +437,10 @@ class Insight:
             raise gr.Error("choose runs from the list")
         return overlay_frame(all_runs(self.out), list(chosen or ()))
 
+    def clear_overlay(self) -> None:
+        """Empties a plot before it shows other series: other runs, other words (see PALETTE's note)."""
+        return None
+
     def overlay_plot(self, chosen: Sequence[str] | None) -> gr.LinePlot:
         """The overlay for the page: the frame plus a colour per series, so the legend follows the chosen runs."""
         frame = self.overlay(chosen)
@@ -461,9 +467,13 @@ class Insight:
     def poll_sweep(self) -> tuple[Any, ...]:
         snapshot = self.lab.job.snapshot()
         table = sweep_frame(snapshot.sweep)
-        colors = series_colors(table["rank"]) if table is not None else None
-        plot = lambda: gr.ScatterPlot(value=table, color_map=colors)  # noqa: E731 - one update object per plot
-        return sweep_status(snapshot), table, plot(), plot(), gr.Timer(active=snapshot.running)
+        done = None if snapshot.running else table  # the plots show a finished (or stopped) sweep: see PALETTE's note
+        colors = series_colors(done["rank"]) if done is not None else None
+
+        def plot(x: str) -> gr.ScatterPlot:  # axes from 0 with some room, so no point sits on an edge
+            return gr.ScatterPlot(value=done, color_map=colors, x_lim=[0, 1.1 * float(done[x].max()) or 1] if done is not None else None)
+
+        return sweep_status(snapshot), table, plot("trainable parameters"), plot("training time (s)"), gr.Timer(active=snapshot.running)
 
     def stop_sweep(self) -> str:
         return "stopping after the current step..." if self.lab.job.stop() else self.lab.job.snapshot().status
@@ -504,7 +514,10 @@ def build_classify_extras(insight: Insight, message: gr.Textbox, adapter_file: g
         batch_button = gr.Button("Classify the file", elem_id="classify-file")
         result = gr.File(label="Download: label and probabilities per message (CSV)", interactive=False, elem_id="batch-result")
         preview = gr.Dataframe(label="First answers", interactive=False, wrap=True, elem_id="batch-preview")
-    explain_button.click(insight.explain, [message, adapter_file], [heat, bars, words], api_name="explain", concurrency_id="classify", concurrency_limit=1)
+    # The bars are cleared first: a message whose words push both ways needs a fresh legend (see PALETTE's note).
+    explain_button.click(insight.clear_overlay, None, bars, api_name="clear_explanation", show_progress="hidden").then(
+        insight.explain, [message, adapter_file], [heat, bars, words], api_name="explain", concurrency_id="classify", concurrency_limit=1
+    )
     batch_button.click(
         insight.classify_upload, [source, adapter_file], [result, preview], api_name="classify_file", concurrency_id="classify", concurrency_limit=1
     )
@@ -562,19 +575,18 @@ def build_runs_tab(insight: Insight, demo: gr.Blocks, controls: Sequence[gr.comp
             stop = gr.Button("Stop the sweep", variant="stop", elem_id="sweep-stop", scale=1)
         status = gr.Textbox(label="Sweep", interactive=False, elem_id="sweep-status")
         with gr.Row():
-            by_params = gr.ScatterPlot(
-                x="trainable parameters", y="test accuracy (%)", color="rank", title="Test accuracy vs trainable parameters", height=280, elem_id="sweep-params"
-            )
-            by_time = gr.ScatterPlot(
-                x="training time (s)", y="test accuracy (%)", color="rank", title="Test accuracy vs training time", height=280, elem_id="sweep-time"
-            )
+            accuracy_axis = dict(y="test accuracy (%)", color="rank", y_lim=[0, 105], height=280)
+            by_params = gr.ScatterPlot(x="trainable parameters", title="Test accuracy vs trainable parameters", elem_id="sweep-params", **accuracy_axis)
+            by_time = gr.ScatterPlot(x="training time (s)", title="Test accuracy vs training time", elem_id="sweep-time", **accuracy_axis)
         table = gr.Dataframe(label="Sweep results", interactive=False, elem_id="sweep-table")
         timer = gr.Timer(1.0, active=False)
     sweep_view = [status, table, by_params, by_time, timer]
     gr.on([tab.select, refresh.click], insight.history, None, history, api_name="run_history", show_progress="hidden").then(
         insight.overlay_choices, None, chosen, api_name="overlay_runs", show_progress="hidden"
-    ).then(insight.overlay_plot, chosen, overlay, api_name="overlay_refreshed", show_progress="hidden")
-    chosen.change(insight.overlay_plot, chosen, overlay, api_name="overlay", show_progress="hidden")
+    )
+    chosen.change(insight.clear_overlay, None, overlay, api_name="clear_overlay", show_progress="hidden").then(
+        insight.overlay_plot, chosen, overlay, api_name="overlay", show_progress="hidden"
+    )
     start.click(insight.start_sweep, [ranks, *controls], sweep_view, api_name="start_sweep", show_progress="hidden")
     timer.tick(insight.poll_sweep, None, sweep_view, api_name="poll_sweep", show_progress="hidden", concurrency_limit=None)
     stop.click(insight.stop_sweep, None, status, api_name="stop_sweep", concurrency_limit=None)

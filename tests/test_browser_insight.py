@@ -95,4 +95,6 @@ def test_insight_views_in_a_real_browser(page: "sync_api.Page", served: RunningA
     assert [p.rank for p in served.lab.job.snapshot().sweep] == [1, 2]
     page.locator("#runs-refresh").click()
     expect(page.locator("#run-history")).to_contain_text("rank-2", timeout=20_000)
+    expect(page.locator("#overlay")).to_contain_text("rank-2 · validation", timeout=20_000)  # the legend follows the chosen runs
+    expect(page.locator("#overlay path[aria-roledescription='line mark']")).to_have_count(4, timeout=20_000)
     screenshot(page, "runs")
