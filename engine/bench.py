@@ -231,7 +231,7 @@ class Report:
                 f"  {result.implementation:<18} step {result.step_s:6.2f} s (median of {len(result.step_times_s)}; "
                 f"best {result.step_min_s:.2f} s; CPU {result.step_cpu_s:.1f} s), "
                 f"{result.examples_per_s:5.2f} examples/s, {result.percent_of_peak:5.1f} % of peak, "
-                f"peak memory {result.peak_memory_mb / 1024:.2f} GB ({result.precision})"
+                f"peak memory {result.peak_memory_mb / 1024:.2f} GB (built {result.memory_before_training_mb / 1024:.2f} GB) ({result.precision})"
             )
         if self.speedup_vs_peer is not None:
             paired = (
