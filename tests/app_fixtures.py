@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import app
 from app_guards import upload_folder
 from engine.config import LORA_TARGETS
@@ -76,3 +78,17 @@ def train_inputs(model: str, **changes: Any) -> dict[str, Any]:
         eval_freq=5.0,
     )
     return {**values, **changes}
+
+
+@pytest.fixture
+def settings(tiny_model_dir: Path, tmp_path: Path) -> app.AppSettings:
+    """The app on the tiny model, with its runs and data cache in a fresh folder."""
+    return app.AppSettings(model=str(tiny_model_dir), device="cpu", out=tmp_path / "runs", cache=tmp_path / "cache")
+
+
+@pytest.fixture
+def lab(settings: app.AppSettings) -> Iterator[app.Lab]:
+    lab = app.Lab(settings)
+    yield lab
+    lab.job.stop()
+    lab.job.wait(30)

@@ -29,6 +29,8 @@ from engine.model import GPT  # noqa: E402
 settings.register_profile("lora-lab", deadline=None, max_examples=60)
 settings.load_profile("lora-lab")
 
+pytest_plugins = ["app_fixtures"]  # the app's `settings` and `lab` fixtures, shared by the app tests
+
 FIXTURES = Path(__file__).parent / "fixtures"
 SMS_ZIP = FIXTURES / "sms_spam_collection.zip"
 TINY = GPTConfig("tiny", vocab_size=50257, context_length=256, n_embd=32, n_layer=2, n_head=4)

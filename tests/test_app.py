@@ -38,17 +38,6 @@ API_NAMES = {
 }
 
 
-@pytest.fixture
-def settings(tiny_model_dir: Path, tmp_path: Path) -> app.AppSettings:
-    return app.AppSettings(model=str(tiny_model_dir), device="cpu", out=tmp_path / "runs", cache=tmp_path / "cache")
-
-
-@pytest.fixture
-def lab(settings: app.AppSettings) -> Iterator[app.Lab]:
-    lab = app.Lab(settings)
-    yield lab
-    lab.job.stop()
-    lab.job.wait(30)
 
 
 def wait_until_idle(lab: app.Lab, timeout: float = 120.0) -> JobSnapshot:

@@ -36,17 +36,6 @@ SPAM = "URGENT! You have won a 1 week FREE membership in our £100,000 prize Jac
 # --- fixtures ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def settings(tiny_model_dir: Path, tmp_path: Path) -> app.AppSettings:
-    return app.AppSettings(model=str(tiny_model_dir), device="cpu", out=tmp_path / "runs", cache=tmp_path / "cache")
-
-
-@pytest.fixture
-def lab(settings: app.AppSettings) -> Iterator[app.Lab]:
-    lab = app.Lab(settings)
-    yield lab
-    lab.job.stop()
-    lab.job.wait(30)
 
 
 @pytest.fixture(scope="module")

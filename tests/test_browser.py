@@ -6,6 +6,7 @@ Screenshots of every tab go to a temporary folder; `LORA_LAB_SCREENSHOTS=docs/sc
 relative to the repository, or absolute) writes them where the README shows them, to refresh those.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -63,17 +64,24 @@ def served(tiny_model_dir: Path, tmp_path: Path, http_server) -> Iterator[Runnin
         yield running
 
 
-@pytest.fixture
-def page(browser: "sync_api.Browser", served: RunningApp) -> Iterator["sync_api.Page"]:
+@contextlib.contextmanager
+def app_page(browser: "sync_api.Browser", url: str) -> Iterator["sync_api.Page"]:
+    """A page showing the mounted app; on close, fail if it requested anything outside 127.0.0.1."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     opened = context.new_page()
     external: list[str] = []
     opened.on("request", lambda request: None if is_local(request.url) else external.append(request.url))
-    opened.goto(served.url)
+    opened.goto(url)
     opened.get_by_role("button", name="Download the SMS Spam Collection").wait_for()  # mounted, not just loaded
     yield opened
     context.close()
     assert external == [], f"the page requested something outside 127.0.0.1: {external}"
+
+
+@pytest.fixture
+def page(browser: "sync_api.Browser", served: RunningApp) -> Iterator["sync_api.Page"]:
+    with app_page(browser, served.url) as opened:
+        yield opened
 
 
 def is_local(url: str) -> bool:

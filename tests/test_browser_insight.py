@@ -15,7 +15,7 @@ import insight_fixtures
 import pytest
 import test_browser
 from app_fixtures import RunningApp, running_app
-from test_browser import expect, is_local, open_tab, screenshot, set_number, sync_api
+from test_browser import app_page, expect, open_tab, screenshot, set_number, sync_api
 
 import app
 
@@ -38,15 +38,8 @@ def served(tiny_model_dir: Path, finished_runs: Path, small_data: Path, tmp_path
 
 @pytest.fixture
 def page(browser: "sync_api.Browser", served: RunningApp) -> Iterator["sync_api.Page"]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    opened = context.new_page()
-    external: list[str] = []
-    opened.on("request", lambda request: None if is_local(request.url) else external.append(request.url))
-    opened.goto(served.url)
-    opened.get_by_role("button", name="Download the SMS Spam Collection").wait_for()
-    yield opened
-    context.close()
-    assert external == [], f"the page requested something outside 127.0.0.1: {external}"
+    with app_page(browser, served.url) as opened:
+        yield opened
 
 
 def test_insight_views_in_a_real_browser(page: "sync_api.Page", served: RunningApp) -> None:
