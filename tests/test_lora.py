@@ -41,7 +41,8 @@ def test_counts_follow_rank_and_targets():
     assert attention_only == 12 * 2 * (768 * 8 + 8 * 768)
 
 
-def test_initial_adapter_leaves_outputs_unchanged():
+def plain_and_adapted() -> tuple[GPT, GPT]:
+    """The same random classifier twice: as it is, and with fresh LoRA adapters on every Linear."""
     torch.manual_seed(0)
     plain = GPT(TINY)
     plain.add_classifier(2, seed=5)
@@ -49,6 +50,11 @@ def test_initial_adapter_leaves_outputs_unchanged():
     adapted.load_state_dict(plain.state_dict(), strict=False)
     adapted.add_classifier(2, seed=5)
     apply_lora(adapted, LoRAConfig(rank=4, alpha=8))
+    return plain, adapted
+
+
+def test_initial_adapter_leaves_outputs_unchanged():
+    plain, adapted = plain_and_adapted()
     ids = torch.randint(0, 50257, (2, 9))
     assert torch.equal(plain(ids), adapted(ids))
     a = adapted.transformer.h[0].attn.q_proj.lora_A
@@ -97,13 +103,7 @@ def test_scaling_modes_differ_by_rank():
 
 
 def test_disabling_gives_the_base_model():
-    torch.manual_seed(0)
-    plain = GPT(TINY)
-    plain.add_classifier(2, seed=5)
-    model = GPT(TINY)
-    model.load_state_dict(plain.state_dict(), strict=False)
-    model.add_classifier(2, seed=5)
-    apply_lora(model, LoRAConfig(rank=4, alpha=8))
+    plain, model = plain_and_adapted()
     randomise_lora(model)
     merge_lora(model)
     ids = torch.randint(0, 50257, (1, 6))
