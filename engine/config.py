@@ -217,8 +217,5 @@ class RunConfig:
         base = preset(name)
         return cls(lora=base.lora, train=base.train, preset=name, **overrides)
 
-    def with_lora(self, **changes: Any) -> "RunConfig":
-        return replace(self, lora=replace(self.lora, **changes))
-
     def with_train(self, **changes: Any) -> "RunConfig":
         return replace(self, train=replace(self.train, **changes))

@@ -137,11 +137,6 @@ class ParamCounts:
     frozen: int
     lora: int  # the LoRA A and B tensors
 
-    @property
-    def ratio(self) -> float:
-        """How many times fewer parameters are trained than the full model holds."""
-        return self.total / self.trainable if self.trainable else math.inf
-
 
 def count_parameters(model: nn.Module) -> ParamCounts:
     total = trainable = lora = 0
