@@ -5,10 +5,12 @@ Everything is offline: data comes from tests/fixtures, models are random and tin
 
 import functools
 import http.server
+import io
 import json
 import os
 import sys
 import threading
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,3 +185,12 @@ def trained_run(tiny_model_dir: Path, prepared_data: Path, tmp_path_factory: pyt
 
     cfg = tiny_run_config(tiny_model_dir, prepared_data, tmp_path_factory.mktemp("run"))
     return cfg, list(fine_tune(cfg))
+
+
+def zip_of(members: dict[str, bytes]) -> bytes:
+    """A zip holding `members` (name -> bytes), for zips with and without the SMS file."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()

@@ -1,7 +1,6 @@
 """Issue 5 in the app: bad input gets a message and the next action works; Stop in every phase; out of
 memory; many visitors at once; what a visitor can reach (models, uploads, URLs, served files, login)."""
 
-import io
 import json
 import pickle
 import re
@@ -18,7 +17,7 @@ import httpx
 import pytest
 import torch
 from app_fixtures import RunningApp, as_upload, running_app, train_inputs, upload_bytes
-from conftest import sms_zip_bytes
+from conftest import sms_zip_bytes, zip_of
 from gradio_client import Client, handle_file
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -183,14 +182,6 @@ def test_the_parameters_tab_names_a_bad_rank(lab: app.Lab, rank: int) -> None:
 
 
 # --- data uploads --------------------------------------------------------------------------------
-
-
-def zip_of(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 BAD_DATA = {

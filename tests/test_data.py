@@ -1,8 +1,7 @@
-import io
 import zipfile
 
 import pytest
-from conftest import SMS_ZIP, sms_zip_bytes
+from conftest import SMS_ZIP, sms_zip_bytes, zip_of
 
 from engine.config import preset
 from engine.data import ZIP_NAME, balance, load_splits, parse_messages, prepare, read_source_file, split
@@ -10,14 +9,6 @@ from engine.errors import DataError, DownloadError
 from engine.loaders import make_loaders
 
 HTML = b"<!DOCTYPE html><html><body>Service unavailable</body></html>"
-
-
-def zip_of(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def raw_lines() -> list[str]:
