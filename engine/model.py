@@ -22,6 +22,30 @@ class CausalSelfAttention(nn.Module):
         self.k_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.v_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.store_qkv_adjacent()
+
+    @torch.no_grad()
+    def store_qkv_adjacent(self) -> None:
+        """Lay the frozen q, k and v weights (and biases) end to end in one tensor each.
+
+        `project` then reads them as one fused weight without concatenating a copy on every
+        forward pass (a copy that training would also keep alive until backward). Each stays its
+        own Parameter, so names, counts and LoRA pairs are the book's.
+        """
+        bases = [getattr(layer, "base_layer", layer) for layer in (self.q_proj, self.k_proj, self.v_proj)]
+        if not all(type(b) is nn.Linear for b in bases):
+            return
+        for name in ("weight", "bias"):
+            parts = [getattr(b, name) for b in bases]
+            fused = torch.cat([p.data for p in parts])
+            for parameter, view in zip(parts, fused.split([p.size(0) for p in parts]), strict=True):
+                parameter.data = view
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module's signature
+        # Moving or casting the module copies each parameter on its own: lay them end to end again.
+        super()._apply(fn, recurse)
+        self.store_qkv_adjacent()
+        return self
 
     def forward(self, x: torch.Tensor, read: torch.Tensor | None = None) -> torch.Tensor:
         """Attend causally over x (B, T, C); with `read` (B,), only at those positions: (B, 1, C)."""
@@ -50,7 +74,7 @@ def project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> list[torch.Tensor
     if x.numel() // x.size(-1) < FUSE_MIN_ROWS or not all(type(b) is nn.Linear for b in bases):  # e.g. int8 layers
         return [layer(x) for layer in layers]
     rows = x.reshape(-1, x.size(-1))
-    out = F.linear(rows, torch.cat([b.weight for b in bases]), torch.cat([b.bias for b in bases]))
+    out = F.linear(rows, fused([b.weight for b in bases]), fused([b.bias for b in bases]))
     active = [i for i, layer in enumerate(layers) if getattr(layer, "enabled", False) and not layer.merged]
     if active:
         widths = [b.out_features for b in bases]
@@ -61,6 +85,26 @@ def project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> list[torch.Tensor
         )  # (sum of ranks, sum of outputs), block-diagonal
         out = torch.addmm(out, rows @ a, b)
     return [part.view(*x.shape[:-1], part.size(-1)) for part in out.split([b.out_features for b in bases], dim=-1)]
+
+
+def fused(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The tensors stacked along dim 0: a view when they already lie end to end in one storage
+    (see `store_qkv_adjacent`), else a concatenated copy. Tensors that train always take the copy,
+    since a view of the first would route every gradient to it."""
+    first = tensors[0]
+    offset = first.storage_offset()
+    adjacent = all(
+        not t.requires_grad
+        and t.is_contiguous()
+        and t.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+        and t.storage_offset() == offset + sum(u.numel() for u in tensors[:i])
+        and t.shape[1:] == first.shape[1:]
+        for i, t in enumerate(tensors)
+    )
+    if not adjacent:
+        return torch.cat(tensors)
+    shape = (sum(t.size(0) for t in tensors), *first.shape[1:])
+    return first.detach().as_strided(shape, first.stride())
 
 
 class MLP(nn.Module):

@@ -137,3 +137,41 @@ def test_fused_and_unfused_training_gradients_agree(monkeypatch):
     for name in fused:
         scale = separate[name].abs().max().item()  # gradients here reach tens: compare relatively
         assert torch.allclose(fused[name], separate[name], rtol=1e-4, atol=1e-5 * scale), name
+
+
+def _qkv_share_one_storage(model: GPT) -> bool:
+    attention = model.transformer.h[0].attn
+    weights = [getattr(layer, "base_layer", layer).weight for layer in (attention.q_proj, attention.k_proj, attention.v_proj)]
+    return len({w.untyped_storage().data_ptr() for w in weights}) == 1
+
+
+def test_qkv_weights_stay_end_to_end_through_moves_and_lora():
+    from engine.config import LoRAConfig
+    from engine.lora import apply_lora, freeze_base
+    from engine.model import fused
+
+    model = GPT(TINY, n_classes=2)
+    assert _qkv_share_one_storage(model)
+    model = model.to(torch.float64)  # a cast copies every parameter on its own
+    apply_lora(model, LoRAConfig(rank=2, alpha=4))
+    freeze_base(model)
+    assert _qkv_share_one_storage(model)
+    attention = model.transformer.h[0].attn
+    bases = [layer.base_layer for layer in (attention.q_proj, attention.k_proj, attention.v_proj)]
+    view = fused([b.weight for b in bases])
+    assert view.untyped_storage().data_ptr() == bases[0].weight.untyped_storage().data_ptr()  # no copy
+    assert torch.equal(view, torch.cat([b.weight for b in bases]))
+
+
+def test_fused_copies_tensors_that_train_or_are_not_adjacent():
+    from engine.model import fused
+
+    storage = torch.arange(12.0)
+    first, second = storage[:6].view(2, 3), storage[6:].view(2, 3)
+    assert fused([first, second]).untyped_storage().data_ptr() == storage.untyped_storage().data_ptr()
+    assert torch.equal(fused([second, first]), torch.cat([second, first]))  # wrong order: a copy
+    assert fused([second, first]).untyped_storage().data_ptr() != storage.untyped_storage().data_ptr()
+    trainable = [torch.zeros(2, 3, requires_grad=True), torch.ones(2, 3)]
+    joined = fused(trainable)
+    joined.sum().backward()
+    assert torch.equal(trainable[0].grad, torch.ones(2, 3))
