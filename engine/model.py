@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config import GPTConfig, Pooling
+from engine.gelu_linear import gelu_then_project
 
 FUSE_MIN_ROWS = 64  # below this many tokens a fused product costs more (weight copies) than it saves
 
@@ -114,7 +115,7 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        return gelu_then_project(self.c_fc(x), self.c_proj)
 
 
 class Block(nn.Module):
