@@ -2,7 +2,7 @@
 
 The Gradio side of the engine's evaluation, explanation, history, sweep, batch and data-quality
 features: an Evaluate tab (confusion matrix, precision/recall/F1 at a chosen threshold, ROC, the
-misclassified messages), a Runs tab (history, loss overlay, rank sweep), and sections that app.py
+misclassified messages; one class against the rest when there are more than two), a Runs tab (history, loss overlay, rank sweep), and sections that app.py
 places on the Data tab (duplicates) and the Classify tab (why this answer, classify a file).
 
 Like app.py it does no tensor math: it turns the engine's results into tables, plots and HTML, and
@@ -130,6 +130,15 @@ class RunEvaluation:
     texts: list[str] | None  # None: the data folder was prepared again since (or is gone)
     confusion: list[list[int]] | None  # the run's own confusion matrix (argmax), from run.json
 
+    def default_positive(self) -> str:
+        """Spam (class 1) for two classes, as the book; the first class for more."""
+        return self.class_names[1] if len(self.class_names) == 2 else self.class_names[0]
+
+    def rest_name(self, positive: int) -> str:
+        """What "not the positive class" is called: the other class, or "not X" for three or more."""
+        names = self.class_names
+        return names[1 - positive] if len(names) == 2 else f"not {names[positive]}"
+
 
 def read_evaluation(folder: Path, name: str, split: str) -> RunEvaluation:
     """The scores run.json keeps for `split`, and the split's texts when the data folder still matches them."""
@@ -141,7 +150,9 @@ def read_evaluation(folder: Path, name: str, split: str) -> RunEvaluation:
         raise gr.Error(f"the record of run {name} is unreadable ({error}): choose another run") from None
     if not raw:
         raise gr.Error(f"run {name} has no per-message scores (stopped before its final evaluation, or trained by an older version): choose a finished run")
-    scores = Scores([int(v) for v in raw["labels"]], [float(v) for v in raw["p_positive"]])
+    labels = [int(v) for v in raw["labels"]]
+    full = "probabilities" in raw  # records of older versions kept P(class 1) only
+    scores = Scores(labels, [[float(p) for p in row] for row in raw["probabilities"]]) if full else Scores.binary(labels, raw["p_positive"])
     final = (record.get("final") or {}).get(split) or {}
     return RunEvaluation(name, split, class_names, scores, split_texts(record, split, scores.labels), final.get("confusion"))
 
@@ -179,14 +190,14 @@ def confusion_html(confusion: list[list[int]], class_names: Sequence[str], capti
     )
 
 
-def threshold_frame(evaluation: RunEvaluation, threshold: float) -> pd.DataFrame:
-    positive = evaluation.class_names[1]
-    metrics = at_threshold(evaluation.scores, threshold)
+def threshold_frame(evaluation: RunEvaluation, threshold: float, positive: int = 1) -> pd.DataFrame:
+    name = evaluation.class_names[positive]
+    metrics = at_threshold(evaluation.scores, threshold, positive)
     return pd.DataFrame(
         [
             ("accuracy (%)", round(100 * metrics.accuracy, 2)),
-            (f"precision ({positive})", round(metrics.precision, 3)),
-            (f"recall ({positive})", round(metrics.recall, 3)),
+            (f"precision ({name})", round(metrics.precision, 3)),
+            (f"recall ({name})", round(metrics.recall, 3)),
             ("F1", round(metrics.f1, 3)),
             ("messages", metrics.count),
         ],
@@ -194,11 +205,11 @@ def threshold_frame(evaluation: RunEvaluation, threshold: float) -> pd.DataFrame
     )
 
 
-def roc_frame(evaluation: RunEvaluation) -> tuple[pd.DataFrame | None, float | None]:
+def roc_frame(evaluation: RunEvaluation, positive: int = 1) -> tuple[pd.DataFrame | None, float | None]:
     try:
-        curve = roc_curve(evaluation.scores)
+        curve = roc_curve(evaluation.scores, positive)
     except ValueError:
-        return None, None  # one class only in this split
+        return None, None  # the chosen class, or every other, is missing from this split
     name = "ROC curve"
     rows = [
         {"false positive rate": x, "true positive rate": y, "curve": name} for x, y in zip(curve.false_positive_rate, curve.true_positive_rate, strict=True)
@@ -207,15 +218,16 @@ def roc_frame(evaluation: RunEvaluation) -> tuple[pd.DataFrame | None, float | N
     return pd.DataFrame(rows), curve.auc
 
 
-def mistakes_frame(evaluation: RunEvaluation, threshold: float) -> pd.DataFrame | None:
+def mistakes_frame(evaluation: RunEvaluation, threshold: float, positive: int = 1) -> pd.DataFrame | None:
     if evaluation.texts is None:
         return None
     names = evaluation.class_names
+    score = f"P({names[positive]})"
     rows = [
-        {"message": text, "true": names[label], "predicted": names[1 - label], f"P({names[1]})": round(p, 3)}
-        for text, label, p in mistakes(evaluation.scores, evaluation.texts, threshold)
+        {"message": m.text, "true": names[m.label], "predicted": names[m.predicted], score: round(m.p_positive, 3)}
+        for m in mistakes(evaluation.scores, evaluation.texts, threshold, positive)
     ]
-    return pd.DataFrame(rows, columns=["message", "true", "predicted", f"P({names[1]})"])
+    return pd.DataFrame(rows, columns=["message", "true", "predicted", score])
 
 
 def token_heatmap_html(tokens: Sequence[TokenScore], positive: str) -> str:
@@ -350,8 +362,23 @@ class Insight:
         names = [name for name, _ in self.evaluated_runs()]
         return gr.Dropdown(choices=names, value=names[0] if names else None, allow_custom_value=True)
 
-    def evaluate(self, run: str | None, split: str, threshold: float) -> tuple[str, str, pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]:
-        """Confusion matrix, metrics at `threshold`, ROC and the misclassified messages of one finished run."""
+    def positive_choices(self, run: str | None, current: str | None = None) -> gr.Dropdown:
+        """The run's classes to pick the positive one from; the current choice stays when the run has it."""
+        found = dict(self.evaluated_runs()).get(run) if run else None
+        if found is None:
+            return gr.Dropdown(choices=[], value=None)
+        evaluation = read_evaluation(found.folder, run, "validation")
+        names = list(evaluation.class_names)
+        return gr.Dropdown(choices=names, value=current if current in names else evaluation.default_positive())
+
+    def evaluate(
+        self, run: str | None, split: str, threshold: float, positive: str | None = None
+    ) -> tuple[str, str, pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]:
+        """Confusion matrix, metrics at `threshold`, ROC and the misclassified messages of one finished run.
+
+        The threshold, ROC and mistakes are one-vs-rest for the `positive` class (spam by default):
+        it is predicted when its probability reaches the threshold, any other class otherwise.
+        """
         if not run:
             return "No finished run yet: train one on the Train tab (or run a sweep on Runs), then come back.", "", None, None, None
         if split not in SPLITS:
@@ -363,29 +390,30 @@ class Insight:
             raise gr.Error(f"no finished run called {str(run)[:80]!r} in {self.out}: press Refresh and choose one from the list")
         evaluation = read_evaluation(found.folder, run, split)
         names = evaluation.class_names
-        if len(names) > 2:
-            confusion = evaluation.confusion or []
-            note = (
-                f"Run {run}, {split} set: {len(names)} classes, so each message is given the most likely class "
-                "(the threshold and ROC curve are for two classes); precision, recall and F1 on the Train tab are macro averages."
-            )
-            return note, confusion_html(confusion, names, f"{split} set, most likely class"), None, None, None
-        metrics = at_threshold(evaluation.scores, float(threshold))
-        roc, auc = roc_frame(evaluation)
-        wrong = mistakes_frame(evaluation, float(threshold))
+        chosen = positive or evaluation.default_positive()
+        if chosen not in names:
+            raise gr.Error(f"run {run} has no class {str(chosen)[:40]!r}: choose one of {', '.join(names)}")
+        index, threshold = names.index(chosen), float(threshold)
+        metrics = at_threshold(evaluation.scores, threshold, index)
+        roc, auc = roc_frame(evaluation, index)
+        wrong = mistakes_frame(evaluation, threshold, index)
         texts = (
             ""
             if evaluation.texts is not None
             else " The message texts are not shown: the data was prepared again since this run (download or upload it as before to see them)."
         )
         auc_text = f" Area under the ROC curve (AUC): **{auc:.3f}** (1 is perfect, 0.5 is chance)." if auc is not None else ""
-        summary = (
-            f"Run **{run}**, full {split} set: {metrics.count} messages. A message counts as **{names[1]}** when "
-            f"P({names[1]}) ≥ **{threshold:.2f}**: {metrics.count - metrics.confusion[0][0] - metrics.confusion[1][1]} mistakes, "
-            f"accuracy {100 * metrics.accuracy:.1f}%.{auc_text}{texts}"
+        rest = evaluation.rest_name(index)
+        mistakes_count = metrics.count - metrics.confusion[0][0] - metrics.confusion[1][1]
+        rule = f"A message counts as **{chosen}** when P({chosen}) ≥ **{threshold:.2f}**" + (
+            "" if len(names) == 2 else f", else as one of the other {len(names) - 1} classes (one vs rest)"
         )
-        caption = f"{split} set at threshold {threshold:.2f}"
-        return summary, confusion_html(metrics.confusion, names, caption), threshold_frame(evaluation, float(threshold)), roc, wrong
+        result = f"{mistakes_count} mistakes, accuracy {100 * metrics.accuracy:.1f}%.{auc_text}{texts}"
+        summary = f"Run **{run}**, full {split} set: {metrics.count} messages. {rule}: {result}"
+        table = confusion_html(metrics.confusion, (rest, chosen), f"{split} set at threshold {threshold:.2f}, {chosen} vs the rest")
+        if len(names) > 2:  # the threshold view is one class against the rest: show every class's answers too
+            table = confusion_html(evaluation.confusion or [], names, f"{split} set, each message given its most likely class") + "<br>" + table
+        return summary, table, threshold_frame(evaluation, threshold, index), roc, wrong
 
     # Classify tab: why this answer, classify a file
 
@@ -532,7 +560,18 @@ def build_evaluate_tab(insight: Insight, demo: gr.Blocks) -> gr.Tab:
             )  # the handler checks the name
             split = gr.Radio(list(SPLITS), value="validation", label="Messages", elem_id="eval-split", scale=1)
             refresh = gr.Button("Refresh", size="sm", elem_id="eval-refresh", scale=0)
-        threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Decision threshold: spam when P(spam) is at least", elem_id="threshold")
+        with gr.Row():
+            positive = gr.Dropdown(
+                [],
+                label="Positive class",
+                info="threshold, ROC and mistakes: this class against the rest",
+                allow_custom_value=True,  # its choices come with the run; the handler checks the name
+                elem_id="eval-positive",
+                scale=1,
+            )
+            threshold = gr.Slider(
+                0.0, 1.0, value=0.5, step=0.01, label="Decision threshold: the positive class when its probability is at least", elem_id="threshold", scale=3
+            )
         summary = gr.Markdown(elem_id="eval-summary")
         with gr.Row():
             with gr.Column(scale=1):
@@ -552,10 +591,15 @@ def build_evaluate_tab(insight: Insight, demo: gr.Blocks) -> gr.Tab:
             )
         wrong = gr.Dataframe(label="Misclassified messages, most confident mistakes first", interactive=False, wrap=True, max_height=360, elem_id="mistakes")
     views = [summary, confusion, metrics, roc, wrong]
+    inputs = [run, split, threshold, positive]
+    # A chosen run brings its own classes: the positive-class picker is refilled before evaluating.
     gr.on([tab.select, refresh.click], insight.evaluation_choices, None, run, api_name="evaluation_runs", show_progress="hidden").then(
-        insight.evaluate, [run, split, threshold], views, api_name="evaluate_refreshed", show_progress="hidden"
+        insight.positive_choices, [run, positive], positive, api_name="positive_classes_refreshed", show_progress="hidden"
+    ).then(insight.evaluate, inputs, views, api_name="evaluate_refreshed", show_progress="hidden")
+    run.input(insight.positive_choices, [run, positive], positive, api_name="positive_classes", show_progress="hidden").then(
+        insight.evaluate, inputs, views, api_name="evaluate_run", show_progress="hidden"
     )
-    gr.on([run.input, split.change, threshold.change], insight.evaluate, [run, split, threshold], views, api_name="evaluate", show_progress="hidden")
+    gr.on([split.change, threshold.change, positive.input], insight.evaluate, inputs, views, api_name="evaluate", show_progress="hidden")
     return tab
 
 

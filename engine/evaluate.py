@@ -1,6 +1,6 @@
-"""Loss, accuracy, confusion matrix and precision/recall/F1 over a loader."""
+"""Loss, accuracy, confusion matrix and precision/recall/F1 over a loader; thresholds and ROC per class."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
@@ -34,6 +34,42 @@ class Metrics:
     count: int
 
 
+@dataclass(frozen=True)
+class Scores:
+    """Every message's true label and class probabilities: enough for any threshold, ROC, mistakes, of any class."""
+
+    labels: list[int]
+    probabilities: list[list[float]]  # probabilities[i][c]: P(class c) for message i
+
+    @classmethod
+    def binary(cls, labels: Sequence[int], p_positive: Sequence[float]) -> "Scores":
+        """Two-class scores from P(class 1) alone (what run records of older versions kept)."""
+        return cls([int(label) for label in labels], [[1.0 - float(p), float(p)] for p in p_positive])
+
+    def p_of(self, positive: int) -> list[float]:
+        """P(`positive`) of every message: the one-vs-rest score of that class."""
+        return [row[positive] for row in self.probabilities]
+
+
+class _Tally:
+    """A running confusion matrix and summed loss, filled batch by batch."""
+
+    def __init__(self, n_classes: int) -> None:
+        self.confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
+        self.loss = 0.0
+        self.count = 0
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        n = self.confusion.size(0)
+        self.loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        predicted = logits.argmax(dim=-1)
+        self.confusion += torch.bincount(labels * n + predicted, minlength=n * n).view(n, n).cpu()
+        self.count += labels.numel()
+
+    def metrics(self) -> Metrics:
+        return metrics_from(self.confusion, self.loss, self.count)
+
+
 def evaluate(
     model: GPT,
     loader: DataLoader,
@@ -46,7 +82,6 @@ def evaluate(
     return evaluate_with_scores(model, loader, device, pooling, num_batches, should_stop)[0]
 
 
-@torch.no_grad()
 def evaluate_with_scores(
     model: GPT,
     loader: DataLoader,
@@ -54,29 +89,60 @@ def evaluate_with_scores(
     pooling: Pooling,
     num_batches: int | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> tuple["Metrics", "Scores"]:
-    """Metrics plus every message's label and P(class 1), in loader order, from one pass."""
+) -> tuple[Metrics, Scores]:
+    """Metrics plus every message's label and class probabilities, in loader order, from one pass."""
+    whole, _, scores = _one_pass(model, loader, device, pooling, num_batches, None, should_stop)
+    return whole, scores
+
+
+def evaluate_whole_and_first(
+    model: GPT,
+    loader: DataLoader,
+    device: torch.device,
+    pooling: Pooling,
+    first_batches: int,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[Metrics, Metrics]:
+    """Metrics over the whole loader and over its first `first_batches` batches, from one pass.
+
+    The book estimates the validation loss on the first batches; the same logits also give the
+    full set's confusion matrix, so the live view costs the rest of the set, not a second pass.
+    """
+    whole, first, _ = _one_pass(model, loader, device, pooling, None, first_batches, should_stop)
+    assert first is not None
+    return whole, first
+
+
+@torch.no_grad()
+def _one_pass(
+    model: GPT,
+    loader: DataLoader,
+    device: torch.device,
+    pooling: Pooling,
+    num_batches: int | None,
+    first_batches: int | None,
+    should_stop: Callable[[], bool] | None,
+) -> tuple[Metrics, Metrics | None, Scores]:
     was_training = model.training
     model.eval()
     n_classes = model.score.out_features if model.score is not None else 2
-    confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
-    total_loss = 0.0
+    whole, first = _Tally(n_classes), _Tally(n_classes) if first_batches is not None else None
     labels: list[int] = []
-    p_positive: list[float] = []
+    probabilities: list[list[float]] = []
     try:
-        for batch in islice(loader, num_batches):
+        for index, batch in enumerate(islice(loader, num_batches)):
             if should_stop and should_stop():
                 break
             batch = batch.to(device)
             logits = batch_logits(model, batch, pooling).float()
-            total_loss += F.cross_entropy(logits, batch.labels, reduction="sum").item()
-            predicted = logits.argmax(dim=-1)
-            confusion += torch.bincount(batch.labels * n_classes + predicted, minlength=n_classes**2).view(n_classes, n_classes).cpu()
+            whole.add(logits, batch.labels)
+            if first is not None and index < first_batches:
+                first.add(logits, batch.labels)
             labels += batch.labels.tolist()
-            p_positive += torch.softmax(logits, dim=-1)[:, 1].tolist()
+            probabilities += torch.softmax(logits, dim=-1).tolist()
     finally:
         model.train(was_training)
-    return metrics_from(confusion, total_loss, len(labels)), Scores(labels, p_positive)
+    return whole.metrics(), first.metrics() if first is not None else None, Scores(labels, probabilities)
 
 
 def metrics_from(confusion: torch.Tensor, total_loss: float, count: int) -> Metrics:
@@ -106,14 +172,6 @@ def _class_scores(confusion: torch.Tensor, positive: int) -> tuple[float, float,
 
 
 @dataclass(frozen=True)
-class Scores:
-    """Every message's true label and P(positive class): enough for any threshold, ROC, mistakes."""
-
-    labels: list[int]
-    p_positive: list[float]
-
-
-@dataclass(frozen=True)
 class RocCurve:
     false_positive_rate: list[float]
     true_positive_rate: list[float]
@@ -121,26 +179,38 @@ class RocCurve:
     auc: float
 
 
-def at_threshold(scores: Scores, threshold: float) -> Metrics:
-    """Two-class metrics when "positive" means P(positive) >= threshold (0.5 is the argmax rule)."""
+@dataclass(frozen=True)
+class Mistake:
+    text: str
+    label: int  # the true class
+    predicted: int  # `positive` when P(positive) >= threshold, else the likeliest other class
+    p_positive: float
+
+
+def at_threshold(scores: Scores, threshold: float, positive: int = 1) -> Metrics:
+    """One-vs-rest metrics of class `positive`: predicted positive when P(positive) >= threshold.
+
+    Row and column 0 of the 2x2 confusion matrix are "any other class", 1 is `positive`; with two
+    classes and `positive` 1, threshold 0.5 is the argmax rule.
+    """
     confusion = torch.zeros(2, 2, dtype=torch.long)
-    for label, p in zip(scores.labels, scores.p_positive, strict=True):
-        confusion[int(label == 1), int(p >= threshold)] += 1
+    for label, p in zip(scores.labels, scores.p_of(positive), strict=True):
+        confusion[int(label == positive), int(p >= threshold)] += 1
     return metrics_from(confusion, float("nan"), len(scores.labels))
 
 
-def roc_curve(scores: Scores) -> RocCurve:
-    """The ROC curve (every distinct threshold) and the area under it."""
-    positives = sum(1 for label in scores.labels if label == 1)
+def roc_curve(scores: Scores, positive: int = 1) -> RocCurve:
+    """The one-vs-rest ROC curve of class `positive` (every distinct threshold) and the area under it."""
+    positives = sum(1 for label in scores.labels if label == positive)
     negatives = len(scores.labels) - positives
     if not positives or not negatives:
-        raise ValueError("an ROC curve needs messages of both classes")
-    ranked = sorted(zip(scores.p_positive, scores.labels, strict=True), reverse=True)
+        raise ValueError("an ROC curve needs messages of the chosen class and of the others")
+    ranked = sorted(zip(scores.p_of(positive), scores.labels, strict=True), reverse=True)
     fpr, tpr, thresholds = [0.0], [0.0], [float("inf")]
     true_pos = false_pos = 0
     for i, (p, label) in enumerate(ranked):
-        true_pos += label == 1
-        false_pos += label != 1
+        true_pos += label == positive
+        false_pos += label != positive
         if i + 1 == len(ranked) or ranked[i + 1][0] != p:  # ties move together
             fpr.append(false_pos / negatives)
             tpr.append(true_pos / positives)
@@ -149,11 +219,13 @@ def roc_curve(scores: Scores) -> RocCurve:
     return RocCurve(fpr, tpr, thresholds, auc)
 
 
-def mistakes(scores: Scores, texts: list[str], threshold: float = 0.5) -> list[tuple[str, int, float]]:
-    """(text, true label, P(positive)) of every misclassified message, most confident mistakes first."""
-    wrong = [
-        (text, label, p)
-        for text, label, p in zip(texts, scores.labels, scores.p_positive, strict=True)
-        if (p >= threshold) != (label == 1)
-    ]
-    return sorted(wrong, key=lambda row: abs(row[2] - threshold), reverse=True)
+def mistakes(scores: Scores, texts: list[str], threshold: float = 0.5, positive: int = 1) -> list[Mistake]:
+    """Every message the one-vs-rest rule for `positive` gets wrong, most confident mistakes first."""
+    wrong = []
+    for text, label, row in zip(texts, scores.labels, scores.probabilities, strict=True):
+        p = row[positive]
+        if (p >= threshold) != (label == positive):
+            others = [c for c in range(len(row)) if c != positive]
+            predicted = positive if p >= threshold else max(others, key=lambda c: row[c])
+            wrong.append(Mistake(text, label, predicted, p))
+    return sorted(wrong, key=lambda m: abs(m.p_positive - threshold), reverse=True)

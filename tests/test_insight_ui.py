@@ -97,6 +97,10 @@ def test_evaluate_a_finished_run_at_any_threshold(insight: insight_ui.Insight) -
     assert wrong is not None and list(wrong.columns) == ["message", "true", "predicted", "P(spam)"]
     everything_spam = insight.evaluate("first-run", "test", 0.0)[2]
     assert everything_spam.iloc[2, 1] == 1.0  # recall of spam at threshold 0
+    summary, confusion, metrics, _, ham_wrong = insight.evaluate("first-run", "validation", 0.5, "ham")  # either class can be the positive one
+    assert "**ham** when P(ham)" in summary and "one vs rest" not in summary and metrics.iloc[1, 0] == "precision (ham)"
+    assert confusion.index("true spam") < confusion.index("true ham")  # the rest first, the positive class second
+    assert sorted(ham_wrong["message"]) == sorted(wrong["message"])  # two classes: the same mistakes either way
     assert insight.evaluate(None, "validation", 0.5)[0].startswith("No finished run yet")
     with pytest.raises(gr.Error, match="from 0 to 1"):
         insight.evaluate("first-run", "validation", 1.5)
@@ -106,18 +110,55 @@ def test_evaluate_a_finished_run_at_any_threshold(insight: insight_ui.Insight) -
         insight.evaluate("first-run", "train", 0.5)
 
 
-def test_evaluate_without_texts_and_with_three_classes(insight: insight_ui.Insight, lab: app.Lab) -> None:
+def test_evaluate_without_texts_and_a_record_of_an_older_version(insight: insight_ui.Insight, lab: app.Lab) -> None:
     record_path = lab.settings.out / "first-run" / "run.json"
     record = json.loads(record_path.read_text())
     record["config"]["data"] = str(lab.settings.out / "gone")
     record_path.write_text(json.dumps(record))
     summary, *_, wrong = insight.evaluate("first-run", "validation", 0.5)
     assert "texts are not shown" in summary and wrong is None
-    record["data"]["labels"] = ["bills", "friends", "work"]
-    record["final"]["validation"]["confusion"] = [[3, 0, 0], [1, 2, 0], [0, 0, 2]]
+    validation = record["scores"]["validation"]
+    old = {"labels": [0, 0, 1, 1, 1], "p_positive": [0.1, 0.6, 0.3, 0.8, 0.9]}  # P(spam) only, as older versions kept
+    record["scores"]["validation"] = old
     record_path.write_text(json.dumps(record))
-    summary, confusion, metrics, roc, wrong = insight.evaluate("first-run", "validation", 0.5)
-    assert "3 classes" in summary and "true work" in confusion and metrics is roc is wrong is None
+    summary, _, metrics, roc, _ = insight.evaluate("first-run", "validation", 0.5)
+    assert "5 messages" in summary and "AUC): **0.833**" in summary and metrics.iloc[1, 1] == round(2 / 3, 3)
+    assert len(validation["probabilities"]) == 8  # what this version keeps: every class's probability
+
+
+def test_three_classes_one_against_the_rest(insight: insight_ui.Insight, lab: app.Lab, tmp_path: Path) -> None:
+    """The worked example of test_evaluate: P(friends) is [.2, .6, .5, .3, .4, .1], friends are messages b and d."""
+    data = tmp_path / "three"
+    data.mkdir()
+    labels = [0, 1, 2, 1, 0, 2]
+    pd.DataFrame({"Label": labels, "Text": list("abcdef")}).to_csv(data / "validation.csv", index=False)
+    record_path = lab.settings.out / "first-run" / "run.json"
+    record = json.loads(record_path.read_text())
+    record["config"]["data"] = str(data)
+    record["data"]["labels"] = ["bills", "friends", "work"]
+    probabilities = [[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.5, 0.3], [0.3, 0.3, 0.4], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8]]
+    record["scores"]["validation"] = {"labels": labels, "probabilities": probabilities}
+    record["final"]["validation"]["confusion"] = [[2, 0, 0], [0, 1, 1], [0, 1, 1]]
+    record_path.write_text(json.dumps(record))
+
+    picker = insight.positive_choices("first-run")
+    assert picker.choices == [("bills", "bills"), ("friends", "friends"), ("work", "work")] and picker.value == "bills"
+    assert insight.positive_choices("first-run", "work").value == "work"  # a choice the run has stays
+    assert insight.positive_choices(None).choices == []
+
+    summary, confusion, metrics, roc, wrong = insight.evaluate("first-run", "validation", 0.5, "friends")
+    assert "6 messages" in summary and "**friends** when P(friends) ≥ **0.50**" in summary and "one vs rest" in summary
+    assert "2 mistakes" in summary and "AUC): **0.750**" in summary
+    assert "true work" in confusion and "predicted not friends" in confusion  # every class's answers, then friends vs the rest
+    assert metrics.iloc[:4, 1].tolist() == [round(100 * 4 / 6, 2), 0.5, 0.5, 0.5]
+    curve = roc[roc["curve"] == "ROC curve"]
+    assert curve["false positive rate"].tolist() == [0, 0, 0.25, 0.5, 0.5, 0.75, 1]
+    assert wrong.values.tolist() == [["d", "friends", "work", 0.3], ["c", "work", "friends", 0.5]]
+    assert list(wrong.columns) == ["message", "true", "predicted", "P(friends)"]
+    assert insight.evaluate("first-run", "validation", 0.3, "friends")[2].iloc[2, 1] == 1.0  # recall of friends
+    assert "AUC): **0.812**" in insight.evaluate("first-run", "validation", 0.5, "work")[0]  # 6.5 of 8 pairs: the tie counts half
+    with pytest.raises(gr.Error, match="no class 'spam': choose one of bills, friends, work"):
+        insight.evaluate("first-run", "validation", 0.5, "spam")
 
 
 def test_history_and_loss_overlay(insight: insight_ui.Insight) -> None:
@@ -186,8 +227,8 @@ def test_insight_views_through_gradio_client(lab: app.Lab, tmp_path: Path) -> No
 def check_through_client(served: RunningApp, tmp_path: Path) -> None:
     client = Client(served.url, verbose=False, analytics_enabled=False)
     endpoints = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
-    assert {"/evaluate", "/explain", "/classify_file", "/run_history", "/overlay", "/start_sweep", "/poll_sweep", "/stop_sweep"} <= endpoints
-    summary, confusion, metrics, roc, wrong = client.predict("first-run", "validation", 0.3, api_name="/evaluate")
+    assert {"/evaluate", "/positive_classes", "/explain", "/classify_file", "/run_history", "/overlay", "/start_sweep", "/poll_sweep", "/stop_sweep"} <= endpoints
+    summary, confusion, metrics, roc, wrong = client.predict("first-run", "validation", 0.3, "spam", api_name="/evaluate")
     assert "threshold" not in summary or "0.30" in summary
     assert "true ham" in confusion
     history = client.predict(api_name="/run_history")
