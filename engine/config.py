@@ -149,6 +149,9 @@ class TrainConfig:
     padding: Padding = "batch"  # "longest": pad all to the longest training message
     group_by_length: bool = True  # batch messages of similar length (only with "batch" padding)
     bf16_autocast: bool = True  # on CUDA GPUs with bf16: faster steps, fp32 master weights
+    # At each loss estimate, also the confusion matrix and precision/recall/F1 on the full validation
+    # set (one pass over it; its first eval_iter batches still give the book's validation loss).
+    live_metrics: bool = True
 
     def __post_init__(self) -> None:
         problems = []
@@ -166,6 +169,8 @@ class TrainConfig:
             problems.append(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.padding not in PADDINGS:
             problems.append(f"padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}")
+        if not isinstance(self.live_metrics, bool):
+            problems.append(f"live_metrics must be true or false, got {self.live_metrics!r}")
         _raise_if(problems, "training settings")
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from engine.config import RunConfig
+from engine.config import LABELS, RunConfig
 from engine.data import SOURCES, DataSummary, prepare
 from engine.download import DownloadProgress
 from engine.errors import Cancelled, LoRALabError
@@ -24,7 +24,7 @@ from engine.evaluate import Metrics
 from engine.memory import is_out_of_memory, out_of_memory_message, release_memory
 from engine.run import BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunSaved, fine_tune
 from engine.sweep import SweepEvent, SweepPoint, SweepRunStarted, rank_sweep
-from engine.train import EpochDone, LossEvaluated, StepDone, TrainEnded, TrainStarted
+from engine.train import EpochDone, LossEvaluated, StepDone, TrainEnded, TrainStarted, ValidationEvaluated
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,12 @@ class JobSnapshot:
     sweep: tuple[SweepPoint, ...] = ()  # a rank sweep's finished runs, in order
     sweep_run: SweepRunStarted | None = None  # the sweep's current run; None for a single run
     sweep_ranks: tuple[int, ...] = ()  # every rank the sweep trains; () for a single run
+    live: tuple[ValidationEvaluated, ...] = ()  # the full validation set at each loss estimate so far; the last is the latest
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The run's class names, in class-index order (ham, spam until the data says otherwise)."""
+        return self.data.labels if self.data is not None else LABELS
 
     @property
     def running(self) -> bool:
@@ -180,6 +186,7 @@ class TrainingJob:
                 sweep=tuple(self._sweep),
                 sweep_run=self._sweep_run,
                 sweep_ranks=self._sweep_ranks,
+                live=tuple(self._live),
             )
 
     def _reset(self, cfg: RunConfig | None, state: JobState) -> None:
@@ -199,6 +206,7 @@ class TrainingJob:
         self._eta_s: float | None = None
         self._losses: list[LossRow] = []
         self._accuracies: list[AccuracyRow] = []
+        self._live: list[ValidationEvaluated] = []
         self._data: DataSummary | None = None
         self._baseline: BaselineEvaluated | None = None
         self._final: Mapping[str, Metrics] | None = None
@@ -277,6 +285,8 @@ class TrainingJob:
                     LossRow(steps_taken, event.examples_seen, event.train_loss, "train"),
                     LossRow(steps_taken, event.examples_seen, event.validation_loss, "validation"),
                 ]
+            elif isinstance(event, ValidationEvaluated):
+                self._live.append(event)
             elif isinstance(event, EpochDone):
                 self._accuracies += [
                     AccuracyRow(event.epoch, event.examples_seen, event.train_accuracy, "train"),

@@ -26,7 +26,7 @@ from engine.evaluate import Metrics, Scores, evaluate, evaluate_with_scores
 from engine.loaders import make_loaders
 from engine.lora import ParamCounts, count_parameters
 from engine.plot import save_loss_plot
-from engine.train import EpochDone, LossEvaluated, StepDone, TrainEnded, TrainEvent, train
+from engine.train import EpochDone, LossEvaluated, StepDone, TrainEnded, TrainEvent, ValidationEvaluated, train
 from engine.weights import load_model
 
 BASELINE_BATCHES = 10  # the book estimates accuracy before training on 10 batches per split
@@ -57,7 +57,7 @@ class BaselineEvaluated:
 @dataclass(frozen=True)
 class FinalEvaluated:
     metrics: dict[str, Metrics]  # "train", "validation", "test" on the full loaders
-    scores: dict[str, Scores] = field(default_factory=dict)  # per-message P(spam): "validation", "test"
+    scores: dict[str, Scores] = field(default_factory=dict)  # per-message class probabilities: "validation", "test"
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,7 @@ class History:
     """Everything a run record keeps; filled from the events as they pass."""
 
     losses: list[LossEvaluated] = field(default_factory=list)
+    live: list[ValidationEvaluated] = field(default_factory=list)  # the full validation set at each loss estimate
     epochs: list[EpochDone] = field(default_factory=list)
     baseline: BaselineEvaluated | None = None
     final: dict[str, Metrics] | None = None
@@ -118,6 +119,8 @@ def fine_tune(
     for event in train(model, loaders, cfg.train, device, stop):
         if isinstance(event, LossEvaluated):
             history.losses.append(event)
+        elif isinstance(event, ValidationEvaluated):
+            history.live.append(event)
         elif isinstance(event, EpochDone):
             history.epochs.append(event)
         elif isinstance(event, StepDone):
@@ -160,6 +163,7 @@ def write_record(path: Path, cfg: RunConfig, summary: DataSummary, history: Hist
         "examples_seen": history.examples_seen,
         "baseline": asdict(history.baseline) if history.baseline else None,
         "losses": [asdict(p) for p in history.losses],
+        "validation_history": [asdict(p) for p in history.live],
         "epochs": [asdict(e) for e in history.epochs],
         "final": {name: asdict(m) for name, m in history.final.items()} if history.final else None,
         "scores": {name: asdict(s) for name, s in history.scores.items()},

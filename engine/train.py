@@ -2,7 +2,9 @@
 
 Every `eval_freq` optimiser steps (counting from the first, step 0) the train and validation
 loss are estimated on `eval_iter` batches; after each epoch, train and validation accuracy on
-`eval_iter` batches. A stop event is checked before every step.
+`eval_iter` batches. With `live_metrics`, each loss estimate also scores the full validation set
+(confusion matrix, precision/recall/F1) in the same pass that gives the validation loss. A stop
+event is checked before every step and between the batches of that full pass.
 """
 
 import contextlib
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.config import TrainConfig
-from engine.evaluate import batch_loss, evaluate
+from engine.evaluate import Metrics, batch_loss, evaluate, evaluate_whole_and_first
 from engine.loaders import Loaders
 from engine.model import GPT
 
@@ -48,6 +50,16 @@ class LossEvaluated:
 
 
 @dataclass(frozen=True)
+class ValidationEvaluated:
+    """The full validation set at a loss estimate (right after its LossEvaluated): what the model gets right so far."""
+
+    step: int  # the book's 0-based global step, as in LossEvaluated
+    epoch_progress: float
+    examples_seen: int
+    metrics: Metrics  # every validation message: confusion matrix, accuracy, precision/recall/F1, loss
+
+
+@dataclass(frozen=True)
 class EpochDone:
     epoch: int
     step: int
@@ -65,7 +77,7 @@ class TrainEnded:
     elapsed_s: float
 
 
-TrainEvent = TrainStarted | StepDone | LossEvaluated | EpochDone | TrainEnded
+TrainEvent = TrainStarted | StepDone | LossEvaluated | ValidationEvaluated | EpochDone | TrainEnded
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -112,13 +124,16 @@ def train(
             elapsed = time.perf_counter() - start
             yield StepDone(step, total, epoch, examples_seen, loss.item(), elapsed, elapsed / step * (total - step))
             if (step - 1) % cfg.eval_freq == 0:
-                yield LossEvaluated(
-                    step - 1,
-                    (epoch - 1) + _position_in_epoch(step, steps_per_epoch),
-                    examples_seen,
-                    estimate(loaders.train).loss,
-                    estimate(loaders.validation).loss,
-                )
+                progress = (epoch - 1) + _position_in_epoch(step, steps_per_epoch)
+                train_loss = estimate(loaders.train).loss
+                if not cfg.live_metrics:
+                    yield LossEvaluated(step - 1, progress, examples_seen, train_loss, estimate(loaders.validation).loss)
+                else:
+                    # The full pass checks Stop between batches (it is several times longer than an estimate).
+                    whole, first = evaluate_whole_and_first(model, loaders.validation, device, cfg.pooling, cfg.eval_iter, stop.is_set if stop else None)
+                    if stop is None or not stop.is_set():  # cut short by Stop, its figures would cover part of the set
+                        yield LossEvaluated(step - 1, progress, examples_seen, train_loss, first.loss)
+                        yield ValidationEvaluated(step - 1, progress, examples_seen, whole)
             if step >= total:
                 break
         if stopped:

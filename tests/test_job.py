@@ -58,6 +58,9 @@ def test_run_downloads_data_from_its_urls_trains_and_saves(tiny_model_dir: Path,
     # estimates after steps 1, 6 and 11 (the book's steps 0, 5, 10)
     assert [row.step for row in snapshot.losses if row.split == "validation"] == [1, 6, 11]
     assert [(row.epoch, row.split) for row in snapshot.accuracies] == [(0, "train"), (0, "validation"), (1, "train"), (1, "validation")]
+    # the full validation set at each estimate, kept for a page that attaches later
+    assert [e.step for e in snapshot.live] == [0, 5, 10] and snapshot.live[-1].metrics.count == 149
+    assert snapshot.class_names == ("ham", "spam")
     assert snapshot.baseline is not None
     assert set(snapshot.final) == {"train", "validation", "test"}
     assert snapshot.saved is not None and not snapshot.saved.stopped

@@ -1,13 +1,14 @@
+import json
 import threading
 
 import pytest
 import torch
 from conftest import tiny_run_config
 
-from engine.config import TrainConfig, preset
+from engine.config import RunConfig, TrainConfig, preset
 from engine.errors import ConfigError
 from engine.run import BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunSaved, fine_tune
-from engine.train import EpochDone, LossEvaluated, StepDone, TrainEnded, TrainStarted
+from engine.train import EpochDone, LossEvaluated, StepDone, TrainEnded, TrainStarted, ValidationEvaluated
 
 
 def kinds(events):
@@ -30,6 +31,35 @@ def test_events_arrive_in_order(trained_run):
     assert last_step.examples_seen == 320 and last_step.eta_s == 0
 
 
+def test_each_loss_estimate_scores_the_full_validation_set(trained_run):
+    _, events = trained_run
+    names = kinds(events)
+    live = [e for e in events if isinstance(e, ValidationEvaluated)]
+    assert [e.step for e in live] == [0, 10, 20, 30]
+    assert all(names[events.index(e) - 1] == "LossEvaluated" for e in live)  # each right after its loss estimate
+    for event in live:
+        assert event.metrics.count == 149 and sum(map(sum, event.metrics.confusion)) == 149
+        assert 0 <= event.metrics.precision <= 1 and 0 <= event.metrics.f1 <= 1
+    assert live[-1].examples_seen == 31 * 8
+    record = json.loads(events[-1].record.read_text())
+    assert [p["step"] for p in record["validation_history"]] == [0, 10, 20, 30]
+    assert record["validation_history"][-1]["metrics"]["count"] == 149
+
+
+def test_live_metrics_leave_the_book_figures_and_training_unchanged(tiny_model_dir, prepared_data, tmp_path):
+    def run(live: bool, out: str):
+        cfg = RunConfig.from_preset("book", model=str(tiny_model_dir), data=str(prepared_data), out_dir=str(tmp_path / out), device="cpu")
+        return list(fine_tune(cfg.with_train(epochs=1, max_steps=5, eval_freq=2, lr=3e-3, live_metrics=live)))
+
+    on, off = run(True, "on"), run(False, "off")
+    assert [e.loss for e in on if isinstance(e, StepDone)] == [e.loss for e in off if isinstance(e, StepDone)]
+    # The validation loss is still the mean over the first eval_iter (5) batches, as in the book.
+    on_losses, off_losses = ([x for e in events if isinstance(e, LossEvaluated) for x in (e.train_loss, e.validation_loss)] for events in (on, off))
+    assert len(on_losses) == 6 and on_losses == pytest.approx(off_losses, rel=1e-6)
+    assert not any(isinstance(e, ValidationEvaluated) for e in off)
+    assert [e.metrics.count for e in on if isinstance(e, ValidationEvaluated)] == [149, 149, 149]
+
+
 def test_training_lowers_the_loss_and_beats_the_baseline(trained_run):
     _, events = trained_run
     losses = [e for e in events if isinstance(e, LossEvaluated)]
@@ -43,8 +73,6 @@ def test_training_lowers_the_loss_and_beats_the_baseline(trained_run):
 
 
 def test_outputs_are_written(trained_run):
-    import json
-
     cfg, events = trained_run
     saved = events[-1]
     assert isinstance(saved, RunSaved) and not saved.stopped
@@ -99,6 +127,7 @@ def test_book_preset_is_the_book_pipeline():
         ({"max_steps": 0}, "max_steps must be"),
         ({"batch_size": 0}, "batch_size must be"),
         ({"pooling": "first"}, "pooling must be"),
+        ({"live_metrics": "yes"}, "live_metrics must be"),
     ],
 )
 def test_bad_training_settings_are_named(kwargs, problem):
@@ -118,3 +147,20 @@ def test_first_events_come_before_training(tiny_model_dir, prepared_data, tmp_pa
     assert isinstance(ready, ModelReady) and ready.counts.trainable == ready.counts.lora > 0
     run.close()
     assert torch.is_grad_enabled()
+
+
+def test_stop_during_the_full_validation_pass_drops_its_partial_figures(tiny_model_dir, prepared_data, tmp_path, monkeypatch):
+    import engine.train
+
+    stop = threading.Event()
+    real = engine.train.evaluate_whole_and_first
+
+    def stopped_meanwhile(model, loader, device, pooling, first_batches, should_stop):
+        stop.set()  # Stop pressed as the pass begins: it ends before its first batch
+        return real(model, loader, device, pooling, first_batches, should_stop)
+
+    monkeypatch.setattr(engine.train, "evaluate_whole_and_first", stopped_meanwhile)
+    events = list(fine_tune(tiny_run_config(tiny_model_dir, prepared_data, tmp_path), stop))
+    assert [e.step for e in events if isinstance(e, StepDone)] == [1]
+    assert not any(isinstance(e, (LossEvaluated, ValidationEvaluated, FinalEvaluated)) for e in events)
+    assert isinstance(events[-1], RunSaved) and events[-1].stopped
