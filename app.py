@@ -40,7 +40,7 @@ from engine.model import generate_greedy  # noqa: E402
 from engine.params import param_summary  # noqa: E402
 from engine.tokenizer import decode, encode  # noqa: E402
 from engine.weights import fetch, load_model, resolve  # noqa: E402
-from insight_ui import Insight, build_classify_extras, build_evaluate_tab, build_quality, build_runs_tab  # noqa: E402
+from insight_ui import Insight, build_classify_extras, build_evaluate_tab, build_quality, build_runs_tab, confusion_html  # noqa: E402
 
 log = logging.getLogger("lora_lab.app")
 
@@ -88,6 +88,8 @@ class TrainingView:
     status: str
     progress: str  # HTML progress bar
     loss: pd.DataFrame | None  # None, never an empty frame: an empty first value breaks a LinePlot's axes
+    live_confusion: str  # HTML: the full validation set's confusion matrix at the latest loss estimate
+    live_scores: pd.DataFrame | None  # accuracy, precision, recall, F1 on the full validation set, by step
     accuracy: pd.DataFrame | None
     baseline: pd.DataFrame | None
     final: pd.DataFrame | None
@@ -113,6 +115,7 @@ class Controls:
     batch_size: int
     max_steps: int  # 0: no limit
     eval_freq: int
+    live_metrics: bool
 
     @classmethod
     def of(cls, cfg: RunConfig) -> "Controls":
@@ -132,6 +135,7 @@ class Controls:
             train.batch_size,
             train.max_steps or 0,
             train.eval_freq,
+            train.live_metrics,
         )
 
     def values(self) -> tuple[Any, ...]:
@@ -159,6 +163,7 @@ def run_config(
     batch_size: float,
     max_steps: float | None,
     eval_freq: float,
+    live_metrics: bool,
     out_dir: Path,
 ) -> RunConfig:
     """Turn the widgets' values into a validated RunConfig (ConfigError names the bad field)."""
@@ -177,6 +182,7 @@ def run_config(
         padding=padding,
         group_by_length=padding == "batch",
         bf16_autocast=base.train.bf16_autocast,
+        live_metrics=bool(live_metrics),
     )
     data = settings.cache if (settings.cache / "train.csv").is_file() else None  # None: the job downloads first
     return RunConfig(
@@ -256,6 +262,35 @@ def loss_frame(rows: Sequence[LossRow]) -> pd.DataFrame | None:
     )
 
 
+def live_views(snapshot: JobSnapshot) -> tuple[str, pd.DataFrame | None]:
+    """The full validation set at the latest loss estimate (confusion matrix), and its scores at every estimate so far."""
+    if not snapshot.live:
+        off = snapshot.config is not None and not snapshot.config.train.live_metrics
+        note = "Scoring the full validation set at each estimate is off for this run." if off else "The full validation set is scored at each loss estimate."
+        return f"<div id='live-note'>{note}</div>", None
+    names = snapshot.class_names
+    latest = snapshot.live[-1]
+    m = latest.metrics
+    which = f"of {names[1]}" if len(names) == 2 else "macro-averaged over the classes"
+    caption = (
+        f"Full validation set ({m.count} messages) after step {latest.step + 1}: accuracy {100 * m.accuracy:.1f}%; "
+        f"precision {m.precision:.3f}, recall {m.recall:.3f}, F1 {m.f1:.3f} ({which})"
+    )
+    scores = pd.DataFrame(
+        [
+            {"step": point.step + 1, "score (%)": round(100 * value, 2), "metric": name}  # steps taken, as the loss plots
+            for point in snapshot.live
+            for name, value in (
+                ("accuracy", point.metrics.accuracy),
+                ("precision", point.metrics.precision),
+                ("recall", point.metrics.recall),
+                ("F1", point.metrics.f1),
+            )
+        ]
+    )
+    return confusion_html(m.confusion, names, caption), scores
+
+
 def training_view(snapshot: JobSnapshot) -> TrainingView:
     accuracy = None
     if snapshot.accuracies:
@@ -297,6 +332,7 @@ def training_view(snapshot: JobSnapshot) -> TrainingView:
         snapshot.status,
         progress_html(snapshot),
         loss_frame(snapshot.losses),
+        *live_views(snapshot),
         accuracy,
         baseline,
         final,
@@ -490,6 +526,7 @@ class Lab:
         batch_size: float,
         max_steps: float | None,
         eval_freq: float,
+        live_metrics: bool = True,
     ) -> tuple[Any, ...]:
         """Start a run with these settings; if one is running already, say so and show that one."""
         self.check_model(model)
@@ -511,6 +548,7 @@ class Lab:
                 batch_size,
                 max_steps,
                 eval_freq,
+                live_metrics,
                 out_dir,
             )
             param_summary(cfg.model, cfg.lora)  # builds the model on the meta device: a rank wider than a layer fails here, at once
@@ -648,7 +686,19 @@ class Lab:
 
 def view_values(view: TrainingView) -> tuple[Any, ...]:
     # The loss frame feeds two plots (against steps, against examples seen).
-    return view.status, view.progress, view.loss, view.loss, view.accuracy, view.baseline, view.final, view.book_plot, view.files
+    return (
+        view.status,
+        view.progress,
+        view.loss,
+        view.loss,
+        view.live_confusion,
+        view.live_scores,
+        view.accuracy,
+        view.baseline,
+        view.final,
+        view.book_plot,
+        view.files,
+    )
 
 
 def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
@@ -725,6 +775,12 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
                         batch_size = gr.Number(initial.batch_size, label="Batch size", precision=0, minimum=1, elem_id="batch-size")
                         max_steps = gr.Number(initial.max_steps, label="Stop after steps (0: all)", precision=0, minimum=0, elem_id="max-steps")
                         eval_freq = gr.Number(initial.eval_freq, label="Estimate loss every N steps", precision=0, minimum=1, elem_id="eval-freq")
+                    live_metrics = gr.Checkbox(
+                        initial.live_metrics,
+                        label="At each estimate, score the full validation set (live confusion matrix on Train)",
+                        info="one pass over the validation set; its first batches still give the book's validation loss",
+                        elem_id="live-metrics",
+                    )
 
             with gr.Tab("Train"):
                 with gr.Row():
@@ -738,6 +794,17 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
                     )
                     loss_examples = gr.LinePlot(
                         x="examples seen", y="loss", color="split", color_map=LOSS_COLORS, title="Loss by examples seen", height=280, elem_id="loss-examples"
+                    )
+                with gr.Row():
+                    live_confusion = gr.HTML(elem_id="live-confusion")
+                    live_scores = gr.LinePlot(
+                        x="step",
+                        y="score (%)",
+                        color="metric",
+                        title="Full validation set at each estimate",
+                        y_lim=[0, 100],
+                        height=240,
+                        elem_id="live-scores",
                     )
                 with gr.Row():
                     accuracy = gr.LinePlot(
@@ -781,7 +848,23 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
                     many_results = gr.Dataframe(label="Answers of the fine-tuned model", interactive=False, wrap=True, elem_id="many-results")
                 build_classify_extras(insight, message, adapter_file)
 
-            train_inputs = [model, preset_name, rank, alpha, scaling, targets, train_head, pooling, padding, lr, epochs, batch_size, max_steps, eval_freq]
+            train_inputs = [
+                model,
+                preset_name,
+                rank,
+                alpha,
+                scaling,
+                targets,
+                train_head,
+                pooling,
+                padding,
+                lr,
+                epochs,
+                batch_size,
+                max_steps,
+                eval_freq,
+                live_metrics,
+            ]
             build_evaluate_tab(insight, demo)
             build_runs_tab(insight, demo, train_inputs)  # its rank sweep trains the Model & LoRA settings
 
@@ -808,7 +891,7 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
             show_progress="hidden",
         )
 
-        view = [train_status, progress, loss_steps, loss_examples, accuracy, baseline, final, book_plot, files, timer]
+        view = [train_status, progress, loss_steps, loss_examples, live_confusion, live_scores, accuracy, baseline, final, book_plot, files, timer]
         start_button.click(lab.start_training, train_inputs, view, api_name="start", show_progress="hidden")
         timer.tick(lab.poll, None, view, api_name="poll", show_progress="hidden", concurrency_limit=None)
         stop_button.click(lab.stop_training, None, train_status, api_name="stop", concurrency_limit=None)
@@ -859,9 +942,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="ask for this login before showing the app (Gradio's auth), for shared machines; "
         "LORA_LAB_AUTH=USER:PASSWORD does the same without showing the password in the process list",
     )
-    parser.add_argument(
-        "--max-upload-mb", type=int, default=MAX_UPLOAD_MB, help=f"largest file a visitor may upload, in MB (default {MAX_UPLOAD_MB})"
-    )
+    parser.add_argument("--max-upload-mb", type=int, default=MAX_UPLOAD_MB, help=f"largest file a visitor may upload, in MB (default {MAX_UPLOAD_MB})")
     args = parser.parse_args(argv)
     if args.max_upload_mb < 1:
         parser.error("--max-upload-mb must be at least 1")

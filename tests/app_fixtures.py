@@ -76,6 +76,7 @@ def train_inputs(model: str, **changes: Any) -> dict[str, Any]:
         batch_size=8.0,
         max_steps=12.0,
         eval_freq=5.0,
+        live_metrics=True,
     )
     return {**values, **changes}
 

@@ -38,8 +38,6 @@ API_NAMES = {
 }
 
 
-
-
 def wait_until_idle(lab: app.Lab, timeout: float = 120.0) -> JobSnapshot:
     assert lab.job.wait(timeout), "the training job did not finish"
     return lab.job.snapshot()
@@ -71,6 +69,8 @@ def test_run_config_turns_widget_values_into_a_validated_config(settings: app.Ap
     assert (cfg.lora.rank, cfg.train.epochs, cfg.train.batch_size, cfg.train.max_steps) == (4, 1, 8, None)
     assert cfg.train.group_by_length is False and cfg.preset == "book" and cfg.train.lr == 8e-4
     assert cfg.data is None  # nothing prepared yet: the job downloads first
+    assert cfg.train.live_metrics is True
+    assert app.run_config(settings, settings.model, "book", **{**values, "live_metrics": False}, out_dir=tmp_path).train.live_metrics is False
 
     settings.cache.mkdir()
     (settings.cache / "train.csv").write_text("Label,Text\n")
@@ -188,9 +188,25 @@ def test_train_poll_classify_through_the_handlers(lab: app.Lab, settings: app.Ap
     with pytest.raises(gr.Error, match="No trained adapter yet"):
         lab.classify("hello", None)
     assert lab.adapter_info().startswith("No trained adapter yet")
-    assert lab.controls() == (settings.model, "recommended", 16, 16.0, "alpha_over_rank", list(LORA_TARGETS), False, "last_token", "batch", 8e-4, 5, 8, 0, 50)
+    assert lab.controls() == (
+        settings.model,
+        "recommended",
+        16,
+        16.0,
+        "alpha_over_rank",
+        list(LORA_TARGETS),
+        False,
+        "last_token",
+        "batch",
+        8e-4,
+        5,
+        8,
+        0,
+        50,
+        True,
+    )
     idle = lab.attach()
-    assert idle[0] == "ready: no run yet" and idle[2] is None  # None, never an empty frame, for the plots
+    assert idle[0] == "ready: no run yet" and idle[2] is None and idle[5] is None  # None, never an empty frame, for the plots
     with pytest.raises(gr.Error, match="rank must be"):
         lab.start_training(**train_inputs(settings.model, rank=0.0))
 
@@ -203,9 +219,15 @@ def test_train_poll_classify_through_the_handlers(lab: app.Lab, settings: app.Ap
     snapshot = wait_until_idle(lab)
     assert snapshot.state == "done" and snapshot.config.lora.rank == 16  # the refused start changed nothing
 
-    status, progress, loss, loss_again, accuracy, baseline, final, book_plot, files, timer = lab.poll()
+    status, progress, loss, loss_again, live_confusion, live_scores, accuracy, baseline, final, book_plot, files, timer = lab.poll()
     assert status.startswith("done: step 12/12") and "step 12 of 12" in progress
     assert loss is loss_again and set(loss["split"]) == {"training batch", "train", "validation"}
+    # the full validation set at the last estimate (after step 11, the book's step 10), and its scores at every estimate
+    assert "Full validation set (149 messages) after step 11" in live_confusion and "true spam" in live_confusion and "precision" in live_confusion
+    assert live_scores["step"].unique().tolist() == [1, 6, 11] and set(live_scores["metric"]) == {"accuracy", "precision", "recall", "F1"}
+    last = snapshot.live[-1].metrics
+    assert live_scores[live_scores["metric"] == "F1"]["score (%)"].iloc[-1] == round(100 * last.f1, 2)
+    assert f">{last.confusion[1][1]}</td>" in live_confusion
     assert list(accuracy["epoch"]) == [0, 0, 1, 1]
     assert list(baseline["split"]) == ["train", "validation", "test"]
     assert list(final["split"]) == ["train", "validation", "test"] and final["messages"].tolist() == [1040, 149, 300]
@@ -222,6 +244,27 @@ def test_train_poll_classify_through_the_handlers(lab: app.Lab, settings: app.Ap
     assert lab.classify(app.EXAMPLE_MESSAGES[0], as_upload(snapshot.saved.adapter_dir / "adapter.safetensors"))[0] == fine_tuned
     with pytest.raises(gr.Error, match="empty"):
         lab.classify("   ", None)
+
+
+def test_live_views_show_the_latest_estimate_or_say_why_there_is_none(settings: app.AppSettings) -> None:
+    from dataclasses import replace
+
+    from engine.evaluate import Metrics
+    from engine.job import TrainingJob
+    from engine.train import ValidationEvaluated
+
+    idle = TrainingJob().snapshot()
+    assert app.live_views(idle) == ("<div id='live-note'>The full validation set is scored at each loss estimate.</div>", None)
+    off = replace(idle, config=app.RunConfig().with_train(live_metrics=False))
+    assert "off for this run" in app.live_views(off)[0]
+    points = (
+        ValidationEvaluated(0, 0.01, 8, Metrics(0.7, 0.5, [[10, 0], [10, 0]], 0.0, 0.0, 0.0, 20)),
+        ValidationEvaluated(49, 0.4, 400, Metrics(0.2, 0.9, [[9, 1], [1, 9]], 0.9, 0.9, 0.9, 20)),
+    )
+    confusion, scores = app.live_views(replace(idle, live=points))
+    assert "Full validation set (20 messages) after step 50: accuracy 90.0%" in confusion and "(of spam)" in confusion
+    assert ">9</td>" in confusion and ">10</td>" not in confusion  # the latest estimate only
+    assert scores[scores["metric"] == "F1"][["step", "score (%)"]].values.tolist() == [[1, 0.0], [50, 90.0]]
 
 
 def test_loss_frame_thins_long_runs_but_keeps_estimates_and_the_last_step() -> None:
@@ -264,9 +307,11 @@ def test_gradio_client_drives_the_whole_app(served: RunningApp, settings: app.Ap
         assert time.monotonic() < deadline, polled[0]
         time.sleep(0.3)
     assert polled[0].startswith("done: step 15/15")
-    assert frame(polled[6])["split"].tolist() == ["train", "validation", "test"]
-    assert sorted(Path(f).name for f in polled[8]) == ["adapter.safetensors", "run.json"]
-    assert client.predict(api_name="/attach")[0] == polled[0]  # what a reloaded page shows
+    assert frame(polled[8])["split"].tolist() == ["train", "validation", "test"]
+    assert sorted(Path(f).name for f in polled[10]) == ["adapter.safetensors", "run.json"]
+    assert "Full validation set (149 messages) after step 11" in polled[4]  # the live confusion matrix of the last estimate
+    attached = client.predict(api_name="/attach")  # what a reloaded page shows
+    assert attached[0] == polled[0] and attached[4] == polled[4]
 
     fine_tuned, untrained, details = client.predict("WIN a free prize now!!!", None, api_name="/classify")
     assert fine_tuned["label"] in ("ham", "spam") and untrained["label"] in ("ham", "spam")
