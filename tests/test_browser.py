@@ -183,6 +183,9 @@ def test_demo_in_a_real_browser(page: "sync_api.Page", served: RunningApp, http_
     expect(status).to_have_value(re.compile(r"^running: step [1-9]"), timeout=10_000)
     expect(loss_lines.first).to_be_attached(timeout=10_000)
     expect(page.locator("#train-progress progress")).to_be_attached()
+    # ...and shows the full validation set's confusion matrix of the latest estimate, as any visitor sees it
+    expect(page.locator("#live-confusion")).to_contain_text("Full validation set (149 messages) after step", timeout=10_000)
+    expect(page.locator("#live-confusion")).to_contain_text("true spam")
     deadline = time.monotonic() + 30
     while step_of(status.input_value()) <= step_before_reload:
         assert time.monotonic() < deadline, "the re-attached page stopped following the job"
@@ -207,6 +210,8 @@ def test_demo_in_a_real_browser(page: "sync_api.Page", served: RunningApp, http_
     expect(page.locator("#final")).to_contain_text("test", timeout=10_000)
     expect(page.locator("#baseline")).to_contain_text("validation")
     expect(page.locator("#book-plot img")).to_be_visible(timeout=10_000)
+    expect(page.locator("#live-confusion")).to_contain_text("after step 21")  # estimates after steps 1, 11 and 21
+    expect(page.locator("#live-scores path[aria-roledescription='line mark']")).to_have_count(4)
     for name in ("adapter.safetensors", "run.json"):
         expect(page.locator(f"#run-files a[href$='/{name}']")).to_have_count(1)
     screenshot(page, "train")
