@@ -1,5 +1,6 @@
 """A GPT-2 spam classifier: build one for training, or load a saved adapter and classify messages."""
 
+import itertools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +18,12 @@ from engine.tokenizer import END_OF_TEXT_ID, encode
 from engine.weights import load_model
 
 MAX_MESSAGE_CHARS = 100_000  # far beyond any SMS; longer input is cut before tokenising
-BATCH_SIZE = 32  # messages per forward pass when classifying many
+BATCH_SIZE = 32  # at most this many messages per forward pass when classifying many
+# What one more forward pass costs, in padded tokens' worth of work: tens of ms of fixed cost per
+# pass on a 2-core CPU against about 1 ms a token (gpt2-small); 64 measured best for 100 SMS in
+# int8 (3.5 s against 4.2 s for chunks of 32). It decides when longer messages are worth a batch
+# of their own rather than padding their shorter neighbours.
+PASS_COST_TOKENS = 64
 
 
 def build_classifier(base: GPT, lora: LoRAConfig, n_classes: int = 2, seed: int = 123) -> GPT:
@@ -72,9 +78,13 @@ class Classifier:
         encoded = [self._encode(text, i) for i, text in enumerate(texts)]
         # Batches of similar length: little padding, and with last-token reading padding cannot change an answer.
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+        if self.config.pooling == "last":  # every message is padded to max_length anyway
+            cuts = list(range(0, len(order), BATCH_SIZE)) + [len(order)]
+        else:
+            cuts = least_padding_cuts([len(encoded[i][0]) for i in order], BATCH_SIZE, PASS_COST_TOKENS)
         predictions: list[Prediction | None] = [None] * len(encoded)
-        for start in range(0, len(order), BATCH_SIZE):
-            chunk = order[start : start + BATCH_SIZE]
+        for start, end in itertools.pairwise(cuts):
+            chunk = order[start:end]
             for index, prediction in zip(chunk, self._predict([encoded[i] for i in chunk]), strict=True):
                 predictions[index] = prediction
         return predictions  # type: ignore[return-value]
@@ -117,6 +127,25 @@ class Classifier:
             Prediction(labels[max(range(len(labels)), key=row.__getitem__)], dict(zip(labels, row, strict=True)), len(ids), truncated)
             for row, (ids, truncated) in zip(probabilities, encoded, strict=True)
         ]
+
+
+def least_padding_cuts(sorted_lengths: Sequence[int], max_batch: int, pass_cost: int) -> list[int]:
+    """Where to cut a length-sorted list into batches so padded tokens plus `pass_cost` per batch is least.
+
+    Fixed-size chunks of sorted messages still pad a lot where lengths spread out (28 % of the
+    tokens for 100 SMS test messages in chunks of 32); choosing the cuts by dynamic programming
+    keeps the padding to a few percent. Returns the boundaries, from 0 to len(sorted_lengths).
+    """
+    n = len(sorted_lengths)
+    best = [0] + [0] * n  # best[j]: least cost of the first j messages
+    cut_before = [0] * (n + 1)
+    for end in range(1, n + 1):
+        options = ((best[start] + (end - start) * sorted_lengths[end - 1] + pass_cost, start) for start in range(max(0, end - max_batch), end))
+        best[end], cut_before[end] = min(options)
+    cuts = [n]
+    while cuts[-1] > 0:
+        cuts.append(cut_before[cuts[-1]])
+    return cuts[::-1]
 
 
 def quantize_int8(model: GPT, device: torch.device) -> None:
