@@ -47,6 +47,9 @@ class _GeluLoRALinear(torch.autograd.Function):
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
         hidden, weight, lora_a, lora_b, down = ctx.saved_tensors
         grad_rows = grad_out.reshape(-1, grad_out.size(-1))
+        # Under autocast the forward products ran in bf16 while W, A and B stay fp32: backward,
+        # which autocast does not reach, computes in the gradient's dtype as the forward did.
+        weight, lora_a, lora_b = (None if t is None else t.to(grad_rows.dtype) for t in (weight, lora_a, lora_b))
         grad_g = grad_rows @ weight
         grad_a = grad_b = None
         if lora_a is not None:

@@ -64,3 +64,25 @@ def test_trainable_or_inference_projections_take_the_plain_path():
     assert trainable.weight.grad is not None
     with torch.no_grad():
         assert torch.allclose(gelu_then_project(hidden, trainable), trainable(gelu(hidden)))
+
+
+def test_bf16_autocast_gives_autograds_gradients():
+    # Training on CUDA runs under bf16 autocast, which reaches forward but not a custom backward.
+    torch.manual_seed(0)
+    projection = LoRALinear(nn.Linear(12, 5).requires_grad_(False), rank=3, scale=1.7)
+    with torch.no_grad():
+        projection.lora_B.normal_(0, 0.5)
+    before = nn.Linear(8, 12)
+    x = torch.randn(4, 8)
+    trainable = [projection.lora_A, projection.lora_B, before.weight]
+
+    def gradients(fast: bool) -> list[torch.Tensor]:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = before(x)
+            out = gelu_then_project(hidden, projection) if fast else projection(gelu(hidden))
+        assert out.dtype == torch.bfloat16
+        return list(torch.autograd.grad(out.float().square().sum(), trainable))
+
+    for mine, reference in zip(gradients(True), gradients(False), strict=True):
+        assert mine.dtype == torch.float32
+        assert torch.allclose(mine, reference, rtol=0.02, atol=0.02 * reference.abs().max().item())
