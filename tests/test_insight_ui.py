@@ -227,7 +227,8 @@ def test_insight_views_through_gradio_client(lab: app.Lab, tmp_path: Path) -> No
 def check_through_client(served: RunningApp, tmp_path: Path) -> None:
     client = Client(served.url, verbose=False, analytics_enabled=False)
     endpoints = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
-    assert {"/evaluate", "/positive_classes", "/explain", "/classify_file", "/run_history", "/overlay", "/start_sweep", "/poll_sweep", "/stop_sweep"} <= endpoints
+    wanted = {"/evaluate", "/positive_classes", "/explain", "/classify_file", "/run_history", "/overlay", "/start_sweep", "/poll_sweep", "/stop_sweep"}
+    assert wanted <= endpoints
     summary, confusion, metrics, roc, wrong = client.predict("first-run", "validation", 0.3, "spam", api_name="/evaluate")
     assert "threshold" not in summary or "0.30" in summary
     assert "true ham" in confusion
