@@ -91,15 +91,12 @@ class Classifier:
 
     def compare_with_base(self, text: str) -> tuple[Prediction, Prediction]:
         """The same message scored with the adapter switched off (before) and on (after)."""
-        if self.int8:
-            raise InputError("the before/after comparison needs the fp32 classifier: load it without int8")
         encoded = [self._encode(text, 0)]
-        set_lora_enabled(self.model, False)
+        set_lora_enabled(self.model, False)  # merged weights stay; the update is taken out on the fly
         try:
             (before,) = self._predict(encoded)
         finally:
             set_lora_enabled(self.model, True)
-            merge_lora(self.model)
         return before, self._predict(encoded)[0]
 
     def _encode(self, text: str, position: int) -> tuple[list[int], bool]:

@@ -19,11 +19,11 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 def gelu_then_project(hidden: torch.Tensor, projection: nn.Module) -> torch.Tensor:
     """`projection(gelu(hidden))`, remembering only `hidden` for backward when that is exact."""
     base = getattr(projection, "base_layer", projection)
-    adapted = getattr(projection, "enabled", False) and not projection.merged
+    sign = getattr(projection, "update_sign", 0)
     frozen = type(base) is nn.Linear and not base.weight.requires_grad and not (base.bias is not None and base.bias.requires_grad)
-    if not (torch.is_grad_enabled() and hidden.requires_grad and frozen):
+    if not (torch.is_grad_enabled() and hidden.requires_grad and frozen) or sign < 0:
         return projection(gelu(hidden))
-    if adapted:
+    if sign > 0:
         return _GeluLoRALinear.apply(hidden, base.weight, base.bias, projection.lora_A, projection.lora_B, projection.scale)
     return _GeluLoRALinear.apply(hidden, base.weight, base.bias, None, None, 0.0)
 

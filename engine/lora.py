@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.config import LoRAConfig
@@ -41,13 +40,20 @@ class LoRALinear(nn.Module):
     def out_features(self) -> int:
         return self.base_layer.out_features
 
+    @property
+    def update_sign(self) -> int:
+        """How the forward pass applies the update on the fly: +1 adds it (enabled, not merged),
+        -1 takes it back out of merged weights (disabled while merged: the base model's answer at
+        the cost of a low-rank product, without rewriting any weight), 0 leaves it alone."""
+        return int(self.enabled and not self.merged) - int(self.merged and not self.enabled)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.merged or not self.enabled:
+        sign = self.update_sign
+        if sign == 0:
             return self.base_layer(x)
-        # One BLAS call adds scale·(xA)B into the base output: no separate multiply and add passes.
+        # One BLAS call adds ±scale·(xA)B into the base output: no separate multiply and add passes.
         rows = x.reshape(-1, x.size(-1))
-        out = F.linear(rows, self.base_layer.weight, self.base_layer.bias)
-        out = torch.addmm(out, rows @ self.lora_A, self.lora_B, alpha=self.scale)
+        out = torch.addmm(self.base_layer(rows), rows @ self.lora_A, self.lora_B, alpha=sign * self.scale)
         return out.view(*x.shape[:-1], out.size(-1))
 
     def delta_weight(self) -> torch.Tensor:
@@ -58,8 +64,6 @@ class LoRALinear(nn.Module):
     def merge(self) -> None:
         """Fold the update into the base weight (idempotent): faster inference, same outputs."""
         if not self.merged:
-            if not self.enabled:
-                raise RuntimeError("merge() on a disabled adapter: enable it first")
             delta = self.delta_weight()
             if not torch.isfinite(delta).all():
                 raise ValueError("the LoRA update holds NaN or infinity: the adapter is broken, retrain it")
@@ -113,10 +117,8 @@ def freeze_base(model: nn.Module, train_head: bool = False) -> None:
 
 
 def set_lora_enabled(model: nn.Module, enabled: bool) -> None:
-    """Switch every adapter on or off (off: the base model's answers); merged weights are unmerged first."""
+    """Switch every adapter on or off (off: the base model's answers); no weight is rewritten."""
     for layer in lora_layers(model):
-        if not enabled:
-            layer.unmerge()
         layer.enabled = enabled
 
 

@@ -76,13 +76,14 @@ def project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> list[torch.Tensor
         return [layer(x) for layer in layers]
     rows = x.reshape(-1, x.size(-1))
     out = F.linear(rows, fused([b.weight for b in bases]), fused([b.bias for b in bases]))
-    active = [i for i, layer in enumerate(layers) if getattr(layer, "enabled", False) and not layer.merged]
+    signs = [getattr(layer, "update_sign", 0) for layer in layers]
+    active = [i for i, sign in enumerate(signs) if sign]
     if active:
         widths = [b.out_features for b in bases]
         starts = [sum(widths[:i]) for i in range(len(widths))]
         a = torch.cat([layers[i].lora_A for i in active], dim=1)  # (in, sum of ranks)
         b = torch.cat(
-            [F.pad(layers[i].lora_B * layers[i].scale, (starts[i], out.size(1) - starts[i] - widths[i])) for i in active]
+            [F.pad(layers[i].lora_B * (signs[i] * layers[i].scale), (starts[i], out.size(1) - starts[i] - widths[i])) for i in active]
         )  # (sum of ranks, sum of outputs), block-diagonal
         out = torch.addmm(out, rows @ a, b)
     return [part.view(*x.shape[:-1], part.size(-1)) for part in out.split([b.out_features for b in bases], dim=-1)]

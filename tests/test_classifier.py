@@ -53,9 +53,26 @@ def test_merged_classifier_matches_the_training_model(trained_run, classifier):
 
 
 def test_before_and_after_differ(classifier):
+    weights = {name: tensor.clone() for name, tensor in classifier.model.state_dict().items()}
     before, after = classifier.compare_with_base("Free tickets! Reply YES")
     assert before.probabilities != after.probabilities
     assert classifier.classify("Free tickets! Reply YES")[0].probabilities == pytest.approx(after.probabilities, abs=1e-6)
+    assert all(torch.equal(tensor, weights[name]) for name, tensor in classifier.model.state_dict().items())  # nothing rewritten
+
+
+def test_before_is_the_base_models_answer(classifier):
+    from engine.lora import merge_lora, set_lora_enabled, unmerge_lora
+
+    text = "Free tickets! Reply YES"
+    before, _ = classifier.compare_with_base(text)  # merged weights, the update taken out on the fly
+    unmerge_lora(classifier.model)
+    set_lora_enabled(classifier.model, False)  # the base weights themselves
+    try:
+        base_only = classifier.classify(text)[0]
+    finally:
+        set_lora_enabled(classifier.model, True)
+        merge_lora(classifier.model)
+    assert before.p_spam == pytest.approx(base_only.p_spam, abs=1e-5)
 
 
 def test_batched_classification_equals_one_at_a_time(classifier):
@@ -84,8 +101,11 @@ def test_int8_path_agrees_with_fp32(trained_run, classifier):
     agreement = sum(a.label == b.label for a, b in zip(fp32, int8, strict=True)) / len(texts)
     assert agreement >= 0.9
     assert max(abs(a.p_spam - b.p_spam) for a, b in zip(fp32, int8, strict=True)) < 0.2
-    with pytest.raises(InputError, match="fp32"):
-        quantized.compare_with_base("hello")
+    before, after = quantized.compare_with_base("Free tickets! Reply YES")
+    fp32_before, fp32_after = classifier.compare_with_base("Free tickets! Reply YES")
+    assert before.p_spam == pytest.approx(fp32_before.p_spam, abs=0.2)
+    assert after.p_spam == pytest.approx(fp32_after.p_spam, abs=0.2)
+    assert before.probabilities != after.probabilities
 
 
 def _cost(lengths, cuts, pass_cost):

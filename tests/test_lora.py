@@ -102,15 +102,20 @@ def test_scaling_modes_differ_by_rank():
     assert LoRAConfig(rank=16, alpha=16, scaling="alpha_over_rank").scale == 1
 
 
-def test_disabling_gives_the_base_model():
+@pytest.mark.parametrize("tokens", [6, 70])  # 70 rows take the fused q/k/v product
+@pytest.mark.parametrize("merged", [False, True])
+def test_disabling_gives_the_base_model_without_rewriting_weights(tokens, merged):
     plain, model = plain_and_adapted()
     randomise_lora(model)
-    merge_lora(model)
-    ids = torch.randint(0, 50257, (1, 6))
+    if merged:
+        merge_lora(model)
+    weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    ids = torch.randint(0, 50257, (2, tokens))
     set_lora_enabled(model, False)
-    assert torch.allclose(model(ids), plain(ids), atol=1e-6)
+    assert torch.allclose(model(ids), plain(ids), atol=1e-5)
     set_lora_enabled(model, True)
     assert not torch.allclose(model(ids), plain(ids), atol=1e-4)
+    assert all(torch.equal(tensor, weights[name]) for name, tensor in model.state_dict().items())
 
 
 @pytest.mark.parametrize(
