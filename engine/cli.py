@@ -82,7 +82,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from engine.run import DataReady, FinalEvaluated, ModelReady, RunSaved, fine_tune
-    from engine.train import EpochDone, LossEvaluated, StepDone
+    from engine.train import EpochDone, LossEvaluated, StepDone, ValidationEvaluated
 
     cfg = RunConfig.from_preset(
         args.preset, model=args.model, data=args.data, data_cache=args.cache, out_dir=args.out, device=args.device, deduplicate=args.dedupe
@@ -92,6 +92,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         lora_changes["targets"] = tuple(args.targets)
     overrides = (("lr", args.lr), ("epochs", args.epochs), ("batch_size", args.batch_size), ("max_steps", args.max_steps))
     train_changes = {k: v for k, v in overrides if v is not None}
+    if args.no_live_metrics:
+        train_changes["live_metrics"] = False
     cfg = replace(cfg, lora=replace(cfg.lora, **lora_changes), train=replace(cfg.train, **train_changes))
     result: dict[str, Any] = {}
     for event in fine_tune(cfg, on_download=None if args.json else _download_reporter()):
@@ -99,6 +101,10 @@ def cmd_train(args: argparse.Namespace) -> None:
             _progress_bar(event)
         elif isinstance(event, LossEvaluated):
             _log(f"step {event.step:04d}: train loss {event.train_loss:.3f}, validation loss {event.validation_loss:.3f}")
+        elif isinstance(event, ValidationEvaluated):
+            m = event.metrics
+            scores = f"validation accuracy {m.accuracy:.2%}, precision {m.precision:.2%}, recall {m.recall:.2%}, F1 {m.f1:.2%}"
+            _log(f"step {event.step:04d}: {scores} ({m.count} messages)")
         elif isinstance(event, EpochDone):
             _log(f"epoch {event.epoch}: train accuracy {event.train_accuracy:.2%}, validation accuracy {event.validation_accuracy:.2%}")
         elif isinstance(event, DataReady):
@@ -215,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    train.add_argument("--no-live-metrics", action="store_true", help="at each loss estimate, skip scoring the whole validation set (faster)")
     train.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
     train.add_argument("--out", default="runs/latest", help="output folder (default: runs/latest)")
     train.set_defaults(run=cmd_train)

@@ -103,3 +103,15 @@ def test_classify_a_file_and_refuse_both_or_neither(capsys, trained_run, tmp_pat
     assert out["messages"] == 2 and (tmp_path / "inbox.predictions.csv").is_file()
     assert main(["classify", "--adapter", adapter]) == 2
     assert "give messages to classify, or --file" in capsys.readouterr().err
+
+
+def test_train_logs_live_validation_scores_unless_switched_off(capsys, tiny_model_dir, prepared_data, tmp_path):
+    import re
+
+    common = ["train", "--model", str(tiny_model_dir), "--data", str(prepared_data), "--max-steps", "2", "--rank", "2", "--alpha", "4", "--device", "cpu"]
+    live = re.compile(r"step \d{4}: validation accuracy \d+\.\d\d%, precision \d+\.\d\d%, recall \d+\.\d\d%, F1 \d+\.\d\d% \(\d+ messages\)")
+    assert main([*common, "--out", str(tmp_path / "live")]) == 0
+    assert live.search(capsys.readouterr().err)
+    assert main([*common, "--out", str(tmp_path / "quiet"), "--no-live-metrics"]) == 0
+    err = capsys.readouterr().err
+    assert "validation loss" in err and not live.search(err)
