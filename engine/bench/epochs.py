@@ -1,0 +1,126 @@
+"""One epoch of the real SMS training split in `book` and `recommended` mode, through the engine's
+own `train`: timed on a few steps of the real, seeded batch order and extrapolated to every batch
+by its token count (or timed whole with `full_epochs`)."""
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.bench.report import EpochResult
+from engine.bench.training import WARMUP_STEPS
+from engine.config import GPTConfig, preset
+
+SHIPPED_ZIP = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "sms_spam_collection.zip"
+DEFAULT_CACHE = Path("data_cache")
+
+
+def load_splits_for_bench(data: str | None) -> Any:
+    """The SMS splits: `data` if given, else the prepared data cache, else the shipped zip (nothing written)."""
+    from engine.data import prepare
+
+    if data is None and (DEFAULT_CACHE / "train.csv").is_file():
+        data = str(DEFAULT_CACHE)
+    if data is None:
+        data = str(SHIPPED_ZIP)
+    if not data.startswith(("http://", "https://")) and Path(data).is_dir():
+        return prepare(data).splits
+    with tempfile.TemporaryDirectory() as scratch:
+        return prepare(data, scratch).splits
+
+
+class _EpochRun:
+    """One preset's real training epoch through `train`, advanced a step at a time."""
+
+    def __init__(self, mode: str, cfg: GPTConfig, splits: Any, device: torch.device, timed: int | None) -> None:
+        from engine.classifier import build_classifier
+        from engine.loaders import make_loaders
+        from engine.model import GPT
+        from engine.train import train
+
+        chosen = preset(mode)
+        self.mode, self.device, self.rows_per_batch = mode, device, chosen.train.batch_size
+        self.widths, self.real = [], []
+        for batch in make_loaders(splits, chosen.train, cfg.context_length).train:  # the same seeded order train() will see
+            self.widths.append(batch.input_ids.size(1))
+            self.real += batch.lengths.tolist()
+        self.total = len(self.widths) if timed is None else min(len(self.widths), timed)
+        self.full = timed is None
+        self.train_cfg = replace(chosen.train, epochs=1, max_steps=self.total, eval_iter=1, eval_freq=10**9)
+        torch.manual_seed(123)
+        model = build_classifier(GPT(cfg).to(device), chosen.lora)
+        self.events = train(model, make_loaders(splits, chosen.train, cfg.context_length), self.train_cfg, device)
+        self.intervals: list[float] = []
+
+    def step(self) -> None:
+        from engine.train import StepDone
+
+        if len(self.intervals) >= self.total:
+            return
+        start = time.perf_counter()
+        for event in self.events:
+            if isinstance(event, StepDone):
+                break
+        self.intervals.append(time.perf_counter() - start)
+
+    def result(self) -> EpochResult:
+        self.events.close()
+        intervals, widths = list(self.intervals), self.widths
+        bf16 = self.device.type == "cuda" and self.train_cfg.bf16_autocast and torch.cuda.is_bf16_supported()
+        padded = [w * self.rows_per_batch for w in widths]
+        if self.full:
+            # step 2's interval holds train()'s evaluation after step 1: count it as its neighbours' mean
+            if len(intervals) > 2:
+                intervals[1] = (intervals[0] + intervals[2]) / 2
+            epoch_s, method, kept, kept_widths = sum(intervals), "full epoch", intervals, widths
+        else:
+            kept = intervals[WARMUP_STEPS:] or intervals[-1:]
+            kept_widths = widths[WARMUP_STEPS : len(intervals)] or widths[len(intervals) - 1 : len(intervals)]
+            epoch_s, method = _extrapolate(kept, [w * self.rows_per_batch for w in kept_widths], padded)
+        return EpochResult(
+            mode=self.mode,
+            precision="bf16 autocast" if bf16 else "fp32",
+            steps_per_epoch=len(widths),
+            rows=len(widths) * self.rows_per_batch,
+            mean_padded_length=round(statistics.fmean(widths), 2),
+            mean_real_length=round(statistics.fmean(self.real), 2),
+            padded_tokens=sum(padded),
+            measured_steps=len(kept),
+            measured_step_times_s=tuple(round(t, 4) for t in kept),
+            measured_step_widths=tuple(kept_widths),
+            epoch_s=round(epoch_s, 2),
+            extrapolated=not self.full,
+            method=method,
+        )
+
+
+def time_epochs(cfg: GPTConfig, splits: Any, device: torch.device, steps: int, full: bool, say: Callable[[str], None]) -> list[EpochResult]:
+    """`book` and `recommended` epochs, their steps interleaved so both see the same machine load."""
+    runs = [_EpochRun(mode, cfg, splits, device, None if full else WARMUP_STEPS + steps) for mode in ("book", "recommended")]
+    for i in range(max(run.total for run in runs)):
+        for run in runs if i % 2 == 0 else runs[::-1]:
+            run.step()
+        if i % 10 == 9 or i < WARMUP_STEPS + steps:
+            say(f"  step {i + 1}: " + ", ".join(f"{r.mode} {r.intervals[-1]:.2f} s (width {r.widths[len(r.intervals) - 1]})" for r in runs))
+    return [run.result() for run in runs]
+
+
+def _extrapolate(times: Sequence[float], tokens: Sequence[int], all_tokens: Sequence[int]) -> tuple[float, str]:
+    """Epoch time from timed steps: a per-step + per-token least-squares fit when the timed widths
+    spread enough to support one, else time proportional to tokens (the steps' mean rate)."""
+    if len(set(tokens)) >= 2 and max(tokens) >= 1.5 * min(tokens):
+        mean_t, mean_x = statistics.fmean(times), statistics.fmean(tokens)
+        slope = sum((x - mean_x) * (t - mean_t) for x, t in zip(tokens, times, strict=True)) / sum((x - mean_x) ** 2 for x in tokens)
+        intercept = mean_t - slope * mean_x
+        if slope > 0 and intercept >= 0:
+            return intercept * len(all_tokens) + slope * sum(all_tokens), f"fit {intercept:.3f} s + {slope * 1e3:.3f} ms/token"
+    if len(set(tokens)) == 1:
+        step = statistics.median(times)
+        return step * len(all_tokens), "median step x steps"
+    rate = sum(times) / sum(tokens)
+    return rate * sum(all_tokens), f"{rate * 1e3:.3f} ms/token x epoch tokens"

@@ -1,0 +1,218 @@
+"""The benchmark's results: one frozen dataclass per measurement, and the Report that prints them
+(`lines()`) or serialises them for `--json` (`to_dict()`)."""
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MatmulPeak:
+    dtype: str
+    gflops: float  # the best of the large shapes: the "peak" the step figures are compared with
+    shapes: dict[str, float]  # "MxK@KxN" -> GFLOP/s (median of repeats)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """The fixed 8 × 120 workload through one implementation."""
+
+    implementation: str
+    precision: str
+    step_s: float  # median of the timed steps
+    step_min_s: float  # fastest timed step: the least disturbed by other work on a shared machine
+    step_cpu_s: float  # median CPU time of a step, all threads: wall time far above cpu/threads means contention
+    step_times_s: tuple[float, ...]
+    examples_per_s: float
+    gflop: float  # nominal work of a step (see step_flops)
+    percent_of_peak: float
+    peak_memory_mb: float
+    memory_before_training_mb: float  # after imports and building the model
+    memory_method: str
+    trainable_parameters: int
+    build_s: float
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """One epoch of the SMS training split in one preset's mode."""
+
+    mode: str
+    precision: str
+    steps_per_epoch: int
+    rows: int
+    mean_padded_length: float  # tokens per row actually fed
+    mean_real_length: float
+    padded_tokens: int
+    measured_steps: int
+    measured_step_times_s: tuple[float, ...]
+    measured_step_widths: tuple[int, ...]
+    epoch_s: float
+    extrapolated: bool
+    method: str
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    implementation: str
+    single_tokens: int
+    single_p50_ms: float
+    single_p95_ms: float
+    single_runs: int
+    batch_messages: int
+    batch_tokens: int
+    batch_p50_s: float
+    batch_p95_s: float
+    batch_runs: int
+    agreement_with_fp32: float | None = None  # the int8 path only: share of equal labels
+
+
+@dataclass(frozen=True)
+class ClassificationFloor:
+    """The least time the many-message batch's forward pass can take on this machine: its FLOPs
+    (see classify_flops) over a matmul peak. No implementation beats it, so a target below it
+    needs fewer FLOPs or faster hardware, not better code."""
+
+    messages: int
+    tokens: int  # real tokens after truncation; padding is left out, so the floor is a lower bound
+    gflop: float
+    attention_gflop: float  # part of gflop
+    fp32_peak_gflops: float
+    fp32_s: float
+    int8_peak_gflops: float | None  # None where int8 was not measured (off the CPU)
+    int8_s: float | None
+    target_s: float  # issue 4: 100 messages under 2 s
+
+
+@dataclass(frozen=True)
+class Report:
+    environment: dict[str, Any]
+    flops: dict[str, float]
+    peaks: tuple[MatmulPeak, ...]  # at the start of the run
+    ours: StepResult
+    peer: StepResult | None
+    epochs: tuple[EpochResult, ...]
+    latency: tuple[LatencyResult, ...]
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    elapsed_s: float = 0.0
+    step_pair_ratios: tuple[float, ...] = ()  # transformers / ours for each interleaved pair of timed steps
+    peak_at_end: MatmulPeak | None = None  # measured again last: a large drift means the machine's speed changed mid-run
+    classification_floor: ClassificationFloor | None = None
+
+    @property
+    def speedup_vs_peer(self) -> float | None:
+        """transformers + peft step time / ours (above 1: we are faster)."""
+        return self.peer.step_s / self.ours.step_s if self.peer else None
+
+    @property
+    def epoch_speedup(self) -> float | None:
+        modes = {e.mode: e for e in self.epochs}
+        if "book" in modes and "recommended" in modes:
+            return modes["book"].epoch_s / modes["recommended"].epoch_s
+        return None
+
+    @property
+    def padding_ratio(self) -> float | None:
+        modes = {e.mode: e for e in self.epochs}
+        if "book" in modes and "recommended" in modes:
+            return modes["book"].mean_padded_length / modes["recommended"].mean_padded_length
+        return None
+
+    def latency_ratios(self) -> dict[str, float]:
+        """transformers latency / ours for each of our paths (above 1: we are faster)."""
+        by_name = {r.implementation: r for r in self.latency}
+        peer = by_name.get("transformers+peft")
+        if peer is None:
+            return {}
+        ratios = {}
+        for name, result in by_name.items():
+            if name != peer.implementation:
+                ratios[f"{name}_single"] = peer.single_p50_ms / result.single_p50_ms
+                ratios[f"{name}_batch"] = peer.batch_p50_s / result.batch_p50_s
+        return ratios
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ratios"] = {
+            "step_speedup_vs_transformers_peft": self.speedup_vs_peer,
+            "step_speedup_paired_median": statistics.median(self.step_pair_ratios) if self.step_pair_ratios else None,
+            "epoch_speedup_recommended_vs_book": self.epoch_speedup,
+            "padded_length_book_over_recommended": self.padding_ratio,
+            "classification_speedup_vs_transformers": self.latency_ratios(),
+        }
+        return data
+
+    def lines(self) -> list[str]:
+        env = self.environment
+        out = [
+            f"LoRA Lab benchmark: {env['model']} (random weights), {env['device']} ({env['device_name']}), "
+            f"torch {env['torch']}, {env['threads']} threads, {self.elapsed_s:.0f} s",
+        ]
+        for peak in self.peaks:
+            shapes = ", ".join(f"{k} {v:.0f}" for k, v in peak.shapes.items())
+            out.append(f"matmul peak ({peak.dtype}): {peak.gflops:.1f} GFLOP/s  [GFLOP/s by shape: {shapes}]")
+        if self.peak_at_end is not None:
+            out.append(f"  again at the end of the run: {self.peak_at_end.gflops:.1f} GFLOP/s ({self.peak_at_end.dtype})")
+        out += self._step_lines()
+        out += self._epoch_lines()
+        out += self._latency_lines()
+        out += [f"note: {note}" for note in self.notes]
+        return out
+
+    def _step_lines(self) -> list[str]:
+        env, f = self.environment, self.flops
+        out = [
+            f"fixed workload: batch {env['batch']} x {env['seq']} tokens, LoRA r{env['rank']} on every Linear, book preset; "
+            f"{f['total'] / 1e9:.1f} GFLOP a step (frozen matmuls {f['frozen_matmul'] / 1e9:.1f}, "
+            f"attention {f['attention'] / 1e9:.1f}, LoRA {f['lora'] / 1e9:.1f})"
+        ]
+        for result in (self.ours, self.peer):
+            if result is None:
+                continue
+            out.append(
+                f"  {result.implementation:<18} step {result.step_s:6.2f} s (median of {len(result.step_times_s)}; "
+                f"best {result.step_min_s:.2f} s; CPU {result.step_cpu_s:.1f} s), "
+                f"{result.examples_per_s:5.2f} examples/s, {result.percent_of_peak:5.1f} % of peak, "
+                f"peak memory {result.peak_memory_mb / 1024:.2f} GB (built {result.memory_before_training_mb / 1024:.2f} GB) ({result.precision})"
+            )
+        if self.speedup_vs_peer is not None:
+            paired = (
+                f", median of {len(self.step_pair_ratios)} interleaved pairs {statistics.median(self.step_pair_ratios):.2f}x" if self.step_pair_ratios else ""
+            )
+            out.append(f"  ours vs transformers+peft: {self.speedup_vs_peer:.2f}x faster per step{paired} (target 1.15x, aim 1.25x)")
+        return out
+
+    def _epoch_lines(self) -> list[str]:
+        if not self.epochs:
+            return []
+        out = ["one epoch of the SMS training split:"]
+        for e in self.epochs:
+            how = f"extrapolated from {e.measured_steps} timed steps ({e.method})" if e.extrapolated else "measured"
+            out.append(
+                f"  {e.mode:<12} {e.epoch_s:7.1f} s for {e.steps_per_epoch} steps, mean padded length {e.mean_padded_length:.1f} "
+                f"(real {e.mean_real_length:.1f}), {how}"
+            )
+        if self.epoch_speedup is not None:
+            out.append(f"  recommended vs book: {self.epoch_speedup:.2f}x faster per epoch, {self.padding_ratio:.2f}x fewer padded tokens per row (target 3x)")
+        return out
+
+    def _latency_lines(self) -> list[str]:
+        if not self.latency:
+            return []
+        out = ["classification latency (LoRA merged, inference mode):"]
+        for r in self.latency:
+            agreement = f", agrees with fp32 on {r.agreement_with_fp32:.1%}" if r.agreement_with_fp32 is not None else ""
+            out.append(
+                f"  {r.implementation:<18} 1 message ({r.single_tokens} tokens): p50 {r.single_p50_ms:6.1f} ms, p95 {r.single_p95_ms:6.1f} ms; "
+                f"{r.batch_messages} messages: p50 {r.batch_p50_s:5.2f} s, p95 {r.batch_p95_s:5.2f} s{agreement}"
+            )
+        for name, ratio in self.latency_ratios().items():
+            out.append(f"  {name} vs transformers: {ratio:.2f}x faster")
+        floor = self.classification_floor
+        if floor is not None:
+            int8 = f", {floor.int8_s:.2f} s at the int8 peak" if floor.int8_s is not None else ""
+            out.append(
+                f"  {floor.messages} messages: {floor.tokens:,} tokens, {floor.gflop:,.1f} GFLOP: "
+                f"at least {floor.fp32_s:.2f} s at the fp32 peak{int8} (target {floor.target_s:g} s)"
+            )
+        return out
