@@ -51,7 +51,7 @@ class _EpochRun:
             self.real += batch.lengths.tolist()
         self.total = len(self.widths) if timed is None else min(len(self.widths), timed)
         self.full = timed is None
-        self.train_cfg = replace(chosen.train, epochs=1, max_steps=self.total, eval_iter=1, eval_freq=10**9)
+        self.train_cfg = replace(chosen.train, epochs=1, max_steps=self.total, eval_iter=1, eval_freq=10**9, live_metrics=False)
         torch.manual_seed(123)
         model = build_classifier(GPT(cfg).to(device), chosen.lora)
         self.events = train(model, make_loaders(splits, chosen.train, cfg.context_length), self.train_cfg, device)

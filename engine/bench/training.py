@@ -76,7 +76,7 @@ class _OursStepper:
         rows = [(row.tolist(), int(label)) for batch, batch_labels in zip(ids, labels, strict=True) for row, label in zip(batch, batch_labels, strict=True)]
         loader = DataLoader(rows, batch_size=BATCH, shuffle=False, collate_fn=lambda items: collate(items, SEQ))
         # eval_iter 1 and a far eval_freq: the only evaluation is train()'s after step 1, inside the warm-up.
-        train_cfg = replace(book.train, epochs=1, max_steps=total, eval_iter=1, eval_freq=10**9, bf16_autocast=True)
+        train_cfg = replace(book.train, epochs=1, max_steps=total, eval_iter=1, eval_freq=10**9, live_metrics=False, bf16_autocast=True)
         self.device = device
         torch.manual_seed(123)
         start = time.perf_counter()
