@@ -112,11 +112,11 @@ def wrong_answers(report: LoadReport, adapter: Path, model: str | None = None) -
 
 def sample_messages(count: int = 50) -> list[str]:
     """Real SMS texts from the shipped fixture, plus the app's examples."""
-    import app
     from engine.data import read_source_file
+    from ui.classify_tab import EXAMPLE_MESSAGES
 
     texts = read_source_file(ROOT / "tests" / "fixtures" / "sms_spam_collection.zip")["Text"].tolist()
-    return list(app.EXAMPLE_MESSAGES) + texts[: max(0, count - len(app.EXAMPLE_MESSAGES))]
+    return list(EXAMPLE_MESSAGES) + texts[: max(0, count - len(EXAMPLE_MESSAGES))]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -131,9 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from app_fixtures import running_app
 
-    import app
     from engine.config import RunConfig
     from engine.run import fine_tune
+    from ui.settings import AppSettings
 
     work = Path(tempfile.mkdtemp(prefix="lora-lab-load-"))
     try:
@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.copytree(args.adapter, runs / "given" / "adapter")
         adapter = runs.glob("*/adapter").__next__()
-        settings = app.AppSettings(model=model, device=args.device, out=runs, cache=work / "cache")
+        settings = AppSettings(model=model, device=args.device, out=runs, cache=work / "cache")
         messages = sample_messages()
         with running_app(settings) as served:
             report = hammer(served.url, messages, args.callers, args.requests)

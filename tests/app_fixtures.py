@@ -12,14 +12,17 @@ from typing import Any
 import pytest
 
 import app
-from app_guards import upload_folder
 from engine.config import LORA_TARGETS
+from ui.controls import Controls
+from ui.guards import upload_folder
+from ui.lab import Lab
+from ui.settings import AppSettings
 
 
 @dataclass(frozen=True)
 class RunningApp:
     url: str
-    lab: app.Lab
+    lab: Lab
 
 
 def free_port() -> int:
@@ -29,9 +32,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(settings: app.AppSettings, auth: tuple[str, str] | None = None) -> Iterator[RunningApp]:
+def running_app(settings: AppSettings, auth: tuple[str, str] | None = None) -> Iterator[RunningApp]:
     """The app launched as `python app.py` launches it, in this process; its job is stopped afterwards."""
-    lab = app.Lab(settings)
+    lab = Lab(settings)
     demo = app.build_ui(settings, lab)
     url = app.launch(demo, settings, "127.0.0.1", free_port(), block=False, auth=auth)
     try:
@@ -59,9 +62,9 @@ def upload_bytes(data: bytes, name: str) -> str:
     return str(folder / name)
 
 
-def train_inputs(model: str, **changes: Any) -> dict[str, Any]:
+def train_controls(model: str, **changes: Any) -> Controls:
     """The Train button's inputs as the widgets send them by default (numbers as floats)."""
-    values = dict(
+    values: dict[str, Any] = dict(
         model=model,
         preset_name="recommended",
         rank=16.0,
@@ -78,18 +81,18 @@ def train_inputs(model: str, **changes: Any) -> dict[str, Any]:
         eval_freq=5.0,
         live_metrics=True,
     )
-    return {**values, **changes}
+    return Controls(**{**values, **changes})
 
 
 @pytest.fixture
-def settings(tiny_model_dir: Path, tmp_path: Path) -> app.AppSettings:
+def settings(tiny_model_dir: Path, tmp_path: Path) -> AppSettings:
     """The app on the tiny model, with its runs and data cache in a fresh folder."""
-    return app.AppSettings(model=str(tiny_model_dir), device="cpu", out=tmp_path / "runs", cache=tmp_path / "cache")
+    return AppSettings(model=str(tiny_model_dir), device="cpu", out=tmp_path / "runs", cache=tmp_path / "cache")
 
 
 @pytest.fixture
-def lab(settings: app.AppSettings) -> Iterator[app.Lab]:
-    lab = app.Lab(settings)
+def lab(settings: AppSettings) -> Iterator[Lab]:
+    lab = Lab(settings)
     yield lab
     lab.job.stop()
     lab.job.wait(30)

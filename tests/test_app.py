@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Iterator
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -9,15 +10,24 @@ import gradio as gr
 import huggingface_hub
 import pandas as pd
 import pytest
-from app_fixtures import RunningApp, as_upload, running_app, train_inputs, upload_bytes
+from app_fixtures import RunningApp, as_upload, running_app, train_controls, upload_bytes
 from conftest import sms_zip_bytes
 from gradio_client import Client, handle_file
 from matplotlib.figure import Figure
 
 import app
-from engine.config import LORA_TARGETS
+from engine.config import LORA_TARGETS, RunConfig
+from engine.data import SOURCES
 from engine.errors import ConfigError
 from engine.job import JobSnapshot
+from ui.classify_tab import EXAMPLE_MESSAGES, ClassifyTab
+from ui.controls import Controls, run_config
+from ui.data_tab import DataTab
+from ui.lab import Lab
+from ui.model_tab import ControlWidgets, ModelTab
+from ui.parameters_tab import ParametersTab
+from ui.settings import AppSettings
+from ui.train_tab import MAX_BATCH_POINTS, TrainTab, live_views, loss_frame, new_run_dir
 
 API_NAMES = {
     "download_data",
@@ -38,7 +48,7 @@ API_NAMES = {
 }
 
 
-def wait_until_idle(lab: app.Lab, timeout: float = 120.0) -> JobSnapshot:
+def wait_until_idle(lab: Lab, timeout: float = 120.0) -> JobSnapshot:
     assert lab.job.wait(timeout), "the training job did not finish"
     return lab.job.snapshot()
 
@@ -53,7 +63,7 @@ def frame(value: Any) -> pd.DataFrame:
 # --- building and configuration ---------------------------------------------------------------
 
 
-def test_build_ui_loads_nothing_and_names_every_event(settings: app.AppSettings) -> None:
+def test_build_ui_loads_nothing_and_names_every_event(settings: AppSettings) -> None:
     demo = app.build_ui(settings)
     names = {fn.api_name for fn in demo.fns.values()}
     assert API_NAMES <= names
@@ -62,37 +72,52 @@ def test_build_ui_loads_nothing_and_names_every_event(settings: app.AppSettings)
     assert not settings.out.exists() and not settings.cache.exists()  # building touches no files
 
 
-def test_run_config_turns_widget_values_into_a_validated_config(settings: app.AppSettings, tmp_path: Path) -> None:
-    values = train_inputs(settings.model, rank=4.0, max_steps=0.0, padding="longest")
-    del values["model"], values["preset_name"]
-    cfg = app.run_config(settings, settings.model, "book", **values, out_dir=tmp_path / "run")
+def test_run_config_turns_widget_values_into_a_validated_config(settings: AppSettings, tmp_path: Path) -> None:
+    controls = train_controls(settings.model, preset_name="book", rank=4.0, max_steps=0.0, padding="longest")
+    cfg = run_config(settings, controls, tmp_path / "run")
     assert (cfg.lora.rank, cfg.train.epochs, cfg.train.batch_size, cfg.train.max_steps) == (4, 1, 8, None)
     assert cfg.train.group_by_length is False and cfg.preset == "book" and cfg.train.lr == 8e-4
     assert cfg.data is None  # nothing prepared yet: the job downloads first
     assert cfg.train.live_metrics is True
-    assert app.run_config(settings, settings.model, "book", **{**values, "live_metrics": False}, out_dir=tmp_path).train.live_metrics is False
+    assert run_config(settings, replace(controls, live_metrics=False), tmp_path).train.live_metrics is False
 
     settings.cache.mkdir()
     (settings.cache / "train.csv").write_text("Label,Text\n")
-    assert app.run_config(settings, settings.model, "book", **values, out_dir=tmp_path / "run").data == str(settings.cache)
+    assert run_config(settings, controls, tmp_path / "run").data == str(settings.cache)
 
     with pytest.raises(ConfigError, match="rank must be a whole number"):
-        app.run_config(settings, settings.model, "book", **{**values, "rank": 2.5}, out_dir=tmp_path)
+        run_config(settings, replace(controls, rank=2.5), tmp_path)
     with pytest.raises(ConfigError, match="targets is empty"):
-        app.run_config(settings, settings.model, "book", **{**values, "targets": []}, out_dir=tmp_path)
+        run_config(settings, replace(controls, targets=[]), tmp_path)
+
+
+def test_controls_round_trip_a_run_config_in_widget_order(settings: AppSettings) -> None:
+    cfg = RunConfig.from_preset("book", model=settings.model)
+    controls = Controls.of(cfg)
+    assert Controls(*controls.values()) == replace(controls, targets=list(cfg.lora.targets))  # a reload's outputs are Start's inputs
+    assert run_config(settings, controls, Path("unused")).lora == cfg.lora
+
+
+def test_every_event_that_passes_the_controls_passes_all_of_them_in_order(settings: AppSettings) -> None:
+    fns = {fn.api_name: fn for fn in app.build_ui(settings).fns.values()}
+    start = [block._id for block in fns["start"].inputs]
+    assert [block._id for block in fns["controls"].outputs] == start  # a reload refills exactly what Start sends
+    assert [block._id for block in fns["start_sweep"].inputs[1:]] == start  # the sweep trains the same controls
+    assert fns["start"].input_parameter_names == list(Controls.names())  # the API's parameter names
+    assert [field.name for field in fields(ControlWidgets)] == list(Controls.names())
 
 
 def test_new_run_dir_never_reuses_a_folder(tmp_path: Path) -> None:
-    first = app.new_run_dir(tmp_path)
+    first = new_run_dir(tmp_path)
     first.mkdir()
-    second = app.new_run_dir(tmp_path)
+    second = new_run_dir(tmp_path)
     assert second != first and second.name.startswith(first.name[:8])
 
 
 def test_cli_defaults_and_bad_model(capsys: pytest.CaptureFixture[str]) -> None:
     args = app.parse_args([])
     assert (args.host, args.port, args.share, args.device, args.model) == ("127.0.0.1", 7860, False, "auto", "gpt2-small")
-    assert tuple(args.data_urls) == app.SOURCES
+    assert tuple(args.data_urls) == SOURCES
     with pytest.raises(SystemExit):
         app.parse_args(["--model", "gpt2-huge"])
     assert "unknown model 'gpt2-huge'" in capsys.readouterr().err
@@ -101,10 +126,10 @@ def test_cli_defaults_and_bad_model(capsys: pytest.CaptureFixture[str]) -> None:
 # --- Data tab ------------------------------------------------------------------------------------
 
 
-def test_download_uses_the_backup_when_the_primary_fails(settings: app.AppSettings, http_server) -> None:
+def test_download_uses_the_backup_when_the_primary_fails(settings: AppSettings, http_server) -> None:
     http_server.routes["/backup.zip"] = (200, sms_zip_bytes(), {})
-    lab = app.Lab(app.AppSettings(model=settings.model, cache=settings.cache, data_urls=(http_server.url("/primary.zip"), http_server.url("/backup.zip"))))
-    status, counts, preview, histogram = lab.download_data()
+    lab = Lab(AppSettings(model=settings.model, cache=settings.cache, data_urls=(http_server.url("/primary.zip"), http_server.url("/backup.zip"))))
+    status, counts, preview, histogram = DataTab(lab).download_data()
     assert status.startswith(f"Data ready from {http_server.url('/backup.zip')}")
     assert f"{http_server.url('/primary.zip')}: failed: HTTP 404" in status
     assert dict(zip(counts[""], counts["messages"], strict=True)) == {
@@ -120,75 +145,75 @@ def test_download_uses_the_backup_when_the_primary_fails(settings: app.AppSettin
     assert isinstance(histogram, Figure)
     assert any("padding cut-off (book): 120 tokens" in text.get_text() for text in histogram.axes[0].get_legend().get_texts())
     # a reloaded page shows the same data
-    assert lab.show_data()[0] == status.split("\n")[0]
+    assert DataTab(lab).show_data()[0] == status.split("\n")[0]
 
 
-def test_download_failure_is_a_toast_with_the_engine_message(settings: app.AppSettings, http_server) -> None:
-    lab = app.Lab(app.AppSettings(cache=settings.cache, data_urls=(http_server.url("/nothing.zip"),)))
+def test_download_failure_is_a_toast_with_the_engine_message(settings: AppSettings, http_server) -> None:
+    lab = Lab(AppSettings(cache=settings.cache, data_urls=(http_server.url("/nothing.zip"),)))
     with pytest.raises(gr.Error, match="could not download from any source"):
-        lab.download_data()
-    assert lab.show_data()[0].startswith("No data yet")
+        DataTab(lab).download_data()
+    assert DataTab(lab).show_data()[0].startswith("No data yet")
 
 
-def test_upload_a_local_file(lab: app.Lab, sms_zip: Path, tmp_path: Path) -> None:
-    status, counts, _, _ = lab.upload_data(as_upload(sms_zip))
+def test_upload_a_local_file(lab: Lab, sms_zip: Path, tmp_path: Path) -> None:
+    status, counts, _, _ = DataTab(lab).upload_data(as_upload(sms_zip))
     assert status == "Data ready from the uploaded file sms_spam_collection.zip" and counts["messages"][0] == 5574
-    restarted = app.Lab(lab.settings)  # a new app process finds the splits and the summary saved in its cache
-    status, counts, _, _ = restarted.show_data()
+    restarted = Lab(lab.settings)  # a new app process finds the splits and the summary saved in its cache
+    status, counts, _, _ = DataTab(restarted).show_data()
     assert status == f"Data prepared earlier, read from {lab.settings.cache}" and counts["messages"][0] == 5574
     with pytest.raises(gr.Error, match="no tab between label and message"):
-        lab.upload_data(upload_bytes(b"hello world\n", "notes.txt"))
+        DataTab(lab).upload_data(upload_bytes(b"hello world\n", "notes.txt"))
     with pytest.raises(gr.Error, match="choose the SMS Spam Collection"):
-        lab.upload_data(None)
+        DataTab(lab).upload_data(None)
 
 
 # --- Model & LoRA, Parameters ----------------------------------------------------------------------
 
 
-def test_load_weights_from_a_local_folder_runs_the_sanity_generation(lab: app.Lab, tiny_model_dir: Path) -> None:
-    status, text = lab.load_weights(str(tiny_model_dir))
+def test_load_weights_from_a_local_folder_runs_the_sanity_generation(lab: Lab, tiny_model_dir: Path) -> None:
+    status, text = ModelTab(lab).load_weights(str(tiny_model_dir))
     assert status.startswith(f"{tiny_model_dir}: 2 layers, width 32; weights ") and "loaded on cpu" in status
     assert text.startswith("Every effort moves you") and len(text) > len("Every effort moves you")
 
 
-def test_unreachable_weights_say_where_to_put_them(lab: app.Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_weights_say_where_to_put_them(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))  # HF_HUB_OFFLINE=1: cache only
     with pytest.warns(UserWarning, match="model.safetensors"):
-        status, text = lab.load_weights("gpt2-small")
+        status, text = ModelTab(lab).load_weights("gpt2-small")
     assert status.startswith("Weights not available: could not get openai-community/gpt2/model.safetensors")
     assert "HF_ENDPOINT" in status and "HF_HUB_OFFLINE" in status and text == ""
-    assert lab.parameters("gpt2-small", 16, list(LORA_TARGETS), False)[1] is not None  # the rest still works
+    assert ParametersTab(lab).parameters("gpt2-small", 16, list(LORA_TARGETS), False)[1] is not None  # the rest still works
 
 
-def test_presets_set_their_controls(lab: app.Lab) -> None:
-    assert lab.apply_preset("book") == (16, 16.0, "alpha", "last", "longest", 5e-5, 5, 8)
-    assert lab.apply_preset("recommended") == (16, 16.0, "alpha_over_rank", "last_token", "batch", 8e-4, 5, 8)
+def test_presets_set_their_controls(lab: Lab) -> None:
+    assert ModelTab(lab).apply_preset("book") == (16, 16.0, "alpha", "last", "longest", 5e-5, 5, 8)
+    assert ModelTab(lab).apply_preset("recommended") == (16, 16.0, "alpha_over_rank", "last_token", "batch", 8e-4, 5, 8)
     with pytest.raises(gr.Error, match="unknown preset"):
-        lab.apply_preset("fastest")
+        ModelTab(lab).apply_preset("fastest")
 
 
-def test_parameters_match_the_book_and_follow_rank_and_targets(lab: app.Lab) -> None:
-    chart, table = lab.parameters("gpt2-small", 16.0, list(LORA_TARGETS), False)
+def test_parameters_match_the_book_and_follow_rank_and_targets(lab: Lab) -> None:
+    chart, table = ParametersTab(lab).parameters("gpt2-small", 16.0, list(LORA_TARGETS), False)
     rows = dict(zip(table[""], table["gpt2-small"], strict=True))
     assert rows["total parameters (before freezing)"] == "124,441,346"
     assert rows["LoRA trainable"] == "2,666,528"
     assert rows["ratio"] == "47x fewer"
     assert list(chart["parameters"]) == ["total (before freezing)", "frozen", "trainable with LoRA"]
 
-    smaller, _ = lab.parameters("gpt2-small", 4.0, ["attn.q_proj", "attn.v_proj"], False)
+    smaller, _ = ParametersTab(lab).parameters("gpt2-small", 4.0, ["attn.q_proj", "attn.v_proj"], False)
     assert smaller["millions"][2] < chart["millions"][2] / 10
     with pytest.raises(gr.Error, match="targets is empty"):
-        lab.parameters("gpt2-small", 16, [], False)
+        ParametersTab(lab).parameters("gpt2-small", 16, [], False)
 
 
 # --- Train and Classify ----------------------------------------------------------------------------
 
 
-def test_train_poll_classify_through_the_handlers(lab: app.Lab, settings: app.AppSettings, sms_zip: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_poll_classify_through_the_handlers(lab: Lab, settings: AppSettings, sms_zip: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(gr.Error, match="No trained adapter yet"):
-        lab.classify("hello", None)
-    assert lab.adapter_info().startswith("No trained adapter yet")
-    assert lab.controls() == (
+        ClassifyTab(lab).classify("hello", None)
+    assert ClassifyTab(lab).adapter_info().startswith("No trained adapter yet")
+    assert ModelTab(lab).controls() == (
         settings.model,
         "recommended",
         16,
@@ -205,21 +230,21 @@ def test_train_poll_classify_through_the_handlers(lab: app.Lab, settings: app.Ap
         50,
         True,
     )
-    idle = lab.attach()
+    idle = TrainTab(lab).attach()
     assert idle[0] == "ready: no run yet" and idle[2] is None and idle[5] is None  # None, never an empty frame, for the plots
     with pytest.raises(gr.Error, match="rank must be"):
-        lab.start_training(**train_inputs(settings.model, rank=0.0))
+        TrainTab(lab).start_training(train_controls(settings.model, rank=0.0))
 
-    lab.upload_data(as_upload(sms_zip))
-    first = lab.start_training(**train_inputs(settings.model))
+    DataTab(lab).upload_data(as_upload(sms_zip))
+    first = TrainTab(lab).start_training(train_controls(settings.model))
     assert first[0].startswith("running") and first[-1].active is True
-    again = lab.start_training(**train_inputs(settings.model, rank=2.0))
+    again = TrainTab(lab).start_training(train_controls(settings.model, rank=2.0))
     assert "already going" in capsys.readouterr().out  # gr.Info outside a request prints
     assert again[0].startswith("running")
     snapshot = wait_until_idle(lab)
     assert snapshot.state == "done" and snapshot.config.lora.rank == 16  # the refused start changed nothing
 
-    status, progress, loss, loss_again, live_confusion, live_scores, accuracy, baseline, final, book_plot, files, timer = lab.poll()
+    status, progress, loss, loss_again, live_confusion, live_scores, accuracy, baseline, final, book_plot, files, timer = TrainTab(lab).poll()
     assert status.startswith("done: step 12/12") and "step 12 of 12" in progress
     assert loss is loss_again and set(loss["split"]) == {"training batch", "train", "validation"}
     # the full validation set at the last estimate (after step 11, the book's step 10), and its scores at every estimate
@@ -233,35 +258,35 @@ def test_train_poll_classify_through_the_handlers(lab: app.Lab, settings: app.Ap
     assert list(final["split"]) == ["train", "validation", "test"] and final["messages"].tolist() == [1040, 149, 300]
     assert Path(book_plot).name == "loss.png" and [Path(f).name for f in files] == ["adapter.safetensors", "run.json"]
     assert timer.active is False
-    assert lab.stop_training().startswith("done")  # nothing to stop
-    assert lab.controls() == tuple(train_inputs(settings.model, rank=16, epochs=1, batch_size=8, max_steps=12, eval_freq=5).values())  # what a reload shows
+    assert TrainTab(lab).stop_training().startswith("done")  # nothing to stop
+    assert (
+        ModelTab(lab).controls() == train_controls(settings.model, rank=16, epochs=1, batch_size=8, max_steps=12, eval_freq=5).values()
+    )  # what a reload shows
 
-    fine_tuned, untrained, details = lab.classify(app.EXAMPLE_MESSAGES[0], None)
+    fine_tuned, untrained, details = ClassifyTab(lab).classify(EXAMPLE_MESSAGES[0], None)
     for scores in (fine_tuned, untrained):
         assert set(scores) == {"ham", "spam"} and abs(sum(scores.values()) - 1) < 1e-5
-    assert str(snapshot.saved.adapter_dir) in details and lab.adapter_info().endswith(str(snapshot.saved.adapter_dir))
+    assert str(snapshot.saved.adapter_dir) in details and ClassifyTab(lab).adapter_info().endswith(str(snapshot.saved.adapter_dir))
     # an uploaded adapter file works the same way
-    assert lab.classify(app.EXAMPLE_MESSAGES[0], as_upload(snapshot.saved.adapter_dir / "adapter.safetensors"))[0] == fine_tuned
+    assert ClassifyTab(lab).classify(EXAMPLE_MESSAGES[0], as_upload(snapshot.saved.adapter_dir / "adapter.safetensors"))[0] == fine_tuned
     with pytest.raises(gr.Error, match="empty"):
-        lab.classify("   ", None)
+        ClassifyTab(lab).classify("   ", None)
 
 
-def test_live_views_show_the_latest_estimate_or_say_why_there_is_none(settings: app.AppSettings) -> None:
-    from dataclasses import replace
-
+def test_live_views_show_the_latest_estimate_or_say_why_there_is_none(settings: AppSettings) -> None:
     from engine.evaluate import Metrics
     from engine.job import TrainingJob
     from engine.train import ValidationEvaluated
 
     idle = TrainingJob().snapshot()
-    assert app.live_views(idle) == ("<div id='live-note'>The full validation set is scored at each loss estimate.</div>", None)
-    off = replace(idle, config=app.RunConfig().with_train(live_metrics=False))
-    assert "off for this run" in app.live_views(off)[0]
+    assert live_views(idle) == ("<div id='live-note'>The full validation set is scored at each loss estimate.</div>", None)
+    off = replace(idle, config=RunConfig().with_train(live_metrics=False))
+    assert "off for this run" in live_views(off)[0]
     points = (
         ValidationEvaluated(0, 0.01, 8, Metrics(0.7, 0.5, [[10, 0], [10, 0]], 0.0, 0.0, 0.0, 20)),
         ValidationEvaluated(49, 0.4, 400, Metrics(0.2, 0.9, [[9, 1], [1, 9]], 0.9, 0.9, 0.9, 20)),
     )
-    confusion, scores = app.live_views(replace(idle, live=points))
+    confusion, scores = live_views(replace(idle, live=points))
     assert "Full validation set (20 messages) after step 50: accuracy 90.0%" in confusion and "(of spam)" in confusion
     assert ">9</td>" in confusion and ">10</td>" not in confusion  # the latest estimate only
     assert scores[scores["metric"] == "F1"][["step", "score (%)"]].values.tolist() == [[1, 0.0], [50, 90.0]]
@@ -271,23 +296,23 @@ def test_loss_frame_thins_long_runs_but_keeps_estimates_and_the_last_step() -> N
     from engine.job import LossRow
 
     rows = [LossRow(step, 8 * step, 1.0, "batch") for step in range(1, 2001)] + [LossRow(1000, 8000, 0.5, "validation")]
-    shown = app.loss_frame(rows)
+    shown = loss_frame(rows)
     batch = shown[shown["split"] == "training batch"]
-    assert len(batch) <= app.MAX_BATCH_POINTS + 1 and batch["step"].iloc[-1] == 2000
+    assert len(batch) <= MAX_BATCH_POINTS + 1 and batch["step"].iloc[-1] == 2000
     assert (shown["split"] == "validation").sum() == 1
-    assert app.loss_frame([]) is None
+    assert loss_frame([]) is None
 
 
 # --- the launched app, through gradio_client --------------------------------------------------------
 
 
 @pytest.fixture
-def served(settings: app.AppSettings) -> Iterator[RunningApp]:
+def served(settings: AppSettings) -> Iterator[RunningApp]:
     with running_app(settings) as running:
         yield running
 
 
-def test_gradio_client_drives_the_whole_app(served: RunningApp, settings: app.AppSettings, sms_zip: Path) -> None:
+def test_gradio_client_drives_the_whole_app(served: RunningApp, settings: AppSettings, sms_zip: Path) -> None:
     client = Client(served.url, verbose=False, analytics_enabled=False)
     endpoints = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
     assert {f"/{name}" for name in API_NAMES} <= endpoints
@@ -321,7 +346,7 @@ def test_gradio_client_drives_the_whole_app(served: RunningApp, settings: app.Ap
     assert client.predict(api_name="/adapter_info").startswith("Using the latest trained adapter")
 
 
-def test_second_visitor_is_told_and_any_visitor_can_stop(served: RunningApp, settings: app.AppSettings, sms_zip: Path) -> None:
+def test_second_visitor_is_told_and_any_visitor_can_stop(served: RunningApp, settings: AppSettings, sms_zip: Path) -> None:
     first = Client(served.url, verbose=False, analytics_enabled=False)
     second = Client(served.url, verbose=False, analytics_enabled=False)
     first.predict(handle_file(str(sms_zip)), api_name="/upload_data")

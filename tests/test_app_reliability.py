@@ -9,6 +9,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +17,31 @@ import gradio as gr
 import httpx
 import pytest
 import torch
-from app_fixtures import RunningApp, as_upload, running_app, train_inputs, upload_bytes
+from app_fixtures import RunningApp, as_upload, running_app, train_controls, upload_bytes
 from conftest import sms_zip_bytes, zip_of
 from gradio_client import Client, handle_file
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 import app
-import app_guards
 from engine.classifier import Classifier
 from engine.config import LORA_TARGETS
 from engine.memory import ADVICE
 from scripts.load_test import hammer, sample_messages, wrong_answers
+from ui.classify_tab import EXAMPLE_MESSAGES, MAX_BATCH_MESSAGES, ClassifyTab
+from ui.controls import run_config
+from ui.data_tab import DataTab
+from ui.guards import exposure_warnings
+from ui.lab import Lab
+from ui.model_tab import ModelTab
+from ui.parameters_tab import ParametersTab
+from ui.settings import AppSettings
+from ui.train_tab import TrainTab
 
 SPAM = "URGENT! You have won a 1 week FREE membership in our £100,000 prize Jackpot! Txt CLAIM to 81010"
 
 
 # --- fixtures ------------------------------------------------------------------------------------
-
-
 
 
 @pytest.fixture(scope="module")
@@ -44,18 +51,18 @@ def adapter_dir(trained_run: tuple[Any, list]) -> Path:
 
 
 @pytest.fixture
-def trained_lab(lab: app.Lab, adapter_dir: Path) -> app.Lab:
+def trained_lab(lab: Lab, adapter_dir: Path) -> Lab:
     """A lab whose runs folder holds a trained adapter: Classify works without training first."""
     shutil.copytree(adapter_dir, lab.settings.out / "20250101-000000" / "adapter")
     return lab
 
 
 @pytest.fixture
-def prepared_lab(tiny_model_dir: Path, tmp_path: Path, prepared_data: Path) -> Iterator[app.Lab]:
+def prepared_lab(tiny_model_dir: Path, tmp_path: Path, prepared_data: Path) -> Iterator[Lab]:
     """A lab whose data cache already holds the SMS splits and their summary (1045 training messages)."""
     cache = tmp_path / "cache"
     shutil.copytree(prepared_data, cache)
-    lab = app.Lab(app.AppSettings(model=str(tiny_model_dir), device="cpu", out=tmp_path / "runs", cache=cache))
+    lab = Lab(AppSettings(model=str(tiny_model_dir), device="cpu", out=tmp_path / "runs", cache=cache))
     yield lab
     lab.job.stop()
     lab.job.wait(30)
@@ -83,8 +90,8 @@ def assert_close(got: dict[str, float], want: dict[str, float]) -> None:
     ],
     ids=["emoji-and-scripts", "endoftext", "control-characters", "binary", "1MB"],
 )
-def test_any_text_is_classified_like_the_engine_does(trained_lab: app.Lab, adapter_dir: Path, message: str) -> None:
-    fine_tuned, untrained, details = trained_lab.classify(message, None)
+def test_any_text_is_classified_like_the_engine_does(trained_lab: Lab, adapter_dir: Path, message: str) -> None:
+    fine_tuned, untrained, details = ClassifyTab(trained_lab).classify(message, None)
     want = Classifier.load(adapter_dir, torch.device("cpu")).classify([message])[0]
     assert_close(fine_tuned, want.probabilities)
     assert abs(sum(untrained.values()) - 1) < 1e-5 and details.startswith(f"{want.tokens} tokens read")
@@ -102,16 +109,16 @@ def test_any_text_is_classified_like_the_engine_does(trained_lab: app.Lab, adapt
     ],
     ids=["empty", "whitespace", "control-only", "none", "number"],
 )
-def test_unusable_messages_are_refused_and_the_next_one_works(trained_lab: app.Lab, message: Any, problem: str) -> None:
+def test_unusable_messages_are_refused_and_the_next_one_works(trained_lab: Lab, message: Any, problem: str) -> None:
     with pytest.raises(gr.Error, match=problem):
-        trained_lab.classify(message, None)
-    assert trained_lab.classify(SPAM, None)[0]["spam"] >= 0
+        ClassifyTab(trained_lab).classify(message, None)
+    assert ClassifyTab(trained_lab).classify(SPAM, None)[0]["spam"] >= 0
 
 
-def test_a_batch_with_bad_lines_answers_the_good_ones(trained_lab: app.Lab, adapter_dir: Path) -> None:
+def test_a_batch_with_bad_lines_answers_the_good_ones(trained_lab: Lab, adapter_dir: Path) -> None:
     lines = [SPAM, "   ", "see you at lunch 🍕", "\x00\x01", "<|endoftext|>"]
     with pytest.warns(UserWarning, match=r"2 of 5 lines skipped: line 2 is empty: type a message to classify \(and 1 more\)"):
-        table = trained_lab.classify_many("\r\n".join(lines) + "\n\n", None)
+        table = ClassifyTab(trained_lab).classify_many("\r\n".join(lines) + "\n\n", None)
     assert table["line"].tolist() == [1, 2, 3, 4, 5]
     assert table["note"].tolist()[1] == "skipped: line 2 is empty: type a message to classify"
     assert table["note"].tolist()[3] == "skipped: line 4 holds only control characters: type a message to classify"
@@ -123,10 +130,10 @@ def test_a_batch_with_bad_lines_answers_the_good_ones(trained_lab: app.Lab, adap
         want = classifier.classify(lines[row.line - 1])[0]
         assert row.label == want.label and abs(row.probability - want.probabilities[want.label]) < 1e-4
     with pytest.raises(gr.Error, match="no messages"):
-        trained_lab.classify_many("\n\r\n", None)
-    with pytest.raises(gr.Error, match=f"at most {app.MAX_BATCH_MESSAGES}"):
-        trained_lab.classify_many("hi\n" * (app.MAX_BATCH_MESSAGES + 1), None)
-    assert trained_lab.classify_many("hello", None)["label"].tolist()[0] in ("ham", "spam")
+        ClassifyTab(trained_lab).classify_many("\n\r\n", None)
+    with pytest.raises(gr.Error, match=f"at most {MAX_BATCH_MESSAGES}"):
+        ClassifyTab(trained_lab).classify_many("hi\n" * (MAX_BATCH_MESSAGES + 1), None)
+    assert ClassifyTab(trained_lab).classify_many("hello", None)["label"].tolist()[0] in ("ham", "spam")
 
 
 # --- settings ------------------------------------------------------------------------------------
@@ -159,26 +166,24 @@ def test_a_batch_with_bad_lines_answers_the_good_ones(trained_lab: app.Lab, adap
     ],
     ids=lambda value: "-".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else None,
 )
-def test_bad_settings_are_refused_before_a_run_starts(prepared_lab: app.Lab, changes: dict[str, Any], problem: str) -> None:
+def test_bad_settings_are_refused_before_a_run_starts(prepared_lab: Lab, changes: dict[str, Any], problem: str) -> None:
     with pytest.raises(gr.Error, match=problem):
-        prepared_lab.start_training(**{**train_inputs(prepared_lab.settings.model), **changes})
+        TrainTab(prepared_lab).start_training(replace(train_controls(prepared_lab.settings.model), **changes))
     assert prepared_lab.job.snapshot().state == "idle"  # nothing started, nothing half-done
     assert not prepared_lab.settings.out.exists() or not any(prepared_lab.settings.out.iterdir())
     # the next action works: the Parameters tab answers for the same model
-    assert prepared_lab.parameters(prepared_lab.settings.model, 4, list(LORA_TARGETS), False)[1] is not None
+    assert ParametersTab(prepared_lab).parameters(prepared_lab.settings.model, 4, list(LORA_TARGETS), False)[1] is not None
 
 
-def test_max_steps_zero_means_every_epoch(prepared_lab: app.Lab) -> None:
-    values = train_inputs(prepared_lab.settings.model, max_steps=0.0)
-    del values["model"], values["preset_name"]
-    cfg = app.run_config(prepared_lab.settings, prepared_lab.settings.model, "recommended", **values, out_dir=Path("unused"))
+def test_max_steps_zero_means_every_epoch(prepared_lab: Lab) -> None:
+    cfg = run_config(prepared_lab.settings, train_controls(prepared_lab.settings.model, max_steps=0.0), Path("unused"))
     assert cfg.train.max_steps is None  # the label says so: "Stop after steps (0: all)"
 
 
 @pytest.mark.parametrize("rank", [0, 100], ids=["zero", "wider-than-the-layer"])
-def test_the_parameters_tab_names_a_bad_rank(lab: app.Lab, rank: int) -> None:
+def test_the_parameters_tab_names_a_bad_rank(lab: Lab, rank: int) -> None:
     with pytest.raises(gr.Error, match="rank"):
-        lab.parameters(lab.settings.model, rank, list(LORA_TARGETS), False)
+        ParametersTab(lab).parameters(lab.settings.model, rank, list(LORA_TARGETS), False)
 
 
 # --- data uploads --------------------------------------------------------------------------------
@@ -198,30 +203,30 @@ BAD_DATA = {
 
 
 @pytest.mark.parametrize("case", list(BAD_DATA))
-def test_bad_data_uploads_name_the_problem_and_keep_the_data(lab: app.Lab, case: str) -> None:
+def test_bad_data_uploads_name_the_problem_and_keep_the_data(lab: Lab, case: str) -> None:
     name, data, problem = BAD_DATA[case]
     with pytest.raises(gr.Error, match=problem):
-        lab.upload_data(upload_bytes(data(), name))
-    assert lab.show_data()[0].startswith("No data yet")  # nothing half-prepared was kept
+        DataTab(lab).upload_data(upload_bytes(data(), name))
+    assert DataTab(lab).show_data()[0].startswith("No data yet")  # nothing half-prepared was kept
     assert not (lab.settings.cache / "train.csv").exists()
 
 
-def test_blank_lines_crlf_and_a_header_are_tolerated_and_the_next_upload_works(lab: app.Lab, sms_zip: Path) -> None:
+def test_blank_lines_crlf_and_a_header_are_tolerated_and_the_next_upload_works(lab: Lab, sms_zip: Path) -> None:
     with zipfile.ZipFile(sms_zip) as archive:
         lines = archive.read("SMSSpamCollection").decode("utf-8").splitlines()
     messy = "label\ttext\r\n" + "\r\n\r\n".join(lines) + "\r\n\r\n"
     with pytest.raises(gr.Error):
-        lab.upload_data(upload_bytes(b"ham\thi\n", "SMSSpamCollection"))  # one class: refused first...
-    status, counts, _, _ = lab.upload_data(upload_bytes(messy.encode("utf-8"), "messy.tsv"))  # ...then a good file works
+        DataTab(lab).upload_data(upload_bytes(b"ham\thi\n", "SMSSpamCollection"))  # one class: refused first...
+    status, counts, _, _ = DataTab(lab).upload_data(upload_bytes(messy.encode("utf-8"), "messy.tsv"))  # ...then a good file works
     assert status == "Data ready from the uploaded file messy.tsv" and counts["messages"][0] == 5574
 
 
-def test_an_upload_over_the_size_limit_is_refused(lab: app.Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_upload_over_the_size_limit_is_refused(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
     import engine.data
 
     monkeypatch.setattr(engine.data, "MAX_SOURCE_BYTES", 10_000)
     with pytest.raises(gr.Error, match="over the 10,000-byte limit"):
-        lab.upload_data(as_upload(Path(__file__).parent / "fixtures" / "sms_spam_collection.zip"))
+        DataTab(lab).upload_data(as_upload(Path(__file__).parent / "fixtures" / "sms_spam_collection.zip"))
 
 
 @pytest.mark.parametrize(
@@ -229,22 +234,22 @@ def test_an_upload_over_the_size_limit_is_refused(lab: app.Lab, monkeypatch: pyt
     ["/etc/passwd", str(Path(__file__)), "http://127.0.0.1:9/sms.zip", "https://example.com/sms.zip", "../../etc/hosts"],
     ids=["system-file", "repository-file", "local-url", "url", "relative"],
 )
-def test_only_gradio_s_upload_copies_are_read(lab: app.Lab, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_gradio_s_upload_copies_are_read(lab: Lab, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import engine.data
 
     read: list[Any] = []
     monkeypatch.setattr(engine.data, "read_source_file", lambda source: read.append(source))
     monkeypatch.setattr(engine.data, "fetch_zip", lambda *args, **kwargs: read.append(args))
     with pytest.raises(gr.Error, match="only files uploaded through this page are read"):
-        lab.upload_data(path)
+        DataTab(lab).upload_data(path)
     with pytest.raises(gr.Error, match="only files uploaded through this page are read"):
-        lab.classify(SPAM, path)
+        ClassifyTab(lab).classify(SPAM, path)
     assert read == []
 
 
-def test_a_folder_inside_the_upload_area_is_not_read_either(lab: app.Lab, prepared_data: Path) -> None:
+def test_a_folder_inside_the_upload_area_is_not_read_either(lab: Lab, prepared_data: Path) -> None:
     with pytest.raises(gr.Error, match="only files uploaded through this page are read"):
-        lab.upload_data(as_upload(prepared_data))  # a prepared folder would otherwise be taken as the splits
+        DataTab(lab).upload_data(as_upload(prepared_data))  # a prepared folder would otherwise be taken as the splits
 
 
 # --- adapter uploads -----------------------------------------------------------------------------
@@ -310,16 +315,16 @@ def _plain_safetensors(tmp_path: Path) -> bytes:
 
 
 @pytest.mark.parametrize("case", list(BAD_ADAPTERS))
-def test_bad_adapter_uploads_are_refused_and_classify_still_works(trained_lab: app.Lab, adapter_dir: Path, tmp_path: Path, case: str) -> None:
+def test_bad_adapter_uploads_are_refused_and_classify_still_works(trained_lab: Lab, adapter_dir: Path, tmp_path: Path, case: str) -> None:
     name, data, problem = BAD_ADAPTERS[case]
     with pytest.raises(gr.Error, match=problem):
-        trained_lab.classify(SPAM, upload_bytes(data(adapter_dir, tmp_path), name))
+        ClassifyTab(trained_lab).classify(SPAM, upload_bytes(data(adapter_dir, tmp_path), name))
     assert not (tmp_path / "UNPICKLED").exists()
-    assert_close(trained_lab.classify(SPAM, None)[0], engine_answer(adapter_dir, SPAM))  # the trained adapter still answers
+    assert_close(ClassifyTab(trained_lab).classify(SPAM, None)[0], engine_answer(adapter_dir, SPAM))  # the trained adapter still answers
 
 
-def test_an_adapter_for_the_model_given_at_start_is_loaded_from_an_upload(trained_lab: app.Lab, adapter_dir: Path) -> None:
-    fine_tuned, _, details = trained_lab.classify(SPAM, as_upload(adapter_dir / "adapter.safetensors"))
+def test_an_adapter_for_the_model_given_at_start_is_loaded_from_an_upload(trained_lab: Lab, adapter_dir: Path) -> None:
+    fine_tuned, _, details = ClassifyTab(trained_lab).classify(SPAM, as_upload(adapter_dir / "adapter.safetensors"))
     assert_close(fine_tuned, engine_answer(adapter_dir, SPAM))
     assert "adapter.safetensors" in details
 
@@ -327,16 +332,16 @@ def test_an_adapter_for_the_model_given_at_start_is_loaded_from_an_upload(traine
 # --- models: the four sizes and --model, nothing typed ---------------------------------------------
 
 
-def test_the_model_dropdown_offers_the_sizes_and_the_command_line_folder_only(settings: app.AppSettings, lab: app.Lab) -> None:
+def test_the_model_dropdown_offers_the_sizes_and_the_command_line_folder_only(settings: AppSettings, lab: Lab) -> None:
     demo = app.build_ui(settings, lab)
     (dropdown,) = [block for block in demo.blocks.values() if isinstance(block, gr.Dropdown) and block.elem_id == "model"]
     assert dropdown.allow_custom_value is False
     assert [value for _, value in dropdown.choices] == ["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", settings.model]
     for typed in ("/etc", "../tiny", "https://huggingface.co/gpt2", "gpt2-huge"):
         with pytest.raises(gr.Error, match="unknown model"):
-            lab.load_weights(typed)
+            ModelTab(lab).load_weights(typed)
         with pytest.raises(gr.Error, match="unknown model"):
-            lab.parameters(typed, 4, list(LORA_TARGETS), False)
+            ParametersTab(lab).parameters(typed, 4, list(LORA_TARGETS), False)
 
 
 # --- Stop during the download, training and evaluation ---------------------------------------------
@@ -354,44 +359,45 @@ def stop_when(condition, stop, timeout: float = 30.0) -> threading.Thread:
     return thread
 
 
-def test_stop_during_the_data_download(settings: app.AppSettings, http_server) -> None:
+def test_stop_during_the_data_download(settings: AppSettings, http_server) -> None:
     http_server.routes["/sms.zip"] = (200, sms_zip_bytes(), {})
     http_server.trickle["/sms.zip"] = 0.02
-    lab = app.Lab(app.AppSettings(model=settings.model, cache=settings.cache, data_urls=(http_server.url("/sms.zip"),)))
+    lab = Lab(AppSettings(model=settings.model, cache=settings.cache, data_urls=(http_server.url("/sms.zip"),)))
+
     def partial() -> bool:  # the temporary file beside the zip has received bytes
         try:
             return any(p.stat().st_size > 0 for p in settings.cache.iterdir())
         except OSError:
             return False
 
-    watcher = stop_when(partial, lab.stop_download)
+    watcher = stop_when(partial, DataTab(lab).stop_download)
     with pytest.warns(UserWarning, match="Download stopped; nothing was kept"):
-        status, counts, _, _ = lab.download_data()
+        status, counts, _, _ = DataTab(lab).download_data()
     watcher.join()
     assert status.startswith("Download stopped; nothing was kept. Press Download to start again.") and counts is None
     assert not [p for p in settings.cache.iterdir() if p.is_file()]  # the partial zip is gone
     http_server.trickle.clear()
-    status, counts, _, _ = lab.download_data()  # the next Download works
+    status, counts, _, _ = DataTab(lab).download_data()  # the next Download works
     assert status.startswith("Data ready") and counts["messages"][0] == 5574
 
 
-def test_stop_while_a_run_downloads_its_data(settings: app.AppSettings, http_server) -> None:
+def test_stop_while_a_run_downloads_its_data(settings: AppSettings, http_server) -> None:
     http_server.routes["/sms.zip"] = (200, sms_zip_bytes(), {})
     http_server.trickle["/sms.zip"] = 0.02
-    lab = app.Lab(app.AppSettings(model=settings.model, device="cpu", out=settings.out, cache=settings.cache, data_urls=(http_server.url("/sms.zip"),)))
-    lab.start_training(**train_inputs(settings.model))
+    lab = Lab(AppSettings(model=settings.model, device="cpu", out=settings.out, cache=settings.cache, data_urls=(http_server.url("/sms.zip"),)))
+    TrainTab(lab).start_training(train_controls(settings.model))
     deadline = time.monotonic() + 30
-    while "downloading data from" not in lab.poll()[0]:
+    while "downloading data from" not in TrainTab(lab).poll()[0]:
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    assert lab.stop_training() == "stopping after the current step..."
+    assert TrainTab(lab).stop_training() == "stopping after the current step..."
     assert lab.job.wait(5)
-    status, *_, timer = lab.poll()
+    status, *_, timer = TrainTab(lab).poll()
     assert status.startswith("stopped: before training") and timer.active is False  # ready again
-    assert lab.show_data()[0].startswith("No data yet")
+    assert DataTab(lab).show_data()[0].startswith("No data yet")
 
 
-def test_stop_during_the_baseline_evaluation_keeps_an_adapter_classify_uses(lab: app.Lab, sms_zip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stop_during_the_baseline_evaluation_keeps_an_adapter_classify_uses(lab: Lab, sms_zip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import engine.run
 
     real, entered = engine.run.evaluate, threading.Event()
@@ -403,16 +409,16 @@ def test_stop_during_the_baseline_evaluation_keeps_an_adapter_classify_uses(lab:
         return real(model, loader, device, pooling, num_batches, should_stop)
 
     monkeypatch.setattr(engine.run, "evaluate", slow)
-    lab.upload_data(as_upload(sms_zip))
-    lab.start_training(**train_inputs(lab.settings.model))
+    DataTab(lab).upload_data(as_upload(sms_zip))
+    TrainTab(lab).start_training(train_controls(lab.settings.model))
     assert entered.wait(60)
-    assert "measuring baseline accuracy" in lab.poll()[0]
-    lab.stop_training()
+    assert "measuring baseline accuracy" in TrainTab(lab).poll()[0]
+    TrainTab(lab).stop_training()
     assert lab.job.wait(10)
-    status, *_, files, timer = lab.poll()
+    status, *_, files, timer = TrainTab(lab).poll()
     assert status.startswith("stopped: step 0/") and timer.active is False
     assert [Path(f).name for f in files] == ["adapter.safetensors", "run.json"]
-    assert set(lab.classify(SPAM, None)[0]) == {"ham", "spam"}  # the stopped run's adapter is usable
+    assert set(ClassifyTab(lab).classify(SPAM, None)[0]) == {"ham", "spam"}  # the stopped run's adapter is usable
 
 
 # --- out of memory -------------------------------------------------------------------------------
@@ -421,9 +427,7 @@ OOM_ERRORS = [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.0
 
 
 @pytest.mark.parametrize("error", OOM_ERRORS, ids=["cuda", "mps", "host"])
-def test_out_of_memory_while_classifying_gives_advice_and_the_app_recovers(
-    trained_lab: app.Lab, monkeypatch: pytest.MonkeyPatch, error: BaseException
-) -> None:
+def test_out_of_memory_while_classifying_gives_advice_and_the_app_recovers(trained_lab: Lab, monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
     def exhausted(*args: Any, **kwargs: Any) -> Any:
         raise error
 
@@ -431,47 +435,48 @@ def test_out_of_memory_while_classifying_gives_advice_and_the_app_recovers(
         patch.setattr(Classifier, "compare_with_base", exhausted)
         patch.setattr(Classifier, "classify", exhausted)
         with pytest.raises(gr.Error, match=re.escape(f"out of memory on cpu while classifying: {ADVICE}")):
-            trained_lab.classify(SPAM, None)
+            ClassifyTab(trained_lab).classify(SPAM, None)
         with pytest.raises(gr.Error, match="out of memory on cpu while classifying: choose a smaller model size or a smaller batch size"):
-            trained_lab.classify_many(SPAM, None)
-    assert set(trained_lab.classify(SPAM, None)[0]) == {"ham", "spam"}
+            ClassifyTab(trained_lab).classify_many(SPAM, None)
+    assert set(ClassifyTab(trained_lab).classify(SPAM, None)[0]) == {"ham", "spam"}
 
 
-def test_out_of_memory_while_loading_weights_or_training(lab: app.Lab, sms_zip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_out_of_memory_while_loading_weights_or_training(lab: Lab, sms_zip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import engine.job
+    import ui.model_tab
 
     with monkeypatch.context() as patch:
-        patch.setattr(app, "load_model", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory")))
+        patch.setattr(ui.model_tab, "load_model", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory")))
         with pytest.raises(gr.Error, match=re.escape(f"out of memory on cpu while loading {lab.settings.model}: {ADVICE}")):
-            lab.load_weights(lab.settings.model)
-    assert "2 layers" in lab.load_weights(lab.settings.model)[0]
+            ModelTab(lab).load_weights(lab.settings.model)
+    assert "2 layers" in ModelTab(lab).load_weights(lab.settings.model)[0]
 
     def exhausted(cfg, stop=None, on_download=None):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
         yield
 
-    lab.upload_data(as_upload(sms_zip))
+    DataTab(lab).upload_data(as_upload(sms_zip))
     with monkeypatch.context() as patch:
         patch.setattr(engine.job, "fine_tune", exhausted)
-        lab.start_training(**train_inputs(lab.settings.model))
+        TrainTab(lab).start_training(train_controls(lab.settings.model))
         assert lab.job.wait(10)
-        status, *_, timer = lab.poll()
+        status, *_, timer = TrainTab(lab).poll()
         assert status.startswith("failed: out of memory on cpu while loading data: choose a smaller model size or a smaller batch size")
         assert timer.active is False
-    lab.start_training(**train_inputs(lab.settings.model, max_steps=2.0))
-    assert lab.job.wait(60) and lab.poll()[0].startswith("done: step 2/2")
+    TrainTab(lab).start_training(train_controls(lab.settings.model, max_steps=2.0))
+    assert lab.job.wait(60) and TrainTab(lab).poll()[0].startswith("done: step 2/2")
 
 
 # --- the launched app: gradio_client, many visitors, what is served, login -----------------------------
 
 
 @pytest.fixture
-def served(trained_lab: app.Lab) -> Iterator[RunningApp]:
+def served(trained_lab: Lab) -> Iterator[RunningApp]:
     with running_app(trained_lab.settings) as running:
         yield running
 
 
-def test_bad_input_through_gradio_client(served: RunningApp, settings: app.AppSettings, sms_zip: Path) -> None:
+def test_bad_input_through_gradio_client(served: RunningApp, settings: AppSettings, sms_zip: Path) -> None:
     client = Client(served.url, verbose=False, analytics_enabled=False)
     for message, problem in [("", "empty"), (" \t ", "empty"), ("\x00\x01", "control characters")]:
         with pytest.raises(Exception, match=problem):
@@ -499,7 +504,7 @@ def test_bad_input_through_gradio_client(served: RunningApp, settings: app.AppSe
     for endpoint, arguments in [("upload_data", []), ("classify", [SPAM])]:
         answer = raw_call(served.url, endpoint, [*arguments, {"path": str(sms_zip), "meta": {"_type": "gradio.FileData"}}])
         assert answer.startswith("event: error"), answer  # Gradio refuses it before any handler runs
-    assert served.lab.show_data()[0].startswith("No data yet")
+    assert DataTab(served.lab).show_data()[0].startswith("No data yet")
     table = client.predict(f"{SPAM}\n \t \nsee you at lunch", None, api_name="/classify_many")  # one bad line among good ones
     labels = [row[2] for row in table["data"]]
     assert labels[0] in ("ham", "spam") and labels[1] == "" and labels[2] in ("ham", "spam")
@@ -521,8 +526,8 @@ def write_bytes(path: Path, data: bytes) -> Path:
     return path
 
 
-def test_uploads_over_the_launch_limit_are_refused(trained_lab: app.Lab, tmp_path: Path) -> None:
-    small = app.AppSettings(model=trained_lab.settings.model, device="cpu", out=trained_lab.settings.out, cache=trained_lab.settings.cache, max_upload_mb=1)
+def test_uploads_over_the_launch_limit_are_refused(trained_lab: Lab, tmp_path: Path) -> None:
+    small = AppSettings(model=trained_lab.settings.model, device="cpu", out=trained_lab.settings.out, cache=trained_lab.settings.cache, max_upload_mb=1)
     big = write_bytes(tmp_path / "big.zip", b"\0" * (2 * 1024 * 1024))
     with running_app(small) as running:
         client = Client(running.url, verbose=False, analytics_enabled=False)
@@ -539,7 +544,7 @@ def test_twenty_visitors_classifying_at_once_all_get_the_engine_s_answer(served:
     assert wrong_answers(report, adapter_dir) == []
 
 
-def test_classify_stays_fast_while_training_runs(served: RunningApp, settings: app.AppSettings, sms_zip: Path) -> None:
+def test_classify_stays_fast_while_training_runs(served: RunningApp, settings: AppSettings, sms_zip: Path) -> None:
     demo_fns = {fn.api_name: fn for fn in app.build_ui(settings, served.lab).fns.values()}
     assert demo_fns["classify"].concurrency_id == demo_fns["classify_many"].concurrency_id == "classify"
     assert demo_fns["classify"].concurrency_id != demo_fns["start"].concurrency_id
@@ -553,7 +558,7 @@ def test_classify_stays_fast_while_training_runs(served: RunningApp, settings: a
         assert time.monotonic() < deadline
         time.sleep(0.05)
     latencies = []
-    for message in app.EXAMPLE_MESSAGES:
+    for message in EXAMPLE_MESSAGES:
         started = time.perf_counter()
         assert client.predict(message, None, api_name="/classify")[0]["label"] in ("ham", "spam")
         latencies.append(time.perf_counter() - started)
@@ -572,7 +577,7 @@ def test_only_run_outputs_are_served(served: RunningApp) -> None:
             assert http.get(f"gradio_api/file={forbidden}").status_code in (403, 404), forbidden
 
 
-def test_login_is_asked_when_auth_is_given(trained_lab: app.Lab) -> None:
+def test_login_is_asked_when_auth_is_given(trained_lab: Lab) -> None:
     with running_app(trained_lab.settings, auth=("demo", "s3cret:pw")) as running:
         with pytest.raises(Exception):  # noqa: B017 - gradio_client raises a plain ValueError or an httpx error here
             Client(running.url, verbose=False, analytics_enabled=False).predict(SPAM, None, api_name="/classify")
@@ -610,4 +615,4 @@ def test_auth_and_upload_limit_options(monkeypatch: pytest.MonkeyPatch, capsys: 
         with pytest.raises(SystemExit):
             app.parse_args(bad)
     assert "USER:PASSWORD" in capsys.readouterr().err
-    assert app_guards.exposure_warnings("localhost", False, None) == []
+    assert exposure_warnings("localhost", False, None) == []

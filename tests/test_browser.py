@@ -20,7 +20,10 @@ import pytest
 from app_fixtures import RunningApp, running_app
 from conftest import sms_zip_bytes
 
-import app
+from engine.config import LORA_TARGETS
+from ui.classify_tab import EXAMPLE_MESSAGES
+from ui.parameters_tab import ParametersTab
+from ui.settings import AppSettings
 
 IN_CI = os.getenv("CI", "").strip().lower() in ("1", "true", "yes")
 if IN_CI:
@@ -53,7 +56,7 @@ def browser() -> Iterator["sync_api.Browser"]:
 def served(tiny_model_dir: Path, tmp_path: Path, http_server) -> Iterator[RunningApp]:
     """The app on the tiny model, downloading the SMS zip from 127.0.0.1 (the primary URL 404s)."""
     http_server.routes["/backup.zip"] = (200, sms_zip_bytes(), {"Content-Type": "application/zip"})
-    settings = app.AppSettings(
+    settings = AppSettings(
         model=str(tiny_model_dir),
         device="cpu",
         out=tmp_path / "runs",
@@ -157,7 +160,7 @@ def test_demo_in_a_real_browser(page: "sync_api.Page", served: RunningApp, http_
 
     open_tab(page, "Parameters")
     expect(lora_bar).not_to_have_attribute("aria-label", before, timeout=20_000)
-    lora_trainable = served.lab.parameters(served.lab.settings.model, 4, list(app.LORA_TARGETS), False)[1].iloc[2, 1]
+    lora_trainable = ParametersTab(served.lab).parameters(served.lab.settings.model, 4, list(LORA_TARGETS), False)[1].iloc[2, 1]
     expect(page.locator("#param-table")).to_contain_text(lora_trainable)
     screenshot(page, "parameters")
 
@@ -220,7 +223,7 @@ def test_demo_in_a_real_browser(page: "sync_api.Page", served: RunningApp, http_
     open_tab(page, "Classify")
     expect(page.locator("#adapter-status")).to_contain_text("Using the latest trained adapter", timeout=10_000)
     page.locator("button.gallery-item").first.click()  # the first example (its label is cut short)
-    expect(page.locator("#message textarea")).to_have_value(app.EXAMPLE_MESSAGES[0])
+    expect(page.locator("#message textarea")).to_have_value(EXAMPLE_MESSAGES[0])
     page.get_by_role("button", name="Classify", exact=True).click()
     for label in ("#prediction-after", "#prediction-before"):
         expect(page.locator(f"{label} [data-testid='label-output-value']")).to_have_text(re.compile("^(ham|spam)$"), timeout=60_000)

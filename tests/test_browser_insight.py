@@ -17,7 +17,8 @@ import test_browser
 from app_fixtures import RunningApp, running_app
 from test_browser import app_page, expect, open_tab, screenshot, set_number, sync_api
 
-import app
+from ui.classify_tab import EXAMPLE_MESSAGES
+from ui.settings import AppSettings
 
 pytestmark = pytest.mark.browser
 
@@ -29,7 +30,7 @@ browser = test_browser.browser  # the same module-scoped chromium fixture
 def served(tiny_model_dir: Path, finished_runs: Path, small_data: Path, tmp_path: Path) -> Iterator[RunningApp]:
     shutil.copytree(finished_runs, tmp_path / "runs")
     shutil.copytree(small_data, tmp_path / "cache")
-    settings = app.AppSettings(
+    settings = AppSettings(
         model=str(tiny_model_dir), device="cpu", out=tmp_path / "runs", cache=tmp_path / "cache", data_urls=("http://127.0.0.1:9/none.zip",)
     )
     with running_app(settings) as running:
@@ -61,7 +62,7 @@ def test_insight_views_in_a_real_browser(page: "sync_api.Page", served: RunningA
 
     # Classify: why this answer
     open_tab(page, "Classify")
-    page.locator("#message textarea").fill(app.EXAMPLE_MESSAGES[2])
+    page.locator("#message textarea").fill(EXAMPLE_MESSAGES[2])
     page.get_by_role("button", name="Explain this message").click()
     expect(page.locator("#token-heatmap .token").first).to_be_attached(timeout=60_000)
     assert page.locator("#token-heatmap .token").count() > 10

@@ -12,121 +12,122 @@ import gradio as gr
 import insight_fixtures
 import pandas as pd
 import pytest
-from app_fixtures import RunningApp, running_app, train_inputs, upload_bytes
+from app_fixtures import RunningApp, running_app, train_controls, upload_bytes
 from conftest import SMS_ZIP
 from gradio_client import Client, handle_file
 from insight_fixtures import write_three_classes
 
-import app
-import insight_ui
 from engine.data import prepare
 from engine.explain import TokenScore, WordInfluence
 from engine.job import TrainingJob
 from engine.sweep import SweepPoint
+from ui.classify_tab import ClassifyTab, influence_frame, token_heatmap_html
+from ui.data_tab import DataTab, counts_frame, quality_markdown
+from ui.evaluate_tab import EvaluateTab
+from ui.lab import Lab
+from ui.runs_tab import RunsTab, all_runs, sweep_frame, sweep_status
+from ui.settings import AppSettings
+from ui.train_tab import TrainTab
+from ui.views import PALETTE, confusion_html
 
 small_data, finished_runs = insight_fixtures.small_data, insight_fixtures.finished_runs  # fixtures shared with the browser test
 
 
 @pytest.fixture
-def lab(tiny_model_dir: Path, finished_runs: Path, small_data: Path, tmp_path: Path) -> Iterator[app.Lab]:
+def lab(tiny_model_dir: Path, finished_runs: Path, small_data: Path, tmp_path: Path) -> Iterator[Lab]:
     runs = tmp_path / "runs"
     shutil.copytree(finished_runs, runs)
     cache = tmp_path / "cache"
     shutil.copytree(small_data, cache)
-    lab = app.Lab(app.AppSettings(model=str(tiny_model_dir), device="cpu", out=runs, cache=cache))
+    lab = Lab(AppSettings(model=str(tiny_model_dir), device="cpu", out=runs, cache=cache))
     yield lab
     lab.job.stop()
     lab.job.wait(30)
-
-
-@pytest.fixture
-def insight(lab: app.Lab) -> insight_ui.Insight:
-    return insight_ui.Insight(lab, app.run_config)
 
 
 # --- plain helpers ---------------------------------------------------------------------------------
 
 
 def test_confusion_table_names_true_and_predicted_classes() -> None:
-    table = insight_ui.confusion_html([[5, 1], [2, 7]], ("ham", "spam"), "validation <set>")
+    table = confusion_html([[5, 1], [2, 7]], ("ham", "spam"), "validation <set>")
     assert "true ham" in table and "predicted spam" in table and ">7</td>" in table
     assert "validation &lt;set&gt;" in table  # captions and labels are escaped
 
 
 def test_token_heat_map_escapes_tokens_and_shades_by_probability() -> None:
-    heat = insight_ui.token_heatmap_html([TokenScore("<b>", 0.1), TokenScore(" win", 0.9)], "spam")
+    heat = token_heatmap_html([TokenScore("<b>", 0.1), TokenScore(" win", 0.9)], "spam")
     assert "&lt;b&gt;" in heat and "<b>" not in heat
     assert "rgba(31,119,180" in heat and "rgba(214,39,40" in heat and "After the last token: 0.900" in heat
 
 
 def test_word_influence_labels_repeated_words_apart() -> None:
-    frame = insight_ui.influence_frame([WordInfluence("win", 0.2, 0.5), WordInfluence("win", 0.6, 0.1), WordInfluence("hi", 0.8, -0.1)], "spam")
+    frame = influence_frame([WordInfluence("win", 0.2, 0.5), WordInfluence("win", 0.6, 0.1), WordInfluence("hi", 0.8, -0.1)], "spam")
     assert frame["word"].tolist() == ["win", "win (2)", "hi"]
     assert frame["direction"].tolist() == ["towards spam", "towards spam", "away from spam"]
-    assert insight_ui.influence_frame([], "spam") is None
+    assert influence_frame([], "spam") is None
 
 
 def test_data_quality_and_counts_show_every_class(small_data: Path) -> None:
     prepared = prepare(str(small_data), small_data)
     summary = prepared.summary
-    text = insight_ui.quality_markdown(summary)
+    text = quality_markdown(summary)
     assert "distinct texts" in text and "train & test" in text and "Not de-duplicated" in text
-    assert insight_ui.quality_markdown(None) == "Data quality: no data yet."
-    counts = app.counts_frame(prepared)
+    assert quality_markdown(None) == "Data quality: no data yet."
+    counts = counts_frame(prepared)
     assert counts[""].tolist() == ["messages", "ham", "spam", "balanced", "train", "validation", "test"]
     three = prepare(str(write_three_classes(small_data.parent)), small_data.parent / "three")
-    assert app.counts_frame(three)[""].tolist()[1:4] == ["bills", "friends", "work"]  # your own labels, not ham/spam
+    assert counts_frame(three)[""].tolist()[1:4] == ["bills", "friends", "work"]  # your own labels, not ham/spam
 
 
 def test_sweep_frame_and_status() -> None:
-    assert insight_ui.sweep_frame([]) is None
-    frame = insight_ui.sweep_frame([SweepPoint(2, 1000, 0.9, 1.5, Path("runs/sweep/rank-2")), SweepPoint(4, 2000, None, 0.5, Path("x"))])
+    assert sweep_frame([]) is None
+    frame = sweep_frame([SweepPoint(2, 1000, 0.9, 1.5, Path("runs/sweep/rank-2")), SweepPoint(4, 2000, None, 0.5, Path("x"))])
     assert frame["rank"].tolist() == ["2", "4"] and frame["test accuracy (%)"].tolist()[0] == 90.0
-    assert insight_ui.sweep_status(TrainingJob().snapshot()).startswith("No sweep yet")
+    assert sweep_status(TrainingJob().snapshot()).startswith("No sweep yet")
 
 
 # --- handlers over a finished run ------------------------------------------------------------------
 
 
-def test_evaluate_a_finished_run_at_any_threshold(insight: insight_ui.Insight) -> None:
-    assert insight.evaluation_choices().value == "first-run"
-    summary, confusion, metrics, roc, wrong = insight.evaluate("first-run", "validation", 0.5)
+def test_evaluate_a_finished_run_at_any_threshold(lab: Lab) -> None:
+    assert EvaluateTab(lab).evaluation_choices().value == "first-run"
+    summary, confusion, metrics, roc, wrong = EvaluateTab(lab).evaluate("first-run", "validation", 0.5)
     assert "full validation set: 8 messages" in summary and "AUC" in summary
     assert "true spam" in confusion and metrics.columns[1] == "threshold 0.50"
     assert set(roc["curve"]) == {"ROC curve", "chance"} and roc["true positive rate"].max() == 1.0
     assert wrong is not None and list(wrong.columns) == ["message", "true", "predicted", "P(spam)"]
-    everything_spam = insight.evaluate("first-run", "test", 0.0)[2]
+    everything_spam = EvaluateTab(lab).evaluate("first-run", "test", 0.0)[2]
     assert everything_spam.iloc[2, 1] == 1.0  # recall of spam at threshold 0
-    summary, confusion, metrics, _, ham_wrong = insight.evaluate("first-run", "validation", 0.5, "ham")  # either class can be the positive one
+    summary, confusion, metrics, _, ham_wrong = EvaluateTab(lab).evaluate("first-run", "validation", 0.5, "ham")  # either class can be the positive one
     assert "**ham** when P(ham)" in summary and "one vs rest" not in summary and metrics.iloc[1, 0] == "precision (ham)"
     assert confusion.index("true spam") < confusion.index("true ham")  # the rest first, the positive class second
     assert sorted(ham_wrong["message"]) == sorted(wrong["message"])  # two classes: the same mistakes either way
-    assert insight.evaluate(None, "validation", 0.5)[0].startswith("No finished run yet")
+    assert EvaluateTab(lab).evaluate(None, "validation", 0.5)[0].startswith("No finished run yet")
     with pytest.raises(gr.Error, match="from 0 to 1"):
-        insight.evaluate("first-run", "validation", 1.5)
+        EvaluateTab(lab).evaluate("first-run", "validation", 1.5)
     with pytest.raises(gr.Error, match="press Refresh"):
-        insight.evaluate("../elsewhere", "validation", 0.5)
+        EvaluateTab(lab).evaluate("../elsewhere", "validation", 0.5)
     with pytest.raises(gr.Error, match="choose validation or test"):
-        insight.evaluate("first-run", "train", 0.5)
+        EvaluateTab(lab).evaluate("first-run", "train", 0.5)
 
 
-def test_evaluate_without_texts_and_a_record_of_an_older_version(insight: insight_ui.Insight, lab: app.Lab) -> None:
+def test_evaluate_without_texts_and_a_record_of_an_older_version(lab: Lab) -> None:
     record_path = lab.settings.out / "first-run" / "run.json"
     record = json.loads(record_path.read_text())
     record["config"]["data"] = str(lab.settings.out / "gone")
     record_path.write_text(json.dumps(record))
-    summary, *_, wrong = insight.evaluate("first-run", "validation", 0.5)
+    summary, *_, wrong = EvaluateTab(lab).evaluate("first-run", "validation", 0.5)
     assert "texts are not shown" in summary and wrong is None
     validation = record["scores"]["validation"]
     old = {"labels": [0, 0, 1, 1, 1], "p_positive": [0.1, 0.6, 0.3, 0.8, 0.9]}  # P(spam) only, as older versions kept
     record["scores"]["validation"] = old
     record_path.write_text(json.dumps(record))
-    summary, _, metrics, roc, _ = insight.evaluate("first-run", "validation", 0.5)
+    summary, _, metrics, roc, _ = EvaluateTab(lab).evaluate("first-run", "validation", 0.5)
     assert "5 messages" in summary and "AUC): **0.833**" in summary and metrics.iloc[1, 1] == round(2 / 3, 3)
     assert len(validation["probabilities"]) == 8  # what this version keeps: every class's probability
 
 
-def test_three_classes_one_against_the_rest(insight: insight_ui.Insight, lab: app.Lab, tmp_path: Path) -> None:
+def test_three_classes_one_against_the_rest(lab: Lab, tmp_path: Path) -> None:
     """The worked example of test_evaluate: P(friends) is [.2, .6, .5, .3, .4, .1], friends are messages b and d."""
     data = tmp_path / "three"
     data.mkdir()
@@ -141,12 +142,12 @@ def test_three_classes_one_against_the_rest(insight: insight_ui.Insight, lab: ap
     record["final"]["validation"]["confusion"] = [[2, 0, 0], [0, 1, 1], [0, 1, 1]]
     record_path.write_text(json.dumps(record))
 
-    picker = insight.positive_choices("first-run")
+    picker = EvaluateTab(lab).positive_choices("first-run")
     assert picker.choices == [("bills", "bills"), ("friends", "friends"), ("work", "work")] and picker.value == "bills"
-    assert insight.positive_choices("first-run", "work").value == "work"  # a choice the run has stays
-    assert insight.positive_choices(None).choices == []
+    assert EvaluateTab(lab).positive_choices("first-run", "work").value == "work"  # a choice the run has stays
+    assert EvaluateTab(lab).positive_choices(None).choices == []
 
-    summary, confusion, metrics, roc, wrong = insight.evaluate("first-run", "validation", 0.5, "friends")
+    summary, confusion, metrics, roc, wrong = EvaluateTab(lab).evaluate("first-run", "validation", 0.5, "friends")
     assert "6 messages" in summary and "**friends** when P(friends) ≥ **0.50**" in summary and "one vs rest" in summary
     assert "2 mistakes" in summary and "AUC): **0.750**" in summary
     assert "true work" in confusion and "predicted not friends" in confusion  # every class's answers, then friends vs the rest
@@ -155,71 +156,71 @@ def test_three_classes_one_against_the_rest(insight: insight_ui.Insight, lab: ap
     assert curve["false positive rate"].tolist() == [0, 0, 0.25, 0.5, 0.5, 0.75, 1]
     assert wrong.values.tolist() == [["d", "friends", "work", 0.3], ["c", "work", "friends", 0.5]]
     assert list(wrong.columns) == ["message", "true", "predicted", "P(friends)"]
-    assert insight.evaluate("first-run", "validation", 0.3, "friends")[2].iloc[2, 1] == 1.0  # recall of friends
-    assert "AUC): **0.812**" in insight.evaluate("first-run", "validation", 0.5, "work")[0]  # 6.5 of 8 pairs: the tie counts half
+    assert EvaluateTab(lab).evaluate("first-run", "validation", 0.3, "friends")[2].iloc[2, 1] == 1.0  # recall of friends
+    assert "AUC): **0.812**" in EvaluateTab(lab).evaluate("first-run", "validation", 0.5, "work")[0]  # 6.5 of 8 pairs: the tie counts half
     with pytest.raises(gr.Error, match="no class 'spam': choose one of bills, friends, work"):
-        insight.evaluate("first-run", "validation", 0.5, "spam")
+        EvaluateTab(lab).evaluate("first-run", "validation", 0.5, "spam")
 
 
-def test_history_and_loss_overlay(insight: insight_ui.Insight) -> None:
-    history = insight.history()
+def test_history_and_loss_overlay(lab: Lab) -> None:
+    history = RunsTab(lab).history()
     assert history["run"].tolist() == ["first-run"] and history["steps"].tolist() == [6]
-    assert insight.overlay_choices().value == ["first-run"]
-    overlay = insight.overlay(["first-run"])
+    assert RunsTab(lab).overlay_choices().value == ["first-run"]
+    overlay = RunsTab(lab).overlay(["first-run"])
     assert set(overlay["run"]) == {"first-run · train", "first-run · validation"} and overlay["step"].min() == 1
-    assert insight.overlay([]) is None
-    assert set(insight.overlay_plot(["first-run"]).color_map) == {"first-run · train", "first-run · validation"}
+    assert RunsTab(lab).overlay([]) is None
+    assert set(RunsTab(lab).overlay_plot(["first-run"]).color_map) == {"first-run · train", "first-run · validation"}
     with pytest.raises(gr.Error, match="choose runs"):
-        insight.overlay("first-run")  # type: ignore[arg-type]
+        RunsTab(lab).overlay("first-run")  # type: ignore[arg-type]
 
 
-def test_explain_and_classify_a_file(insight: insight_ui.Insight) -> None:
-    heat, bars, words = insight.explain("WIN a free prize now", None)
+def test_explain_and_classify_a_file(lab: Lab) -> None:
+    heat, bars, words = ClassifyTab(lab).explain("WIN a free prize now", None)
     assert heat.count("class='token'") >= 5 and bars is words
     assert sorted(words["word"]) == sorted(["WIN", "a", "free", "prize", "now"])
     with pytest.raises(gr.Error, match="empty"):
-        insight.explain("  ", None)
+        ClassifyTab(lab).explain("  ", None)
 
-    path, preview = insight.classify_upload(upload_bytes(b"text,label\nWIN cash now,spam\nsee you at 6,ham\n", "mine.csv"), None)
+    path, preview = ClassifyTab(lab).classify_upload(upload_bytes(b"text,label\nWIN cash now,spam\nsee you at 6,ham\n", "mine.csv"), None)
     written = pd.read_csv(path)
     assert written["message"].tolist() == ["WIN cash now", "see you at 6"] and {"label", "p_ham", "p_spam"} <= set(written.columns)
     assert preview["message"].tolist() == written["message"].tolist()
     with pytest.raises(gr.Error, match="holds no messages"):
-        insight.classify_upload(upload_bytes(b"\n\n", "blank.txt"), None)
+        ClassifyTab(lab).classify_upload(upload_bytes(b"\n\n", "blank.txt"), None)
     with pytest.raises(gr.Error, match="only files uploaded"):
-        insight.classify_upload(str(SMS_ZIP), None)
+        ClassifyTab(lab).classify_upload(str(SMS_ZIP), None)
 
 
-def test_data_quality_reads_the_prepared_summary(insight: insight_ui.Insight) -> None:
-    text, repeated = insight.data_quality()
+def test_data_quality_reads_the_prepared_summary(lab: Lab) -> None:
+    text, repeated = DataTab(lab).data_quality()
     assert text.startswith("### Data quality") and (repeated is None or list(repeated.columns) == ["message", "copies"])
 
 
 # --- the sweep, in the app's one job ---------------------------------------------------------------
 
 
-def test_sweep_runs_in_the_training_job_and_refuses_a_second_start(insight: insight_ui.Insight, lab: app.Lab) -> None:
-    controls = list(train_inputs(lab.settings.model, max_steps=3.0, eval_freq=2.0).values())
+def test_sweep_runs_in_the_training_job_and_refuses_a_second_start(lab: Lab) -> None:
+    controls = train_controls(lab.settings.model, max_steps=3.0, eval_freq=2.0).values()
     with pytest.raises(gr.Error, match="tick at least one rank"):
-        insight.start_sweep([], *controls)
-    status, *_ = insight.start_sweep([2, 1], *controls)
+        RunsTab(lab).start_sweep([], *controls)
+    status, *_ = RunsTab(lab).start_sweep([2, 1], *controls)
     assert status.startswith("Sweep over ranks 1, 2")
-    assert lab.start_training(**train_inputs(lab.settings.model))[0].startswith("running")  # refused: the sweep goes on
+    assert TrainTab(lab).start_training(train_controls(lab.settings.model))[0].startswith("running")  # refused: the sweep goes on
     assert lab.job.wait(120)
-    status, table, by_params, by_time, timer = insight.poll_sweep()
+    status, table, by_params, by_time, timer = RunsTab(lab).poll_sweep()
     snapshot = lab.job.snapshot()
     assert snapshot.state == "done" and [p.rank for p in snapshot.sweep] == [1, 2], snapshot.status
     assert "2 of 2 runs finished" in status and timer.active is False
-    assert by_params.color_map == {"1": insight_ui.PALETTE[0], "2": insight_ui.PALETTE[1]}  # a legend entry per rank
+    assert by_params.color_map == {"1": PALETTE[0], "2": PALETTE[1]}  # a legend entry per rank
     assert table["trainable parameters"].iloc[1] > table["trainable parameters"].iloc[0]
-    names = [name for name, _ in insight_ui.all_runs(lab.settings.out)]
+    names = [name for name, _ in all_runs(lab.settings.out)]
     assert {n.split("/")[1] for n in names if "/" in n} == {"rank-1", "rank-2"} and "first-run" in names
 
 
 # --- the launched app ------------------------------------------------------------------------------
 
 
-def test_insight_views_through_gradio_client(lab: app.Lab, tmp_path: Path) -> None:
+def test_insight_views_through_gradio_client(lab: Lab, tmp_path: Path) -> None:
     with running_app(lab.settings) as served:
         check_through_client(served, tmp_path)
 

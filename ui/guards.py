@@ -2,22 +2,24 @@
 
 Uploads are read only from Gradio's own temporary copies (a typed path or a URL never reaches the
 file system or the network), messages must hold visible text, out-of-memory failures become advice,
-and the command line warns when the app is reachable by others.
+engine errors become toasts, and the command line warns when the app is reachable by others.
 """
 
 import argparse
-import os
 import unicodedata
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported: no usage pings leave the machine
+import gradio as gr
 
-import gradio as gr  # noqa: E402
-
-from engine.memory import out_of_memory_message, release_memory  # noqa: E402
+from engine.memory import out_of_memory_message, release_memory
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def user_error(error: Exception) -> gr.Error:
+    """A toast with the engine's own message; the app keeps running."""
+    return gr.Error(" ".join(str(error).split()), duration=None)
 
 
 def memory_error(device: str, doing: str) -> gr.Error:

@@ -1,0 +1,113 @@
+"""The training controls of the Model & LoRA tab as one typed value, and the one function that turns
+it into a RunConfig.
+
+Start (Train tab), the rank sweep (Runs tab) and a reloaded page (which gets the last run's settings
+back) all pass the same `Controls`; the widgets that hold them are `model_tab.ControlWidgets`, whose
+fields follow these. Adding a control: a field here (with `of` and `run_config`), and its widget.
+"""
+
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from engine.config import LoRAConfig, RunConfig, TrainConfig, preset
+from ui.settings import AppSettings
+
+# What choosing a preset sets; the model, targets and the rest stay as they are.
+PRESET_FIELDS = ("rank", "alpha", "scaling", "pooling", "padding", "lr", "epochs", "batch_size")
+
+
+@dataclass(frozen=True)
+class Controls:
+    """The Model & LoRA widgets' values, as the widgets send them (whole numbers may come as floats).
+
+    The field order is the order of the widgets as event inputs and outputs.
+    """
+
+    model: str
+    preset_name: str
+    rank: float
+    alpha: float
+    scaling: str
+    targets: Sequence[str]
+    train_head: bool
+    pooling: str
+    padding: str
+    lr: float
+    epochs: float
+    batch_size: float
+    max_steps: float | None  # 0 or empty: no limit
+    eval_freq: float
+    live_metrics: bool = True
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> "Controls":
+        """What the widgets show for `cfg`: a reloaded page gets the current (or last) run's settings back."""
+        lora, train = cfg.lora, cfg.train
+        return cls(
+            cfg.model,
+            cfg.preset or "recommended",
+            lora.rank,
+            float(lora.alpha),
+            lora.scaling,
+            lora.targets,
+            lora.train_head,
+            train.pooling,
+            train.padding,
+            train.lr,
+            train.epochs,
+            train.batch_size,
+            train.max_steps or 0,
+            train.eval_freq,
+            train.live_metrics,
+        )
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(field.name for field in fields(cls))
+
+    def values(self) -> tuple[Any, ...]:
+        """The values in widget order; a widget takes a list where the config holds a tuple."""
+        return tuple(list(value) if isinstance(value, tuple) else value for value in astuple(self))
+
+    def pick(self, names: Sequence[str]) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in names)
+
+
+def as_int(value: Any) -> Any:
+    """Widgets send whole numbers as floats; pass anything else on so the engine's validation names it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def run_config(settings: AppSettings, controls: Controls, out_dir: Path) -> RunConfig:
+    """Turn the widgets' values into a validated RunConfig (ConfigError names the bad field)."""
+    c = controls
+    base = preset(c.preset_name)
+    lora = LoRAConfig(rank=as_int(c.rank), alpha=c.alpha, scaling=c.scaling, targets=tuple(c.targets or ()), train_head=bool(c.train_head))
+    train = TrainConfig(
+        lr=c.lr,
+        weight_decay=base.train.weight_decay,
+        epochs=as_int(c.epochs),
+        batch_size=as_int(c.batch_size),
+        eval_freq=as_int(c.eval_freq),
+        eval_iter=base.train.eval_iter,
+        seed=base.train.seed,
+        max_steps=as_int(c.max_steps) or None,  # 0 or empty: train every epoch to the end
+        pooling=c.pooling,
+        padding=c.padding,
+        group_by_length=c.padding == "batch",
+        bf16_autocast=base.train.bf16_autocast,
+        live_metrics=bool(c.live_metrics),
+    )
+    data = settings.cache if (settings.cache / "train.csv").is_file() else None  # None: the job downloads first
+    return RunConfig(
+        model=c.model,
+        lora=lora,
+        train=train,
+        data=str(data) if data else None,
+        data_cache=str(settings.cache),
+        out_dir=str(out_dir),
+        device=settings.device,
+        preset=c.preset_name,
+    )

@@ -1,0 +1,193 @@
+"""The Data tab: download or upload the messages, their counts, a preview, token lengths and duplicates."""
+
+import gradio as gr
+import pandas as pd
+from matplotlib.figure import Figure
+
+from engine.data import DataSummary, PreparedData, load_summary, prepare
+from engine.download import DownloadProgress
+from engine.errors import Cancelled, LoRALabError
+from engine.tokenizer import encode
+from ui.guards import uploaded_file, uploaded_path, user_error
+from ui.lab import Lab
+
+PREVIEW_PER_CLASS = 3
+DataViews = tuple[str, pd.DataFrame | None, pd.DataFrame | None, Figure | None]  # status, counts, preview, histogram
+
+
+def counts_frame(prepared: PreparedData) -> pd.DataFrame:
+    s = prepared.summary
+    per_class = list(s.class_counts.items()) or [("ham", s.ham), ("spam", s.spam)]  # your own data: its own labels
+    rows = [
+        ("messages", s.messages),
+        *per_class,
+        ("balanced", s.balanced),
+        ("train", s.train),
+        ("validation", s.validation),
+        ("test", s.test),
+    ]
+    return pd.DataFrame(rows, columns=["", "messages"])
+
+
+def preview_frame(prepared: PreparedData) -> pd.DataFrame:
+    train = prepared.splits.train
+    parts = [train[train["Label"] == index].head(PREVIEW_PER_CLASS).assign(Label=name) for index, name in enumerate(prepared.splits.labels)]
+    return pd.concat(parts).rename(columns={"Label": "class", "Text": "message"}).reset_index(drop=True)
+
+
+def token_histogram(prepared: PreparedData) -> Figure:
+    """Token counts of every balanced message by class, with the book's padding length marked."""
+    figure = Figure(figsize=(7, 3.6), layout="tight")  # no pyplot: no global state shared between sessions
+    axis = figure.subplots()
+    frames = [part for _, part in prepared.splits.items()]
+    everything = pd.concat(frames)
+    labels = prepared.splits.labels
+    lengths = [[len(encode(text)) for text in everything[everything["Label"] == index]["Text"]] for index in range(len(labels))]
+    colors = ["#1f77b4", "#d62728"] if len(labels) == 2 else None
+    axis.hist(lengths, bins=40, stacked=True, label=list(labels), color=colors)
+    cutoff = prepared.summary.longest_train_tokens
+    axis.axvline(cutoff, color="black", linestyle="--", label=f"padding cut-off (book): {cutoff} tokens")
+    axis.set_title("Tokens per message; the book pads every message to the longest training one", fontsize=10)
+    axis.set_xlabel("tokens per message")
+    axis.set_ylabel("messages")
+    axis.legend(loc="upper right")
+    return figure
+
+
+def data_outputs(prepared: PreparedData, status: str) -> tuple[str, pd.DataFrame, pd.DataFrame, Figure]:
+    return status, counts_frame(prepared), preview_frame(prepared), token_histogram(prepared)
+
+
+def quality_markdown(summary: DataSummary | None) -> str:
+    if summary is None:
+        return "Data quality: no data yet."
+    d = summary.duplicates or {}
+    if not d:
+        return "Data quality: this data was prepared by an older version; prepare it again to see its duplicates."
+    across = d.get("across_splits", {})
+    shared = ", ".join(f"{pair}: {n}" for pair, n in across.items())
+    state = (
+        "**De-duplicated**: one copy of each (label, text) pair was kept before balancing and splitting."
+        if summary.deduplicated
+        else "Not de-duplicated: tick *De-duplicate before splitting* and prepare the data again to drop the extra copies."
+    )
+    return (
+        f"### Data quality\n{d.get('messages', 0):,} messages, {d.get('distinct_texts', 0):,} distinct texts: "
+        f"**{d.get('repeated_texts', 0):,} texts occur more than once** ({d.get('extra_copies', 0):,} extra copies); "
+        f"{d.get('conflicting_labels', 0):,} texts carry two different labels.\n\n"
+        f"Texts found in two splits (a test message also seen in training measures memory, not learning): {shared or 'none'}.\n\n{state}"
+    )
+
+
+def repeated_frame(summary: DataSummary | None) -> pd.DataFrame | None:
+    rows = (summary.duplicates or {}).get("most_repeated") if summary else None
+    return pd.DataFrame([(text, copies) for text, copies in rows], columns=["message", "copies"]) if rows else None
+
+
+class DataTab:
+    """The Data tab's handlers over the app's Lab."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+
+    def download_data(
+        self,
+        deduplicate: bool = False,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio finds its progress tracker by this default
+    ) -> tuple[str, pd.DataFrame, pd.DataFrame, Figure]:
+        """Fetch the SMS data (primary URL, then backup), balance, split and describe it."""
+        lab = self.lab
+        failures: list[str] = []
+        lab.download_stop.clear()
+
+        def report(event: DownloadProgress) -> None:
+            if lab.download_stop.is_set():
+                raise Cancelled("download stopped")  # the engine deletes the partial file
+            if event.status.startswith("failed"):
+                failures.append(f"{event.url}: {event.status}")
+            progress((event.received, event.total), desc=f"downloading {event.url}", unit="bytes")
+
+        try:
+            prepared = prepare(None, lab.settings.cache, report, urls=lab.settings.data_urls, deduplicate=bool(deduplicate))
+        except Cancelled:
+            gr.Warning("Download stopped; nothing was kept. Press Download to start again.")
+            status, *views = self.show_data()
+            return "Download stopped; nothing was kept. Press Download to start again.\n\n" + status, *views
+        except LoRALabError as error:
+            raise user_error(error) from None
+        lab.prepared = prepared
+        tried = "".join(f"\n- {failure}" for failure in failures)
+        status = f"Data ready from {prepared.summary.source}" + (f"\n\nSources that failed first:{tried}" if failures else "")
+        return data_outputs(prepared, status)
+
+    def stop_download(self) -> str:
+        """Ask a running Download to stop at its next chunk of data."""
+        self.lab.download_stop.set()
+        return "Stopping the download..."
+
+    def upload_data(self, path: str | None, deduplicate: bool = False) -> tuple[str, pd.DataFrame, pd.DataFrame, Figure]:
+        """Use a local SMS Spam Collection zip or tab-separated file, or your own headered CSV/TSV of text and label."""
+        source = uploaded_path(path, "the SMS Spam Collection zip or its tab-separated file, or a CSV/TSV with text and label columns")
+        try:
+            prepared = prepare(str(source), self.lab.settings.cache, deduplicate=bool(deduplicate))
+        except LoRALabError as error:
+            raise user_error(error) from None
+        self.lab.prepared = prepared
+        return data_outputs(prepared, f"Data ready from the uploaded file {source.name}")
+
+    def show_data(self) -> DataViews:
+        """What a (re)loaded page shows: the data prepared earlier, if any."""
+        cache, prepared = self.lab.settings.cache, self.lab.prepared
+        if prepared is None and (cache / "train.csv").is_file():
+            try:
+                earlier = prepare(str(cache), cache)
+            except LoRALabError as error:
+                return f"The prepared data in {cache} is unusable ({error}): download it again.", None, None, None
+            return data_outputs(earlier, f"Data prepared earlier, read from {cache}")
+        if prepared is None:
+            return "No data yet: download it, or upload the zip or tab-separated file.", None, None, None
+        return data_outputs(prepared, f"Data ready from {prepared.summary.source}")
+
+    def data_quality(self) -> tuple[str, pd.DataFrame | None]:
+        summary = load_summary(self.lab.settings.cache)
+        return quality_markdown(summary), repeated_frame(summary)
+
+
+def build_data_tab(data: DataTab, demo: gr.Blocks) -> None:
+    """The Data tab, wired: a (re)loaded page shows the data prepared earlier."""
+    with gr.Tab("Data"):
+        with gr.Row():
+            with gr.Column():
+                download = gr.Button("Download the SMS Spam Collection", variant="primary")
+                stop_download = gr.Button("Stop the download", variant="stop", size="sm", elem_id="stop-download")
+            upload = uploaded_file(
+                label="...or upload its zip or tab-separated file (offline), or your own CSV/TSV with a header naming text and label columns",
+                file_count="single",
+                height=150,
+                elem_id="upload",
+            )
+        deduplicate = gr.Checkbox(
+            False,
+            label="De-duplicate before splitting",
+            info="keep one copy of each repeated message (applies to the next download or upload)",
+            elem_id="deduplicate",
+        )
+        data_status = gr.Markdown(elem_id="data-status")
+        with gr.Row():
+            counts = gr.Dataframe(label="Counts", interactive=False, elem_id="counts", scale=1)
+            histogram = gr.Plot(label="Tokens per message", show_label=False, elem_id="token-histogram", scale=2)
+        preview = gr.Dataframe(label="A few training messages per class", interactive=False, wrap=True, elem_id="preview")
+        with gr.Accordion("Data quality: repeated messages", open=True):
+            quality = gr.Markdown(elem_id="data-quality")
+            repeated = gr.Dataframe(label="Most repeated messages", interactive=False, wrap=True, max_height=260, elem_id="repeated")
+
+    data_views = [data_status, counts, preview, histogram]
+    quality_views = [quality, repeated]
+    download.click(data.download_data, deduplicate, data_views, api_name="download_data").then(
+        data.data_quality, None, quality_views, api_name="data_quality_downloaded"
+    )
+    stop_download.click(data.stop_download, None, data_status, api_name="stop_download", concurrency_limit=None)
+    upload.upload(data.upload_data, [upload, deduplicate], data_views, api_name="upload_data").then(
+        data.data_quality, None, quality_views, api_name="data_quality_uploaded"
+    )
+    demo.load(data.show_data, None, data_views, api_name="show_data").then(data.data_quality, None, quality_views, api_name="data_quality")

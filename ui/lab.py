@@ -1,0 +1,87 @@
+"""The app's shared state: one per app, behind every tab's handlers and every visitor's session.
+
+It holds the settings, the one training job, the data prepared last, and the last loaded classifier
+(with the lock that Classify's handlers take), and the checks several tabs make.
+"""
+
+import threading
+from pathlib import Path
+
+import gradio as gr
+
+from engine.adapter import read_adapter
+from engine.classifier import Classifier
+from engine.data import PreparedData, load_summary
+from engine.device import pick_device
+from engine.errors import LoRALabError
+from engine.job import TrainingJob
+from engine.memory import is_out_of_memory
+from ui.guards import memory_error, uploaded_path, user_error
+from ui.settings import AppSettings
+
+
+class Lab:
+    """The app's shared state: one training job, the data, the last classifier."""
+
+    def __init__(self, settings: AppSettings) -> None:
+        self.settings = settings
+        self.job = TrainingJob(settings.data_urls)
+        self.prepared: PreparedData | None = None  # set by a download or an upload in this process
+        self.download_stop = threading.Event()  # any visitor's Stop ends the download
+        # Classify is its own concurrency group (limit 1); the lock also guards the cache and
+        # compare_with_base's switching LoRA off and on should anyone raise that limit.
+        self.classify_lock = threading.Lock()
+        self._classifier: tuple[tuple[str, int, str], Classifier] | None = None  # (path, mtime, device) -> loaded
+
+    def check_model(self, model: str) -> str:
+        """`model` if the app offers it; a typed folder or anything else is refused (no path from a visitor reaches the disk)."""
+        if model not in self.settings.models:
+            raise gr.Error(
+                f"unknown model {str(model)[:80]!r}: choose one of {', '.join(self.settings.models)}. "
+                "A local model folder is chosen when starting the app: python app.py --model FOLDER",
+                duration=None,
+            )
+        return model
+
+    def check_batch_size(self, batch_size: int) -> None:
+        """Refuse a batch larger than the training split, when the data is known already (else the run says so)."""
+        summary = self.prepared.summary if self.prepared else load_summary(self.settings.cache)
+        if summary is not None and batch_size > summary.train:
+            raise gr.Error(f"batch size {batch_size} is larger than the {summary.train} training messages: choose at most {summary.train}", duration=None)
+
+    def latest_adapter(self) -> Path | None:
+        """The newest adapter saved under the runs folder (by this app or an earlier one)."""
+        found = sorted(self.settings.out.glob("*/adapter/adapter.safetensors"), key=lambda p: p.stat().st_mtime)
+        return found[-1].parent if found else None
+
+    def classifier_for(self, adapter_file: str | None) -> tuple[Path, Classifier]:
+        """The adapter to use (an uploaded file, else the latest trained) and its loaded classifier; call under `classify_lock`."""
+        if adapter_file:
+            adapter = uploaded_path(adapter_file, "an adapter.safetensors file")
+        else:
+            adapter = self.latest_adapter()
+            if adapter is None:
+                raise gr.Error("No trained adapter yet: train one on the Train tab, or load an adapter.safetensors file above.")
+        device = pick_device(self.settings.device)
+        tensors = adapter / "adapter.safetensors" if adapter.is_dir() else adapter
+        key = (str(tensors.resolve()), tensors.stat().st_mtime_ns if tensors.exists() else 0, str(device))
+        if self._classifier is None or self._classifier[0] != key:
+            self._classifier = None  # free the previous model before loading the next
+            try:
+                # The adapter names its base model; only a model this app offers is loaded (an uploaded
+                # adapter must not point the app at an arbitrary folder or download).
+                config, _ = read_adapter(adapter)
+                if config.base_model not in self.settings.models:
+                    raise gr.Error(
+                        f"this adapter was trained on {config.base_model[:120]!r}, which this app does not offer "
+                        f"({', '.join(self.settings.models)}): start LoRA Lab with --model pointing at that model",
+                        duration=None,
+                    )
+                self._classifier = key, Classifier.load(adapter, device, model=config.base_model)
+            except LoRALabError as error:
+                raise user_error(error) from None
+            except Exception as error:
+                if is_out_of_memory(error):
+                    raise memory_error(str(device), "loading the classifier") from None
+                raise
+        return adapter, self._classifier[1]

@@ -1,0 +1,28 @@
+"""What the command line decides for the app; the UI never changes it."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.config import GPT2_SIZES
+from engine.data import SOURCES
+
+# Gradio refuses bigger uploads. The largest adapter the controls can make (gpt2-xl, rank 64, every
+# layer) is 354 MB; the data files are held to the engine's own, smaller limit.
+MAX_UPLOAD_MB = 400
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """What the command line decides; the UI never changes these."""
+
+    model: str = "gpt2-small"  # the model selected at start: a size name or a local folder
+    device: str = "auto"
+    out: Path = Path("runs")  # each run writes into out/<date-time>
+    cache: Path = Path("data_cache")  # downloaded zip and the prepared train/validation/test CSVs
+    data_urls: tuple[str, ...] = SOURCES  # where Download fetches the SMS data from, in order
+    max_upload_mb: int = MAX_UPLOAD_MB  # Gradio refuses larger uploads
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models a visitor may choose: the four sizes, plus the folder given with --model."""
+        return tuple(GPT2_SIZES) + (() if self.model in GPT2_SIZES else (self.model,))

@@ -1,0 +1,39 @@
+"""Colours, a confusion-matrix table and small formatting shared by several tabs."""
+
+import html
+from collections.abc import Sequence
+
+# A Gradio plot keeps the colour legend of the first value it draws: later values with new series
+# (other runs, more ranks) would be drawn without lines or legend. Such plots are cleared (None)
+# before they get a value with other series, which makes Gradio draw them afresh.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+HAM_RGB, SPAM_RGB = (31, 119, 180), (214, 39, 40)  # the Data tab's histogram colours
+
+
+def series_colors(names: Sequence[str]) -> dict[str, str]:
+    """A colour per series name, in order of first appearance (cycling through the palette)."""
+    unique = list(dict.fromkeys(names))
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(unique)}
+
+
+def percent(value: float | None) -> float | None:
+    return None if value is None else round(100 * value, 2)
+
+
+def confusion_html(confusion: list[list[int]], class_names: Sequence[str], caption: str) -> str:
+    """A confusion matrix as an HTML table, cells shaded by their share of the row (the true class)."""
+    head = "".join(f"<th>predicted {html.escape(name)}</th>" for name in class_names)
+    body = []
+    for true_index, row in enumerate(confusion):
+        total = sum(row) or 1
+        cells = []
+        for predicted_index, count in enumerate(row):
+            rgb = (44, 160, 44) if predicted_index == true_index else SPAM_RGB
+            alpha = 0.12 + 0.6 * count / total
+            cells.append(f"<td style='background:rgba({rgb[0]},{rgb[1]},{rgb[2]},{alpha:.2f});text-align:center;padding:8px 18px'>{count}</td>")
+        body.append(f"<tr><th style='text-align:right;padding-right:10px'>true {html.escape(class_names[true_index])}</th>{''.join(cells)}</tr>")
+    return (
+        "<table class='confusion' style='border-collapse:collapse;font-size:1.05em'>"
+        f"<caption style='caption-side:top;text-align:left'>{html.escape(caption)}</caption>"
+        f"<tr><th></th>{head}</tr>{''.join(body)}</table>"
+    )
