@@ -38,7 +38,7 @@ class _GeluLoRALinear(torch.autograd.Function):
         down = None
         if lora_a is not None:
             down = rows @ lora_a
-            out = torch.addmm(out, down, lora_b, alpha=scale)
+            out.addmm_(down, lora_b.to(out.dtype), alpha=scale)  # in-place ops escape autocast: match its dtype
         ctx.save_for_backward(hidden, weight, lora_a, lora_b, down)
         ctx.scale = scale
         return out.view(*hidden.shape[:-1], out.size(-1))
@@ -54,7 +54,7 @@ class _GeluLoRALinear(torch.autograd.Function):
         grad_a = grad_b = None
         if lora_a is not None:
             grad_down = (grad_rows @ lora_b.t()) * ctx.scale  # (rows, rank)
-            grad_g = torch.addmm(grad_g, grad_down, lora_a.t())
+            grad_g.addmm_(grad_down, lora_a.t())
             if ctx.needs_input_grad[3]:
                 grad_a = gelu(hidden).reshape(-1, hidden.size(-1)).t() @ grad_down  # the recomputation
             if ctx.needs_input_grad[4]:

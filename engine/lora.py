@@ -51,9 +51,10 @@ class LoRALinear(nn.Module):
         sign = self.update_sign
         if sign == 0:
             return self.base_layer(x)
-        # One BLAS call adds ±scale·(xA)B into the base output: no separate multiply and add passes.
+        # One in-place BLAS call adds ±scale·(xA)B into the base output: no copy, no separate add pass.
         rows = x.reshape(-1, x.size(-1))
-        out = torch.addmm(self.base_layer(rows), rows @ self.lora_A, self.lora_B, alpha=sign * self.scale)
+        out = self.base_layer(rows)
+        out.addmm_((rows @ self.lora_A).to(out.dtype), self.lora_B.to(out.dtype), alpha=sign * self.scale)  # autocast skips in-place ops
         return out.view(*x.shape[:-1], out.size(-1))
 
     def delta_weight(self) -> torch.Tensor:

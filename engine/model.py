@@ -85,7 +85,7 @@ def project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> list[torch.Tensor
         b = torch.cat(
             [F.pad(layers[i].lora_B * (signs[i] * layers[i].scale), (starts[i], out.size(1) - starts[i] - widths[i])) for i in active]
         )  # (sum of ranks, sum of outputs), block-diagonal
-        out = torch.addmm(out, rows @ a, b)
+        out.addmm_((rows @ a).to(out.dtype), b.to(out.dtype))  # autocast skips in-place ops: match its dtype
     return [part.view(*x.shape[:-1], part.size(-1)) for part in out.split([b.out_features for b in bases], dim=-1)]
 
 

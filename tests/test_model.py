@@ -175,3 +175,30 @@ def test_fused_copies_tensors_that_train_or_are_not_adjacent():
     joined = fused(trainable)
     joined.sum().backward()
     assert torch.equal(trainable[0].grad, torch.ones(2, 3))
+
+
+def test_training_under_bf16_autocast_matches_fp32_gradients():
+    # CUDA training runs under bf16 autocast; CPU autocast exercises the same dtype handling here.
+    from engine.classifier import build_classifier
+    from engine.config import LoRAConfig
+
+    torch.manual_seed(0)
+    model = build_classifier(GPT(TINY), LoRAConfig(rank=2, alpha=4))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    ids = torch.randint(0, 50257, (2, 40), generator=torch.Generator().manual_seed(3))  # 80 rows: the fused q/k/v path
+
+    def gradients(autocast: bool) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = model(ids)
+        torch.nn.functional.cross_entropy(logits.float(), torch.tensor([1, 0])).backward()  # both wrong: large gradients
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    reference, mixed = gradients(False), gradients(True)
+    for name, gradient in mixed.items():
+        assert gradient.dtype == torch.float32, name
+        # bf16 keeps 8 bits of mantissa: compare directions, not elements
+        assert torch.nn.functional.cosine_similarity(gradient.flatten(), reference[name].flatten(), dim=0) > 0.95, name
