@@ -162,8 +162,12 @@ def run_benchmark(
     if abs(drift) > 0.15:
         notes.append(f"the matmul peak moved {drift:+.0%} between the start and the end of the run: the machine's speed changed, compare ratios only")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if torch_device.type == "cpu" and max(load, environment["load_average_1min"] or 0.0) > 0.5 * (os.cpu_count() or 1) + 0.5:
-        notes.append(f"the machine was busy (1-min load average {environment['load_average_1min']} at the start, {load:.2f} at the end): figures are noisy")
+    others_at_end = load - torch.get_num_threads()  # the last minute's load is mostly this run's own threads
+    if torch_device.type == "cpu" and max(others_at_end, environment["load_average_1min"] or 0.0) > 0.5 * (os.cpu_count() or 1) + 0.5:
+        notes.append(
+            f"the machine was busy (1-min load average {environment['load_average_1min']} at the start, {load:.2f} at the end, "
+            f"about {torch.get_num_threads()} of it this run's own threads): figures are noisy"
+        )
     notes.append(
         "classification: ours as the recommended preset ships (last real token; many messages in length-sorted batches); "
         f"transformers reads the last non-pad token, many messages in batches of {PEER_BATCH} in the given order with an attention mask; "
