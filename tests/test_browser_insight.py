@@ -6,6 +6,7 @@ folder and a small prepared dataset, so every view has real content at once. Scr
 temporary folder, or to LORA_LAB_SCREENSHOTS (e.g. docs/screenshots) to refresh the README's.
 """
 
+import csv
 import re
 import shutil
 from collections.abc import Iterator
@@ -43,7 +44,7 @@ def page(browser: "sync_api.Browser", served: RunningApp) -> Iterator["sync_api.
         yield opened
 
 
-def test_insight_views_in_a_real_browser(page: "sync_api.Page", served: RunningApp) -> None:
+def test_insight_views_in_a_real_browser(page: "sync_api.Page", served: RunningApp, tmp_path: Path) -> None:
     # Data: the prepared data's duplicates
     expect(page.locator("#data-quality")).to_contain_text("distinct texts", timeout=20_000)
     expect(page.locator("#data-quality")).to_contain_text("train & test")
@@ -69,6 +70,23 @@ def test_insight_views_in_a_real_browser(page: "sync_api.Page", served: RunningA
     expect(page.locator("#word-influence path[aria-roledescription='bar']").first).to_be_attached(timeout=20_000)
     expect(page.locator("#word-table")).to_contain_text("URGENT!")
     screenshot(page, "classify-explain")
+
+    # Classify many: pasted lines answer in a table; an uploaded file comes back as a CSV to download
+    page.get_by_text("Classify many messages at once").click()
+    page.locator("#many textarea").fill("\n".join(EXAMPLE_MESSAGES[:3]))
+    page.locator("#classify-many").click()
+    for message in EXAMPLE_MESSAGES[:3]:
+        expect(page.locator("#many-results")).to_contain_text(message[:20], timeout=60_000)
+    page.get_by_text("Classify a file", exact=True).click()
+    messages = tmp_path / "messages.txt"
+    messages.write_text("\n".join(EXAMPLE_MESSAGES) + "\n", encoding="utf-8")
+    page.locator("#batch-file input[type=file]").set_input_files(str(messages))
+    page.locator("#classify-file").click()
+    with page.expect_download(timeout=60_000) as download:
+        page.locator("#batch-result a").first.click()
+    rows = list(csv.reader(Path(download.value.path()).read_text(encoding="utf-8").splitlines()))
+    assert rows[0][:2] == ["message", "label"] and [row[0] for row in rows[1:]] == list(EXAMPLE_MESSAGES)
+    expect(page.locator("#batch-preview")).to_contain_text(EXAMPLE_MESSAGES[0][:20])
 
     # Runs: the history, the loss overlay, and a two-rank sweep with its plots
     open_tab(page, "Runs")
