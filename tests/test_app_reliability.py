@@ -438,6 +438,8 @@ def test_out_of_memory_while_classifying_gives_advice_and_the_app_recovers(train
             ClassifyTab(trained_lab).classify(SPAM, None)
         with pytest.raises(gr.Error, match="out of memory on cpu while classifying: choose a smaller model size or a smaller batch size"):
             ClassifyTab(trained_lab).classify_many(SPAM, None)
+        with pytest.raises(gr.Error, match=re.escape(f"out of memory on cpu while explaining: {ADVICE}")):
+            ClassifyTab(trained_lab).explain(SPAM, None)
     assert set(ClassifyTab(trained_lab).classify(SPAM, None)[0]) == {"ham", "spam"}
 
 

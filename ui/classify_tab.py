@@ -13,10 +13,8 @@ import gradio as gr
 import pandas as pd
 
 from engine.batch import classify_file
-from engine.errors import LoRALabError
 from engine.explain import TokenScore, WordInfluence, spam_index, token_scores, word_influence
-from engine.memory import is_out_of_memory
-from ui.guards import memory_error, message_problem, uploaded_file, uploaded_path, user_error
+from ui.guards import engine_errors_as_toasts, message_problem, uploaded_file, uploaded_path
 from ui.lab import Lab
 from ui.views import HAM_RGB, SPAM_RGB
 
@@ -97,14 +95,8 @@ class ClassifyTab:
             raise gr.Error(problem)
         with self.lab.classify_lock:
             adapter, classifier = self.lab.classifier_for(adapter_file)
-            try:
+            with engine_errors_as_toasts(str(classifier.device), "classifying"):
                 before, after = classifier.compare_with_base(message)
-            except LoRALabError as error:
-                raise user_error(error) from None
-            except Exception as error:
-                if is_out_of_memory(error):
-                    raise memory_error(str(classifier.device), "classifying") from None
-                raise
         cut = " (the message was cut to the model's length limit)" if after.truncated else ""
         details = f"{after.tokens} tokens read{cut}. Adapter: {adapter}; base model: {classifier.config.base_model}."
         return dict(after.probabilities), dict(before.probabilities), details
@@ -122,14 +114,8 @@ class ClassifyTab:
         good = [(number, line) for number, line in lines if problems[number] is None]
         with self.lab.classify_lock:
             _, classifier = self.lab.classifier_for(adapter_file)
-            try:
+            with engine_errors_as_toasts(str(classifier.device), "classifying"):
                 predictions = dict(zip([n for n, _ in good], classifier.classify([line for _, line in good]) if good else [], strict=True))
-            except LoRALabError as error:
-                raise user_error(error) from None
-            except Exception as error:
-                if is_out_of_memory(error):
-                    raise memory_error(str(classifier.device), "classifying") from None
-                raise
         bad = [problem for problem in problems.values() if problem]
         if bad:
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
@@ -146,11 +132,9 @@ class ClassifyTab:
             raise gr.Error("the message is empty: type a message to explain, then press Explain")
         with self.lab.classify_lock:
             _, classifier = self.lab.classifier_for(adapter_file)
-            try:
+            with engine_errors_as_toasts(str(classifier.device), "explaining"):
                 tokens = token_scores(classifier, message)
                 influences = word_influence(classifier, message)
-            except LoRALabError as error:
-                raise user_error(error) from None
             positive = classifier.config.labels[spam_index(classifier)]
         words = influence_frame(influences, positive)
         return token_heatmap_html(tokens, positive), words, words
@@ -165,10 +149,8 @@ class ClassifyTab:
         destination = Path(tempfile.mkdtemp(prefix="lora-lab-predictions-")) / f"{source.stem}-predictions.csv"
         with self.lab.classify_lock:
             _, classifier = self.lab.classifier_for(adapter_file)
-            try:
+            with engine_errors_as_toasts(str(classifier.device), "classifying the file"):
                 table = classify_file(classifier, source, destination)
-            except LoRALabError as error:
-                raise user_error(error) from None
         return str(destination), table.head(20)
 
 

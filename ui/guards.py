@@ -6,13 +6,16 @@ engine errors become toasts, and the command line warns when the app is reachabl
 """
 
 import argparse
+import contextlib
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from engine.memory import out_of_memory_message, release_memory
+from engine.errors import LoRALabError
+from engine.memory import is_out_of_memory, out_of_memory_message, release_memory
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -26,6 +29,20 @@ def memory_error(device: str, doing: str) -> gr.Error:
     """Out of memory: free what the failed call held, and say what to change."""
     release_memory()
     return gr.Error(out_of_memory_message(device, doing), duration=None)
+
+
+@contextlib.contextmanager
+def engine_errors_as_toasts(device: str, doing: str) -> Iterator[None]:
+    """Inside: an engine error becomes a toast with its own message, running out of memory becomes
+    advice (`doing` says what ran out, e.g. "classifying"); anything else is a bug and propagates."""
+    try:
+        yield
+    except LoRALabError as error:
+        raise user_error(error) from None
+    except Exception as error:
+        if is_out_of_memory(error):
+            raise memory_error(device, doing) from None
+        raise
 
 
 def uploaded_file(**options: Any) -> gr.File:

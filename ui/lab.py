@@ -13,10 +13,8 @@ from engine.adapter import read_adapter
 from engine.classifier import Classifier
 from engine.data import PreparedData, load_summary
 from engine.device import pick_device
-from engine.errors import LoRALabError
 from engine.job import TrainingJob
-from engine.memory import is_out_of_memory
-from ui.guards import memory_error, uploaded_path, user_error
+from ui.guards import engine_errors_as_toasts, uploaded_path
 from ui.settings import AppSettings
 
 
@@ -67,7 +65,7 @@ class Lab:
         key = (str(tensors.resolve()), tensors.stat().st_mtime_ns if tensors.exists() else 0, str(device))
         if self._classifier is None or self._classifier[0] != key:
             self._classifier = None  # free the previous model before loading the next
-            try:
+            with engine_errors_as_toasts(str(device), "loading the classifier"):
                 # The adapter names its base model; only a model this app offers is loaded (an uploaded
                 # adapter must not point the app at an arbitrary folder or download).
                 config, _ = read_adapter(adapter)
@@ -78,10 +76,4 @@ class Lab:
                         duration=None,
                     )
                 self._classifier = key, Classifier.load(adapter, device, model=config.base_model)
-            except LoRALabError as error:
-                raise user_error(error) from None
-            except Exception as error:
-                if is_out_of_memory(error):
-                    raise memory_error(str(device), "loading the classifier") from None
-                raise
         return adapter, self._classifier[1]
