@@ -115,19 +115,25 @@ def test_fused_projection_equals_separate_layers(targets):
             assert torch.allclose(part, layer(x), atol=1e-5)
 
 
-def test_fused_and_unfused_training_gradients_agree(monkeypatch):
-    import engine.model
+def _tiny_classifier_with_nonzero_b() -> GPT:
+    """A seeded tiny LoRA classifier whose B matrices are random: a fresh B is zero, which hides A's gradient."""
     from engine.classifier import build_classifier
     from engine.config import LoRAConfig
 
+    torch.manual_seed(0)
+    model = build_classifier(GPT(TINY), LoRAConfig(rank=2, alpha=4))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    return model
+
+
+def test_fused_and_unfused_training_gradients_agree(monkeypatch):
+    import engine.model
     def gradients(min_rows):
         monkeypatch.setattr(engine.model, "FUSE_MIN_ROWS", min_rows)
-        torch.manual_seed(0)
-        model = build_classifier(GPT(TINY), LoRAConfig(rank=2, alpha=4))
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if "lora_B" in name:
-                    parameter.normal_(0, 0.5)
+        model = _tiny_classifier_with_nonzero_b()
         ids = torch.randint(0, 50257, (4, 30), generator=torch.Generator().manual_seed(3))
         model(ids, torch.tensor([29, 10, 3, 0])).sum().backward()
         return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
@@ -179,15 +185,7 @@ def test_fused_copies_tensors_that_train_or_are_not_adjacent():
 
 def test_training_under_bf16_autocast_matches_fp32_gradients():
     # CUDA training runs under bf16 autocast; CPU autocast exercises the same dtype handling here.
-    from engine.classifier import build_classifier
-    from engine.config import LoRAConfig
-
-    torch.manual_seed(0)
-    model = build_classifier(GPT(TINY), LoRAConfig(rank=2, alpha=4))
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.5)
+    model = _tiny_classifier_with_nonzero_b()
     ids = torch.randint(0, 50257, (2, 40), generator=torch.Generator().manual_seed(3))  # 80 rows: the fused q/k/v path
 
     def gradients(autocast: bool) -> dict[str, torch.Tensor]:
