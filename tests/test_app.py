@@ -104,6 +104,7 @@ def test_every_event_that_passes_the_controls_passes_all_of_them_in_order(settin
     assert [block._id for block in fns["controls"].outputs] == start  # a reload refills exactly what Start sends
     assert [block._id for block in fns["start_sweep"].inputs[1:]] == start  # the sweep trains the same controls
     assert fns["start"].input_parameter_names == list(Controls.names())  # the API's parameter names
+    assert fns["start_sweep"].input_parameter_names == ["ranks", *Controls.names()]
     assert [field.name for field in fields(ControlWidgets)] == list(Controls.names())
 
 

@@ -6,6 +6,7 @@ Runs here train the tiny model on a small slice of the SMS data (80 messages), s
 import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import gradio as gr
@@ -200,10 +201,10 @@ def test_data_quality_reads_the_prepared_summary(lab: Lab) -> None:
 
 
 def test_sweep_runs_in_the_training_job_and_refuses_a_second_start(lab: Lab) -> None:
-    controls = train_controls(lab.settings.model, max_steps=3.0, eval_freq=2.0).values()
+    controls = asdict(train_controls(lab.settings.model, max_steps=3.0, eval_freq=2.0))
     with pytest.raises(gr.Error, match="tick at least one rank"):
-        RunsTab(lab).start_sweep([], *controls)
-    status, *_ = RunsTab(lab).start_sweep([2, 1], *controls)
+        RunsTab(lab).start_sweep([], **controls)
+    status, *_ = RunsTab(lab).start_sweep([2, 1], **controls)
     assert status.startswith("Sweep over ranks 1, 2")
     assert TrainTab(lab).start_training(train_controls(lab.settings.model))[0].startswith("running")  # refused: the sweep goes on
     assert lab.job.wait(120)

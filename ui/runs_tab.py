@@ -138,7 +138,7 @@ class RunsTab:
         frame = self.overlay(chosen)
         return gr.LinePlot(value=frame, color_map=series_colors(frame["run"]) if frame is not None else None)
 
-    def start_sweep(self, ranks: Sequence[Any], *controls: Any) -> tuple[Any, ...]:
+    def start_sweep(self, ranks: Sequence[Any], **controls: Any) -> tuple[Any, ...]:
         """Train the Model & LoRA settings once per chosen rank, one after another, in the app's job."""
         try:
             chosen = sorted({int(rank) for rank in ranks or ()})
@@ -146,7 +146,7 @@ class RunsTab:
             raise gr.Error("ranks must be whole numbers: tick them in the list") from None
         if not chosen:
             raise gr.Error("tick at least one rank for the sweep")
-        settings = Controls(*controls)  # positional, in Controls' field order: ControlWidgets.inputs()
+        settings = Controls(**controls)  # Gradio sends the controls by name: they name the API's parameters
         self.lab.check_model(settings.model)
         try:
             cfg = run_config(self.lab.settings, settings, sweep_dir(self.out))
@@ -201,7 +201,7 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets) -> 
     chosen.change(runs.clear_overlay, None, overlay, api_name="clear_overlay", show_progress="hidden").then(
         runs.overlay_plot, chosen, overlay, api_name="overlay", show_progress="hidden"
     )
-    start.click(runs.start_sweep, [ranks, *controls.inputs()], sweep_view, api_name="start_sweep", show_progress="hidden")
+    start.click(runs.start_sweep, inputs_kwargs={"ranks": ranks, **controls.by_name()}, outputs=sweep_view, api_name="start_sweep", show_progress="hidden")
     timer.tick(runs.poll_sweep, None, sweep_view, api_name="poll_sweep", show_progress="hidden", concurrency_limit=None)
     stop.click(runs.stop_sweep, None, status, api_name="stop_sweep", concurrency_limit=None)
     gr.on([demo.load, tab.select], runs.poll_sweep, None, sweep_view, api_name="attach_sweep", show_progress="hidden", concurrency_limit=None)
