@@ -57,10 +57,11 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return hf
 
 
-def write_hf_checkpoint(folder: Path, cfg: GPTConfig = TINY, seed: int = 0, prefix: str = "transformer.") -> Path:
-    """A random GPT-2 saved as config.json + model.safetensors, the layout `--model PATH` takes."""
+def write_hf_checkpoint(folder: Path, cfg: GPTConfig = TINY, seed: int = 0, prefix: str = "transformer.", model: GPT | None = None) -> Path:
+    """A GPT-2 (random from `seed`, or `model`) saved as config.json + model.safetensors, the layout `--model PATH` takes."""
     torch.manual_seed(seed)
-    model = GPT(cfg)
+    model = model or GPT(cfg)
+    cfg = model.cfg
     folder.mkdir(parents=True, exist_ok=True)
     save_file({prefix + k: v for k, v in hf_state_dict(model).items()}, str(folder / "model.safetensors"))
     config = {
