@@ -63,6 +63,10 @@ def _check(report: Report, with_peer: bool) -> dict:
     assert modes["book"]["mean_padded_length"] == 120
     assert modes["recommended"]["mean_padded_length"] < 60  # length grouping: far below the book's 120
     assert all(e["epoch_s"] > 0 and e["measured_steps"] >= 1 for e in modes.values())
+    assert modes["book"]["estimates_per_epoch"] == 3  # after steps 1, 51 and 101 of 130
+    assert all(0 < e["estimate_s"] < e["live_estimate_s"] for e in modes.values())  # live scoring reads the whole validation set
+    overhead = data["ratios"]["evaluation_overhead"]["recommended"]
+    assert 0 < overhead["loss_estimates"] < overhead["with_live_scoring"]
     names = {r["implementation"] for r in data["latency"]}
     assert "ours fp32" in names
     (int8,) = [r for r in data["latency"] if r["implementation"] == "ours int8"]  # the benchmark runs on CPU here

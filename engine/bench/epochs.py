@@ -2,6 +2,7 @@
 own `train`: timed on a few steps of the real, seeded batch order and extrapolated to every batch
 by its token count (or timed whole with `full_epochs`)."""
 
+import math
 import statistics
 import tempfile
 import time
@@ -52,9 +53,11 @@ class _EpochRun:
         self.total = len(self.widths) if timed is None else min(len(self.widths), timed)
         self.full = timed is None
         self.train_cfg = replace(chosen.train, epochs=1, max_steps=self.total, eval_iter=1, eval_freq=10**9, live_metrics=False)
+        self.preset_train = chosen.train
         torch.manual_seed(123)
-        model = build_classifier(GPT(cfg).to(device), chosen.lora)
-        self.events = train(model, make_loaders(splits, chosen.train, cfg.context_length), self.train_cfg, device)
+        self.model = build_classifier(GPT(cfg).to(device), chosen.lora)
+        self.loaders = make_loaders(splits, chosen.train, cfg.context_length)
+        self.events = train(self.model, self.loaders, self.train_cfg, device)
         self.intervals: list[float] = []
 
     def step(self) -> None:
@@ -68,8 +71,28 @@ class _EpochRun:
                 break
         self.intervals.append(time.perf_counter() - start)
 
+    def time_estimates(self) -> tuple[float, float]:
+        """Seconds for one of the preset's loss estimates, without and with live validation scoring
+        (the median of three; train() runs them every eval_freq steps)."""
+        from engine.evaluate import evaluate, evaluate_whole_and_first
+
+        t = self.preset_train
+        plain, live = [], []
+        for _ in range(3):
+            start = time.perf_counter()
+            evaluate(self.model, self.loaders.train, self.device, t.pooling, t.eval_iter)
+            train_part = time.perf_counter() - start
+            start = time.perf_counter()
+            evaluate(self.model, self.loaders.validation, self.device, t.pooling, t.eval_iter)
+            plain.append(train_part + time.perf_counter() - start)
+            start = time.perf_counter()
+            evaluate_whole_and_first(self.model, self.loaders.validation, self.device, t.pooling, t.eval_iter)
+            live.append(train_part + time.perf_counter() - start)
+        return statistics.median(plain), statistics.median(live)
+
     def result(self) -> EpochResult:
         self.events.close()
+        estimate_s, live_estimate_s = self.time_estimates()
         intervals, widths = list(self.intervals), self.widths
         bf16 = self.device.type == "cuda" and self.train_cfg.bf16_autocast and torch.cuda.is_bf16_supported()
         padded = [w * self.rows_per_batch for w in widths]
@@ -96,6 +119,9 @@ class _EpochRun:
             epoch_s=round(epoch_s, 2),
             extrapolated=not self.full,
             method=method,
+            estimates_per_epoch=math.ceil(len(widths) / self.preset_train.eval_freq),  # after steps 1, 1 + eval_freq, ...
+            estimate_s=round(estimate_s, 3),
+            live_estimate_s=round(live_estimate_s, 3),
         )
 
 

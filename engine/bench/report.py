@@ -50,6 +50,22 @@ class EpochResult:
     epoch_s: float
     extrapolated: bool
     method: str
+    # What the preset's periodic evaluation adds to an epoch: the loss estimate (eval_iter batches of
+    # train and validation) every eval_freq steps, and the same with live validation scoring, whose
+    # validation half is one pass over the whole validation set.
+    estimates_per_epoch: int = 0
+    estimate_s: float = 0.0
+    live_estimate_s: float = 0.0
+
+    @property
+    def estimate_overhead(self) -> float:
+        """The loss estimates' share of an epoch's training time."""
+        return self.estimates_per_epoch * self.estimate_s / self.epoch_s if self.epoch_s else 0.0
+
+    @property
+    def live_overhead(self) -> float:
+        """The same with live validation scoring (the app's default)."""
+        return self.estimates_per_epoch * self.live_estimate_s / self.epoch_s if self.epoch_s else 0.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +154,7 @@ class Report:
             "step_speedup_paired_median": statistics.median(self.step_pair_ratios) if self.step_pair_ratios else None,
             "epoch_speedup_recommended_vs_book": self.epoch_speedup,
             "padded_length_book_over_recommended": self.padding_ratio,
+            "evaluation_overhead": {e.mode: {"loss_estimates": e.estimate_overhead, "with_live_scoring": e.live_overhead} for e in self.epochs},
             "classification_speedup_vs_transformers": self.latency_ratios(),
         }
         return data
@@ -192,6 +209,11 @@ class Report:
                 f"  {e.mode:<12} {e.epoch_s:7.1f} s for {e.steps_per_epoch} steps, mean padded length {e.mean_padded_length:.1f} "
                 f"(real {e.mean_real_length:.1f}), {how}"
             )
+            if e.estimates_per_epoch:
+                out.append(
+                    f"  {'':<12} + {e.estimates_per_epoch} loss estimates: {e.estimate_s:.2f} s each (+{e.estimate_overhead:.0%}); "
+                    f"with live validation scoring {e.live_estimate_s:.2f} s each (+{e.live_overhead:.0%})"
+                )
         if self.epoch_speedup is not None:
             out.append(f"  recommended vs book: {self.epoch_speedup:.2f}x faster per epoch, {self.padding_ratio:.2f}x fewer padded tokens per row (target 3x)")
         return out
