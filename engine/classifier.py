@@ -12,6 +12,7 @@ from torch import nn
 from engine.adapter import AdapterConfig, check_base, load_tensors, read_adapter
 from engine.config import LoRAConfig
 from engine.errors import InputError
+from engine.loaders import PASS_COST_TOKENS, least_padding_cuts
 from engine.lora import apply_lora, freeze_base, merge_lora, set_lora_enabled
 from engine.model import GPT, read_positions
 from engine.tokenizer import END_OF_TEXT_ID, encode
@@ -19,11 +20,6 @@ from engine.weights import load_model
 
 MAX_MESSAGE_CHARS = 100_000  # far beyond any SMS; longer input is cut before tokenising
 BATCH_SIZE = 32  # at most this many messages per forward pass when classifying many
-# What one more forward pass costs, in padded tokens' worth of work: tens of ms of fixed cost per
-# pass on a 2-core CPU against about 1 ms a token (gpt2-small); 64 measured best for 100 SMS in
-# int8 (3.5 s against 4.2 s for chunks of 32). It decides when longer messages are worth a batch
-# of their own rather than padding their shorter neighbours.
-PASS_COST_TOKENS = 64
 
 
 def build_classifier(base: GPT, lora: LoRAConfig, n_classes: int = 2, seed: int = 123) -> GPT:
@@ -124,25 +120,6 @@ class Classifier:
             Prediction(labels[max(range(len(labels)), key=row.__getitem__)], dict(zip(labels, row, strict=True)), len(ids), truncated)
             for row, (ids, truncated) in zip(probabilities, encoded, strict=True)
         ]
-
-
-def least_padding_cuts(sorted_lengths: Sequence[int], max_batch: int, pass_cost: int) -> list[int]:
-    """Where to cut a length-sorted list into batches so padded tokens plus `pass_cost` per batch is least.
-
-    Fixed-size chunks of sorted messages still pad a lot where lengths spread out (28 % of the
-    tokens for 100 SMS test messages in chunks of 32); choosing the cuts by dynamic programming
-    keeps the padding to a few percent. Returns the boundaries, from 0 to len(sorted_lengths).
-    """
-    n = len(sorted_lengths)
-    best = [0] + [0] * n  # best[j]: least cost of the first j messages
-    cut_before = [0] * (n + 1)
-    for end in range(1, n + 1):
-        options = ((best[start] + (end - start) * sorted_lengths[end - 1] + pass_cost, start) for start in range(max(0, end - max_batch), end))
-        best[end], cut_before[end] = min(options)
-    cuts = [n]
-    while cuts[-1] > 0:
-        cuts.append(cut_before[cuts[-1]])
-    return cuts[::-1]
 
 
 def quantize_int8(model: GPT, device: torch.device) -> None:

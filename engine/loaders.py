@@ -17,6 +17,11 @@ from engine.errors import ConfigError
 from engine.tokenizer import END_OF_TEXT_ID, encode
 
 GROUP_BATCHES = 16  # batches per length-sorted group: big enough to sort, small enough to stay random
+# What one more forward pass costs, in padded tokens' worth of work: tens of ms of fixed cost per
+# pass on a 2-core CPU against about 1 ms a token (gpt2-small); 64 measured best for 100 SMS in
+# int8 (3.5 s against 4.2 s for chunks of 32). It decides when longer messages are worth a batch
+# of their own rather than padding their shorter neighbours.
+PASS_COST_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -107,3 +112,22 @@ def make_loaders(splits: Splits, cfg: TrainConfig, context_length: int) -> Loade
         train_loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator, collate_fn=pad)
     evaluation = lambda name: DataLoader(datasets[name], batch_size=cfg.batch_size, shuffle=False, collate_fn=pad)  # noqa: E731
     return Loaders(train_loader, evaluation("validation"), evaluation("test"), max_length)
+
+
+def least_padding_cuts(sorted_lengths: Sequence[int], max_batch: int, pass_cost: int) -> list[int]:
+    """Where to cut a length-sorted list into batches so padded tokens plus `pass_cost` per batch is least.
+
+    Fixed-size chunks of sorted messages still pad a lot where lengths spread out (28 % of the
+    tokens for 100 SMS test messages in chunks of 32); choosing the cuts by dynamic programming
+    keeps the padding to a few percent. Returns the boundaries, from 0 to len(sorted_lengths).
+    """
+    n = len(sorted_lengths)
+    best = [0] + [0] * n  # best[j]: least cost of the first j messages
+    cut_before = [0] * (n + 1)
+    for end in range(1, n + 1):
+        options = ((best[start] + (end - start) * sorted_lengths[end - 1] + pass_cost, start) for start in range(max(0, end - max_batch), end))
+        best[end], cut_before[end] = min(options)
+    cuts = [n]
+    while cuts[-1] > 0:
+        cuts.append(cut_before[cuts[-1]])
+    return cuts[::-1]

@@ -101,3 +101,31 @@ def test_run_reports_per_message_scores(trained_run):
     assert 0.0 <= roc_curve(final.scores["test"]).auc <= 1.0
     record = json.loads(next(e for e in events if isinstance(e, RunSaved)).record.read_text())
     assert len(record["scores"]["test"]["probabilities"]) == 300
+
+
+def test_length_sorted_evaluation_equals_the_loaders_own_batches(tiny_model_dir, prepared_data):
+    from engine.classifier import build_classifier
+    from engine.config import LoRAConfig, preset
+    from engine.data import prepare
+    from engine.evaluate import evaluate
+    from engine.loaders import make_loaders
+    from engine.weights import load_model
+
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    model = build_classifier(load_model(str(tiny_model_dir), cpu), LoRAConfig(rank=2, alpha=4))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)  # answers that differ from message to message
+    validation = make_loaders(prepare(str(prepared_data)).splits, preset("recommended").train, model.cfg.context_length).validation
+    as_batched = list(validation)  # a plain list of the loader's own padded batches: the path that takes them as they come
+
+    sorted_metrics, sorted_scores = evaluate_with_scores(model, validation, cpu, "last_token")
+    plain_metrics, plain_scores = evaluate_with_scores(model, as_batched, cpu, "last_token")
+    assert sorted_metrics.confusion == plain_metrics.confusion and sorted_metrics.count == 149
+    assert sorted_metrics.loss == pytest.approx(plain_metrics.loss, abs=1e-5)
+    assert sorted_scores.labels == plain_scores.labels
+    assert torch.allclose(torch.tensor(sorted_scores.probabilities), torch.tensor(plain_scores.probabilities), atol=1e-5)
+    first_five = evaluate(model, validation, cpu, "last_token", 5)
+    assert first_five.count == 40 and first_five.loss == pytest.approx(evaluate(model, as_batched, cpu, "last_token", 5).loss, abs=1e-5)
