@@ -10,7 +10,8 @@ Everything runs in one process tree, in one run, on the current device (noise be
    through Hugging Face `transformers` + `peft` (skipped with a note when they are absent). Each side
    runs in a fresh subprocess so its peak memory is its own — `training.py`, `peer.py`;
 3. one epoch of the real SMS training split in `book` and `recommended` mode (timed on a few steps
-   of the real, seeded batch order and extrapolated to all batches by their token counts) — `epochs.py`;
+   of the real, seeded batch order and extrapolated to all batches by their token counts), and what
+   the preset's periodic loss estimates add to it, with and without live validation scoring — `epochs.py`;
 4. classification latency, one message and 100 messages, for us (fp32; int8 on CPU) and for
    `transformers` + `peft` (LoRA merged on both sides), and the least time the 100 messages' FLOPs
    allow at the fp32 and int8 peaks — `latency.py`.
