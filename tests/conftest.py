@@ -38,6 +38,14 @@ SMS_ZIP = FIXTURES / "sms_spam_collection.zip"
 TINY = GPTConfig("tiny", vocab_size=50257, context_length=256, n_embd=32, n_layer=2, n_head=4)
 
 
+def randomise_lora(model: torch.nn.Module, std: float) -> None:
+    """Random LoRA B matrices: a fresh B is zero, which hides A's gradient and any mix-up of adapters."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, std)
+
+
 def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """Our model's base weights in Hugging Face GPT-2 layout (fused c_attn, Conv1D transposed)."""
     ours = {k.removeprefix("transformer."): v for k, v in model.state_dict().items() if k.startswith("transformer.")}

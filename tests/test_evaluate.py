@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from conftest import randomise_lora
 from torch import nn
 
 from engine.evaluate import Mistake, Scores, at_threshold, evaluate_whole_and_first, evaluate_with_scores, mistakes, roc_curve
@@ -114,10 +115,7 @@ def test_length_sorted_evaluation_equals_the_loaders_own_batches(tiny_model_dir,
     cpu = torch.device("cpu")
     torch.manual_seed(0)
     model = build_classifier(load_model(str(tiny_model_dir), cpu), LoRAConfig(rank=2, alpha=4))
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.5)  # answers that differ from message to message
+    randomise_lora(model, 0.5)  # answers that differ from message to message
     validation = make_loaders(prepare(str(prepared_data)).splits, preset("recommended").train, model.cfg.context_length).validation
     as_batched = list(validation)  # a plain list of the loader's own padded batches: the path that takes them as they come
 

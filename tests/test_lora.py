@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, randomise_lora
 from torch import nn
 
 from engine.classifier import build_classifier
@@ -16,13 +16,6 @@ from engine.params import param_summary
 def classifier(lora: LoRAConfig | None = None, seed: int = 0) -> GPT:
     torch.manual_seed(seed)
     return build_classifier(GPT(TINY), lora or LoRAConfig(rank=4, alpha=8))
-
-
-def randomise_lora(model: nn.Module) -> None:
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.1)
 
 
 def test_book_counts_for_gpt2_small_at_rank_16():
@@ -84,7 +77,7 @@ def test_train_head_makes_the_head_trainable_too():
 @pytest.mark.parametrize("scaling", ["alpha", "alpha_over_rank"])
 def test_merge_equals_unmerged_and_unmerge_restores(scaling):
     model = classifier(LoRAConfig(rank=4, alpha=8, scaling=scaling)).eval()
-    randomise_lora(model)
+    randomise_lora(model, 0.1)
     ids = torch.randint(0, 50257, (2, 11))
     weight = model.transformer.h[1].mlp.c_fc.base_layer.weight.clone()
     expected = model(ids)
@@ -106,7 +99,7 @@ def test_scaling_modes_differ_by_rank():
 @pytest.mark.parametrize("merged", [False, True])
 def test_disabling_gives_the_base_model_without_rewriting_weights(tokens, merged):
     plain, model = plain_and_adapted()
-    randomise_lora(model)
+    randomise_lora(model, 0.1)
     if merged:
         merge_lora(model)
     weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import TINY, write_hf_checkpoint
+from conftest import TINY, randomise_lora, write_hf_checkpoint
 
 from engine.config import GPT2_SIZES
 from engine.model import GPT, generate_greedy, read_positions
@@ -100,10 +100,7 @@ def test_fused_projection_equals_separate_layers(targets):
     torch.manual_seed(0)
     model = GPT(TINY, n_classes=2)
     apply_lora(model, LoRAConfig(rank=3, alpha=5, targets=targets))
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.5)
+    randomise_lora(model, 0.5)
     attention = model.transformer.h[0].attn
     layers = (attention.q_proj, attention.k_proj, attention.v_proj)
     x = torch.randn(2, FUSE_MIN_ROWS, TINY.n_embd)
@@ -122,10 +119,7 @@ def _tiny_classifier_with_nonzero_b() -> GPT:
 
     torch.manual_seed(0)
     model = build_classifier(GPT(TINY), LoRAConfig(rank=2, alpha=4))
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.5)
+    randomise_lora(model, 0.5)
     return model
 
 
