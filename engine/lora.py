@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from engine.adapted_linear import Update, adapted_linear
 from engine.config import LoRAConfig
 from engine.errors import ConfigError
 
@@ -47,14 +48,22 @@ class LoRALinear(nn.Module):
         the cost of a low-rank product, without rewriting any weight), 0 leaves it alone."""
         return int(self.enabled and not self.merged) - int(self.merged and not self.enabled)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def update(self, start: int = 0) -> Update | None:
+        """The update the forward pass applies on the fly (see `update_sign`), placed at output column `start`."""
         sign = self.update_sign
-        if sign == 0:
+        return Update(self.lora_A, self.lora_B, sign * self.scale, start) if sign else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        update = self.update()
+        base = frozen_linear(self.base_layer)
+        if base is not None:
+            return adapted_linear(x, base.weight, base.bias, [update] if update else [])
+        if update is None:
             return self.base_layer(x)
-        # One in-place BLAS call adds ±scale·(xA)B into the base output: no copy, no separate add pass.
+        # A trainable or int8 base: one in-place BLAS call adds the update into its output.
         rows = x.reshape(-1, x.size(-1))
         out = self.base_layer(rows)
-        out.addmm_((rows @ self.lora_A).to(out.dtype), self.lora_B.to(out.dtype), alpha=sign * self.scale)  # autocast skips in-place ops
+        out.addmm_((rows @ self.lora_A).to(out.dtype), self.lora_B.to(out.dtype), alpha=update.scale)  # autocast skips in-place ops
         return out.view(*x.shape[:-1], out.size(-1))
 
     def delta_weight(self) -> torch.Tensor:
@@ -79,6 +88,20 @@ class LoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, scale={self.scale:g}, merged={self.merged}"
+
+
+def frozen_linear(layer: nn.Module) -> nn.Linear | None:
+    """The plain nn.Linear under `layer` (itself, or a LoRA layer's base) if neither its weight nor
+    its bias trains, else None (trainable, or int8 after quantisation)."""
+    base = getattr(layer, "base_layer", layer)
+    if type(base) is not nn.Linear or base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
+        return None
+    return base
+
+
+def update_of(layer: nn.Module, start: int = 0) -> Update | None:
+    """A LoRA layer's on-the-fly update at output column `start`; None for plain layers or none to apply."""
+    return layer.update(start) if isinstance(layer, LoRALinear) else None
 
 
 def apply_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.adapted_linear import adapted_linear, gelu
 from engine.config import GPTConfig, Pooling
-from engine.gelu_linear import gelu_then_project
+from engine.lora import frozen_linear, update_of
 
 FUSE_MIN_ROWS = 64  # below this many tokens one wide product is slower than three (1 message of 20: 77 vs 74 ms)
 
@@ -57,36 +58,33 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             k, v = (heads(t) for t in project(x, (self.k_proj, self.v_proj)))
-            q = heads(self.q_proj(x[torch.arange(B, device=x.device), read].unsqueeze(1)))  # (B, nh, 1, hs)
+            (q,) = project(x[torch.arange(B, device=x.device), read].unsqueeze(1), (self.q_proj,))
+            q = heads(q)  # (B, nh, 1, hs)
             visible = torch.arange(T, device=x.device)[None, :] <= read[:, None]  # (B, T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible[:, None, None, :])
-        return self.c_proj(y.transpose(1, 2).reshape(B, -1, C))
+        return project(y.transpose(1, 2).reshape(B, -1, C), (self.c_proj,))[0]
 
 
 def project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> list[torch.Tensor]:
-    """Apply several Linear (or LoRA-wrapped Linear) layers to the same input as one matrix product.
+    """Apply one or several Linear (or LoRA-wrapped Linear) layers to the same input.
 
-    The frozen weights are concatenated into one (sum of outputs, in) product, and the active LoRA
-    pairs into one x·[A₁ A₂ …] product followed by a block-diagonal B, so each layer keeps its
-    own adapter while the work runs as two large BLAS calls instead of many small ones.
-    Few rows gain nothing from fusing, so they take the layers one by one.
+    Frozen layers run through `adapted_linear`; several of them read their weights as one
+    (sum of outputs, in) weight, each active LoRA pair adding its update to its own layer's
+    columns, so the frozen work is one large product instead of several. Few rows gain nothing
+    from fusing, so they take the layers one by one; trainable or int8 layers run as themselves.
     """
-    bases = [getattr(layer, "base_layer", layer) for layer in layers]
-    if x.numel() // x.size(-1) < FUSE_MIN_ROWS or not all(type(b) is nn.Linear for b in bases):  # e.g. int8 layers
+    bases = [frozen_linear(layer) for layer in layers]
+    if any(b is None for b in bases):
         return [layer(x) for layer in layers]
-    rows = x.reshape(-1, x.size(-1))
-    out = F.linear(rows, fused([b.weight for b in bases]), fused([b.bias for b in bases]))
-    signs = [getattr(layer, "update_sign", 0) for layer in layers]
-    active = [i for i, sign in enumerate(signs) if sign]
-    if active:
-        widths = [b.out_features for b in bases]
-        starts = [sum(widths[:i]) for i in range(len(widths))]
-        a = torch.cat([layers[i].lora_A for i in active], dim=1)  # (in, sum of ranks)
-        b = torch.cat(
-            [F.pad(layers[i].lora_B * (signs[i] * layers[i].scale), (starts[i], out.size(1) - starts[i] - widths[i])) for i in active]
-        )  # (sum of ranks, sum of outputs), block-diagonal
-        out.addmm_((rows @ a).to(out.dtype), b.to(out.dtype))  # autocast skips in-place ops: match its dtype
-    return [part.view(*x.shape[:-1], part.size(-1)) for part in out.split([b.out_features for b in bases], dim=-1)]
+    if len(layers) > 1 and x.numel() // x.size(-1) < FUSE_MIN_ROWS:
+        return [project(x, (layer,))[0] for layer in layers]
+    widths = [b.out_features for b in bases]
+    starts = [sum(widths[:i]) for i in range(len(widths))]
+    updates = [update_of(layer, start) for layer, start in zip(layers, starts, strict=True)]
+    biases = [b.bias for b in bases]
+    bias = fused(biases) if all(b is not None for b in biases) else None
+    out = adapted_linear(x, fused([b.weight for b in bases]), bias, [u for u in updates if u is not None])
+    return list(out.split(widths, dim=-1))
 
 
 def fused(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -94,6 +92,8 @@ def fused(tensors: list[torch.Tensor]) -> torch.Tensor:
     (see `store_qkv_adjacent`), else a concatenated copy. Tensors that train always take the copy,
     since a view of the first would route every gradient to it."""
     first = tensors[0]
+    if len(tensors) == 1:
+        return first
     offset = first.storage_offset()
     adjacent = all(
         not t.requires_grad
@@ -116,7 +116,13 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gelu_then_project(self.c_fc(x), self.c_proj)
+        (hidden,) = project(x, (self.c_fc,))
+        base = frozen_linear(self.c_proj)
+        if base is None:
+            return self.c_proj(gelu(hidden))
+        update = update_of(self.c_proj)
+        # Reading the GELU inside the product keeps only `hidden` for backward, not its GELU too.
+        return adapted_linear(hidden, base.weight, base.bias, [update] if update else [], gelu_first=True)
 
 
 class Block(nn.Module):
