@@ -67,7 +67,8 @@ def _gelu_untracked(x: torch.Tensor) -> torch.Tensor:
 
 def frozen_product(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """rows·Wᵀ + b for a weight that does not train: oneDNN for fp32 on x86 CPUs, else F.linear."""
-    if _ONEDNN and rows.device.type == "cpu" and rows.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
+    on_cpu_fp32 = rows.device.type == "cpu" and rows.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+    if _ONEDNN and on_cpu_fp32 and weight.is_contiguous():  # a strided W would be laid out anew on every call
         return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
     return F.linear(rows, weight, bias)
 
