@@ -57,12 +57,13 @@ def _gelu_untracked(x: torch.Tensor) -> torch.Tensor:
     """
     if x.device.type != "cpu" or x.dtype != torch.float32:
         return gelu(x)  # one fused kernel on GPUs; bf16 would round at every pass
-    source, out = x.reshape(-1, x.size(-1)), torch.empty_like(x)
+    source = x.reshape(-1, x.size(-1))
+    out = torch.empty_like(source, memory_format=torch.contiguous_format)
     rows = max(1, _CHUNK_ELEMENTS // x.size(-1))
-    for part, result in zip(source.split(rows), out.view_as(source).split(rows), strict=True):
+    for part, result in zip(source.split(rows), out.split(rows), strict=True):
         torch.mul(part, part, out=result)
         result.mul_(_TWO_ROOT_TWO_OVER_PI * 0.044715).add_(_TWO_ROOT_TWO_OVER_PI).mul_(part).sigmoid_().mul_(part)
-    return out
+    return out.view(x.shape)
 
 
 def frozen_product(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

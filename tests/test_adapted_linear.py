@@ -100,6 +100,8 @@ def test_the_untracked_cpu_gelu_matches_pytorchs(rows):
     assert torch.allclose(_gelu_untracked(x), gelu(x), rtol=1e-6, atol=1e-6)
     as_3d = x.view(1, rows, 3072)
     assert torch.equal(_gelu_untracked(as_3d), _gelu_untracked(x).view(1, rows, 3072))
+    strided = x.t()  # not contiguous: read through a copy, answered in the input's shape
+    assert torch.allclose(_gelu_untracked(strided), gelu(strided), rtol=1e-6, atol=1e-6)
     half = x.bfloat16()
     assert torch.equal(_gelu_untracked(half), gelu(half))  # bf16 takes PyTorch's one-pass kernel
 
