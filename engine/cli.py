@@ -5,17 +5,30 @@ one-line message on bad input.
 """
 
 import argparse
-import json
+import logging
 import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from engine import strict_json
 from engine.config import GPT2_SIZES, LORA_TARGETS, PRESETS, SCALINGS, LoRAConfig, RunConfig
 from engine.errors import LoRALabError
+from engine.failure import failure_of
+from engine.grid import TARGET_SETS
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = 2  # the user can fix it: bad input, a missing file, out of memory
+EXIT_INTERNAL = 1  # a fault in LoRA Lab: the traceback is logged
+DOING = {  # each command, as the words of an out-of-memory message
+    "data": "preparing the data",
+    "params": "counting parameters",
+    "generate": "generating",
+    "train": "training",
+    "sweep": "running the sweep",
+    "classify": "classifying",
+    "bench": "benchmarking",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _emit(args: argparse.Namespace, payload: dict[str, Any], lines: list[str]) -> None:
     if args.json:
-        print(json.dumps(payload, default=str))
+        print(strict_json.dumps(payload, default=str))
     else:
         print("\n".join(lines))
 
@@ -81,11 +94,33 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from engine.run import DataReady, FinalEvaluated, ModelReady, RunSaved, fine_tune
-    from engine.train import EpochDone, LossEvaluated, StepDone, ValidationEvaluated
+    from engine.recorder import RunRecorder
+    from engine.run import fine_tune
 
+    cfg = _run_config(args)
+    recorder = RunRecorder()
+    for event in fine_tune(cfg, on_download=None if args.json else _download_reporter()):
+        recorder.record(event)
+        _log_event(event)
+    progress = recorder.progress()
+    saved = progress.saved
+    result = {
+        "data": progress.data.to_dict() if progress.data else None,
+        "trainable": progress.trainable,
+        "accuracy": {name: m.accuracy for name, m in (progress.final or {}).items()},
+        "out_dir": str(saved.out_dir),
+        "adapter": str(saved.adapter_dir),
+        "record": str(saved.record),
+        "stopped": saved.stopped,
+    }
+    lines = [f"{name} accuracy: {value:.2%}" for name, value in result["accuracy"].items()]
+    _emit(args, result, lines + [f"adapter saved to {result['adapter']}; run record {result['record']}"])
+
+
+def _run_config(args: argparse.Namespace, preset_name: str | None = None) -> RunConfig:
+    """The run `train` (or each point of `sweep`) starts from: the preset, then every option given."""
     cfg = RunConfig.from_preset(
-        args.preset, model=args.model, data=args.data, data_cache=args.cache, out_dir=args.out, device=args.device, deduplicate=args.dedupe
+        preset_name or args.preset, model=args.model, data=args.data, data_cache=args.cache, out_dir=args.out, device=args.device, deduplicate=args.dedupe
     )
     lora_changes = {k: v for k, v in (("rank", args.rank), ("alpha", args.alpha), ("scaling", args.scaling)) if v is not None}
     if args.targets:
@@ -94,30 +129,104 @@ def cmd_train(args: argparse.Namespace) -> None:
     train_changes = {k: v for k, v in overrides if v is not None}
     if args.no_live_metrics:
         train_changes["live_metrics"] = False
-    cfg = replace(cfg, lora=replace(cfg.lora, **lora_changes), train=replace(cfg.train, **train_changes))
-    result: dict[str, Any] = {}
-    for event in fine_tune(cfg, on_download=None if args.json else _download_reporter()):
-        if isinstance(event, StepDone):
+    return replace(cfg, lora=replace(cfg.lora, **lora_changes), train=replace(cfg.train, **train_changes))
+
+
+def _log_event(event: Any) -> None:
+    """The progress lines `train` writes to stderr."""
+    from engine.events import ModelReady
+    from engine.train import EpochDone, LossEvaluated, StepDone, ValidationEvaluated
+
+    match event:
+        case StepDone():
             _progress_bar(event)
-        elif isinstance(event, LossEvaluated):
+        case LossEvaluated():
             _log(f"step {event.step:04d}: train loss {event.train_loss:.3f}, validation loss {event.validation_loss:.3f}")
-        elif isinstance(event, ValidationEvaluated):
+        case ValidationEvaluated():
             m = event.metrics
             scores = f"validation accuracy {m.accuracy:.2%}, precision {m.precision:.2%}, recall {m.recall:.2%}, F1 {m.f1:.2%}"
             _log(f"step {event.step:04d}: {scores} ({m.count} messages)")
-        elif isinstance(event, EpochDone):
+        case EpochDone():
             _log(f"epoch {event.epoch}: train accuracy {event.train_accuracy:.2%}, validation accuracy {event.validation_accuracy:.2%}")
-        elif isinstance(event, DataReady):
-            result["data"] = event.summary.to_dict()
-        elif isinstance(event, ModelReady):
+        case ModelReady():
             _log(f"{event.model} on {event.device}: {event.counts.trainable:,} trainable of {event.counts.total:,} parameters")
-            result["trainable"] = event.counts.trainable
-        elif isinstance(event, FinalEvaluated):
-            result["accuracy"] = {name: m.accuracy for name, m in event.metrics.items()}
-        elif isinstance(event, RunSaved):
-            result.update(out_dir=str(event.out_dir), adapter=str(event.adapter_dir), record=str(event.record), stopped=event.stopped)
-    lines = [f"{name} accuracy: {value:.2%}" for name, value in result.get("accuracy", {}).items()]
-    _emit(args, result, lines + [f"adapter saved to {result['adapter']}; run record {result['record']}"])
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from engine.grid import Grid, targets_named
+    from engine.scheduler import Scheduler, workers_for
+
+    presets = args.preset or ["recommended"]
+    unset = {"preset": presets[0], "rank": None, "alpha": None, "scaling": None, "targets": None, "lr": None}  # the grid sets these
+    base = _run_config(argparse.Namespace(**{**vars(args), **unset}))
+    base = replace(base, owner=args.owner)
+    values = {"rank": args.rank, "alpha": args.alpha, "scaling": args.scaling, "lr": args.lr, "preset": presets, "seed": args.seed}
+    values["targets"] = list(targets_named(args.targets)) if args.targets else None
+    fixed = {name: given[0] for name, given in values.items() if given and len(given) == 1}
+    grid = Grid(**{name: tuple(given) for name, given in values.items() if given and len(given) > 1})
+    if fixed:
+        from engine.grid import configure
+
+        base = configure(base, fixed)
+    if base.data is None or not Path(base.data).is_dir():  # prepared once here, not by every worker
+        from engine.data import prepare
+
+        prepare(base.data, base.data_cache, None if args.json else _download_reporter(), urls=base.data_urls, deduplicate=base.deduplicate)
+        base = replace(base, data=base.data_cache)
+    runs = grid.expand(base)
+    scheduler = Scheduler(Path(args.out), workers_for(args.workers, args.device, args.ray), persist=False)
+    try:
+        queued = scheduler.submit([cfg for _, cfg in runs], [label for label, _ in runs])
+        sizes = " x ".join(f"{len(getattr(grid, name))} {name}" for name in grid.varied)
+        _log(f"{len(queued)} runs ({sizes}) on {scheduler.workers.describe()}, into {Path(args.out) / Path(queued[0].id).parent}")
+        reported: set[str] = set()
+        while not scheduler.wait(timeout=1.0):
+            _report_ended(scheduler, reported, len(queued))
+        _report_ended(scheduler, reported, len(queued))
+    except KeyboardInterrupt:
+        scheduler.close()
+        raise
+    scheduler.close()
+    rows = [_sweep_row(view) for view in scheduler.views()]
+    _emit(args, {"grid": str(Path(args.out) / Path(queued[0].id).parent), "runs": rows}, _sweep_table(rows))
+
+
+def _report_ended(scheduler: Any, reported: set[str], total: int) -> None:
+    """One progress line per run as it ends."""
+    for view in scheduler.views():
+        if view.run.ended and view.run.id not in reported:
+            reported.add(view.run.id)
+            row = _sweep_row(view)
+            accuracy = f"test accuracy {row['test_accuracy']:.2%}" if row["test_accuracy"] is not None else (row["reason"] or "no final evaluation")
+            took = f", {view.run.ended_at - view.run.started_at:.0f} s" if view.run.started_at else ""
+            _log(f"[{len(reported)}/{total}] {row['run']}: {row['state']}, {accuracy}{took} on {row['worker'] or 'no worker'}")
+
+
+def _sweep_row(view: Any) -> dict[str, Any]:
+    progress = view.progress
+    final = (progress.final or {}) if progress else {}
+    return {
+        "run": view.run.id.rsplit("/", 1)[-1],
+        "state": view.run.state,
+        "reason": view.run.reason,
+        "test_accuracy": final["test"].accuracy if "test" in final else None,
+        "validation_accuracy": final["validation"].accuracy if "validation" in final else None,
+        "trainable": progress.trainable if progress else None,
+        "train_seconds": round(progress.train_seconds, 2) if progress else None,
+        "worker": view.run.worker,
+        "out_dir": view.run.config.out_dir,
+    }
+
+
+def _sweep_table(rows: list[dict[str, Any]]) -> list[str]:
+    width = max(len(row["run"]) for row in rows)
+    lines = [f"{'run':<{width}}  {'state':<11}  {'test acc.':>9}  {'val. acc.':>9}  {'trainable':>11}  {'time (s)':>8}  worker"]
+    for row in rows:
+        test, validation = (f"{row[k]:.2%}" if row[k] is not None else "-" for k in ("test_accuracy", "validation_accuracy"))
+        trainable = f"{row['trainable']:,}" if row["trainable"] else "-"
+        seconds = f"{row['train_seconds']:.1f}" if row["train_seconds"] is not None else "-"
+        lines.append(f"{row['run']:<{width}}  {row['state']:<11}  {test:>9}  {validation:>9}  {trainable:>11}  {seconds:>8}  {row['worker'] or '-'}")
+    return lines
 
 
 def cmd_classify(args: argparse.Namespace) -> None:
@@ -143,6 +252,12 @@ def cmd_classify(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    if args.sweep:
+        from engine.bench.sweep import run_sweep_benchmark
+
+        result = run_sweep_benchmark(args.model, args.device, args.workers, args.steps, args.data, progress=None if args.json else _log)
+        _emit(args, result.to_dict(), result.lines())
+        return
     from engine.bench import run_benchmark
 
     report = run_benchmark(args.model, args.device, args.steps, args.data, progress=None if args.json else _log)
@@ -211,20 +326,28 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(run=cmd_generate)
 
     train = add("train", "fine-tune with LoRA and save the adapter and a run record")
-    train.add_argument("--model", default="gpt2-small", help=model_help)
     train.add_argument("--preset", choices=PRESETS, default="recommended", help="book: the book's appendix E exactly; recommended: faster and as accurate")
-    train.add_argument("--data", help="folder made by `data`, or a source as `data --source` takes (default: download)")
-    train.add_argument("--cache", default="data_cache", help="where downloaded data and CSVs go (default: data_cache)")
-    train.add_argument("--dedupe", action="store_true", help="drop repeated messages before balancing and splitting")
     _lora_arguments(train, defaults=False)
     train.add_argument("--lr", type=float, help="learning rate (preset: book 5e-5, recommended 8e-4)")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    train.add_argument("--no-live-metrics", action="store_true", help="at each loss estimate, skip scoring the whole validation set (faster)")
-    train.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
+    _run_arguments(train, model_help)
     train.add_argument("--out", default="runs/latest", help="output folder (default: runs/latest)")
     train.set_defaults(run=cmd_train)
+
+    sweep = add("sweep", "train a grid of runs, every combination of the values given, on several workers (or a Ray cluster)")
+    grid = sweep.add_argument_group("the grid (a setting given two or more values varies; one value applies to every run)")
+    grid.add_argument("--rank", type=int, nargs="+", metavar="R", help="LoRA ranks, e.g. 1 2 4 8 16")
+    grid.add_argument("--alpha", type=float, nargs="+", metavar="A", help="LoRA alphas")
+    grid.add_argument("--scaling", choices=SCALINGS, nargs="+", help="alpha (book) and/or alpha_over_rank")
+    grid.add_argument("--lr", type=float, nargs="+", metavar="LR", help="learning rates")
+    grid.add_argument("--preset", choices=PRESETS, nargs="+", help="presets (applied first; the other settings override them); default recommended")
+    grid.add_argument("--targets", choices=TARGET_SETS, nargs="+", help="sets of layers LoRA adapts: " + ", ".join(TARGET_SETS))
+    grid.add_argument("--seed", type=int, nargs="+", metavar="S", help="random seeds (head, LoRA and batch order)")
+    _run_arguments(sweep, model_help)
+    sweep.add_argument("--out", default="runs", help="the runs folder; the grid goes into OUT/grid-<date-time>/ (default: runs)")
+    sweep.add_argument("--workers", type=int, help="runs at once (default: one per CUDA GPU, otherwise 1; on Ray: one per GPU, otherwise one per 2 CPUs)")
+    sweep.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster: its address, or auto for the one started on this machine (`ray start --head`)")
+    sweep.add_argument("--owner", default="", help="whose grid this is, kept in every run's record")
+    sweep.set_defaults(run=cmd_sweep)
 
     classify = add("classify", "classify messages with a trained adapter")
     classify.add_argument("--adapter", required=True, help="adapter folder written by `train` (OUT/adapter)")
@@ -241,8 +364,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="auto")
     bench.add_argument("--steps", type=int, default=5, help="timed training steps per measurement")
     bench.add_argument("--data", help="SMS source for the epoch comparison (default: the data cache, else the shipped test zip)")
+    bench.add_argument("--sweep", action="store_true", help="instead: a 4-run grid's wall time on 1 worker and on --workers, and a worker's start-up cost")
+    bench.add_argument("--workers", type=int, default=2, help="with --sweep: the workers to compare with one (default 2)")
     bench.set_defaults(run=cmd_bench)
     return parser
+
+
+def _run_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
+    """What `train` and `sweep` share besides the settings a grid varies."""
+    parser.add_argument("--model", default="gpt2-small", help=model_help)
+    parser.add_argument("--data", help="folder made by `data`, or a source as `data --source` takes (default: download)")
+    parser.add_argument("--cache", default="data_cache", help="where downloaded data and CSVs go (default: data_cache)")
+    parser.add_argument("--dedupe", action="store_true", help="drop repeated messages before balancing and splitting")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    parser.add_argument("--no-live-metrics", action="store_true", help="at each loss estimate, skip scoring the whole validation set (faster)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
 
 
 def _lora_arguments(parser: argparse.ArgumentParser, defaults: bool) -> None:
@@ -253,24 +391,15 @@ def _lora_arguments(parser: argparse.ArgumentParser, defaults: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (LoRALabError, ValueError, FileNotFoundError, MemoryError) as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except RuntimeError as error:
-        if "out of memory" not in str(error).lower():
-            raise
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        failure = failure_of(error, getattr(args, "device", "auto"), DOING.get(args.command, args.command))
+        print(f"error: {failure.message}", file=sys.stderr)
+        return EXIT_BAD_INPUT if failure.users_to_fix else EXIT_INTERNAL
     return 0
-
-
-def _one_line(error: BaseException) -> str:
-    if isinstance(error, MemoryError) or "out of memory" in str(error).lower():
-        return "out of memory: try a smaller model size or a smaller batch size"
-    return " ".join(str(error).split())

@@ -1,7 +1,7 @@
 """Frozen, validated configuration: model sizes, LoRA, data, training, and the two presets."""
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from engine.errors import ConfigError
@@ -62,6 +62,19 @@ class GPTConfig:
         if not problems and self.n_embd % self.n_head:
             problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         _raise_if(problems, "model config")
+
+    def to_hf(self) -> dict[str, Any]:
+        """The Hugging Face GPT-2 `config.json` dictionary of this shape (what `from_hf` reads)."""
+        return {
+            "model_type": "gpt2",
+            "activation_function": "gelu_new",
+            "vocab_size": self.vocab_size,
+            "n_positions": self.context_length,
+            "n_embd": self.n_embd,
+            "n_layer": self.n_layer,
+            "n_head": self.n_head,
+            "layer_norm_epsilon": self.layer_norm_eps,
+        }
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any], name: str) -> "GPTConfig":
@@ -216,11 +229,34 @@ class RunConfig:
     out_dir: str = "runs/latest"
     device: str = "auto"
     preset: str | None = None  # name of the preset this run started from, for the record
+    owner: str = ""  # who queued the run, or what it is for (free text): shown beside it, kept in its record
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "RunConfig":
         base = preset(name)
         return cls(lora=base.lora, train=base.train, preset=name, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "RunConfig":
+        """The config `to_dict` wrote (a run record's, a queue entry's), validated as a new one would be.
+
+        Raises:
+            ConfigError: not such a config, or a value out of range.
+        """
+        try:
+            known = {f.name for f in fields(cls)}
+            values = {key: value for key, value in data.items() if key in known}
+            lora = dict(data["lora"])
+            values["lora"] = LoRAConfig(**{**lora, "targets": tuple(lora.get("targets", LORA_TARGETS))})
+            values["train"] = TrainConfig(**data["train"])
+            if values.get("data_urls") is not None:
+                values["data_urls"] = tuple(values["data_urls"])
+            return cls(**values)
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ConfigError(f"not a run configuration ({type(error).__name__}: {error})") from None
 
     def with_train(self, **changes: Any) -> "RunConfig":
         return replace(self, train=replace(self.train, **changes))

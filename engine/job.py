@@ -21,8 +21,9 @@ from engine.data import SOURCES, DataSummary, prepare
 from engine.download import DownloadProgress
 from engine.errors import Cancelled, LoRALabError
 from engine.evaluate import Metrics
+from engine.events import BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunSaved
 from engine.memory import is_out_of_memory, out_of_memory_message, release_memory
-from engine.run import BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunSaved, fine_tune
+from engine.run import fine_tune
 from engine.sweep import SweepEvent, SweepPoint, SweepRunStarted, rank_sweep
 from engine.train import EpochDone, LossEvaluated, StepDone, TrainEnded, TrainStarted, ValidationEvaluated
 

@@ -1,32 +1,37 @@
 """One fine-tuning run end to end: data, model, LoRA, baseline, training, final metrics, saved outputs.
 
-`fine_tune` yields the training loop's events plus its own (data ready, model ready, baseline,
-final metrics, saved); the CLI prints them, the app draws them, tests collect them.
+`fine_tune` yields the training loop's events plus its own (engine/events.py); the CLI prints them,
+a worker process sends them to the app, tests collect them. The run record is what its
+`RunRecorder` made of them.
 """
 
-import json
 import platform
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
+from engine import strict_json
 from engine.adapter import AdapterConfig, save_adapter
 from engine.atomic import write_text_atomic
 from engine.classifier import build_classifier
 from engine.config import RunConfig
-from engine.data import DataSummary, prepare
+from engine.data import prepare
 from engine.device import pick_device
-from engine.download import ProgressCallback
-from engine.evaluate import Metrics, Scores, evaluate, evaluate_with_scores
+from engine.download import DownloadProgress, ProgressCallback
+from engine.errors import Cancelled
+from engine.evaluate import evaluate, evaluate_with_scores
+from engine.events import BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunEvent, RunSaved
 from engine.loaders import make_loaders
-from engine.lora import ParamCounts, count_parameters
+from engine.lora import count_parameters
 from engine.plot import save_loss_plot
-from engine.train import EpochDone, LossEvaluated, StepDone, TrainEnded, TrainEvent, ValidationEvaluated, train
+from engine.recorder import RunProgress, RunRecorder
+from engine.train import train
 from engine.weights import load_model
 
 BASELINE_BATCHES = 10  # the book estimates accuracy before training on 10 batches per split
@@ -34,140 +39,106 @@ RECORD_FILE = "run.json"
 PLOT_FILE = "loss.png"
 
 
-@dataclass(frozen=True)
-class DataReady:
-    summary: DataSummary
+class StopFlag(Protocol):
+    """A threading.Event in-process, a multiprocessing Event in a worker process: anything with is_set()."""
 
-
-@dataclass(frozen=True)
-class ModelReady:
-    model: str
-    device: str
-    counts: ParamCounts
-    seconds: float
-
-
-@dataclass(frozen=True)
-class BaselineEvaluated:
-    train_accuracy: float
-    validation_accuracy: float
-    test_accuracy: float
-
-
-@dataclass(frozen=True)
-class FinalEvaluated:
-    metrics: dict[str, Metrics]  # "train", "validation", "test" on the full loaders
-    scores: dict[str, Scores] = field(default_factory=dict)  # per-message class probabilities: "validation", "test"
-
-
-@dataclass(frozen=True)
-class RunSaved:
-    out_dir: Path
-    adapter_dir: Path
-    record: Path
-    plot: Path | None
-    stopped: bool
-
-
-RunEvent = DataReady | ModelReady | BaselineEvaluated | TrainEvent | FinalEvaluated | RunSaved
-
-
-@dataclass
-class History:
-    """Everything a run record keeps; filled from the events as they pass."""
-
-    losses: list[LossEvaluated] = field(default_factory=list)
-    live: list[ValidationEvaluated] = field(default_factory=list)  # the full validation set at each loss estimate
-    epochs: list[EpochDone] = field(default_factory=list)
-    baseline: BaselineEvaluated | None = None
-    final: dict[str, Metrics] | None = None
-    scores: dict[str, Scores] = field(default_factory=dict)
-    trainable: int = 0
-    steps: int = 0
-    examples_seen: int = 0
-    train_seconds: float = 0.0
+    def is_set(self) -> bool: ...
 
 
 def fine_tune(
     cfg: RunConfig,
-    stop: threading.Event | None = None,
+    stop: StopFlag | None = None,
     on_download: ProgressCallback | None = None,
+    weights_at: str | None = None,
 ) -> Iterator[RunEvent]:
     """Run `cfg` to the end (or until `stop` is set) and save the adapter, run record and loss plot.
 
     A stopped run still saves the adapter of its last completed step, and skips the final evaluation.
+    `weights_at` is a copy of `cfg.model` (a folder) on a machine that lacks the original, e.g. a
+    Ray worker: the run reads it, and still records the model by its own name.
+
+    Raises:
+        Cancelled: stopped while the data downloaded (nothing was kept).
     """
     started = time.perf_counter()
     stop = stop or threading.Event()
+    recorder = RunRecorder()
+
+    def emit(event: RunEvent) -> RunEvent:
+        recorder.record(event)
+        return event
+
     device = pick_device(cfg.device)
-    data = prepare(cfg.data, cfg.data_cache, on_download, seed=cfg.train.seed, urls=cfg.data_urls, deduplicate=cfg.deduplicate)
-    yield DataReady(data.summary)
+    data = prepare(cfg.data, cfg.data_cache, stoppable(on_download, stop), seed=cfg.train.seed, urls=cfg.data_urls, deduplicate=cfg.deduplicate)
+    yield emit(DataReady(data.summary))
 
     loading = time.perf_counter()
     labels = data.splits.labels
-    model = build_classifier(load_model(cfg.model, device), cfg.lora, n_classes=len(labels), seed=cfg.train.seed)
-    counts = count_parameters(model)
-    yield ModelReady(cfg.model, str(device), counts, time.perf_counter() - loading)
+    base = load_model(weights_at or cfg.model, device)
+    base.cfg = replace(base.cfg, name=cfg.model)
+    model = build_classifier(base, cfg.lora, n_classes=len(labels), seed=cfg.train.seed)
+    yield emit(ModelReady(cfg.model, str(device), count_parameters(model), time.perf_counter() - loading))
 
     loaders = make_loaders(data.splits, cfg.train, model.cfg.context_length)
-    history = History(trainable=counts.trainable)
-    accuracy = lambda loader, batches=BASELINE_BATCHES: evaluate(model, loader, device, cfg.train.pooling, batches, stop.is_set).accuracy  # noqa: E731
-    history.baseline = BaselineEvaluated(accuracy(loaders.train), accuracy(loaders.validation), accuracy(loaders.test))
-    yield history.baseline
+    accuracy = lambda loader: evaluate(model, loader, device, cfg.train.pooling, BASELINE_BATCHES, stop.is_set).accuracy  # noqa: E731
+    baseline = BaselineEvaluated(accuracy(loaders.train), accuracy(loaders.validation), accuracy(loaders.test))
+    if not stop.is_set():  # cut short by Stop, its accuracies would cover too few batches to mean anything
+        yield emit(baseline)
 
-    stopped = False
     for event in train(model, loaders, cfg.train, device, stop):
-        if isinstance(event, LossEvaluated):
-            history.losses.append(event)
-        elif isinstance(event, ValidationEvaluated):
-            history.live.append(event)
-        elif isinstance(event, EpochDone):
-            history.epochs.append(event)
-        elif isinstance(event, StepDone):
-            history.steps, history.examples_seen = event.step, event.examples_seen
-        elif isinstance(event, TrainEnded):
-            stopped, history.train_seconds = event.stopped, event.elapsed_s
-        yield event
+        yield emit(event)
 
-    if not stopped:
+    if not recorder.progress().stopped:
         final, scores = {}, {}
         for name, loader in (("train", loaders.train), ("validation", loaders.validation), ("test", loaders.test)):
             final[name], split_scores = evaluate_with_scores(model, loader, device, cfg.train.pooling, should_stop=stop.is_set)
             if name != "train":  # the training loader is shuffled: its order means nothing
                 scores[name] = split_scores
-        stopped = stop.is_set()  # stopped mid-evaluation: partial figures would mislead, so none are kept
-        if not stopped:
-            history.final, history.scores = final, scores
-            yield FinalEvaluated(final, scores)
+        if not stop.is_set():  # stopped mid-evaluation: partial figures would mislead, so none are kept
+            yield emit(FinalEvaluated(final, scores))
 
     out = Path(cfg.out_dir)
     adapter_dir = out / "adapter"
     save_adapter(model, adapter_dir, AdapterConfig(cfg.model, model.cfg, cfg.lora, cfg.train.pooling, cfg.train.padding, loaders.max_length, labels))
-    plot = save_loss_plot(history.losses, out / PLOT_FILE) if history.losses else None
-    record = write_record(out / RECORD_FILE, cfg, data.summary, history, stopped, str(device), time.perf_counter() - started)
+    progress = recorder.progress()
+    plot = save_loss_plot(progress.estimates, out / PLOT_FILE) if progress.estimates else None
+    stopped = progress.final is None
+    record = write_record(out / RECORD_FILE, cfg, progress, stopped, str(device), time.perf_counter() - started)
     yield RunSaved(out, adapter_dir, record, plot, stopped)
 
 
-def write_record(path: Path, cfg: RunConfig, summary: DataSummary, history: History, stopped: bool, device: str, seconds: float) -> Path:
+def stoppable(on_download: ProgressCallback | None, stop: StopFlag) -> ProgressCallback:
+    """`on_download`, made to end the download (the engine removes the partial file) once `stop` is set."""
+
+    def report(progress: DownloadProgress) -> None:
+        if stop.is_set():
+            raise Cancelled("the download was stopped; nothing was kept")
+        if on_download is not None:
+            on_download(progress)
+
+    return report
+
+
+def write_record(path: Path, cfg: RunConfig, progress: RunProgress, stopped: bool, device: str, seconds: float) -> Path:
     """The run record: config, data, curves, metrics and timings, as JSON."""
     record = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": asdict(cfg),
-        "data": summary.to_dict(),
+        "data": progress.data.to_dict() if progress.data else None,
         "device": device,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "stopped": stopped,
-        "trainable": history.trainable,
-        "steps": history.steps,
-        "examples_seen": history.examples_seen,
-        "baseline": asdict(history.baseline) if history.baseline else None,
-        "losses": [asdict(p) for p in history.losses],
-        "validation_history": [asdict(p) for p in history.live],
-        "epochs": [asdict(e) for e in history.epochs],
-        "final": {name: asdict(m) for name, m in history.final.items()} if history.final else None,
-        "scores": {name: asdict(s) for name, s in history.scores.items()},
-        "timings": {"train_seconds": round(history.train_seconds, 2), "total_seconds": round(seconds, 2)},
+        "trainable": progress.trainable,
+        "steps": progress.step,
+        "examples_seen": progress.examples_seen,
+        "baseline": asdict(progress.baseline) if progress.baseline else None,
+        "losses": [asdict(p) for p in progress.estimates],
+        "validation_history": [asdict(p) for p in progress.live],
+        "epochs": [asdict(e) for e in progress.epoch_accuracies],
+        "final": {name: asdict(m) for name, m in progress.final.items()} if progress.final else None,
+        "scores": {name: asdict(s) for name, s in progress.scores.items()},
+        "timings": {"train_seconds": round(progress.train_seconds, 2), "total_seconds": round(seconds, 2)},
     }
-    write_text_atomic(path, json.dumps(record, indent=2, default=str) + "\n")
+    write_text_atomic(path, strict_json.dumps(record, indent=2, default=str) + "\n")
     return path

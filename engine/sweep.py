@@ -7,7 +7,8 @@ from pathlib import Path
 
 from engine.config import RunConfig
 from engine.errors import ConfigError
-from engine.run import FinalEvaluated, ModelReady, RunEvent, fine_tune
+from engine.events import FinalEvaluated, ModelReady, RunEvent
+from engine.run import fine_tune
 from engine.train import TrainEnded
 
 DEFAULT_RANKS: tuple[int, ...] = (1, 2, 4, 8, 16)

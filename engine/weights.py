@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from engine.config import GPT2_SIZES, HF_REPOS, GPTConfig
 from engine.errors import ConfigError, WeightsError
@@ -162,6 +162,29 @@ def load_model(spec: str, device: torch.device, progress: Callable[[int, int | N
     model = GPT(source.config)
     load_into(model, weights)
     return model.to(device).eval()
+
+
+def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """The model's base weights in Hugging Face GPT-2 layout: what `convert` reads (fused c_attn, Conv1D weights transposed)."""
+    ours = {k.removeprefix("transformer."): v for k, v in model.state_dict().items() if k.startswith("transformer.")}
+    hf: dict[str, torch.Tensor] = {}
+    for key, value in ours.items():
+        if ".attn.q_proj." in key:
+            prefix, kind = key.split(".attn.q_proj.")
+            fused = torch.cat([ours[f"{prefix}.attn.{name}.{kind}"] for name in ("q_proj", "k_proj", "v_proj")])
+            hf[f"{prefix}.attn.c_attn.{kind}"] = fused.t().contiguous() if kind == "weight" else fused
+        elif ".attn.k_proj." not in key and ".attn.v_proj." not in key:
+            hf[key] = value.t().contiguous() if key.endswith(CONV1D_SUFFIXES) else value.contiguous()
+    return hf
+
+
+def save_hf_checkpoint(model: GPT, folder: Path, prefix: str = "transformer.") -> Path:
+    """`model`'s base as a Hugging Face layout folder (config.json + model.safetensors), as `--model FOLDER` takes."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({prefix + key: value for key, value in hf_state_dict(model).items()}, str(folder / WEIGHTS_FILE))
+    (folder / "config.json").write_text(json.dumps(model.cfg.to_hf()))
+    return folder
 
 
 def _hf_name(key: str) -> str:

@@ -6,7 +6,6 @@ Everything is offline: data comes from tests/fixtures, models are random and tin
 import functools
 import http.server
 import io
-import json
 import os
 import sys
 import threading
@@ -22,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import settings  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
 
 from engine.config import GPTConfig  # noqa: E402
 from engine.model import GPT  # noqa: E402
+from engine.weights import save_hf_checkpoint  # noqa: E402
 
 # Two shared cores make single examples slow now and then: judge properties, not speed.
 settings.register_profile("lora-lab", deadline=None, max_examples=60)
@@ -46,44 +45,10 @@ def randomise_lora(model: torch.nn.Module, std: float) -> None:
                 parameter.normal_(0, std)
 
 
-def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
-    """Our model's base weights in Hugging Face GPT-2 layout (fused c_attn, Conv1D transposed)."""
-    ours = {k.removeprefix("transformer."): v for k, v in model.state_dict().items() if k.startswith("transformer.")}
-    hf: dict[str, torch.Tensor] = {}
-    for i in range(model.cfg.n_layer):
-        p = f"h.{i}."
-        hf[p + "attn.c_attn.weight"] = torch.cat([ours[p + f"attn.{n}.weight"] for n in ("q_proj", "k_proj", "v_proj")]).t().contiguous()
-        hf[p + "attn.c_attn.bias"] = torch.cat([ours[p + f"attn.{n}.bias"] for n in ("q_proj", "k_proj", "v_proj")])
-        for name in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
-            hf[p + name + ".weight"] = ours[p + name + ".weight"].t().contiguous()
-            hf[p + name + ".bias"] = ours[p + name + ".bias"]
-        for name in ("ln_1", "ln_2"):
-            for kind in ("weight", "bias"):
-                hf[p + f"{name}.{kind}"] = ours[p + f"{name}.{kind}"]
-    for name in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"):
-        hf[name] = ours[name]
-    return hf
-
-
 def write_hf_checkpoint(folder: Path, cfg: GPTConfig = TINY, seed: int = 0, prefix: str = "transformer.", model: GPT | None = None) -> Path:
     """A GPT-2 (random from `seed`, or `model`) saved as config.json + model.safetensors, the layout `--model PATH` takes."""
     torch.manual_seed(seed)
-    model = model or GPT(cfg)
-    cfg = model.cfg
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({prefix + k: v for k, v in hf_state_dict(model).items()}, str(folder / "model.safetensors"))
-    config = {
-        "model_type": "gpt2",
-        "activation_function": "gelu_new",
-        "vocab_size": cfg.vocab_size,
-        "n_positions": cfg.context_length,
-        "n_embd": cfg.n_embd,
-        "n_layer": cfg.n_layer,
-        "n_head": cfg.n_head,
-        "layer_norm_epsilon": cfg.layer_norm_eps,
-    }
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
+    return save_hf_checkpoint(model or GPT(cfg), folder, prefix)
 
 
 @pytest.fixture(scope="session")

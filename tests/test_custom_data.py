@@ -7,7 +7,8 @@ from conftest import tiny_run_config
 from engine.classifier import Classifier
 from engine.data import prepare, read_source_file
 from engine.errors import DataError
-from engine.run import FinalEvaluated, RunSaved, fine_tune
+from engine.events import FinalEvaluated, RunSaved
+from engine.run import fine_tune
 
 TOPICS = {
     "billing": "my invoice {i} was charged twice, please refund the payment",

@@ -7,8 +7,8 @@ from conftest import randomise_lora
 from torch import nn
 
 from engine.evaluate import Mistake, Scores, at_threshold, evaluate_whole_and_first, evaluate_with_scores, mistakes, roc_curve
+from engine.events import FinalEvaluated, RunSaved
 from engine.loaders import Batch
-from engine.run import FinalEvaluated, RunSaved
 
 
 def test_threshold_metrics_and_roc_on_known_scores():

@@ -1,11 +1,11 @@
 import pytest
 import torch
-from conftest import TINY, hf_state_dict, write_hf_checkpoint
+from conftest import TINY, write_hf_checkpoint
 from safetensors.torch import load_file, save_file
 
 from engine.errors import ConfigError, WeightsError
 from engine.model import GPT
-from engine.weights import convert, fetch, load_model, resolve
+from engine.weights import convert, fetch, hf_state_dict, load_model, resolve
 
 
 def test_convert_splits_c_attn_and_transposes_conv1d():

@@ -25,14 +25,21 @@ def load_splits_for_bench(data: str | None) -> Any:
     """The SMS splits: `data` if given, else the prepared data cache, else the shipped zip (nothing written)."""
     from engine.data import prepare
 
+    with tempfile.TemporaryDirectory() as scratch:
+        return prepare(str(prepared_for_bench(data, Path(scratch)))).splits
+
+
+def prepared_for_bench(data: str | None, scratch: Path) -> Path:
+    """A prepared data folder: `data` if it is one, else `data` (or the data cache, or the shipped zip) prepared into `scratch`."""
+    from engine.data import prepare
+
     if data is None and (DEFAULT_CACHE / "train.csv").is_file():
         data = str(DEFAULT_CACHE)
     if data is None:
         data = str(SHIPPED_ZIP)
     if not data.startswith(("http://", "https://")) and Path(data).is_dir():
-        return prepare(data).splits
-    with tempfile.TemporaryDirectory() as scratch:
-        return prepare(data, scratch).splits
+        return Path(data)
+    return prepare(data, scratch).folder
 
 
 class _EpochRun:

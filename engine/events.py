@@ -1,0 +1,52 @@
+"""What a run reports as it goes, besides the training loop's own events (engine/train.py).
+
+Small frozen values: the CLI prints them, a worker process sends them to the app, `RunRecorder`
+folds them into a run's progress and record.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.data import DataSummary
+from engine.download import DownloadProgress
+from engine.evaluate import Metrics, Scores
+from engine.lora import ParamCounts
+from engine.train import TrainEvent
+
+
+@dataclass(frozen=True)
+class DataReady:
+    summary: DataSummary
+
+
+@dataclass(frozen=True)
+class ModelReady:
+    model: str
+    device: str
+    counts: ParamCounts
+    seconds: float
+
+
+@dataclass(frozen=True)
+class BaselineEvaluated:
+    train_accuracy: float
+    validation_accuracy: float
+    test_accuracy: float
+
+
+@dataclass(frozen=True)
+class FinalEvaluated:
+    metrics: dict[str, Metrics]  # "train", "validation", "test" on the full loaders
+    scores: dict[str, Scores] = field(default_factory=dict)  # per-message class probabilities: "validation", "test"
+
+
+@dataclass(frozen=True)
+class RunSaved:
+    out_dir: Path
+    adapter_dir: Path
+    record: Path
+    plot: Path | None
+    stopped: bool
+
+
+RunEvent = DownloadProgress | DataReady | ModelReady | BaselineEvaluated | TrainEvent | FinalEvaluated | RunSaved

@@ -1,0 +1,113 @@
+"""One run's events folded into what a viewer shows and what the run record keeps.
+
+Whoever consumes a run's events (the run itself for its run.json, the app's scheduler for the live
+views, the CLI for its summary) feeds them to a `RunRecorder` and reads `progress()`: a new event is
+taught here, once.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from engine.data import DataSummary
+from engine.download import DownloadProgress
+from engine.evaluate import Metrics, Scores
+from engine.events import BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunEvent, RunSaved
+from engine.lora import ParamCounts
+from engine.train import EpochDone, LossEvaluated, StepDone, TrainEnded, TrainStarted, ValidationEvaluated
+
+Phase = Literal["starting", "preparing data", "loading model", "measuring baseline", "training", "final evaluation", "saving", "saved"]
+
+
+@dataclass(frozen=True)
+class BatchLoss:
+    """One optimiser step's training-batch loss."""
+
+    step: int  # 1-based steps taken
+    examples_seen: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """Everything known about a run so far; a copy, safe to hand to another thread."""
+
+    phase: Phase = "starting"
+    download: DownloadProgress | None = None  # the data download, while (or after) the run fetched it
+    data: DataSummary | None = None
+    model: ModelReady | None = None  # the loaded model: its device and parameter counts
+    baseline: BaselineEvaluated | None = None
+    total_steps: int = 0
+    steps_per_epoch: int = 0
+    epochs: int = 0  # epochs this run trains (fewer than configured when max_steps ends it early)
+    step: int = 0
+    epoch: int = 0
+    examples_seen: int = 0
+    loss: float | None = None  # the last training batch's loss
+    eta_s: float | None = None  # training time left, while steps run
+    batch_losses: tuple[BatchLoss, ...] = ()
+    estimates: tuple[LossEvaluated, ...] = ()  # train and validation loss every eval_freq steps
+    live: tuple[ValidationEvaluated, ...] = ()  # the full validation set at each estimate
+    epoch_accuracies: tuple[EpochDone, ...] = ()
+    final: Mapping[str, Metrics] | None = None  # full splits, after training; None when stopped
+    scores: Mapping[str, Scores] = field(default_factory=dict)
+    stopped: bool = False  # training was cut short by Stop
+    train_seconds: float = 0.0
+    saved: RunSaved | None = None
+
+    @property
+    def trainable(self) -> int | None:
+        return self.model.counts.trainable if self.model else None
+
+    @property
+    def counts(self) -> ParamCounts | None:
+        return self.model.counts if self.model else None
+
+
+class RunRecorder:
+    """Folds a run's events, in order, into its `RunProgress`. Not thread-safe: the owner locks."""
+
+    def __init__(self) -> None:
+        self._fields: dict[str, object] = {}
+        self._batch_losses: list[BatchLoss] = []
+        self._estimates: list[LossEvaluated] = []
+        self._live: list[ValidationEvaluated] = []
+        self._epochs: list[EpochDone] = []
+
+    def record(self, event: RunEvent) -> None:
+        change = self._fields
+        match event:
+            case DownloadProgress():
+                change.update(download=event, phase="preparing data")
+            case DataReady():
+                change.update(data=event.summary, phase="loading model")
+            case ModelReady():
+                change.update(model=event, phase="measuring baseline")
+            case BaselineEvaluated():
+                change.update(baseline=event, phase="training")
+            case TrainStarted():
+                change.update(total_steps=event.total_steps, steps_per_epoch=event.steps_per_epoch, epochs=-(-event.total_steps // event.steps_per_epoch))
+            case StepDone():
+                change.update(step=event.step, epoch=event.epoch, examples_seen=event.examples_seen, loss=event.loss, eta_s=event.eta_s)
+                self._batch_losses.append(BatchLoss(event.step, event.examples_seen, event.loss))
+            case LossEvaluated():
+                self._estimates.append(event)
+            case ValidationEvaluated():
+                self._live.append(event)
+            case EpochDone():
+                self._epochs.append(event)
+            case TrainEnded():
+                change.update(stopped=event.stopped, train_seconds=event.elapsed_s, eta_s=None, phase="saving" if event.stopped else "final evaluation")
+            case FinalEvaluated():
+                change.update(final=dict(event.metrics), scores=dict(event.scores), phase="saving")
+            case RunSaved():
+                change.update(saved=event, phase="saved")
+
+    def progress(self) -> RunProgress:
+        return RunProgress(
+            **self._fields,  # type: ignore[arg-type]
+            batch_losses=tuple(self._batch_losses),
+            estimates=tuple(self._estimates),
+            live=tuple(self._live),
+            epoch_accuracies=tuple(self._epochs),
+        )
