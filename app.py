@@ -1,8 +1,9 @@
 """LoRA Lab's web app: `python app.py` opens http://127.0.0.1:7860.
 
 Seven tabs over `engine`: Data, Model & LoRA, Train, Parameters, Classify, Evaluate, Runs, each in its
-own module of `ui/`. Training runs in one TrainingJob owned by the app, not by a browser session: a
-reloaded page or a second visitor re-attaches to it through a 1 s timer. The app does no tensor math;
+own module of `ui/`. Runs are queued in the app's Scheduler, not in a browser session, and train in
+worker processes (or on a Ray cluster): a reloaded page or a second visitor re-attaches through a 1 s
+timer. The app does no tensor math;
 every event has an api_name, so `gradio_client` can script it. Nothing loads at import: `build_ui()`
 builds, `main()` launches.
 
@@ -47,14 +48,14 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
     lab = lab or Lab(settings)
     with gr.Blocks(title="LoRA Lab") as demo:
         gr.Markdown("# LoRA Lab\nFine-tune GPT-2 with LoRA to tell spam from ham, and watch it learn.")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             build_data_tab(DataTab(lab), demo)
-            controls = build_model_tab(ModelTab(lab), demo)  # Start, the rank sweep and Parameters read these
-            train_timer = build_train_tab(TrainTab(lab), demo, controls)
+            controls = build_model_tab(ModelTab(lab), demo)  # Start, the grids and Parameters read these
+            train_timer, follow = build_train_tab(TrainTab(lab), demo, controls)
             build_parameters_tab(ParametersTab(lab), demo, controls)
             build_classify_tab(ClassifyTab(lab), demo, train_timer)
             build_evaluate_tab(EvaluateTab(lab))
-            build_runs_tab(RunsTab(lab), demo, controls)
+            build_runs_tab(RunsTab(lab), demo, controls, follow, tabs)
     return demo
 
 
@@ -83,9 +84,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "LORA_LAB_AUTH=USER:PASSWORD does the same without showing the password in the process list",
     )
     parser.add_argument("--max-upload-mb", type=int, default=MAX_UPLOAD_MB, help=f"largest file a visitor may upload, in MB (default {MAX_UPLOAD_MB})")
+    parser.add_argument("--workers", type=int, help="runs trained at once, each in its own process (default: one per CUDA GPU, otherwise one)")
+    parser.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="train on a Ray cluster instead of this machine: its address, or auto for one started here with `ray start --head` "
+        "(pip install -r requirements-ray.txt)",
+    )
     args = parser.parse_args(argv)
     if args.max_upload_mb < 1:
         parser.error("--max-upload-mb must be at least 1")
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
     try:
         resolve(args.model)
         pick_device(args.device)
@@ -100,9 +110,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     for warning in exposure_warnings(args.host, args.share, args.auth):
         log.warning(warning)
     settings = AppSettings(
-        model=args.model, device=args.device, out=args.out, cache=args.cache, data_urls=tuple(args.data_urls), max_upload_mb=args.max_upload_mb
+        model=args.model,
+        device=args.device,
+        out=args.out,
+        cache=args.cache,
+        data_urls=tuple(args.data_urls),
+        max_upload_mb=args.max_upload_mb,
+        workers=args.workers,
+        ray=args.ray,
     )
-    launch(build_ui(settings), settings, args.host, args.port, args.share, auth=args.auth)
+    try:
+        lab = Lab(settings)
+    except LoRALabError as error:  # e.g. Ray missing or unreachable
+        raise SystemExit(f"python app.py: error: {error}") from None
+    print(f"LoRA Lab trains on {lab.scheduler.workers.describe()}; runs and their queue are kept in {settings.out}", flush=True)
+    launch(build_ui(settings, lab), settings, args.host, args.port, args.share, auth=args.auth)
 
 
 def launch(

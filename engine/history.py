@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.config import RunConfig
+from engine.errors import ConfigError
 from engine.run import RECORD_FILE
 
 
@@ -25,6 +27,7 @@ class RunSummary:
     test_accuracy: float | None
     validation_accuracy: float | None
     losses: list[dict[str, Any]]  # the LossEvaluated points: step, epoch_progress, examples_seen, train_loss, validation_loss
+    config: RunConfig | None = None  # None: a record of an older version whose config no longer validates
 
 
 def read_run(folder: Path) -> RunSummary | None:
@@ -48,6 +51,7 @@ def read_run(folder: Path) -> RunSummary | None:
             test_accuracy=final.get("test", {}).get("accuracy"),
             validation_accuracy=final.get("validation", {}).get("accuracy"),
             losses=list(record["losses"]),
+            config=_config_of(config),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -60,3 +64,22 @@ def list_runs(root: Path) -> list[RunSummary]:
         return []
     runs = [run for folder in root.iterdir() if folder.is_dir() and (run := read_run(folder)) is not None]
     return sorted(runs, key=lambda run: run.created, reverse=True)
+
+
+def _config_of(data: Any) -> RunConfig | None:
+    try:
+        return RunConfig.from_dict(data)
+    except ConfigError:
+        return None
+
+
+def all_runs(root: Path) -> list[tuple[str, RunSummary]]:
+    """(name, summary) of every run under `root`, newest first: runs/<date-time>, and the runs inside each
+    grid (or older sweep) folder, named "<folder>/<run>"."""
+    root = Path(root)
+    found = [(run.name, run) for run in list_runs(root)]
+    if root.is_dir():
+        for folder in sorted(root.iterdir()):
+            if folder.is_dir() and not (folder / RECORD_FILE).exists():
+                found += [(f"{folder.name}/{run.name}", run) for run in list_runs(folder)]
+    return sorted(found, key=lambda item: (item[1].created, item[0]), reverse=True)

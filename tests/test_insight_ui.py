@@ -1,4 +1,4 @@
-"""The insight views (issue 6): plain helpers, handlers over a tiny finished run, the sweep job, gradio_client.
+"""The insight views: plain helpers, handlers over a tiny finished run, a grid of runs in the queue, gradio_client.
 
 Runs here train the tiny model on a small slice of the SMS data (80 messages), so each takes seconds.
 """
@@ -18,18 +18,19 @@ from conftest import SMS_ZIP
 from gradio_client import Client, handle_file
 from insight_fixtures import write_three_classes
 
+from engine.compare import grid_points, summarise
 from engine.data import prepare
 from engine.explain import TokenScore, WordInfluence
-from engine.job import TrainingJob
-from engine.sweep import SweepPoint
+from engine.grid import Grid
+from engine.history import all_runs, list_runs
 from ui.classify_tab import ClassifyTab, influence_frame, token_heatmap_html
 from ui.data_tab import DataTab, counts_frame, quality_markdown
 from ui.evaluate_tab import EvaluateTab
+from ui.grid_plots import accuracy_against_cost, heat_map
 from ui.lab import Lab
-from ui.runs_tab import RunsTab, all_runs, sweep_frame, sweep_status
+from ui.runs_tab import RunsTab, grid_of, grid_preview, parse_values, pick_axes
 from ui.settings import AppSettings
-from ui.train_tab import TrainTab
-from ui.views import PALETTE, confusion_html
+from ui.views import confusion_html
 
 small_data, finished_runs = insight_fixtures.small_data, insight_fixtures.finished_runs  # fixtures shared with the browser test
 
@@ -42,8 +43,7 @@ def lab(tiny_model_dir: Path, finished_runs: Path, small_data: Path, tmp_path: P
     shutil.copytree(small_data, cache)
     lab = Lab(AppSettings(model=str(tiny_model_dir), device="cpu", out=runs, cache=cache))
     yield lab
-    lab.job.stop()
-    lab.job.wait(30)
+    lab.close()
 
 
 # --- plain helpers ---------------------------------------------------------------------------------
@@ -80,11 +80,16 @@ def test_data_quality_and_counts_show_every_class(small_data: Path) -> None:
     assert counts_frame(three)[""].tolist()[1:4] == ["bills", "friends", "work"]  # your own labels, not ham/spam
 
 
-def test_sweep_frame_and_status() -> None:
-    assert sweep_frame([]) is None
-    frame = sweep_frame([SweepPoint(2, 1000, 0.9, 1.5, Path("runs/sweep/rank-2")), SweepPoint(4, 2000, None, 0.5, Path("x"))])
-    assert frame["rank"].tolist() == ["2", "4"] and frame["test accuracy (%)"].tolist()[0] == 90.0
-    assert sweep_status(TrainingJob().snapshot()).startswith("No sweep yet")
+def test_grid_fields_become_a_grid_shown_before_it_is_queued() -> None:
+    assert parse_values(" 8, 16 32;64 ", float, "alphas") == (8.0, 16.0, 32.0, 64.0) and parse_values("", int, "seeds") == ()
+    with pytest.raises(Exception, match="seeds: '1.5' is not a list of whole numbers"):
+        parse_values("1.5", int, "seeds")
+    grid = grid_of([1, 2, 4, 8, 16], "8, 16", [], "", [], [], "1 2 3")
+    assert grid.size == 30 and grid.varied == ("rank", "alpha", "seed")
+    assert grid_preview(grid).startswith("**5 ranks × 2 alphas × 3 seeds = 30 runs**")
+    assert "more than the 100" in grid_preview(grid_of(list(range(1, 12)), "1 2 3 4 5 6 7 8 9 10", [], "", [], [], ""))
+    assert grid_preview(Grid()).startswith("Choose at least one value")
+    assert pick_axes(None, None, ["rank", "seed"]) == ("rank", "seed") and pick_axes("alpha", "alpha", ["rank"]) == ("alpha", "rank")
 
 
 # --- handlers over a finished run ------------------------------------------------------------------
@@ -197,25 +202,49 @@ def test_data_quality_reads_the_prepared_summary(lab: Lab) -> None:
     assert text.startswith("### Data quality") and (repeated is None or list(repeated.columns) == ["message", "copies"])
 
 
-# --- the sweep, in the app's one job ---------------------------------------------------------------
+# --- a grid, in the app's queue --------------------------------------------------------------------
 
 
-def test_sweep_runs_in_the_training_job_and_refuses_a_second_start(lab: Lab) -> None:
+def test_a_grid_queues_every_combination_and_its_results_compare(lab: Lab) -> None:
     controls = asdict(train_controls(lab.settings.model, max_steps=3.0, eval_freq=2.0))
-    with pytest.raises(gr.Error, match="tick at least one rank"):
-        RunsTab(lab).start_sweep([], **controls)
-    status, *_ = RunsTab(lab).start_sweep([2, 1], **controls)
-    assert status.startswith("Sweep over ranks 1, 2")
-    assert TrainTab(lab).start_training(train_controls(lab.settings.model))[0].startswith("running")  # refused: the sweep goes on
-    assert lab.job.wait(120)
-    status, table, by_params, by_time, timer = RunsTab(lab).poll_sweep()
-    snapshot = lab.job.snapshot()
-    assert snapshot.state == "done" and [p.rank for p in snapshot.sweep] == [1, 2], snapshot.status
-    assert "2 of 2 runs finished" in status and timer.active is False
-    assert by_params.color_map == {"1": PALETTE[0], "2": PALETTE[1]}  # a legend entry per rank
-    assert table["trainable parameters"].iloc[1] > table["trainable parameters"].iloc[0]
+    no_values = dict(ranks=[], alphas="", scalings=[], lrs="", presets=[], layers=[], seeds="")
+    with pytest.raises(gr.Error, match="varies no setting"):
+        RunsTab(lab).add_grid(**no_values, **controls)
+    note = RunsTab(lab).add_grid(**{**no_values, "ranks": [2, 1], "seeds": "1, 2"}, owner="Cy", **controls)
+    assert note.startswith("Queued 4 runs in grid-")
+    table, picked, _, _ = RunsTab(lab).queue()
+    assert len(table) == 4 and set(table["who"]) == {"Cy"} and len(picked.choices) == 4
+    assert lab.scheduler.wait(timeout=600)
+    grid = RunsTab(lab).grids().value
+    assert grid.startswith("grid-")
+    assert sorted(run.name for run in list_runs(lab.settings.out / grid)) == ["rank1-seed1", "rank1-seed2", "rank2-seed1", "rank2-seed2"]
+    note, heat, cost = RunsTab(lab).compare(grid, None, None)
+    assert note.startswith("4 of 4 runs") and "Varied: rank, seed" in note
+    assert heat is not None and cost is not None
+    points = grid_points(list_runs(lab.settings.out / grid))
+    by_rank = summarise(points, ["rank"])
+    assert [s.key for s in by_rank] == [(1,), (2,)] and all(s.count == 2 for s in by_rank)
+    assert by_rank[1].trainable == 2 * by_rank[0].trainable  # LoRA size grows linearly with rank
     names = [name for name, _ in all_runs(lab.settings.out)]
-    assert {n.split("/")[1] for n in names if "/" in n} == {"rank-1", "rank-2"} and "first-run" in names
+    assert {n.split("/")[1] for n in names if "/" in n} == {"rank1-seed1", "rank1-seed2", "rank2-seed1", "rank2-seed2"} and "first-run" in names
+    with pytest.raises(gr.Error, match="choose a grid"):
+        RunsTab(lab).compare("../elsewhere", None, None)
+
+
+def test_grid_pictures_draw_mean_and_spread() -> None:
+    from engine.compare import GridPoint
+
+    fixed = {"alpha": 16.0, "scaling": "alpha", "lr": 1e-3, "preset": "book", "targets": "all"}
+    points = [
+        GridPoint(f"r{rank}-s{seed}", {**fixed, "rank": rank, "seed": seed}, accuracy, 100 * rank, 2.0)
+        for rank, seed, accuracy in [(1, 1, 0.8), (1, 2, 0.9), (4, 1, 0.95), (4, 2, 0.97)]
+    ]
+    texts = [t.get_text() for t in heat_map(points, "rank", "seed").axes[0].texts]
+    assert texts == ["80.0%", "95.0%", "90.0%", "97.0%"]  # a cell per (seed, rank)
+    averaged = [t.get_text() for t in heat_map(points, "rank", "alpha").axes[0].texts]
+    assert averaged == ["85.0%\n±7.1 (n=2)", "96.0%\n±1.4 (n=2)"]  # seeds averaged, their spread shown
+    figure = accuracy_against_cost(points, ["rank"])
+    assert figure.axes[0].get_xscale() == "log" and "mean of 2 runs each" in figure.texts[0].get_text()
 
 
 # --- the launched app ------------------------------------------------------------------------------
@@ -229,18 +258,18 @@ def test_insight_views_through_gradio_client(lab: Lab, tmp_path: Path) -> None:
 def check_through_client(served: RunningApp, tmp_path: Path) -> None:
     client = Client(served.url, verbose=False, analytics_enabled=False)
     endpoints = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
-    wanted = {"/evaluate", "/positive_classes", "/explain", "/classify_file", "/run_history", "/overlay", "/start_sweep", "/poll_sweep", "/stop_sweep"}
+    wanted = {"/evaluate", "/positive_classes", "/explain", "/classify_file", "/run_history", "/overlay", "/add_grid", "/queue", "/compare"}
     assert wanted <= endpoints
     summary, confusion, metrics, roc, wrong = client.predict("first-run", "validation", 0.3, "spam", api_name="/evaluate")
     assert "threshold" not in summary or "0.30" in summary
     assert "true ham" in confusion
     history = client.predict(api_name="/run_history")
-    assert history["data"][0][0] == "first-run"
+    assert history["data"][0][history["headers"].index("run")] == "first-run"
     heat, bars, words = client.predict("Call now to claim your prize", None, api_name="/explain")
     assert "class='token'" in heat
     lines = tmp_path / "lines.txt"
     lines.write_text("WIN a prize\nsee you later\n")
     path, preview = client.predict(handle_file(str(lines)), None, api_name="/classify_file")
     assert pd.read_csv(path)["label"].isin(["ham", "spam"]).all()
-    with pytest.raises(Exception, match="tick at least one rank"):
-        client.predict([], api_name="/start_sweep")
+    with pytest.raises(Exception, match="varies no setting"):
+        client.predict(ranks=[], api_name="/add_grid")

@@ -40,7 +40,7 @@ def results(views: list[RunView]) -> dict[str, tuple]:
 def run_grid(root: Path, runs, workers: LocalWorkers) -> list[RunView]:
     scheduler = Scheduler(root, workers)
     queued = scheduler.submit([cfg for _, cfg in runs], [label for label, _ in runs])
-    assert scheduler.wait([r.id for r in queued], timeout=300)
+    assert scheduler.wait([r.id for r in queued], timeout=600)
     scheduler.close()
     return [v for v in scheduler.views() if v.run.id in {r.id for r in queued}]
 
@@ -93,7 +93,7 @@ def test_a_killed_worker_fails_its_run_only_and_the_queue_goes_on(tiny_model_dir
         assert time.monotonic() < deadline, "the run never started training"
         time.sleep(0.05)
     os.kill(workers.launched["victim"].pid, signal.SIGKILL)
-    assert scheduler.wait(timeout=180)
+    assert scheduler.wait(timeout=600)
     scheduler.close()
     states = {v.run.id.rsplit("/", 1)[-1]: (v.run.state, v.run.reason) for v in scheduler.views()}
     assert states["victim"][0] == "failed" and "killed by SIGKILL" in states["victim"][1]
@@ -131,7 +131,7 @@ def test_the_queue_survives_a_killed_app(tiny_model_dir, prepared_data, tmp_path
     assert [run.state for run in before] == ["interrupted", "queued", "queued"]
     assert "app stopped" in before[0].reason
     scheduler = Scheduler(root, LocalWorkers(local_slots(1, "cpu")))  # the app started again
-    assert scheduler.wait(timeout=180)
+    assert scheduler.wait(timeout=600)
     scheduler.close()
     assert [run.state for run in RunQueue(root).runs()] == ["interrupted", "done", "done"]
     # the orphaned worker noticed its parent was gone, stopped and saved what it had

@@ -8,7 +8,6 @@ fields follow these. Adding a control: a field here (with `of` and `run_config`)
 
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from engine.config import LoRAConfig, RunConfig, TrainConfig, preset
@@ -80,8 +79,11 @@ def as_int(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def run_config(settings: AppSettings, controls: Controls, out_dir: Path) -> RunConfig:
-    """Turn the widgets' values into a validated RunConfig (ConfigError names the bad field)."""
+def run_config(settings: AppSettings, controls: Controls, owner: str = "") -> RunConfig:
+    """Turn the widgets' values into a validated RunConfig (ConfigError names the bad field).
+
+    Its folder is the runs folder: the queue gives each run a folder of its own inside it.
+    """
     c = controls
     base = preset(c.preset_name)
     lora = LoRAConfig(rank=as_int(c.rank), alpha=c.alpha, scaling=c.scaling, targets=tuple(c.targets or ()), train_head=bool(c.train_head))
@@ -106,8 +108,17 @@ def run_config(settings: AppSettings, controls: Controls, out_dir: Path) -> RunC
         lora=lora,
         train=train,
         data=str(data) if data else None,
+        data_urls=settings.data_urls,
         data_cache=str(settings.cache),
-        out_dir=str(out_dir),
+        out_dir=str(settings.out),
         device=settings.device,
         preset=c.preset_name,
+        owner=owner_name(owner),
     )
+
+
+def owner_name(owner: object) -> str:
+    """A visitor's name for their runs: plain text, one line, at most 60 characters."""
+    if not isinstance(owner, str):
+        return ""
+    return " ".join(owner.split())[:60]

@@ -13,10 +13,9 @@ import gradio as gr
 import pandas as pd
 
 from engine.evaluate import Scores, at_threshold, mistakes, roc_curve
-from engine.history import RunSummary
+from engine.history import RunSummary, all_runs
 from engine.run import RECORD_FILE
 from ui.lab import Lab
-from ui.runs_tab import all_runs
 from ui.views import confusion_html
 
 SPLITS = ("validation", "test")

@@ -1,7 +1,8 @@
 """The app's shared state: one per app, behind every tab's handlers and every visitor's session.
 
-It holds the settings, the one training job, the data prepared last, and the last loaded classifier
-(with the lock that Classify's handlers take), and the checks several tabs make.
+It holds the settings, the run scheduler (the queue every visitor adds to, and its workers), the
+data prepared last, and the last loaded classifier (with the lock that Classify's handlers take),
+and the checks several tabs make.
 """
 
 import threading
@@ -13,23 +14,38 @@ from engine.adapter import read_adapter
 from engine.classifier import Classifier
 from engine.data import PreparedData, load_summary
 from engine.device import pick_device
-from engine.job import TrainingJob
+from engine.scheduler import RunView, Scheduler, workers_for
 from ui.guards import engine_errors_as_toasts, uploaded_path
 from ui.settings import AppSettings
 
 
 class Lab:
-    """The app's shared state: one training job, the data, the last classifier."""
+    """The app's shared state: the run scheduler, the data, the last classifier."""
 
-    def __init__(self, settings: AppSettings) -> None:
+    def __init__(self, settings: AppSettings, scheduler: Scheduler | None = None) -> None:
         self.settings = settings
-        self.job = TrainingJob(settings.data_urls)
+        self.scheduler = scheduler or Scheduler(settings.out, workers_for(settings.workers, settings.device, settings.ray))
         self.prepared: PreparedData | None = None  # set by a download or an upload in this process
         self.download_stop = threading.Event()  # any visitor's Stop ends the download
         # Classify is its own concurrency group (limit 1); the lock also guards the cache and
         # compare_with_base's switching LoRA off and on should anyone raise that limit.
         self.classify_lock = threading.Lock()
         self._classifier: tuple[tuple[str, int, str], Classifier] | None = None  # (path, mtime, device) -> loaded
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop the running runs (each saves as stopped); queued runs stay queued for the next start."""
+        self.scheduler.close(timeout)
+
+    def followed(self, run_id: str | None) -> RunView | None:
+        """The run a page follows: `run_id`, or the newest run to have started (else the newest queued)."""
+        views = self.scheduler.views()
+        if run_id:
+            return next((view for view in views if view.run.id == run_id), None)
+        started = [view for view in views if view.run.started_at is not None]
+        if started:
+            return max(started, key=lambda view: view.run.started_at)
+        queued = [view for view in views if view.run.state == "queued"]
+        return queued[-1] if queued else None
 
     def check_model(self, model: str) -> str:
         """`model` if the app offers it; a typed folder or anything else is refused (no path from a visitor reaches the disk)."""

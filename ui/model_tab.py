@@ -98,7 +98,8 @@ class ModelTab:
 
     def controls(self) -> tuple[Any, ...]:
         """On page load: the settings of the current (or last) run, so a reload loses none of them."""
-        cfg = self.lab.job.snapshot().config or RunConfig.from_preset("recommended", model=self.lab.settings.model)
+        newest = self.lab.followed(None)
+        cfg = newest.run.config if newest else RunConfig.from_preset("recommended", model=self.lab.settings.model)
         return Controls.of(cfg).values()
 
 

@@ -1,40 +1,69 @@
-"""The Runs tab: every run's record, the loss curves of chosen runs overlaid, and the rank sweep.
+"""The Runs tab: the queue every visitor adds to, grids of runs, what a grid found, and the history.
 
-The sweep trains the Model & LoRA controls once per chosen rank, one run after another, in the app's
-one training job (watch each on the Train tab; Stop ends it).
+The queue table is live: waiting, running and finished runs, answers first. A waiting run can be
+moved or cancelled, a running one stopped, any one watched on the Train tab. A grid is the
+Model & LoRA settings with some of them given several values (5 ranks x 2 alphas x 3 seeds is 30
+runs, shown before it is queued). A finished grid shows as a heat map of test accuracy over two
+chosen settings, and as accuracy against trainable parameters and time, with the seeds' spread.
 """
 
-import time
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import pandas as pd
+from matplotlib.figure import Figure
 
-from engine.errors import LoRALabError
-from engine.history import RunSummary, list_runs
-from engine.job import JobSnapshot
-from engine.run import RECORD_FILE
-from engine.sweep import DEFAULT_RANKS, SweepPoint
+from engine.compare import GRID_SETTINGS, grid_points, varied
+from engine.config import PRESETS, SCALINGS
+from engine.errors import ConfigError, LoRALabError
+from engine.grid import MAX_GRID_RUNS, TARGET_SETS, Grid
+from engine.history import RunSummary, all_runs, list_runs
+from engine.scheduler import RunView
 from ui.controls import Controls, run_config
+from ui.grid_plots import SETTING_WORDS, accuracy_against_cost, heat_map
 from ui.guards import user_error
 from ui.lab import Lab
 from ui.model_tab import ControlWidgets
+from ui.run_words import format_seconds, layers_words, progress_words
 from ui.views import percent, series_colors
 
-SWEEP_RANK_CHOICES = (1, 2, 4, 8, 16, 32, 64)
+RANK_CHOICES = (1, 2, 4, 8, 16, 32, 64)
+DEFAULT_RANKS = (1, 2, 4, 8, 16)
+POLL_SECONDS = 2.0
+NUMBER = re.compile(r"[^\s,;]+")
 
 
-def all_runs(root: Path) -> list[tuple[str, RunSummary]]:
-    """(shown name, summary) of every run under `root`: runs/<date-time> and the runs of each sweep folder."""
-    root = Path(root)
-    found = [(run.name, run) for run in list_runs(root)]
-    if root.is_dir():
-        for folder in sorted(root.iterdir()):
-            if folder.is_dir() and not (folder / RECORD_FILE).exists():
-                found += [(f"{folder.name}/{run.name}", run) for run in list_runs(folder)]
-    return sorted(found, key=lambda item: (item[1].created, item[0]), reverse=True)
+def queue_frame(views: Sequence[RunView]) -> pd.DataFrame | None:
+    """Every run the queue knows, newest first; the answer columns come first, the long ones last."""
+    if not views:
+        return None
+    rows = []
+    for view in sorted(views, key=lambda v: v.run.queued_at, reverse=True):
+        run, progress = view.run, view.progress
+        final = (progress.final or {}) if progress else {}
+        took = run.ended_at - run.started_at if run.started_at and run.ended_at else None
+        cfg = run.config
+        rows.append(
+            {
+                "state": progress_words(view),
+                "test acc. (%)": percent(final["test"].accuracy) if "test" in final else None,
+                "run": run.id,
+                "who": cfg.owner,
+                "rank": cfg.lora.rank,
+                "alpha": cfg.lora.alpha,
+                "learning rate": cfg.train.lr,
+                "seed": cfg.train.seed,
+                "preset": cfg.preset or "",
+                "layers": layers_words(cfg.lora.targets),
+                "time": format_seconds(took) if took is not None else "",
+                "worker": run.worker or "",
+                "note": run.reason or "",
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def history_frame(runs: Sequence[tuple[str, RunSummary]]) -> pd.DataFrame | None:
@@ -42,6 +71,9 @@ def history_frame(runs: Sequence[tuple[str, RunSummary]]) -> pd.DataFrame | None
         return None
     rows = [
         {
+            "test acc. (%)": percent(run.test_accuracy),
+            "validation acc. (%)": percent(run.validation_accuracy),
+            "stopped": "yes" if run.stopped else "",
             "run": name,
             "created": run.created.replace("T", " ").split("+")[0],
             "model": Path(run.model).name,
@@ -52,9 +84,6 @@ def history_frame(runs: Sequence[tuple[str, RunSummary]]) -> pd.DataFrame | None
             "steps": run.steps,
             "train time (s)": round(run.train_seconds, 1),
             "device": run.device,
-            "validation acc. (%)": percent(run.validation_accuracy),
-            "test acc. (%)": percent(run.test_accuracy),
-            "stopped": "yes" if run.stopped else "",
         }
         for name, run in runs
     ]
@@ -64,7 +93,7 @@ def history_frame(runs: Sequence[tuple[str, RunSummary]]) -> pd.DataFrame | None
 def overlay_frame(runs: Sequence[tuple[str, RunSummary]], chosen: Sequence[str]) -> pd.DataFrame | None:
     """Long format for one LinePlot: train and validation loss of every chosen run, against steps."""
     picked = [(name, run) for name, run in runs if name in chosen]
-    short = [name.rsplit("/", 1)[-1] for name, _ in picked]  # "rank-2", not "sweep-.../rank-2": legends cut long names
+    short = [name.rsplit("/", 1)[-1] for name, _ in picked]  # "rank4", not "grid-.../rank4": legends cut long names
     labels = short if len(set(short)) == len(short) else [name for name, _ in picked]
     rows = []
     for label, (_, run) in zip(labels, picked, strict=True):
@@ -75,35 +104,57 @@ def overlay_frame(runs: Sequence[tuple[str, RunSummary]], chosen: Sequence[str])
     return pd.DataFrame(rows) if rows else None
 
 
-def sweep_frame(points: Sequence[SweepPoint]) -> pd.DataFrame | None:
-    if not points:
-        return None
-    return pd.DataFrame(
-        {
-            "rank": [str(p.rank) for p in points],
-            "trainable parameters": [p.trainable for p in points],
-            "test accuracy (%)": [percent(p.test_accuracy) for p in points],
-            "training time (s)": [round(p.train_seconds, 2) for p in points],
-            "folder": [str(p.out_dir) for p in points],
-        }
+def parse_values(text: str | None, kind: type, what: str) -> tuple:
+    """ "8, 16 32" -> (8.0, 16.0, 32.0): numbers separated by commas or spaces; nothing: ()."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{what}: type numbers separated by commas")
+    try:
+        return tuple(kind(token) for token in NUMBER.findall(text))
+    except ValueError:
+        raise ConfigError(f"{what}: {text.strip()[:40]!r} is not a list of {'whole ' if kind is int else ''}numbers; type e.g. 1, 2, 3") from None
+
+
+def grid_of(ranks: Sequence[Any], alphas: str, scalings: Sequence[str], lrs: str, presets: Sequence[str], layers: Sequence[str], seeds: str) -> Grid:
+    """The grid the Runs tab's fields describe (an empty field keeps the Model & LoRA value)."""
+    unknown = [name for name in layers or () if name not in TARGET_SETS]
+    if unknown:
+        raise ConfigError(f"unknown layer set {unknown[0]!r}: choose from {', '.join(TARGET_SETS)}")
+    return Grid(
+        rank=tuple(int(r) for r in ranks or ()),
+        alpha=parse_values(alphas, float, "alphas"),
+        scaling=tuple(scalings or ()),
+        lr=parse_values(lrs, float, "learning rates"),
+        preset=tuple(presets or ()),
+        targets=tuple(TARGET_SETS[name] for name in layers or ()),
+        seed=parse_values(seeds, int, "seeds"),
     )
 
 
-def sweep_status(snapshot: JobSnapshot) -> str:
-    if not snapshot.sweep_ranks:
-        return (
-            "No sweep yet: choose ranks and press Start the sweep."
-            if not snapshot.running
-            else f"A single training run is going ({snapshot.status}); a sweep can start after it."
-        )
-    ranks = ", ".join(map(str, snapshot.sweep_ranks))
-    return f"Sweep over ranks {ranks}: {len(snapshot.sweep)} of {len(snapshot.sweep_ranks)} runs finished. {snapshot.status}"
+def grid_preview(grid: Grid) -> str:
+    if not grid.varied:
+        return "Choose at least one value to try (for instance a few ranks)."
+    sizes = " × ".join(f"{len(getattr(grid, name))} {SETTING_WORDS[name]}{'s' if len(getattr(grid, name)) > 1 else ''}" for name in grid.varied)
+    too_many = f" That is more than the {MAX_GRID_RUNS} a grid may hold: choose fewer values." if grid.size > MAX_GRID_RUNS else ""
+    return f"**{sizes} = {grid.size} run{'s' if grid.size != 1 else ''}**, each with the other settings of *Model & LoRA*.{too_many}"
 
 
-def sweep_dir(root: Path) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    candidates = (Path(root) / (f"sweep-{stamp}" if n == 1 else f"sweep-{stamp}-{n}") for n in range(1, 1000))
-    return next(path for path in candidates if not path.exists())
+def grid_names(root: Path, views: Sequence[RunView]) -> list[str]:
+    """Grid folders, newest first: from the queue and from the runs folder (grids and older sweeps)."""
+    names = {view.run.grid for view in views if view.run.grid}
+    if root.is_dir():
+        names |= {folder.name for folder in root.iterdir() if folder.is_dir() and folder.name.startswith(("grid-", "sweep-"))}
+    return sorted(names, reverse=True)
+
+
+def pick_axes(x: str | None, y: str | None, changing: Sequence[str]) -> tuple[str, str]:
+    """The heat map's two settings: those chosen, else the first settings the grid varied."""
+    axes = list(dict.fromkeys(name for name in (x, y) if name in GRID_SETTINGS))
+    for name in (*changing, *GRID_SETTINGS):
+        if len(axes) == 2:
+            break
+        if name not in axes:
+            axes.append(name)
+    return axes[0], axes[1]
 
 
 class RunsTab:
@@ -115,6 +166,105 @@ class RunsTab:
     @property
     def out(self) -> Path:
         return Path(self.lab.settings.out)
+
+    # --- the queue ----------------------------------------------------------------------------
+
+    def queue(self, last: tuple | None = None) -> tuple[Any, ...]:
+        """The queue table, the pick list of runs that can still be acted on, and how many runs have ended
+        (the comparison redraws when it changes); nothing when unchanged since `last`."""
+        views = self.lab.scheduler.views()
+        key = tuple((v.run.id, v.run.state, v.position, progress_words(v)) for v in views)
+        if last is not None and key == last:
+            return gr.skip(), gr.skip(), last, gr.skip()
+        open_runs = [v.run.id for v in sorted(views, key=lambda v: v.run.queued_at, reverse=True) if not v.run.ended]
+        return queue_frame(views), gr.Dropdown(choices=open_runs), key, sum(v.run.ended for v in views)
+
+    def move_up(self, run_id: str | None) -> str:
+        self._act(run_id, lambda chosen: self.lab.scheduler.move(chosen, 1))
+        return f"Moved {run_id} one place up."
+
+    def move_down(self, run_id: str | None) -> str:
+        self._act(run_id, lambda chosen: self.lab.scheduler.move(chosen, -1))
+        return f"Moved {run_id} one place down."
+
+    def cancel(self, run_id: str | None) -> str:
+        self._act(run_id, self.lab.scheduler.cancel)
+        return f"Cancelled {run_id}: it left the queue."
+
+    def stop(self, run_id: str | None) -> str:
+        run = self._act(run_id, self.lab.scheduler.stop)
+        return f"Stopping {run_id} after its current step." if run.state == "running" else f"Cancelled {run_id}: it left the queue."
+
+    def watch(self, run_id: str | None) -> tuple[Any, gr.Tabs]:
+        """Point the Train tab at the picked run and open it."""
+        if not run_id:
+            raise gr.Error("pick a run first", duration=5)
+        return run_id, gr.Tabs(selected="train")
+
+    def _act(self, run_id: str | None, act: Any) -> Any:
+        if not run_id or not isinstance(run_id, str):
+            raise gr.Error("pick a run first: the list holds the waiting and running runs", duration=5)
+        try:
+            return act(run_id)
+        except LoRALabError as error:
+            raise user_error(error) from None
+
+    # --- adding runs ----------------------------------------------------------------------------
+
+    def preview(self, ranks: Sequence[Any], alphas: str, scalings: Sequence[str], lrs: str, presets: Sequence[str], layers: Sequence[str], seeds: str) -> str:
+        try:
+            return grid_preview(grid_of(ranks, alphas, scalings, lrs, presets, layers, seeds))
+        except LoRALabError as error:
+            return f"**Not a grid yet:** {error}"
+
+    def add_grid(
+        self,
+        ranks: Sequence[Any],
+        alphas: str,
+        scalings: Sequence[str],
+        lrs: str,
+        presets: Sequence[str],
+        layers: Sequence[str],
+        seeds: str,
+        owner: str = "",
+        **controls: Any,
+    ) -> str:
+        """Queue every combination of the chosen values over the Model & LoRA settings."""
+        settings = Controls(**controls)  # Gradio sends the controls by name: they name the API's parameters
+        self.lab.check_model(settings.model)
+        try:
+            base = run_config(self.lab.settings, settings, owner)
+            runs = grid_of(ranks, alphas, scalings, lrs, presets, layers, seeds).expand(base)
+            self.lab.check_batch_size(base.train.batch_size)
+            queued = self.lab.scheduler.submit([cfg for _, cfg in runs], [label for label, _ in runs])
+        except LoRALabError as error:
+            raise user_error(error) from None
+        gr.Info(f"{len(queued)} runs queued in {queued[0].grid}: watch them here, and each one on the Train tab.", duration=6)
+        return f"Queued {len(queued)} runs in {queued[0].grid}."
+
+    # --- comparing a grid ---------------------------------------------------------------------
+
+    def grids(self) -> gr.Dropdown:
+        names = grid_names(self.out, self.lab.scheduler.views())
+        return gr.Dropdown(choices=names, value=names[0] if names else None)
+
+    def compare(self, grid: str | None, x: str | None, y: str | None) -> tuple[str, Figure | None, Figure | None]:
+        """The grid's heat map over `x` and `y` (defaults: its first two varied settings) and accuracy against cost."""
+        if not grid:
+            return "No grid yet: add one above; its results show here as its runs finish.", None, None
+        if not isinstance(grid, str) or "/" in grid or grid.startswith("."):
+            raise gr.Error("choose a grid from the list", duration=5)
+        points = grid_points(list_runs(self.out / grid))
+        if not points:
+            return f"No run of {grid} has finished yet: the pictures come as runs end.", None, None
+        changing = varied(points)
+        x, y = pick_axes(x, y, changing)
+        by = [name for name in changing if name != "seed"]  # seeds are what the spread is over
+        total = sum(1 for view in self.lab.scheduler.views() if view.run.grid == grid) or len(points)
+        note = f"{len(points)} of {total} runs of {grid} finished with a test accuracy. Varied: {', '.join(SETTING_WORDS[n] for n in changing) or 'nothing'}."
+        return note, heat_map(points, x, y), accuracy_against_cost(points, by)
+
+    # --- the history ---------------------------------------------------------------------------
 
     def history(self) -> pd.DataFrame | None:
         return history_frame(all_runs(self.out))
@@ -138,70 +288,91 @@ class RunsTab:
         frame = self.overlay(chosen)
         return gr.LinePlot(value=frame, color_map=series_colors(frame["run"]) if frame is not None else None)
 
-    def start_sweep(self, ranks: Sequence[Any], **controls: Any) -> tuple[Any, ...]:
-        """Train the Model & LoRA settings once per chosen rank, one after another, in the app's job."""
-        try:
-            chosen = sorted({int(rank) for rank in ranks or ()})
-        except (TypeError, ValueError):
-            raise gr.Error("ranks must be whole numbers: tick them in the list") from None
-        if not chosen:
-            raise gr.Error("tick at least one rank for the sweep")
-        settings = Controls(**controls)  # Gradio sends the controls by name: they name the API's parameters
-        self.lab.check_model(settings.model)
-        try:
-            cfg = run_config(self.lab.settings, settings, sweep_dir(self.out))
-        except LoRALabError as error:
-            raise user_error(error) from None
-        self.lab.check_batch_size(cfg.train.batch_size)
-        if not self.lab.job.start(cfg, chosen):
-            gr.Info("A training run or sweep is already going: showing it. Stop it first to start a sweep.")
-        return self.poll_sweep()
 
-    def poll_sweep(self) -> tuple[Any, ...]:
-        snapshot = self.lab.job.snapshot()
-        table = sweep_frame(snapshot.sweep)
-        done = None if snapshot.running else table  # the plots show a finished (or stopped) sweep: see PALETTE's note
-        colors = series_colors(done["rank"]) if done is not None else None
+def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, follow: gr.Dropdown, tabs: gr.Tabs) -> None:
+    """The Runs tab, wired: grids queue the `controls`; Watch points the Train tab's `follow` list at a run."""
+    setting_choices = [(words, name) for name, words in SETTING_WORDS.items()]
+    with gr.Tab("Runs", id="runs") as tab:
+        gr.Markdown("### The queue\nEvery run anyone added, newest first. Runs start in queue order as workers come free; a failed run never stops the others.")
+        queue_table = gr.Dataframe(label="Runs waiting, running and finished", interactive=False, wrap=True, max_height=380, elem_id="queue")
+        with gr.Row(equal_height=True):
+            picked = gr.Dropdown([], label="Run", info="a waiting or running run", elem_id="queue-pick", scale=3)
+            up = gr.Button("Move up", size="sm", elem_id="queue-up")
+            down = gr.Button("Move down", size="sm", elem_id="queue-down")
+            cancel = gr.Button("Cancel", size="sm", elem_id="queue-cancel")
+            stop = gr.Button("Stop", variant="stop", size="sm", elem_id="queue-stop")
+            watch = gr.Button("Watch on the Train tab", size="sm", elem_id="queue-watch")
+        queue_note = gr.Markdown(elem_id="queue-note")
 
-        def plot(x: str) -> gr.ScatterPlot:  # axes from 0 with some room, so no point sits on an edge
-            return gr.ScatterPlot(value=done, color_map=colors, x_lim=[0, 1.1 * float(done[x].max()) or 1] if done is not None else None)
-
-        return sweep_status(snapshot), table, plot("trainable parameters"), plot("training time (s)"), gr.Timer(active=snapshot.running)
-
-    def stop_sweep(self) -> str:
-        return "stopping after the current step..." if self.lab.job.stop() else self.lab.job.snapshot().status
-
-
-def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets) -> None:
-    """The Runs tab, wired; its rank sweep trains `controls`, and a (re)loaded page re-attaches to a sweep."""
-    with gr.Tab("Runs") as tab:
-        refresh = gr.Button("Refresh", size="sm", elem_id="runs-refresh")
-        history = gr.Dataframe(label="Run history (each run's folder is under the runs folder)", interactive=False, max_height=300, elem_id="run-history")
-        chosen = gr.Dropdown([], multiselect=True, label="Runs to compare", allow_custom_value=True, elem_id="overlay-runs")  # choices come on refresh
-        overlay = gr.LinePlot(x="step", y="loss", color="run", title="Loss curves of the chosen runs (estimated every N steps)", height=300, elem_id="overlay")
         gr.Markdown(
-            "### Rank sweep\nTrain the settings of *Model & LoRA* once per rank, one run after another (watch each on the Train tab), "
-            "then compare test accuracy against the number of trainable parameters and the time taken."
+            "### Add a grid of runs\nEvery combination of the values ticked or typed below, each with the other settings of *Model & LoRA*. "
+            "Leave a field empty to keep its *Model & LoRA* value. Several seeds show how much a result varies by chance."
         )
         with gr.Row():
-            ranks = gr.CheckboxGroup(list(SWEEP_RANK_CHOICES), value=list(DEFAULT_RANKS), label="Ranks", elem_id="sweep-ranks", scale=3)
-            start = gr.Button("Start the sweep", variant="primary", elem_id="sweep-start", scale=1)
-            stop = gr.Button("Stop the sweep", variant="stop", elem_id="sweep-stop", scale=1)
-        status = gr.Textbox(label="Sweep", interactive=False, elem_id="sweep-status")
+            ranks = gr.CheckboxGroup(list(RANK_CHOICES), value=list(DEFAULT_RANKS), label="Ranks", elem_id="grid-ranks", scale=3)
+            alphas = gr.Textbox("", label="Alphas", placeholder="e.g. 8, 16", max_lines=1, elem_id="grid-alphas", scale=1)
+            seeds = gr.Textbox("", label="Seeds", placeholder="e.g. 1, 2, 3", max_lines=1, elem_id="grid-seeds", scale=1)
+        with gr.Accordion("More settings to vary", open=False), gr.Row():
+            scalings = gr.CheckboxGroup(list(SCALINGS), label="Scaling", elem_id="grid-scalings")
+            presets = gr.CheckboxGroup(list(PRESETS), label="Presets (applied first)", elem_id="grid-presets")
+            layers = gr.CheckboxGroup(list(TARGET_SETS), label="Layers LoRA adapts", elem_id="grid-layers")
+            lrs = gr.Textbox("", label="Learning rates", placeholder="e.g. 0.0004, 0.0008", max_lines=1, elem_id="grid-lrs")
+        with gr.Row(equal_height=True):
+            owner = gr.Textbox("", label="Your name (optional)", placeholder="shown beside your runs", max_lines=1, elem_id="grid-owner", scale=1)
+            preview = gr.Markdown(grid_preview(Grid(rank=DEFAULT_RANKS)), elem_id="grid-preview")
+            add = gr.Button("Add the grid to the queue", variant="primary", elem_id="grid-add", scale=1)
+
+        gr.Markdown("### What a grid found")
         with gr.Row():
-            accuracy_axis = dict(y="test accuracy (%)", color="rank", y_lim=[0, 105], height=280)
-            by_params = gr.ScatterPlot(x="trainable parameters", title="Test accuracy vs trainable parameters", elem_id="sweep-params", **accuracy_axis)
-            by_time = gr.ScatterPlot(x="training time (s)", title="Test accuracy vs training time", elem_id="sweep-time", **accuracy_axis)
-        table = gr.Dataframe(label="Sweep results", interactive=False, elem_id="sweep-table")
-        timer = gr.Timer(1.0, active=False)
-    sweep_view = [status, table, by_params, by_time, timer]
+            grid = gr.Dropdown([], label="Grid", elem_id="compare-grid", scale=2)
+            x_axis = gr.Dropdown(setting_choices, value=None, label="Heat map across", info="default: what the grid varied", elem_id="compare-x", scale=1)
+            y_axis = gr.Dropdown(setting_choices, value=None, label="and", elem_id="compare-y", scale=1)
+        compare_note = gr.Markdown(elem_id="compare-note")
+        with gr.Row():
+            heat = gr.Plot(label="Test accuracy by setting", show_label=False, elem_id="compare-heat")
+            cost = gr.Plot(label="Accuracy against cost", show_label=False, elem_id="compare-cost")
+
+        gr.Markdown("### History")
+        refresh = gr.Button("Refresh", size="sm", elem_id="runs-refresh")
+        history = gr.Dataframe(
+            label="Every finished run (each run's folder is under the runs folder)", interactive=False, max_height=300, elem_id="run-history"
+        )
+        chosen = gr.Dropdown([], multiselect=True, label="Runs to compare", allow_custom_value=True, elem_id="overlay-runs")  # choices come on refresh
+        overlay = gr.LinePlot(x="step", y="loss", color="run", title="Loss curves of the chosen runs (estimated every N steps)", height=300, elem_id="overlay")
+        last_queue, ended = gr.State(None), gr.State(0)
+        timer = gr.Timer(POLL_SECONDS, active=True)
+
+    grid_fields = [ranks, alphas, scalings, lrs, presets, layers, seeds]
+    gr.on([field.change for field in grid_fields], runs.preview, grid_fields, preview, api_name="grid_preview", show_progress="hidden", concurrency_limit=None)
+    add_inputs = dict(zip(("ranks", "alphas", "scalings", "lrs", "presets", "layers", "seeds"), grid_fields, strict=True))
+    queue_view = [queue_table, picked, last_queue, ended]
+    add.click(runs.add_grid, inputs_kwargs={**add_inputs, "owner": owner, **controls.by_name()}, outputs=queue_note, api_name="add_grid").then(
+        runs.queue, None, queue_view, show_progress="hidden"
+    ).then(runs.grids, None, grid, show_progress="hidden").then(runs.compare, [grid, x_axis, y_axis], [compare_note, heat, cost], show_progress="hidden")
+
+    timer.tick(runs.queue, last_queue, queue_view, api_name="queue", show_progress="hidden", concurrency_limit=None)
+    gr.on([demo.load, tab.select], runs.queue, None, queue_view, api_name="queue_now", show_progress="hidden", concurrency_limit=None)
+    up.click(runs.move_up, picked, queue_note, api_name="move_up", concurrency_limit=None)
+    down.click(runs.move_down, picked, queue_note, api_name="move_down", concurrency_limit=None)
+    cancel.click(runs.cancel, picked, queue_note, api_name="cancel_run", concurrency_limit=None)
+    stop.click(runs.stop, picked, queue_note, api_name="stop_run", concurrency_limit=None)
+    watch.click(runs.watch, picked, [follow, tabs], api_name="watch_run", concurrency_limit=None)
+
+    compare_inputs = [grid, x_axis, y_axis]
+    gr.on([tab.select, refresh.click], runs.grids, None, grid, api_name="grids", show_progress="hidden").then(
+        runs.compare, compare_inputs, [compare_note, heat, cost], show_progress="hidden"
+    )
+    gr.on(
+        [grid.input, x_axis.input, y_axis.input, ended.change],
+        runs.compare,
+        compare_inputs,
+        [compare_note, heat, cost],
+        api_name="compare",
+        show_progress="hidden",
+    )
     gr.on([tab.select, refresh.click], runs.history, None, history, api_name="run_history", show_progress="hidden").then(
         runs.overlay_choices, None, chosen, api_name="overlay_runs", show_progress="hidden"
     )
     chosen.change(runs.clear_overlay, None, overlay, api_name="clear_overlay", show_progress="hidden").then(
         runs.overlay_plot, chosen, overlay, api_name="overlay", show_progress="hidden"
     )
-    start.click(runs.start_sweep, inputs_kwargs={"ranks": ranks, **controls.by_name()}, outputs=sweep_view, api_name="start_sweep", show_progress="hidden")
-    timer.tick(runs.poll_sweep, None, sweep_view, api_name="poll_sweep", show_progress="hidden", concurrency_limit=None)
-    stop.click(runs.stop_sweep, None, status, api_name="stop_sweep", concurrency_limit=None)
-    gr.on([demo.load, tab.select], runs.poll_sweep, None, sweep_view, api_name="attach_sweep", show_progress="hidden", concurrency_limit=None)

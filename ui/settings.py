@@ -21,6 +21,8 @@ class AppSettings:
     cache: Path = Path("data_cache")  # downloaded zip and the prepared train/validation/test CSVs
     data_urls: tuple[str, ...] = SOURCES  # where Download fetches the SMS data from, in order
     max_upload_mb: int = MAX_UPLOAD_MB  # Gradio refuses larger uploads
+    workers: int | None = None  # runs at once; None: one per CUDA GPU, otherwise one (on Ray: see RayWorkers)
+    ray: str | None = None  # a Ray cluster's address (or "auto") to run on instead of this machine
 
     @property
     def models(self) -> tuple[str, ...]:

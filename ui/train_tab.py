@@ -1,37 +1,42 @@
-"""The Train tab: start, watch and stop the app's one training job, live.
+"""The Train tab: start a run, watch one run live, stop it.
 
-The job belongs to the app, not to a page: a 1 s timer polls it, so a reloaded page or a second
-visitor re-attaches to the same run, and anyone can stop it.
+Runs belong to the app's queue, not to a page: a 1 s timer polls the run this page follows (the
+newest run to have started, or one picked from the list), so a reloaded page or a second visitor
+re-attaches to it, a run started from the Runs tab shows here too, and anyone can stop it. A poll
+that finds nothing new sends nothing, so idle pages cost little.
 """
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
+from engine.config import LABELS
 from engine.errors import LoRALabError
-from engine.job import JobSnapshot, LossRow, format_seconds
 from engine.params import param_summary
+from engine.recorder import RunProgress
+from engine.scheduler import RunView
 from ui.controls import Controls, run_config
 from ui.guards import user_error
 from ui.lab import Lab
 from ui.model_tab import ControlWidgets
+from ui.run_words import STATES, format_seconds, run_header, status_line
 from ui.views import confusion_html
 
 POLL_SECONDS = 1.0
 MAX_BATCH_POINTS = 400  # each poll re-sends the whole plot frame: thin the per-step series of long runs
+MAX_FOLLOW_CHOICES = 60  # newest runs offered in the "follow" list
+NEWEST = ""  # the follow list's value for "the newest run"
 LOSS_COLORS = {"training batch": "#c7c7c7", "train": "#1f77b4", "validation": "#ff7f0e"}
-SPLIT_NAMES = {"batch": "training batch", "train": "train", "validation": "validation"}
 
 
 @dataclass(frozen=True)
 class TrainingView:
-    """What the Train tab shows of a job; `view_values` orders it for the outputs."""
+    """What the Train tab shows of a run; `values` orders it for the outputs."""
 
+    header: str
     status: str
     progress: str  # HTML progress bar
     loss: pd.DataFrame | None  # None, never an empty frame: an empty first value breaks a LinePlot's axes
@@ -43,32 +48,55 @@ class TrainingView:
     book_plot: str | None
     files: list[str] | None
 
+    def values(self) -> tuple[Any, ...]:
+        # The loss frame feeds two plots (against steps, against examples seen).
+        return (
+            self.header,
+            self.status,
+            self.progress,
+            self.loss,
+            self.loss,
+            self.live_confusion,
+            self.live_scores,
+            self.accuracy,
+            self.baseline,
+            self.final,
+            self.book_plot,
+            self.files,
+        )
 
-def loss_frame(rows: Sequence[LossRow]) -> pd.DataFrame | None:
-    if not rows:
+
+def loss_frame(progress: RunProgress) -> pd.DataFrame | None:
+    """Each step's batch loss (thinned for long runs) and the train/validation estimates, in long format."""
+    batch = list(progress.batch_losses)
+    if not batch and not progress.estimates:
         return None
-    batch = [r for r in rows if r.split == "batch"]
     stride = max(1, -(-len(batch) // MAX_BATCH_POINTS))
-    kept = set(batch[::stride] + batch[-1:])
-    shown = [r for r in rows if r.split != "batch" or r in kept]
-    return pd.DataFrame(
-        {
-            "step": [r.step for r in shown],
-            "examples seen": [r.examples_seen for r in shown],
-            "loss": [r.loss for r in shown],
-            "split": [SPLIT_NAMES[r.split] for r in shown],
-        }
-    )
+    shown = batch[::stride] + (batch[-1:] if batch and (len(batch) - 1) % stride else [])
+    rows = [(point.step, point.examples_seen, point.loss, "training batch") for point in shown]
+    for estimate in progress.estimates:
+        steps_taken = estimate.step + 1  # the book counts from 0; the plot counts steps taken, like the batches
+        rows += [
+            (steps_taken, estimate.examples_seen, estimate.train_loss, "train"),
+            (steps_taken, estimate.examples_seen, estimate.validation_loss, "validation"),
+        ]
+    return pd.DataFrame(rows, columns=["step", "examples seen", "loss", "split"])
 
 
-def live_views(snapshot: JobSnapshot) -> tuple[str, pd.DataFrame | None]:
+def class_names(progress: RunProgress | None) -> tuple[str, ...]:
+    """The run's class names, in class-index order (ham, spam until the data says otherwise)."""
+    return progress.data.labels if progress is not None and progress.data is not None else LABELS
+
+
+def live_views(view: RunView | None) -> tuple[str, pd.DataFrame | None]:
     """The full validation set at the latest loss estimate (confusion matrix), and its scores at every estimate so far."""
-    if not snapshot.live:
-        off = snapshot.config is not None and not snapshot.config.train.live_metrics
+    progress = view.progress if view else None
+    if progress is None or not progress.live:
+        off = view is not None and not view.run.config.train.live_metrics
         note = "Scoring the full validation set at each estimate is off for this run." if off else "The full validation set is scored at each loss estimate."
         return f"<div id='live-note'>{note}</div>", None
-    names = snapshot.class_names
-    latest = snapshot.live[-1]
+    names = class_names(progress)
+    latest = progress.live[-1]
     m = latest.metrics
     which = f"of {names[1]}" if len(names) == 2 else "macro-averaged over the classes"
     caption = (
@@ -78,7 +106,7 @@ def live_views(snapshot: JobSnapshot) -> tuple[str, pd.DataFrame | None]:
     scores = pd.DataFrame(
         [
             {"step": point.step + 1, "score (%)": round(100 * value, 2), "metric": name}  # steps taken, as the loss plots
-            for point in snapshot.live
+            for point in progress.live
             for name, value in (
                 ("accuracy", point.metrics.accuracy),
                 ("precision", point.metrics.precision),
@@ -90,28 +118,24 @@ def live_views(snapshot: JobSnapshot) -> tuple[str, pd.DataFrame | None]:
     return confusion_html(m.confusion, names, caption), scores
 
 
-def accuracy_frames(snapshot: JobSnapshot) -> tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]:
-    """Accuracy by epoch, the baseline before training, and the final metrics on the full splits."""
-    accuracy = None
-    if snapshot.accuracies:
-        accuracy = pd.DataFrame(
-            {
-                "epoch": [r.epoch for r in snapshot.accuracies],
-                "accuracy (%)": [100 * r.accuracy for r in snapshot.accuracies],
-                "split": [r.split for r in snapshot.accuracies],
-            }
-        )
+def accuracy_frames(view: RunView | None) -> tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]:
+    """Accuracy by epoch (epoch 0: before training), the baseline, and the final metrics on the full splits."""
+    progress = view.progress if view else None
+    if progress is None:
+        return None, None, None
+    rows = []
+    b = progress.baseline
+    if b is not None:
+        rows += [(0, 100 * b.train_accuracy, "train"), (0, 100 * b.validation_accuracy, "validation")]
+    for epoch in progress.epoch_accuracies:
+        rows += [(epoch.epoch, 100 * epoch.train_accuracy, "train"), (epoch.epoch, 100 * epoch.validation_accuracy, "validation")]
+    accuracy = pd.DataFrame(rows, columns=["epoch", "accuracy (%)", "split"]) if rows else None
     baseline = None
-    if snapshot.baseline is not None:
-        b = snapshot.baseline
-        baseline = pd.DataFrame(
-            {
-                "split": ["train", "validation", "test"],
-                "accuracy before training (%)": [round(100 * a, 2) for a in (b.train_accuracy, b.validation_accuracy, b.test_accuracy)],
-            }
-        )
+    if b is not None:
+        accuracies = (b.train_accuracy, b.validation_accuracy, b.test_accuracy)
+        baseline = pd.DataFrame({"split": ["train", "validation", "test"], "accuracy before training (%)": [round(100 * a, 2) for a in accuracies]})
     final = None
-    if snapshot.final:
+    if progress.final:
         final = pd.DataFrame(
             [
                 {
@@ -123,59 +147,61 @@ def accuracy_frames(snapshot: JobSnapshot) -> tuple[pd.DataFrame | None, pd.Data
                     "loss": round(m.loss, 4),
                     "messages": m.count,
                 }
-                for name, m in snapshot.final.items()
+                for name, m in progress.final.items()
             ]
+        )
+    elif view.run.ended:
+        final = pd.DataFrame(
+            {"": [f"No final accuracies: the run {STATES[view.run.state]} before its final evaluation, so it is not offered on Evaluate either."]}
         )
     return accuracy, baseline, final
 
 
-def training_view(snapshot: JobSnapshot) -> TrainingView:
-    saved = snapshot.saved
+def progress_html(view: RunView | None) -> str:
+    progress = view.progress if view else None
+    if progress is None or not progress.total_steps:
+        return "<div id='progress-text'></div>"
+    eta = f" · about {format_seconds(progress.eta_s)} left" if progress.eta_s is not None else ""
+    return (
+        f"<progress value='{progress.step}' max='{progress.total_steps}' style='width:100%'></progress>"
+        f"<div id='progress-text'>step {progress.step:,} of {progress.total_steps:,} · {progress.examples_seen:,} examples seen{eta}</div>"
+    )
+
+
+def training_view(view: RunView | None) -> TrainingView:
+    progress = view.progress if view else None
+    saved = progress.saved if progress else None
     files = [str(saved.adapter_dir / "adapter.safetensors"), str(saved.record)] if saved else None
     return TrainingView(
-        snapshot.status,
-        progress_html(snapshot),
-        loss_frame(snapshot.losses),
-        *live_views(snapshot),
-        *accuracy_frames(snapshot),
+        run_header(view),
+        status_line(view),
+        progress_html(view),
+        loss_frame(progress) if progress else None,
+        *live_views(view),
+        *accuracy_frames(view),
         str(saved.plot) if saved and saved.plot else None,
         files,
     )
 
 
-def progress_html(snapshot: JobSnapshot) -> str:
-    if not snapshot.total_steps:
-        return f"<div id='progress-text'>{snapshot.phase if snapshot.running else ''}</div>"
-    eta = f" · ETA {format_seconds(snapshot.eta_s)}" if snapshot.eta_s is not None else ""
-    return (
-        f"<progress value='{snapshot.step}' max='{snapshot.total_steps}' style='width:100%'></progress>"
-        f"<div id='progress-text'>step {snapshot.step} of {snapshot.total_steps} · {snapshot.examples_seen:,} examples seen · "
-        f"{format_seconds(snapshot.elapsed_s)} elapsed{eta}</div>"
+def view_key(view: RunView | None) -> tuple:
+    """Changes whenever anything the tab shows of `view` changes (the status's clock aside)."""
+    if view is None:
+        return (None,)
+    p = view.progress
+    shown = (
+        (p.phase, p.step, len(p.estimates), len(p.live), len(p.epoch_accuracies), p.baseline is not None, p.final is not None, p.saved is not None) if p else ()
     )
+    download = p.download.received if p and p.download else None
+    return (view.run.id, view.run.state, view.position, download, *shown)
 
 
-def view_values(view: TrainingView) -> tuple[Any, ...]:
-    # The loss frame feeds two plots (against steps, against examples seen).
-    return (
-        view.status,
-        view.progress,
-        view.loss,
-        view.loss,
-        view.live_confusion,
-        view.live_scores,
-        view.accuracy,
-        view.baseline,
-        view.final,
-        view.book_plot,
-        view.files,
-    )
-
-
-def new_run_dir(root: Path) -> Path:
-    """runs/<date-time>, with a suffix when a run already started in the same second."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    candidates = (root / (stamp if n == 1 else f"{stamp}-{n}") for n in range(1, 1000))
-    return next(path for path in candidates if not path.exists())
+def follow_choices(views: Sequence[RunView]) -> list[tuple[str, str]]:
+    """The follow list: the newest run, then each run, newest first."""
+    newest_first = sorted(views, key=lambda v: v.run.queued_at, reverse=True)[:MAX_FOLLOW_CHOICES]
+    return [("The newest run", NEWEST)] + [
+        (f"{v.run.id} · {v.run.state}" + (f" · {v.run.config.owner}" if v.run.config.owner else ""), v.run.id) for v in newest_first
+    ]
 
 
 class TrainTab:
@@ -184,46 +210,63 @@ class TrainTab:
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
 
-    def start_training(self, controls: Controls) -> tuple[Any, ...]:
-        """Start a run with these settings; if one is running already, say so and show that one."""
+    def start_training(self, controls: Controls, owner: str = "") -> tuple[Any, ...]:
+        """Queue a run with these settings and follow it; the handler returns the tab's new view."""
         lab = self.lab
         lab.check_model(controls.model)
         try:
-            cfg = run_config(lab.settings, controls, new_run_dir(lab.settings.out))
+            cfg = run_config(lab.settings, controls, owner)
             param_summary(cfg.model, cfg.lora)  # builds the model on the meta device: a rank wider than a layer fails here, at once
+            lab.check_batch_size(cfg.train.batch_size)
+            (run,) = lab.scheduler.submit([cfg])
         except LoRALabError as error:
             raise user_error(error) from None
-        lab.check_batch_size(cfg.train.batch_size)
-        if not lab.job.start(cfg):
-            gr.Info("A training run is already going: showing it. Stop it first to start another.")
-        return self.poll()
+        others = [v for v in lab.scheduler.views() if v.run.id != run.id and not v.run.ended]
+        if len(others) >= len(lab.scheduler.workers.slots):
+            gr.Info(f"Run {run.id} waits in the queue behind {len(others)} other run{'s' if len(others) != 1 else ''}; this page follows it.", duration=6)
+        return self.poll(run.id, None)
 
-    def start(self, **controls: Any) -> tuple[Any, ...]:
-        """Start a run with these settings; if one is running already, say so and show that one."""
-        return self.start_training(Controls(**controls))  # Gradio sends the controls by name: they name the API's parameters
+    def start(self, owner: str = "", **controls: Any) -> tuple[Any, ...]:
+        """Queue a run with these settings and follow it."""
+        return self.start_training(Controls(**controls), owner)  # Gradio sends the controls by name: they name the API's parameters
 
-    def poll(self) -> tuple[Any, ...]:
-        """The running (or last) job's state; the timer keeps ticking only while it runs."""
-        snapshot = self.lab.job.snapshot()
-        view = training_view(snapshot)
-        return (*view_values(view), gr.Timer(active=snapshot.running))
+    def poll(self, followed: str | None, last: tuple | None) -> tuple[Any, ...]:
+        """The followed run's view, or nothing new (gr.skip) when nothing changed since `last`."""
+        views = self.lab.scheduler.views()
+        view = self.lab.followed(followed or None)
+        choices = follow_choices(views)
+        key = (view_key(view), tuple(choices), followed or NEWEST)
+        dropdown = gr.Dropdown(choices=choices, value=followed if followed in {value for _, value in choices} else NEWEST)
+        if last is not None and key == last:
+            running_status = status_line(view) if view is not None and view.run.state in ("running", "queued") else gr.skip()
+            return (gr.skip(), running_status, *[gr.skip()] * 10, gr.skip(), last)
+        return (*training_view(view).values(), dropdown, key)
 
     def attach(self) -> tuple[Any, ...]:
-        """On page load: re-attach to a job started by any session, before or after a reload."""
-        return self.poll()
+        """On page load: follow the newest run, whoever started it, before or after a reload."""
+        return self.poll(None, None)
 
-    def stop_training(self) -> str:
-        if not self.lab.job.stop():
-            return self.lab.job.snapshot().status
-        return "stopping after the current step..."
+    def stop_training(self, followed: str | None) -> str:
+        """Stop the followed run after its current step (or take it out of the queue if it has not started)."""
+        view = self.lab.followed(followed or None)
+        if view is None or view.run.ended:
+            return status_line(view)
+        try:
+            self.lab.scheduler.stop(view.run.id)
+        except LoRALabError as error:
+            raise user_error(error) from None
+        return "Stopping after the current step..." if view.run.state == "running" else "Cancelled: the run left the queue before it started."
 
 
-def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) -> gr.Timer:
-    """The Train tab, wired to start a run of `controls`; returns the timer that ticks while a run goes."""
-    with gr.Tab("Train"):
+def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) -> tuple[gr.Timer, gr.Dropdown]:
+    """The Train tab, wired to queue runs of `controls`; returns its timer and its follow list (the Runs tab points it at a run)."""
+    with gr.Tab("Train", id="train"):
         with gr.Row():
-            start_button = gr.Button("Start training", variant="primary", elem_id="start")
-            stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
+            start_button = gr.Button("Start training", variant="primary", elem_id="start", scale=2)
+            stop_button = gr.Button("Stop", variant="stop", elem_id="stop", scale=1)
+            owner = gr.Textbox("", label="Your name (optional)", placeholder="shown beside your runs", max_lines=1, elem_id="owner", scale=2)
+            followed = gr.Dropdown([("The newest run", NEWEST)], value=NEWEST, label="Watching", elem_id="follow", scale=3)
+        header = gr.Markdown(elem_id="run-header")
         train_status = gr.Textbox(label="Status", interactive=False, elem_id="train-status")
         progress = gr.HTML(elem_id="train-progress")
         with gr.Row():
@@ -234,13 +277,7 @@ def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) 
         with gr.Row():
             live_confusion = gr.HTML(elem_id="live-confusion")
             live_scores = gr.LinePlot(
-                x="step",
-                y="score (%)",
-                color="metric",
-                title="Full validation set at each estimate",
-                y_lim=[0, 100],
-                height=240,
-                elem_id="live-scores",
+                x="step", y="score (%)", color="metric", title="Full validation set at each estimate", y_lim=[0, 100], height=240, elem_id="live-scores"
             )
         with gr.Row():
             accuracy = gr.LinePlot(
@@ -251,11 +288,29 @@ def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) 
         with gr.Row():
             book_plot = gr.Image(label="Loss plot (book style)", type="filepath", interactive=False, elem_id="book-plot")
             files = gr.File(label="Download the adapter and the run record", file_count="multiple", interactive=False, elem_id="run-files")
-        timer = gr.Timer(POLL_SECONDS, active=False)
+        last_shown = gr.State(None)  # what this page shows, so a poll with nothing new sends nothing
+        nothing_shown = gr.State(None)  # (created in the tab: a component made in gr.Tabs but outside a tab upsets the tab bar)
+        timer = gr.Timer(POLL_SECONDS, active=True)
 
-    view = [train_status, progress, loss_steps, loss_examples, live_confusion, live_scores, accuracy, baseline, final, book_plot, files, timer]
-    start_button.click(train.start, inputs_kwargs=controls.by_name(), outputs=view, api_name="start", show_progress="hidden")
-    timer.tick(train.poll, None, view, api_name="poll", show_progress="hidden", concurrency_limit=None)
-    stop_button.click(train.stop_training, None, train_status, api_name="stop", concurrency_limit=None)
+    view = [
+        header,
+        train_status,
+        progress,
+        loss_steps,
+        loss_examples,
+        live_confusion,
+        live_scores,
+        accuracy,
+        baseline,
+        final,
+        book_plot,
+        files,
+        followed,
+        last_shown,
+    ]
+    start_button.click(train.start, inputs_kwargs={"owner": owner, **controls.by_name()}, outputs=view, api_name="start", show_progress="hidden")
+    timer.tick(train.poll, [followed, last_shown], view, api_name="poll", show_progress="hidden", concurrency_limit=None)
+    followed.input(train.poll, [followed, nothing_shown], view, api_name="follow", show_progress="hidden", concurrency_limit=None)
+    stop_button.click(train.stop_training, followed, train_status, api_name="stop", concurrency_limit=None)
     demo.load(train.attach, None, view, api_name="attach", show_progress="hidden")
-    return timer
+    return timer, followed
