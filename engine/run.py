@@ -9,7 +9,7 @@ import platform
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,10 +19,11 @@ from engine.adapter import AdapterConfig, save_adapter
 from engine.atomic import write_text_atomic
 from engine.classifier import build_classifier
 from engine.config import RunConfig
-from engine.data import DataSummary, prepare
+from engine.data import DataSummary, is_prepared_folder, prepare
 from engine.device import pick_device
 from engine.download import ProgressCallback
-from engine.evaluate import Metrics, Scores, evaluate, evaluate_with_scores
+from engine.draws import RunDraws
+from engine.evaluate import LossMean, Metrics, Scores, evaluate, evaluate_with_scores
 from engine.loaders import make_loaders
 from engine.lora import ParamCounts, count_parameters
 from engine.plot import save_loss_plot
@@ -32,6 +33,7 @@ from engine.weights import load_model
 BASELINE_BATCHES = 10  # the book estimates accuracy before training on 10 batches per split
 RECORD_FILE = "run.json"
 PLOT_FILE = "loss.png"
+DATA_DIR = "data"  # a prepared folder prepared again for this run (another parse, or de-duplicated)
 
 
 @dataclass(frozen=True)
@@ -100,23 +102,31 @@ def fine_tune(
     started = time.perf_counter()
     stop = stop or threading.Event()
     device = pick_device(cfg.device)
-    data = prepare(cfg.data, cfg.data_cache, on_download, seed=cfg.train.seed, urls=cfg.data_urls, deduplicate=cfg.deduplicate)
+    # A folder prepared otherwise than this run asks is prepared again into the run's own folder, never over it.
+    cache = Path(cfg.out_dir) / DATA_DIR if is_prepared_folder(cfg.data) else cfg.data_cache
+    data = prepare(cfg.data, cache, on_download, seed=cfg.train.seed, urls=cfg.data_urls, deduplicate=cfg.deduplicate, parse=cfg.parse)
+    cfg = replace(cfg, data=str(data.folder))  # the record names the splits the run read
     yield DataReady(data.summary)
 
     loading = time.perf_counter()
     labels = data.splits.labels
-    model = build_classifier(load_model(cfg.model, device), cfg.lora, n_classes=len(labels), seed=cfg.train.seed)
+    model = load_model(cfg.model, device)
+    loaders = make_loaders(data.splits, cfg.train, model.cfg.context_length, book_draws=cfg.draws == "book")
+    draws = RunDraws(cfg.train.seed, loaders)
+    model = build_classifier(model, cfg.lora, n_classes=len(labels), draws=draws)
     counts = count_parameters(model)
     yield ModelReady(cfg.model, str(device), counts, time.perf_counter() - loading)
 
-    loaders = make_loaders(data.splits, cfg.train, model.cfg.context_length)
     history = History(trainable=counts.trainable)
+    loss_mean: LossMean = "batch" if cfg.draws == "book" else "message"
+    draws.before_baseline()
     accuracy = lambda loader, batches=BASELINE_BATCHES: evaluate(model, loader, device, cfg.train.pooling, batches, stop.is_set).accuracy  # noqa: E731
     history.baseline = BaselineEvaluated(accuracy(loaders.train), accuracy(loaders.validation), accuracy(loaders.test))
     yield history.baseline
 
     stopped = False
-    for event in train(model, loaders, cfg.train, device, stop):
+    draws.before_training()
+    for event in train(model, loaders, cfg.train, device, stop, loss_mean):
         if isinstance(event, LossEvaluated):
             history.losses.append(event)
         elif isinstance(event, ValidationEvaluated):
@@ -132,7 +142,7 @@ def fine_tune(
     if not stopped:
         final, scores = {}, {}
         for name, loader in (("train", loaders.train), ("validation", loaders.validation), ("test", loaders.test)):
-            final[name], split_scores = evaluate_with_scores(model, loader, device, cfg.train.pooling, should_stop=stop.is_set)
+            final[name], split_scores = evaluate_with_scores(model, loader, device, cfg.train.pooling, should_stop=stop.is_set, loss_mean=loss_mean)
             if name != "train":  # the training loader is shuffled: its order means nothing
                 scores[name] = split_scores
         stopped = stop.is_set()  # stopped mid-evaluation: partial figures would mislead, so none are kept

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.classifier import Classifier
-from engine.data import parse_messages
+from engine.reading import parse_messages
 from engine.errors import DataError, InputError
 from engine.tokenizer import decode, encode
 
