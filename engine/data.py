@@ -280,12 +280,15 @@ def _prepare_file(path: Path, origin: str, cache: Path, seed: int, deduplicate: 
     splits = split(balance(kept, seed, labels), seed=seed, labels=labels)
     summary = summarize(origin, messages, splits, deduplicated=deduplicate, parse=reading, original=original)
     copy = cache / original
-    if keep_copy and not (copy.is_file() and copy.samefile(path)):
-        for earlier in (cache / ORIGINAL_DIR).glob("*"):
-            earlier.unlink()  # one original at a time: the one the summary names
+    keep_copy = keep_copy and not (copy.is_file() and copy.samefile(path))
+    if keep_copy:
         write_bytes_atomic(copy, path.read_bytes())
     save_splits(splits, cache)
     write_text_atomic(cache / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2) + "\n")
+    if keep_copy:
+        for earlier in (cache / ORIGINAL_DIR).iterdir():
+            if earlier != copy:
+                earlier.unlink()  # one original at a time: the one the summary names
     return PreparedData(cache, splits, summary)
 
 
@@ -321,7 +324,7 @@ def _original_file(folder: Path, saved: DataSummary, parse: Parse, deduplicate: 
     if found is None:
         asked = f"read {READING_WORDS[parse]}" + (", de-duplicated" if deduplicate and not saved.deduplicated else "")
         raise DataError(
-            f"the data in {folder} was read {READING_WORDS[saved.parse]}{', de-duplicated' if saved.deduplicated else ''}; "
+            f"the data in {folder} was read {READING_WORDS.get(saved.parse, saved.parse)}{', de-duplicated' if saved.deduplicated else ''}; "
             f"this run needs it {asked}, but the file it came from ({saved.source}) is gone: download or upload the data again "
             "(or `python -m engine data --source FILE`)"
         )
