@@ -7,6 +7,7 @@ or the run is refused with a message; the run record says what was done.
 import io
 import json
 import shutil
+import threading
 import zipfile
 from dataclasses import replace
 
@@ -14,9 +15,21 @@ import pandas as pd
 import pytest
 from conftest import SMS_ZIP, sms_zip_bytes, tiny_run_config
 
+from engine.config import RunConfig
 from engine.data import ORIGINAL_DIR, ZIP_NAME, prepare, read_source_file
 from engine.errors import DataError
-from engine.run import RunSaved, fine_tune
+from engine.run import DataReady, RunSaved, fine_tune
+
+
+def record_of_a_run_stopped_once_its_data_is_ready(cfg: RunConfig) -> dict:
+    """What fine_tune prepared and recorded: Stop as soon as the data is ready (a stopped run still writes run.json)."""
+    stop = threading.Event()
+    for event in fine_tune(cfg, stop):
+        if isinstance(event, DataReady):
+            stop.set()
+        if isinstance(event, RunSaved):
+            return json.loads(event.record.read_text())
+    raise AssertionError("the run saved nothing")
 
 
 def texts_in_two_splits(folder) -> int:
@@ -69,10 +82,9 @@ def test_deduplicate_is_honoured_for_a_prepared_folder(prepared_data, tmp_path):
     assert set(data.summary.duplicates["across_splits"].values()) == {0}
 
 
-def test_a_run_asking_for_deduplication_trains_on_deduplicated_data(tiny_model_dir, prepared_data, tmp_path):
-    cfg = tiny_run_config(tiny_model_dir, prepared_data, tmp_path / "run", max_steps=2, eval_freq=10)
-    saved = [e for e in fine_tune(replace(cfg, deduplicate=True)) if isinstance(e, RunSaved)][0]
-    record = json.loads(saved.record.read_text())
+def test_a_run_asking_for_deduplication_gets_deduplicated_data_and_says_so(tiny_model_dir, prepared_data, tmp_path):
+    cfg = tiny_run_config(tiny_model_dir, prepared_data, tmp_path / "run")
+    record = record_of_a_run_stopped_once_its_data_is_ready(replace(cfg, deduplicate=True))
     assert record["config"]["deduplicate"] and record["data"]["deduplicated"]
     assert record["config"]["data"] == str(tmp_path / "run" / "data")
     assert texts_in_two_splits(tmp_path / "run" / "data") == 0
@@ -81,10 +93,9 @@ def test_a_run_asking_for_deduplication_trains_on_deduplicated_data(tiny_model_d
 
 def test_fine_tune_downloads_from_the_run_s_urls_and_prepares_as_asked(tiny_model_dir, http_server, tmp_path):
     http_server.routes["/mirror.zip"] = (200, sms_zip_bytes(), {})
-    cfg = tiny_run_config(tiny_model_dir, tmp_path, tmp_path / "run", max_steps=2, eval_freq=10)
+    cfg = tiny_run_config(tiny_model_dir, tmp_path, tmp_path / "run")
     changes = {"data": None, "data_urls": (http_server.url("/mirror.zip"),), "data_cache": str(tmp_path / "cache"), "deduplicate": True, "parse": "book"}
-    saved = [e for e in fine_tune(replace(cfg, **changes)) if isinstance(e, RunSaved)][0]
-    data = json.loads(saved.record.read_text())["data"]
+    data = record_of_a_run_stopped_once_its_data_is_ready(replace(cfg, **changes))["data"]
     assert http_server.hits == ["/mirror.zip"] and data["source"] == http_server.url("/mirror.zip")
     assert (data["parse"], data["deduplicated"], data["original"]) == ("book", True, ZIP_NAME)
 
