@@ -97,7 +97,10 @@ def parse_messages_as_book(raw: bytes, origin: str = "data") -> pd.DataFrame:
         raise DataError(f"{origin}: a line holds more than one tab, which the book's reading cannot take: {advice}")
     for number, (label, text) in enumerate(zip(frame["Label"], frame["Text"], strict=True), start=1):
         if label not in LABELS:
-            raise DataError(f"{origin}, message {number}: unknown label {str(label)[:20]!r}; the book's reading needs every line to start with ham or spam")
+            raise DataError(
+                f"{origin}, message {number}: unknown label {str(label)[:20]!r}; the book's reading needs every line to start "
+                f"with ham or spam as written: {advice}"
+            )
         if not isinstance(text, str):
             raise DataError(f"{origin}, message {number} has no text, which the book's code cannot take: {advice}")
     return frame

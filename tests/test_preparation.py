@@ -44,7 +44,7 @@ def test_the_book_reads_the_file_as_pandas_does_and_keeps_the_book_s_splits(tmp_
     pandas_reading = pd.read_csv(io.BytesIO(raw), sep="\t", header=None, names=["Label", "Text"])
     assert book.equals(pandas_reading)
     faithful = read_source_file(SMS_ZIP)
-    assert faithful.Text[5081].startswith('"Keep ur problems') and '\nham\tYeah, give me a call' in book.Text[5081]  # two lines swallowed
+    assert faithful.Text[5081].startswith('"Keep ur problems') and "\nham\tYeah, give me a call" in book.Text[5081]  # two lines swallowed
     assert faithful.Text[282].startswith('"') and book.Text[282] == faithful.Text[282].replace('"', "")  # quotes consumed as CSV quoting
     # The book's balancing and split, re-stated: the same messages in the same order, the same CSV bytes.
     spam = pandas_reading[pandas_reading.Label == "spam"]
