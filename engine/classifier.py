@@ -11,6 +11,7 @@ from torch import nn
 
 from engine.adapter import AdapterConfig, check_base, load_tensors, read_adapter
 from engine.config import LoRAConfig
+from engine.draws import RunDraws
 from engine.errors import InputError
 from engine.loaders import PASS_COST_TOKENS, least_padding_cuts
 from engine.lora import apply_lora, freeze_base, merge_lora, set_lora_enabled
@@ -22,10 +23,15 @@ MAX_MESSAGE_CHARS = 100_000  # far beyond any SMS; longer input is cut before to
 BATCH_SIZE = 32  # at most this many messages per forward pass when classifying many
 
 
-def build_classifier(base: GPT, lora: LoRAConfig, n_classes: int = 2, seed: int = 123) -> GPT:
-    """Turn a pretrained GPT-2 into a LoRA classifier in place: new seeded head, adapters, frozen base."""
-    base.add_classifier(n_classes, seed)
-    apply_lora(base, lora)
+def build_classifier(base: GPT, lora: LoRAConfig, n_classes: int = 2, draws: RunDraws | None = None) -> GPT:
+    """Turn a pretrained GPT-2 into a LoRA classifier in place: new head, adapters, frozen base.
+
+    The head and the adapters are drawn as `draws` says (default: independent draws from seed 123),
+    never from PyTorch's global generator: two classifiers built at once get the same weights.
+    """
+    draws = draws or RunDraws(seed=123)
+    base.add_classifier(n_classes, draws.for_head())
+    apply_lora(base, lora, draws.for_lora())
     freeze_base(base, lora.train_head)
     return base
 

@@ -10,11 +10,15 @@ Pooling = Literal["last", "last_token"]
 Padding = Literal["longest", "batch"]
 Scaling = Literal["alpha", "alpha_over_rank"]
 PresetName = Literal["book", "recommended"]
+Parse = Literal["faithful", "book"]
+Draws = Literal["book", "independent"]
 
 POOLINGS: tuple[str, ...] = ("last", "last_token")
 PADDINGS: tuple[str, ...] = ("longest", "batch")
 SCALINGS: tuple[str, ...] = ("alpha", "alpha_over_rank")
 PRESETS: tuple[str, ...] = ("book", "recommended")
+PARSES: tuple[str, ...] = ("faithful", "book")
+DRAWS: tuple[str, ...] = ("book", "independent")
 
 # Every Linear of the classifier, by module-name suffix; the book wraps all of them.
 LORA_TARGETS: tuple[str, ...] = (
@@ -191,6 +195,8 @@ class TrainConfig:
 class Preset:
     lora: LoRAConfig
     train: TrainConfig
+    parse: Parse = "faithful"  # how the SMS file is read (see RunConfig.parse)
+    draws: Draws = "independent"  # the order of the run's random draws (see RunConfig.draws)
 
 
 PRESET_CONFIGS: dict[str, Preset] = {
@@ -198,6 +204,8 @@ PRESET_CONFIGS: dict[str, Preset] = {
     "book": Preset(
         LoRAConfig(rank=16, alpha=16, scaling="alpha"),
         TrainConfig(lr=5e-5, weight_decay=0.1, epochs=5, batch_size=8, pooling="last", padding="longest", group_by_length=False, bf16_autocast=False),
+        parse="book",
+        draws="book",
     ),
     # The reference repository's later settings plus reading the last real token and
     # length-grouped batches: same accuracy, a fraction of the compute.
@@ -230,6 +238,26 @@ class RunConfig:
     device: str = "auto"
     preset: str | None = None  # name of the preset this run started from, for the record
     owner: str = ""  # who queued the run, or what it is for (free text): shown beside it, kept in its record
+    # How the SMS file's lines are read: "faithful" (each line one message, as written: 5,574) or
+    # "book" (pandas' default CSV quoting, as the book reads it: 5,572). None: the preset's.
+    parse: Parse | None = None
+    # "book": the book notebook's random draws in its order, from the run's own generator, and its
+    # full-set loss (the mean of batch means); "independent": the head and LoRA from one seeded
+    # generator, the training order from another. None: the preset's.
+    draws: Draws | None = None
+
+    def __post_init__(self) -> None:
+        chosen = PRESET_CONFIGS.get(self.preset or "")
+        if self.parse is None:
+            object.__setattr__(self, "parse", chosen.parse if chosen else "faithful")
+        if self.draws is None:
+            object.__setattr__(self, "draws", chosen.draws if chosen else "independent")
+        problems = []
+        if self.parse not in PARSES:
+            problems.append(f"parse must be one of {', '.join(PARSES)}, got {self.parse!r}")
+        if self.draws not in DRAWS:
+            problems.append(f"draws must be one of {', '.join(DRAWS)}, got {self.draws!r}")
+        _raise_if(problems, "run settings")
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "RunConfig":

@@ -1,4 +1,4 @@
-"""The SMS Spam Collection: fetch or read it, parse every message, balance, split, save, describe."""
+"""The SMS Spam Collection: fetch or read it, balance, split, save, describe; prepared folders reused or prepared again."""
 
 import io
 import json
@@ -11,13 +11,13 @@ from typing import Any
 
 import pandas as pd
 
-from engine.atomic import write_text_atomic
-from engine.config import LABELS
+from engine.atomic import write_bytes_atomic, write_text_atomic
+from engine.config import LABELS, Parse
 from engine.download import ProgressCallback, download_first_valid
 from engine.errors import DataError
 from engine.quality import deduplicate as drop_duplicates
 from engine.quality import duplicate_report
-from engine.table import header_columns, parse_table
+from engine.reading import READING_WORDS, Reading, decode_utf8, parse_source, starts_with_header
 from engine.tokenizer import encode
 
 PRIMARY_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
@@ -27,6 +27,7 @@ MEMBER = "SMSSpamCollection"
 ZIP_NAME = "sms_spam_collection.zip"
 SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
 SUMMARY_FILE = "summary.json"
+ORIGINAL_DIR = "original"  # a copy of a local source file, so that it can be prepared again another way
 MAX_SOURCE_BYTES = 50 * 1024 * 1024  # the real file is 0.5 MB; anything far larger is not it
 
 
@@ -70,6 +71,8 @@ class DataSummary:
     labels: tuple[str, ...] = LABELS  # class names, in class-index order
     class_counts: dict[str, int] = field(default_factory=dict)  # messages per class in the parsed file
     duplicates: dict[str, Any] = field(default_factory=dict)  # DuplicateReport of the parsed file
+    parse: Reading = "faithful"  # how the file was read (engine.reading); older summaries: always faithfully
+    original: str | None = None  # the file the splits came from, relative to their folder or absolute
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,66 +85,19 @@ class PreparedData:
     summary: DataSummary
 
 
-def parse_messages(raw: bytes, origin: str = "data") -> pd.DataFrame:
-    """Parse `label<TAB>text` lines into a frame with string columns Label and Text.
-
-    Quotes are not special (a message may start with `"`), tabs after the first belong to the text,
-    CRLF endings and blank lines are tolerated. (A file whose first line is a header goes to
-    engine.table instead: see `parse_source`.)
-
-    Raises:
-        DataError: not UTF-8, a line without a tab, or a label other than ham/spam.
-    """
-    text = decode_utf8(raw, origin)
-    labels, texts = [], []
-    # Split on "\n" only: str.splitlines would also break at U+0085 and friends, which occur in messages.
-    for number, line in enumerate(text.split("\n"), start=1):
-        line = line.removesuffix("\r")
-        if not line.strip():
-            continue
-        label, tab, message = line.partition("\t")
-        if not tab:
-            raise DataError(
-                f"{origin}, line {number}: no tab between label and message; expected 'ham<TAB>text' or 'spam<TAB>text' lines, "
-                "or a CSV/TSV whose first line names a text and a label column"
-            )
-        label = label.strip().lower()
-        if label not in LABELS:
-            raise DataError(
-                f"{origin}, line {number}: unknown label {label[:20]!r}; every line must start with ham or spam "
-                "(for other labels, start the file with a header row such as 'label<TAB>text')"
-            )
-        labels.append(label)
-        texts.append(message)
-    if not labels:
-        raise DataError(f"{origin} holds no messages: expected lines of 'ham<TAB>text' or 'spam<TAB>text'")
-    return pd.DataFrame({"Label": labels, "Text": texts})
-
-
-def decode_utf8(raw: bytes, origin: str) -> str:
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise DataError(f"{origin} is not UTF-8 text (bad byte on line {line}): save it as UTF-8 and try again") from None
-
-
-def parse_source(raw: bytes, origin: str) -> pd.DataFrame:
-    """A headered CSV/TSV (any labels) or the SMS collection's headerless `label<TAB>text` lines."""
-    text = decode_utf8(raw, origin)
-    if header_columns(text.split("\n", 1)[0].removesuffix("\r")) is not None:
-        return parse_table(text, origin)
-    return parse_messages(raw, origin)
-
-
 def label_names(messages: pd.DataFrame) -> tuple[str, ...]:
     """The class names: ham, spam for the SMS data (the book's 0 and 1), else the labels sorted."""
     found = set(messages["Label"])
     return LABELS if found <= set(LABELS) else tuple(sorted(found))
 
 
-def read_source_file(path: Path) -> pd.DataFrame:
+def read_source_file(path: Path, parse: Parse = "faithful") -> pd.DataFrame:
     """Parse a local zip (UCI layout), the SMS tab-separated file, or a headered CSV/TSV of your own."""
+    return parse_source(source_bytes(path), path.name, parse)
+
+
+def source_bytes(path: Path) -> bytes:
+    """The message file's bytes: the file itself, or the SMSSpamCollection inside a zip."""
     if not path.is_file():
         raise DataError(f"{path} does not exist: give the SMS Spam Collection zip or its tab-separated file")
     if path.stat().st_size > MAX_SOURCE_BYTES:
@@ -151,7 +107,7 @@ def read_source_file(path: Path) -> pd.DataFrame:
         raw = _zip_member(raw, path.name)
     elif raw.lstrip()[:1] == b"<":
         raise DataError(f"{path.name} is an HTML page, not the dataset: download the zip again or use its tab-separated file")
-    return parse_source(raw, path.name)
+    return raw
 
 
 def _zip_member(raw: bytes, name: str) -> bytes:
@@ -210,7 +166,9 @@ def token_length_stats(texts: Sequence[str]) -> LengthStats:
     return LengthStats(min(lengths), round(statistics.fmean(lengths), 2), float(statistics.median(lengths)), max(lengths))
 
 
-def summarize(source: str, messages: pd.DataFrame, splits: Splits, deduplicated: bool = False) -> DataSummary:
+def summarize(
+    source: str, messages: pd.DataFrame, splits: Splits, deduplicated: bool = False, parse: Reading = "faithful", original: str | None = None
+) -> DataSummary:
     lengths = {name: token_length_stats(part["Text"].tolist()) for name, part in splits.items()}
     counts = messages["Label"].value_counts()
     positive = splits.labels.index("spam") if "spam" in splits.labels else 1
@@ -230,6 +188,8 @@ def summarize(source: str, messages: pd.DataFrame, splits: Splits, deduplicated:
         labels=splits.labels,
         class_counts={name: int(counts.get(name, 0)) for name in splits.labels},
         duplicates=duplicate_report(messages, splits).to_dict(),
+        parse=parse,
+        original=original,
     )
 
 
@@ -273,6 +233,10 @@ def fetch_zip(cache: Path, urls: Sequence[str], on_progress: ProgressCallback | 
     return target, used
 
 
+def is_prepared_folder(source: str | None) -> bool:
+    return source is not None and not is_url(source) and Path(source).is_dir()
+
+
 def prepare(
     source: str | None = None,
     cache: Path | str = "data_cache",
@@ -280,41 +244,91 @@ def prepare(
     seed: int = 123,
     urls: Sequence[str] | None = None,
     deduplicate: bool = False,
+    parse: Parse | None = None,
 ) -> PreparedData:
     """Get the data from `source` (None: `urls`, default the UCI URL then its backup; a URL; a local zip/TSV; a prepared folder),
-    then balance, split and save the splits into `cache`. With `deduplicate`, repeated (label, text)
-    pairs are dropped first, so no text can sit in two splits.
+    then balance, split and save the splits into `cache`. `parse` says how the SMS file's lines are
+    read (None: faithfully). With `deduplicate`, repeated (label, text) pairs are dropped first, so
+    no text can sit in two splits.
+
+    A prepared folder is used as it is, unless it was prepared otherwise than asked (read with
+    another `parse`, or not de-duplicated when `deduplicate` is asked): then the file it came from
+    is prepared again, into `cache`. `parse=None` and `deduplicate=False` ask nothing of a folder.
 
     Raises:
-        DataError: the source is unreadable or holds the wrong content.
+        DataError: the source is unreadable or holds the wrong content, or a prepared folder cannot
+            be prepared as asked (its original file is gone, or it holds splits only).
         DownloadError: no URL could be downloaded.
     """
     cache = Path(cache)
-    if source is not None and not is_url(source) and Path(source).is_dir():
-        folder = Path(source)
-        if (folder / "train.csv").is_file():
-            saved = load_summary(folder)
-            splits = load_splits(folder, saved.labels if saved else LABELS)
-            if saved is not None and (saved.train, saved.validation, saved.test) == tuple(len(p) for _, p in splits.items()):
-                return PreparedData(folder, splits, saved)
-            # Without the summary of the original file, describe what the splits hold.
-            everything = pd.concat([part for _, part in splits.items()])
-            labelled = everything.assign(Label=everything["Label"].map(dict(enumerate(splits.labels))))
-            return PreparedData(folder, splits, summarize(str(folder), labelled, splits))
-        raise DataError(f"{folder} is a folder without train.csv: give a folder made by `python -m engine data`, a zip or a TSV")
+    if is_prepared_folder(source):
+        return _from_folder(Path(str(source)), cache, seed, deduplicate, parse)
     if source is None or is_url(source):
         zip_path, origin = fetch_zip(cache, [source] if source else (urls or SOURCES), on_progress)
-        messages = read_source_file(zip_path)
-    else:
-        origin = source
-        messages = read_source_file(Path(source))
+        return _prepare_file(zip_path, origin, cache, seed, deduplicate, parse or "faithful", ZIP_NAME)
+    path = Path(source)
+    return _prepare_file(path, source, cache, seed, deduplicate, parse or "faithful", f"{ORIGINAL_DIR}/{path.name}", keep_copy=True)
+
+
+def _prepare_file(path: Path, origin: str, cache: Path, seed: int, deduplicate: bool, parse: Parse, original: str, keep_copy: bool = False) -> PreparedData:
+    """Read, balance, split and save `path`; `original` is where the summary says it lies (kept in `cache` with `keep_copy`)."""
+    raw = source_bytes(path)
+    messages = parse_source(raw, path.name, parse)
+    reading: Reading = "table" if starts_with_header(decode_utf8(raw, path.name)) else parse
     kept = drop_duplicates(messages) if deduplicate else messages
     labels = label_names(messages)
     splits = split(balance(kept, seed, labels), seed=seed, labels=labels)
-    summary = summarize(origin, messages, splits, deduplicated=deduplicate)
+    summary = summarize(origin, messages, splits, deduplicated=deduplicate, parse=reading, original=original)
+    copy = cache / original
+    keep_copy = keep_copy and not (copy.is_file() and copy.samefile(path))
+    if keep_copy:
+        write_bytes_atomic(copy, path.read_bytes())
     save_splits(splits, cache)
     write_text_atomic(cache / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2) + "\n")
+    if keep_copy:
+        for earlier in (cache / ORIGINAL_DIR).iterdir():
+            if earlier != copy:
+                earlier.unlink()  # one original at a time: the one the summary names
     return PreparedData(cache, splits, summary)
+
+
+def _from_folder(folder: Path, cache: Path, seed: int, deduplicate: bool, parse: Parse | None) -> PreparedData:
+    """A prepared folder as it is, or its original file prepared again as asked (see `prepare`)."""
+    if not (folder / "train.csv").is_file():
+        raise DataError(f"{folder} is a folder without train.csv: give a folder made by `python -m engine data`, a zip or a TSV")
+    saved = load_summary(folder)
+    splits = load_splits(folder, saved.labels if saved else LABELS)
+    if saved is None or (saved.train, saved.validation, saved.test) != tuple(len(p) for _, p in splits.items()):
+        if deduplicate:
+            raise DataError(
+                f"{folder} holds splits without the summary of the file they came from, so they cannot be de-duplicated "
+                "before splitting: give that file (zip, TSV or CSV) instead, or train without de-duplication"
+            )
+        # Splits alone: described by what they hold, and used as they are whatever the parse.
+        everything = pd.concat([part for _, part in splits.items()])
+        labelled = everything.assign(Label=everything["Label"].map(dict(enumerate(splits.labels))))
+        return PreparedData(folder, splits, summarize(str(folder), labelled, splits, parse="given"))
+    same_reading = parse is None or saved.parse in (parse, "table")
+    if same_reading and (saved.deduplicated or not deduplicate):
+        return PreparedData(folder, splits, saved)
+    wanted: Parse = parse or ("book" if saved.parse == "book" else "faithful")
+    original = _original_file(folder, saved, wanted, deduplicate)
+    return _prepare_file(original, saved.source, cache, seed, deduplicate or saved.deduplicated, wanted, str(original.resolve()))
+
+
+def _original_file(folder: Path, saved: DataSummary, parse: Parse, deduplicate: bool) -> Path:
+    """The file a prepared folder came from; older versions kept no copy, so also its download or its path."""
+    candidates = [folder / saved.original] if saved.original else []
+    candidates.append(folder / ZIP_NAME if is_url(saved.source) else Path(saved.source))
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None:
+        asked = f"read {READING_WORDS[parse]}" + (", de-duplicated" if deduplicate and not saved.deduplicated else "")
+        raise DataError(
+            f"the data in {folder} was read {READING_WORDS.get(saved.parse, saved.parse)}{', de-duplicated' if saved.deduplicated else ''}; "
+            f"this run needs it {asked}, but the file it came from ({saved.source}) is gone: download or upload the data again "
+            "(or `python -m engine data --source FILE`)"
+        )
+    return found
 
 
 def load_summary(folder: Path) -> DataSummary | None:
@@ -326,4 +340,3 @@ def load_summary(folder: Path) -> DataSummary | None:
         return DataSummary(**data)
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None  # missing or from another version: the caller recomputes what it can
-

@@ -1,8 +1,9 @@
 """Loss, accuracy, confusion matrix and precision/recall/F1 over a loader; thresholds and ROC per class."""
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice, pairwise
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,10 @@ from torch.utils.data import DataLoader, SequentialSampler
 from engine.config import Pooling
 from engine.loaders import PASS_COST_TOKENS, Batch, collate, least_padding_cuts
 from engine.model import GPT, read_positions
+
+# How a loss over several batches is averaged: over every message, or (the book's calc_loss_loader)
+# as the mean of each batch's mean, which weighs a short last batch's messages more.
+LossMean = Literal["message", "batch"]
 
 
 def batch_logits(model: GPT, batch: Batch, pooling: Pooling) -> torch.Tensor:
@@ -54,20 +59,27 @@ class Scores:
 class _Tally:
     """A running confusion matrix and summed loss, filled batch by batch."""
 
-    def __init__(self, n_classes: int) -> None:
+    def __init__(self, n_classes: int, loss_mean: LossMean) -> None:
         self.confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
+        self.loss_mean = loss_mean
         self.loss = 0.0
+        self.batch_means = 0.0
+        self.batches = 0
         self.count = 0
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         n = self.confusion.size(0)
+        if self.loss_mean == "batch":
+            self.batch_means += F.cross_entropy(logits, labels).item()
+            self.batches += 1
         self.loss += F.cross_entropy(logits, labels, reduction="sum").item()
         predicted = logits.argmax(dim=-1)
         self.confusion += torch.bincount(labels * n + predicted, minlength=n * n).view(n, n).cpu()
         self.count += labels.numel()
 
     def metrics(self) -> Metrics:
-        return metrics_from(self.confusion, self.loss, self.count)
+        metrics = metrics_from(self.confusion, self.loss, self.count)
+        return replace(metrics, loss=self.batch_means / self.batches) if self.loss_mean == "batch" and self.batches else metrics
 
 
 def evaluate(
@@ -77,9 +89,10 @@ def evaluate(
     pooling: Pooling,
     num_batches: int | None = None,
     should_stop: Callable[[], bool] | None = None,
+    loss_mean: LossMean = "message",
 ) -> Metrics:
     """Metrics over the first `num_batches` batches (all when None); `should_stop` ends it early."""
-    return evaluate_with_scores(model, loader, device, pooling, num_batches, should_stop)[0]
+    return evaluate_with_scores(model, loader, device, pooling, num_batches, should_stop, loss_mean)[0]
 
 
 def evaluate_with_scores(
@@ -89,9 +102,10 @@ def evaluate_with_scores(
     pooling: Pooling,
     num_batches: int | None = None,
     should_stop: Callable[[], bool] | None = None,
+    loss_mean: LossMean = "message",
 ) -> tuple[Metrics, Scores]:
     """Metrics plus every message's label and class probabilities, in loader order, from one pass."""
-    whole, _, scores = _one_pass(model, loader, device, pooling, num_batches, None, should_stop)
+    whole, _, scores = _one_pass(model, loader, device, pooling, num_batches, None, should_stop, loss_mean)
     return whole, scores
 
 
@@ -102,13 +116,14 @@ def evaluate_whole_and_first(
     pooling: Pooling,
     first_batches: int,
     should_stop: Callable[[], bool] | None = None,
+    loss_mean: LossMean = "message",
 ) -> tuple[Metrics, Metrics]:
     """Metrics over the whole loader and over its first `first_batches` batches, from one pass.
 
     The book estimates the validation loss on the first batches; the same logits also give the
     full set's confusion matrix, so the live view costs the rest of the set, not a second pass.
     """
-    whole, first, _ = _one_pass(model, loader, device, pooling, None, first_batches, should_stop)
+    whole, first, _ = _one_pass(model, loader, device, pooling, None, first_batches, should_stop, loss_mean)
     assert first is not None
     return whole, first
 
@@ -122,11 +137,12 @@ def _one_pass(
     num_batches: int | None,
     first_batches: int | None,
     should_stop: Callable[[], bool] | None,
+    loss_mean: LossMean,
 ) -> tuple[Metrics, Metrics | None, Scores]:
     was_training = model.training
     model.eval()
     n_classes = model.score.out_features if model.score is not None else 2
-    whole, first = _Tally(n_classes), _Tally(n_classes) if first_batches is not None else None
+    whole, first = _Tally(n_classes, loss_mean), _Tally(n_classes, loss_mean) if first_batches is not None else None
     labels: list[int] = []
     probabilities: list[list[float]] = []
     try:

@@ -79,7 +79,8 @@ def configure(base: RunConfig, chosen: dict[str, Any]) -> RunConfig:
         settings = preset(chosen["preset"])
         lora = replace(settings.lora, targets=cfg.lora.targets, train_head=cfg.lora.train_head)
         kept = {name: getattr(base.train, name) for name in ("seed", "max_steps", "epochs", "eval_freq", "live_metrics")}  # not the preset's to set
-        cfg = replace(cfg, preset=chosen["preset"], lora=lora, train=replace(settings.train, **kept))
+        # parse and draws None: the new preset's (see RunConfig)
+        cfg = replace(cfg, preset=chosen["preset"], parse=None, draws=None, lora=lora, train=replace(settings.train, **kept))
     lora = {key: chosen[key] for key in ("rank", "alpha", "scaling", "targets") if key in chosen}
     train = {key: chosen[key] for key in ("lr", "seed") if key in chosen}
     return replace(cfg, lora=replace(cfg.lora, **lora), train=replace(cfg.train, **train))

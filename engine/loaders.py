@@ -3,6 +3,10 @@
 Three quarters of a book batch is padding; padding each batch to its own longest message, and
 putting messages of similar length together, removes most of that work without changing the
 order being seeded.
+
+No loader draws from PyTorch's global generator (each new iterator draws a base seed, for worker
+processes we do not use): with the book's draws, all of them draw from the run's one generator,
+in the order of the book's notebook (see engine.draws); otherwise from generators of their own.
 """
 
 from collections.abc import Iterator, Sequence
@@ -60,6 +64,23 @@ def collate(items: list[tuple[list[int], int]], pad_to: int | None = None) -> Ba
     return Batch(input_ids, lengths, labels)
 
 
+class BookShuffle(Sampler[int]):
+    """A fresh permutation per pass, drawn as PyTorch's RandomSampler draws it without a generator of
+    its own (the book's case), but from `generator` instead of the global one: at the first batch,
+    one int64 seeds a new generator, whose randperm is the order."""
+
+    def __init__(self, size: int, generator: torch.Generator) -> None:
+        self.size = size
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator).item())
+        yield from torch.randperm(self.size, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
 class LengthGroupedBatches(Sampler[list[int]]):
     """Seeded shuffle, then within groups of GROUP_BATCHES batches sort by length, then shuffle the batches."""
 
@@ -92,10 +113,12 @@ class Loaders:
     validation: DataLoader
     test: DataLoader
     max_length: int  # the longest a message may be (book: the longest training message)
+    shared_generator: torch.Generator | None = None  # the book's draws: the one generator all three draw from
 
 
-def make_loaders(splits: Splits, cfg: TrainConfig, context_length: int) -> Loaders:
-    """Build the three loaders; the training order depends only on `cfg.seed`."""
+def make_loaders(splits: Splits, cfg: TrainConfig, context_length: int, book_draws: bool = False) -> Loaders:
+    """Build the three loaders. The training order depends only on `cfg.seed`, or with `book_draws`
+    on the draws of one shared generator, which the run seeds (engine.draws)."""
     if cfg.batch_size > len(splits.train):
         raise ConfigError(f"batch size {cfg.batch_size} is larger than the {len(splits.train)} training messages: choose at most {len(splits.train)}")
     longest_train = max(len(encode(text)) for text in splits.train["Text"])
@@ -103,15 +126,20 @@ def make_loaders(splits: Splits, cfg: TrainConfig, context_length: int) -> Loade
     pad_to = max_length if cfg.padding == "longest" else None
     datasets = {name: EncodedMessages(part["Text"].tolist(), part["Label"].tolist(), max_length) for name, part in splits.items()}
     pad = lambda items: collate(items, pad_to)  # noqa: E731
-    generator = torch.Generator().manual_seed(cfg.seed)
+    shared = torch.Generator() if book_draws else None
+    order = shared if shared is not None else torch.Generator().manual_seed(cfg.seed)
+    base_seeds = shared if shared is not None else torch.Generator()  # independent loaders' base seeds matter to no one
     train = datasets["train"]
     if cfg.padding == "batch" and cfg.group_by_length:
-        sampler = LengthGroupedBatches([len(ids) for ids in train.ids], cfg.batch_size, generator, drop_last=True)
-        train_loader = DataLoader(train, batch_sampler=sampler, collate_fn=pad)
+        sampler = LengthGroupedBatches([len(ids) for ids in train.ids], cfg.batch_size, order, drop_last=True)
+        train_loader = DataLoader(train, batch_sampler=sampler, generator=base_seeds, collate_fn=pad)
+    elif shared is not None:
+        shuffle = BookShuffle(len(train), shared)
+        train_loader = DataLoader(train, batch_size=cfg.batch_size, sampler=shuffle, drop_last=True, generator=shared, collate_fn=pad)
     else:
-        train_loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator, collate_fn=pad)
-    evaluation = lambda name: DataLoader(datasets[name], batch_size=cfg.batch_size, shuffle=False, collate_fn=pad)  # noqa: E731
-    return Loaders(train_loader, evaluation("validation"), evaluation("test"), max_length)
+        train_loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=order, collate_fn=pad)
+    evaluation = lambda name: DataLoader(datasets[name], batch_size=cfg.batch_size, shuffle=False, generator=base_seeds, collate_fn=pad)  # noqa: E731
+    return Loaders(train_loader, evaluation("validation"), evaluation("test"), max_length, shared)
 
 
 def least_padding_cuts(sorted_lengths: Sequence[int], max_batch: int, pass_cost: int) -> list[int]:

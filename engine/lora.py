@@ -6,6 +6,8 @@
 
 A starts Kaiming-uniform and B at zero, so a fresh adapter leaves the model unchanged. The
 layout (A: in × r, B: r × out) is the book's, so its initialisation (fan-in = r) is reproduced.
+A is drawn from a generator the caller owns, never PyTorch's global one, on the CPU as the book
+draws it (then moved), so a seeded run gets the same A on any device.
 """
 
 import math
@@ -20,7 +22,8 @@ from engine.errors import ConfigError
 
 
 class LoRALinear(nn.Module):
-    def __init__(self, base_layer: nn.Linear, rank: int, scale: float) -> None:
+    def __init__(self, base_layer: nn.Linear, rank: int, scale: float, generator: torch.Generator | None = None) -> None:
+        """Wrap `base_layer`; A is drawn from `generator` (default: a new one at PyTorch's default seed)."""
         super().__init__()
         self.base_layer = base_layer
         self.rank = rank
@@ -28,10 +31,11 @@ class LoRALinear(nn.Module):
         self.merged = False
         self.enabled = True  # off: behave as the base layer (the "before" model)
         weight = base_layer.weight
-        self.lora_A = nn.Parameter(torch.empty(base_layer.in_features, rank, device=weight.device, dtype=weight.dtype))
+        a = torch.empty(base_layer.in_features, rank, device="meta" if weight.device.type == "meta" else "cpu")
+        if a.device.type != "meta":
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator or torch.Generator())
+        self.lora_A = nn.Parameter(a.to(device=weight.device, dtype=weight.dtype))
         self.lora_B = nn.Parameter(torch.zeros(rank, base_layer.out_features, device=weight.device, dtype=weight.dtype))
-        if weight.device.type != "meta":
-            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
     @property
     def in_features(self) -> int:
@@ -104,10 +108,12 @@ def update_of(layer: nn.Module, start: int = 0) -> Update | None:
     return layer.update(start) if isinstance(layer, LoRALinear) else None
 
 
-def apply_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
+def apply_lora(model: nn.Module, cfg: LoRAConfig, generator: torch.Generator | None = None) -> list[str]:
     """Wrap each nn.Linear whose name ends with one of `cfg.targets`; returns the wrapped names.
 
-    Layers are wrapped in module order, so a seeded run initialises every A the same way.
+    Layers are wrapped in module order (depth first, as the book's replacement goes), each A drawn
+    from `generator` in turn (default: a new one at PyTorch's default seed), so a seeded run
+    initialises every A the same way.
 
     Raises:
         ConfigError: no layer matched, or the rank is larger than a target layer's input width.
@@ -122,10 +128,11 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
     too_small = [name for name, module in chosen if cfg.rank > module.in_features]
     if too_small:
         raise ConfigError(f"rank {cfg.rank} is larger than the input width of {too_small[0]}: choose a rank up to {min(m.in_features for _, m in chosen)}")
+    generator = generator or torch.Generator()
     for name, module in chosen:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LoRALinear(module, cfg.rank, cfg.scale))
+        setattr(parent, child, LoRALinear(module, cfg.rank, cfg.scale, generator))
     return [name for name, _ in chosen]
 
 

@@ -5,6 +5,8 @@ and the parameter counts match the book. Classification computes the last block 
 position whose logits are read: the other positions' outputs there would be thrown away.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -156,11 +158,15 @@ class GPT(nn.Module):
         self.score: nn.Linear | None = nn.Linear(cfg.n_embd, n_classes) if n_classes else None
         self.apply(_init_weights)
 
-    def add_classifier(self, n_classes: int, seed: int = 123) -> None:
-        """Give the model a fresh class head, seeded as the book does (torch seed 123)."""
-        torch.manual_seed(seed)
+    def add_classifier(self, n_classes: int, generator: torch.Generator | None = None) -> None:
+        """Give the model a fresh class head with nn.Linear's default initialisation, drawn from
+        `generator` (default: a new one at PyTorch's default seed) on the CPU, as the book's head is."""
         weight = self.transformer.wte.weight
-        self.score = nn.Linear(self.cfg.n_embd, n_classes, device=weight.device, dtype=weight.dtype)
+        head = nn.Linear(self.cfg.n_embd, n_classes, device="meta")  # built without drawing: nn.Linear draws from the global generator
+        head = head.to_empty(device="meta" if weight.device.type == "meta" else "cpu")
+        if weight.device.type != "meta":
+            init_linear_(head, generator or torch.Generator())
+        self.score = head.to(device=weight.device, dtype=weight.dtype)
 
     def hidden_states(self, idx: torch.Tensor, read: torch.Tensor | None = None) -> torch.Tensor:
         """Final-norm hidden states (B, T, C), or (B, 1, C) at the `read` positions only."""
@@ -203,6 +209,15 @@ def generate_greedy(model: GPT, ids: list[int], max_new_tokens: int) -> list[int
         logits = model.lm_logits(tokens[:, -model.cfg.context_length :])[:, -1]
         tokens = torch.cat([tokens, logits.argmax(dim=-1, keepdim=True)], dim=1)
     return tokens[0].tolist()
+
+
+@torch.no_grad()
+def init_linear_(layer: nn.Linear, generator: torch.Generator) -> None:
+    """nn.Linear's own initialisation (`reset_parameters`: the same draws in the same order), from `generator`."""
+    nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+    if layer.bias is not None:
+        bound = 1 / math.sqrt(layer.in_features) if layer.in_features > 0 else 0.0
+        nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -254,9 +254,18 @@ class RayRun:
 def with_driver_paths(record: bytes, config: RunConfig, node: str) -> bytes:
     """The task's run.json, saying the run's config as queued here (not the task's scratch paths) and where it ran."""
     data = json.loads(record)
-    data["config"] = replace(config, device=data["config"]["device"]).to_dict()
+    task = data["config"]
+    data["config"] = replace(config, device=task["device"], data=data_read(task, config)).to_dict()
     data["ray_node"] = node
     return (strict_json.dumps(data, indent=2) + "\n").encode()
+
+
+def data_read(task: dict[str, Any], config: RunConfig) -> str | None:
+    """The data a task's run read, on the driver: data prepared again inside the run's folder came back with it."""
+    read = Path(task["data"]) if task.get("data") else None
+    if read is not None and read.is_relative_to(task["out_dir"]):
+        return str(Path(config.out_dir) / read.relative_to(task["out_dir"]))
+    return config.data
 
 
 def relocated(saved: RunSaved, out: Path) -> RunSaved:

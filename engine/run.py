@@ -21,11 +21,12 @@ from engine.adapter import AdapterConfig, save_adapter
 from engine.atomic import write_text_atomic
 from engine.classifier import build_classifier
 from engine.config import RunConfig
-from engine.data import prepare
+from engine.data import is_prepared_folder, prepare
 from engine.device import pick_device
 from engine.download import DownloadProgress, ProgressCallback
+from engine.draws import RunDraws
 from engine.errors import Cancelled
-from engine.evaluate import evaluate, evaluate_with_scores
+from engine.evaluate import LossMean, evaluate, evaluate_with_scores
 from engine.events import BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunEvent, RunSaved
 from engine.loaders import make_loaders
 from engine.lora import count_parameters
@@ -37,6 +38,7 @@ from engine.weights import load_model
 BASELINE_BATCHES = 10  # the book estimates accuracy before training on 10 batches per split
 RECORD_FILE = "run.json"
 PLOT_FILE = "loss.png"
+DATA_DIR = "data"  # a prepared folder prepared again for this run (another parse, or de-duplicated)
 
 
 class StopFlag(Protocol):
@@ -69,29 +71,38 @@ def fine_tune(
         return event
 
     device = pick_device(cfg.device)
-    data = prepare(cfg.data, cfg.data_cache, stoppable(on_download, stop), seed=cfg.train.seed, urls=cfg.data_urls, deduplicate=cfg.deduplicate)
+    # A folder prepared otherwise than this run asks is prepared again into the run's own folder, never over it.
+    cache = Path(cfg.out_dir) / DATA_DIR if is_prepared_folder(cfg.data) else cfg.data_cache
+    data = prepare(
+        cfg.data, cache, stoppable(on_download, stop), seed=cfg.train.seed, urls=cfg.data_urls, deduplicate=cfg.deduplicate, parse=cfg.parse
+    )
+    cfg = replace(cfg, data=str(data.folder))  # the record names the splits the run read
     yield emit(DataReady(data.summary))
 
     loading = time.perf_counter()
     labels = data.splits.labels
     base = load_model(weights_at or cfg.model, device)
     base.cfg = replace(base.cfg, name=cfg.model)
-    model = build_classifier(base, cfg.lora, n_classes=len(labels), seed=cfg.train.seed)
+    loaders = make_loaders(data.splits, cfg.train, base.cfg.context_length, book_draws=cfg.draws == "book")
+    draws = RunDraws(cfg.train.seed, loaders)
+    model = build_classifier(base, cfg.lora, n_classes=len(labels), draws=draws)
     yield emit(ModelReady(cfg.model, str(device), count_parameters(model), time.perf_counter() - loading))
 
-    loaders = make_loaders(data.splits, cfg.train, model.cfg.context_length)
+    loss_mean: LossMean = "batch" if cfg.draws == "book" else "message"
+    draws.before_baseline()
     accuracy = lambda loader: evaluate(model, loader, device, cfg.train.pooling, BASELINE_BATCHES, stop.is_set).accuracy  # noqa: E731
     baseline = BaselineEvaluated(accuracy(loaders.train), accuracy(loaders.validation), accuracy(loaders.test))
     if not stop.is_set():  # cut short by Stop, its accuracies would cover too few batches to mean anything
         yield emit(baseline)
 
-    for event in train(model, loaders, cfg.train, device, stop):
+    draws.before_training()
+    for event in train(model, loaders, cfg.train, device, stop, loss_mean):
         yield emit(event)
 
     if not recorder.progress().stopped:
         final, scores = {}, {}
         for name, loader in (("train", loaders.train), ("validation", loaders.validation), ("test", loaders.test)):
-            final[name], split_scores = evaluate_with_scores(model, loader, device, cfg.train.pooling, should_stop=stop.is_set)
+            final[name], split_scores = evaluate_with_scores(model, loader, device, cfg.train.pooling, should_stop=stop.is_set, loss_mean=loss_mean)
             if name != "train":  # the training loader is shuffled: its order means nothing
                 scores[name] = split_scores
         if not stop.is_set():  # stopped mid-evaluation: partial figures would mislead, so none are kept

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.config import TrainConfig
-from engine.evaluate import Metrics, batch_loss, evaluate, evaluate_whole_and_first
+from engine.evaluate import LossMean, Metrics, batch_loss, evaluate, evaluate_whole_and_first
 from engine.loaders import Loaders
 from engine.model import GPT
 
@@ -93,9 +93,12 @@ def train(
     cfg: TrainConfig,
     device: torch.device,
     stop: threading.Event | None = None,
+    loss_mean: LossMean = "message",
 ) -> Iterator[TrainEvent]:
-    """Fine-tune the trainable parameters of `model` in place, yielding progress as it goes."""
-    torch.manual_seed(cfg.seed)
+    """Fine-tune the trainable parameters of `model` in place, yielding progress as it goes.
+
+    Draws nothing itself: the order of the batches is the loaders' (see engine.draws).
+    """
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError("the model has no trainable parameters: apply LoRA before training")
@@ -103,7 +106,7 @@ def train(
     steps_per_epoch = len(loaders.train)
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
     yield TrainStarted(total, steps_per_epoch, cfg.epochs, len(loaders.train.dataset))
-    estimate = lambda loader: evaluate(model, loader, device, cfg.pooling, cfg.eval_iter)  # noqa: E731
+    estimate = lambda loader: evaluate(model, loader, device, cfg.pooling, cfg.eval_iter, loss_mean=loss_mean)  # noqa: E731
     start = time.perf_counter()
     step = examples_seen = 0
     stopped = False
@@ -130,7 +133,9 @@ def train(
                     yield LossEvaluated(step - 1, progress, examples_seen, train_loss, estimate(loaders.validation).loss)
                 else:
                     # The full pass checks Stop between batches (it is several times longer than an estimate).
-                    whole, first = evaluate_whole_and_first(model, loaders.validation, device, cfg.pooling, cfg.eval_iter, stop.is_set if stop else None)
+                    whole, first = evaluate_whole_and_first(
+                        model, loaders.validation, device, cfg.pooling, cfg.eval_iter, stop.is_set if stop else None, loss_mean
+                    )
                     if stop is None or not stop.is_set():  # cut short by Stop, its figures would cover part of the set
                         yield LossEvaluated(step - 1, progress, examples_seen, train_loss, first.loss)
                         yield ValidationEvaluated(step - 1, progress, examples_seen, whole)

@@ -54,6 +54,7 @@ def test_deduplicate_before_splitting_changes_the_splits(page: "sync_api.Page") 
     expect(page.locator("#counts")).to_contain_text("1045", timeout=60_000)
     assert [count_of(page, row) for row in ("balanced", "train", "validation", "test")] == ["1494", "1045", "149", "300"]
     expect(page.locator("#data-quality")).to_contain_text("Not de-duplicated", timeout=20_000)
+    expect(page.locator("#data-quality")).to_contain_text("Read line by line")  # and the book preset reads it its own way
 
     page.get_by_label("De-duplicate before splitting").check()
     download.click()

@@ -4,9 +4,10 @@ import pytest
 from conftest import SMS_ZIP, sms_zip_bytes, zip_of
 
 from engine.config import preset
-from engine.data import ZIP_NAME, balance, load_splits, parse_messages, prepare, read_source_file, split
+from engine.data import ZIP_NAME, balance, load_splits, prepare, read_source_file, split
 from engine.errors import DataError, DownloadError
 from engine.loaders import make_loaders
+from engine.reading import parse_messages
 
 HTML = b"<!DOCTYPE html><html><body>Service unavailable</body></html>"
 

@@ -38,10 +38,10 @@ def plain_and_adapted() -> tuple[GPT, GPT]:
     """The same random classifier twice: as it is, and with fresh LoRA adapters on every Linear."""
     torch.manual_seed(0)
     plain = GPT(TINY)
-    plain.add_classifier(2, seed=5)
+    plain.add_classifier(2)
     adapted = GPT(TINY)
     adapted.load_state_dict(plain.state_dict(), strict=False)
-    adapted.add_classifier(2, seed=5)
+    adapted.add_classifier(2)
     apply_lora(adapted, LoRAConfig(rank=4, alpha=8))
     return plain, adapted
 

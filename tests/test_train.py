@@ -156,9 +156,9 @@ def test_stop_during_the_full_validation_pass_drops_its_partial_figures(tiny_mod
     stop = threading.Event()
     real = engine.train.evaluate_whole_and_first
 
-    def stopped_meanwhile(model, loader, device, pooling, first_batches, should_stop):
+    def stopped_meanwhile(model, loader, device, pooling, first_batches, should_stop, *options):
         stop.set()  # Stop pressed as the pass begins: it ends before its first batch
-        return real(model, loader, device, pooling, first_batches, should_stop)
+        return real(model, loader, device, pooling, first_batches, should_stop, *options)
 
     monkeypatch.setattr(engine.train, "evaluate_whole_and_first", stopped_meanwhile)
     events = list(fine_tune(tiny_run_config(tiny_model_dir, prepared_data, tmp_path), stop))

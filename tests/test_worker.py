@@ -121,12 +121,12 @@ def evaluation_that_waits_for_stop(monkeypatch: pytest.MonkeyPatch, phase: str) 
     name = "evaluate" if phase == "baseline" else "evaluate_with_scores"
     real = getattr(engine.run, name)
 
-    def waiting(model, loader, device, pooling, num_batches=None, should_stop=None):
+    def waiting(model, loader, device, pooling, num_batches=None, should_stop=None, **options):
         entered.set()
         deadline = time.monotonic() + 20
         while should_stop is not None and not should_stop() and time.monotonic() < deadline:
             time.sleep(0.01)
-        return real(model, loader, device, pooling, num_batches, should_stop)
+        return real(model, loader, device, pooling, num_batches, should_stop, **options)
 
     monkeypatch.setattr(engine.run, name, waiting)
     return entered

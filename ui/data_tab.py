@@ -76,7 +76,20 @@ def quality_markdown(summary: DataSummary | None) -> str:
         f"**{d.get('repeated_texts', 0):,} texts occur more than once** ({d.get('extra_copies', 0):,} extra copies); "
         f"{d.get('conflicting_labels', 0):,} texts carry two different labels.\n\n"
         f"Texts found in two splits (a test message also seen in training measures memory, not learning): {shared or 'none'}.\n\n{state}"
+        f"\n\n{reading_sentence(summary.parse)}"
     )
+
+
+def reading_sentence(parse: str) -> str:
+    """How the file was read, in one sentence: the two presets read the SMS file differently."""
+    return {
+        "faithful": "**Read line by line**: every line is one message, exactly as written; a run with the *book* preset reads "
+        "the file as the book's code does instead (a quote mark opening a message can swallow the lines after it) and splits it again.",
+        "book": "**Read as the book's code reads it**: a quote mark opening a message is dropped and can swallow the lines after it; "
+        "a run with the *recommended* preset reads every line as one message instead and splits the file again.",
+        "table": "**Read by its header row**: both presets use your file as it is.",
+        "given": "**Three ready-made splits**: both presets use them as they are.",
+    }.get(parse, "")
 
 
 def repeated_frame(summary: DataSummary | None) -> pd.DataFrame | None:

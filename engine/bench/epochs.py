@@ -61,7 +61,6 @@ class _EpochRun:
         self.full = timed is None
         self.train_cfg = replace(chosen.train, epochs=1, max_steps=self.total, eval_iter=1, eval_freq=10**9, live_metrics=False)
         self.preset_train = chosen.train
-        torch.manual_seed(123)
         self.model = build_classifier(GPT(cfg).to(device), chosen.lora)
         self.loaders = make_loaders(splits, chosen.train, cfg.context_length)
         self.events = train(self.model, self.loaders, self.train_cfg, device)

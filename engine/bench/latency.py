@@ -1,6 +1,7 @@
 """Classification latency: one message and a batch of many, through our fp32 and int8 paths and the
 `transformers` peer, interleaved run by run; and the floor the batch's FLOPs set on this machine."""
 
+import copy
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -73,17 +74,14 @@ def classification_latency(
     single_runs, batch_runs = max(10, 4 * steps), max(2, (steps + 1) // 2)
     adapter = AdapterConfig("random:" + cfg.name, cfg, chosen.lora, chosen.train.pooling, chosen.train.padding, cfg.context_length)
 
-    def ours(int8: bool) -> Classifier:
-        torch.manual_seed(123)
-        return Classifier(build_classifier(GPT(cfg), chosen.lora), adapter, device, int8=int8)
-
-    fp32 = ours(int8=False)
+    random_classifier = build_classifier(GPT(cfg), chosen.lora)
+    fp32 = Classifier(copy.deepcopy(random_classifier), adapter, device)  # int8 quantises the original: the same weights
     runners: dict[str, Callable[[list[str]], Any]] = {"ours fp32": fp32.classify}
     agreement: dict[str, float] = {}
     if device.type != "cpu":
         notes.append(f"int8 classification: skipped on {device.type} (PyTorch's dynamic quantization runs on CPU)")
     else:
-        int8 = ours(int8=True)
+        int8 = Classifier(random_classifier, adapter, device, int8=True)
         reference = [p.label for p in fp32.classify(messages)]
         agreement["ours int8"] = statistics.fmean(p.label == r for p, r in zip(int8.classify(messages), reference, strict=True))
         runners["ours int8"] = int8.classify

@@ -49,7 +49,6 @@ def peer_model(cfg: GPTConfig, lora: LoRAConfig) -> Any:
 
 def peer_classifier(cfg: GPTConfig, lora: LoRAConfig, device: torch.device) -> Callable[[list[str]], list[int]]:
     """The peer with its LoRA merged, as a function from messages to labels."""
-    torch.manual_seed(123)
     peer = peer_model(cfg, lora).merge_and_unload().to(device).eval()
 
     @torch.inference_mode()

@@ -78,7 +78,6 @@ class _OursStepper:
         # eval_iter 1 and a far eval_freq: the only evaluation is train()'s after step 1, inside the warm-up.
         train_cfg = replace(book.train, epochs=1, max_steps=total, eval_iter=1, eval_freq=10**9, live_metrics=False, bf16_autocast=True)
         self.device = device
-        torch.manual_seed(123)
         start = time.perf_counter()
         model = build_classifier(GPT(cfg).to(device), book.lora)
         sync(device)
@@ -108,7 +107,6 @@ class _PeerStepper:
         book = preset("book")
         self.ids, self.labels = fixed_batches(cfg.vocab_size, total)
         self.device = device
-        torch.manual_seed(123)
         start = time.perf_counter()
         self.model = peer_model(cfg, book.lora).to(device)
         sync(device)
