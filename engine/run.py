@@ -4,19 +4,16 @@
 final metrics, saved); the CLI prints them, the app draws them, tests collect them.
 """
 
-import json
 import platform
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from engine.adapter import AdapterConfig, save_adapter
-from engine.atomic import write_text_atomic
 from engine.classifier import build_classifier
 from engine.config import RunConfig
 from engine.data import DataSummary, prepare
@@ -26,12 +23,11 @@ from engine.evaluate import Metrics, Scores, evaluate, evaluate_with_scores
 from engine.loaders import make_loaders
 from engine.lora import ParamCounts, count_parameters
 from engine.plot import save_loss_plot
+from engine.record import ADAPTER_DIR, PLOT_FILE, RECORD_FILE, RunRecord  # noqa: F401 - RECORD_FILE: its readers import it from here
 from engine.train import EpochDone, LossEvaluated, StepDone, TrainEnded, TrainEvent, ValidationEvaluated, train
 from engine.weights import load_model
 
 BASELINE_BATCHES = 10  # the book estimates accuracy before training on 10 batches per split
-RECORD_FILE = "run.json"
-PLOT_FILE = "loss.png"
 
 
 @dataclass(frozen=True)
@@ -100,6 +96,14 @@ def fine_tune(
     started = time.perf_counter()
     stop = stop or threading.Event()
     device = pick_device(cfg.device)
+    record = RunRecord.begin(cfg)  # from here the run leaves a trace, however it ends
+    with record.closed_on_failure():
+        yield from _run(cfg, stop, on_download, device, record, started)
+
+
+def _run(
+    cfg: RunConfig, stop: threading.Event, on_download: ProgressCallback | None, device: torch.device, record: RunRecord, started: float
+) -> Iterator[RunEvent]:
     data = prepare(cfg.data, cfg.data_cache, on_download, seed=cfg.train.seed, urls=cfg.data_urls, deduplicate=cfg.deduplicate)
     yield DataReady(data.summary)
 
@@ -115,10 +119,24 @@ def fine_tune(
     history.baseline = BaselineEvaluated(accuracy(loaders.train), accuracy(loaders.validation), accuracy(loaders.test))
     yield history.baseline
 
+    out = Path(cfg.out_dir)
+    adapter_dir = out / ADAPTER_DIR
+    adapter_config = AdapterConfig(cfg.model, model.cfg, cfg.lora, cfg.train.pooling, cfg.train.padding, loaders.max_length, labels)
     stopped = False
     for event in train(model, loaders, cfg.train, device, stop):
         if isinstance(event, LossEvaluated):
             history.losses.append(event)
+            # Each estimate's losses are finite (train raises otherwise): a checkpoint a killed run keeps.
+            record.checkpoint(
+                lambda: save_adapter(model, adapter_dir, adapter_config),
+                history.steps,
+                device=str(device),
+                trainable=history.trainable,
+                steps=history.steps,
+                examples_seen=history.examples_seen,
+                data=data.summary.to_dict(),
+                losses=[asdict(p) for p in history.losses],
+            )
         elif isinstance(event, ValidationEvaluated):
             history.live.append(event)
         elif isinstance(event, EpochDone):
@@ -140,18 +158,15 @@ def fine_tune(
             history.final, history.scores = final, scores
             yield FinalEvaluated(final, scores)
 
-    out = Path(cfg.out_dir)
-    adapter_dir = out / "adapter"
-    save_adapter(model, adapter_dir, AdapterConfig(cfg.model, model.cfg, cfg.lora, cfg.train.pooling, cfg.train.padding, loaders.max_length, labels))
+    save_adapter(model, adapter_dir, adapter_config)
     plot = save_loss_plot(history.losses, out / PLOT_FILE) if history.losses else None
-    record = write_record(out / RECORD_FILE, cfg, data.summary, history, stopped, str(device), time.perf_counter() - started)
-    yield RunSaved(out, adapter_dir, record, plot, stopped)
+    path = write_record(record, cfg, data.summary, history, stopped, str(device), time.perf_counter() - started)
+    yield RunSaved(out, adapter_dir, path, plot, stopped)
 
 
-def write_record(path: Path, cfg: RunConfig, summary: DataSummary, history: History, stopped: bool, device: str, seconds: float) -> Path:
-    """The run record: config, data, curves, metrics and timings, as JSON."""
-    record = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+def write_record(record: RunRecord, cfg: RunConfig, summary: DataSummary, history: History, stopped: bool, device: str, seconds: float) -> Path:
+    """Close the run record: config, data, curves, metrics and timings, as JSON."""
+    fields = {
         "config": asdict(cfg),
         "data": summary.to_dict(),
         "device": device,
@@ -169,5 +184,4 @@ def write_record(path: Path, cfg: RunConfig, summary: DataSummary, history: Hist
         "scores": {name: asdict(s) for name, s in history.scores.items()},
         "timings": {"train_seconds": round(history.train_seconds, 2), "total_seconds": round(seconds, 2)},
     }
-    write_text_atomic(path, json.dumps(record, indent=2, default=str) + "\n")
-    return path
+    return record.finish(fields, stopped)

@@ -13,6 +13,7 @@ from engine.adapter import read_adapter
 from engine.classifier import Classifier
 from engine.data import PreparedData, load_summary
 from engine.device import pick_device
+from engine.history import latest_adapter, settle_runs
 from engine.job import TrainingJob
 from ui.guards import engine_errors_as_toasts, uploaded_path
 from ui.settings import AppSettings
@@ -30,6 +31,7 @@ class Lab:
         # compare_with_base's switching LoRA off and on should anyone raise that limit.
         self.classify_lock = threading.Lock()
         self._classifier: tuple[tuple[str, int, str], Classifier] | None = None  # (path, mtime, device) -> loaded
+        settle_runs(settings.out)  # runs an earlier app left "running" when it was killed read as interrupted
 
     def check_model(self, model: str) -> str:
         """`model` if the app offers it; a typed folder or anything else is refused (no path from a visitor reaches the disk)."""
@@ -48,9 +50,9 @@ class Lab:
             raise gr.Error(f"batch size {batch_size} is larger than the {summary.train} training messages: choose at most {summary.train}", duration=None)
 
     def latest_adapter(self) -> Path | None:
-        """The newest adapter saved under the runs folder (by this app or an earlier one)."""
-        found = sorted(self.settings.out.glob("*/adapter/adapter.safetensors"), key=lambda p: p.stat().st_mtime)
-        return found[-1].parent if found else None
+        """The adapter of the newest complete run under the runs folder (by this app or an earlier one):
+        never one of a failed or interrupted run, nor one holding NaN."""
+        return latest_adapter(self.settings.out)
 
     def classifier_for(self, adapter_file: str | None) -> tuple[Path, Classifier]:
         """The adapter to use (an uploaded file, else the latest trained) and its loaded classifier; call under `classify_lock`."""

@@ -54,7 +54,7 @@ def history_frame(runs: Sequence[tuple[str, RunSummary]]) -> pd.DataFrame | None
             "device": run.device,
             "validation acc. (%)": percent(run.validation_accuracy),
             "test acc. (%)": percent(run.test_accuracy),
-            "stopped": "yes" if run.stopped else "",
+            "state": run.state,  # done, stopped, failed, interrupted (killed), or running
         }
         for name, run in runs
     ]
