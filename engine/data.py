@@ -191,8 +191,8 @@ def _too_big(name: str) -> DataError:
 
 
 def validate_zip(path: Path) -> None:
-    """Raise DataError unless `path` is a zip whose SMSSpamCollection parses."""
-    _zip_member(path.read_bytes(), path.name)
+    """Raise DataError unless `path` (a download) is a zip holding an SMSSpamCollection within the size limit."""
+    _zip_member(path.read_bytes(), "the downloaded file")  # `path` is a temporary: its name would mean nothing
 
 
 def balance(messages: pd.DataFrame, seed: int = 123, labels: tuple[str, ...] | None = None) -> pd.DataFrame:

@@ -159,6 +159,7 @@ def _run(
             yield FinalEvaluated(final, scores)
 
     save_adapter(model, adapter_dir, adapter_config)
+    record.adapter_saved(history.steps)
     plot = save_loss_plot(history.losses, out / PLOT_FILE) if history.losses else None
     path = write_record(record, cfg, data.summary, history, stopped, str(device), time.perf_counter() - started)
     yield RunSaved(out, adapter_dir, path, plot, stopped)

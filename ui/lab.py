@@ -4,6 +4,7 @@ It holds the settings, the one training job, the data prepared last, and the las
 (with the lock that Classify's handlers take), and the checks several tabs make.
 """
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from engine.data import PreparedData, load_summary
 from engine.device import pick_device
 from engine.history import latest_adapter, settle_runs
 from engine.job import TrainingJob
-from ui.guards import engine_errors_as_toasts, uploaded_path
+from ui.guards import deleted_if_refused, engine_errors_as_toasts, uploaded_path
 from ui.settings import AppSettings
 
 
@@ -67,7 +68,8 @@ class Lab:
         key = (str(tensors.resolve()), tensors.stat().st_mtime_ns if tensors.exists() else 0, str(device))
         if self._classifier is None or self._classifier[0] != key:
             self._classifier = None  # free the previous model before loading the next
-            with engine_errors_as_toasts(str(device), "loading the classifier"):
+            refused_upload_deleted = deleted_if_refused(adapter) if adapter_file else contextlib.nullcontext()
+            with refused_upload_deleted, engine_errors_as_toasts(str(device), "loading the classifier"):
                 # The adapter names its base model; only a model this app offers is loaded (an uploaded
                 # adapter must not point the app at an arbitrary folder or download).
                 config, _ = read_adapter(adapter)
