@@ -299,7 +299,7 @@ BAD_ADAPTERS = {
     "pickle-bin": ("adapter.bin", lambda a, t: pickled_trap(t), "is a pickle file and is never loaded"),
     # A config that does not match its own tensors is refused from the file's header, before any model is built.
     "config-says-another-base-size": ("adapter.safetensors", lambda a, t: rewritten_adapter(a, wider_base), r"does not fit rank 16, width 64 and 2 classes"),
-    "config-says-another-rank": ("adapter.safetensors", lambda a, t: rewritten_adapter(a, other_rank), r"does not fit rank 8, width 32 .*saved with other settings"),
+    "config-says-another-rank": ("adapter.safetensors", lambda a, t: rewritten_adapter(a, other_rank), r"does not fit rank 8, width 32 .*other settings"),
     "unknown-fields": ("adapter.safetensors", lambda a, t: rewritten_adapter(a, lambda c, _: c.update(surprise=1)), r"unknown fields \['surprise'\]"),
     "newer-format": ("adapter.safetensors", lambda a, t: rewritten_adapter(a, lambda c, _: c.update(format_version=99)), "newer than this LoRA Lab"),
     "base-not-offered": (

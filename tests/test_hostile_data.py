@@ -31,10 +31,9 @@ MB = 1024 * 1024
 
 def zip_bomb(path: Path, unpacked_bytes: int, block: bytes = b"\0" * MB) -> Path:
     """A real zip bomb: an SMSSpamCollection member inflating to `unpacked_bytes` (written a block at a time)."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
-        with archive.open(MEMBER, "w", force_zip64=True) as member:
-            for _ in range(unpacked_bytes // len(block)):
-                member.write(block)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive, archive.open(MEMBER, "w", force_zip64=True) as member:
+        for _ in range(unpacked_bytes // len(block)):
+            member.write(block)
     return path
 
 

@@ -26,7 +26,7 @@ from engine.job import TrainingJob
 from engine.lora import merge_lora
 from engine.model import GPT
 from engine.record import RECORD_FILE, read_record
-from engine.run import FinalEvaluated, fine_tune
+from engine.run import fine_tune
 from engine.train import LossEvaluated
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,11 +114,10 @@ def small_disk(folder: Path, size_kb: int) -> Iterator[Path]:
 def fill(folder: Path, leave_bytes: int = 0) -> Path:
     """Fill the disk holding `folder` until `leave_bytes` are free (to the page)."""
     filler = folder / "filler"
-    with open(filler, "ab") as handle:
-        with contextlib.suppress(OSError):
-            while (free := os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize) > leave_bytes:
-                handle.write(b"\0" * min(free - leave_bytes, 1024 * 1024))
-                handle.flush()
+    with open(filler, "ab") as handle, contextlib.suppress(OSError):
+        while (free := os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize) > leave_bytes:
+            handle.write(b"\0" * min(free - leave_bytes, 1024 * 1024))
+            handle.flush()
     return filler
 
 
@@ -199,7 +198,8 @@ def test_a_run_whose_loss_turns_nan_stops_failed_and_keeps_its_last_finite_check
     root = tmp_path / "runs"
     out = root / "diverged"
     events = []
-    with pytest.raises(TrainingDiverged, match=rf"training batch loss became nan at step 8: .*lower one; the adapter saved at step 6 is kept in {out / 'adapter'}"):
+    kept = f"the adapter saved at step 6 is kept in {out / 'adapter'}"
+    with pytest.raises(TrainingDiverged, match=rf"training batch loss became nan at step 8: .*lower one; {kept}"):
         for event in fine_tune(tiny_run_config(tiny_model_dir, prepared_data, out, eval_freq=5)):
             events.append(event)
     assert [e.step for e in events if isinstance(e, LossEvaluated)] == [0, 5]
