@@ -69,7 +69,7 @@ class HttpGuard:
         incoming = int(Request(scope).headers.get("content-length") or 0)
         if used + incoming <= self.upload_space_bytes:
             return None
-        mb = lambda n: f"{n / 1024**2:,.1f} MB"  # noqa: E731
+        mb = lambda n: f"{n / 1024**2:,.1f}".removesuffix(".0") + " MB"  # noqa: E731
         return (
             f"The server's space for uploads is full: this upload ({mb(incoming)}) and the {mb(used)} uploaded recently would pass "
             f"its {mb(self.upload_space_bytes)} limit. Uploads are deleted {self.upload_lifetime_s // 60} minutes after they arrive: try again later."
