@@ -166,7 +166,7 @@ def _zip_member(raw: bytes, name: str) -> bytes:
             if members[0].file_size > MAX_UNPACKED_BYTES:  # what it says it holds: refused before inflating anything
                 raise _too_big(name)
             return _inflate_capped(archive, members[0], name)
-    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, NotImplementedError) as error:
+    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, NotImplementedError, RuntimeError) as error:  # RuntimeError: encrypted
         hint = "it is an HTML page" if raw.lstrip()[:1] == b"<" else f"{error}"
         raise DataError(f"{name} is not a valid zip ({hint}): download it again") from None
 

@@ -52,8 +52,10 @@ def adapter_dir(trained_run: tuple[Any, list]) -> Path:
 
 @pytest.fixture
 def trained_lab(lab: Lab, adapter_dir: Path) -> Lab:
-    """A lab whose runs folder holds a trained adapter: Classify works without training first."""
-    shutil.copytree(adapter_dir, lab.settings.out / "20250101-000000" / "adapter")
+    """A lab whose runs folder holds a finished run: Classify works without training first."""
+    run = lab.settings.out / "20250101-000000"
+    shutil.copytree(adapter_dir, run / "adapter")
+    shutil.copyfile(adapter_dir.parent / "run.json", run / "run.json")  # only a complete run's adapter is used by default
     return lab
 
 
