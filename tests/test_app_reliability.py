@@ -152,9 +152,9 @@ def test_a_batch_with_bad_lines_answers_the_good_ones(trained_lab: Lab, adapter_
         ({"alpha": -16.0}, "alpha must be a finite number above 0"),
         ({"alpha": float("nan")}, "alpha must be a finite number above 0, got nan"),
         ({"alpha": float("inf")}, "alpha must be a finite number above 0, got inf"),
-        ({"lr": 0.0}, "learning rate must be from 1e-07 to 0.1, got 0"),
-        ({"lr": -1e-3}, "learning rate must be from 1e-07 to 0.1, got -0.001"),
-        ({"lr": 1e30}, "learning rate must be from 1e-07 to 0.1, got 1e\\+30"),
+        ({"lr": 0.0}, "learning rate must be from 1e-7 to 0.1, got 0"),
+        ({"lr": -1e-3}, "learning rate must be from 1e-7 to 0.1, got -0.001"),
+        ({"lr": 1e30}, "learning rate must be from 1e-7 to 0.1, got 1e\\+30"),
         ({"epochs": 0.0}, "epochs must be a whole number of at least 1"),
         ({"epochs": 1.5}, "epochs must be a whole number of at least 1"),
         ({"batch_size": 2000.0}, "batch size 2000 is larger than the 1045 training messages: choose at most 1045"),
@@ -491,7 +491,7 @@ def test_bad_input_through_gradio_client(served: RunningApp, settings: AppSettin
     assert fine_tuned["label"] in ("ham", "spam") and "cut to the model's length limit" in details
     with pytest.raises(Exception, match="Value 0 is less than minimum value 1"):  # the slider's own check
         client.predict(model=settings.model, rank=0, api_name="/start")
-    with pytest.raises(Exception, match="learning rate must be from 1e-07 to 0.1"):
+    with pytest.raises(Exception, match="learning rate must be from 1e-7 to 0.1"):
         client.predict(model=settings.model, lr=0, api_name="/start")
     with pytest.raises(Exception, match="rank 40 is larger than the input width"):
         client.predict(model=settings.model, rank=40, api_name="/start")

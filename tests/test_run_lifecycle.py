@@ -178,7 +178,7 @@ def test_the_job_reports_a_full_disk_in_words(tiny_model_dir: Path, prepared_dat
 
 def test_the_learning_rate_is_bounded() -> None:
     for lr in (1e30, 0.5, float("inf"), float("nan"), 0.0, 1e-9):
-        with pytest.raises(ConfigError, match="learning rate must be from 1e-07 to 0.1"):
+        with pytest.raises(ConfigError, match="learning rate must be from 1e-7 to 0.1"):
             TrainConfig(lr=lr)
     assert TrainConfig(lr=0.1).lr == 0.1 and TrainConfig(lr=1e-7).lr == 1e-7
 

@@ -44,6 +44,7 @@ def history_frame(runs: Sequence[tuple[str, RunSummary]]) -> pd.DataFrame | None
         {
             "run": name,
             "created": run.created.replace("T", " ").split("+")[0],
+            "state": run.state,  # done, stopped, failed, interrupted (killed), or running
             "model": Path(run.model).name,
             "preset": run.preset or "",
             "rank": run.rank,
@@ -54,7 +55,6 @@ def history_frame(runs: Sequence[tuple[str, RunSummary]]) -> pd.DataFrame | None
             "device": run.device,
             "validation acc. (%)": percent(run.validation_accuracy),
             "test acc. (%)": percent(run.test_accuracy),
-            "state": run.state,  # done, stopped, failed, interrupted (killed), or running
         }
         for name, run in runs
     ]
