@@ -8,8 +8,10 @@ every event has an api_name, so `gradio_client` can script it. Nothing loads at 
 builds, `main()` launches.
 
 What a visitor can reach is fenced: models are the four sizes plus the `--model` given at start,
-uploads are read only from Gradio's own temporary copies (never a typed path or a URL), served files
-are the runs folder's, and every bad input ends in a message naming the problem and the fix.
+uploads are read only from Gradio's own temporary copies (never a typed path or a URL), bounded in
+size and deleted after an hour, served files are the runs folder's, no URL is fetched for a visitor,
+the login page shows nothing of the app, and every bad input ends in a message naming the problem
+and the fix.
 """
 
 import argparse
@@ -21,6 +23,7 @@ from pathlib import Path
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read when gradio is imported: no usage pings leave the machine
 
 import gradio as gr  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 from engine.config import GPT2_SIZES  # noqa: E402
 from engine.data import SOURCES  # noqa: E402
@@ -31,11 +34,12 @@ from ui.classify_tab import ClassifyTab, build_classify_tab  # noqa: E402
 from ui.data_tab import DataTab, build_data_tab  # noqa: E402
 from ui.evaluate_tab import EvaluateTab, build_evaluate_tab  # noqa: E402
 from ui.guards import exposure_warnings, parse_auth  # noqa: E402
+from ui.http_guard import HttpGuard  # noqa: E402
 from ui.lab import Lab  # noqa: E402
 from ui.model_tab import ModelTab, build_model_tab  # noqa: E402
 from ui.parameters_tab import ParametersTab, build_parameters_tab  # noqa: E402
 from ui.runs_tab import RunsTab, build_runs_tab  # noqa: E402
-from ui.settings import MAX_UPLOAD_MB, AppSettings  # noqa: E402
+from ui.settings import MAX_UPLOAD_MB, UPLOAD_LIFETIME_S, UPLOAD_SPACE_MB, UPLOAD_SWEEP_S, AppSettings  # noqa: E402
 from ui.train_tab import TrainTab, build_train_tab  # noqa: E402
 
 log = logging.getLogger("lora_lab.app")
@@ -46,7 +50,8 @@ THEME = gr.themes.Soft()  # a built-in theme ships its fonts; GoogleFont themes 
 def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
     """The tabs, wired to one Lab; nothing heavy happens until an event fires."""
     lab = lab or Lab(settings)
-    with gr.Blocks(title="LoRA Lab") as demo:
+    # Uploads (and Gradio's copies of shown files) are deleted an hour after they arrive, and all at exit.
+    with gr.Blocks(title="LoRA Lab", delete_cache=(UPLOAD_SWEEP_S, UPLOAD_LIFETIME_S)) as demo:
         gr.Markdown("# LoRA Lab\nFine-tune GPT-2 with LoRA to tell spam from ham, and watch it learn.")
         with gr.Tabs() as tabs:
             build_data_tab(DataTab(lab), demo)
@@ -91,11 +96,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="train on a Ray cluster instead of this machine: its address, or auto for one started here with `ray start --head` "
         "(pip install -r requirements-ray.txt)",
     )
+    parser.add_argument(
+        "--upload-space-mb",
+        type=int,
+        default=UPLOAD_SPACE_MB,
+        help=f"most uploads kept at once, all visitors together, in MB (default {UPLOAD_SPACE_MB}); uploads are deleted after an hour",
+    )
     args = parser.parse_args(argv)
     if args.max_upload_mb < 1:
         parser.error("--max-upload-mb must be at least 1")
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.upload_space_mb < args.max_upload_mb:
+        parser.error(f"--upload-space-mb ({args.upload_space_mb}) must be at least --max-upload-mb ({args.max_upload_mb})")
     try:
         resolve(args.model)
         pick_device(args.device)
@@ -118,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_upload_mb=args.max_upload_mb,
         workers=args.workers,
         ray=args.ray,
+        upload_space_mb=args.upload_space_mb,
     )
     try:
         lab = Lab(settings)
@@ -146,6 +160,8 @@ def launch(
         allowed_paths=[str(settings.out)],  # the only files served besides Gradio's own copies: the runs
         max_file_size=settings.max_upload_mb * 1024 * 1024,
         footer_links=["api", "settings"],  # no link to gradio.app
+        # In front of Gradio's routes: no URL fetched for a visitor, no API list before the login, bounded uploads.
+        app_kwargs={"middleware": [Middleware(HttpGuard, upload_space_bytes=settings.upload_space_mb * 1024 * 1024, upload_lifetime_s=UPLOAD_LIFETIME_S)]},
         prevent_thread_lock=not block,
         quiet=not block,
     )

@@ -3,6 +3,9 @@
 `adapter.safetensors` is self-contained (its metadata holds the config, so one atomic rename
 publishes tensors and settings together); `adapter_config.json` is a readable copy of the config.
 A gpt2-small adapter at rank 16 is about 10 MB, the base model 500 MB.
+
+Reading checks the config and every tensor's declared name, type and shape from the file's header
+before a byte of tensor data is read or a model is built, then that every value is finite.
 """
 
 import json
@@ -12,10 +15,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
-from engine.atomic import atomic_path, write_text_atomic
-from engine.config import LABELS, PADDINGS, POOLINGS, GPTConfig, LoRAConfig
+from engine.atomic import write_bytes_atomic, write_text_atomic
+from engine.config import LABELS, MAX_CLASSES, PADDINGS, POOLINGS, GPTConfig, LoRAConfig
 from engine.errors import AdapterError, ConfigError
 from engine.model import GPT
 
@@ -23,6 +26,7 @@ FORMAT_VERSION = 1
 TENSORS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter_config.json"
 METADATA_KEY = "lora_lab_config"
+FLOAT_TYPES = ("F16", "BF16", "F32", "F64")  # safetensors' names for the dtypes an adapter may hold
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,11 @@ class AdapterConfig:
         if version > FORMAT_VERSION:
             raise AdapterError(f"adapter format {version} is newer than this LoRA Lab understands ({FORMAT_VERSION}): update LoRA Lab")
         _check_fields(cls, data, "adapter config")
+        labels = data["labels"]
+        if isinstance(labels, list) and len(labels) > MAX_CLASSES:  # refused before anything the size of the head exists
+            raise AdapterError(
+                f"the adapter declares {len(labels):,} classes; LoRA Lab handles at most {MAX_CLASSES}: it was not saved by LoRA Lab, or is damaged"
+            )
         _check_fields(GPTConfig, data["model"], "adapter config 'model'")
         _check_fields(LoRAConfig, data["lora"], "adapter config 'lora'")
         try:
@@ -74,7 +83,7 @@ class AdapterConfig:
             problems.append(f"padding {config.padding!r}")
         if not isinstance(config.max_length, int) or not 1 <= config.max_length <= config.model.context_length:
             problems.append(f"max_length {config.max_length!r}")
-        if len(config.labels) < 2 or not all(isinstance(label, str) and label for label in config.labels):
+        if len(config.labels) < 2 or len(set(config.labels)) < len(config.labels) or not all(isinstance(label, str) and label for label in config.labels):
             problems.append(f"labels {config.labels!r}")
         if problems:
             raise AdapterError("adapter config has invalid " + ", ".join(problems) + ": re-save the adapter")
@@ -108,9 +117,12 @@ def save_adapter(model: GPT, folder: Path, config: AdapterConfig) -> Path:
     if any(layer.merged for layer in model.modules() if hasattr(layer, "merged")):
         raise RuntimeError("save_adapter on merged weights: unmerge first so the base stays pristine")
     text = json.dumps(config.to_dict(), indent=2)
+    tensors = adapter_tensors(model)
+    check_finite(tensors, "the adapter to save")  # a broken adapter is never written, so never picked up later
     tensors_path = folder / TENSORS_FILE
-    with atomic_path(tensors_path) as temporary:
-        save_file(adapter_tensors(model), str(temporary), metadata={METADATA_KEY: text})
+    # Serialised in memory and written by us: safetensors' own writer renames a private (0600)
+    # temporary of its own into place, and a process killed meanwhile would leave that behind.
+    write_bytes_atomic(tensors_path, safetensors_bytes(tensors, metadata={METADATA_KEY: text}))
     write_text_atomic(folder / CONFIG_FILE, text + "\n")
     return tensors_path
 
@@ -126,17 +138,63 @@ def read_adapter(folder: Path) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
         raise AdapterError(f"no adapter at {path}: train one first, or give the folder holding {TENSORS_FILE}")
     try:
         with safe_open(str(path), "pt") as handle:
-            metadata = handle.metadata() or {}
+            config = _config_of(handle.metadata() or {}, path)
+            declared = {key: (handle.get_slice(key).get_dtype(), tuple(handle.get_slice(key).get_shape())) for key in handle.keys()}
+            check_declared(config, declared, path)
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError) as error:
         raise AdapterError(f"{path} is not a readable safetensors file ({error}): the adapter is damaged, retrain or re-download it") from None
+    check_finite(tensors, str(path))
+    return config, tensors
+
+
+def _config_of(metadata: dict[str, str], path: Path) -> AdapterConfig:
     if METADATA_KEY not in metadata:
         raise AdapterError(f"{path} carries no LoRA Lab config: it was not saved by LoRA Lab")
     try:
         data = json.loads(metadata[METADATA_KEY])
     except json.JSONDecodeError as error:
         raise AdapterError(f"{path} has a damaged config ({error}): retrain the adapter") from None
-    return AdapterConfig.from_dict(data), tensors
+    return AdapterConfig.from_dict(data)
+
+
+def check_declared(config: AdapterConfig, declared: dict[str, tuple[str, tuple[int, ...]]], path: Path) -> None:
+    """Refuse tensors whose header-declared type or shape cannot belong to an adapter of `config`.
+
+    Every LoRA A is (input width, rank) and every B (rank, output width), the widths being the
+    model's or its MLP's (4x); the head is (classes, width) plus a bias (classes,). So nothing bigger
+    than the config allows is read, whatever the header says.
+    """
+    width, rank, classes = config.model.n_embd, config.lora.rank, len(config.labels)
+    widths = (width, 4 * width)
+    for key, (dtype, shape) in declared.items():
+        if dtype not in FLOAT_TYPES:
+            raise AdapterError(f"{path}: tensor {key} holds {dtype} values, not floating-point numbers: the adapter is damaged, retrain it")
+        if key.endswith("lora_A"):
+            fits = len(shape) == 2 and shape[0] in widths and shape[1] == rank
+        elif key.endswith("lora_B"):
+            fits = len(shape) == 2 and shape[0] == rank and shape[1] in ((classes,) if key.startswith("score.") else widths)
+        elif key.startswith("score.") and key.endswith("weight"):
+            fits = shape == (classes, width)
+        elif key.startswith("score.") and key.endswith("bias"):
+            fits = shape == (classes,)
+        else:
+            raise AdapterError(f"{path}: tensor {key} is neither a LoRA matrix nor the class head: it was not saved by LoRA Lab")
+        if not fits:
+            raise AdapterError(
+                f"{path}: tensor {key} is declared {list(shape)}, which does not fit rank {rank}, width {width} and {classes} classes: "
+                "the adapter is damaged or was saved with other settings"
+            )
+
+
+def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse NaN or infinity anywhere (LoRA, head, biases): such an adapter answers nothing meaningful."""
+    for key, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            raise AdapterError(
+                f"{what}: tensor {key} holds NaN or infinite values, so the adapter is broken "
+                "(trained with too high a learning rate?): train again with a lower one"
+            )
 
 
 def check_base(config: AdapterConfig, model: GPT) -> None:

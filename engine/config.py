@@ -33,6 +33,16 @@ LORA_TARGETS: tuple[str, ...] = (
 
 LABELS: tuple[str, ...] = ("ham", "spam")
 
+# The most classes a dataset or an adapter may have: far more than any message-classification demo
+# needs, few enough that every table, plot and head stays small.
+MAX_CLASSES = 50
+
+# The learning rates a run accepts. AdamW moves each weight by about the learning rate per step, so
+# far above 0.1 training only diverges (a loss that is no longer finite stops the run anyway).
+MIN_LR = 1e-7
+MAX_LR = 0.1
+LR_RANGE = f"{MIN_LR:g} to {MAX_LR:g}".replace("e-0", "e-")  # "1e-7 to 0.1", as messages and the widget say it
+
 
 def _raise_if(problems: list[str], what: str) -> None:
     if problems:
@@ -172,8 +182,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
-            problems.append(f"learning rate must be a finite number above 0, got {self.lr!r}")
+        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not MIN_LR <= self.lr <= MAX_LR:
+            problems.append(f"learning rate must be from {LR_RANGE}, got {self.lr!r}")
         if not isinstance(self.weight_decay, (int, float)) or not math.isfinite(self.weight_decay) or self.weight_decay < 0:
             problems.append(f"weight decay must be a finite number of at least 0, got {self.weight_decay!r}")
         for name in ("epochs", "batch_size", "eval_freq", "eval_iter"):

@@ -31,3 +31,17 @@ class InputError(LoRALabError, ValueError):
 
 class Cancelled(LoRALabError):
     """The user stopped a long operation (a download, a run); nothing half-done was kept."""
+
+
+class DiskFullError(LoRALabError, OSError):
+    """A save ran out of disk space; whatever it was writing was removed."""
+
+    def __init__(self, folder: object, option: str | None = None) -> None:
+        self.folder = folder
+        self.option = option
+        choice = f"choose another {option}" if option else "choose another folder"
+        super().__init__(f"the disk is full at {folder}: free space or {choice}")
+
+
+class TrainingDiverged(LoRALabError):
+    """The training loss became NaN or infinite: the run cannot go on."""

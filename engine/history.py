@@ -1,13 +1,15 @@
-"""The run history: every run folder's run.json, listed and compared (config, curves, metrics, time, device)."""
+"""The run history: every run folder's run.json, listed and compared (config, curves, metrics, time,
+device, state), and the latest complete run's adapter, the one classification uses by default."""
 
-import json
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.adapter import TENSORS_FILE, read_adapter
 from engine.config import RunConfig
-from engine.errors import ConfigError
-from engine.run import RECORD_FILE
+from engine.errors import AdapterError, ConfigError
+from engine.record import ADAPTER_DIR, COMPLETE_STATES, RECORD_FILE, read_record, record_state
 
 
 @dataclass(frozen=True)
@@ -28,13 +30,22 @@ class RunSummary:
     validation_accuracy: float | None
     losses: list[dict[str, Any]]  # the LossEvaluated points: step, epoch_progress, examples_seen, train_loss, validation_loss
     config: RunConfig | None = None  # None: a record of an older version whose config no longer validates
+    state: str = "done"  # running, done, stopped, failed, interrupted (see engine.record)
+    error: str | None = None  # why a failed or interrupted run ended
 
 
 def read_run(folder: Path) -> RunSummary | None:
-    """A run folder's summary, or None when it has no readable record (a run still going, or damaged)."""
+    """A run folder's summary, or None when it has no readable record (damaged, or not a run).
+
+    A run that is going, failed or was interrupted has a record too; fields it never reached are
+    empty (no device before the model loaded, no accuracy before the final evaluation).
+    """
+    record = read_record(folder)
+    if record is None:
+        return None
     try:
-        record = json.loads((Path(folder) / RECORD_FILE).read_text(encoding="utf-8"))
         config, final = record["config"], record.get("final") or {}
+        state = record_state(record)
         return RunSummary(
             name=Path(folder).name,
             folder=Path(folder),
@@ -43,17 +54,19 @@ def read_run(folder: Path) -> RunSummary | None:
             preset=config.get("preset"),
             rank=int(config["lora"]["rank"]),
             alpha=float(config["lora"]["alpha"]),
-            device=str(record["device"]),
-            stopped=bool(record["stopped"]),
-            steps=int(record["steps"]),
+            device=str(record.get("device", "")),
+            stopped=state == "stopped",
+            steps=int(record.get("steps", 0)),
             trainable=record.get("trainable"),
-            train_seconds=float(record["timings"]["train_seconds"]),
+            train_seconds=float((record.get("timings") or {}).get("train_seconds", 0.0)),
             test_accuracy=final.get("test", {}).get("accuracy"),
             validation_accuracy=final.get("validation", {}).get("accuracy"),
-            losses=list(record["losses"]),
+            losses=list(record.get("losses", [])),
             config=_config_of(config),
+            state=state,
+            error=record.get("error"),
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -74,12 +87,67 @@ def _config_of(data: Any) -> RunConfig | None:
 
 
 def all_runs(root: Path) -> list[tuple[str, RunSummary]]:
-    """(name, summary) of every run under `root`, newest first: runs/<date-time>, and the runs inside each
-    grid (or older sweep) folder, named "<folder>/<run>"."""
+    """(name, summary) of every readable run under `root`, newest first: runs/<date-time>, and the runs inside
+    each grid (or older sweep) folder, named "<folder>/<run>"."""
     root = Path(root)
-    found = [(run.name, run) for run in list_runs(root)]
-    if root.is_dir():
-        for folder in sorted(root.iterdir()):
-            if folder.is_dir() and not (folder / RECORD_FILE).exists():
-                found += [(f"{folder.name}/{run.name}", run) for run in list_runs(folder)]
+    found = [(folder.relative_to(root).as_posix(), run) for folder in run_folders(root) if (run := read_run(folder)) is not None]
     return sorted(found, key=lambda item: (item[1].created, item[0]), reverse=True)
+
+
+def run_folders(root: Path) -> list[Path]:
+    """The run folders under `root`: root/<run>, and root/<grid>/<run> for each grid (or older sweep)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in root.iterdir():
+        if not folder.is_dir():
+            continue
+        if (folder / RECORD_FILE).exists() or (folder / ADAPTER_DIR).is_dir():
+            found.append(folder)
+        else:
+            found += [inner for inner in folder.iterdir() if inner.is_dir()]
+    return found
+
+
+def settle_runs(root: Path) -> None:
+    """Read every record under `root`, so that runs whose process is gone are marked interrupted."""
+    for folder in run_folders(root):
+        read_record(folder)
+
+
+def latest_adapter(root: Path) -> Path | None:
+    """The adapter folder of the newest complete run under `root` (its own or a sweep's): its record
+    says done, or stopped, and its adapter reads with every value finite. A failed or interrupted
+    run's adapter, or one no record describes, is never picked."""
+    candidates = []
+    for folder in run_folders(root):
+        tensors = folder / ADAPTER_DIR / TENSORS_FILE
+        try:
+            candidates.append((tensors.stat().st_mtime_ns, folder))
+        except OSError:
+            continue
+    for _, folder in sorted(candidates, reverse=True):
+        record = read_record(folder)
+        if record is not None and record_state(record) in COMPLETE_STATES and usable_adapter(folder / ADAPTER_DIR):
+            return folder / ADAPTER_DIR
+    return None
+
+
+def usable_adapter(folder: Path) -> bool:
+    """Whether the adapter in `folder` reads and validates (finite values included); remembered per file version."""
+    tensors = Path(folder) / TENSORS_FILE
+    try:
+        stat = tensors.stat()
+    except OSError:
+        return False
+    return _validates(str(tensors.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _validates(path: str, mtime_ns: int, size: int) -> bool:  # the file's version is part of the key
+    try:
+        read_adapter(Path(path))
+    except AdapterError:
+        return False
+    return True

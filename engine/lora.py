@@ -18,7 +18,7 @@ from torch import nn
 
 from engine.adapted_linear import Update, adapted_linear
 from engine.config import LoRAConfig
-from engine.errors import ConfigError
+from engine.errors import AdapterError, ConfigError
 
 
 class LoRALinear(nn.Module):
@@ -80,7 +80,8 @@ class LoRALinear(nn.Module):
         if not self.merged:
             delta = self.delta_weight()
             if not torch.isfinite(delta).all():
-                raise ValueError("the LoRA update holds NaN or infinity: the adapter is broken, retrain it")
+                # Finite A and B can still multiply past float range: the adapter's values are absurd.
+                raise AdapterError("the LoRA update B·A holds NaN or infinity: the adapter is broken; train again with a lower learning rate")
             self.base_layer.weight += delta
             self.merged = True
 

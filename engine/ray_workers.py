@@ -31,7 +31,7 @@ from engine.config import RunConfig
 from engine.errors import ConfigError
 from engine.events import RunSaved
 from engine.failure import Failure
-from engine.run import RECORD_FILE
+from engine.record import RECORD_FILE
 from engine.worker import WorkerEnded, WorkerJob
 
 POLL_SECONDS = 0.25  # how often the driver collects events and a task looks for Stop

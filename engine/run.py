@@ -10,15 +10,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, replace
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
-from engine import strict_json
 from engine.adapter import AdapterConfig, save_adapter
-from engine.atomic import write_text_atomic
 from engine.classifier import build_classifier
 from engine.config import RunConfig
 from engine.data import is_prepared_folder, prepare
@@ -31,13 +28,12 @@ from engine.events import BaselineEvaluated, DataReady, FinalEvaluated, ModelRea
 from engine.loaders import make_loaders
 from engine.lora import count_parameters
 from engine.plot import save_loss_plot
+from engine.record import ADAPTER_DIR, PLOT_FILE, RunRecord
 from engine.recorder import RunProgress, RunRecorder
-from engine.train import train
+from engine.train import LossEvaluated, train
 from engine.weights import load_model
 
 BASELINE_BATCHES = 10  # the book estimates accuracy before training on 10 batches per split
-RECORD_FILE = "run.json"
-PLOT_FILE = "loss.png"
 DATA_DIR = "data"  # a prepared folder prepared again for this run (another parse, or de-duplicated)
 
 
@@ -59,18 +55,34 @@ def fine_tune(
     `weights_at` is a copy of `cfg.model` (a folder) on a machine that lacks the original, e.g. a
     Ray worker: the run reads it, and still records the model by its own name.
 
+    The run's record (run.json) is written when it starts and closed however it ends (engine/record.py).
+
     Raises:
         Cancelled: stopped while the data downloaded (nothing was kept).
     """
     started = time.perf_counter()
     stop = stop or threading.Event()
+    device = pick_device(cfg.device)
+    record = RunRecord.begin(cfg)  # from here the run leaves a trace, however it ends
+    with record.closed_on_failure():
+        yield from _run(cfg, stop, on_download, weights_at, device, record, started)
+
+
+def _run(
+    cfg: RunConfig,
+    stop: StopFlag,
+    on_download: ProgressCallback | None,
+    weights_at: str | None,
+    device: torch.device,
+    record: RunRecord,
+    started: float,
+) -> Iterator[RunEvent]:
     recorder = RunRecorder()
 
     def emit(event: RunEvent) -> RunEvent:
         recorder.record(event)
         return event
 
-    device = pick_device(cfg.device)
     # A folder prepared otherwise than this run asks is prepared again into the run's own folder, never over it.
     cache = Path(cfg.out_dir) / DATA_DIR if is_prepared_folder(cfg.data) else cfg.data_cache
     data = prepare(
@@ -95,8 +107,14 @@ def fine_tune(
     if not stop.is_set():  # cut short by Stop, its accuracies would cover too few batches to mean anything
         yield emit(baseline)
 
+    out = Path(cfg.out_dir)
+    adapter_dir = out / ADAPTER_DIR
+    adapter_config = AdapterConfig(cfg.model, model.cfg, cfg.lora, cfg.train.pooling, cfg.train.padding, loaders.max_length, labels)
     draws.before_training()
     for event in train(model, loaders, cfg.train, device, stop, loss_mean):
+        if isinstance(event, LossEvaluated):  # each estimate's losses are finite (train raises otherwise): a checkpoint a killed run keeps
+            progress = recorder.progress()
+            record.checkpoint(lambda: save_adapter(model, adapter_dir, adapter_config), progress.step, **record_fields(cfg, progress, str(device)))
         yield emit(event)
 
     if not recorder.progress().stopped:
@@ -108,14 +126,13 @@ def fine_tune(
         if not stop.is_set():  # stopped mid-evaluation: partial figures would mislead, so none are kept
             yield emit(FinalEvaluated(final, scores))
 
-    out = Path(cfg.out_dir)
-    adapter_dir = out / "adapter"
-    save_adapter(model, adapter_dir, AdapterConfig(cfg.model, model.cfg, cfg.lora, cfg.train.pooling, cfg.train.padding, loaders.max_length, labels))
+    save_adapter(model, adapter_dir, adapter_config)
     progress = recorder.progress()
+    record.adapter_saved(progress.step)
     plot = save_loss_plot(progress.estimates, out / PLOT_FILE) if progress.estimates else None
     stopped = progress.final is None
-    record = write_record(out / RECORD_FILE, cfg, progress, stopped, str(device), time.perf_counter() - started)
-    yield RunSaved(out, adapter_dir, record, plot, stopped)
+    path = record.finish(record_fields(cfg, progress, str(device), time.perf_counter() - started), stopped)
+    yield RunSaved(out, adapter_dir, path, plot, stopped)
 
 
 def stoppable(on_download: ProgressCallback | None, stop: StopFlag) -> ProgressCallback:
@@ -130,16 +147,15 @@ def stoppable(on_download: ProgressCallback | None, stop: StopFlag) -> ProgressC
     return report
 
 
-def write_record(path: Path, cfg: RunConfig, progress: RunProgress, stopped: bool, device: str, seconds: float) -> Path:
-    """The run record: config, data, curves, metrics and timings, as JSON."""
-    record = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+def record_fields(cfg: RunConfig, progress: RunProgress, device: str, seconds: float | None = None) -> dict[str, Any]:
+    """What the run record says of the run so far: config, data, curves, metrics and timings."""
+    return {
         "config": asdict(cfg),
         "data": progress.data.to_dict() if progress.data else None,
         "device": device,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "stopped": stopped,
+        "stopped": progress.final is None,
         "trainable": progress.trainable,
         "steps": progress.step,
         "examples_seen": progress.examples_seen,
@@ -149,7 +165,5 @@ def write_record(path: Path, cfg: RunConfig, progress: RunProgress, stopped: boo
         "epochs": [asdict(e) for e in progress.epoch_accuracies],
         "final": {name: asdict(m) for name, m in progress.final.items()} if progress.final else None,
         "scores": {name: asdict(s) for name, s in progress.scores.items()},
-        "timings": {"train_seconds": round(progress.train_seconds, 2), "total_seconds": round(seconds, 2)},
+        "timings": {"train_seconds": round(progress.train_seconds, 2), "total_seconds": round(seconds, 2) if seconds is not None else None},
     }
-    write_text_atomic(path, strict_json.dumps(record, indent=2, default=str) + "\n")
-    return path

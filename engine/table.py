@@ -1,6 +1,6 @@
 """Your own data: a CSV or TSV file with a header row naming a text column and a label column.
 
-Any label names work, two classes or more; they become the classifier's classes in sorted order.
+Any label names work, from two classes to MAX_CLASSES; they become the classifier's classes in sorted order.
 """
 
 import csv
@@ -8,6 +8,7 @@ import io
 
 import pandas as pd
 
+from engine.config import MAX_CLASSES
 from engine.errors import DataError
 
 TEXT_COLUMNS = ("text", "message", "sms", "content", "v2")
@@ -29,7 +30,7 @@ def parse_table(text: str, origin: str) -> pd.DataFrame:
     """Rows of (Label, Text) from a headered CSV/TSV; labels are stripped, texts kept as written.
 
     Raises:
-        DataError: no usable header, a short row, an empty text or label (the line is named).
+        DataError: no usable header, a short row, an empty text or label, more than MAX_CLASSES labels (the line is named).
     """
     first_line = text.split("\n", 1)[0].removesuffix("\r")
     columns = header_columns(first_line)
@@ -44,6 +45,7 @@ def parse_table(text: str, origin: str) -> pd.DataFrame:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
     next(reader)
     labels, texts = [], []
+    seen: set[str] = set()
     try:
         for row in reader:
             if not row or not "".join(row).strip():
@@ -53,6 +55,13 @@ def parse_table(text: str, origin: str) -> pd.DataFrame:
             label, message = row[label_column].strip(), row[text_column]
             if not label or not message.strip():
                 raise DataError(f"{origin}, line {reader.line_num}: empty {'label' if not label else 'text'}: fill it in or delete the line")
+            if label not in seen:
+                seen.add(label)
+                if len(seen) > MAX_CLASSES:  # stop at once: a column of free text would make thousands
+                    raise DataError(
+                        f"{origin}, line {reader.line_num}: more than {MAX_CLASSES} different labels (this one is {label[:40]!r}); LoRA Lab "
+                        f"trains at most {MAX_CLASSES} classes: check that the label column holds class names, or merge rare classes"
+                    )
             labels.append(label)
             texts.append(message)
     except csv.Error as error:

@@ -4,10 +4,12 @@ Every `eval_freq` optimiser steps (counting from the first, step 0) the train an
 loss are estimated on `eval_iter` batches; after each epoch, train and validation accuracy on
 `eval_iter` batches. With `live_metrics`, each loss estimate also scores the full validation set
 (confusion matrix, precision/recall/F1) in the same pass that gives the validation loss. A stop
-event is checked before every step and between the batches of that full pass.
+event is checked before every step and between the batches of that full pass. A loss that is not
+finite (a batch's, before its optimiser step, or an estimate's) ends the run with TrainingDiverged.
 """
 
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.config import TrainConfig
+from engine.errors import TrainingDiverged
 from engine.evaluate import LossMean, Metrics, batch_loss, evaluate, evaluate_whole_and_first
 from engine.loaders import Loaders
 from engine.model import GPT
@@ -120,24 +123,26 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, cfg.bf16_autocast):
                 loss = batch_loss(model, batch, cfg.pooling)
+            batch_loss_value = _finite(loss.item(), "training batch", step + 1, cfg)  # before the step: the weights stay finite
             loss.backward()
             optimizer.step()
             step += 1
             examples_seen += batch.labels.numel()
             elapsed = time.perf_counter() - start
-            yield StepDone(step, total, epoch, examples_seen, loss.item(), elapsed, elapsed / step * (total - step))
+            yield StepDone(step, total, epoch, examples_seen, batch_loss_value, elapsed, elapsed / step * (total - step))
             if (step - 1) % cfg.eval_freq == 0:
                 progress = (epoch - 1) + _position_in_epoch(step, steps_per_epoch)
-                train_loss = estimate(loaders.train).loss
+                train_loss = _finite(estimate(loaders.train).loss, "estimated training", step, cfg)
                 if not cfg.live_metrics:
-                    yield LossEvaluated(step - 1, progress, examples_seen, train_loss, estimate(loaders.validation).loss)
+                    validation_loss = _finite(estimate(loaders.validation).loss, "validation", step, cfg)
+                    yield LossEvaluated(step - 1, progress, examples_seen, train_loss, validation_loss)
                 else:
                     # The full pass checks Stop between batches (it is several times longer than an estimate).
                     whole, first = evaluate_whole_and_first(
                         model, loaders.validation, device, cfg.pooling, cfg.eval_iter, stop.is_set if stop else None, loss_mean
                     )
                     if stop is None or not stop.is_set():  # cut short by Stop, its figures would cover part of the set
-                        yield LossEvaluated(step - 1, progress, examples_seen, train_loss, first.loss)
+                        yield LossEvaluated(step - 1, progress, examples_seen, train_loss, _finite(first.loss, "validation", step, cfg))
                         yield ValidationEvaluated(step - 1, progress, examples_seen, whole)
             if step >= total:
                 break
@@ -155,6 +160,16 @@ def train(
             break
     model.eval()
     yield TrainEnded(stopped, step, examples_seen, time.perf_counter() - start)
+
+
+def _finite(loss: float, which: str, step: int, cfg: TrainConfig) -> float:
+    """`loss` if it is a number; a NaN or infinite loss ends the run (no later step could recover)."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"the {which} loss became {loss} at step {step}: training diverged, most likely because the learning rate "
+            f"({cfg.lr:g}) is too high; train again with a lower one"
+        )
+    return loss
 
 
 def _position_in_epoch(step: int, steps_per_epoch: int) -> float:

@@ -53,8 +53,10 @@ def adapter_dir(trained_run: tuple[Any, list]) -> Path:
 
 @pytest.fixture
 def trained_lab(lab: Lab, adapter_dir: Path) -> Lab:
-    """A lab whose runs folder holds a trained adapter: Classify works without training first."""
-    shutil.copytree(adapter_dir, lab.settings.out / "20250101-000000" / "adapter")
+    """A lab whose runs folder holds a finished run: Classify works without training first."""
+    run = lab.settings.out / "20250101-000000"
+    shutil.copytree(adapter_dir, run / "adapter")
+    shutil.copyfile(adapter_dir.parent / "run.json", run / "run.json")  # only a complete run's adapter is used by default
     return lab
 
 
@@ -150,8 +152,9 @@ def test_a_batch_with_bad_lines_answers_the_good_ones(trained_lab: Lab, adapter_
         ({"alpha": -16.0}, "alpha must be a finite number above 0"),
         ({"alpha": float("nan")}, "alpha must be a finite number above 0, got nan"),
         ({"alpha": float("inf")}, "alpha must be a finite number above 0, got inf"),
-        ({"lr": 0.0}, "learning rate must be a finite number above 0"),
-        ({"lr": -1e-3}, "learning rate must be a finite number above 0"),
+        ({"lr": 0.0}, "learning rate must be from 1e-7 to 0.1, got 0"),
+        ({"lr": -1e-3}, "learning rate must be from 1e-7 to 0.1, got -0.001"),
+        ({"lr": 1e30}, "learning rate must be from 1e-7 to 0.1, got 1e\\+30"),
         ({"epochs": 0.0}, "epochs must be a whole number of at least 1"),
         ({"epochs": 1.5}, "epochs must be a whole number of at least 1"),
         ({"batch_size": 2000.0}, "batch size 2000 is larger than the 1045 training messages: choose at most 1045"),
@@ -296,8 +299,9 @@ BAD_ADAPTERS = {
     "truncated": ("adapter.safetensors", lambda a, t: (a / "adapter.safetensors").read_bytes()[:5000], "is not a readable safetensors file"),
     "pickle-pth": ("adapter.pth", lambda a, t: pickled_trap(t), "is a pickle file and is never loaded"),
     "pickle-bin": ("adapter.bin", lambda a, t: pickled_trap(t), "is a pickle file and is never loaded"),
-    "another-base-size": ("adapter.safetensors", lambda a, t: rewritten_adapter(a, wider_base), r"trained on .*width 64.*the loaded model is .*width 32"),
-    "another-rank": ("adapter.safetensors", lambda a, t: rewritten_adapter(a, other_rank), "has shape .* expected .*trained with other settings"),
+    # A config that does not match its own tensors is refused from the file's header, before any model is built.
+    "config-says-another-base-size": ("adapter.safetensors", lambda a, t: rewritten_adapter(a, wider_base), r"does not fit rank 16, width 64 and 2 classes"),
+    "config-says-another-rank": ("adapter.safetensors", lambda a, t: rewritten_adapter(a, other_rank), r"does not fit rank 8, width 32 .*other settings"),
     "unknown-fields": ("adapter.safetensors", lambda a, t: rewritten_adapter(a, lambda c, _: c.update(surprise=1)), r"unknown fields \['surprise'\]"),
     "newer-format": ("adapter.safetensors", lambda a, t: rewritten_adapter(a, lambda c, _: c.update(format_version=99)), "newer than this LoRA Lab"),
     "base-not-offered": (
@@ -466,7 +470,7 @@ def test_bad_input_through_gradio_client(served: RunningApp, settings: AppSettin
     assert fine_tuned["label"] in ("ham", "spam") and "cut to the model's length limit" in details
     with pytest.raises(Exception, match="Value 0 is less than minimum value 1"):  # the slider's own check
         client.predict(model=settings.model, rank=0, api_name="/start")
-    with pytest.raises(Exception, match="learning rate must be a finite number above 0"):
+    with pytest.raises(Exception, match="learning rate must be from 1e-7 to 0.1"):
         client.predict(model=settings.model, lr=0, api_name="/start")
     with pytest.raises(Exception, match="rank 40 is larger than the input width"):
         client.predict(model=settings.model, rank=40, api_name="/start")

@@ -14,7 +14,7 @@ import pandas as pd
 
 from engine.batch import classify_file
 from engine.explain import TokenScore, WordInfluence, spam_index, token_scores, word_influence
-from ui.guards import engine_errors_as_toasts, message_problem, uploaded_file, uploaded_path
+from ui.guards import deleted_if_refused, engine_errors_as_toasts, message_problem, uploaded_file, uploaded_path
 from ui.lab import Lab
 from ui.views import HAM_RGB, SPAM_RGB
 
@@ -149,7 +149,7 @@ class ClassifyTab:
         destination = Path(tempfile.mkdtemp(prefix="lora-lab-predictions-")) / f"{source.stem}-predictions.csv"
         with self.lab.classify_lock:
             _, classifier = self.lab.classifier_for(adapter_file)
-            with engine_errors_as_toasts(str(classifier.device), "classifying the file"):
+            with deleted_if_refused(source), engine_errors_as_toasts(str(classifier.device), "classifying the file"):
                 table = classify_file(classifier, source, destination)
         return str(destination), table.head(20)
 

@@ -8,19 +8,33 @@ from engine.data import DataSummary, PreparedData, load_summary, prepare
 from engine.download import DownloadProgress
 from engine.errors import Cancelled, LoRALabError
 from engine.tokenizer import encode
-from ui.guards import uploaded_file, uploaded_path, user_error
+from ui.guards import discard_upload, uploaded_file, uploaded_path, user_error
 from ui.lab import Lab
 
 PREVIEW_PER_CLASS = 3
+# The histogram draws one series (and legend entry) per class up to this many classes; with more,
+# the largest classes one by one and the rest as one series, so its cost does not grow with them.
+MAX_HISTOGRAM_SERIES = 6
+MAX_COUNTED_CLASSES = 10  # the counts table's rows per class, likewise
 DataViews = tuple[str, pd.DataFrame | None, pd.DataFrame | None, Figure | None]  # status, counts, preview, histogram
+
+
+def grouped(counts: list[tuple[str, int]], most: int) -> list[tuple[str, list[str]]]:
+    """(shown name, classes) per row or series: every class when there are at most `most`, else the
+    `most - 1` largest and one "N other classes"."""
+    if len(counts) <= most:
+        return [(name, [name]) for name, _ in counts]
+    ranked = [name for name, _ in sorted(counts, key=lambda item: -item[1])]
+    rest = ranked[most - 1 :]
+    return [(name, [name]) for name in ranked[: most - 1]] + [(f"{len(rest)} other classes", rest)]
 
 
 def counts_frame(prepared: PreparedData) -> pd.DataFrame:
     s = prepared.summary
-    per_class = list(s.class_counts.items()) or [("ham", s.ham), ("spam", s.spam)]  # your own data: its own labels
+    per_class = dict(s.class_counts) or {"ham": s.ham, "spam": s.spam}  # your own data: its own labels
     rows = [
         ("messages", s.messages),
-        *per_class,
+        *[(name, sum(per_class[c] for c in classes)) for name, classes in grouped(list(per_class.items()), MAX_COUNTED_CLASSES)],
         ("balanced", s.balanced),
         ("train", s.train),
         ("validation", s.validation),
@@ -39,12 +53,14 @@ def token_histogram(prepared: PreparedData) -> Figure:
     """Token counts of every balanced message by class, with the book's padding length marked."""
     figure = Figure(figsize=(7, 3.6), layout="tight")  # no pyplot: no global state shared between sessions
     axis = figure.subplots()
-    frames = [part for _, part in prepared.splits.items()]
-    everything = pd.concat(frames)
+    everything = pd.concat([part for _, part in prepared.splits.items()])
     labels = prepared.splits.labels
-    lengths = [[len(encode(text)) for text in everything[everything["Label"] == index]["Text"]] for index in range(len(labels))]
+    lengths: dict[str, list[int]] = {name: [] for name in labels}
+    for index, text in zip(everything["Label"], everything["Text"], strict=True):  # one pass, whatever the number of classes
+        lengths[labels[index]].append(len(encode(text)))
+    series = grouped([(name, len(values)) for name, values in lengths.items()], MAX_HISTOGRAM_SERIES)
     colors = ["#1f77b4", "#d62728"] if len(labels) == 2 else None
-    axis.hist(lengths, bins=40, stacked=True, label=list(labels), color=colors)
+    axis.hist([[n for c in classes for n in lengths[c]] for _, classes in series], bins=40, stacked=True, label=[name for name, _ in series], color=colors)
     cutoff = prepared.summary.longest_train_tokens
     axis.axvline(cutoff, color="black", linestyle="--", label=f"padding cut-off (book): {cutoff} tokens")
     axis.set_title("Tokens per message; the book pads every message to the longest training one", fontsize=10)
@@ -145,6 +161,8 @@ class DataTab:
             prepared = prepare(str(source), self.lab.settings.cache, deduplicate=bool(deduplicate))
         except LoRALabError as error:
             raise user_error(error) from None
+        finally:
+            discard_upload(source)  # read once: refused, or its messages are in the data cache now
         self.lab.prepared = prepared
         return data_outputs(prepared, f"Data ready from the uploaded file {source.name}")
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from engine.evaluate import Scores, at_threshold, mistakes, roc_curve
 from engine.history import RunSummary, all_runs
-from engine.run import RECORD_FILE
+from engine.record import RECORD_FILE
 from ui.lab import Lab
 from ui.views import confusion_html
 

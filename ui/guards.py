@@ -1,8 +1,9 @@
 """What a visitor can reach and send, checked before LoRA Lab acts on it.
 
 Uploads are read only from Gradio's own temporary copies (a typed path or a URL never reaches the
-file system or the network), messages must hold visible text, out-of-memory failures become advice,
-engine errors become toasts, and the command line warns when the app is reachable by others.
+file system or the network) and a refused one is deleted at once, messages must hold visible text,
+out-of-memory failures become advice, engine errors become toasts, and the command line warns when
+the app is reachable by others. (ui.http_guard fences what reaches Gradio's routes themselves.)
 """
 
 import argparse
@@ -87,9 +88,32 @@ def uploaded_path(path: str | None, what: str) -> Path:
     if not path:
         raise gr.Error(f"choose {what} first")
     resolved = Path(path).resolve()
-    if not resolved.is_relative_to(upload_folder()) or not resolved.is_file():
+    if not resolved.is_relative_to(upload_folder()) or resolved.is_dir():
         raise gr.Error(f"only files uploaded through this page are read: upload {what}")
+    if not resolved.is_file():
+        raise gr.Error(f"the uploaded file is no longer on the server (uploads are deleted after an hour, refused ones at once): upload {what} again")
     return resolved
+
+
+@contextlib.contextmanager
+def deleted_if_refused(upload: Path) -> Iterator[None]:
+    """Inside: if reading the uploaded file fails (any refusal), delete it; nothing refused is kept."""
+    try:
+        yield
+    except BaseException:
+        discard_upload(upload)
+        raise
+
+
+def discard_upload(upload: Path) -> None:
+    """Delete an uploaded file (only ever one in Gradio's upload folder), and the folder Gradio made for it once empty."""
+    upload = Path(upload).resolve()
+    if not upload.is_relative_to(upload_folder()) or upload == upload_folder():
+        return
+    with contextlib.suppress(OSError):
+        upload.unlink(missing_ok=True)
+        if upload.parent != upload_folder():
+            upload.parent.rmdir()
 
 
 def message_problem(message: object, number: int | None = None) -> str | None:

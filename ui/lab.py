@@ -5,6 +5,7 @@ data prepared last, and the last loaded classifier (with the lock that Classify'
 and the checks several tabs make.
 """
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -14,8 +15,9 @@ from engine.adapter import read_adapter
 from engine.classifier import Classifier
 from engine.data import PreparedData, load_summary
 from engine.device import pick_device
+from engine.history import latest_adapter, settle_runs
 from engine.scheduler import RunView, Scheduler, workers_for
-from ui.guards import engine_errors_as_toasts, uploaded_path
+from ui.guards import deleted_if_refused, engine_errors_as_toasts, uploaded_path
 from ui.settings import AppSettings
 
 
@@ -31,6 +33,7 @@ class Lab:
         # compare_with_base's switching LoRA off and on should anyone raise that limit.
         self.classify_lock = threading.Lock()
         self._classifier: tuple[tuple[str, int, str], Classifier] | None = None  # (path, mtime, device) -> loaded
+        settle_runs(settings.out)  # runs an earlier app left "running" when it was killed read as interrupted
 
     def close(self, timeout: float = 60.0) -> None:
         """Stop the running runs (each saves as stopped); queued runs stay queued for the next start."""
@@ -64,9 +67,9 @@ class Lab:
             raise gr.Error(f"batch size {batch_size} is larger than the {summary.train} training messages: choose at most {summary.train}", duration=None)
 
     def latest_adapter(self) -> Path | None:
-        """The newest adapter saved under the runs folder (by this app or an earlier one)."""
-        found = sorted(self.settings.out.glob("*/adapter/adapter.safetensors"), key=lambda p: p.stat().st_mtime)
-        return found[-1].parent if found else None
+        """The adapter of the newest complete run under the runs folder (by this app or an earlier one):
+        never one of a failed or interrupted run, nor one holding NaN."""
+        return latest_adapter(self.settings.out)
 
     def classifier_for(self, adapter_file: str | None) -> tuple[Path, Classifier]:
         """The adapter to use (an uploaded file, else the latest trained) and its loaded classifier; call under `classify_lock`."""
@@ -81,7 +84,8 @@ class Lab:
         key = (str(tensors.resolve()), tensors.stat().st_mtime_ns if tensors.exists() else 0, str(device))
         if self._classifier is None or self._classifier[0] != key:
             self._classifier = None  # free the previous model before loading the next
-            with engine_errors_as_toasts(str(device), "loading the classifier"):
+            refused_upload_deleted = deleted_if_refused(adapter) if adapter_file else contextlib.nullcontext()
+            with refused_upload_deleted, engine_errors_as_toasts(str(device), "loading the classifier"):
                 # The adapter names its base model; only a model this app offers is loaded (an uploaded
                 # adapter must not point the app at an arbitrary folder or download).
                 config, _ = read_adapter(adapter)

@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 from gradio.components import Component
 
-from engine.config import LORA_TARGETS, PADDINGS, POOLINGS, PRESETS, SCALINGS, RunConfig
+from engine.config import LORA_TARGETS, LR_RANGE, PADDINGS, POOLINGS, PRESETS, SCALINGS, RunConfig
 from engine.device import pick_device
 from engine.errors import LoRALabError
 from engine.memory import is_out_of_memory
@@ -143,7 +143,8 @@ def build_model_tab(model_tab: ModelTab, demo: gr.Blocks) -> ControlWidgets:
                     info="longest: every message to the longest training one (book); batch: per batch",
                 )
             with gr.Row():
-                lr = gr.Number(initial.lr, label="Learning rate", elem_id="lr")
+                # The range is said here and checked by the engine, whose message names the field (Gradio's own would not).
+                lr = gr.Number(initial.lr, label=f"Learning rate ({LR_RANGE})", elem_id="lr")
                 epochs = gr.Number(initial.epochs, label="Epochs", precision=0, minimum=1, elem_id="epochs")
                 batch_size = gr.Number(initial.batch_size, label="Batch size", precision=0, minimum=1, elem_id="batch-size")
                 max_steps = gr.Number(initial.max_steps, label="Stop after steps (0: all)", precision=0, minimum=0, elem_id="max-steps")

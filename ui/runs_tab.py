@@ -73,7 +73,7 @@ def history_frame(runs: Sequence[tuple[str, RunSummary]]) -> pd.DataFrame | None
         {
             "test acc. (%)": percent(run.test_accuracy),
             "validation acc. (%)": percent(run.validation_accuracy),
-            "stopped": "yes" if run.stopped else "",
+            "state": run.state,  # done, stopped, failed, interrupted (killed), or running
             "run": name,
             "created": run.created.replace("T", " ").split("+")[0],
             "model": Path(run.model).name,

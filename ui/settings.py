@@ -9,6 +9,12 @@ from engine.data import SOURCES
 # Gradio refuses bigger uploads. The largest adapter the controls can make (gpt2-xl, rank 64, every
 # layer) is 354 MB; the data files are held to the engine's own, smaller limit.
 MAX_UPLOAD_MB = 400
+# The uploads kept at once (all visitors together): a new upload that would pass this is refused.
+# Uploads are deleted UPLOAD_LIFETIME_S after they arrive (checked every UPLOAD_SWEEP_S), refused
+# ones at once, and all of them when the app stops.
+UPLOAD_SPACE_MB = 1000
+UPLOAD_LIFETIME_S = 3600
+UPLOAD_SWEEP_S = 300
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,7 @@ class AppSettings:
     max_upload_mb: int = MAX_UPLOAD_MB  # Gradio refuses larger uploads
     workers: int | None = None  # runs at once; None: one per CUDA GPU, otherwise one (on Ray: see RayWorkers)
     ray: str | None = None  # a Ray cluster's address (or "auto") to run on instead of this machine
+    upload_space_mb: int = UPLOAD_SPACE_MB  # the uploads kept at once, all visitors together
 
     @property
     def models(self) -> tuple[str, ...]:

@@ -1,0 +1,240 @@
+"""Hostile data: zip bombs (uploads, downloads, the CLI), thousands of labels (data and adapters), and
+Stop during a download that trickles; each refused cheaply, with a message."""
+
+import json
+import threading
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from app_fixtures import upload_bytes
+from conftest import sms_zip_bytes
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import engine.adapter
+import engine.classifier
+from engine.adapter import read_adapter
+from engine.classifier import Classifier
+from engine.cli import main as cli
+from engine.config import MAX_CLASSES
+from engine.data import MAX_UNPACKED_BYTES, MEMBER, prepare, read_source_file, validate_zip
+from engine.download import download_first_valid
+from engine.errors import AdapterError, Cancelled, DataError, DownloadError
+from ui.data_tab import MAX_HISTOGRAM_SERIES, DataTab, counts_frame, token_histogram
+from ui.lab import Lab
+
+MB = 1024 * 1024
+
+
+def zip_bomb(path: Path, unpacked_bytes: int, block: bytes = b"\0" * MB) -> Path:
+    """A real zip bomb: an SMSSpamCollection member inflating to `unpacked_bytes` (written a block at a time)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive, archive.open(MEMBER, "w", force_zip64=True) as member:
+        for _ in range(unpacked_bytes // len(block)):
+            member.write(block)
+    return path
+
+
+def understating(bomb: Path, claimed: int) -> Path:
+    """The same bomb with its central directory claiming the member holds `claimed` bytes (a lying header)."""
+    raw = bytearray(bomb.read_bytes())
+    central = raw.rindex(b"PK\x01\x02")
+    raw[central + 24 : central + 28] = claimed.to_bytes(4, "little")  # the uncompressed size zipfile believes
+    lying = bomb.with_name("lying-" + bomb.name)
+    lying.write_bytes(bytes(raw))
+    return lying
+
+
+@pytest.fixture(scope="module")
+def zero_bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    bomb = zip_bomb(tmp_path_factory.mktemp("bomb") / "sms.zip", 256 * MB)
+    assert bomb.stat().st_size < 300 * 1024  # about 1000:1
+    return bomb
+
+
+@pytest.fixture(scope="module")
+def line_bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Valid messages, over the limit: parsed whole, these would be ten million messages."""
+    return zip_bomb(tmp_path_factory.mktemp("bomb") / "lines.zip", 64 * MB, b"ham\tx\n" * (MB // 6))
+
+
+def peak_bytes(action) -> int:
+    tracemalloc.start()
+    try:
+        action()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("which", ["zero_bomb", "line_bomb"])
+def test_a_zip_bomb_is_refused_before_it_inflates(which: str, request: pytest.FixtureRequest) -> None:
+    bomb = request.getfixturevalue(which)
+
+    def read() -> None:
+        with pytest.raises(DataError, match=f"{bomb.name} unpacks to more than 50 MB, the limit for a message file"):
+            read_source_file(bomb)
+
+    assert peak_bytes(read) < 16 * MB  # the zip itself and little else: nothing was inflated
+
+
+def test_a_bomb_with_a_lying_header_inflates_no_further_than_the_limit(zero_bomb: Path) -> None:
+    lying = understating(zero_bomb, MAX_UNPACKED_BYTES)  # its header passes the check, yet it holds 256 MB
+
+    def read() -> None:
+        with pytest.raises(DataError, match="unpacks to more than 50 MB|is not a valid zip"):
+            read_source_file(lying)
+
+    assert peak_bytes(read) < MAX_UNPACKED_BYTES + 32 * MB
+
+
+def test_a_bomb_is_refused_as_a_download(zero_bomb: Path, http_server, tmp_path: Path) -> None:
+    http_server.routes["/sms.zip"] = (200, zero_bomb.read_bytes(), {})
+    with pytest.raises(DownloadError, match="sms.zip: the downloaded file unpacks to more than 50 MB"):
+        prepare(None, tmp_path, urls=[http_server.url("/sms.zip")])
+    assert list(tmp_path.iterdir()) == []  # nothing kept
+
+
+def test_a_bomb_is_refused_by_the_command_line(line_bomb: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["data", "--source", str(line_bomb), "--cache", str(tmp_path)]) == 2
+    assert "lines.zip unpacks to more than 50 MB, the limit for a message file" in capsys.readouterr().err
+
+
+def test_a_bomb_is_refused_as_an_upload_and_the_upload_deleted(lab: Lab, zero_bomb: Path) -> None:
+    import gradio as gr
+
+    upload = Path(upload_bytes(zero_bomb.read_bytes(), "sms.zip"))
+    with pytest.raises(gr.Error, match="unpacks to more than 50 MB"):
+        DataTab(lab).upload_data(str(upload))
+    assert not upload.exists()
+
+
+def test_the_real_zip_still_reads(sms_zip: Path) -> None:
+    validate_zip(sms_zip)
+    assert len(read_source_file(sms_zip)) == 5574
+
+
+# --- the number of classes ---------------------------------------------------------------------
+
+
+def labelled_csv(path: Path, classes: int, per_class: int = 3) -> Path:
+    rows = ["label,text"] + [f"class {c:05d},message {i} of class {c}" for i in range(per_class) for c in range(classes)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_thousands_of_labels_are_refused_at_the_first_label_too_many(tmp_path: Path) -> None:
+    source = labelled_csv(tmp_path / "labels.csv", 2000)
+    with pytest.raises(DataError, match=f"labels.csv, line {MAX_CLASSES + 2}: more than {MAX_CLASSES} different labels .*at most {MAX_CLASSES} classes"):
+        prepare(str(source), tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_data_tab_s_cost_does_not_grow_with_the_classes(tmp_path: Path) -> None:
+    prepared = prepare(str(labelled_csv(tmp_path / "many.csv", MAX_CLASSES, per_class=10)), tmp_path / "cache")
+    assert len(prepared.splits.labels) == MAX_CLASSES  # the most classes are accepted...
+    legend = token_histogram(prepared).axes[0].get_legend().get_texts()
+    assert len(legend) == MAX_HISTOGRAM_SERIES + 1  # ...and drawn as a few series (plus the cut-off line)
+    assert legend[MAX_HISTOGRAM_SERIES - 1].get_text() == f"{MAX_CLASSES - MAX_HISTOGRAM_SERIES + 1} other classes"
+    counts = counts_frame(prepared)
+    assert len(counts) < 20 and counts["messages"][0] == 10 * MAX_CLASSES
+
+
+def test_two_classes_keep_their_own_series(prepared_data: Path) -> None:
+    prepared = prepare(str(prepared_data))
+    assert [t.get_text() for t in token_histogram(prepared).axes[0].get_legend().get_texts()][:2] == ["ham", "spam"]
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(trained_run: tuple[object, list]) -> Path:
+    return trained_run[1][-1].adapter_dir
+
+
+def rewrite(adapter_dir: Path, target: Path, change) -> Path:
+    with safe_open(str(adapter_dir / "adapter.safetensors"), "pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        config = json.loads(handle.metadata()["lora_lab_config"])
+    change(config, tensors)
+    save_file(tensors, str(target), metadata={"lora_lab_config": json.dumps(config)})
+    return target
+
+
+def test_an_adapter_declaring_a_hundred_thousand_classes_is_refused_before_anything_is_built(
+    adapter_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[int] = []
+    real = engine.classifier.build_classifier
+    monkeypatch.setattr(engine.classifier, "build_classifier", lambda *a, **k: built.append(k.get("n_classes")) or real(*a, **k))
+    many = rewrite(adapter_dir, tmp_path / "adapter.safetensors", lambda c, t: c.update(labels=[f"c{i}" for i in range(100_000)]))
+    with pytest.raises(AdapterError, match=f"declares 100,000 classes; LoRA Lab handles at most {MAX_CLASSES}"):
+        Classifier.load(many, torch.device("cpu"))
+    assert built == []
+
+
+class CountingOpen:
+    """engine.adapter's safe_open, counting the tensors actually read."""
+
+    reads: list[str] = []
+
+    def __init__(self, *args: object) -> None:
+        self.handle = safe_open(*args)
+
+    def __enter__(self) -> "CountingOpen":
+        self.handle.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.__exit__(*exc)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.handle, name)
+
+    def get_tensor(self, key: str) -> torch.Tensor:
+        CountingOpen.reads.append(key)
+        return self.handle.get_tensor(key)
+
+
+def test_a_tensor_declared_larger_than_its_config_allows_is_refused_from_the_header(adapter_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def huge_head(config: dict, tensors: dict) -> None:
+        tensors["score.base_layer.weight"] = torch.zeros(200_000, 32)  # 25 MB of head for 2 classes
+
+    bloated = rewrite(adapter_dir, tmp_path / "adapter.safetensors", huge_head)
+    CountingOpen.reads = []
+    monkeypatch.setattr(engine.adapter, "safe_open", CountingOpen)
+    with pytest.raises(AdapterError, match=r"score.base_layer.weight is declared \[200000, 32\], which does not fit rank 16, width 32 and 2 classes"):
+        read_adapter(bloated)
+    assert CountingOpen.reads == []  # refused before a byte of tensor data was read
+    read_adapter(adapter_dir)
+    assert len(CountingOpen.reads) > 0  # (the proxy does see reads)
+
+
+# --- Stop during a download that trickles ------------------------------------------------------------
+
+
+def test_stop_acts_at_once_while_a_download_trickles(http_server, tmp_path: Path) -> None:
+    # 4 KiB a minute: a read waiting for a whole 64 KiB chunk, as before, would wait 16 minutes for it.
+    http_server.routes["/slow.zip"] = (200, sms_zip_bytes(), {})
+    http_server.trickle["/slow.zip"] = 60.0
+    stop, heard, outcome = threading.Event(), threading.Event(), []
+
+    def on_progress(progress: object) -> None:
+        heard.set()
+        if stop.is_set():
+            raise Cancelled("stopped")
+
+    def download() -> None:
+        try:
+            download_first_valid([http_server.url("/slow.zip")], tmp_path / "sms.zip", validate_zip, on_progress)
+        except Cancelled:
+            outcome.append("stopped")
+
+    thread = threading.Thread(target=download, daemon=True)
+    thread.start()
+    assert heard.wait(30)  # the download reports even before a chunk has arrived...
+    stop.set()
+    thread.join(30)  # ...so Stop ends it long before the server sends its second 4 KiB
+    assert outcome == ["stopped"] and not thread.is_alive()
+    assert list(tmp_path.iterdir()) == []  # the partial file is gone
