@@ -68,14 +68,14 @@ def served(tiny_model_dir: Path, tmp_path: Path, http_server) -> Iterator[Runnin
 
 
 @contextlib.contextmanager
-def app_page(browser: "sync_api.Browser", url: str) -> Iterator["sync_api.Page"]:
-    """A page showing the mounted app; on close, fail if it requested anything outside 127.0.0.1."""
+def app_page(browser: "sync_api.Browser", url: str, ready: str = "Download the SMS Spam Collection") -> Iterator["sync_api.Page"]:
+    """A page showing the mounted app (its `ready` button is there); on close, fail if it requested anything outside 127.0.0.1."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     opened = context.new_page()
     external: list[str] = []
     opened.on("request", lambda request: None if is_local(request.url) else external.append(request.url))
     opened.goto(url)
-    opened.get_by_role("button", name="Download the SMS Spam Collection").wait_for()  # mounted, not just loaded
+    opened.get_by_role("button", name=ready).wait_for()  # mounted, not just loaded
     yield opened
     context.close()
     assert external == [], f"the page requested something outside 127.0.0.1: {external}"
@@ -214,7 +214,7 @@ def test_demo_in_a_real_browser(page: "sync_api.Page", served: RunningApp, http_
     expect(page.locator("#baseline")).to_contain_text("validation")
     expect(page.locator("#book-plot img")).to_be_visible(timeout=10_000)
     expect(page.locator("#live-confusion")).to_contain_text("after step 21")  # estimates after steps 1, 11 and 21
-    expect(page.locator("#live-scores path[aria-roledescription='line mark']")).to_have_count(4)
+    expect(page.locator("#live-scores path[aria-roledescription='point']")).to_have_count(12)  # 4 scores at 3 estimates
     for name in ("adapter.safetensors", "run.json"):
         expect(page.locator(f"#run-files a[href$='/{name}']")).to_have_count(1)
     screenshot(page, "train")

@@ -86,7 +86,7 @@ def test_your_own_csv_trains_and_its_labels_reach_classify_and_evaluate(page: "s
     for name in TOPICS:
         expect(live).to_contain_text(f"true {name}")
     expect(live).to_contain_text("macro-averaged")
-    expect(page.locator("#live-scores path[aria-roledescription='line mark']")).to_have_count(4, timeout=20_000)
+    expect(page.locator("#live-scores path[aria-roledescription='point']")).to_have_count(12, timeout=20_000)  # 4 scores at steps 1, 3, 5
     assert served.lab.job.snapshot().class_names == tuple(TOPICS)
 
     # Classify: the answer is one of the file's labels, with every class's probability

@@ -4,6 +4,7 @@ The job belongs to the app, not to a page: a 1 s timer polls it, so a reloaded p
 visitor re-attaches to the same run, and anyone can stop it.
 """
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ POLL_SECONDS = 1.0
 MAX_BATCH_POINTS = 400  # each poll re-sends the whole plot frame: thin the per-step series of long runs
 LOSS_COLORS = {"training batch": "#c7c7c7", "train": "#1f77b4", "validation": "#ff7f0e"}
 SPLIT_NAMES = {"batch": "training batch", "train": "train", "validation": "validation"}
+SCORE_COLORS = {"accuracy": "#1f77b4", "precision": "#ff7f0e", "recall": "#d62728", "F1": "#2ca02c"}
+ACCURACY_COLORS = {"train": "#1f77b4", "validation": "#ff7f0e"}
+BEFORE_TRAINING = "before training"
+MAX_EPOCH_LABELS = 100  # the accuracy plot's categories in order (before training, epoch 1, ...); later ones follow
 
 
 @dataclass(frozen=True)
@@ -45,18 +50,28 @@ class TrainingView:
 
 
 def loss_frame(rows: Sequence[LossRow]) -> pd.DataFrame | None:
+    """The loss plots' frame: every training batch (thinned in long runs) and the estimates.
+
+    A Gradio plot takes its colours and legend from the series of the first frame it draws, then
+    updates the data in place: a series missing from that frame is never drawn. The estimates come
+    after the first batch, so every frame names all three series from the start, a series without a
+    point yet by one row without a loss, which draws nothing.
+    """
     if not rows:
         return None
     batch = [r for r in rows if r.split == "batch"]
     stride = max(1, -(-len(batch) // MAX_BATCH_POINTS))
     kept = set(batch[::stride] + batch[-1:])
     shown = [r for r in rows if r.split != "batch" or r in kept]
+    present = {r.split for r in shown}
+    missing = [LossRow(rows[0].step, rows[0].examples_seen, math.nan, split) for split in SPLIT_NAMES if split not in present]
+    ordered = sorted([*shown, *missing], key=lambda r: list(SPLIT_NAMES).index(r.split))  # the legend's order
     return pd.DataFrame(
         {
-            "step": [r.step for r in shown],
-            "examples seen": [r.examples_seen for r in shown],
-            "loss": [r.loss for r in shown],
-            "split": [SPLIT_NAMES[r.split] for r in shown],
+            "step": [r.step for r in ordered],
+            "examples seen": [r.examples_seen for r in ordered],
+            "loss": [r.loss for r in ordered],
+            "split": [SPLIT_NAMES[r.split] for r in ordered],
         }
     )
 
@@ -96,8 +111,8 @@ def accuracy_frames(snapshot: JobSnapshot) -> tuple[pd.DataFrame | None, pd.Data
     if snapshot.accuracies:
         accuracy = pd.DataFrame(
             {
-                "epoch": [r.epoch for r in snapshot.accuracies],
-                "accuracy (%)": [100 * r.accuracy for r in snapshot.accuracies],
+                "epoch": [epoch_label(r.epoch) for r in snapshot.accuracies],
+                "accuracy (%)": [round(100 * r.accuracy, 2) for r in snapshot.accuracies],
                 "split": [r.split for r in snapshot.accuracies],
             }
         )
@@ -121,12 +136,27 @@ def accuracy_frames(snapshot: JobSnapshot) -> tuple[pd.DataFrame | None, pd.Data
                     "recall": round(m.recall, 3),
                     "F1": round(m.f1, 3),
                     "loss": round(m.loss, 4),
-                    "messages": m.count,
+                    "messages": messages_scored(snapshot, name, m.count),
                 }
                 for name, m in snapshot.final.items()
-            ]
+            ],
+            columns=FINAL_COLUMNS,
         )
     return accuracy, baseline, final
+
+
+def epoch_label(epoch: int) -> str:
+    return BEFORE_TRAINING if epoch == 0 else f"epoch {epoch}"
+
+
+def messages_scored(snapshot: JobSnapshot, split: str, count: int) -> str:
+    """How many messages a final figure covers; for train, why that is fewer than the Data tab's count."""
+    size = getattr(snapshot.data, split, None) if snapshot.data is not None else None
+    if split != "train" or size is None or count >= size:
+        return f"{count:,}"
+    batch = snapshot.config.train.batch_size if snapshot.config else None
+    batches = f" of {batch}" if batch else ""
+    return f"{count:,} of {size:,} (as in the book, the last {size - count} fill no batch{batches} and are dropped)"
 
 
 def training_view(snapshot: JobSnapshot) -> TrainingView:
@@ -141,6 +171,10 @@ def training_view(snapshot: JobSnapshot) -> TrainingView:
         str(saved.plot) if saved and saved.plot else None,
         files,
     )
+
+
+FINAL_COLUMNS = ["split", "accuracy (%)", "precision", "recall", "F1", "loss", "messages"]
+BASELINE_COLUMNS = ["split", "accuracy before training (%)"]
 
 
 def progress_html(snapshot: JobSnapshot) -> str:
@@ -218,6 +252,42 @@ class TrainTab:
         return "stopping after the current step..."
 
 
+def loss_plot(x: str, title: str, elem_id: str) -> gr.LinePlot:
+    """A loss plot: each training batch in grey, the train and validation estimates in colour."""
+    return gr.LinePlot(x=x, y="loss", color="split", color_map=LOSS_COLORS, title=title, height=280, elem_id=elem_id)
+
+
+def scores_plot() -> gr.ScatterPlot:
+    """The full validation set's scores at each estimate: points, so the first estimate shows at once."""
+    return gr.ScatterPlot(
+        x="step",
+        y="score (%)",
+        color="metric",
+        color_map=SCORE_COLORS,
+        title="Full validation set at each estimate",
+        x_lim=[0, None],
+        y_lim=[0, 100],
+        height=240,
+        elem_id="live-scores",
+    )
+
+
+def accuracy_plot() -> gr.ScatterPlot:
+    """Accuracy before training and after each epoch: one point per split and epoch."""
+    return gr.ScatterPlot(
+        x="epoch",
+        y="accuracy (%)",
+        color="split",
+        color_map=ACCURACY_COLORS,
+        sort=[BEFORE_TRAINING] + [epoch_label(e) for e in range(1, MAX_EPOCH_LABELS)],
+        title="Accuracy on 5 batches, before training and after each epoch",
+        x_title="",
+        y_lim=[0, 100],
+        height=240,
+        elem_id="accuracy",
+    )
+
+
 def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) -> gr.Timer:
     """The Train tab, wired to start a run of `controls`; returns the timer that ticks while a run goes."""
     with gr.Tab("Train"):
@@ -227,27 +297,17 @@ def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) 
         train_status = gr.Textbox(label="Status", interactive=False, elem_id="train-status")
         progress = gr.HTML(elem_id="train-progress")
         with gr.Row():
-            loss_steps = gr.LinePlot(x="step", y="loss", color="split", color_map=LOSS_COLORS, title="Loss by optimiser step", height=280, elem_id="loss-steps")
-            loss_examples = gr.LinePlot(
-                x="examples seen", y="loss", color="split", color_map=LOSS_COLORS, title="Loss by examples seen", height=280, elem_id="loss-examples"
-            )
+            loss_steps = loss_plot("step", "Loss by optimiser step", "loss-steps")
+            loss_examples = loss_plot("examples seen", "Loss by examples seen", "loss-examples")
         with gr.Row():
             live_confusion = gr.HTML(elem_id="live-confusion")
-            live_scores = gr.LinePlot(
-                x="step",
-                y="score (%)",
-                color="metric",
-                title="Full validation set at each estimate",
-                y_lim=[0, 100],
-                height=240,
-                elem_id="live-scores",
-            )
+            live_scores = scores_plot()
         with gr.Row():
-            accuracy = gr.LinePlot(
-                x="epoch", y="accuracy (%)", color="split", title="Accuracy (5 batches; epoch 0 = before training)", height=240, elem_id="accuracy"
-            )
-            baseline = gr.Dataframe(label="Baseline: accuracy before training", interactive=False, elem_id="baseline")
-        final = gr.Dataframe(label="Final accuracy on the full splits", interactive=False, elem_id="final")
+            accuracy = accuracy_plot()
+            baseline = gr.Dataframe(headers=BASELINE_COLUMNS, label="Baseline: accuracy before training", interactive=False, elem_id="baseline")
+        final = gr.Dataframe(
+            headers=FINAL_COLUMNS, label="Final accuracy on the full splits", interactive=False, wrap=True, elem_id="final"
+        )
         with gr.Row():
             book_plot = gr.Image(label="Loss plot (book style)", type="filepath", interactive=False, elem_id="book-plot")
             files = gr.File(label="Download the adapter and the run record", file_count="multiple", interactive=False, elem_id="run-files")
