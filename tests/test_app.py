@@ -133,7 +133,7 @@ def test_download_uses_the_backup_when_the_primary_fails(settings: AppSettings, 
     status, counts, preview, histogram = DataTab(lab).download_data()
     assert status.startswith(f"Data ready from {http_server.url('/backup.zip')}")
     assert f"{http_server.url('/primary.zip')}: failed: HTTP 404" in status
-    assert dict(zip(counts[""], counts["messages"], strict=True)) == {
+    assert dict(zip(counts.data[""], counts.data["messages"], strict=True)) == {
         "messages": 5574,
         "ham": 4827,
         "spam": 747,
@@ -149,19 +149,24 @@ def test_download_uses_the_backup_when_the_primary_fails(settings: AppSettings, 
     assert DataTab(lab).show_data()[0] == status.split("\n")[0]
 
 
-def test_download_failure_is_a_toast_with_the_engine_message(settings: AppSettings, http_server) -> None:
+def test_download_failure_points_to_the_upload_box(settings: AppSettings, http_server) -> None:
     lab = Lab(AppSettings(cache=settings.cache, data_urls=(http_server.url("/nothing.zip"),)))
-    with pytest.raises(gr.Error, match="could not download from any source"):
-        DataTab(lab).download_data()
+    data = DataTab(lab)
+    with pytest.raises(gr.Error, match="The download failed") as refused:
+        data.download_data()
+    assert refused.value.visible is False  # said in the status line, beside the upload box, not in a toast over it
+    status, *kept = data.failed()
+    assert f"{http_server.url('/nothing.zip')}: failed: HTTP 404" in status and "in the box beside the Download button" in status
+    assert all(isinstance(view, type(gr.skip())) for view in kept)  # the data shown before stays
     assert DataTab(lab).show_data()[0].startswith("No data yet")
 
 
 def test_upload_a_local_file(lab: Lab, sms_zip: Path, tmp_path: Path) -> None:
     status, counts, _, _ = DataTab(lab).upload_data(as_upload(sms_zip))
-    assert status == "Data ready from the uploaded file sms_spam_collection.zip" and counts["messages"][0] == 5574
+    assert status == "Data ready from the uploaded file sms_spam_collection.zip" and counts.data["messages"][0] == 5574
     restarted = Lab(lab.settings)  # a new app process finds the splits and the summary saved in its cache
     status, counts, _, _ = DataTab(restarted).show_data()
-    assert status == f"Data prepared earlier, read from {lab.settings.cache}" and counts["messages"][0] == 5574
+    assert status == f"Data prepared earlier, read from {lab.settings.cache}" and counts.data["messages"][0] == 5574
     with pytest.raises(gr.Error, match="no tab between label and message"):
         DataTab(lab).upload_data(upload_bytes(b"hello world\n", "notes.txt"))
     with pytest.raises(gr.Error, match="choose the SMS Spam Collection"):
