@@ -83,12 +83,17 @@ def cached_weights(spec: str) -> Path | None:
     return Path(found) if isinstance(found, str) and Path(found).is_file() else None
 
 
+def weight_count(config: GPTConfig) -> int:
+    """GPT-2's parameters, from its shape alone: the token and position embeddings, per block two layer
+    norms and four Linear layers (12 n² + 13 n), and the final layer norm (the output head is tied)."""
+    n = config.n_embd
+    return config.vocab_size * n + config.context_length * n + config.n_layer * (12 * n * n + 13 * n) + 2 * n
+
+
 def download_bytes(config: GPTConfig) -> int:
     """About how large the Hub's model.safetensors of this size is: every weight in fp32, plus the
     causal-mask buffer (context × context) that OpenAI's checkpoint keeps in each block."""
-    with torch.device("meta"):
-        weights = sum(parameter.numel() for parameter in GPT(config).parameters())
-    return 4 * (weights + config.n_layer * config.context_length**2)
+    return 4 * (weight_count(config) + config.n_layer * config.context_length**2)
 
 
 def hub_endpoint() -> str:

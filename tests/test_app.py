@@ -24,7 +24,7 @@ from ui.classify_tab import EXAMPLE_MESSAGES, ClassifyTab
 from ui.controls import Controls, run_config
 from ui.data_tab import DataTab
 from ui.lab import Lab
-from ui.model_tab import ControlWidgets, ModelTab
+from ui.model_tab import ControlWidgets, ModelTab, model_label
 from ui.parameters_tab import ParametersTab
 from ui.settings import AppSettings
 from ui.train_tab import MAX_BATCH_POINTS, TrainTab, live_views, loss_frame, new_run_dir
@@ -182,12 +182,17 @@ def test_load_weights_from_a_local_folder_runs_the_sanity_generation(lab: Lab, t
     assert text.startswith("Every effort moves you") and len(text) > len("Every effort moves you")
 
 
-def test_unreachable_weights_say_where_to_put_them(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))  # HF_HUB_OFFLINE=1: cache only
-    with pytest.warns(UserWarning, match="model.safetensors"):
-        status, text = ModelTab(lab).load_weights("gpt2-small")
-    assert status.startswith("Weights not available: could not get openai-community/gpt2/model.safetensors")
-    assert "HF_ENDPOINT" in status and "HF_HUB_OFFLINE" in status and text == ""
+def test_a_size_that_cannot_be_downloaded_says_so_in_plain_words(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    assert model_label("gpt2-small") == "gpt2-small (124M parameters) · downloads 548 MB"
+    assert model_label(lab.settings.model).endswith("(your folder, 1.6M parameters) · on this machine")
+    status, text = ModelTab(lab).load_weights("gpt2-small")  # HF_HUB_OFFLINE=1 (conftest)
+    assert status.startswith("gpt2-small is not on this machine yet and needs a download of 548 MB, but this app was started offline")
+    assert "connect to the internet and press the button again" in status and "“on this machine”" in status and text == ""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    status, _ = ModelTab(lab).load_weights("gpt2-medium")
+    assert status.startswith("gpt2-medium is not on this machine yet and needs a download of 1,520 MB, but the internet cannot be reached")
     assert ParametersTab(lab).parameters("gpt2-small", 16, list(LORA_TARGETS), False)[1] is not None  # the rest still works
 
 
@@ -199,15 +204,20 @@ def test_presets_set_their_controls(lab: Lab) -> None:
 
 
 def test_parameters_match_the_book_and_follow_rank_and_targets(lab: Lab) -> None:
-    chart, table = ParametersTab(lab).parameters("gpt2-small", 16.0, list(LORA_TARGETS), False)
+    chart, table, breakdown = ParametersTab(lab).parameters("gpt2-small", 16.0, list(LORA_TARGETS), False)
     rows = dict(zip(table[""], table["gpt2-small"], strict=True))
     assert rows["total parameters (before freezing)"] == "124,441,346"
     assert rows["LoRA trainable"] == "2,666,528"
     assert rows["ratio"] == "47x fewer"
-    assert list(chart["parameters"]) == ["total (before freezing)", "frozen", "trainable with LoRA"]
+    assert chart.axes[0].get_xscale() == "log" and "1 weight in 47 is trained" in chart.axes[0].get_title()
+    by_kind = dict(zip(breakdown["kind of layer"], breakdown["trained"], strict=True))
+    assert by_kind["attention: query (attn.q_proj)"] == "294,912" and by_kind["embeddings"] == "0"
+    assert sum(int(n.replace(",", "")) for n in breakdown["trained"]) == 2_666_528
+    assert sum(int(n.replace(",", "")) for n in breakdown["frozen"]) == 124_441_346 - 0
 
-    smaller, _ = ParametersTab(lab).parameters("gpt2-small", 4.0, ["attn.q_proj", "attn.v_proj"], False)
-    assert smaller["millions"][2] < chart["millions"][2] / 10
+    _, smaller, by_kind = ParametersTab(lab).parameters("gpt2-small", 4.0, ["attn.q_proj", "attn.v_proj"], False)
+    assert dict(zip(smaller[""], smaller["gpt2-small"], strict=True))["LoRA trainable"] == "147,456"  # 12 blocks x 2 layers x 4 x (768 + 768)
+    assert by_kind["trained"].tolist()[1] == "0"  # keys are left alone
     with pytest.raises(gr.Error, match="targets is empty"):
         ParametersTab(lab).parameters("gpt2-small", 16, [], False)
 
@@ -259,9 +269,11 @@ def test_train_poll_classify_through_the_handlers(lab: Lab, settings: AppSetting
     last = snapshot.live[-1].metrics
     assert live_scores[live_scores["metric"] == "F1"]["score (%)"].iloc[-1] == round(100 * last.f1, 2)
     assert f">{last.confusion[1][1]}</td>" in live_confusion
-    assert list(accuracy["epoch"]) == [0, 0, 1, 1]
+    assert list(accuracy["epoch"]) == ["before training", "before training", "epoch 1", "epoch 1"]
     assert list(baseline["split"]) == ["train", "validation", "test"]
-    assert list(final["split"]) == ["train", "validation", "test"] and final["messages"].tolist() == [1040, 149, 300]
+    assert list(final["split"]) == ["train", "validation", "test"]
+    # train scores whole batches only, as in the book: the table says so beside the Data tab's 1,045
+    assert final["messages"].tolist() == ["1,040 of 1,045 (as in the book, the last 5 fill no batch of 8 and are dropped)", "149", "300"]
     assert Path(book_plot).name == "loss.png" and [Path(f).name for f in files] == ["adapter.safetensors", "run.json"]
     assert timer.active is False
     assert TrainTab(lab).stop_training().startswith("done")  # nothing to stop
@@ -325,8 +337,8 @@ def test_gradio_client_drives_the_whole_app(served: RunningApp, settings: AppSet
 
     status, counts, _, _ = client.predict(handle_file(str(sms_zip)), api_name="/upload_data")
     assert status.startswith("Data ready") and frame(counts)["messages"][0] == 5574
-    chart, table = client.predict(settings.model, 4, ["attn.q_proj"], False, api_name="/parameters")
-    assert frame(chart)["millions"].iloc[2] > 0
+    chart, table, breakdown = client.predict(settings.model, 4, ["attn.q_proj"], False, api_name="/parameters")
+    assert frame(breakdown)["trained"].iloc[0] == "512"  # 2 blocks x 4 x (32 + 32)
     assert client.predict("book", api_name="/apply_preset")[3:5] == ("last", "longest")
     weights, sanity = client.predict(settings.model, api_name="/load_weights")
     assert "2 layers" in weights and sanity.startswith("Every effort moves you")

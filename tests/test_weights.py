@@ -127,3 +127,15 @@ def test_a_size_in_the_cache_is_found_without_the_network(tmp_path, monkeypatch)
     assert cached_weights("gpt2-small") == snapshot / "model.safetensors"
     assert fetch(resolve("gpt2-small")) == snapshot / "model.safetensors"
     assert cached_weights("gpt2-medium") is None
+
+
+@pytest.mark.parametrize("size", ["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl"])
+def test_weight_count_from_the_shape_matches_the_model(size):
+    from engine.config import GPT2_SIZES
+    from engine.weights import download_bytes, weight_count
+
+    config = GPT2_SIZES[size]
+    with torch.device("meta"):
+        assert weight_count(config) == sum(p.numel() for p in GPT(config).parameters())
+    # the Hub's files: 548 MB, 1.52 GB, 3.25 GB, 6.43 GB
+    assert round(download_bytes(config) / 1e7) == {"gpt2-small": 55, "gpt2-medium": 152, "gpt2-large": 325, "gpt2-xl": 643}[size]
