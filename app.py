@@ -36,6 +36,7 @@ from ui.parameters_tab import ParametersTab, build_parameters_tab  # noqa: E402
 from ui.runs_tab import RunsTab, build_runs_tab  # noqa: E402
 from ui.settings import MAX_UPLOAD_MB, AppSettings  # noqa: E402
 from ui.train_tab import TrainTab, build_train_tab  # noqa: E402
+from ui.views import APP_CSS  # noqa: E402
 
 log = logging.getLogger("lora_lab.app")
 
@@ -121,6 +122,7 @@ def launch(
         share=share,
         auth=auth,
         theme=THEME,
+        css=APP_CSS,
         allowed_paths=[str(settings.out)],  # the only files served besides Gradio's own copies: the runs
         max_file_size=settings.max_upload_mb * 1024 * 1024,
         footer_links=["api", "settings"],  # no link to gradio.app

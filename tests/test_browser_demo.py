@@ -132,3 +132,137 @@ def test_an_error_clears_stale_answers_and_leaves_no_badges(page: "sync_api.Page
     for output in ("#data-status", "#counts", "#preview", "#token-histogram"):
         expect(page.locator(f"{output} .error")).to_have_count(0)
     expect(page.locator("#counts")).to_contain_text("train")
+
+
+@pytest.fixture
+def fresh(tiny_model_dir: Path, tmp_path: Path) -> Iterator[RunningApp]:
+    """The app as a first-time visitor finds it: no data, no runs."""
+    settings = AppSettings(
+        model=str(tiny_model_dir), device="cpu", out=tmp_path / "runs", cache=tmp_path / "cache", data_urls=("http://127.0.0.1:9/none.zip",)
+    )
+    with running_app(settings) as running:
+        yield running
+
+
+def right_edge_inside(page: "sync_api.Page", table: str, header: str) -> bool:
+    """Whether a column's header is within the table's visible width (not scrolled off to the right)."""
+    cell = page.locator(f"{table} th[role=columnheader]", has_text=header).first
+    box, frame = cell.bounding_box(), page.locator(f"{table} [role=grid]").bounding_box()
+    assert box and frame, header
+    return box["x"] + box["width"] <= frame["x"] + frame["width"] + 1
+
+
+def test_answers_come_first_in_wide_tables(page: "sync_api.Page", served: RunningApp) -> None:
+    long = "Dear customer, " + "this message goes on and on about nothing in particular, " * 8 + "call now"
+    open_tab(page, "Classify")
+    page.get_by_text("Classify many messages at once").click()
+    page.locator("#many textarea").fill(f"{long}\nsee you at 6")
+    page.locator("#classify-many").click()
+    expect(page.locator("#many-results")).to_contain_text("see you at 6", timeout=60_000)
+    for header in ("label", "probability"):
+        assert right_edge_inside(page, "#many-results", header), header
+    open_tab(page, "Evaluate")
+    expect(page.locator("#mistakes [role=gridcell]").first).to_be_attached(timeout=20_000)
+    for header in ("true", "predicted", "P(spam)"):
+        assert right_edge_inside(page, "#mistakes", header), header
+    open_tab(page, "Runs")
+    expect(page.locator("#run-history")).to_contain_text("first-run", timeout=20_000)
+    for header in ("test acc. (%)", "stopped"):
+        assert right_edge_inside(page, "#run-history", header), header
+
+
+def test_switching_tabs_logs_no_errors(page: "sync_api.Page", served: RunningApp) -> None:
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    open_tab(page, "Runs")
+    expect(page.locator("#overlay path[aria-roledescription='line mark']")).to_have_count(2, timeout=20_000)
+    open_tab(page, "Model & LoRA")
+    runs = served.lab.settings.out  # a run finishes meanwhile (a sweep's, say): the next visit to Runs chooses it
+    shutil.copytree(runs / "first-run", runs / "second-run")
+    record = (runs / "second-run" / "run.json").read_text(encoding="utf-8")
+    (runs / "second-run" / "run.json").write_text(re.sub(r'"created": "\d{4}', '"created": "2999', record), encoding="utf-8")
+    for name in ("Runs", "Evaluate", "Model & LoRA", "Runs", "Model & LoRA", "Evaluate", "Model & LoRA"):
+        open_tab(page, name)
+        page.wait_for_timeout(1200)
+    expect(page.locator("#overlay-runs")).to_contain_text("second-run")
+    assert errors == []
+
+
+def test_empty_tables_show_their_column_names(browser: "sync_api.Browser", fresh: RunningApp) -> None:
+    with app_page(browser, fresh.url) as page:
+        expect(page.locator("#data-status")).to_contain_text("No data yet", timeout=20_000)
+        for tab in ("Data", "Train", "Classify", "Evaluate", "Runs"):
+            open_tab(page, tab)
+            page.wait_for_timeout(800)
+            for table in page.locator("[role=grid]").all():
+                if table.is_visible():
+                    names = [text.strip() for text in table.locator("th[role=columnheader]").all_inner_texts()]
+                    assert names and not all(name.isdigit() for name in names if name), (tab, names)
+        open_tab(page, "Runs")
+        assert "test acc. (%)" in headers(page, "#run-history")
+        open_tab(page, "Data")
+        assert headers(page, "#preview") == ["class", "message"]
+
+
+def test_evaluate_speaks_of_the_chosen_class_and_counts_in_good_english(page: "sync_api.Page", served: RunningApp, tmp_path: Path) -> None:
+    import json
+
+    import pandas as pd
+
+    # three classes: P(friends) is [.2, .6, .5, .3, .4, .1], friends are b and d; at 0.55 only d is a mistake
+    data = tmp_path / "three"
+    data.mkdir()
+    labels = [0, 1, 2, 1, 0, 2]
+    pd.DataFrame({"Label": labels, "Text": list("abcdef")}).to_csv(data / "validation.csv", index=False)
+    record_path = served.lab.settings.out / "first-run" / "run.json"
+    record = json.loads(record_path.read_text())
+    record["config"]["data"] = str(data)
+    record["data"]["labels"] = ["bills", "friends", "work"]
+    probabilities = [[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.5, 0.3], [0.3, 0.3, 0.4], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8]]
+    record["scores"]["validation"] = {"labels": labels, "probabilities": probabilities}
+    record["final"]["validation"]["confusion"] = [[2, 0, 0], [0, 1, 1], [0, 1, 1]]
+    record_path.write_text(json.dumps(record))
+
+    open_tab(page, "Evaluate")
+    summary = page.locator("#eval-summary")
+    expect(summary).to_contain_text("P(bills) ≥ 0.50", timeout=20_000)
+    page.locator("#eval-positive input").click()
+    page.get_by_role("option", name="friends").click()
+    expect(summary).to_contain_text("P(friends) ≥ 0.50", timeout=10_000)
+    test_browser.set_number(page, "#threshold input[type=number]", "0.55")
+    expect(summary).to_contain_text("1 mistake,", timeout=10_000)
+    tab_text = page.locator("#eval-summary").locator("xpath=ancestor::*[@role='tabpanel'][1]").inner_text()
+    assert "spam" not in tab_text.lower()  # this run knows no spam: nothing on the tab speaks of it
+
+
+def covers(toast: "sync_api.Locator", control: "sync_api.Locator") -> bool:
+    box, other = toast.bounding_box(), control.bounding_box()
+    assert box and other
+    apart = box["x"] >= other["x"] + other["width"] or other["x"] >= box["x"] + box["width"]
+    return not (apart or box["y"] >= other["y"] + other["height"] or other["y"] >= box["y"] + box["height"])
+
+
+def test_toasts_go_by_themselves_and_cover_no_control_they_speak_of(page: "sync_api.Page", served: RunningApp) -> None:
+    # a failed Download points to the upload box: nothing may sit on it
+    download = page.get_by_role("button", name="Download the SMS Spam Collection")
+    download.click()
+    said = page.locator("#data-status", has_text="upload").or_(page.locator(".toast-body"))
+    expect(said.first).to_be_visible(timeout=30_000)  # the failure is told: in the status line, or in a toast
+    page.wait_for_timeout(1000)
+    for toast in page.locator(".toast-body").all():
+        assert not covers(toast, page.locator("#upload")) and not covers(toast, download)
+    # a second Start while a run goes: an info toast says so, away from Start and Stop, and goes by itself
+    open_tab(page, "Model & LoRA")
+    page.get_by_text("Advanced").click()
+    test_browser.set_number(page, "#epochs input", "50")
+    open_tab(page, "Train")
+    start, stop = page.get_by_role("button", name="Start training"), page.get_by_role("button", name="Stop", exact=True)
+    start.click()
+    expect(page.locator("#train-status textarea")).to_have_value(re.compile("^running"), timeout=60_000)
+    start.click()
+    toast = page.locator(".toast-body", has_text="already going")
+    expect(toast).to_have_count(1, timeout=10_000)
+    assert not covers(toast, start) and not covers(toast, stop)
+    expect(toast).to_have_count(0, timeout=15_000)  # gone by itself
+    stop.click()

@@ -100,7 +100,7 @@ def test_evaluate_a_finished_run_at_any_threshold(lab: Lab) -> None:
     assert "full validation set: 8 messages" in summary and "AUC" in summary
     assert "true spam" in confusion and metrics.columns[1] == "threshold 0.50"
     assert set(roc["curve"]) == {"ROC curve", "chance"} and roc["true positive rate"].max() == 1.0
-    assert wrong is not None and list(wrong.columns) == ["message", "true", "predicted", "P(spam)"]
+    assert wrong is not None and list(wrong.columns) == ["true", "predicted", "P(spam)", "message"]
     everything_spam = EvaluateTab(lab).evaluate("first-run", "test", 0.0)[2]
     assert everything_spam.iloc[2, 1] == 1.0  # recall of spam at threshold 0
     summary, confusion, metrics, _, ham_wrong = EvaluateTab(lab).evaluate("first-run", "validation", 0.5, "ham")  # either class can be the positive one
@@ -159,8 +159,8 @@ def test_three_classes_one_against_the_rest(lab: Lab, tmp_path: Path) -> None:
     assert metrics.iloc[:4, 1].tolist() == [round(100 * 4 / 6, 2), 0.5, 0.5, 0.5]
     curve = roc[roc["curve"] == "ROC curve"]
     assert curve["false positive rate"].tolist() == [0, 0, 0.25, 0.5, 0.5, 0.75, 1]
-    assert wrong.values.tolist() == [["d", "friends", "work", 0.3], ["c", "work", "friends", 0.5]]
-    assert list(wrong.columns) == ["message", "true", "predicted", "P(friends)"]
+    assert wrong.values.tolist() == [["friends", "work", 0.3, "d"], ["work", "friends", 0.5, "c"]]
+    assert list(wrong.columns) == ["true", "predicted", "P(friends)", "message"]
     assert EvaluateTab(lab).evaluate("first-run", "validation", 0.3, "friends")[2].iloc[2, 1] == 1.0  # recall of friends
     assert "AUC): **0.812**" in EvaluateTab(lab).evaluate("first-run", "validation", 0.5, "work")[0]  # 6.5 of 8 pairs: the tie counts half
     with pytest.raises(gr.Error, match="no class 'spam': choose one of bills, friends, work"):
@@ -217,7 +217,7 @@ def test_sweep_runs_in_the_training_job_and_refuses_a_second_start(lab: Lab) -> 
     assert snapshot.state == "done" and [p.rank for p in snapshot.sweep] == [1, 2], snapshot.status
     assert "2 of 2 runs finished" in status and timer.active is False
     assert by_params.color_map == {"1": PALETTE[0], "2": PALETTE[1]}  # a legend entry per rank
-    assert table["trainable parameters"].iloc[1] > table["trainable parameters"].iloc[0]
+    assert table.data["trainable parameters"].iloc[1] > table.data["trainable parameters"].iloc[0]
     names = [name for name, _ in all_runs(lab.settings.out)]
     assert {n.split("/")[1] for n in names if "/" in n} == {"rank-1", "rank-2"} and "first-run" in names
 

@@ -13,6 +13,7 @@ from engine.errors import Cancelled, DownloadError, LoRALabError
 from engine.tokenizer import encode
 from ui.guards import uploaded_file, uploaded_path
 from ui.lab import Lab
+from ui.views import TOAST_SECONDS
 
 PREVIEW_PER_CLASS = 3
 REPEATED_COLUMNS = ["copies", "message"]  # the count first: long messages wrap at the end
@@ -136,7 +137,7 @@ class DataTab:
         try:
             prepared = prepare(None, lab.settings.cache, report, urls=lab.settings.data_urls, deduplicate=bool(deduplicate))
         except Cancelled:
-            gr.Warning("Download stopped; nothing was kept. Press Download to start again.")
+            gr.Warning("Download stopped; nothing was kept. Press Download to start again.", duration=TOAST_SECONDS)
             status, *views = self.show_data()
             return "Download stopped; nothing was kept. Press Download to start again.\n\n" + status, *views
         except DownloadError as error:

@@ -21,7 +21,7 @@ from ui.controls import Controls, run_config
 from ui.guards import user_error
 from ui.lab import Lab
 from ui.model_tab import ControlWidgets
-from ui.views import percent, series_colors
+from ui.views import TOAST_SECONDS, percent, series_colors
 
 SWEEP_RANK_CHOICES = (1, 2, 4, 8, 16, 32, 64)
 
@@ -37,28 +37,45 @@ def all_runs(root: Path) -> list[tuple[str, RunSummary]]:
     return sorted(found, key=lambda item: (item[1].created, item[0]), reverse=True)
 
 
+HISTORY_COLUMNS = [
+    "run",
+    "test acc. (%)",
+    "validation acc. (%)",
+    "stopped",
+    "rank",
+    "alpha",
+    "trainable",
+    "steps",
+    "train time (s)",
+    "model",
+    "preset",
+    "device",
+    "created",
+]  # the answers first: a narrow window still shows how each run did
+
+
 def history_frame(runs: Sequence[tuple[str, RunSummary]]) -> pd.DataFrame | None:
     if not runs:
         return None
     rows = [
         {
             "run": name,
-            "created": run.created.replace("T", " ").split("+")[0],
-            "model": Path(run.model).name,
-            "preset": run.preset or "",
+            "test acc. (%)": percent(run.test_accuracy),
+            "validation acc. (%)": percent(run.validation_accuracy),
+            "stopped": "yes" if run.stopped else "",
             "rank": run.rank,
             "alpha": run.alpha,
             "trainable": f"{run.trainable:,}" if run.trainable else "",
             "steps": run.steps,
             "train time (s)": round(run.train_seconds, 1),
+            "model": Path(run.model).name,
+            "preset": run.preset or "",
             "device": run.device,
-            "validation acc. (%)": percent(run.validation_accuracy),
-            "test acc. (%)": percent(run.test_accuracy),
-            "stopped": "yes" if run.stopped else "",
+            "created": run.created.replace("T", " ").split("+")[0],
         }
         for name, run in runs
     ]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
 
 def overlay_frame(runs: Sequence[tuple[str, RunSummary]], chosen: Sequence[str]) -> pd.DataFrame | None:
@@ -73,6 +90,9 @@ def overlay_frame(runs: Sequence[tuple[str, RunSummary]], chosen: Sequence[str])
             rows.append({"step": step, "loss": float(point["train_loss"]), "run": f"{label} · train"})
             rows.append({"step": step, "loss": float(point["validation_loss"]), "run": f"{label} · validation"})
     return pd.DataFrame(rows) if rows else None
+
+
+EMPTY_OVERLAY = pd.DataFrame({"step": pd.Series(dtype="int64"), "loss": pd.Series(dtype="float64"), "run": pd.Series(dtype="object")})
 
 
 def sweep_frame(points: Sequence[SweepPoint]) -> pd.DataFrame | None:
@@ -129,14 +149,17 @@ class RunsTab:
             raise gr.Error("choose runs from the list")
         return overlay_frame(all_runs(self.out), list(chosen or ()))
 
-    def clear_overlay(self) -> None:
-        """Empties a plot before it shows other series: other runs, other words (see PALETTE's note)."""
-        return None
-
     def overlay_plot(self, chosen: Sequence[str] | None) -> gr.LinePlot:
-        """The overlay for the page: the frame plus a colour per series, so the legend follows the chosen runs."""
+        """The overlay for the page: the frame plus a colour per series, so the legend follows the chosen runs.
+
+        A new colour map makes the plot redraw with the new series (see PALETTE's note); with no run
+        chosen it gets an empty frame, not None: a plot that goes back to None after drawing leaves the
+        browser errors as it is taken down.
+        """
         frame = self.overlay(chosen)
-        return gr.LinePlot(value=frame, color_map=series_colors(frame["run"]) if frame is not None else None)
+        if frame is None:
+            return gr.LinePlot(value=EMPTY_OVERLAY, color_map={})
+        return gr.LinePlot(value=frame, color_map=series_colors(frame["run"]))
 
     def start_sweep(self, ranks: Sequence[Any], **controls: Any) -> tuple[Any, ...]:
         """Train the Model & LoRA settings once per chosen rank, one after another, in the app's job."""
@@ -154,7 +177,7 @@ class RunsTab:
             raise user_error(error) from None
         self.lab.check_batch_size(cfg.train.batch_size)
         if not self.lab.job.start(cfg, chosen):
-            gr.Info("A training run or sweep is already going: showing it. Stop it first to start a sweep.")
+            gr.Info("A training run or sweep is already going: showing it. Stop it first to start a sweep.", duration=TOAST_SECONDS)
         return self.poll_sweep()
 
     def poll_sweep(self) -> tuple[Any, ...]:
@@ -166,7 +189,8 @@ class RunsTab:
         def plot(x: str) -> gr.ScatterPlot:  # axes from 0 with some room, so no point sits on an edge
             return gr.ScatterPlot(value=done, color_map=colors, x_lim=[0, 1.1 * float(done[x].max()) or 1] if done is not None else None)
 
-        return sweep_status(snapshot), table, plot("trainable parameters"), plot("training time (s)"), gr.Timer(active=snapshot.running)
+        shown = table.style.format({"trainable parameters": "{:,}"}).hide(axis="index") if table is not None else None  # 2,370 as everywhere else
+        return sweep_status(snapshot), shown, plot("trainable parameters"), plot("training time (s)"), gr.Timer(active=snapshot.running)
 
     def stop_sweep(self) -> str:
         return "stopping after the current step..." if self.lab.job.stop() else self.lab.job.snapshot().status
@@ -176,7 +200,13 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets) -> 
     """The Runs tab, wired; its rank sweep trains `controls`, and a (re)loaded page re-attaches to a sweep."""
     with gr.Tab("Runs") as tab:
         refresh = gr.Button("Refresh", size="sm", elem_id="runs-refresh")
-        history = gr.Dataframe(label="Run history (each run's folder is under the runs folder)", interactive=False, max_height=300, elem_id="run-history")
+        history = gr.Dataframe(
+            headers=HISTORY_COLUMNS,
+            label="Run history (each run's folder is under the runs folder)",
+            interactive=False,
+            max_height=300,
+            elem_id="run-history",
+        )
         chosen = gr.Dropdown([], multiselect=True, label="Runs to compare", allow_custom_value=True, elem_id="overlay-runs")  # choices come on refresh
         overlay = gr.LinePlot(x="step", y="loss", color="run", title="Loss curves of the chosen runs (estimated every N steps)", height=300, elem_id="overlay")
         gr.Markdown(
@@ -192,15 +222,18 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets) -> 
             accuracy_axis = dict(y="test accuracy (%)", color="rank", y_lim=[0, 105], height=280)
             by_params = gr.ScatterPlot(x="trainable parameters", title="Test accuracy vs trainable parameters", elem_id="sweep-params", **accuracy_axis)
             by_time = gr.ScatterPlot(x="training time (s)", title="Test accuracy vs training time", elem_id="sweep-time", **accuracy_axis)
-        table = gr.Dataframe(label="Sweep results", interactive=False, elem_id="sweep-table")
+        table = gr.Dataframe(
+            headers=["rank", "trainable parameters", "test accuracy (%)", "training time (s)", "folder"],
+            label="Sweep results",
+            interactive=False,
+            elem_id="sweep-table",
+        )
         timer = gr.Timer(1.0, active=False)
     sweep_view = [status, table, by_params, by_time, timer]
     gr.on([tab.select, refresh.click], runs.history, None, history, api_name="run_history", show_progress="hidden").then(
         runs.overlay_choices, None, chosen, api_name="overlay_runs", show_progress="hidden"
     )
-    chosen.change(runs.clear_overlay, None, overlay, api_name="clear_overlay", show_progress="hidden").then(
-        runs.overlay_plot, chosen, overlay, api_name="overlay", show_progress="hidden"
-    )
+    chosen.change(runs.overlay_plot, chosen, overlay, api_name="overlay", show_progress="hidden")
     start.click(runs.start_sweep, inputs_kwargs={"ranks": ranks, **controls.by_name()}, outputs=sweep_view, api_name="start_sweep", show_progress="hidden")
     timer.tick(runs.poll_sweep, None, sweep_view, api_name="poll_sweep", show_progress="hidden", concurrency_limit=None)
     stop.click(runs.stop_sweep, None, status, api_name="stop_sweep", concurrency_limit=None)

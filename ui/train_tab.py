@@ -21,7 +21,7 @@ from ui.controls import Controls, run_config
 from ui.guards import user_error
 from ui.lab import Lab
 from ui.model_tab import ControlWidgets
-from ui.views import confusion_html
+from ui.views import TOAST_SECONDS, confusion_html
 
 POLL_SECONDS = 1.0
 MAX_BATCH_POINTS = 400  # each poll re-sends the whole plot frame: thin the per-step series of long runs
@@ -229,7 +229,7 @@ class TrainTab:
             raise user_error(error) from None
         lab.check_batch_size(cfg.train.batch_size)
         if not lab.job.start(cfg):
-            gr.Info("A training run is already going: showing it. Stop it first to start another.")
+            gr.Info("A training run is already going: showing it. Stop it first to start another.", duration=TOAST_SECONDS)
         return self.poll()
 
     def start(self, **controls: Any) -> tuple[Any, ...]:

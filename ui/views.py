@@ -12,6 +12,14 @@ HAM_RGB, SPAM_RGB = (31, 119, 180), (214, 39, 40)  # the Data tab's histogram co
 TOWARDS_RGB, AWAY_RGB = SPAM_RGB, HAM_RGB
 
 
+TOAST_SECONDS = 6  # info and warning toasts go by themselves; errors stay until closed
+
+# Toasts sit at the bottom right, away from the buttons they speak of (Start, Stop, Download: at the top).
+APP_CSS = """
+.toast-wrap { top: auto !important; bottom: var(--size-4) !important; }
+"""
+
+
 def series_colors(names: Sequence[str]) -> dict[str, str]:
     """A colour per series name, in order of first appearance (cycling through the palette)."""
     unique = list(dict.fromkeys(names))
