@@ -67,8 +67,8 @@ def test_insight_views_in_a_real_browser(page: "sync_api.Page", served: RunningA
     page.get_by_role("button", name="Explain this message").click()
     expect(page.locator("#token-heatmap .token").first).to_be_attached(timeout=60_000)
     assert page.locator("#token-heatmap .token").count() > 10
-    expect(page.locator("#word-influence path[aria-roledescription='bar']").first).to_be_attached(timeout=20_000)
-    expect(page.locator("#word-table")).to_contain_text("URGENT!")
+    expect(page.locator("#word-influence .bar").first).to_be_attached(timeout=20_000)
+    expect(page.locator("#word-influence")).to_contain_text("URGENT!")
     screenshot(page, "classify-explain")
 
     # Classify many: pasted lines answer in a table; an uploaded file comes back as a CSV to download
@@ -107,6 +107,9 @@ def test_insight_views_in_a_real_browser(page: "sync_api.Page", served: RunningA
     assert [p.rank for p in served.lab.job.snapshot().sweep] == [1, 2]
     page.locator("#runs-refresh").click()
     expect(page.locator("#run-history")).to_contain_text("rank-2", timeout=20_000)
+    rank_1 = f"{next(p.trainable for p in served.lab.job.snapshot().sweep if p.rank == 1):,}"
+    for table in ("#sweep-table", "#run-history"):  # one way of writing a count, everywhere
+        expect(page.locator(table)).to_contain_text(rank_1)
     expect(page.locator("#overlay")).to_contain_text("rank-2 · validation", timeout=20_000)  # the legend follows the chosen runs
     expect(page.locator("#overlay path[aria-roledescription='line mark']")).to_have_count(4, timeout=20_000)
     screenshot(page, "runs")

@@ -173,8 +173,8 @@ def test_history_and_loss_overlay(lab: Lab) -> None:
     assert RunsTab(lab).overlay_choices().value == ["first-run"]
     overlay = RunsTab(lab).overlay(["first-run"])
     assert set(overlay["run"]) == {"first-run · train", "first-run · validation"} and overlay["step"].min() == 1
-    assert RunsTab(lab).overlay([]) is None
-    assert set(RunsTab(lab).overlay_plot(["first-run"]).color_map) == {"first-run · train", "first-run · validation"}
+    assert RunsTab(lab).overlay([]).empty and list(RunsTab(lab).overlay([]).columns) == ["step", "loss", "run"]
+    assert set(RunsTab(lab).overlay_colors(["first-run"]).color_map) == {"first-run · train", "first-run · validation"}
     with pytest.raises(gr.Error, match="choose runs"):
         RunsTab(lab).overlay("first-run")  # type: ignore[arg-type]
 

@@ -18,6 +18,7 @@ from engine.classifier import Prediction
 from engine.explain import TokenScore, WordInfluence, spam_index, token_scores, word_influence
 from ui.guards import engine_errors_as_toasts, message_problem, uploaded_file, uploaded_path
 from ui.lab import Lab
+from ui.server_log import log_refusal
 from ui.views import AWAY_RGB, TOWARDS_RGB, plural, rgba
 
 EXAMPLE_MESSAGES = (
@@ -148,6 +149,8 @@ class ClassifyTab:
     def check_message(self, message: Any, adapter_file: Any = None) -> Any:
         """Before Classify and Explain run: an unusable message is named at the message box itself."""
         problem = message_problem(message)
+        if problem:
+            log_refusal("message", problem)
         return [gr.validate(problem is None, problem or ""), gr.validate(True, "")]
 
     def classify_many(self, messages: str, adapter_file: str | None) -> tuple[str, pd.DataFrame]:

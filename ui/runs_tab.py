@@ -144,22 +144,21 @@ class RunsTab:
         names = [name for name, run in all_runs(self.out) if run.losses]
         return gr.Dropdown(choices=names, value=names[:2], multiselect=True, allow_custom_value=True)
 
-    def overlay(self, chosen: Sequence[str] | None) -> pd.DataFrame | None:
+    def overlay(self, chosen: Sequence[str] | None) -> pd.DataFrame:
+        """The chosen runs' loss curves; an empty frame (not None) when none is chosen.
+
+        A plot that goes back to None after drawing leaves the browser erring as it is taken down,
+        so the page always gets a frame, and a colour map after it (`overlay_colors`).
+        """
         if chosen is not None and not isinstance(chosen, list | tuple):
             raise gr.Error("choose runs from the list")
-        return overlay_frame(all_runs(self.out), list(chosen or ()))
+        frame = overlay_frame(all_runs(self.out), list(chosen or ()))
+        return EMPTY_OVERLAY if frame is None else frame
 
-    def overlay_plot(self, chosen: Sequence[str] | None) -> gr.LinePlot:
-        """The overlay for the page: the frame plus a colour per series, so the legend follows the chosen runs.
-
-        A new colour map makes the plot redraw with the new series (see PALETTE's note); with no run
-        chosen it gets an empty frame, not None: a plot that goes back to None after drawing leaves the
-        browser errors as it is taken down.
-        """
-        frame = self.overlay(chosen)
-        if frame is None:
-            return gr.LinePlot(value=EMPTY_OVERLAY, color_map={})
-        return gr.LinePlot(value=frame, color_map=series_colors(frame["run"]))
+    def overlay_colors(self, chosen: Sequence[str] | None) -> gr.LinePlot:
+        """A colour per series of the chosen runs, sent after their frame: a new colour map makes the plot
+        draw itself afresh with the frame it holds, so its legend follows the runs (see PALETTE's note)."""
+        return gr.LinePlot(color_map=series_colors(self.overlay(chosen)["run"]))
 
     def start_sweep(self, ranks: Sequence[Any], **controls: Any) -> tuple[Any, ...]:
         """Train the Model & LoRA settings once per chosen rank, one after another, in the app's job."""
@@ -233,7 +232,9 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets) -> 
     gr.on([tab.select, refresh.click], runs.history, None, history, api_name="run_history", show_progress="hidden").then(
         runs.overlay_choices, None, chosen, api_name="overlay_runs", show_progress="hidden"
     )
-    chosen.change(runs.overlay_plot, chosen, overlay, api_name="overlay", show_progress="hidden")
+    chosen.change(runs.overlay, chosen, overlay, api_name="overlay", show_progress="hidden").then(
+        runs.overlay_colors, chosen, overlay, api_name="overlay_colors", show_progress="hidden"
+    )
     start.click(runs.start_sweep, inputs_kwargs={"ranks": ranks, **controls.by_name()}, outputs=sweep_view, api_name="start_sweep", show_progress="hidden")
     timer.tick(runs.poll_sweep, None, sweep_view, api_name="poll_sweep", show_progress="hidden", concurrency_limit=None)
     stop.click(runs.stop_sweep, None, status, api_name="stop_sweep", concurrency_limit=None)

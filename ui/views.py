@@ -4,8 +4,9 @@ import html
 from collections.abc import Sequence
 
 # A Gradio plot keeps the colour legend of the first value it draws: later values with new series
-# (other runs, more ranks) would be drawn without lines or legend. Such plots are cleared (None)
-# before they get a value with other series, which makes Gradio draw them afresh.
+# (other runs, more ranks) would be drawn without lines or legend. Such plots get their new value,
+# then a new colour map, which makes Gradio draw them afresh (a plot emptied to None and filled
+# again also redraws, but leaves the browser erring when it is taken down).
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 HAM_RGB, SPAM_RGB = (31, 119, 180), (214, 39, 40)  # the Data tab's histogram colours
 # "Why this answer?" speaks one colour code in all its views: red pushes towards the positive class (spam), blue away.
