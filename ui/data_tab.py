@@ -61,7 +61,7 @@ def token_histogram(prepared: PreparedData) -> Figure:
     axis.set_title("Tokens per message; the book pads every message to the longest training one", fontsize=10)
     axis.set_xlabel("tokens per message")
     axis.set_ylabel("messages")
-    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8, frameon=False)  # beside the bars, never on them
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=3, fontsize=8, frameon=False)  # under the axis, never on the bars
     return figure
 
 
@@ -212,7 +212,13 @@ def build_data_tab(data: DataTab, demo: gr.Blocks) -> None:
         with gr.Accordion("Data quality: repeated messages", open=True):
             quality = gr.Markdown(elem_id="data-quality")
             repeated = gr.Dataframe(
-                headers=REPEATED_COLUMNS, label="Most repeated messages", interactive=False, wrap=True, max_height=260, elem_id="repeated"
+                headers=REPEATED_COLUMNS,
+                label="Most repeated messages",
+                interactive=False,
+                wrap=True,
+                max_height=260,
+                column_widths=["10%", "90%"],
+                elem_id="repeated",
             )
 
     data_views = [data_status, counts, preview, histogram]

@@ -67,7 +67,7 @@ def parameters_figure(summary: ParamSummary, breakdown: Sequence[LayerTypeCounts
     largest = max(summary.total_before_freeze, 10)
     for axis in (whole, by_kind):
         axis.set_xscale("log")
-        axis.set_xlim(1, largest * 12)  # room for the labels right of the longest bar
+        axis.set_xlim(1, largest * 60)  # room for the labels right of the longest bar
         axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: short_count(value)))
         axis.set_xlabel("weights (log scale: each grid line is 10 times the last)", fontsize=8)
         axis.grid(axis="x", alpha=0.3)
@@ -119,8 +119,10 @@ def build_parameters_tab(parameters: ParametersTab, demo: gr.Blocks, controls: C
         )
         param_chart = gr.Plot(label="Frozen and trained weights", show_label=False, elem_id="param-chart")
         with gr.Row():
-            param_table = gr.Dataframe(headers=["", "count"], label="Counts", interactive=False, elem_id="param-table", scale=1)
-            breakdown = gr.Dataframe(headers=BREAKDOWN_COLUMNS, label="By kind of layer", interactive=False, elem_id="param-breakdown", scale=2)
+            param_table = gr.Dataframe(
+                headers=["", "count"], label="Counts", interactive=False, column_widths=["60%", "40%"], elem_id="param-table", scale=2
+            )
+            breakdown = gr.Dataframe(headers=BREAKDOWN_COLUMNS, label="By kind of layer", interactive=False, elem_id="param-breakdown", scale=3)
 
     param_inputs = [controls.model, controls.rank, controls.targets, controls.train_head]
     gr.on(

@@ -150,13 +150,9 @@ def epoch_label(epoch: int) -> str:
 
 
 def messages_scored(snapshot: JobSnapshot, split: str, count: int) -> str:
-    """How many messages a final figure covers; for train, why that is fewer than the Data tab's count."""
+    """How many messages a final figure covers: for train, out of how many (the table's label says why fewer)."""
     size = getattr(snapshot.data, split, None) if snapshot.data is not None else None
-    if split != "train" or size is None or count >= size:
-        return f"{count:,}"
-    batch = snapshot.config.train.batch_size if snapshot.config else None
-    batches = f" of {batch}" if batch else ""
-    return f"{count:,} of {size:,} (as in the book, the last {size - count} fill no batch{batches} and are dropped)"
+    return f"{count:,} of {size:,}" if split == "train" and size is not None and count < size else f"{count:,}"
 
 
 def training_view(snapshot: JobSnapshot) -> TrainingView:
@@ -306,7 +302,10 @@ def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) 
             accuracy = accuracy_plot()
             baseline = gr.Dataframe(headers=BASELINE_COLUMNS, label="Baseline: accuracy before training", interactive=False, elem_id="baseline")
         final = gr.Dataframe(
-            headers=FINAL_COLUMNS, label="Final accuracy on the full splits", interactive=False, wrap=True, elem_id="final"
+            headers=FINAL_COLUMNS,
+            label="Final accuracy on the full splits (train: whole batches only, as in the book, so its last few messages are left out)",
+            interactive=False,
+            elem_id="final",
         )
         with gr.Row():
             book_plot = gr.Image(label="Loss plot (book style)", type="filepath", interactive=False, elem_id="book-plot")
