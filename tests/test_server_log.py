@@ -17,15 +17,15 @@ def test_a_user_error_is_one_line_and_a_fault_keeps_its_traceback(
     with running_app(settings) as served:
         client = Client(served.url, verbose=False, analytics_enabled=False)
         with caplog.at_level(logging.WARNING, logger="lora_lab.app"):
-            with pytest.raises(Exception, match="the message is empty"):  # refused before the handler runs
+            with pytest.raises(Exception, match="the message is empty"):
                 client.predict("", None, api_name="/classify")
-            with pytest.raises(Exception, match="no messages"):  # refused by the handler
+            with pytest.raises(Exception, match="no messages"):
                 client.predict("\n\n", None, api_name="/classify_many")
         printed = capfd.readouterr()
         assert "Traceback" not in printed.err + printed.out
         lines = [record.getMessage() for record in caplog.records if record.name == "lora_lab.app"]
         assert lines == [
-            "refused (message): the message is empty: type a message to classify",
+            "refused (classify): the message is empty: type a message to classify",
             "refused (classify_many): no messages: type or paste one message per line",
         ]
 

@@ -18,7 +18,6 @@ from engine.classifier import Prediction
 from engine.explain import TokenScore, WordInfluence, spam_index, token_scores, word_influence
 from ui.guards import engine_errors_as_toasts, message_problem, uploaded_file, uploaded_path
 from ui.lab import Lab
-from ui.server_log import log_refusal
 from ui.views import AWAY_RGB, TOWARDS_RGB, plural, rgba
 
 EXAMPLE_MESSAGES = (
@@ -146,13 +145,6 @@ class ClassifyTab:
         details = f"{after.tokens} tokens read{cut}. Adapter: {adapter}; base model: {classifier.config.base_model}."
         return dict(after.probabilities), dict(before.probabilities), details
 
-    def check_message(self, message: Any, adapter_file: Any = None) -> Any:
-        """Before Classify and Explain run: an unusable message is named at the message box itself."""
-        problem = message_problem(message)
-        if problem:
-            log_refusal("message", problem)
-        return [gr.validate(problem is None, problem or ""), gr.validate(True, "")]
-
     def classify_many(self, messages: str, adapter_file: str | None) -> tuple[str, pd.DataFrame]:
         """One message per line: a summary and a table of answers. Lines are numbered as typed; blank
         lines are ignored, a line that cannot be classified is reported in its row."""
@@ -246,7 +238,6 @@ def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.T
         api_name="classify",
         concurrency_id="classify",
         concurrency_limit=1,
-        validator=classify.check_message,
     ).failure(cleared(3), None, [after, before, details], show_progress="hidden", api_visibility="private")
     classify_many_button.click(
         classify.classify_many,
@@ -272,7 +263,6 @@ def build_explain(classify: ClassifyTab, message: gr.Textbox, adapter_file: gr.F
         api_name="explain",
         concurrency_id="classify",
         concurrency_limit=1,
-        validator=classify.check_message,
     ).failure(cleared(2), None, [heat, bars], show_progress="hidden", api_visibility="private")
 
 
