@@ -595,7 +595,10 @@ def test_login_is_asked_when_auth_is_given(trained_lab: Lab) -> None:
 
 def test_command_line_binds_locally_and_warns_when_exposed(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     launched: list[dict[str, Any]] = []
-    monkeypatch.setattr(app, "launch", lambda demo, settings, host, port, share, auth=None: launched.append(dict(host=host, share=share, auth=auth)))
+    monkeypatch.setattr(
+        app, "launch", lambda demo, settings, host, port, share, auth=None, **options: launched.append(dict(host=host, share=share, auth=auth)) or ""
+    )
+    monkeypatch.setattr(app, "has_desktop", lambda: False)  # no browser opens from a test
     monkeypatch.delenv("LORA_LAB_AUTH", raising=False)
     app.main([])
     assert launched[-1] == {"host": "127.0.0.1", "share": False, "auth": None} and not caplog.records
