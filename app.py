@@ -1,4 +1,5 @@
-"""LoRA Lab's web app: `python app.py` opens http://127.0.0.1:7860.
+"""LoRA Lab's web app: `python app.py` (or `lora-lab` once installed) serves http://127.0.0.1:7860 and
+opens it in the browser on a desktop.
 
 Seven tabs over `engine`: Data, Model & LoRA, Train, Parameters, Classify, Evaluate, Runs, each in its
 own module of `ui/`. Runs are queued in the app's Scheduler, not in a browser session, and train in
@@ -17,6 +18,8 @@ and the fix.
 import argparse
 import logging
 import os
+import sys
+import webbrowser
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,12 +42,15 @@ from ui.lab import Lab  # noqa: E402
 from ui.model_tab import ModelTab, build_model_tab  # noqa: E402
 from ui.parameters_tab import ParametersTab, build_parameters_tab  # noqa: E402
 from ui.runs_tab import RunsTab, build_runs_tab  # noqa: E402
+from ui.server_log import log_user_errors_in_one_line  # noqa: E402
 from ui.settings import MAX_UPLOAD_MB, UPLOAD_LIFETIME_S, UPLOAD_SPACE_MB, UPLOAD_SWEEP_S, AppSettings  # noqa: E402
 from ui.train_tab import TrainTab, build_train_tab  # noqa: E402
+from ui.views import APP_CSS  # noqa: E402
 
 log = logging.getLogger("lora_lab.app")
 
 THEME = gr.themes.Soft()  # a built-in theme ships its fonts; GoogleFont themes fetch from the internet
+ICON = Path(__file__).resolve().parent / "assets" / "lora-lab.png"  # the browser tab's, and the installed desktop app's
 
 
 def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
@@ -61,11 +67,12 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
             build_classify_tab(ClassifyTab(lab), demo, train_timer)
             build_evaluate_tab(EvaluateTab(lab))
             build_runs_tab(RunsTab(lab), demo, controls, follow, tabs)
+    log_user_errors_in_one_line(demo)
     return demo
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python app.py", description="LoRA Lab: fine-tune GPT-2 with LoRA to classify SMS spam, in your browser.")
+    parser = argparse.ArgumentParser(description="LoRA Lab: fine-tune GPT-2 with LoRA to classify SMS spam, in your browser.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to your network)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--share", action="store_true", help="also publish a public gradio.live link (off by default: sends traffic through Gradio's servers)")
@@ -88,6 +95,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="ask for this login before showing the app (Gradio's auth), for shared machines; "
         "LORA_LAB_AUTH=USER:PASSWORD does the same without showing the password in the process list",
     )
+    parser.add_argument("--no-browser", action="store_true", help="do not open the app in a browser at start (by default it opens on a desktop)")
     parser.add_argument("--max-upload-mb", type=int, default=MAX_UPLOAD_MB, help=f"largest file a visitor may upload, in MB (default {MAX_UPLOAD_MB})")
     parser.add_argument("--workers", type=int, help="runs trained at once, each in its own process (default: one per CUDA GPU, otherwise one)")
     parser.add_argument(
@@ -136,9 +144,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         lab = Lab(settings)
     except LoRALabError as error:  # e.g. Ray missing or unreachable
-        raise SystemExit(f"python app.py: error: {error}") from None
-    print(f"LoRA Lab trains on {lab.scheduler.workers.describe()}; runs and their queue are kept in {settings.out}", flush=True)
-    launch(build_ui(settings, lab), settings, args.host, args.port, args.share, auth=args.auth)
+        raise SystemExit(f"lora-lab: error: {error}") from None
+    demo = build_ui(settings, lab)
+    url = launch(demo, settings, args.host, args.port, args.share, block=False, auth=args.auth)
+    print(banner(url, demo.share_url, args.share), flush=True)
+    print(f"Runs train on {lab.scheduler.workers.describe()}; they and their queue are kept in {settings.out}.", flush=True)
+    if not args.no_browser and has_desktop():
+        webbrowser.open(url)
+    demo.block_thread()
+
+
+def banner(url: str, share_url: str | None, shared: bool) -> str:
+    """What the terminal says once the app is up: where it is, and how to show it to others."""
+    lines = [f"LoRA Lab is running at {url} (Ctrl+C stops it)."]
+    if shared and share_url:
+        lines.append(f"Public link, for anyone who has it: {share_url}")
+    elif shared:
+        lines.append("The public link could not be made (see the message above): the app runs on this machine only.")
+    else:
+        lines.append("To show it to others over the internet, start it with --share (a public gradio.live link); --help lists every option.")
+    return "\n".join(lines)
+
+
+def has_desktop() -> bool:
+    """Whether a browser window can open here: always on macOS and Windows, elsewhere in a graphical session."""
+    return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 def launch(
@@ -157,13 +187,16 @@ def launch(
         share=share,
         auth=auth,
         theme=THEME,
+        css=APP_CSS,
         allowed_paths=[str(settings.out)],  # the only files served besides Gradio's own copies: the runs
         max_file_size=settings.max_upload_mb * 1024 * 1024,
         footer_links=["api", "settings"],  # no link to gradio.app
         # In front of Gradio's routes: no URL fetched for a visitor, no API list before the login, bounded uploads.
         app_kwargs={"middleware": [Middleware(HttpGuard, upload_space_bytes=settings.upload_space_mb * 1024 * 1024, upload_lifetime_s=UPLOAD_LIFETIME_S)]},
+        favicon_path=str(ICON),
+        pwa=True,  # the browser offers to install LoRA Lab as a desktop app, with this icon
         prevent_thread_lock=not block,
-        quiet=not block,
+        quiet=True,  # `main` prints its own banner: Gradio's speaks of share=True in launch()
     )
     return url
 

@@ -5,9 +5,11 @@ one-line message on bad input.
 """
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,8 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], lines: list[str]) -
 def cmd_data(args: argparse.Namespace) -> None:
     from engine.data import prepare
 
-    summary = prepare(args.source, args.cache, _download_reporter() if not args.json else None, deduplicate=args.dedupe).summary
+    with _failures_said_once(not args.json):
+        summary = prepare(args.source, args.cache, _download_reporter() if not args.json else None, deduplicate=args.dedupe).summary
     _emit(
         args,
         summary.to_dict(),
@@ -117,10 +120,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     _emit(args, result, lines + [f"adapter saved to {result['adapter']}; run record {result['record']}"])
 
 
-def _run_config(args: argparse.Namespace, preset_name: str | None = None) -> RunConfig:
+def _run_config(args: argparse.Namespace) -> RunConfig:
     """The run `train` (or each point of `sweep`) starts from: the preset, then every option given."""
     cfg = RunConfig.from_preset(
-        preset_name or args.preset, model=args.model, data=args.data, data_cache=args.cache, out_dir=args.out, device=args.device, deduplicate=args.dedupe
+        args.preset, model=args.model, data=_training_data(args), data_cache=args.cache, out_dir=args.out, device=args.device, deduplicate=args.dedupe
     )
     lora_changes = {k: v for k, v in (("rank", args.rank), ("alpha", args.alpha), ("scaling", args.scaling)) if v is not None}
     if args.targets:
@@ -168,9 +171,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         from engine.grid import configure
 
         base = configure(base, fixed)
-    if base.data is None or not Path(base.data).is_dir():  # prepared once here, not by every worker
-        from engine.data import prepare
+    from engine.data import is_prepared_folder, prepare
 
+    if not is_prepared_folder(base.data):  # a file or URL given with --data: prepared once here, not by every worker
         prepare(base.data, base.data_cache, None if args.json else _download_reporter(), urls=base.data_urls, deduplicate=base.deduplicate)
         base = replace(base, data=base.data_cache)
     runs = grid.expand(base)
@@ -229,6 +232,22 @@ def _sweep_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _training_data(args: argparse.Namespace) -> str:
+    """What `train` reads: --data; else the splits `data` prepared in --cache; else the data downloaded now into --cache."""
+    from engine.config import preset
+    from engine.data import load_summary, prepare
+
+    if args.data:
+        return args.data
+    cache = Path(args.cache)
+    summary = load_summary(cache)
+    if (cache / "train.csv").is_file() and (summary.deduplicated if summary else False) == args.dedupe:
+        return str(cache)
+    with _failures_said_once(not args.json):
+        reporter = _download_reporter() if not args.json else None
+        return str(prepare(None, cache, reporter, seed=preset(args.preset).train.seed, deduplicate=args.dedupe).folder)
+
+
 def cmd_classify(args: argparse.Namespace) -> None:
     from engine.classifier import Classifier
     from engine.device import pick_device
@@ -244,11 +263,29 @@ def cmd_classify(args: argparse.Namespace) -> None:
         table = classify_file(classifier, Path(args.file), Path(out))
         counts = table["label"].value_counts().to_dict()
         summary = {"file": args.file, "out": out, "messages": len(table), "labels": counts}
-        _emit(args, summary, [f"{len(table):,} messages classified {counts}; written to {out}"])
+        labels = table["label"].tolist()
+        shown = _answers_table(labels, [table[f"p_{label}"].iloc[i] for i, label in enumerate(labels)], table["message"].tolist())
+        by_label = ", ".join(f"{n:,} {label}" for label, n in counts.items())
+        _emit(args, summary, [*shown, f"{len(table):,} messages classified ({by_label}); every answer with each class's probability in {out}"])
         return
     predictions = classifier.classify(args.messages)
     rows = [{"message": m, "label": p.label, "p_spam": round(p.p_spam, 4), "truncated": p.truncated} for m, p in zip(args.messages, predictions, strict=True)]
     _emit(args, {"predictions": rows}, [f"{r['label']:<4}  P(spam)={r['p_spam']:.3f}  {r['message'][:70]}" for r in rows])
+
+
+FILE_ROWS_SHOWN = 20
+
+
+def _answers_table(labels: list[str], probabilities: list[float], messages: list[str]) -> list[str]:
+    """The first answers of a file as aligned columns: label, its probability, the message cut to a line."""
+    width = max(len("label"), *(len(label) for label in labels))
+    lines = [f"{'label':<{width}}  {'P(label)':>8}  message"]
+    for label, p, message in list(zip(labels, probabilities, messages, strict=True))[:FILE_ROWS_SHOWN]:
+        text = " ".join(message.split())
+        lines.append(f"{label:<{width}}  {p:>8.3f}  {text if len(text) <= 70 else text[:69] + '…'}")
+    if len(labels) > FILE_ROWS_SHOWN:
+        lines.append(f"... and {len(labels) - FILE_ROWS_SHOWN:,} more")
+    return lines
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -279,6 +316,29 @@ def _progress_bar(event: Any) -> None:
     eta = time.strftime("%M:%S", time.gmtime(event.eta_s)) if event.eta_s < 3600 else f"{event.eta_s / 3600:.1f}h"
     line = f"[{'#' * done}{'.' * (30 - done)}] step {event.step}/{event.total_steps} epoch {event.epoch} loss {event.loss:.3f} ETA {eta}"
     print("\r" + line if sys.stderr.isatty() else line, end="" if sys.stderr.isatty() else "\n", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _failures_said_once(reported: bool) -> Iterator[None]:
+    """While a download runs with the progress reporter, which prints each failed source as it fails: the
+    engine's log line about it stays quiet, and the final error does not list the sources again."""
+    from engine.errors import DownloadError
+
+    quiet = logging.getLogger("engine.download")
+    level = quiet.level
+    if reported:
+        quiet.setLevel(logging.ERROR)
+    try:
+        yield
+    except DownloadError:
+        if not reported:
+            raise
+        raise DownloadError(
+            "no source could be downloaded (each is listed above): check the internet connection, "
+            "or prepare the zip you have: python -m engine data --source sms_spam_collection.zip"
+        ) from None
+    finally:
+        quiet.setLevel(level)
 
 
 def _download_reporter() -> Any:
@@ -373,7 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
     """What `train` and `sweep` share besides the settings a grid varies."""
     parser.add_argument("--model", default="gpt2-small", help=model_help)
-    parser.add_argument("--data", help="folder made by `data`, or a source as `data --source` takes (default: download)")
+    parser.add_argument(
+        "--data", help="folder made by `data`, or a source as `data --source` takes (default: what `data` prepared in --cache, else download)"
+    )
     parser.add_argument("--cache", default="data_cache", help="where downloaded data and CSVs go (default: data_cache)")
     parser.add_argument("--dedupe", action="store_true", help="drop repeated messages before balancing and splitting")
     parser.add_argument("--epochs", type=int)

@@ -12,14 +12,14 @@ import torch
 
 from engine.classifier import Classifier
 from engine.errors import InputError
-from engine.tokenizer import decode, encode
+from engine.tokenizer import encode, gpt2_tokenizer
 
 MAX_WORDS = 64  # leave-one-out re-scores the message once per word: cap the work for long texts
 
 
 @dataclass(frozen=True)
 class TokenScore:
-    token: str  # the token's text (may start with a space)
+    token: str  # the token's text (may start with a space); tokens that split a character are grouped
     p_spam: float  # P(spam) reading the message up to and including this token
 
 
@@ -44,7 +44,29 @@ def token_scores(classifier: Classifier, text: str) -> list[TokenScore]:
     model = classifier.model
     hidden = model.hidden_states(torch.tensor([ids], device=classifier.device))[0]  # (T, C)
     probabilities = torch.softmax(model.score(hidden).float(), dim=-1)[:, spam_index(classifier)].tolist()
-    return [TokenScore(decode([token]), p) for token, p in zip(ids, probabilities, strict=True)]
+    return whole_characters(ids, probabilities)
+
+
+def whole_characters(ids: list[int], probabilities: list[float]) -> list[TokenScore]:
+    """One score per run of tokens that decodes to whole characters.
+
+    GPT-2's tokens are bytes: an emoji or an accented letter can be split over several tokens, none of
+    which decodes alone. Such tokens are grouped until their bytes form valid UTF-8; the group gets the
+    last token's score, the first point at which the model has read the whole character.
+    """
+    scores: list[TokenScore] = []
+    pending = b""
+    for token, p in zip(ids, probabilities, strict=True):
+        pending += gpt2_tokenizer().decode_single_token_bytes(token)
+        try:
+            text = pending.decode("utf-8")
+        except UnicodeDecodeError:
+            continue  # part of a character: wait for the rest
+        scores.append(TokenScore(text, p))
+        pending = b""
+    if pending:  # the message was cut inside a character
+        scores.append(TokenScore(pending.decode("utf-8", errors="replace"), probabilities[-1]))
+    return scores
 
 
 def word_influence(classifier: Classifier, text: str) -> list[WordInfluence]:

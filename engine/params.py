@@ -1,4 +1,5 @@
-"""Parameter counts for a model size and LoRA settings, computed on the meta device (no weights, no memory)."""
+"""Parameter counts for a model size and LoRA settings, computed on the meta device (no weights, no memory):
+the totals, the split by kind of layer, and the shapes of one adapted layer (W beside LoRA's A and B)."""
 
 import functools
 from dataclasses import dataclass
@@ -6,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.classifier import build_classifier
-from engine.config import LABELS, LoRAConfig
+from engine.config import LABELS, LORA_TARGETS, LoRAConfig
 from engine.lora import count_parameters
 from engine.model import GPT
 from engine.weights import resolve
@@ -48,3 +49,104 @@ def param_summary(model: str, lora: LoRAConfig) -> ParamSummary:
         adapter_megabytes=round((counts.lora + head) * BYTES_PER_PARAMETER / 1e6, 2),
         model_megabytes=round((total_before - head) * BYTES_PER_PARAMETER / 1e6, 1),
     )
+
+
+# How the Parameters tab groups the model's weights: each Linear by its LoRA target name, the rest by kind.
+EMBEDDINGS, LAYER_NORMS = "embeddings", "layer norms"
+
+
+@dataclass(frozen=True)
+class LayerTypeCounts:
+    """One kind of layer over the whole model: its frozen weights and the LoRA weights trained beside them."""
+
+    name: str  # a LoRA target ("attn.q_proj", ..., "score"), "embeddings" or "layer norms"
+    layers: int  # how many such layers the model holds (one per block; the embeddings and the head once)
+    frozen: int  # weights and biases kept as they are
+    lora: int  # LoRA's A and B matrices on these layers (0 when LoRA leaves them alone)
+    trained_as_is: int = 0  # the head's own weights, when they are trained too
+
+
+@dataclass(frozen=True)
+class LoRAShape:
+    """One adapted layer as LoRA sees it: x (1 × d) · W (d × k), plus x · A (d × r) · B (r × k)."""
+
+    target: str
+    d: int  # input width
+    k: int  # output width
+    rank: int
+
+    @property
+    def frozen(self) -> int:
+        """Entries of W (its bias aside): d × k, all frozen."""
+        return self.d * self.k
+
+    @property
+    def a(self) -> int:
+        return self.d * self.rank
+
+    @property
+    def b(self) -> int:
+        return self.rank * self.k
+
+    @property
+    def share(self) -> float:
+        """LoRA's trained entries as a fraction of W's: r (d + k) / (d k)."""
+        return (self.a + self.b) / self.frozen
+
+
+def _kind(name: str) -> str:
+    """The group a parameter of the classifier belongs to, from its name."""
+    module = name.rsplit(".", 1)[0].removesuffix(".base_layer")
+    target = next((t for t in LORA_TARGETS if module == t or module.endswith("." + t)), None)
+    if target is not None:
+        return target
+    return EMBEDDINGS if module.endswith(("wte", "wpe")) else LAYER_NORMS
+
+
+@functools.lru_cache(maxsize=64)
+def param_breakdown(model: str, lora: LoRAConfig, n_classes: int = len(LABELS)) -> tuple[LayerTypeCounts, ...]:
+    """Frozen and LoRA weights by kind of layer (`LORA_TARGETS` order, then embeddings and layer norms), without weights."""
+    config = resolve(model).config
+    with torch.device("meta"):
+        adapted = build_classifier(GPT(config), lora, n_classes=n_classes)
+    frozen: dict[str, int] = {}
+    lora_counts: dict[str, int] = {}
+    as_is: dict[str, int] = {}
+    layers: dict[str, set[str]] = {}
+    for name, parameter in adapted.named_parameters():
+        kind = _kind(name)
+        layers.setdefault(kind, set()).add(name.rsplit(".", 1)[0].removesuffix(".base_layer"))
+        if "lora_" in name:
+            lora_counts[kind] = lora_counts.get(kind, 0) + parameter.numel()
+        elif parameter.requires_grad:
+            as_is[kind] = as_is.get(kind, 0) + parameter.numel()
+        else:
+            frozen[kind] = frozen.get(kind, 0) + parameter.numel()
+    order = [*LORA_TARGETS, EMBEDDINGS, LAYER_NORMS]
+    return tuple(
+        LayerTypeCounts(
+            kind,
+            len(layers[kind]),
+            frozen.get(kind, 0),
+            lora_counts.get(kind, 0),
+            as_is.get(kind, 0),
+        )
+        for kind in order
+        if kind in layers
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def lora_shape(model: str, target: str, rank: int, n_classes: int = len(LABELS)) -> LoRAShape:
+    """The width in (d) and out (k) of one adapted layer of `model`, with LoRA's A and B at `rank`.
+
+    Raises:
+        ConfigError: `target` is not one of LORA_TARGETS, or `rank` is not a whole number of at least 1.
+    """
+    LoRAConfig(rank=rank, targets=(target,))  # validates both, with the config's own messages
+    config = resolve(model).config
+    with torch.device("meta"):
+        classifier = GPT(config)
+        classifier.add_classifier(n_classes, 0)
+    layer = next(module for name, module in classifier.named_modules() if name == target or name.endswith("." + target))
+    return LoRAShape(target, layer.in_features, layer.out_features, rank)

@@ -8,9 +8,11 @@ model.safetensors) or a single .safetensors file of one of the four sizes.
 import json
 import os
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -24,6 +26,7 @@ WEIGHTS_FILE = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # OpenAI's GPT-2 stores these as Conv1D, (in, out): nn.Linear wants (out, in).
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+PROBE_TIMEOUT_S = 5.0  # one connection attempt to the download server before a download
 IGNORED = re.compile(r"(^lm_head\.weight$|\.attn\.(masked_)?bias$)")  # tied head, causal-mask buffers
 
 
@@ -68,33 +71,88 @@ def resolve(spec: str) -> ModelSource:
     raise ConfigError(f"unknown model {spec!r}: use {', '.join(GPT2_SIZES)}, a folder with config.json and {WEIGHTS_FILE}, or a .safetensors file")
 
 
+def cached_weights(spec: str) -> Path | None:
+    """The weights file when it is on this machine already (the given folder or file, or the Hugging Face
+    cache), without touching the network; None when a download is needed."""
+    source = resolve(spec)
+    if source.weights is not None:
+        return source.weights
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(source.repo_id, WEIGHTS_FILE)
+    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
+
+
+def weight_count(config: GPTConfig) -> int:
+    """GPT-2's parameters, from its shape alone: the token and position embeddings, per block two layer
+    norms and four Linear layers (12 n² + 13 n), and the final layer norm (the output head is tied)."""
+    n = config.n_embd
+    return config.vocab_size * n + config.context_length * n + config.n_layer * (12 * n * n + 13 * n) + 2 * n
+
+
+def download_bytes(config: GPTConfig) -> int:
+    """About how large the Hub's model.safetensors of this size is: every weight in fp32, plus the
+    causal-mask buffer (context × context) that OpenAI's checkpoint keeps in each block."""
+    return 4 * (weight_count(config) + config.n_layer * config.context_length**2)
+
+
+def hub_endpoint() -> str:
+    """Where sizes are downloaded from: HF_ENDPOINT (a mirror, read at call time), else huggingface.co."""
+    return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+
+
+def hub_reachable(timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether a connection to the download server opens: one quick try, not the hub library's retries."""
+    parsed = urlparse(hub_endpoint())
+    port = parsed.port or (80 if parsed.scheme == "http" else 443)
+    try:
+        with socket.create_connection((parsed.hostname or "", port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE=1: only what is on this machine may be used."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def fetch(source: ModelSource, progress: Callable[[int, int | None], None] | None = None) -> Path:
     """Local path of the weights, downloading them into the Hugging Face cache if needed.
 
-    Honours HF_ENDPOINT (a mirror, read at call time) and HF_HUB_OFFLINE=1 (cache only).
+    A size already in the cache is used as it is, without asking the server (so it works offline at
+    once). Honours HF_ENDPOINT (a mirror, read at call time) and HF_HUB_OFFLINE=1 (cache only).
 
     Raises:
-        WeightsError: offline and not cached, or the download failed; the message says where to put the file.
+        WeightsError: not on this machine and the server cannot be reached, or the download failed;
+            the message says what to do.
     """
     if source.weights is not None:
         return source.weights
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    cached = try_to_load_from_cache(source.repo_id, WEIGHTS_FILE)
+    if isinstance(cached, str) and Path(cached).is_file():
+        return Path(cached)
+    name, size = f"{source.config.name} ({source.repo_id})", f"{download_bytes(source.config) / 1e6:,.0f} MB"
+    elsewhere = f"or copy a model folder (config.json + {WEIGHTS_FILE}) to this machine and pass it with --model FOLDER"
+    if hub_offline():
+        raise WeightsError(f"{name} is not on this machine and HF_HUB_OFFLINE=1 forbids downloading it ({size}): unset HF_HUB_OFFLINE, {elsewhere}")
+    host = urlparse(hub_endpoint()).hostname
+    if not hub_reachable():
+        raise WeightsError(f"{name} is not on this machine and {host} cannot be reached to download it ({size}): connect to the internet, {elsewhere}")
     try:
         path = hf_hub_download(
             source.repo_id,
             WEIGHTS_FILE,
             endpoint=os.environ.get("HF_ENDPOINT") or None,
-            local_files_only=offline,
             tqdm_class=_progress_tqdm(progress) if progress else None,
         )
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
         raise WeightsError(
-            f"could not get {source.repo_id}/{WEIGHTS_FILE} ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
-            f"Offline? Download it elsewhere and pass its folder with --model (config.json + {WEIGHTS_FILE}), "
-            "or set HF_ENDPOINT to a reachable mirror; HF_HUB_OFFLINE=1 uses only the local cache."
+            f"could not download {source.repo_id}/{WEIGHTS_FILE} from {host} ({type(error).__name__}: {str(error).splitlines()[0][:200]}): "
+            f"try again later, {elsewhere}, or set HF_ENDPOINT to a reachable mirror"
         ) from None
     return Path(path)
 

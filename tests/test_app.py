@@ -24,7 +24,7 @@ from ui.classify_tab import EXAMPLE_MESSAGES, ClassifyTab
 from ui.controls import Controls, run_config
 from ui.data_tab import DataTab
 from ui.lab import Lab
-from ui.model_tab import ControlWidgets, ModelTab
+from ui.model_tab import ControlWidgets, ModelTab, model_label
 from ui.parameters_tab import ParametersTab
 from ui.settings import AppSettings
 from ui.train_tab import MAX_BATCH_POINTS, TrainTab, live_views, loss_frame
@@ -156,7 +156,7 @@ def test_download_uses_the_backup_when_the_primary_fails(settings: AppSettings, 
     status, counts, preview, histogram = DataTab(lab).download_data()
     assert status.startswith(f"Data ready from {http_server.url('/backup.zip')}")
     assert f"{http_server.url('/primary.zip')}: failed: HTTP 404" in status
-    assert dict(zip(counts[""], counts["messages"], strict=True)) == {
+    assert dict(zip(counts.data[""], counts.data["messages"], strict=True)) == {
         "messages": 5574,
         "ham": 4827,
         "spam": 747,
@@ -172,19 +172,24 @@ def test_download_uses_the_backup_when_the_primary_fails(settings: AppSettings, 
     assert DataTab(lab).show_data()[0] == status.split("\n")[0]
 
 
-def test_download_failure_is_a_toast_with_the_engine_message(settings: AppSettings, http_server) -> None:
+def test_download_failure_points_to_the_upload_box(settings: AppSettings, http_server) -> None:
     lab = Lab(AppSettings(cache=settings.cache, data_urls=(http_server.url("/nothing.zip"),)))
-    with pytest.raises(gr.Error, match="could not download from any source"):
-        DataTab(lab).download_data()
+    data = DataTab(lab)
+    with pytest.raises(gr.Error, match="The download failed") as refused:
+        data.download_data()
+    assert refused.value.visible is False  # said in the status line, beside the upload box, not in a toast over it
+    status, *kept = data.failed()
+    assert f"{http_server.url('/nothing.zip')}: failed: HTTP 404" in status and "in the box beside the Download button" in status
+    assert all(isinstance(view, type(gr.skip())) for view in kept)  # the data shown before stays
     assert DataTab(lab).show_data()[0].startswith("No data yet")
 
 
 def test_upload_a_local_file(lab: Lab, sms_zip: Path, tmp_path: Path) -> None:
     status, counts, _, _ = DataTab(lab).upload_data(as_upload(sms_zip))
-    assert status == "Data ready from the uploaded file sms_spam_collection.zip" and counts["messages"][0] == 5574
+    assert status == "Data ready from the uploaded file sms_spam_collection.zip" and counts.data["messages"][0] == 5574
     restarted = Lab(lab.settings)  # a new app process finds the splits and the summary saved in its cache
     status, counts, _, _ = DataTab(restarted).show_data()
-    assert status == f"Data prepared earlier, read from {lab.settings.cache}" and counts["messages"][0] == 5574
+    assert status == f"Data prepared earlier, read from {lab.settings.cache}" and counts.data["messages"][0] == 5574
     with pytest.raises(gr.Error, match="no tab between label and message"):
         DataTab(lab).upload_data(upload_bytes(b"hello world\n", "notes.txt"))
     with pytest.raises(gr.Error, match="choose the SMS Spam Collection"):
@@ -200,12 +205,17 @@ def test_load_weights_from_a_local_folder_runs_the_sanity_generation(lab: Lab, t
     assert text.startswith("Every effort moves you") and len(text) > len("Every effort moves you")
 
 
-def test_unreachable_weights_say_where_to_put_them(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))  # HF_HUB_OFFLINE=1: cache only
-    with pytest.warns(UserWarning, match="model.safetensors"):
-        status, text = ModelTab(lab).load_weights("gpt2-small")
-    assert status.startswith("Weights not available: could not get openai-community/gpt2/model.safetensors")
-    assert "HF_ENDPOINT" in status and "HF_HUB_OFFLINE" in status and text == ""
+def test_a_size_that_cannot_be_downloaded_says_so_in_plain_words(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    assert model_label("gpt2-small") == "gpt2-small (124M parameters) · downloads 548 MB"
+    assert model_label(lab.settings.model).endswith("(your folder, 1.6M parameters) · on this machine")
+    status, text = ModelTab(lab).load_weights("gpt2-small")  # HF_HUB_OFFLINE=1 (conftest)
+    assert status.startswith("gpt2-small is not on this machine yet and needs a download of 548 MB, but this app was started offline")
+    assert "connect to the internet and press the button again" in status and "“on this machine”" in status and text == ""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    status, _ = ModelTab(lab).load_weights("gpt2-medium")
+    assert status.startswith("gpt2-medium is not on this machine yet and needs a download of 1,520 MB, but the internet cannot be reached")
     assert ParametersTab(lab).parameters("gpt2-small", 16, list(LORA_TARGETS), False)[1] is not None  # the rest still works
 
 
@@ -217,15 +227,20 @@ def test_presets_set_their_controls(lab: Lab) -> None:
 
 
 def test_parameters_match_the_book_and_follow_rank_and_targets(lab: Lab) -> None:
-    chart, table = ParametersTab(lab).parameters("gpt2-small", 16.0, list(LORA_TARGETS), False)
+    chart, table, breakdown = ParametersTab(lab).parameters("gpt2-small", 16.0, list(LORA_TARGETS), False)
     rows = dict(zip(table[""], table["gpt2-small"], strict=True))
     assert rows["total parameters (before freezing)"] == "124,441,346"
     assert rows["LoRA trainable"] == "2,666,528"
     assert rows["ratio"] == "47x fewer"
-    assert list(chart["parameters"]) == ["total (before freezing)", "frozen", "trainable with LoRA"]
+    assert chart.axes[0].get_xscale() == "log" and "1 weight in 47 is trained" in chart.axes[0].get_title()
+    by_kind = dict(zip(breakdown["kind of layer"], breakdown["trained"], strict=True))
+    assert by_kind["attention: query (attn.q_proj)"] == "294,912" and by_kind["embeddings"] == "0"
+    assert sum(int(n.replace(",", "")) for n in breakdown["trained"]) == 2_666_528
+    assert sum(int(n.replace(",", "")) for n in breakdown["frozen"]) == 124_441_346 - 0
 
-    smaller, _ = ParametersTab(lab).parameters("gpt2-small", 4.0, ["attn.q_proj", "attn.v_proj"], False)
-    assert smaller["millions"][2] < chart["millions"][2] / 10
+    _, smaller, by_kind = ParametersTab(lab).parameters("gpt2-small", 4.0, ["attn.q_proj", "attn.v_proj"], False)
+    assert dict(zip(smaller[""], smaller["gpt2-small"], strict=True))["LoRA trainable"] == "147,456"  # 12 blocks x 2 layers x 4 x (768 + 768)
+    assert by_kind["trained"].tolist()[1] == "0"  # keys are left alone
     with pytest.raises(gr.Error, match="targets is empty"):
         ParametersTab(lab).parameters("gpt2-small", 16, [], False)
 
@@ -280,9 +295,11 @@ def test_train_poll_classify_through_the_handlers(lab: Lab, settings: AppSetting
     last = lab.scheduler.view(first_run.id).progress.live[-1].metrics
     assert live_scores[live_scores["metric"] == "F1"]["score (%)"].iloc[-1] == round(100 * last.f1, 2)
     assert f">{last.confusion[1][1]}</td>" in live_confusion
-    assert list(polled["accuracy"]["epoch"]) == [0, 0, 1, 1]
+    assert list(polled["accuracy"]["epoch"]) == ["before training", "before training", "epoch 1", "epoch 1"]
     assert list(polled["baseline"]["split"]) == ["train", "validation", "test"]
-    assert list(polled["final"]["split"]) == ["train", "validation", "test"] and polled["final"]["messages"].tolist() == [1040, 149, 300]
+    assert list(polled["final"]["split"]) == ["train", "validation", "test"]
+    # train scores whole batches only, as in the book: the table says so beside the Data tab's 1,045
+    assert polled["final"]["messages"].tolist() == ["1,040 of 1,045", "149", "300"]
     assert Path(polled["book_plot"]).name == "loss.png" and [Path(f).name for f in polled["files"]] == ["adapter.safetensors", "run.json"]
     unchanged = TrainTab(lab).poll(first_run.id, polled["shown"])  # a poll with nothing new sends nothing
     assert all(value is gr.skip() or isinstance(value, dict) and value.get("__type__") == "update" for value in unchanged[:-1])
@@ -348,8 +365,8 @@ def test_gradio_client_drives_the_whole_app(served: RunningApp, settings: AppSet
 
     status, counts, _, _ = client.predict(handle_file(str(sms_zip)), api_name="/upload_data")
     assert status.startswith("Data ready") and frame(counts)["messages"][0] == 5574
-    chart, table = client.predict(settings.model, 4, ["attn.q_proj"], False, api_name="/parameters")
-    assert frame(chart)["millions"].iloc[2] > 0
+    chart, table, breakdown = client.predict(settings.model, 4, ["attn.q_proj"], False, api_name="/parameters")
+    assert frame(breakdown)["trained"].iloc[0] == "512"  # 2 blocks x 4 x (32 + 32)
     assert client.predict("book", api_name="/apply_preset")[3:5] == ("last", "longest")
     weights, sanity = client.predict(settings.model, api_name="/load_weights")
     assert "2 layers" in weights and sanity.startswith("Every effort moves you")

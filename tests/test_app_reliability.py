@@ -119,14 +119,15 @@ def test_unusable_messages_are_refused_and_the_next_one_works(trained_lab: Lab, 
 
 def test_a_batch_with_bad_lines_answers_the_good_ones(trained_lab: Lab, adapter_dir: Path) -> None:
     lines = [SPAM, "   ", "see you at lunch 🍕", "\x00\x01", "<|endoftext|>"]
-    with pytest.warns(UserWarning, match=r"2 of 5 lines skipped: line 2 is empty: type a message to classify \(and 1 more\)"):
-        table = ClassifyTab(trained_lab).classify_many("\r\n".join(lines) + "\n\n", None)
-    assert table["line"].tolist() == [1, 2, 3, 4, 5]
-    assert table["note"].tolist()[1] == "skipped: line 2 is empty: type a message to classify"
-    assert table["note"].tolist()[3] == "skipped: line 4 holds only control characters: type a message to classify"
+    summary, table = ClassifyTab(trained_lab).classify_many("\r\n".join(lines) + "\n\n", None)
+    assert summary == (
+        "3 messages classified; 1 skipped: line 4 holds only control characters: type a message to classify; 2 blank lines ignored."
+    )
+    assert table["line"].tolist() == [1, 3, 4, 5]  # numbered as typed; the blank lines are not rows
+    assert table["note"].tolist()[2] == "skipped: line 4 holds only control characters: type a message to classify"
     classifier = Classifier.load(adapter_dir, torch.device("cpu"))
     for row in table.itertuples():
-        if row.line in (2, 4):
+        if row.line == 4:
             assert row.label == ""
             continue
         want = classifier.classify(lines[row.line - 1])[0]
@@ -135,7 +136,7 @@ def test_a_batch_with_bad_lines_answers_the_good_ones(trained_lab: Lab, adapter_
         ClassifyTab(trained_lab).classify_many("\n\r\n", None)
     with pytest.raises(gr.Error, match=f"at most {MAX_BATCH_MESSAGES}"):
         ClassifyTab(trained_lab).classify_many("hi\n" * (MAX_BATCH_MESSAGES + 1), None)
-    assert ClassifyTab(trained_lab).classify_many("hello", None)["label"].tolist()[0] in ("ham", "spam")
+    assert ClassifyTab(trained_lab).classify_many("hello", None)[1]["label"].tolist()[0] in ("ham", "spam")
 
 
 # --- settings ------------------------------------------------------------------------------------
@@ -221,7 +222,7 @@ def test_blank_lines_crlf_and_a_header_are_tolerated_and_the_next_upload_works(l
     with pytest.raises(gr.Error):
         DataTab(lab).upload_data(upload_bytes(b"ham\thi\n", "SMSSpamCollection"))  # one class: refused first...
     status, counts, _, _ = DataTab(lab).upload_data(upload_bytes(messy.encode("utf-8"), "messy.tsv"))  # ...then a good file works
-    assert status == "Data ready from the uploaded file messy.tsv" and counts["messages"][0] == 5574
+    assert status == "Data ready from the uploaded file messy.tsv" and counts.data["messages"][0] == 5574
 
 
 def test_an_upload_over_the_size_limit_is_refused(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -382,7 +383,7 @@ def test_stop_during_the_data_download(settings: AppSettings, http_server) -> No
     assert not [p for p in settings.cache.iterdir() if p.is_file()]  # the partial zip is gone
     http_server.trickle.clear()
     status, counts, _, _ = DataTab(lab).download_data()  # the next Download works
-    assert status.startswith("Data ready") and counts["messages"][0] == 5574
+    assert status.startswith("Data ready") and counts.data["messages"][0] == 5574
 
 
 def test_stop_while_a_run_downloads_its_data(settings: AppSettings, http_server) -> None:
@@ -490,10 +491,10 @@ def test_bad_input_through_gradio_client(served: RunningApp, settings: AppSettin
         answer = raw_call(served.url, endpoint, [*arguments, {"path": str(sms_zip), "meta": {"_type": "gradio.FileData"}}])
         assert answer.startswith("event: error"), answer  # Gradio refuses it before any handler runs
     assert DataTab(served.lab).show_data()[0].startswith("No data yet")
-    table = client.predict(f"{SPAM}\n \t \nsee you at lunch", None, api_name="/classify_many")  # one bad line among good ones
-    labels = [row[2] for row in table["data"]]
+    summary, table = client.predict(f"{SPAM}\n\x00\x01\nsee you at lunch", None, api_name="/classify_many")  # one bad line among good ones
+    labels = [row[1] for row in table["data"]]
     assert labels[0] in ("ham", "spam") and labels[1] == "" and labels[2] in ("ham", "spam")
-    assert table["data"][1][4].startswith("skipped: line 2 is empty")
+    assert table["data"][1][3].startswith("skipped: line 2 holds only control characters") and summary.startswith("2 messages classified")
     # and after all that, the app still works
     assert client.predict(handle_file(str(sms_zip)), api_name="/upload_data")[0].startswith("Data ready")
     assert client.predict(SPAM, None, api_name="/classify")[0]["label"] in ("ham", "spam")
@@ -578,7 +579,10 @@ def test_login_is_asked_when_auth_is_given(trained_lab: Lab) -> None:
 
 def test_command_line_binds_locally_and_warns_when_exposed(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     launched: list[dict[str, Any]] = []
-    monkeypatch.setattr(app, "launch", lambda demo, settings, host, port, share, auth=None: launched.append(dict(host=host, share=share, auth=auth)))
+    monkeypatch.setattr(
+        app, "launch", lambda demo, settings, host, port, share, auth=None, **options: launched.append(dict(host=host, share=share, auth=auth)) or ""
+    )
+    monkeypatch.setattr(app, "has_desktop", lambda: False)  # no browser opens from a test
     monkeypatch.delenv("LORA_LAB_AUTH", raising=False)
     app.main([])
     assert launched[-1] == {"host": "127.0.0.1", "share": False, "auth": None} and not caplog.records

@@ -68,14 +68,14 @@ def served(tiny_model_dir: Path, tmp_path: Path, http_server) -> Iterator[Runnin
 
 
 @contextlib.contextmanager
-def app_page(browser: "sync_api.Browser", url: str) -> Iterator["sync_api.Page"]:
-    """A page showing the mounted app; on close, fail if it requested anything outside 127.0.0.1."""
+def app_page(browser: "sync_api.Browser", url: str, ready: str = "Download the SMS Spam Collection") -> Iterator["sync_api.Page"]:
+    """A page showing the mounted app (its `ready` button is there); on close, fail if it requested anything outside 127.0.0.1."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     opened = context.new_page()
     external: list[str] = []
     opened.on("request", lambda request: None if is_local(request.url) else external.append(request.url))
     opened.goto(url)
-    opened.get_by_role("button", name="Download the SMS Spam Collection").wait_for()  # mounted, not just loaded
+    opened.get_by_role("button", name=ready).wait_for()  # mounted, not just loaded
     yield opened
     context.close()
     assert external == [], f"the page requested something outside 127.0.0.1: {external}"
@@ -136,23 +136,25 @@ def test_demo_in_a_real_browser(page: "sync_api.Page", served: RunningApp, http_
     data_status = page.locator("#data-status")
     expect(data_status).to_contain_text(f"Data ready from {http_server.url('/backup.zip')}", timeout=60_000)
     expect(data_status).to_contain_text("HTTP 404")
-    expect(page.locator("#counts")).to_contain_text("5574")
+    expect(page.locator("#counts")).to_contain_text("5,574")
     expect(page.locator("#preview")).to_contain_text("spam")
     expect(page.locator("#token-histogram img")).to_be_visible(timeout=20_000)
     screenshot(page, "data")
 
-    # Parameters before any change, from the model given on the command line
+    # Parameters before any change, from the model given on the command line: a log-scale chart and the counts
     open_tab(page, "Parameters")
-    lora_bar = page.locator("#param-chart path[aria-roledescription='bar']").nth(2)
-    expect(lora_bar).to_have_attribute("aria-label", re.compile("trainable with LoRA"), timeout=20_000)
-    before = lora_bar.get_attribute("aria-label")
+    expect(page.locator("#param-chart img")).to_be_visible(timeout=20_000)
+    expect(page.locator("#param-breakdown")).to_contain_text("attention: query (attn.q_proj)")
+    before = page.locator("#param-table").inner_text()
 
     # Model & LoRA: weights and sanity generation, then rank, alpha and a long run
     open_tab(page, "Model & LoRA")
-    page.get_by_role("button", name="Download / load weights and test them").click()
+    page.get_by_role("button", name="Load the weights and test them").click()
     expect(page.locator("#weights-status textarea")).to_have_value(re.compile("2 layers, width 32"), timeout=60_000)
     expect(page.locator("#sanity textarea")).to_have_value(re.compile("^Every effort moves you"))
     set_number(page, "#rank input[type=number]", "4")
+    expect(page.locator("#lora-picture .lora-picture")).to_have_attribute("data-rank", "4", timeout=10_000)  # the picture follows the rank
+    expect(page.locator("#lora-picture")).to_contain_text("32 × 4")
     set_number(page, "#alpha input", "8")
     page.get_by_text("Advanced").click()
     set_number(page, "#epochs input", "50")  # far more than the test waits for: it stops the run
@@ -160,7 +162,7 @@ def test_demo_in_a_real_browser(page: "sync_api.Page", served: RunningApp, http_
     screenshot(page, "model")
 
     open_tab(page, "Parameters")
-    expect(lora_bar).not_to_have_attribute("aria-label", before, timeout=20_000)
+    expect(page.locator("#param-table")).not_to_have_text(before, timeout=20_000)
     lora_trainable = ParametersTab(served.lab).parameters(served.lab.settings.model, 4, list(LORA_TARGETS), False)[1].iloc[2, 1]
     expect(page.locator("#param-table")).to_contain_text(lora_trainable)
     screenshot(page, "parameters")
@@ -214,10 +216,11 @@ def test_demo_in_a_real_browser(page: "sync_api.Page", served: RunningApp, http_
     expect(status).to_have_value(re.compile(r"^Finished in "), timeout=300_000)
     expect(page.locator("#train-progress")).to_contain_text("step 30 of 30")
     expect(page.locator("#final")).to_contain_text("test", timeout=10_000)
+    expect(page.locator("#final")).to_contain_text("1,040 of 1,045")  # train scores whole batches, and says so beside the Data tab's 1,045
     expect(page.locator("#baseline")).to_contain_text("validation")
     expect(page.locator("#book-plot img")).to_be_visible(timeout=10_000)
     expect(page.locator("#live-confusion")).to_contain_text("after step 21")  # estimates after steps 1, 11 and 21
-    expect(page.locator("#live-scores path[aria-roledescription='line mark']")).to_have_count(4)
+    expect(page.locator("#live-scores path[aria-roledescription='point']")).to_have_count(12)  # 4 scores at 3 estimates
     for name in ("adapter.safetensors", "run.json"):
         expect(page.locator(f"#run-files a[href$='/{name}']")).to_have_count(1)
     screenshot(page, "train")

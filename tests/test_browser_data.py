@@ -51,14 +51,14 @@ def test_deduplicate_before_splitting_changes_the_splits(page: "sync_api.Page") 
         expected = prepare(str(SMS_ZIP), Path(folder), deduplicate=True).summary
     download = page.get_by_role("button", name="Download the SMS Spam Collection")
     download.click()
-    expect(page.locator("#counts")).to_contain_text("1045", timeout=60_000)
+    expect(page.locator("#counts")).to_contain_text("1,045", timeout=60_000)
     assert [count_of(page, row) for row in ("balanced", "train", "validation", "test")] == ["1494", "1045", "149", "300"]
     expect(page.locator("#data-quality")).to_contain_text("Not de-duplicated", timeout=20_000)
     expect(page.locator("#data-quality")).to_contain_text("Read line by line")  # and the book preset reads it its own way
 
     page.get_by_label("De-duplicate before splitting").check()
     download.click()
-    expect(page.locator("#counts")).not_to_contain_text("1045", timeout=60_000)
+    expect(page.locator("#counts")).not_to_contain_text("1,045", timeout=60_000)
     shown = [count_of(page, row) for row in ("balanced", "train", "validation", "test")]
     assert shown == [str(n) for n in (expected.balanced, expected.train, expected.validation, expected.test)]
     assert expected.train < 1045  # hundreds of repeated texts are gone
@@ -87,7 +87,7 @@ def test_your_own_csv_trains_and_its_labels_reach_classify_and_evaluate(page: "s
     for name in TOPICS:
         expect(live).to_contain_text(f"true {name}")
     expect(live).to_contain_text("macro-averaged")
-    expect(page.locator("#live-scores path[aria-roledescription='line mark']")).to_have_count(4, timeout=20_000)
+    expect(page.locator("#live-scores path[aria-roledescription='point']")).to_have_count(12, timeout=20_000)  # 4 scores at steps 1, 3, 5
     assert served.lab.followed(None).progress.data.labels == tuple(TOPICS)
 
     # Classify: the answer is one of the file's labels, with every class's probability

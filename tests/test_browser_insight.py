@@ -18,6 +18,7 @@ import test_browser
 from app_fixtures import RunningApp, running_app
 from test_browser import app_page, expect, open_tab, screenshot, set_number, sync_api
 
+from engine.history import all_runs
 from ui.classify_tab import EXAMPLE_MESSAGES
 from ui.settings import AppSettings
 
@@ -67,8 +68,8 @@ def test_insight_views_in_a_real_browser(page: "sync_api.Page", served: RunningA
     page.get_by_role("button", name="Explain this message").click()
     expect(page.locator("#token-heatmap .token").first).to_be_attached(timeout=60_000)
     assert page.locator("#token-heatmap .token").count() > 10
-    expect(page.locator("#word-influence path[aria-roledescription='bar']").first).to_be_attached(timeout=20_000)
-    expect(page.locator("#word-table")).to_contain_text("URGENT!")
+    expect(page.locator("#word-influence .bar").first).to_be_attached(timeout=20_000)
+    expect(page.locator("#word-influence")).to_contain_text("URGENT!")
     screenshot(page, "classify-explain")
 
     # Classify many: pasted lines answer in a table; an uploaded file comes back as a CSV to download
@@ -112,6 +113,8 @@ def test_insight_views_in_a_real_browser(page: "sync_api.Page", served: RunningA
     expect(page.locator("#compare-cost img")).to_be_visible(timeout=20_000)
     page.locator("#runs-refresh").click()
     expect(page.locator("#run-history")).to_contain_text("rank2", timeout=20_000)
+    rank_1 = next(run.trainable for _, run in all_runs(served.lab.settings.out) if run.name == "rank1")
+    expect(page.locator("#run-history")).to_contain_text(f"{rank_1:,}")  # one way of writing a count, everywhere
     expect(page.locator("#overlay")).to_contain_text("rank2 · validation", timeout=20_000)  # the legend follows the chosen runs
     expect(page.locator("#overlay path[aria-roledescription='line mark']")).to_have_count(4, timeout=20_000)
     screenshot(page, "runs")

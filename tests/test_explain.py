@@ -4,6 +4,7 @@ import torch
 from engine.classifier import Classifier
 from engine.errors import InputError
 from engine.explain import token_scores, word_influence
+from engine.tokenizer import decode, encode
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +56,16 @@ def test_batch_classification_of_a_file(classifier, tmp_path):
     csv_file = tmp_path / "messages.csv"
     csv_file.write_text('id,text\n1,"hello, there"\n2,WIN cash\n')
     assert read_messages_file(csv_file) == ["hello, there", "WIN cash"]
+
+
+def test_characters_split_across_tokens_are_shown_whole(classifier):
+    text = "🎉🎉 You WON a free iPhone 📱!!! Café"
+    ids = encode(text)
+    scores = token_scores(classifier, text)
+    assert "".join(s.token for s in scores) == text
+    assert "\ufffd" not in "".join(s.token for s in scores)
+    assert "🎉" in [s.token for s in scores] and len(scores) < len(ids)  # the emoji's byte tokens were grouped
+    # A group scores as its last token: the message read up to the end of the character.
+    first = next(i for i in range(1, len(ids) + 1) if decode(ids[:i]) == "🎉")
+    assert scores[0].p_spam == pytest.approx(classifier.classify("🎉")[0].p_spam, abs=1e-5)
+    assert first > 1

@@ -107,7 +107,7 @@ def test_the_upload_space_holds_at_least_one_upload() -> None:
 
 def test_the_learning_rate_box_says_its_range(settings: AppSettings, lab: Lab) -> None:
     (box,) = [block for block in app.build_ui(settings, lab).blocks.values() if getattr(block, "elem_id", None) == "lr"]
-    assert box.label == "Learning rate (1e-7 to 0.1)"  # the range the engine enforces, with the same words
+    assert box.label == "Learning rate (lr; 1e-7 to 0.1)"  # the range the engine enforces, with the same words
 
 
 # --- the login page and Gradio's file route -------------------------------------------------------------------

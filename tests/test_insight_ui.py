@@ -23,7 +23,7 @@ from engine.data import prepare
 from engine.explain import TokenScore, WordInfluence
 from engine.grid import Grid
 from engine.history import all_runs, list_runs
-from ui.classify_tab import ClassifyTab, influence_frame, token_heatmap_html
+from ui.classify_tab import ClassifyTab, influence_html, token_heatmap_html
 from ui.data_tab import DataTab, counts_frame, quality_markdown
 from ui.evaluate_tab import EvaluateTab
 from ui.grid_plots import accuracy_against_cost, heat_map
@@ -61,11 +61,15 @@ def test_token_heat_map_escapes_tokens_and_shades_by_probability() -> None:
     assert "rgba(31,119,180" in heat and "rgba(214,39,40" in heat and "After the last token: 0.900" in heat
 
 
-def test_word_influence_labels_repeated_words_apart() -> None:
-    frame = influence_frame([WordInfluence("win", 0.2, 0.5), WordInfluence("win", 0.6, 0.1), WordInfluence("hi", 0.8, -0.1)], "spam")
-    assert frame["word"].tolist() == ["win", "win (2)", "hi"]
-    assert frame["direction"].tolist() == ["towards spam", "towards spam", "away from spam"]
-    assert influence_frame([], "spam") is None
+def test_word_influence_bars_use_the_heat_maps_colours_whatever_the_signs() -> None:
+    bars = influence_html([WordInfluence("<win>", 0.2, 0.5), WordInfluence("win", 0.6, 0.1)], "spam")  # both push towards spam
+    assert "&lt;win&gt;" in bars and "<win>" not in bars
+    assert bars.count("class='bar towards'") == 2 and "class='bar away'" not in bars
+    assert "towards spam" in bars and "away from spam" in bars  # the legend shows both directions all the same
+    assert "width:100.0%" in bars and "width:20.0%" in bars  # scaled to the strongest word
+    mixed = influence_html([WordInfluence("hi", 0.8, -0.1), WordInfluence("win", 0.2, 0.05)], "spam")
+    assert mixed.count("class='bar away'") == 1 and "rgba(31,119,180" in mixed and "rgba(214,39,40" in mixed
+    assert influence_html([], "spam") == ""
 
 
 def test_data_quality_and_counts_show_every_class(small_data: Path) -> None:
@@ -101,7 +105,7 @@ def test_evaluate_a_finished_run_at_any_threshold(lab: Lab) -> None:
     assert "full validation set: 8 messages" in summary and "AUC" in summary
     assert "true spam" in confusion and metrics.columns[1] == "threshold 0.50"
     assert set(roc["curve"]) == {"ROC curve", "chance"} and roc["true positive rate"].max() == 1.0
-    assert wrong is not None and list(wrong.columns) == ["message", "true", "predicted", "P(spam)"]
+    assert wrong is not None and list(wrong.columns) == ["true", "predicted", "P(spam)", "message"]
     everything_spam = EvaluateTab(lab).evaluate("first-run", "test", 0.0)[2]
     assert everything_spam.iloc[2, 1] == 1.0  # recall of spam at threshold 0
     summary, confusion, metrics, _, ham_wrong = EvaluateTab(lab).evaluate("first-run", "validation", 0.5, "ham")  # either class can be the positive one
@@ -160,8 +164,8 @@ def test_three_classes_one_against_the_rest(lab: Lab, tmp_path: Path) -> None:
     assert metrics.iloc[:4, 1].tolist() == [round(100 * 4 / 6, 2), 0.5, 0.5, 0.5]
     curve = roc[roc["curve"] == "ROC curve"]
     assert curve["false positive rate"].tolist() == [0, 0, 0.25, 0.5, 0.5, 0.75, 1]
-    assert wrong.values.tolist() == [["d", "friends", "work", 0.3], ["c", "work", "friends", 0.5]]
-    assert list(wrong.columns) == ["message", "true", "predicted", "P(friends)"]
+    assert wrong.values.tolist() == [["friends", "work", 0.3, "d"], ["work", "friends", 0.5, "c"]]
+    assert list(wrong.columns) == ["true", "predicted", "P(friends)", "message"]
     assert EvaluateTab(lab).evaluate("first-run", "validation", 0.3, "friends")[2].iloc[2, 1] == 1.0  # recall of friends
     assert "AUC): **0.812**" in EvaluateTab(lab).evaluate("first-run", "validation", 0.5, "work")[0]  # 6.5 of 8 pairs: the tie counts half
     with pytest.raises(gr.Error, match="no class 'spam': choose one of bills, friends, work"):
@@ -174,16 +178,16 @@ def test_history_and_loss_overlay(lab: Lab) -> None:
     assert RunsTab(lab).overlay_choices().value == ["first-run"]
     overlay = RunsTab(lab).overlay(["first-run"])
     assert set(overlay["run"]) == {"first-run · train", "first-run · validation"} and overlay["step"].min() == 1
-    assert RunsTab(lab).overlay([]) is None
-    assert set(RunsTab(lab).overlay_plot(["first-run"]).color_map) == {"first-run · train", "first-run · validation"}
+    assert RunsTab(lab).overlay([]).empty and list(RunsTab(lab).overlay([]).columns) == ["step", "loss", "run"]
+    assert set(RunsTab(lab).overlay_colors(["first-run"]).color_map) == {"first-run · train", "first-run · validation"}
     with pytest.raises(gr.Error, match="choose runs"):
         RunsTab(lab).overlay("first-run")  # type: ignore[arg-type]
 
 
 def test_explain_and_classify_a_file(lab: Lab) -> None:
-    heat, bars, words = ClassifyTab(lab).explain("WIN a free prize now", None)
-    assert heat.count("class='token'") >= 5 and bars is words
-    assert sorted(words["word"]) == sorted(["WIN", "a", "free", "prize", "now"])
+    heat, bars = ClassifyTab(lab).explain("WIN a free prize now", None)
+    assert heat.count("class='token ") >= 5 and bars.count("class='bar ") == 5
+    assert all(f">{word}</div>" in bars for word in ["WIN", "a", "free", "prize", "now"])
     with pytest.raises(gr.Error, match="empty"):
         ClassifyTab(lab).explain("  ", None)
 
@@ -199,7 +203,7 @@ def test_explain_and_classify_a_file(lab: Lab) -> None:
 
 def test_data_quality_reads_the_prepared_summary(lab: Lab) -> None:
     text, repeated = DataTab(lab).data_quality()
-    assert text.startswith("### Data quality") and (repeated is None or list(repeated.columns) == ["message", "copies"])
+    assert text.startswith("### Data quality") and (repeated is None or list(repeated.columns) == ["copies", "message"])
 
 
 # --- a grid, in the app's queue --------------------------------------------------------------------
@@ -265,8 +269,8 @@ def check_through_client(served: RunningApp, tmp_path: Path) -> None:
     assert "true ham" in confusion
     history = client.predict(api_name="/run_history")
     assert history["data"][0][history["headers"].index("run")] == "first-run"
-    heat, bars, words = client.predict("Call now to claim your prize", None, api_name="/explain")
-    assert "class='token'" in heat
+    heat, bars = client.predict("Call now to claim your prize", None, api_name="/explain")
+    assert "class='token " in heat and "class='bar " in bars
     lines = tmp_path / "lines.txt"
     lines.write_text("WIN a prize\nsee you later\n")
     path, preview = client.predict(handle_file(str(lines)), None, api_name="/classify_file")

@@ -97,4 +97,45 @@ def test_offline_without_cache_says_where_to_put_weights(tmp_path, monkeypatch):
     with pytest.raises(WeightsError) as error:
         fetch(resolve("gpt2-medium"))
     message = str(error.value)
-    assert "openai-community/gpt2-medium" in message and "model.safetensors" in message and "HF_ENDPOINT" in message
+    assert "gpt2-medium (openai-community/gpt2-medium) is not on this machine" in message and "1,520 MB" in message
+    assert "--model FOLDER" in message and "HF_HUB_OFFLINE" in message
+
+
+def test_unreachable_server_fails_at_once_without_retries(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(WeightsError, match=r"gpt2-small \(openai-community/gpt2\) is not on this machine and 127.0.0.1 cannot be reached .* \(548 MB\)"):
+        fetch(resolve("gpt2-small"))
+
+
+def test_a_size_in_the_cache_is_found_without_the_network(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from engine.weights import cached_weights
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert cached_weights("gpt2-small") is None
+    snapshot = tmp_path / "hub" / "models--openai-community--gpt2" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "hub" / "models--openai-community--gpt2" / "refs").mkdir()
+    (tmp_path / "hub" / "models--openai-community--gpt2" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # unreachable: the cache must answer alone
+    assert cached_weights("gpt2-small") == snapshot / "model.safetensors"
+    assert fetch(resolve("gpt2-small")) == snapshot / "model.safetensors"
+    assert cached_weights("gpt2-medium") is None
+
+
+@pytest.mark.parametrize("size", ["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl"])
+def test_weight_count_from_the_shape_matches_the_model(size):
+    from engine.config import GPT2_SIZES
+    from engine.weights import download_bytes, weight_count
+
+    config = GPT2_SIZES[size]
+    with torch.device("meta"):
+        assert weight_count(config) == sum(p.numel() for p in GPT(config).parameters())
+    # the Hub's files: 548 MB, 1.52 GB, 3.25 GB, 6.43 GB
+    assert round(download_bytes(config) / 1e7) == {"gpt2-small": 55, "gpt2-medium": 152, "gpt2-large": 325, "gpt2-xl": 643}[size]

@@ -8,15 +8,17 @@ import html
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import pandas as pd
 
 from engine.batch import classify_file
+from engine.classifier import Prediction
 from engine.explain import TokenScore, WordInfluence, spam_index, token_scores, word_influence
 from ui.guards import deleted_if_refused, engine_errors_as_toasts, message_problem, uploaded_file, uploaded_path
 from ui.lab import Lab
-from ui.views import HAM_RGB, SPAM_RGB
+from ui.views import AWAY_RGB, TOWARDS_RGB, plural, rgba
 
 EXAMPLE_MESSAGES = (
     "You are a winner you have been specially selected to receive $1000 cash or a $2000 award.",
@@ -26,60 +28,102 @@ EXAMPLE_MESSAGES = (
 )
 MAX_BATCH_MESSAGES = 500  # lines per "classify many" request
 MAX_INFLUENCE_BARS = 15
+MANY_COLUMNS = ["line", "label", "probability", "note", "message"]  # the answer first: long messages wrap at the end
+PREVIEW_ROWS = 20
+
+
+def direction_legend(positive: str) -> str:
+    """The one colour code of "Why this answer?": red pushes towards `positive`, blue away from it."""
+    name = html.escape(positive)
+    swatch = "display:inline-block;width:0.9em;height:0.9em;border-radius:2px;vertical-align:-0.1em;margin:0 4px 0 10px"
+    return (
+        "<span class='direction-legend'>"
+        f"<span class='swatch towards' style='{swatch};background:{rgba(TOWARDS_RGB, 0.85)}'></span>towards {name}"
+        f"<span class='swatch away' style='{swatch};background:{rgba(AWAY_RGB, 0.85)}'></span>away from {name}</span>"
+    )
 
 
 def token_heatmap_html(tokens: Sequence[TokenScore], positive: str) -> str:
-    """Each token shaded by P(positive) after reading up to it: blue towards the other class, red towards `positive`."""
+    """Each token shaded by P(positive) after reading up to it: red above 0.5 (towards `positive`), blue below."""
     spans = []
     for token in tokens:
         p = token.p_spam
-        rgb, strength = (SPAM_RGB, p - 0.5) if p >= 0.5 else (HAM_RGB, 0.5 - p)
+        rgb, strength, direction = (TOWARDS_RGB, p - 0.5, "towards") if p >= 0.5 else (AWAY_RGB, 0.5 - p, "away")
         spans.append(
-            f"<span class='token' title='P({html.escape(positive)}) = {p:.3f}' data-p='{p:.4f}' "
-            f"style='background:rgba({rgb[0]},{rgb[1]},{rgb[2]},{0.08 + 1.6 * strength:.2f});border-radius:3px;padding:1px 0'>{html.escape(token.token)}</span>"
+            f"<span class='token {direction}' title='P({html.escape(positive)}) = {p:.3f}' data-p='{p:.4f}' "
+            f"style='background:{rgba(rgb, 0.08 + 1.6 * strength)};border-radius:3px;padding:1px 0'>{html.escape(token.token)}</span>"
         )
     final = tokens[-1].p_spam if tokens else float("nan")
     legend = (
-        f"<div style='font-size:0.85em;margin-top:6px'>Colour: P({html.escape(positive)}) after reading up to that token "
-        f"(<span style='background:rgba({SPAM_RGB[0]},{SPAM_RGB[1]},{SPAM_RGB[2]},0.7)'>&nbsp;towards {html.escape(positive)}&nbsp;</span> "
-        f"<span style='background:rgba({HAM_RGB[0]},{HAM_RGB[1]},{HAM_RGB[2]},0.7)'>&nbsp;away from it&nbsp;</span>); "
-        f"hover a token for its value. After the last token: {final:.3f}.</div>"
+        f"<div style='font-size:0.85em;margin-top:6px'>P({html.escape(positive)}) after reading up to each token:{direction_legend(positive)}. "
+        f"Hover a token for its value. After the last token: {final:.3f}.</div>"
     )
     return f"<div id='token-heat' style='white-space:pre-wrap;line-height:1.9;font-family:monospace'>{''.join(spans)}</div>{legend}"
 
 
-def influence_frame(influences: Sequence[WordInfluence], positive: str) -> pd.DataFrame | None:
-    """The strongest words, labelled uniquely (a repeated word gets its occurrence number) for a bar chart."""
+def influence_html(influences: Sequence[WordInfluence], positive: str) -> str:
+    """The strongest words as bars either side of zero, in the heat map's colours, with their numbers."""
     if not influences:
-        return None
-    seen: dict[str, int] = {}
+        return ""
+    shown = influences[:MAX_INFLUENCE_BARS]
+    largest = max(abs(item.influence) for item in shown) or 1.0
+    name = html.escape(positive)
+    word = "text-align:right;max-width:14em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap"
+    half = "height:1.1em;display:flex"
+    axis = f"{half};justify-content:flex-end;border-right:1px solid #999"
+    number = "text-align:right;font-variant-numeric:tabular-nums"
+    head = "font-size:0.8em;opacity:0.75"
     rows = []
-    for item in influences[:MAX_INFLUENCE_BARS]:
-        seen[item.word] = seen.get(item.word, 0) + 1
-        word = item.word if seen[item.word] == 1 else f"{item.word} ({seen[item.word]})"
+    for item in shown:
+        towards = item.influence > 0
+        width = 100 * abs(item.influence) / largest
+        colour = rgba(TOWARDS_RGB if towards else AWAY_RGB, 0.85)
+        bar = f"<div class='bar {'towards' if towards else 'away'}' style='width:{width:.1f}%;height:100%;border-radius:2px;background:{colour}'></div>"
         rows.append(
-            {
-                "word": word,
-                "influence": round(item.influence, 4),
-                "direction": f"towards {positive}" if item.influence > 0 else f"away from {positive}",
-                f"P({positive}) without it": round(item.p_spam_without, 4),
-            }
+            f"<div class='word' title='{html.escape(item.word)}' style='{word}'>{html.escape(item.word)}</div>"
+            f"<div style='{axis}'>{'' if towards else bar}</div><div style='{half}'>{bar if towards else ''}</div>"
+            f"<div style='{number}'>{item.influence:+.3f}</div><div style='{number}'>{item.p_spam_without:.3f}</div>"
         )
-    return pd.DataFrame(rows)
+    header = (
+        f"<div style='{head};text-align:right'>word</div><div style='{head};text-align:right'>away from {name}</div>"
+        f"<div style='{head}'>towards {name}</div><div style='{head};{number}'>change in P({name})</div><div style='{head};{number}'>P({name}) without it</div>"
+    )
+    grid = "display:grid;grid-template-columns:minmax(4em,max-content) 1fr 1fr max-content max-content;gap:3px 10px;align-items:center"
+    return (
+        f"<div style='font-size:0.85em;margin:10px 0 6px'>Leave one word out: how much each word moves P({name}).{direction_legend(positive)}</div>"
+        f"<div class='influence-bars' style='{grid}'>{header}{''.join(rows)}</div>"
+    )
 
 
-def answers_frame(lines: Sequence[tuple[int, str]], predictions: dict, problems: dict[int, str | None]) -> pd.DataFrame:
-    """One row per line: its answer, or why it was skipped."""
+def answers_frame(lines: Sequence[tuple[int, str]], predictions: dict[int, Prediction], problems: dict[int, str | None]) -> pd.DataFrame:
+    """One row per line that holds something: its answer first, or why it was skipped, then the message."""
     rows = []
     for number, line in lines:
         prediction = predictions.get(number)
         shown = line if len(line) <= 200 else line[:200] + "…"
         if prediction is None:
-            rows.append((number, shown, "", None, f"skipped: {problems[number]}"))
+            rows.append((number, "", None, f"skipped: {problems[number]}", shown))
         else:
             note = "cut to the length limit" if prediction.truncated else ""
-            rows.append((number, shown, prediction.label, round(prediction.probabilities[prediction.label], 4), note))
-    return pd.DataFrame(rows, columns=["line", "message", "label", "probability", "note"])
+            rows.append((number, prediction.label, round(prediction.probabilities[prediction.label], 4), note, shown))
+    return pd.DataFrame(rows, columns=MANY_COLUMNS)
+
+
+def many_summary(answered: int, skipped: Sequence[str], blank: int) -> str:
+    """One line above the answers: how many were classified, what was skipped and why."""
+    parts = [f"{plural(answered, 'message')} classified"]
+    if skipped:
+        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        parts.append(f"{len(skipped)} skipped: {skipped[0]}{more}")
+    if blank:
+        parts.append(f"{plural(blank, 'blank line')} ignored")
+    return "; ".join(parts) + "."
+
+
+def preview_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """The first answers of a classified file, answer first and the message last."""
+    columns = [name for name in table.columns if name != "message"] + ["message"]
+    return table[columns].head(PREVIEW_ROWS)
 
 
 class ClassifyTab:
@@ -101,11 +145,14 @@ class ClassifyTab:
         details = f"{after.tokens} tokens read{cut}. Adapter: {adapter}; base model: {classifier.config.base_model}."
         return dict(after.probabilities), dict(before.probabilities), details
 
-    def classify_many(self, messages: str, adapter_file: str | None) -> pd.DataFrame:
-        """One message per line: a table of answers. A bad line is reported in its row; the others still get answers."""
+    def classify_many(self, messages: str, adapter_file: str | None) -> tuple[str, pd.DataFrame]:
+        """One message per line: a summary and a table of answers. Lines are numbered as typed; blank
+        lines are ignored, a line that cannot be classified is reported in its row."""
         if not isinstance(messages, str):
             raise gr.Error("send the messages as text, one per line")
-        lines = [(number, line.removesuffix("\r")) for number, line in enumerate(messages.split("\n"), start=1) if line.removesuffix("\r")]
+        typed = [(number, line.removesuffix("\r")) for number, line in enumerate(messages.split("\n"), start=1)]
+        lines = [(number, line) for number, line in typed if line.strip()]
+        blank = sum(1 for _, line in typed if not line.strip()) - (1 if messages.endswith("\n") else 0)  # a final newline ends the last line
         if not lines:
             raise gr.Error("no messages: type or paste one message per line")
         if len(lines) > MAX_BATCH_MESSAGES:
@@ -116,17 +163,14 @@ class ClassifyTab:
             _, classifier = self.lab.classifier_for(adapter_file)
             with engine_errors_as_toasts(str(classifier.device), "classifying"):
                 predictions = dict(zip([n for n, _ in good], classifier.classify([line for _, line in good]) if good else [], strict=True))
-        bad = [problem for problem in problems.values() if problem]
-        if bad:
-            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-            gr.Warning(f"{len(bad)} of {len(lines)} lines skipped: {bad[0]}{more}")
-        return answers_frame(lines, predictions, problems)
+        skipped = [problem for problem in problems.values() if problem]
+        return many_summary(len(good), skipped, max(blank, 0)), answers_frame(lines, predictions, problems)
 
     def adapter_info(self) -> str:
         latest = self.lab.latest_adapter()
         return f"Using the latest trained adapter: {latest}" if latest else "No trained adapter yet: train one, or load an adapter.safetensors file."
 
-    def explain(self, message: str, adapter_file: str | None) -> tuple[str, pd.DataFrame | None, pd.DataFrame | None]:
+    def explain(self, message: str, adapter_file: str | None) -> tuple[str, str]:
         """P(spam) token by token (one causal pass) and the words whose removal moves it most."""
         if not isinstance(message, str) or not message.strip():
             raise gr.Error("the message is empty: type a message to explain, then press Explain")
@@ -136,12 +180,7 @@ class ClassifyTab:
                 tokens = token_scores(classifier, message)
                 influences = word_influence(classifier, message)
             positive = classifier.config.labels[spam_index(classifier)]
-        words = influence_frame(influences, positive)
-        return token_heatmap_html(tokens, positive), words, words
-
-    def clear_explanation(self) -> None:
-        """Empties a plot before it shows other series: other runs, other words (see PALETTE's note)."""
-        return None
+        return token_heatmap_html(tokens, positive), influence_html(influences, positive)
 
     def classify_upload(self, path: str | None, adapter_file: str | None) -> tuple[str, pd.DataFrame]:
         """Classify every message of an uploaded file; a CSV of label and probabilities to download."""
@@ -151,7 +190,12 @@ class ClassifyTab:
             _, classifier = self.lab.classifier_for(adapter_file)
             with deleted_if_refused(source), engine_errors_as_toasts(str(classifier.device), "classifying the file"):
                 table = classify_file(classifier, source, destination)
-        return str(destination), table.head(20)
+        return str(destination), preview_frame(table)
+
+
+def cleared(count: int) -> Any:
+    """What a failed event leaves in its outputs: nothing (an error clears them, with no badge left over)."""
+    return lambda: (None,) * count if count > 1 else None
 
 
 def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.Timer) -> None:
@@ -159,7 +203,10 @@ def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.T
     with gr.Tab("Classify"):
         adapter_status = gr.Markdown(elem_id="adapter-status")
         adapter_file = uploaded_file(
-            label="Optional: an adapter.safetensors file to use instead", file_types=[".safetensors"], height=150, elem_id="adapter-file"
+            label="Use another adapter (optional): drop an adapter.safetensors file here; without one, the latest trained run's is used",
+            file_types=[".safetensors"],
+            height=130,
+            elem_id="adapter-file",
         )
         message = gr.Textbox(label="Message", lines=3, placeholder="Type an SMS, or pick an example below", elem_id="message")
         gr.Examples([[m] for m in EXAMPLE_MESSAGES], inputs=[message], label="Examples")
@@ -171,7 +218,15 @@ def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.T
         with gr.Accordion("Classify many messages at once", open=False):
             many = gr.Textbox(label="Messages, one per line", lines=6, elem_id="many")
             classify_many_button = gr.Button("Classify every line", elem_id="classify-many")
-            many_results = gr.Dataframe(label="Answers of the fine-tuned model", interactive=False, wrap=True, elem_id="many-results")
+            many_summary_line = gr.Markdown(elem_id="many-summary")
+            many_results = gr.Dataframe(
+                headers=MANY_COLUMNS,
+                label="Answers of the fine-tuned model",
+                interactive=False,
+                wrap=True,
+                column_widths=["8%", "12%", "12%", "18%", "50%"],
+                elem_id="many-results",
+            )
         build_explain(classify, message, adapter_file)
         build_classify_file(classify, adapter_file)
 
@@ -183,34 +238,32 @@ def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.T
         api_name="classify",
         concurrency_id="classify",
         concurrency_limit=1,
-    )
+    ).failure(cleared(3), None, [after, before, details], show_progress="hidden", api_visibility="private")
     classify_many_button.click(
-        classify.classify_many, [many, adapter_file], many_results, api_name="classify_many", concurrency_id="classify", concurrency_limit=1
-    )
+        classify.classify_many,
+        [many, adapter_file],
+        [many_summary_line, many_results],
+        api_name="classify_many",
+        concurrency_id="classify",
+        concurrency_limit=1,
+    ).failure(cleared(2), None, [many_summary_line, many_results], show_progress="hidden", api_visibility="private")
     gr.on([demo.load, train_timer.tick], classify.adapter_info, None, adapter_status, api_name="adapter_info", show_progress="hidden", concurrency_limit=None)
 
 
 def build_explain(classify: ClassifyTab, message: gr.Textbox, adapter_file: gr.File) -> None:
-    """Why this answer: P(spam) token by token, and the words that moved it."""
+    """Why this answer: P(spam) token by token, and the words that moved it, in one colour code."""
     with gr.Accordion("Why this answer?", open=True):
         explain_button = gr.Button("Explain this message", elem_id="explain")
         heat = gr.HTML(label="P(spam) as the model reads the message", elem_id="token-heatmap")
-        with gr.Row():
-            bars = gr.BarPlot(
-                x="word",
-                y="influence",
-                color="direction",
-                sort="-y",
-                title="Leave one word out: how much each word moves the answer",
-                height=300,
-                elem_id="word-influence",
-                scale=2,
-            )
-            words = gr.Dataframe(label="Words that moved the decision most", interactive=False, elem_id="word-table", scale=1)
-    # The bars are cleared first: a message whose words push both ways needs a fresh legend (see PALETTE's note).
-    explain_button.click(classify.clear_explanation, None, bars, api_name="clear_explanation", show_progress="hidden").then(
-        classify.explain, [message, adapter_file], [heat, bars, words], api_name="explain", concurrency_id="classify", concurrency_limit=1
-    )
+        bars = gr.HTML(elem_id="word-influence")
+    explain_button.click(
+        classify.explain,
+        [message, adapter_file],
+        [heat, bars],
+        api_name="explain",
+        concurrency_id="classify",
+        concurrency_limit=1,
+    ).failure(cleared(2), None, [heat, bars], show_progress="hidden", api_visibility="private")
 
 
 def build_classify_file(classify: ClassifyTab, adapter_file: gr.File) -> None:
@@ -221,7 +274,7 @@ def build_classify_file(classify: ClassifyTab, adapter_file: gr.File) -> None:
         )
         batch_button = gr.Button("Classify the file", elem_id="classify-file")
         result = gr.File(label="Download: label and probabilities per message (CSV)", interactive=False, elem_id="batch-result")
-        preview = gr.Dataframe(label="First answers", interactive=False, wrap=True, elem_id="batch-preview")
+        preview = gr.Dataframe(headers=["label", "message"], label="First answers", interactive=False, wrap=True, elem_id="batch-preview")
     batch_button.click(
         classify.classify_upload, [source, adapter_file], [result, preview], api_name="classify_file", concurrency_id="classify", concurrency_limit=1
-    )
+    ).failure(cleared(2), None, [result, preview], show_progress="hidden", api_visibility="private")

@@ -1,22 +1,28 @@
 """The Data tab: download or upload the messages, their counts, a preview, token lengths and duplicates."""
 
+from typing import Any
+
 import gradio as gr
 import pandas as pd
 from matplotlib.figure import Figure
+from pandas.io.formats.style import Styler
 
 from engine.data import DataSummary, PreparedData, load_summary, prepare
 from engine.download import DownloadProgress
-from engine.errors import Cancelled, LoRALabError
+from engine.errors import Cancelled, DownloadError, LoRALabError
 from engine.tokenizer import encode
-from ui.guards import discard_upload, uploaded_file, uploaded_path, user_error
+from ui.guards import discard_upload, uploaded_file, uploaded_path
 from ui.lab import Lab
+from ui.views import TOAST_SECONDS
 
 PREVIEW_PER_CLASS = 3
 # The histogram draws one series (and legend entry) per class up to this many classes; with more,
 # the largest classes one by one and the rest as one series, so its cost does not grow with them.
 MAX_HISTOGRAM_SERIES = 6
 MAX_COUNTED_CLASSES = 10  # the counts table's rows per class, likewise
-DataViews = tuple[str, pd.DataFrame | None, pd.DataFrame | None, Figure | None]  # status, counts, preview, histogram
+REPEATED_COLUMNS = ["copies", "message"]  # the count first: long messages wrap at the end
+UPLOAD_HINT = "upload the SMS Spam Collection's zip (or its tab-separated file) in the box beside the Download button"
+DataViews = tuple[str, Styler | None, pd.DataFrame | None, Figure | None]  # status, counts, preview, histogram
 
 
 def grouped(counts: list[tuple[str, int]], most: int) -> list[tuple[str, list[str]]]:
@@ -43,6 +49,11 @@ def counts_frame(prepared: PreparedData) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["", "messages"])
 
 
+def counts_table(prepared: PreparedData) -> Styler:
+    """The counts with thousands separators on the page; the numbers stay numbers for API callers."""
+    return counts_frame(prepared).style.format("{:,}", subset=["messages"]).hide(axis="index")
+
+
 def preview_frame(prepared: PreparedData) -> pd.DataFrame:
     train = prepared.splits.train
     parts = [train[train["Label"] == index].head(PREVIEW_PER_CLASS).assign(Label=name) for index, name in enumerate(prepared.splits.labels)]
@@ -66,12 +77,18 @@ def token_histogram(prepared: PreparedData) -> Figure:
     axis.set_title("Tokens per message; the book pads every message to the longest training one", fontsize=10)
     axis.set_xlabel("tokens per message")
     axis.set_ylabel("messages")
-    axis.legend(loc="upper right")
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=3, fontsize=8, frameon=False)  # under the axis, never on the bars
     return figure
 
 
-def data_outputs(prepared: PreparedData, status: str) -> tuple[str, pd.DataFrame, pd.DataFrame, Figure]:
-    return status, counts_frame(prepared), preview_frame(prepared), token_histogram(prepared)
+def data_outputs(prepared: PreparedData, status: str) -> tuple[str, Styler, pd.DataFrame, Figure]:
+    return status, counts_table(prepared), preview_frame(prepared), token_histogram(prepared)
+
+
+def download_failure(failures: list[str], error: Exception) -> str:
+    """What a failed Download says: each source's reason, and the offline way in, by the upload box."""
+    tried = "".join(f"\n- {failure}" for failure in failures) or f"\n- {' '.join(str(error).split())}"
+    return f"**The download failed.** No internet here? Then {UPLOAD_HINT}: it works offline.\n\nSources tried:{tried}"
 
 
 def quality_markdown(summary: DataSummary | None) -> str:
@@ -110,7 +127,7 @@ def reading_sentence(parse: str) -> str:
 
 def repeated_frame(summary: DataSummary | None) -> pd.DataFrame | None:
     rows = (summary.duplicates or {}).get("most_repeated") if summary else None
-    return pd.DataFrame([(text, copies) for text, copies in rows], columns=["message", "copies"]) if rows else None
+    return pd.DataFrame([(copies, text) for text, copies in rows], columns=REPEATED_COLUMNS) if rows else None
 
 
 class DataTab:
@@ -118,12 +135,22 @@ class DataTab:
 
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
+        self.problem = ""  # why the last Download or upload failed, for the status line
+
+    def refuse(self, message: str) -> gr.Error:
+        """A failed Download or upload: the status line says why (see `failed`); no toast over the upload box."""
+        self.problem = message
+        return gr.Error(" ".join(message.replace("**", "").split()), duration=None, visible=False)
+
+    def failed(self) -> tuple[Any, ...]:
+        """After a failure: its message in the status line; the data shown before stays as it was."""
+        return self.problem, gr.skip(), gr.skip(), gr.skip()
 
     def download_data(
         self,
         deduplicate: bool = False,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio finds its progress tracker by this default
-    ) -> tuple[str, pd.DataFrame, pd.DataFrame, Figure]:
+    ) -> tuple[str, Styler, pd.DataFrame, Figure]:
         """Fetch the SMS data (primary URL, then backup), balance, split and describe it."""
         lab = self.lab
         failures: list[str] = []
@@ -139,11 +166,13 @@ class DataTab:
         try:
             prepared = prepare(None, lab.settings.cache, report, urls=lab.settings.data_urls, deduplicate=bool(deduplicate))
         except Cancelled:
-            gr.Warning("Download stopped; nothing was kept. Press Download to start again.")
+            gr.Warning("Download stopped; nothing was kept. Press Download to start again.", duration=TOAST_SECONDS)
             status, *views = self.show_data()
             return "Download stopped; nothing was kept. Press Download to start again.\n\n" + status, *views
+        except DownloadError as error:
+            raise self.refuse(download_failure(failures, error)) from None
         except LoRALabError as error:
-            raise user_error(error) from None
+            raise self.refuse(f"**The download failed:** {' '.join(str(error).split())}") from None
         lab.prepared = prepared
         tried = "".join(f"\n- {failure}" for failure in failures)
         status = f"Data ready from {prepared.summary.source}" + (f"\n\nSources that failed first:{tried}" if failures else "")
@@ -154,13 +183,16 @@ class DataTab:
         self.lab.download_stop.set()
         return "Stopping the download..."
 
-    def upload_data(self, path: str | None, deduplicate: bool = False) -> tuple[str, pd.DataFrame, pd.DataFrame, Figure]:
+    def upload_data(self, path: str | None, deduplicate: bool = False) -> tuple[str, Styler, pd.DataFrame, Figure]:
         """Use a local SMS Spam Collection zip or tab-separated file, or your own headered CSV/TSV of text and label."""
-        source = uploaded_path(path, "the SMS Spam Collection zip or its tab-separated file, or a CSV/TSV with text and label columns")
+        try:
+            source = uploaded_path(path, "the SMS Spam Collection zip or its tab-separated file, or a CSV/TSV with text and label columns")
+        except gr.Error as error:
+            raise self.refuse(f"**The upload was not used:** {error.message}") from None
         try:
             prepared = prepare(str(source), self.lab.settings.cache, deduplicate=bool(deduplicate))
         except LoRALabError as error:
-            raise user_error(error) from None
+            raise self.refuse(f"**{source.name} was not used:** {' '.join(str(error).split())}") from None
         finally:
             discard_upload(source)  # read once: refused, or its messages are in the data cache now
         self.lab.prepared = prepared
@@ -192,7 +224,7 @@ def build_data_tab(data: DataTab, demo: gr.Blocks) -> None:
                 download = gr.Button("Download the SMS Spam Collection", variant="primary")
                 stop_download = gr.Button("Stop the download", variant="stop", size="sm", elem_id="stop-download")
             upload = uploaded_file(
-                label="...or upload its zip or tab-separated file (offline), or your own CSV/TSV with a header naming text and label columns",
+                label="...or upload its zip or tab-separated file (works offline), or your own CSV/TSV with a header naming text and label columns",
                 file_count="single",
                 height=150,
                 elem_id="upload",
@@ -205,20 +237,28 @@ def build_data_tab(data: DataTab, demo: gr.Blocks) -> None:
         )
         data_status = gr.Markdown(elem_id="data-status")
         with gr.Row():
-            counts = gr.Dataframe(label="Counts", interactive=False, elem_id="counts", scale=1)
+            counts = gr.Dataframe(headers=["", "messages"], label="Counts", interactive=False, elem_id="counts", scale=1)
             histogram = gr.Plot(label="Tokens per message", show_label=False, elem_id="token-histogram", scale=2)
-        preview = gr.Dataframe(label="A few training messages per class", interactive=False, wrap=True, elem_id="preview")
+        preview = gr.Dataframe(headers=["class", "message"], label="A few training messages per class", interactive=False, wrap=True, elem_id="preview")
         with gr.Accordion("Data quality: repeated messages", open=True):
             quality = gr.Markdown(elem_id="data-quality")
-            repeated = gr.Dataframe(label="Most repeated messages", interactive=False, wrap=True, max_height=260, elem_id="repeated")
+            repeated = gr.Dataframe(
+                headers=REPEATED_COLUMNS,
+                label="Most repeated messages",
+                interactive=False,
+                wrap=True,
+                max_height=260,
+                column_widths=["10%", "90%"],
+                elem_id="repeated",
+            )
 
     data_views = [data_status, counts, preview, histogram]
     quality_views = [quality, repeated]
-    download.click(data.download_data, deduplicate, data_views, api_name="download_data").then(
-        data.data_quality, None, quality_views, api_name="data_quality_downloaded"
-    )
+    downloaded = download.click(data.download_data, deduplicate, data_views, api_name="download_data")
+    downloaded.success(data.data_quality, None, quality_views, api_name="data_quality_downloaded")
+    downloaded.failure(data.failed, None, data_views, show_progress="hidden", api_visibility="private")
     stop_download.click(data.stop_download, None, data_status, api_name="stop_download", concurrency_limit=None)
-    upload.upload(data.upload_data, [upload, deduplicate], data_views, api_name="upload_data").then(
-        data.data_quality, None, quality_views, api_name="data_quality_uploaded"
-    )
+    uploaded = upload.upload(data.upload_data, [upload, deduplicate], data_views, api_name="upload_data")
+    uploaded.success(data.data_quality, None, quality_views, api_name="data_quality_uploaded")
+    uploaded.failure(data.failed, None, data_views, show_progress="hidden", api_visibility="private")
     demo.load(data.show_data, None, data_views, api_name="show_data").then(data.data_quality, None, quality_views, api_name="data_quality")

@@ -16,7 +16,7 @@ from engine.evaluate import Scores, at_threshold, mistakes, roc_curve
 from engine.history import RunSummary, all_runs
 from engine.record import RECORD_FILE
 from ui.lab import Lab
-from ui.views import confusion_html
+from ui.views import confusion_html, plural
 
 SPLITS = ("validation", "test")
 ROC_COLORS = {"ROC curve": "#d62728", "chance": "#aaaaaa"}
@@ -104,15 +104,16 @@ def roc_frame(evaluation: RunEvaluation, positive: int = 1) -> tuple[pd.DataFram
 
 
 def mistakes_frame(evaluation: RunEvaluation, threshold: float, positive: int = 1) -> pd.DataFrame | None:
+    """The misclassified messages, most confident first: the answers first, the (wrapping) message last."""
     if evaluation.texts is None:
         return None
     names = evaluation.class_names
     score = f"P({names[positive]})"
     rows = [
-        {"message": m.text, "true": names[m.label], "predicted": names[m.predicted], score: round(m.p_positive, 3)}
+        {"true": names[m.label], "predicted": names[m.predicted], score: round(m.p_positive, 3), "message": m.text}
         for m in mistakes(evaluation.scores, evaluation.texts, threshold, positive)
     ]
-    return pd.DataFrame(rows, columns=["message", "true", "predicted", score])
+    return pd.DataFrame(rows, columns=["true", "predicted", score, "message"])
 
 
 def evaluation_views(evaluation: RunEvaluation, chosen: str, threshold: float) -> EvaluateViews:
@@ -133,7 +134,7 @@ def evaluation_views(evaluation: RunEvaluation, chosen: str, threshold: float) -
     rule = f"A message counts as **{chosen}** when P({chosen}) ≥ **{threshold:.2f}**" + (
         "" if len(names) == 2 else f", else as one of the other {len(names) - 1} classes (one vs rest)"
     )
-    result = f"{mistakes_count} mistakes, accuracy {100 * metrics.accuracy:.1f}%.{auc_text}{texts}"
+    result = f"{plural(mistakes_count, 'mistake')}, accuracy {100 * metrics.accuracy:.1f}%.{auc_text}{texts}"
     summary = f"Run **{run}**, full {split} set: {metrics.count} messages. {rule}: {result}"
     table = confusion_html(metrics.confusion, (rest, chosen), f"{split} set at threshold {threshold:.2f}, {chosen} vs the rest")
     if len(names) > 2:  # the threshold view is one class against the rest: show every class's answers too
@@ -193,7 +194,10 @@ class EvaluateTab:
 def build_evaluate_tab(evaluate: EvaluateTab) -> None:
     """The Evaluate tab, wired; opening it (or Refresh) lists the finished runs and shows the newest."""
     with gr.Tab("Evaluate") as tab:
-        gr.Markdown("How a finished run does on every message of the validation (or test) set, and what changes when spam needs more, or less, certainty.")
+        gr.Markdown(
+            "How a finished run does on every message of the validation (or test) set, and what changes when the chosen class "
+            "needs more, or less, certainty before the model names it."
+        )
         with gr.Row():
             run = gr.Dropdown(
                 [], label="Run", info="finished runs, newest first", allow_custom_value=True, elem_id="eval-run", scale=2
@@ -216,7 +220,7 @@ def build_evaluate_tab(evaluate: EvaluateTab) -> None:
         with gr.Row():
             with gr.Column(scale=1):
                 confusion = gr.HTML(elem_id="confusion")
-                metrics = gr.Dataframe(label="At this threshold", interactive=False, elem_id="eval-metrics")
+                metrics = gr.Dataframe(headers=["", "threshold"], label="At this threshold", interactive=False, elem_id="eval-metrics")
             roc = gr.LinePlot(
                 x="false positive rate",
                 y="true positive rate",
@@ -229,7 +233,15 @@ def build_evaluate_tab(evaluate: EvaluateTab) -> None:
                 elem_id="roc",
                 scale=1,
             )
-        wrong = gr.Dataframe(label="Misclassified messages, most confident mistakes first", interactive=False, wrap=True, max_height=360, elem_id="mistakes")
+        wrong = gr.Dataframe(
+            headers=["true", "predicted", "P", "message"],
+            label="Misclassified messages, most confident mistakes first",
+            interactive=False,
+            wrap=True,
+            max_height=360,
+            column_widths=["12%", "12%", "10%", "66%"],
+            elem_id="mistakes",
+        )
     views = [summary, confusion, metrics, roc, wrong]
     inputs = [run, split, threshold, positive]
     # A chosen run brings its own classes: the positive-class picker is refilled before evaluating.

@@ -1,26 +1,54 @@
-"""The Model & LoRA tab: the model's weights and their sanity check, and the training controls."""
+"""The Model & LoRA tab: the model's weights and their sanity check, the training controls in plain
+words (each with one sentence on what it does), and a picture of LoRA on one layer that follows them."""
 
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from gradio.components import Component
 
-from engine.config import LORA_TARGETS, LR_RANGE, PADDINGS, POOLINGS, PRESETS, SCALINGS, RunConfig
+from engine.config import GPT2_SIZES, LORA_TARGETS, LR_RANGE, PRESETS, LoRAConfig, RunConfig
 from engine.device import pick_device
-from engine.errors import LoRALabError
+from engine.errors import LoRALabError, WeightsError
 from engine.memory import is_out_of_memory
 from engine.model import generate_greedy
+from engine.params import lora_shape
 from engine.tokenizer import decode, encode
-from engine.weights import fetch, load_model, resolve
-from ui.controls import PRESET_FIELDS, Controls
+from engine.weights import cached_weights, download_bytes, fetch, hub_offline, hub_reachable, load_model, resolve, weight_count
+from ui.controls import PRESET_FIELDS, Controls, as_int
 from ui.guards import memory_error, user_error
 from ui.lab import Lab
+from ui.lora_picture import layer_label, lora_picture_html
 
 SANITY_PROMPT = "Every effort moves you"
 SANITY_TOKENS = 15
+ON_THIS_MACHINE = "on this machine"
+# The choices' labels; the values stay the engine's names (what the API and run.json use).
+SCALING_CHOICES = [("alpha (the book)", "alpha"), ("alpha ÷ rank (Hu et al., PEFT)", "alpha_over_rank")]
+POOLING_CHOICES = [("the last position, padding or not (last: the book)", "last"), ("the last real token (last_token)", "last_token")]
+PADDING_CHOICES = [("to the longest training message (longest: the book)", "longest"), ("to the longest of each batch (batch)", "batch")]
+TARGET_CHOICES = [(layer_label(target), target) for target in LORA_TARGETS]
+
+
+def model_label(model: str) -> str:
+    """A model as the list shows it: its size, and whether it is here already or how much it downloads."""
+    try:
+        source = resolve(model)
+        here = cached_weights(model) is not None
+    except LoRALabError:
+        return model  # choosing it explains the problem
+    count = weight_count(source.config) / 1e6
+    size = f"{count:,.0f}M parameters" if count >= 10 else f"{count:.1f}M parameters"
+    if model not in GPT2_SIZES:
+        return f"{Path(model).name} (your folder, {size}) · {ON_THIS_MACHINE}"
+    return f"{model} ({size}) · " + (ON_THIS_MACHINE if here else f"downloads {download_bytes(source.config) / 1e6:,.0f} MB")
+
+
+def model_choices(models: Sequence[str]) -> list[tuple[str, str]]:
+    return [(model_label(model), model) for model in models]
 
 
 @dataclass(frozen=True)
@@ -70,16 +98,22 @@ class ModelTab:
         started = time.perf_counter()
         self.lab.check_model(model)
         device = pick_device(self.lab.settings.device)
+        needs_download, megabytes = False, ""
         try:
             source = resolve(model)
-            path = fetch(source, lambda received, total: progress((received, total), desc="downloading model.safetensors", unit="bytes"))
+            needs_download = cached_weights(model) is None
+            megabytes = f"{download_bytes(source.config) / 1e6:,.0f} MB"
+            shown = f"downloading {model} ({megabytes})"
+            path = fetch(source, lambda received, total: progress((received, total), desc=shown, unit="bytes"))
             progress(None, desc="loading the weights")
             loaded = load_model(model, device)
             text = decode(generate_greedy(loaded, encode(SANITY_PROMPT), SANITY_TOKENS))
+        except WeightsError as error:
+            if needs_download:
+                return unavailable(model, megabytes, error), ""
+            return f"Weights not available: {' '.join(str(error).split())}", ""
         except LoRALabError as error:
-            message = " ".join(str(error).split())
-            gr.Warning(message, duration=None)
-            return f"Weights not available: {message}", ""
+            return f"Weights not available: {' '.join(str(error).split())}", ""
         except Exception as error:
             if is_out_of_memory(error):
                 raise memory_error(str(device), f"loading {model}") from None
@@ -102,6 +136,37 @@ class ModelTab:
         cfg = newest.run.config if newest else RunConfig.from_preset("recommended", model=self.lab.settings.model)
         return Controls.of(cfg).values()
 
+    def model_list(self) -> gr.Dropdown:
+        """The models with what each needs now (on this machine, or a download), after a load or a reload."""
+        return gr.Dropdown(choices=model_choices(self.lab.settings.models))
+
+    def picture(self, model: str, rank: float, alpha: float, scaling: str, targets: Sequence[str] | None, shown: str) -> str:
+        """LoRA on the layer chosen for the picture, at the chosen rank, alpha and scaling."""
+        self.lab.check_model(model)
+        prepared = self.lab.prepared
+        classes = len(prepared.splits.labels) if prepared is not None else 2
+        try:
+            lora = LoRAConfig(rank=as_int(rank), alpha=alpha, scaling=scaling)
+            shape = lora_shape(model, shown, lora.rank, classes)
+        except LoRALabError as error:
+            raise user_error(error) from None
+        layers = 1 if shown == "score" else resolve(model).config.n_layer
+        return lora_picture_html(shape, lora.scale, layers, Path(model).name, shown in (targets or ()))
+
+
+def unavailable(model: str, megabytes: str, error: WeightsError) -> str:
+    """A size that is not here and could not be downloaded, in plain words with the one thing to do."""
+    if hub_offline():
+        why = "this app was started offline (HF_HUB_OFFLINE=1)"
+    elif not hub_reachable():
+        why = "the internet cannot be reached from this machine"
+    else:
+        why = f"the download failed ({' '.join(str(error).split())[:300]})"
+    return (
+        f"{model} is not on this machine yet and needs a download of {megabytes}, but {why}. "
+        f"To use it: connect to the internet and press the button again. Until then, choose a model marked “{ON_THIS_MACHINE}”."
+    )
+
 
 def build_model_tab(model_tab: ModelTab, demo: gr.Blocks) -> ControlWidgets:
     """The Model & LoRA tab, wired; its controls go to Start, the rank sweep and the Parameters tab."""
@@ -110,49 +175,132 @@ def build_model_tab(model_tab: ModelTab, demo: gr.Blocks) -> ControlWidgets:
     with gr.Tab("Model & LoRA"):
         with gr.Row():
             model = gr.Dropdown(
-                list(settings.models),
+                model_choices(settings.models),
                 value=initial.model,
-                label="Model",
-                info="a GPT-2 size (a local folder is chosen when starting the app: --model FOLDER)",
+                label="Model (GPT-2 size)",
+                info="Larger sizes classify better but train slower and need more memory. A size not yet on this machine "
+                "downloads when you load it or start training (a folder of your own is given when starting the app: --model FOLDER).",
                 elem_id="model",
             )
-            load = gr.Button("Download / load weights and test them", elem_id="load-weights")
+            load = gr.Button("Load the weights and test them", elem_id="load-weights")
         weights_status = gr.Textbox(label="Weights", interactive=False, elem_id="weights-status")
-        sanity = gr.Textbox(label=f'Sanity check: greedy continuation of "{SANITY_PROMPT}"', interactive=False, elem_id="sanity")
+        sanity = gr.Textbox(
+            label=f'Sanity check: the model continues "{SANITY_PROMPT}" (sensible English means the weights loaded well)', interactive=False, elem_id="sanity"
+        )
         preset_name = gr.Radio(
-            list(PRESETS), value=initial.preset_name, label="Preset", info="book: the book's appendix E exactly; recommended: as accurate, much faster"
+            list(PRESETS),
+            value=initial.preset_name,
+            label="Starting point (preset)",
+            info="book: exactly the book's appendix E; recommended: as accurate and about 3 times faster. Choosing one sets the controls below.",
         )
         with gr.Row():
-            rank = gr.Slider(1, 64, value=initial.rank, step=1, label="LoRA rank", elem_id="rank")
-            alpha = gr.Number(initial.alpha, label="LoRA alpha", minimum=0, elem_id="alpha")
-            scaling = gr.Radio(list(SCALINGS), value=initial.scaling, label="Scaling", info="alpha (book) or alpha / rank (Hu et al., PEFT)")
+            with gr.Column(scale=1):
+                rank = gr.Slider(
+                    1,
+                    64,
+                    value=initial.rank,
+                    step=1,
+                    label="LoRA rank (r)",
+                    info="How many directions each adapted layer may learn: a higher rank trains more weights (see the picture), "
+                    "rarely more accurately beyond 8 to 16.",
+                    elem_id="rank",
+                )
+                alpha = gr.Number(
+                    initial.alpha,
+                    label="LoRA strength (alpha)",
+                    info="How strongly what LoRA learns is added to the frozen model: higher learns faster but can overshoot.",
+                    minimum=0,
+                    elem_id="alpha",
+                )
+                scaling = gr.Radio(
+                    SCALING_CHOICES,
+                    value=initial.scaling,
+                    label="How alpha is applied (scaling)",
+                    info="alpha ÷ rank keeps the strength the same when you change the rank; the book multiplies by alpha itself.",
+                    elem_id="scaling",
+                )
+            with gr.Column(scale=2):
+                shown_layer = gr.Dropdown(
+                    TARGET_CHOICES,
+                    value="attn.q_proj",
+                    label="LoRA on one layer (pick which)",
+                    info="Every adapted layer works like this; the boxes keep the layer's proportions.",
+                    elem_id="picture-layer",
+                )
+                picture = gr.HTML(elem_id="lora-picture")
         with gr.Accordion("Advanced", open=False):
-            targets = gr.CheckboxGroup(list(LORA_TARGETS), value=list(initial.targets), label="Layers LoRA adapts", elem_id="targets")
-            train_head = gr.Checkbox(initial.train_head, label="Also train the class head's own weights")
+            targets = gr.CheckboxGroup(
+                TARGET_CHOICES,
+                value=list(initial.targets),
+                label="Layers LoRA adapts (targets)",
+                info="Fewer layers train fewer weights and run a little faster; the book adapts all of them.",
+                elem_id="targets",
+            )
+            train_head = gr.Checkbox(
+                initial.train_head,
+                label="Also train the class head's own weights (train_head)",
+                info="Off, as in the book: the head learns only through its LoRA. On: its weights are trained directly too.",
+                elem_id="train-head",
+            )
             with gr.Row():
                 pooling = gr.Radio(
-                    list(POOLINGS),
+                    POOLING_CHOICES,
                     value=initial.pooling,
-                    label="Read the logits at",
-                    info="last: the last position (book); last_token: the last real token",
+                    label="Read the answer at (pooling)",
+                    info="The class is read at one position of the message; the last real token ignores the padding after it.",
+                    elem_id="pooling",
                 )
                 padding = gr.Radio(
-                    list(PADDINGS),
+                    PADDING_CHOICES,
                     value=initial.padding,
-                    label="Padding",
-                    info="longest: every message to the longest training one (book); batch: per batch",
+                    label="Pad short messages (padding)",
+                    info="Messages of a batch are padded to one length; padding per batch wastes far less work, so training is faster.",
+                    elem_id="padding",
                 )
             with gr.Row():
-                # The range is said here and checked by the engine, whose message names the field (Gradio's own would not).
-                lr = gr.Number(initial.lr, label=f"Learning rate ({LR_RANGE})", elem_id="lr")
-                epochs = gr.Number(initial.epochs, label="Epochs", precision=0, minimum=1, elem_id="epochs")
-                batch_size = gr.Number(initial.batch_size, label="Batch size", precision=0, minimum=1, elem_id="batch-size")
-                max_steps = gr.Number(initial.max_steps, label="Stop after steps (0: all)", precision=0, minimum=0, elem_id="max-steps")
-                eval_freq = gr.Number(initial.eval_freq, label="Estimate loss every N steps", precision=0, minimum=1, elem_id="eval-freq")
+                lr = gr.Number(
+                    initial.lr,
+                    label=f"Learning rate (lr; {LR_RANGE})",  # said here, checked by the engine, whose message names the field
+                    info="The size of each training step: too high jumps around, too low barely moves (book 5e-5, recommended 8e-4).",
+                    elem_id="lr",
+                )
+                epochs = gr.Number(
+                    initial.epochs,
+                    label="Epochs",
+                    info="How many times training reads every training message; more can overfit.",
+                    precision=0,
+                    minimum=1,
+                    elem_id="epochs",
+                )
+                batch_size = gr.Number(
+                    initial.batch_size,
+                    label="Batch size",
+                    info="Messages per training step: larger batches give smoother steps and need more memory.",
+                    precision=0,
+                    minimum=1,
+                    elem_id="batch-size",
+                )
+            with gr.Row():
+                max_steps = gr.Number(
+                    initial.max_steps,
+                    label="Stop after this many steps (max_steps; 0: no limit)",
+                    info="Ends training early, for a quick demo; 0 trains every epoch to the end.",
+                    precision=0,
+                    minimum=0,
+                    elem_id="max-steps",
+                )
+                eval_freq = gr.Number(
+                    initial.eval_freq,
+                    label="Estimate the loss every N steps (eval_freq)",
+                    info="How often the loss curves get a new point: smaller shows more detail, and each estimate takes time.",
+                    precision=0,
+                    minimum=1,
+                    elem_id="eval-freq",
+                )
             live_metrics = gr.Checkbox(
                 initial.live_metrics,
-                label="At each estimate, score the full validation set (live confusion matrix on Train)",
-                info="one pass over the validation set; its first batches still give the book's validation loss",
+                label="Score the whole validation set at each estimate (live_metrics)",
+                info="Shows a live confusion matrix on the Train tab; costs one pass over the validation set per estimate.",
                 elem_id="live-metrics",
             )
     controls = ControlWidgets(
@@ -173,7 +321,19 @@ def build_model_tab(model_tab: ModelTab, demo: gr.Blocks) -> ControlWidgets:
         live_metrics=live_metrics,
     )
 
-    load.click(model_tab.load_weights, model, [weights_status, sanity], api_name="load_weights")
+    load.click(model_tab.load_weights, model, [weights_status, sanity], api_name="load_weights").then(
+        model_tab.model_list, None, model, show_progress="hidden", api_visibility="private"
+    )
     preset_name.input(model_tab.apply_preset, preset_name, controls.pick(PRESET_FIELDS), api_name="apply_preset")
     demo.load(model_tab.controls, None, controls.inputs(), api_name="controls", show_progress="hidden")
+    picture_inputs = [model, rank, alpha, scaling, targets, shown_layer]
+    gr.on(
+        [demo.load] + [widget.change for widget in picture_inputs],
+        model_tab.picture,
+        picture_inputs,
+        picture,
+        api_name="lora_picture",
+        show_progress="hidden",
+        trigger_mode="always_last",
+    )
     return controls

@@ -1,18 +1,82 @@
-"""The Parameters tab: how many parameters LoRA trains for the chosen model, rank and layers (no weights needed)."""
+"""The Parameters tab: how many parameters LoRA trains for the chosen model, rank and layers (no weights needed).
 
+The contrast is the point: a few million trained weights beside a hundred million frozen ones. On a
+linear scale the trained bar is a sliver, so the chart uses a logarithmic scale (each grid line ten
+times the last) and breaks both down by kind of layer, with the counts written on the bars.
+"""
+
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from engine.config import LoRAConfig
 from engine.errors import LoRALabError
-from engine.params import param_summary
+from engine.params import EMBEDDINGS, LAYER_NORMS, LayerTypeCounts, ParamSummary, param_breakdown, param_summary
 from ui.controls import as_int
 from ui.guards import user_error
 from ui.lab import Lab
+from ui.lora_picture import FROZEN, LAYER_NAMES, TRAINED
 from ui.model_tab import ControlWidgets
+
+BREAKDOWN_COLUMNS = ["kind of layer", "layers", "frozen", "trained"]
+
+
+def short_count(count: float) -> str:
+    """124,441,346 -> "124.4 M"; 2,666,528 -> "2.67 M"; 12,320 -> "12.3 k"."""
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if count >= size:
+            value = count / size
+            return f"{value:.3g} {unit}" if value < 100 else f"{value:,.0f} {unit}"
+    return f"{count:,.0f}"
+
+
+def kind_label(kind: str) -> str:
+    return f"{LAYER_NAMES[kind]} ({kind})" if kind in LAYER_NAMES else kind
+
+
+def trained(row: LayerTypeCounts) -> int:
+    return row.lora + row.trained_as_is
+
+
+def parameters_figure(summary: ParamSummary, breakdown: Sequence[LayerTypeCounts], model: str) -> Figure:
+    """Frozen against trained weights on a log scale: for the whole model, then by kind of layer."""
+    figure = Figure(figsize=(11, 4.6), layout="constrained")  # no pyplot: no global state shared between sessions
+    whole, by_kind = figure.subplots(1, 2, width_ratios=[1, 1.6])
+    frozen = summary.total_before_freeze - summary.trainable
+    bars = whole.barh(["trained", "frozen"], [summary.trainable, frozen], color=[TRAINED, FROZEN])
+    whole.set_title(f"{model}: 1 weight in {summary.ratio:,.0f} is trained", fontsize=10)
+    for bar, count in zip(bars, (summary.trainable, frozen), strict=True):
+        whole.text(bar.get_width() * 1.15, bar.get_y() + bar.get_height() / 2, short_count(count), va="center", fontsize=9)
+    kinds = list(reversed(breakdown))  # the first kind at the top
+    positions = range(len(kinds))
+    height = 0.38
+    by_kind.barh([p + height / 2 for p in positions], [k.frozen or math.nan for k in kinds], height, color=FROZEN, label="frozen")
+    trained_label = "trained (LoRA, and the head if ticked)"
+    by_kind.barh([p - height / 2 for p in positions], [trained(k) or math.nan for k in kinds], height, color=TRAINED, label=trained_label)
+    for position, kind in zip(positions, kinds, strict=True):
+        if trained(kind):
+            by_kind.text(trained(kind) * 1.15, position - height / 2, short_count(trained(kind)), va="center", fontsize=8)
+    by_kind.set_yticks(list(positions), [kind_label(k.name) for k in kinds], fontsize=8)
+    by_kind.set_title("By kind of layer (every block together)", fontsize=10, pad=24)
+    by_kind.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, fontsize=8, frameon=False)
+    largest = max(summary.total_before_freeze, 10)
+    for axis in (whole, by_kind):
+        axis.set_xscale("log")
+        axis.set_xlim(1, largest * 60)  # room for the labels right of the longest bar
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: short_count(value)))
+        axis.set_xlabel("weights (log scale: each grid line is 10 times the last)", fontsize=8)
+        axis.grid(axis="x", alpha=0.3)
+    return figure
+
+
+def breakdown_frame(breakdown: Sequence[LayerTypeCounts]) -> pd.DataFrame:
+    rows = [(kind_label(k.name), k.layers, f"{k.frozen:,}", f"{trained(k):,}") for k in breakdown]
+    return pd.DataFrame(rows, columns=BREAKDOWN_COLUMNS)
 
 
 class ParametersTab:
@@ -21,20 +85,16 @@ class ParametersTab:
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
 
-    def parameters(self, model: str, rank: float, targets: Sequence[str], train_head: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Frozen vs trainable counts for these settings, computed without weights."""
+    def parameters(self, model: str, rank: float, targets: Sequence[str], train_head: bool) -> tuple[Figure, pd.DataFrame, pd.DataFrame]:
+        """Frozen vs trained counts for these settings, computed without weights: a chart, the totals, the split by kind of layer."""
         self.lab.check_model(model)
         try:
-            summary = param_summary(model, LoRAConfig(rank=as_int(rank), targets=tuple(targets or ()), train_head=bool(train_head)))
+            lora = LoRAConfig(rank=as_int(rank), targets=tuple(targets or ()), train_head=bool(train_head))
+            summary = param_summary(model, lora)
+            breakdown = param_breakdown(model, lora)
         except LoRALabError as error:
             raise user_error(error) from None
         frozen = summary.total_before_freeze - summary.trainable_after_freeze
-        chart = pd.DataFrame(
-            {
-                "parameters": ["total (before freezing)", "frozen", "trainable with LoRA"],
-                "millions": [summary.total_before_freeze / 1e6, frozen / 1e6, summary.trainable / 1e6],
-            }
-        )
         table = pd.DataFrame(
             [
                 ("total parameters (before freezing)", f"{summary.total_before_freeze:,}"),
@@ -47,30 +107,30 @@ class ParametersTab:
             ],
             columns=["", Path(model).name],  # a size name, or the local folder's name
         )
-        return chart, table
+        return parameters_figure(summary, breakdown, Path(model).name), table, breakdown_frame(breakdown)
 
 
 def build_parameters_tab(parameters: ParametersTab, demo: gr.Blocks, controls: ControlWidgets) -> None:
     """The Parameters tab, refreshed on page load and whenever the model, rank or layers change."""
     with gr.Tab("Parameters"):
-        gr.Markdown("How many parameters LoRA trains, for the model and the rank and layers chosen on *Model & LoRA*: no weights needed.")
+        gr.Markdown(
+            "How many weights LoRA trains, for the model, rank and layers chosen on *Model & LoRA* (no weights needed). "
+            f"The frozen weights stay exactly as pretrained; only the red ones change. {EMBEDDINGS.capitalize()} and {LAYER_NORMS} are never adapted."
+        )
+        param_chart = gr.Plot(label="Frozen and trained weights", show_label=False, elem_id="param-chart")
         with gr.Row():
-            param_chart = gr.BarPlot(
-                x="parameters",
-                y="millions",
-                sort=["total (before freezing)", "frozen", "trainable with LoRA"],
-                title="Parameters (millions)",
-                height=300,
-                elem_id="param-chart",
+            param_table = gr.Dataframe(
+                headers=["", "count"], label="Counts", interactive=False, column_widths=["60%", "40%"], elem_id="param-table", scale=2
             )
-            param_table = gr.Dataframe(label="Counts", interactive=False, elem_id="param-table")
+            breakdown = gr.Dataframe(headers=BREAKDOWN_COLUMNS, label="By kind of layer", interactive=False, elem_id="param-breakdown", scale=3)
 
     param_inputs = [controls.model, controls.rank, controls.targets, controls.train_head]
     gr.on(
         [demo.load] + [c.change for c in param_inputs],
         parameters.parameters,
         param_inputs,
-        [param_chart, param_table],
+        [param_chart, param_table, breakdown],
         api_name="parameters",
         show_progress="hidden",
+        trigger_mode="always_last",
     )

@@ -28,12 +28,15 @@ from ui.guards import user_error
 from ui.lab import Lab
 from ui.model_tab import ControlWidgets
 from ui.run_words import format_seconds, layers_words, progress_words
-from ui.views import percent, series_colors
+from ui.views import TOAST_SECONDS, percent, series_colors
 
 RANK_CHOICES = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_RANKS = (1, 2, 4, 8, 16)
 POLL_SECONDS = 2.0
 NUMBER = re.compile(r"[^\s,;]+")
+
+
+QUEUE_COLUMNS = ["state", "test acc. (%)", "run", "who", "rank", "alpha", "learning rate", "seed", "preset", "layers", "time", "worker", "note"]
 
 
 def queue_frame(views: Sequence[RunView]) -> pd.DataFrame | None:
@@ -63,7 +66,24 @@ def queue_frame(views: Sequence[RunView]) -> pd.DataFrame | None:
                 "note": run.reason or "",
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=QUEUE_COLUMNS)
+
+
+HISTORY_COLUMNS = [
+    "test acc. (%)",
+    "validation acc. (%)",
+    "state",
+    "run",
+    "rank",
+    "alpha",
+    "trainable",
+    "steps",
+    "train time (s)",
+    "model",
+    "preset",
+    "device",
+    "created",
+]  # the answers first: a narrow window still shows how each run did
 
 
 def history_frame(runs: Sequence[tuple[str, RunSummary]]) -> pd.DataFrame | None:
@@ -75,19 +95,19 @@ def history_frame(runs: Sequence[tuple[str, RunSummary]]) -> pd.DataFrame | None
             "validation acc. (%)": percent(run.validation_accuracy),
             "state": run.state,  # done, stopped, failed, interrupted (killed), or running
             "run": name,
-            "created": run.created.replace("T", " ").split("+")[0],
-            "model": Path(run.model).name,
-            "preset": run.preset or "",
             "rank": run.rank,
             "alpha": run.alpha,
             "trainable": f"{run.trainable:,}" if run.trainable else "",
             "steps": run.steps,
             "train time (s)": round(run.train_seconds, 1),
+            "model": Path(run.model).name,
+            "preset": run.preset or "",
             "device": run.device,
+            "created": run.created.replace("T", " ").split("+")[0],
         }
         for name, run in runs
     ]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
 
 def overlay_frame(runs: Sequence[tuple[str, RunSummary]], chosen: Sequence[str]) -> pd.DataFrame | None:
@@ -102,6 +122,9 @@ def overlay_frame(runs: Sequence[tuple[str, RunSummary]], chosen: Sequence[str])
             rows.append({"step": step, "loss": float(point["train_loss"]), "run": f"{label} · train"})
             rows.append({"step": step, "loss": float(point["validation_loss"]), "run": f"{label} · validation"})
     return pd.DataFrame(rows) if rows else None
+
+
+EMPTY_OVERLAY = pd.DataFrame({"step": pd.Series(dtype="int64"), "loss": pd.Series(dtype="float64"), "run": pd.Series(dtype="object")})
 
 
 def parse_values(text: str | None, kind: type, what: str) -> tuple:
@@ -239,7 +262,7 @@ class RunsTab:
             queued = self.lab.scheduler.submit([cfg for _, cfg in runs], [label for label, _ in runs])
         except LoRALabError as error:
             raise user_error(error) from None
-        gr.Info(f"{len(queued)} runs queued in {queued[0].grid}: watch them here, and each one on the Train tab.", duration=6)
+        gr.Info(f"{len(queued)} runs queued in {queued[0].grid}: watch them here, and each one on the Train tab.", duration=TOAST_SECONDS)
         return f"Queued {len(queued)} runs in {queued[0].grid}."
 
     # --- comparing a grid ---------------------------------------------------------------------
@@ -274,19 +297,21 @@ class RunsTab:
         names = [name for name, run in all_runs(self.out) if run.losses]
         return gr.Dropdown(choices=names, value=names[:2], multiselect=True, allow_custom_value=True)
 
-    def overlay(self, chosen: Sequence[str] | None) -> pd.DataFrame | None:
+    def overlay(self, chosen: Sequence[str] | None) -> pd.DataFrame:
+        """The chosen runs' loss curves; an empty frame (not None) when none is chosen.
+
+        A plot that goes back to None after drawing leaves the browser erring as it is taken down,
+        so the page always gets a frame, and a colour map after it (`overlay_colors`).
+        """
         if chosen is not None and not isinstance(chosen, list | tuple):
             raise gr.Error("choose runs from the list")
-        return overlay_frame(all_runs(self.out), list(chosen or ()))
+        frame = overlay_frame(all_runs(self.out), list(chosen or ()))
+        return EMPTY_OVERLAY if frame is None else frame
 
-    def clear_overlay(self) -> None:
-        """Empties a plot before it shows other series: other runs, other words (see PALETTE's note)."""
-        return None
-
-    def overlay_plot(self, chosen: Sequence[str] | None) -> gr.LinePlot:
-        """The overlay for the page: the frame plus a colour per series, so the legend follows the chosen runs."""
-        frame = self.overlay(chosen)
-        return gr.LinePlot(value=frame, color_map=series_colors(frame["run"]) if frame is not None else None)
+    def overlay_colors(self, chosen: Sequence[str] | None) -> gr.LinePlot:
+        """A colour per series of the chosen runs, sent after their frame: a new colour map makes the plot
+        draw itself afresh with the frame it holds, so its legend follows the runs (see PALETTE's note)."""
+        return gr.LinePlot(color_map=series_colors(self.overlay(chosen)["run"]))
 
 
 def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, follow: gr.Dropdown, tabs: gr.Tabs) -> None:
@@ -294,7 +319,9 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
     setting_choices = [(words, name) for name, words in SETTING_WORDS.items()]
     with gr.Tab("Runs", id="runs") as tab:
         gr.Markdown("### The queue\nEvery run anyone added, newest first. Runs start in queue order as workers come free; a failed run never stops the others.")
-        queue_table = gr.Dataframe(label="Runs waiting, running and finished", interactive=False, wrap=True, max_height=380, elem_id="queue")
+        queue_table = gr.Dataframe(
+            headers=QUEUE_COLUMNS, label="Runs waiting, running and finished", interactive=False, wrap=True, max_height=380, elem_id="queue"
+        )
         with gr.Row(equal_height=True):
             picked = gr.Dropdown([], label="Run", info="a waiting or running run", elem_id="queue-pick", scale=3)
             up = gr.Button("Move up", size="sm", elem_id="queue-up")
@@ -335,7 +362,11 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
         gr.Markdown("### History")
         refresh = gr.Button("Refresh", size="sm", elem_id="runs-refresh")
         history = gr.Dataframe(
-            label="Every finished run (each run's folder is under the runs folder)", interactive=False, max_height=300, elem_id="run-history"
+            headers=HISTORY_COLUMNS,
+            label="Every run that ended (each run's folder is under the runs folder)",
+            interactive=False,
+            max_height=300,
+            elem_id="run-history",
         )
         chosen = gr.Dropdown([], multiselect=True, label="Runs to compare", allow_custom_value=True, elem_id="overlay-runs")  # choices come on refresh
         overlay = gr.LinePlot(x="step", y="loss", color="run", title="Loss curves of the chosen runs (estimated every N steps)", height=300, elem_id="overlay")
@@ -373,6 +404,6 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
     gr.on([tab.select, refresh.click], runs.history, None, history, api_name="run_history", show_progress="hidden").then(
         runs.overlay_choices, None, chosen, api_name="overlay_runs", show_progress="hidden"
     )
-    chosen.change(runs.clear_overlay, None, overlay, api_name="clear_overlay", show_progress="hidden").then(
-        runs.overlay_plot, chosen, overlay, api_name="overlay", show_progress="hidden"
+    chosen.change(runs.overlay, chosen, overlay, api_name="overlay", show_progress="hidden").then(
+        runs.overlay_colors, chosen, overlay, api_name="overlay_colors", show_progress="hidden"
     )

@@ -6,6 +6,7 @@ re-attaches to it, a run started from the Runs tab shows here too, and anyone ca
 that finds nothing new sends nothing, so idle pages cost little.
 """
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,13 +24,19 @@ from ui.guards import user_error
 from ui.lab import Lab
 from ui.model_tab import ControlWidgets
 from ui.run_words import STATES, format_seconds, run_header, status_line
-from ui.views import confusion_html
+from ui.views import TOAST_SECONDS, confusion_html
 
 POLL_SECONDS = 1.0
 MAX_BATCH_POINTS = 400  # each poll re-sends the whole plot frame: thin the per-step series of long runs
 MAX_FOLLOW_CHOICES = 60  # newest runs offered in the "follow" list
 NEWEST = ""  # the follow list's value for "the newest run"
 LOSS_COLORS = {"training batch": "#c7c7c7", "train": "#1f77b4", "validation": "#ff7f0e"}
+SCORE_COLORS = {"accuracy": "#1f77b4", "precision": "#ff7f0e", "recall": "#d62728", "F1": "#2ca02c"}
+ACCURACY_COLORS = {"train": "#1f77b4", "validation": "#ff7f0e"}
+BEFORE_TRAINING = "before training"
+MAX_EPOCH_LABELS = 100  # the accuracy plot's categories in order (before training, epoch 1, ...); later ones follow
+FINAL_COLUMNS = ["split", "accuracy (%)", "precision", "recall", "F1", "loss", "messages"]
+BASELINE_COLUMNS = ["split", "accuracy before training (%)"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +74,13 @@ class TrainingView:
 
 
 def loss_frame(progress: RunProgress) -> pd.DataFrame | None:
-    """Each step's batch loss (thinned for long runs) and the train/validation estimates, in long format."""
+    """The loss plots' frame: every training batch (thinned in long runs) and the train/validation estimates.
+
+    A Gradio plot takes its colours and legend from the series of the first frame it draws, then
+    updates the data in place: a series missing from that frame is never drawn. The estimates come
+    after the first batch, so every frame names all three series from the start, a series without a
+    point yet by one row without a loss, which draws nothing.
+    """
     batch = list(progress.batch_losses)
     if not batch and not progress.estimates:
         return None
@@ -80,6 +93,9 @@ def loss_frame(progress: RunProgress) -> pd.DataFrame | None:
             (steps_taken, estimate.examples_seen, estimate.train_loss, "train"),
             (steps_taken, estimate.examples_seen, estimate.validation_loss, "validation"),
         ]
+    first = rows[0]
+    rows += [(first[0], first[1], math.nan, split) for split in LOSS_COLORS if split not in {row[3] for row in rows}]
+    rows.sort(key=lambda row: list(LOSS_COLORS).index(row[3]))  # the legend's order
     return pd.DataFrame(rows, columns=["step", "examples seen", "loss", "split"])
 
 
@@ -126,10 +142,10 @@ def accuracy_frames(view: RunView | None) -> tuple[pd.DataFrame | None, pd.DataF
     rows = []
     b = progress.baseline
     if b is not None:
-        rows += [(0, 100 * b.train_accuracy, "train"), (0, 100 * b.validation_accuracy, "validation")]
+        rows += [(BEFORE_TRAINING, b.train_accuracy, "train"), (BEFORE_TRAINING, b.validation_accuracy, "validation")]
     for epoch in progress.epoch_accuracies:
-        rows += [(epoch.epoch, 100 * epoch.train_accuracy, "train"), (epoch.epoch, 100 * epoch.validation_accuracy, "validation")]
-    accuracy = pd.DataFrame(rows, columns=["epoch", "accuracy (%)", "split"]) if rows else None
+        rows += [(epoch_label(epoch.epoch), epoch.train_accuracy, "train"), (epoch_label(epoch.epoch), epoch.validation_accuracy, "validation")]
+    accuracy = pd.DataFrame([(x, round(100 * a, 2), split) for x, a, split in rows], columns=["epoch", "accuracy (%)", "split"]) if rows else None
     baseline = None
     if b is not None:
         accuracies = (b.train_accuracy, b.validation_accuracy, b.test_accuracy)
@@ -145,16 +161,27 @@ def accuracy_frames(view: RunView | None) -> tuple[pd.DataFrame | None, pd.DataF
                     "recall": round(m.recall, 3),
                     "F1": round(m.f1, 3),
                     "loss": round(m.loss, 4),
-                    "messages": m.count,
+                    "messages": messages_scored(progress, name, m.count),
                 }
                 for name, m in progress.final.items()
-            ]
+            ],
+            columns=FINAL_COLUMNS,
         )
     elif view.run.ended:
         final = pd.DataFrame(
             {"": [f"No final accuracies: the run {STATES[view.run.state]} before its final evaluation, so it is not offered on Evaluate either."]}
         )
     return accuracy, baseline, final
+
+
+def epoch_label(epoch: int) -> str:
+    return BEFORE_TRAINING if epoch == 0 else f"epoch {epoch}"
+
+
+def messages_scored(progress: RunProgress, split: str, count: int) -> str:
+    """How many messages a final figure covers: for train, out of how many (the table's label says why fewer)."""
+    size = getattr(progress.data, split, None) if progress.data is not None else None
+    return f"{count:,} of {size:,}" if split == "train" and size is not None and count < size else f"{count:,}"
 
 
 def progress_html(view: RunView | None) -> str:
@@ -223,7 +250,10 @@ class TrainTab:
             raise user_error(error) from None
         others = [v for v in lab.scheduler.views() if v.run.id != run.id and not v.run.ended]
         if len(others) >= len(lab.scheduler.workers.slots):
-            gr.Info(f"Run {run.id} waits in the queue behind {len(others)} other run{'s' if len(others) != 1 else ''}; this page follows it.", duration=6)
+            gr.Info(
+                f"Run {run.id} waits in the queue behind {len(others)} other run{'s' if len(others) != 1 else ''}; this page follows it.",
+                duration=TOAST_SECONDS,
+            )
         return self.poll(run.id, None)
 
     def start(self, owner: str = "", **controls: Any) -> tuple[Any, ...]:
@@ -258,6 +288,42 @@ class TrainTab:
         return "Stopping after the current step..." if view.run.state == "running" else "Cancelled: the run left the queue before it started."
 
 
+def loss_plot(x: str, title: str, elem_id: str) -> gr.LinePlot:
+    """A loss plot: each training batch in grey, the train and validation estimates in colour."""
+    return gr.LinePlot(x=x, y="loss", color="split", color_map=LOSS_COLORS, title=title, height=280, elem_id=elem_id)
+
+
+def scores_plot() -> gr.ScatterPlot:
+    """The full validation set's scores at each estimate: points, so the first estimate shows at once."""
+    return gr.ScatterPlot(
+        x="step",
+        y="score (%)",
+        color="metric",
+        color_map=SCORE_COLORS,
+        title="Full validation set at each estimate",
+        x_lim=[0, None],
+        y_lim=[0, 100],
+        height=240,
+        elem_id="live-scores",
+    )
+
+
+def accuracy_plot() -> gr.ScatterPlot:
+    """Accuracy before training and after each epoch: one point per split and epoch."""
+    return gr.ScatterPlot(
+        x="epoch",
+        y="accuracy (%)",
+        color="split",
+        color_map=ACCURACY_COLORS,
+        sort=[BEFORE_TRAINING] + [epoch_label(e) for e in range(1, MAX_EPOCH_LABELS)],
+        title="Accuracy on 5 batches, before training and after each epoch",
+        x_title="",
+        y_lim=[0, 100],
+        height=240,
+        elem_id="accuracy",
+    )
+
+
 def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) -> tuple[gr.Timer, gr.Dropdown]:
     """The Train tab, wired to queue runs of `controls`; returns its timer and its follow list (the Runs tab points it at a run)."""
     with gr.Tab("Train", id="train"):
@@ -270,21 +336,20 @@ def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) 
         train_status = gr.Textbox(label="Status", interactive=False, elem_id="train-status")
         progress = gr.HTML(elem_id="train-progress")
         with gr.Row():
-            loss_steps = gr.LinePlot(x="step", y="loss", color="split", color_map=LOSS_COLORS, title="Loss by optimiser step", height=280, elem_id="loss-steps")
-            loss_examples = gr.LinePlot(
-                x="examples seen", y="loss", color="split", color_map=LOSS_COLORS, title="Loss by examples seen", height=280, elem_id="loss-examples"
-            )
+            loss_steps = loss_plot("step", "Loss by optimiser step", "loss-steps")
+            loss_examples = loss_plot("examples seen", "Loss by examples seen", "loss-examples")
         with gr.Row():
             live_confusion = gr.HTML(elem_id="live-confusion")
-            live_scores = gr.LinePlot(
-                x="step", y="score (%)", color="metric", title="Full validation set at each estimate", y_lim=[0, 100], height=240, elem_id="live-scores"
-            )
+            live_scores = scores_plot()
         with gr.Row():
-            accuracy = gr.LinePlot(
-                x="epoch", y="accuracy (%)", color="split", title="Accuracy (5 batches; epoch 0 = before training)", height=240, elem_id="accuracy"
-            )
-            baseline = gr.Dataframe(label="Baseline: accuracy before training", interactive=False, elem_id="baseline")
-        final = gr.Dataframe(label="Final accuracy on the full splits", interactive=False, elem_id="final")
+            accuracy = accuracy_plot()
+            baseline = gr.Dataframe(headers=BASELINE_COLUMNS, label="Baseline: accuracy before training", interactive=False, elem_id="baseline")
+        final = gr.Dataframe(
+            headers=FINAL_COLUMNS,
+            label="Final accuracy on the full splits (train: whole batches only, as in the book, so its last few messages are left out)",
+            interactive=False,
+            elem_id="final",
+        )
         with gr.Row():
             book_plot = gr.Image(label="Loss plot (book style)", type="filepath", interactive=False, elem_id="book-plot")
             files = gr.File(label="Download the adapter and the run record", file_count="multiple", interactive=False, elem_id="run-files")

@@ -4,16 +4,36 @@ import html
 from collections.abc import Sequence
 
 # A Gradio plot keeps the colour legend of the first value it draws: later values with new series
-# (other runs, more ranks) would be drawn without lines or legend. Such plots are cleared (None)
-# before they get a value with other series, which makes Gradio draw them afresh.
+# (other runs, more ranks) would be drawn without lines or legend. Such plots get their new value,
+# then a new colour map, which makes Gradio draw them afresh (a plot emptied to None and filled
+# again also redraws, but leaves the browser erring when it is taken down).
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 HAM_RGB, SPAM_RGB = (31, 119, 180), (214, 39, 40)  # the Data tab's histogram colours
+# "Why this answer?" speaks one colour code in all its views: red pushes towards the positive class (spam), blue away.
+TOWARDS_RGB, AWAY_RGB = SPAM_RGB, HAM_RGB
+
+
+TOAST_SECONDS = 6  # info and warning toasts go by themselves; errors stay until closed
+
+# Toasts sit at the bottom right, away from the buttons they speak of (Start, Stop, Download: at the top).
+APP_CSS = """
+.toast-wrap { top: auto !important; bottom: var(--size-4) !important; }
+"""
 
 
 def series_colors(names: Sequence[str]) -> dict[str, str]:
     """A colour per series name, in order of first appearance (cycling through the palette)."""
     unique = list(dict.fromkeys(names))
     return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(unique)}
+
+
+def rgba(rgb: tuple[int, int, int], alpha: float) -> str:
+    return f"rgba({rgb[0]},{rgb[1]},{rgb[2]},{min(max(alpha, 0.0), 1.0):.2f})"
+
+
+def plural(count: int, noun: str) -> str:
+    """"1 mistake", "2 mistakes", "1,045 messages"."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
 def percent(value: float | None) -> float | None:

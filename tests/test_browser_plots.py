@@ -1,0 +1,120 @@
+"""The Train tab's live plots in a real browser, fed the frames a run produces, one poll at a time.
+
+A small page holds the Train tab's own plots (the same factories) and a button that sends the next
+frame, so what the browser draws at each moment of a run is checked without the timing of a real
+run. Same rules as test_browser.py (Debian chromium + Playwright; CI=true makes a missing browser fail).
+"""
+
+import contextlib
+import socket
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import gradio as gr
+import pytest
+import test_browser
+from test_browser import expect, sync_api
+
+from engine.config import RunConfig
+from engine.evaluate import Metrics
+from engine.events import BaselineEvaluated
+from engine.recorder import BatchLoss, RunProgress
+from engine.run_queue import QueuedRun
+from engine.scheduler import RunView
+from engine.train import LossEvaluated, ValidationEvaluated
+from ui.train_tab import LOSS_COLORS, SCORE_COLORS, accuracy_frames, accuracy_plot, live_views, loss_frame, loss_plot, scores_plot
+
+pytestmark = pytest.mark.browser
+
+browser = test_browser.browser  # the same module-scoped chromium fixture
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def plots_page(browser: "sync_api.Browser", frames: Sequence[tuple[Any, Any, Any]]) -> Iterator["sync_api.Page"]:
+    """A page with the Train tab's loss, scores and accuracy plots; each click on Next shows the next frame."""
+    with gr.Blocks() as demo:
+        loss = loss_plot("step", "Loss by optimiser step", "loss-steps")
+        scores = scores_plot()
+        accuracy = accuracy_plot()
+        shown = gr.State(0)
+        following = gr.Button("Next", elem_id="next")
+        following.click(lambda index: (index + 1, *frames[index]), shown, [shown, loss, scores, accuracy])
+    _, url, _ = demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        with test_browser.app_page(browser, url, ready="Next") as page:
+            yield page
+    finally:
+        demo.close()
+
+
+def next_frame(page: "sync_api.Page") -> None:
+    page.get_by_role("button", name="Next").click()
+    page.wait_for_timeout(700)  # Vega redraws after the value lands
+
+
+def legend(page: "sync_api.Page", plot: str) -> list[str]:
+    return page.locator(f"{plot} g.role-legend-label text").all_text_contents()
+
+
+def drawn_strokes(page: "sync_api.Page", plot: str) -> set[str]:
+    """The colours of the line paths that draw something (more than one point)."""
+    lines = page.locator(f"{plot} path[aria-roledescription='line mark']")
+    return {
+        (lines.nth(i).get_attribute("stroke") or "").lower()
+        for i in range(lines.count())
+        if (lines.nth(i).get_attribute("d") or "").count("L") >= 1
+    }
+
+
+def visible_points(page: "sync_api.Page", plot: str) -> int:
+    points = page.locator(f"{plot} path[aria-roledescription='point']")
+    return sum(1 for i in range(points.count()) if points.nth(i).get_attribute("opacity") != "0" and points.nth(i).is_visible())
+
+
+def batches(first: int, last: int) -> tuple[BatchLoss, ...]:
+    return tuple(BatchLoss(step, 8 * step, 1.0 - step / 100) for step in range(first, last + 1))
+
+
+def estimate(step: int) -> LossEvaluated:
+    """The book's 0-based step: the plots draw it at step + 1, as the batches."""
+    return LossEvaluated(step - 1, step / 130, 8 * step, 0.9 - step / 200, 0.95 - step / 300)
+
+
+def test_the_estimate_curves_stay_drawn_to_the_end_of_a_run(browser: "sync_api.Browser") -> None:
+    # As a run goes: the first poll lands before the first estimate is in (a real model takes a while
+    # over it), then estimates every 5 steps, then the run ends with the same rows.
+    polls = [
+        RunProgress(batch_losses=batches(1, 1)),
+        RunProgress(batch_losses=batches(1, 6), estimates=(estimate(1),)),
+        RunProgress(batch_losses=batches(1, 11), estimates=(estimate(1), estimate(6), estimate(11))),
+    ]
+    polls.append(polls[-1])  # the last poll, when the run is done
+    with plots_page(browser, [(loss_frame(progress), None, None) for progress in polls]) as page:
+        for _ in polls:
+            next_frame(page)
+        assert legend(page, "#loss-steps") == ["training batch", "train", "validation"]
+        expect(page.locator("#loss-steps path[aria-roledescription='line mark']").first).to_be_attached()
+        assert drawn_strokes(page, "#loss-steps") == {LOSS_COLORS[name].lower() for name in LOSS_COLORS}
+
+
+def test_the_first_estimate_shows_as_points_on_sensible_axes(browser: "sync_api.Browser") -> None:
+    first = ValidationEvaluated(0, 0.01, 8, Metrics(0.7, 0.55, [[10, 10], [8, 12]], 0.55, 0.6, 0.57, 40))
+    progress = RunProgress(live=(first,), baseline=BaselineEvaluated(0.5, 0.475, 0.5))
+    after_first = RunView(QueuedRun("20261202-120000", RunConfig(), state="running"), progress, None)
+    scores = live_views(after_first)[1]
+    accuracy = accuracy_frames(after_first)[0]
+    with plots_page(browser, [(None, scores, accuracy)]) as page:
+        next_frame(page)
+        expect(page.locator("#live-scores path[aria-roledescription='point']").first).to_be_attached(timeout=10_000)
+        assert visible_points(page, "#live-scores") == len(SCORE_COLORS)  # one estimate, four scores
+        assert visible_points(page, "#accuracy") == 2  # train and validation before training
+        for plot in ("#live-scores", "#accuracy"):
+            ticks = page.locator(f"{plot} g.role-axis text").all_text_contents()
+            assert ticks and not any("0.000" in tick for tick in ticks), ticks
+        assert "before training" in page.locator("#accuracy g.role-axis text").all_text_contents()
