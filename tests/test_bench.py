@@ -107,3 +107,17 @@ def test_bench_with_peers_in_subprocesses() -> None:
     report = run_benchmark(TINY, "cpu", 1, str(SMS_ZIP))
     data = _check(report, with_peer=True)
     assert "fresh subprocess" in data["ours"]["memory_method"]
+
+
+@pytest.mark.slow
+def test_bench_sweep_times_a_grid_on_one_worker_and_on_two(tiny_model_dir, prepared_data) -> None:
+    from engine.bench.sweep import SWEEP_RANKS, run_sweep_benchmark
+
+    result = run_sweep_benchmark(str(tiny_model_dir), "cpu", 2, 1, str(prepared_data))
+    assert [t.workers for t in result.timings] == [1, 2] and result.runs == len(SWEEP_RANKS) and result.steps == 1
+    for timing in result.timings:
+        assert set(timing.states) == {"done"} and timing.wall_s > 0
+        assert len(timing.startup_s) == len(SWEEP_RANKS) and all(0 < s < timing.wall_s for s in timing.startup_s)  # launch to first step, per run
+    printed = result.lines()
+    assert printed[1].lstrip().startswith("1 worker :") and printed[2].lstrip().startswith("2 workers:") and "x faster" in printed[3]
+    assert json.loads(json.dumps(result.to_dict()))["speedup"] == round(result.speedup, 3)

@@ -8,7 +8,7 @@ import pytest
 from engine.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["data", "params", "generate", "train", "classify", "bench"]
+COMMANDS = ["data", "params", "generate", "train", "sweep", "classify", "bench"]
 
 
 def run_json(capsys, *argv: str) -> dict:
@@ -115,3 +115,38 @@ def test_train_logs_live_validation_scores_unless_switched_off(capsys, tiny_mode
     assert main([*common, "--out", str(tmp_path / "quiet"), "--no-live-metrics"]) == 0
     err = capsys.readouterr().err
     assert "validation loss" in err and not live.search(err)
+
+
+@pytest.mark.slow
+def test_sweep_runs_a_grid_on_two_workers_with_a_line_per_run_and_a_table(capsys, tiny_model_dir, prepared_data, tmp_path):
+    argv = ["sweep", "--model", str(tiny_model_dir), "--data", str(prepared_data), "--rank", "1", "4", "--seed", "1", "2", "--alpha", "8"]
+    argv += ["--max-steps", "3", "--device", "cpu", "--workers", "2", "--owner", "Eve", "--out", str(tmp_path / "runs")]
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    lines = printed.err.splitlines()
+    assert lines[0].startswith("4 runs (2 rank x 2 seed) on 2 local workers (cpu 0, cpu 1), into ")
+    ended = sorted(line for line in lines if line.startswith("["))
+    assert len(ended) == 4 and all(": done, test accuracy " in line for line in ended)
+    table = printed.out.splitlines()
+    assert table[0].split()[:3] == ["run", "state", "test"] and sorted(row.split()[0] for row in table[1:]) == [
+        "rank1-seed1",
+        "rank1-seed2",
+        "rank4-seed1",
+        "rank4-seed2",
+    ]
+    grid = next((tmp_path / "runs").glob("grid-*"))
+    record = json.loads((grid / "rank4-seed2" / "run.json").read_text())
+    assert (record["config"]["lora"]["rank"], record["config"]["lora"]["alpha"], record["config"]["train"]["seed"]) == (4, 8.0, 2)
+    assert record["config"]["owner"] == "Eve" and not (tmp_path / "runs" / "queue.json").exists()  # the app's queue file is left alone
+
+    assert main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1], parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert len(result["runs"]) == 4 and {run["state"] for run in result["runs"]} == {"done"}
+    assert all(0 <= run["test_accuracy"] <= 1 and run["trainable"] > 0 for run in result["runs"])
+
+
+def test_sweep_refuses_a_grid_too_large_before_training(capsys, tiny_model_dir, prepared_data, tmp_path):
+    argv = ["sweep", "--model", str(tiny_model_dir), "--data", str(prepared_data), "--rank", *map(str, range(1, 11)), "--seed", *map(str, range(11))]
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    assert "makes 110 runs (10 rank x 11 seed), more than the 100 one grid may hold" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -195,17 +195,43 @@ def progress_html(view: RunView | None) -> str:
     )
 
 
+def placeholder(columns: Sequence[str], x: object, series: str, names: Sequence[str]) -> pd.DataFrame:
+    """A frame for a run with nothing to plot yet: every series named, no point drawn.
+
+    A plot that has drawn must never get None again (taking its chart down leaves the browser erring),
+    and the series it draws first are the only ones it ever shows: so a run without points yet (a new
+    run followed after an earlier one) gets one row without a value per series.
+    """
+    return pd.DataFrame([{columns[0]: x, **{column: math.nan for column in columns[1:]}, series: name} for name in names])
+
+
+EMPTY_LOSS = placeholder(["step", "examples seen", "loss"], 1, "split", list(LOSS_COLORS))
+EMPTY_SCORES = placeholder(["step", "score (%)"], 1, "metric", list(SCORE_COLORS))
+EMPTY_ACCURACY = placeholder(["epoch", "accuracy (%)"], BEFORE_TRAINING, "split", list(ACCURACY_COLORS))
+
+
 def training_view(view: RunView | None) -> TrainingView:
+    """What the tab shows of `view`; plots get None only while no run exists at all (see `placeholder`)."""
     progress = view.progress if view else None
     saved = progress.saved if progress else None
     files = [str(saved.adapter_dir / "adapter.safetensors"), str(saved.record)] if saved else None
+    confusion, scores = live_views(view)
+    accuracy, baseline, final = accuracy_frames(view)
+    loss = loss_frame(progress) if progress else None
+    if view is not None:
+        loss = EMPTY_LOSS if loss is None else loss
+        scores = EMPTY_SCORES if scores is None else scores
+        accuracy = EMPTY_ACCURACY if accuracy is None else accuracy
     return TrainingView(
         run_header(view),
         status_line(view),
         progress_html(view),
-        loss_frame(progress) if progress else None,
-        *live_views(view),
-        *accuracy_frames(view),
+        loss,
+        confusion,
+        scores,
+        accuracy,
+        baseline,
+        final,
         str(saved.plot) if saved and saved.plot else None,
         files,
     )
