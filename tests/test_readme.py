@@ -40,14 +40,14 @@ def test_the_readme_command_lines_work_offline_as_written(
     (tmp_path / "messages.txt").write_text("WINNER! Claim your prize now\nSee you at 6?\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     commands = readme_commands()
-    assert [argv[0] for argv in commands] == ["data", "data", "params", "generate", "train", "train", "classify", "classify", "bench"]
+    assert [argv[0] for argv in commands] == ["data", "data", "params", "generate", "train", "train", "classify", "classify", "sweep", "bench"]
     ran = []
     for argv in commands:
         if argv == ["data"] or argv[0] == "bench":
             continue  # the download needs the internet; the benchmark takes minutes (tests/test_bench.py covers it)
         if argv[0] != "params":  # params needs no weights: it runs on gpt2-small itself
             argv = [str(tiny_model_dir) if arg == "gpt2-small" else arg for arg in argv]
-        if argv[0] == "train":
+        if argv[0] in ("train", "sweep"):
             argv += TRAINING_LIMIT
         assert main(argv) == 0, (argv, capsys.readouterr().err)
         ran.append((argv[0], capsys.readouterr()))
@@ -63,6 +63,8 @@ def test_the_readme_command_lines_work_offline_as_written(
     assert answers[0].split() == ["label", "P(label)", "message"]  # --file: a table, not a Python dict
     assert answers[1].split()[0] in ("ham", "spam") and answers[2].endswith("See you at 6?")
     assert "2 messages classified" in answers[-1] and (tmp_path / "messages.predictions.csv").is_file()
+    swept = outputs["sweep"].splitlines()
+    assert sorted(row.split()[:2] for row in swept[1:]) == [[f"rank{r}-seed{s}", "done"] for r in (2, 8) for s in (1, 2)]
 
 
 def test_data_offline_names_each_failed_source_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
