@@ -14,10 +14,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from engine import strict_json
 from engine.atomic import atomic_path, write_text_atomic
 from engine.config import LABELS, PADDINGS, POOLINGS, GPTConfig, LoRAConfig
 from engine.errors import AdapterError, ConfigError
 from engine.model import GPT
+from engine.weights import PICKLE_SUFFIXES
 
 FORMAT_VERSION = 1
 TENSORS_FILE = "adapter.safetensors"
@@ -107,7 +109,7 @@ def save_adapter(model: GPT, folder: Path, config: AdapterConfig) -> Path:
     folder = Path(folder)
     if any(layer.merged for layer in model.modules() if hasattr(layer, "merged")):
         raise RuntimeError("save_adapter on merged weights: unmerge first so the base stays pristine")
-    text = json.dumps(config.to_dict(), indent=2)
+    text = strict_json.dumps(config.to_dict(), indent=2)
     tensors_path = folder / TENSORS_FILE
     with atomic_path(tensors_path) as temporary:
         save_file(adapter_tensors(model), str(temporary), metadata={METADATA_KEY: text})
@@ -120,7 +122,7 @@ def read_adapter(folder: Path) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
     path = Path(folder)
     if path.is_dir():
         path = path / TENSORS_FILE
-    if path.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt", ".pkl"):
+    if path.suffix.lower() in PICKLE_SUFFIXES:
         raise AdapterError(f"{path.name} is a pickle file and is never loaded: use an adapter.safetensors saved by LoRA Lab")
     if not path.is_file():
         raise AdapterError(f"no adapter at {path}: train one first, or give the folder holding {TENSORS_FILE}")

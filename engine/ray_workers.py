@@ -288,7 +288,7 @@ def pack_weights(model: str) -> dict[str, bytes] | None:
             weights = Path(hf_hub_download(source.repo_id, WEIGHTS_FILE, local_files_only=True))
         except Exception:  # not cached here
             return None
-    return {"config.json": json.dumps(source.config.to_hf()).encode(), WEIGHTS_FILE: weights.read_bytes()}
+    return {"config.json": strict_json.dumps(source.config.to_hf()).encode(), WEIGHTS_FILE: weights.read_bytes()}
 
 
 def pack_data(data: str | None) -> tuple[dict[str, bytes] | None, bool]:

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.adapted_linear import _ONEDNN, Update, _gelu_untracked, adapted_linear, frozen_product, gelu
+from engine.adapted_linear import ONEDNN_SWITCH, Update, _gelu_untracked, adapted_linear, frozen_product, gelu, product_path
 from engine.lora import LoRALinear
 from engine.model import MLP
 from tests.conftest import TINY, randomise_lora
@@ -142,16 +142,25 @@ def test_the_frozen_product_equals_f_linear_in_fp32(rows, with_bias):
     assert torch.allclose(frozen_product(x, weight, bias), F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not _ONEDNN, reason="oneDNN serves fp32 products on x86 CPUs only")
+def _ops(run) -> set[str]:
+    """The operators `run` calls."""
+    with torch.profiler.profile() as profile:
+        run()
+    return {event.key for event in profile.key_averages()}
+
+
+@pytest.fixture
+def fresh_product_path():
+    """The frozen-product path decided anew for one test, and again after it."""
+    product_path.cache_clear()
+    yield
+    product_path.cache_clear()
+
+
+@pytest.mark.skipif(not product_path().onednn, reason="oneDNN serves fp32 products on x86 CPUs only (or LORA_LAB_ONEDNN=0)")
 def test_onednn_serves_fp32_but_not_autocast():
     x, weight = torch.randn(5, 8), torch.randn(6, 8)
-
-    def ops(run) -> set[str]:  # noqa: ANN001
-        with torch.profiler.profile() as profile:
-            run()
-        return {event.key for event in profile.key_averages()}
-
-    assert "mkldnn::_linear_pointwise" in ops(lambda: frozen_product(x, weight, None))
+    assert "mkldnn::_linear_pointwise" in _ops(lambda: frozen_product(x, weight, None))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert frozen_product(x, weight, None).dtype == torch.bfloat16  # autocast's F.linear, not oneDNN's fp32
 
@@ -166,3 +175,21 @@ def test_inference_takes_the_same_arithmetic_without_autograd():
         untracked = adapted_linear(x, base.weight, base.bias, updates, gelu_first=True)
     assert _adapted_node(tracked) is not None and untracked.grad_fn is None
     assert torch.equal(tracked.detach(), untracked)
+
+
+def test_a_broken_onednn_product_leaves_every_product_on_f_linear(monkeypatch, fresh_product_path):
+    def changed_signature(*args: object) -> torch.Tensor:
+        raise RuntimeError("mkldnn::_linear_pointwise() expected at most 5 arguments")  # as a future PyTorch might
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", changed_signature)
+    x, weight, bias = torch.randn(5, 8), torch.randn(6, 8), torch.randn(6)
+    assert torch.allclose(frozen_product(x, weight, bias), F.linear(x, weight, bias))
+    path = product_path()
+    assert not path.onednn and path.describe().startswith("F.linear (")
+
+
+def test_the_switch_keeps_every_product_on_f_linear(monkeypatch, fresh_product_path):
+    monkeypatch.setenv(ONEDNN_SWITCH, "0")
+    x, weight = torch.randn(5, 8), torch.randn(6, 8)
+    assert not any("mkldnn" in op for op in _ops(lambda: frozen_product(x, weight, None)))
+    assert product_path().describe() == f"F.linear (oneDNN switched off by {ONEDNN_SWITCH})"

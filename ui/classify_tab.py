@@ -13,7 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from engine.batch import classify_file
-from engine.explain import TokenScore, WordInfluence, spam_index, token_scores, word_influence
+from engine.explain import TokenScore, WordInfluence, explained_class, token_scores, word_influence
 from ui.guards import engine_errors_as_toasts, message_problem, uploaded_file, uploaded_path
 from ui.lab import Lab
 from ui.views import HAM_RGB, SPAM_RGB
@@ -32,13 +32,13 @@ def token_heatmap_html(tokens: Sequence[TokenScore], positive: str) -> str:
     """Each token shaded by P(positive) after reading up to it: blue towards the other class, red towards `positive`."""
     spans = []
     for token in tokens:
-        p = token.p_spam
+        p = token.probability
         rgb, strength = (SPAM_RGB, p - 0.5) if p >= 0.5 else (HAM_RGB, 0.5 - p)
         spans.append(
             f"<span class='token' title='P({html.escape(positive)}) = {p:.3f}' data-p='{p:.4f}' "
             f"style='background:rgba({rgb[0]},{rgb[1]},{rgb[2]},{0.08 + 1.6 * strength:.2f});border-radius:3px;padding:1px 0'>{html.escape(token.token)}</span>"
         )
-    final = tokens[-1].p_spam if tokens else float("nan")
+    final = tokens[-1].probability if tokens else float("nan")
     legend = (
         f"<div style='font-size:0.85em;margin-top:6px'>Colour: P({html.escape(positive)}) after reading up to that token "
         f"(<span style='background:rgba({SPAM_RGB[0]},{SPAM_RGB[1]},{SPAM_RGB[2]},0.7)'>&nbsp;towards {html.escape(positive)}&nbsp;</span> "
@@ -62,7 +62,7 @@ def influence_frame(influences: Sequence[WordInfluence], positive: str) -> pd.Da
                 "word": word,
                 "influence": round(item.influence, 4),
                 "direction": f"towards {positive}" if item.influence > 0 else f"away from {positive}",
-                f"P({positive}) without it": round(item.p_spam_without, 4),
+                f"P({positive}) without it": round(item.probability_without, 4),
             }
         )
     return pd.DataFrame(rows)
@@ -127,15 +127,15 @@ class ClassifyTab:
         return f"Using the latest trained adapter: {latest}" if latest else "No trained adapter yet: train one, or load an adapter.safetensors file."
 
     def explain(self, message: str, adapter_file: str | None) -> tuple[str, pd.DataFrame | None, pd.DataFrame | None]:
-        """P(spam) token by token (one causal pass) and the words whose removal moves it most."""
+        """P(the explained class) token by token (one causal pass) and the words whose removal moves it most."""
         if not isinstance(message, str) or not message.strip():
             raise gr.Error("the message is empty: type a message to explain, then press Explain")
         with self.lab.classify_lock:
             _, classifier = self.lab.classifier_for(adapter_file)
             with engine_errors_as_toasts(str(classifier.device), "explaining"):
-                tokens = token_scores(classifier, message)
-                influences = word_influence(classifier, message)
-            positive = classifier.config.labels[spam_index(classifier)]
+                positive = explained_class(classifier, message)
+                tokens = token_scores(classifier, message, positive)
+                influences = word_influence(classifier, message, positive)
         words = influence_frame(influences, positive)
         return token_heatmap_html(tokens, positive), words, words
 
@@ -191,10 +191,10 @@ def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.T
 
 
 def build_explain(classify: ClassifyTab, message: gr.Textbox, adapter_file: gr.File) -> None:
-    """Why this answer: P(spam) token by token, and the words that moved it."""
+    """Why this answer: P(spam), or of the predicted class for three or more, token by token, and the words that moved it."""
     with gr.Accordion("Why this answer?", open=True):
         explain_button = gr.Button("Explain this message", elem_id="explain")
-        heat = gr.HTML(label="P(spam) as the model reads the message", elem_id="token-heatmap")
+        heat = gr.HTML(label="The answer as the model reads the message", elem_id="token-heatmap")
         with gr.Row():
             bars = gr.BarPlot(
                 x="word",

@@ -17,10 +17,9 @@ DataViews = tuple[str, pd.DataFrame | None, pd.DataFrame | None, Figure | None] 
 
 def counts_frame(prepared: PreparedData) -> pd.DataFrame:
     s = prepared.summary
-    per_class = list(s.class_counts.items()) or [("ham", s.ham), ("spam", s.spam)]  # your own data: its own labels
     rows = [
         ("messages", s.messages),
-        *per_class,
+        *s.class_counts.items(),  # your own data: its own labels
         ("balanced", s.balanced),
         ("train", s.train),
         ("validation", s.validation),

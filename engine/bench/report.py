@@ -164,6 +164,7 @@ class Report:
         out = [
             f"LoRA Lab benchmark: {env['model']} (random weights), {env['device']} ({env['device_name']}), "
             f"torch {env['torch']}, {env['threads']} threads, {self.elapsed_s:.0f} s",
+            f"frozen products: {env['frozen_products']}",
         ]
         for peak in self.peaks:
             shapes = ", ".join(f"{k} {v:.0f}" for k, v in peak.shapes.items())
