@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", default="gpt2-small", help="size to benchmark (random weights of the real shape)")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--steps", type=int, default=5, help="timed training steps per measurement")
-    bench.add_argument("--data", help="SMS source for the epoch comparison (default: the data cache, else the shipped test zip)")
+    bench.add_argument("--data", help=f"SMS data for the epoch comparison: prepared folder, zip or TSV (default: {DATA_CACHE}, downloaded there if empty)")
     bench.add_argument("--sweep", action="store_true", help="instead: a 4-run grid's wall time on 1 worker and on --workers, and a worker's start-up cost")
     bench.add_argument("--workers", type=int, default=2, help="with --sweep: the workers to compare with one (default 2)")
     bench.set_defaults(run=cmd_bench)
