@@ -517,8 +517,8 @@ def test_uploads_over_the_launch_limit_are_refused(trained_lab: Lab, tmp_path: P
         assert client.predict(SPAM, None, api_name="/classify")[0]["label"] in ("ham", "spam")
 
 
-def test_twenty_visitors_classifying_at_once_all_get_the_engine_s_answer(served: RunningApp, adapter_dir: Path) -> None:
-    report = hammer(served.url, sample_messages(), callers=20, requests=200)
+def test_twenty_visitors_classifying_at_once_all_get_the_engine_s_answer(served: RunningApp, adapter_dir: Path, prepared_data: Path) -> None:
+    report = hammer(served.url, sample_messages(prepared_data), callers=20, requests=200)
     print(report.summary())
     assert report.errors == []
     assert len(report.answers) == 200
