@@ -140,14 +140,14 @@ def _forward(
 
 class _AdaptedLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, rows, weight, bias, gelu_first, layout, *pairs):  # noqa: ANN001, ANN205 - autograd's signature
+    def forward(ctx, rows, weight, bias, gelu_first, layout, *pairs):
         out, down = _forward(_gelu_untracked(rows) if gelu_first else rows, weight, bias, layout, pairs)
         ctx.save_for_backward(rows, weight, down, *pairs)
         ctx.gelu_first, ctx.layout = gelu_first, layout
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
+    def backward(ctx, grad_out):
         rows, weight, down, *pairs = ctx.saved_tensors
         needs_rows, needs_pairs = ctx.needs_input_grad[0], ctx.needs_input_grad[5:]
         # Under autocast the forward products ran in bf16 while W, A and B stay fp32: backward,

@@ -144,7 +144,7 @@ def read_adapter(folder: Path) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
 def check_base(config: AdapterConfig, model: GPT) -> None:
     """Refuse an adapter trained on another base shape: it would load and silently mis-predict."""
     want, have = config.model, model.cfg
-    shape = lambda c: (c.vocab_size, c.context_length, c.n_embd, c.n_layer, c.n_head)  # noqa: E731
+    shape = lambda c: (c.vocab_size, c.context_length, c.n_embd, c.n_layer, c.n_head)
     if shape(want) != shape(have):
         raise AdapterError(
             f"this adapter was trained on {config.base_model} ({want.n_layer} layers, width {want.n_embd}); "

@@ -125,7 +125,7 @@ def make_loaders(splits: Splits, cfg: TrainConfig, context_length: int, book_dra
     max_length = min(longest_train, context_length) if cfg.padding == "longest" else context_length
     pad_to = max_length if cfg.padding == "longest" else None
     datasets = {name: EncodedMessages(part["Text"].tolist(), part["Label"].tolist(), max_length) for name, part in splits.items()}
-    pad = lambda items: collate(items, pad_to)  # noqa: E731
+    pad = lambda items: collate(items, pad_to)
     shared = torch.Generator() if book_draws else None
     order = shared if shared is not None else torch.Generator().manual_seed(cfg.seed)
     base_seeds = shared if shared is not None else torch.Generator()  # independent loaders' base seeds matter to no one
@@ -138,7 +138,7 @@ def make_loaders(splits: Splits, cfg: TrainConfig, context_length: int, book_dra
         train_loader = DataLoader(train, batch_size=cfg.batch_size, sampler=shuffle, drop_last=True, generator=shared, collate_fn=pad)
     else:
         train_loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=order, collate_fn=pad)
-    evaluation = lambda name: DataLoader(datasets[name], batch_size=cfg.batch_size, shuffle=False, generator=base_seeds, collate_fn=pad)  # noqa: E731
+    evaluation = lambda name: DataLoader(datasets[name], batch_size=cfg.batch_size, shuffle=False, generator=base_seeds, collate_fn=pad)
     return Loaders(train_loader, evaluation("validation"), evaluation("test"), max_length, shared)
 
 

@@ -45,7 +45,7 @@ class CausalSelfAttention(nn.Module):
             for parameter, view in zip(parts, fused.split([p.size(0) for p in parts]), strict=True):
                 parameter.data = view
 
-    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module's signature
+    def _apply(self, fn, recurse=True):
         # Moving or casting the module copies each parameter on its own: lay them end to end again.
         super()._apply(fn, recurse)
         self.store_qkv_adjacent()
@@ -54,7 +54,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, read: torch.Tensor | None = None) -> torch.Tensor:
         """Attend causally over x (B, T, C); with `read` (B,), only at those positions: (B, 1, C)."""
         B, T, C = x.shape
-        heads = lambda t: t.view(B, -1, self.n_head, C // self.n_head).transpose(1, 2)  # noqa: E731
+        heads = lambda t: t.view(B, -1, self.n_head, C // self.n_head).transpose(1, 2)
         if read is None:
             q, k, v = (heads(t) for t in project(x, (self.q_proj, self.k_proj, self.v_proj)))  # (B, nh, T, hs)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -270,7 +270,7 @@ def data_read(task: dict[str, Any], config: RunConfig) -> str | None:
 
 def relocated(saved: RunSaved, out: Path) -> RunSaved:
     """The worker's RunSaved with its paths in the driver's run folder."""
-    moved = lambda path: out / Path(path).relative_to(saved.out_dir) if path is not None else None  # noqa: E731
+    moved = lambda path: out / Path(path).relative_to(saved.out_dir) if path is not None else None
     return RunSaved(out, moved(saved.adapter_dir), moved(saved.record), moved(saved.plot), saved.stopped)
 
 

@@ -18,7 +18,7 @@ def _pair(in_features: int, rank: int, width: int, dtype: torch.dtype = torch.fl
     return torch.randn(in_features, rank, dtype=dtype, requires_grad=True), torch.randn(rank, width, dtype=dtype, requires_grad=True)
 
 
-def _adapted_node(out: torch.Tensor):  # noqa: ANN202
+def _adapted_node(out: torch.Tensor):
     """The autograd node of the hand-written function behind `out` (under the reshape back to out's shape), or None."""
     node = out.grad_fn
     while node is not None and not node.name().endswith("_AdaptedLinearBackward"):
@@ -26,7 +26,7 @@ def _adapted_node(out: torch.Tensor):  # noqa: ANN202
     return node
 
 
-def _autograd_reference(x, base, updates, gelu_first):  # noqa: ANN001, ANN202
+def _autograd_reference(x, base, updates, gelu_first):
     inputs = gelu(x) if gelu_first else x
     parts = list(base(inputs).unbind(-1))
     for u in updates:
@@ -63,7 +63,7 @@ def test_gradcheck(gelu_first):
     x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
     (a1, b1), (a2, b2) = _pair(6, 2, 2), _pair(6, 1, 3)
 
-    def run(x, a1, b1, a2, b2):  # noqa: ANN001, ANN202
+    def run(x, a1, b1, a2, b2):
         return adapted_linear(x, base.weight, base.bias, [Update(a1, b1, 0.8), Update(a2, b2, -1.3, start=2)], gelu_first)
 
     assert torch.autograd.gradcheck(run, (x, a1, b1, a2, b2))

@@ -20,6 +20,7 @@ import torch
 from app_fixtures import RunningApp, as_upload, running_app, train_controls, upload_bytes
 from conftest import sms_zip_bytes, zip_of
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import AuthenticationError
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -534,7 +535,7 @@ def test_classify_stays_fast_while_training_runs(served: RunningApp, settings: A
     client.predict(handle_file(str(sms_zip)), api_name="/upload_data")
     client.predict(SPAM, None, api_name="/classify")  # the classifier is loaded once
     run_id = client.predict(model=settings.model, epochs=50, max_steps=0, api_name="/start")[12]["value"]
-    step = lambda: (served.lab.scheduler.view(run_id).progress or RunProgress()).step  # noqa: E731
+    step = lambda: (served.lab.scheduler.view(run_id).progress or RunProgress()).step
     deadline = time.monotonic() + 300
     while not step():
         assert time.monotonic() < deadline
@@ -561,9 +562,9 @@ def test_only_run_outputs_are_served(served: RunningApp) -> None:
 
 def test_login_is_asked_when_auth_is_given(trained_lab: Lab) -> None:
     with running_app(trained_lab.settings, auth=("demo", "s3cret:pw")) as running:
-        with pytest.raises(Exception):  # noqa: B017 - gradio_client raises a plain ValueError or an httpx error here
+        with pytest.raises(AuthenticationError, match="credentials were not provided"):
             Client(running.url, verbose=False, analytics_enabled=False).predict(SPAM, None, api_name="/classify")
-        with pytest.raises(Exception):  # noqa: B017
+        with pytest.raises(ValueError, match="Could not login"):
             Client(running.url, verbose=False, analytics_enabled=False, auth=("demo", "wrong")).predict(SPAM, None, api_name="/classify")
         client = Client(running.url, verbose=False, analytics_enabled=False, auth=("demo", "s3cret:pw"))
         assert client.predict(SPAM, None, api_name="/classify")[0]["label"] in ("ham", "spam")
