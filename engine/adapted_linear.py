@@ -83,8 +83,8 @@ _CHUNK_ELEMENTS = 1 << 18  # 1 MB of fp32: each chunk's five passes stay in cach
 def _gelu_untracked(x: torch.Tensor) -> torch.Tensor:
     """gelu(x) without autograd, faster on CPU fp32 through 0.5·(1 + tanh z) = sigmoid(2z).
 
-    PyTorch's CPU tanh is about 3.5× slower than its sigmoid; the five in-place passes run a
-    cache-sized chunk at a time: 3.9 ms instead of 5.9 ms on a 960 × 3072 tensor, within 5e-7.
+    PyTorch's CPU tanh is far slower than its sigmoid; the five in-place passes run a cache-sized
+    chunk at a time, so each reads memory once (docs/benchmark-cpu.txt has the figures).
     """
     if x.device.type != "cpu" or x.dtype != torch.float32:
         return gelu(x)  # one fused kernel on GPUs; bf16 would round at every pass
@@ -169,7 +169,7 @@ class _AdaptedLinear(torch.autograd.Function):
             for i, (b, (scale, start)) in enumerate(zip(lora_bs, ctx.layout, strict=True)):
                 rank = b.size(0)
                 if needs_pairs[2 * i]:
-                    # as (δᵀ·x)ᵀ: BLAS is up to 1.5× slower with x transposed when x is tall and wide
+                    # as (δᵀ·x)ᵀ: BLAS is slower with x transposed when x is tall and wide (docs/benchmark-cpu.txt)
                     grad_pairs[2 * i] = (grad_down[:, columns : columns + rank].t() @ inputs).t()
                 if needs_pairs[2 * i + 1]:
                     grad_pairs[2 * i + 1] = down[:, columns : columns + rank].t() @ grad_out[:, start : start + b.size(1)] * scale

@@ -21,10 +21,10 @@ from engine.errors import ConfigError
 from engine.tokenizer import END_OF_TEXT_ID, encode
 
 GROUP_BATCHES = 16  # batches per length-sorted group: big enough to sort, small enough to stay random
-# What one more forward pass costs, in padded tokens' worth of work: tens of ms of fixed cost per
-# pass on a 2-core CPU against about 1 ms a token (gpt2-small); 64 measured best for 100 SMS in
-# int8 (3.5 s against 4.2 s for chunks of 32). It decides when longer messages are worth a batch
-# of their own rather than padding their shorter neighbours.
+# What one more forward pass costs, in padded tokens' worth of work: each pass has a fixed cost
+# (tens of tokens' worth on a CPU; docs/benchmark-cpu.txt has the measurement that chose 64). It
+# decides when longer messages are worth a batch of their own rather than padding their shorter
+# neighbours.
 PASS_COST_TOKENS = 64
 
 

@@ -15,7 +15,8 @@ from engine.adapted_linear import adapted_linear, gelu
 from engine.config import GPTConfig, Pooling
 from engine.lora import frozen_linear, update_of
 
-FUSE_MIN_ROWS = 64  # below this many tokens one wide product gains nothing (1 message of 20: MKL 77 vs 74 ms, oneDNN within 2 %)
+# Below this many tokens one wide product gains nothing over separate ones (docs/benchmark-cpu.txt has the measurement).
+FUSE_MIN_ROWS = 64
 
 
 class CausalSelfAttention(nn.Module):

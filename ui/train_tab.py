@@ -1,6 +1,6 @@
 """The Train tab: start a run, watch one run live, stop it.
 
-Runs belong to the app's queue, not to a page: a 1 s timer polls the run this page follows (the
+Runs belong to the app's queue, not to a page: a timer (POLL_SECONDS) polls the run this page follows (the
 newest run to have started, or one picked from the list), so a reloaded page or a second visitor
 re-attaches to it, a run started from the Runs tab shows here too, and anyone can stop it. A poll
 that finds nothing new sends nothing, so idle pages cost little.
@@ -13,10 +13,11 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from engine.config import LABELS
+from engine.config import LABELS, TrainConfig
 from engine.errors import LoRALabError
 from engine.params import param_summary
 from engine.recorder import RunProgress
+from engine.run import BASELINE_BATCHES
 from engine.scheduler import RunView
 from ui.controls import Controls, run_config
 from ui.guards import user_error
@@ -281,7 +282,12 @@ def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) 
             )
         with gr.Row():
             accuracy = gr.LinePlot(
-                x="epoch", y="accuracy (%)", color="split", title="Accuracy (5 batches; epoch 0 = before training)", height=240, elem_id="accuracy"
+                x="epoch",
+                y="accuracy (%)",
+                color="split",
+                title=f"Accuracy on {TrainConfig().eval_iter} batches a split (epoch 0: before training, on {BASELINE_BATCHES})",
+                height=240,
+                elem_id="accuracy",
             )
             baseline = gr.Dataframe(label="Baseline: accuracy before training", interactive=False, elem_id="baseline")
         final = gr.Dataframe(label="Final accuracy on the full splits", interactive=False, elem_id="final")
