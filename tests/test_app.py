@@ -16,6 +16,7 @@ from gradio_client import Client, handle_file
 from matplotlib.figure import Figure
 
 import app
+from engine.adapted_linear import product_path
 from engine.config import LORA_TARGETS, RunConfig
 from engine.data import SOURCES
 from engine.errors import ConfigError
@@ -197,6 +198,7 @@ def test_upload_a_local_file(lab: Lab, sms_zip: Path, tmp_path: Path) -> None:
 def test_load_weights_from_a_local_folder_runs_the_sanity_generation(lab: Lab, tiny_model_dir: Path) -> None:
     status, text = ModelTab(lab).load_weights(str(tiny_model_dir))
     assert status.startswith(f"{tiny_model_dir}: 2 layers, width 32; weights ") and "loaded on cpu" in status
+    assert status.endswith(f"; frozen products through {product_path().describe()}")  # oneDNN, or F.linear and why
     assert text.startswith("Every effort moves you") and len(text) > len("Every effort moves you")
 
 

@@ -1,58 +1,24 @@
 """The Model & LoRA tab: the model's weights and their sanity check, and the training controls."""
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
-from gradio.components import Component
 
+from engine.adapted_linear import product_path
 from engine.config import LORA_TARGETS, PADDINGS, POOLINGS, PRESETS, SCALINGS, RunConfig
 from engine.device import pick_device
 from engine.errors import LoRALabError
-from engine.memory import is_out_of_memory
+from engine.failure import failure_of
 from engine.model import generate_greedy
 from engine.tokenizer import decode, encode
 from engine.weights import fetch, load_model, resolve
-from ui.controls import PRESET_FIELDS, Controls
-from ui.guards import memory_error, user_error
+from ui.controls import PRESET_FIELDS, Controls, ControlWidgets
+from ui.guards import user_error
 from ui.lab import Lab
 
 SANITY_PROMPT = "Every effort moves you"
 SANITY_TOKENS = 15
-
-
-@dataclass(frozen=True)
-class ControlWidgets:
-    """The widgets that hold `Controls`, one per field of the same name (checked by `inputs`)."""
-
-    model: gr.Dropdown
-    preset_name: gr.Radio
-    rank: gr.Slider
-    alpha: gr.Number
-    scaling: gr.Radio
-    targets: gr.CheckboxGroup
-    train_head: gr.Checkbox
-    pooling: gr.Radio
-    padding: gr.Radio
-    lr: gr.Number
-    epochs: gr.Number
-    batch_size: gr.Number
-    max_steps: gr.Number
-    eval_freq: gr.Number
-    live_metrics: gr.Checkbox
-
-    def pick(self, names: Sequence[str]) -> list[Component]:
-        return [getattr(self, name) for name in names]
-
-    def inputs(self) -> list[Component]:
-        """Every control, in `Controls`' field order: as positional inputs, and as the outputs of a reload."""
-        return self.pick(Controls.names())
-
-    def by_name(self) -> dict[str, Component]:
-        """Every control under its `Controls` field name: keyword inputs, which name the API's parameters."""
-        return dict(zip(Controls.names(), self.inputs(), strict=True))
 
 
 class ModelTab:
@@ -76,17 +42,18 @@ class ModelTab:
             progress(None, desc="loading the weights")
             loaded = load_model(model, device)
             text = decode(generate_greedy(loaded, encode(SANITY_PROMPT), SANITY_TOKENS))
-        except LoRALabError as error:
-            message = " ".join(str(error).split())
-            gr.Warning(message, duration=None)
-            return f"Weights not available: {message}", ""
         except Exception as error:
-            if is_out_of_memory(error):
-                raise memory_error(str(device), f"loading {model}") from None
-            raise
+            failure = failure_of(error, str(device), f"loading {model}")
+            if not failure.users_to_fix:
+                raise
+            if failure.kind == "out of memory":
+                raise gr.Error(failure.message, duration=None) from None
+            gr.Warning(failure.message, duration=None)  # missing or unreachable weights: the status line says so too
+            return f"Weights not available: {failure.message}", ""
         shape = f"{source.config.n_layer} layers, width {source.config.n_embd}"
         seconds = time.perf_counter() - started
-        return f"{model}: {shape}; weights {path.stat().st_size / 1e6:,.1f} MB at {path}; loaded on {device} in {seconds:.1f} s", text
+        products = f"; frozen products through {product_path().describe()}" if device.type == "cpu" else ""
+        return f"{model}: {shape}; weights {path.stat().st_size / 1e6:,.1f} MB at {path}; loaded on {device} in {seconds:.1f} s{products}", text
 
     def apply_preset(self, name: str) -> tuple[Any, ...]:
         """The preset's values for the controls it sets; targets, model and the rest stay as they are."""

@@ -9,10 +9,9 @@ import pandas as pd
 from engine.config import LoRAConfig
 from engine.errors import LoRALabError
 from engine.params import param_summary
-from ui.controls import as_int
+from ui.controls import ControlWidgets, as_int
 from ui.guards import user_error
 from ui.lab import Lab
-from ui.model_tab import ControlWidgets
 
 
 class ParametersTab:

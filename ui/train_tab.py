@@ -19,10 +19,9 @@ from engine.params import param_summary
 from engine.recorder import RunProgress
 from engine.run import BASELINE_BATCHES
 from engine.scheduler import RunView
-from ui.controls import Controls, run_config
+from ui.controls import Controls, ControlWidgets, run_config
 from ui.guards import user_error
 from ui.lab import Lab
-from ui.model_tab import ControlWidgets
 from ui.run_words import STATES, format_seconds, run_header, status_line
 from ui.views import confusion_html
 
