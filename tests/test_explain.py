@@ -1,9 +1,13 @@
 import pytest
 import torch
+from conftest import TINY, randomise_lora
 
-from engine.classifier import Classifier
+from engine.adapter import AdapterConfig
+from engine.classifier import Classifier, build_classifier
+from engine.config import LoRAConfig
 from engine.errors import InputError
-from engine.explain import token_scores, word_influence
+from engine.explain import explained_class, token_scores, word_influence
+from engine.model import GPT
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +34,22 @@ def test_word_influence_matches_rescoring_without_the_word(classifier):
     prize = next(w for w in influences if w.word == "prize")
     assert prize.probability_without == pytest.approx(classifier.classify("URGENT claim your today")[0].probabilities["spam"], abs=1e-5)
     assert prize.influence == pytest.approx(full - prize.probability_without, abs=1e-6)
+
+
+def test_with_three_classes_the_answered_class_is_explained():
+    lora = LoRAConfig(rank=2, alpha=4)
+    model = build_classifier(GPT(TINY), lora, n_classes=3)
+    torch.manual_seed(0)
+    randomise_lora(model, 0.5)
+    config = AdapterConfig("tiny", TINY, lora, "last_token", "batch", TINY.context_length, ("bills", "friends", "work"))
+    classifier = Classifier(model, config, torch.device("cpu"))
+    text = "pay the gas bill by friday"
+    answer = classifier.classify(text)[0]
+    assert explained_class(classifier, text) == answer.label
+    assert token_scores(classifier, text)[-1].probability == pytest.approx(answer.probability, abs=1e-5)
+    influences = word_influence(classifier, text)
+    bill = next(w for w in influences if w.word == "bill")
+    assert bill.probability_without == pytest.approx(classifier.classify("pay the gas by friday")[0].probabilities[answer.label], abs=1e-5)
 
 
 def test_empty_message_cannot_be_explained(classifier):
