@@ -235,6 +235,7 @@ def test_parameters_match_the_book_and_follow_rank_and_targets(lab: Lab) -> None
 # --- Train and Classify ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_poll_classify_through_the_handlers(lab: Lab, settings: AppSettings, sms_zip: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(gr.Error, match="No trained adapter yet"):
         ClassifyTab(lab).classify("hello", None)
@@ -343,6 +344,7 @@ def served(settings: AppSettings) -> Iterator[RunningApp]:
         yield running
 
 
+@pytest.mark.slow
 def test_gradio_client_drives_the_whole_app(served: RunningApp, settings: AppSettings, sms_zip: Path) -> None:
     client = Client(served.url, verbose=False, analytics_enabled=False)
     endpoints = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
@@ -377,6 +379,7 @@ def test_gradio_client_drives_the_whole_app(served: RunningApp, settings: AppSet
     assert client.predict(api_name="/adapter_info").startswith("Using the latest trained adapter")
 
 
+@pytest.mark.slow
 def test_a_second_visitors_run_queues_and_any_visitor_can_stop_or_cancel(served: RunningApp, settings: AppSettings, sms_zip: Path) -> None:
     first = Client(served.url, verbose=False, analytics_enabled=False)
     second = Client(served.url, verbose=False, analytics_enabled=False)

@@ -382,6 +382,7 @@ def test_stop_during_the_data_download(settings: AppSettings, http_server) -> No
     assert status.startswith("Data ready") and counts["messages"][0] == 5574
 
 
+@pytest.mark.slow
 def test_stop_while_a_run_downloads_its_data(settings: AppSettings, http_server) -> None:
     http_server.routes["/sms.zip"] = (200, sms_zip_bytes(), {})
     http_server.trickle["/sms.zip"] = 0.05
@@ -401,6 +402,7 @@ def test_stop_while_a_run_downloads_its_data(settings: AppSettings, http_server)
         lab.close()
 
 
+@pytest.mark.slow
 def test_a_run_stopped_before_training_keeps_an_adapter_classify_uses(lab: Lab, sms_zip: Path) -> None:
     DataTab(lab).upload_data(as_upload(sms_zip))
     run_id = TrainTab(lab).start_training(train_controls(lab.settings.model))[12].value
@@ -518,6 +520,7 @@ def test_uploads_over_the_launch_limit_are_refused(trained_lab: Lab, tmp_path: P
         assert client.predict(SPAM, None, api_name="/classify")[0]["label"] in ("ham", "spam")
 
 
+@pytest.mark.slow
 def test_twenty_visitors_classifying_at_once_all_get_the_engine_s_answer(served: RunningApp, adapter_dir: Path, prepared_data: Path) -> None:
     report = hammer(served.url, sample_messages(prepared_data), callers=20, requests=200)
     print(report.summary())
@@ -526,6 +529,7 @@ def test_twenty_visitors_classifying_at_once_all_get_the_engine_s_answer(served:
     assert wrong_answers(report, adapter_dir) == []
 
 
+@pytest.mark.slow
 def test_classify_stays_fast_while_training_runs(served: RunningApp, settings: AppSettings, sms_zip: Path) -> None:
     demo_fns = {fn.api_name: fn for fn in app.build_ui(settings, served.lab).fns.values()}
     assert demo_fns["classify"].concurrency_id == demo_fns["classify_many"].concurrency_id == "classify"

@@ -96,6 +96,7 @@ def test_classify_flops_count_every_block_linear() -> None:
     assert one_position_each["linear"] == 2 * (weights + 8 * 2) * 3
 
 
+@pytest.mark.slow
 def test_bench_imports_without_unix_only_modules() -> None:
     blocked = "import sys; sys.modules['resource'] = None; import engine.bench, engine.bench.training"  # as on Windows
     result = subprocess.run([sys.executable, "-c", blocked], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -169,6 +170,7 @@ def _check(report: Report, with_peer: bool) -> dict:
     return data
 
 
+@pytest.mark.slow
 def test_bench_in_process_without_peers() -> None:
     messages: list[str] = []
     report = run_benchmark(TINY, "cpu", 1, str(SMS_ZIP), progress=messages.append, peers=False, isolate=False)

@@ -41,9 +41,10 @@ def test_params_reproduces_the_book(capsys):
 
 def test_data_from_local_zip(capsys, sms_zip, tmp_path):
     out = run_json(capsys, "data", "--source", str(sms_zip), "--cache", str(tmp_path))
-    assert {k: out[k] for k in ("messages", "ham", "spam", "train", "validation", "test", "longest_train_tokens")} == {
-        "messages": 5574, "ham": 4827, "spam": 747, "train": 1045, "validation": 149, "test": 300, "longest_train_tokens": 120,
+    assert {k: out[k] for k in ("messages", "class_counts", "train", "validation", "test", "longest_train_tokens")} == {
+        "messages": 5574, "class_counts": {"ham": 4827, "spam": 747}, "train": 1045, "validation": 149, "test": 300, "longest_train_tokens": 120,
     }
+    assert out["class_fractions"]["test"] == {"ham": 0.4967, "spam": 0.5033}  # 149 and 151 of the 300 test messages
     assert sorted(p.name for p in tmp_path.glob("*.csv")) == ["test.csv", "train.csv", "validation.csv"]
 
 
@@ -137,6 +138,7 @@ def test_empty_message_to_classify(capsys, trained_run):
     assert capsys.readouterr().err.strip() == "error: message 2 is empty: type some text to classify"
 
 
+@pytest.mark.slow
 def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "engine", "params", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

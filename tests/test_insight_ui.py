@@ -212,6 +212,7 @@ def test_data_quality_reads_the_prepared_summary(lab: Lab, tmp_path: Path) -> No
 # --- a grid, in the app's queue --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_grid_queues_every_combination_and_its_results_compare(lab: Lab) -> None:
     controls = asdict(train_controls(lab.settings.model, max_steps=3.0, eval_freq=2.0))
     no_values = dict(ranks=[], alphas="", scalings=[], lrs="", presets=[], layers=[], seeds="")

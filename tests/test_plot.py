@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 IN_A_NOTEBOOK = """
@@ -20,6 +22,7 @@ print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
 """
 
 
+@pytest.mark.slow
 def test_importing_the_engine_and_plotting_leave_the_backend_alone(tmp_path):
     plot = tmp_path / "loss.png"
     result = subprocess.run([sys.executable, "-c", IN_A_NOTEBOOK, str(plot)], cwd=ROOT, capture_output=True, text=True, timeout=120)
