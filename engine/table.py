@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from engine.config import LABELS
 from engine.errors import DataError
 
 TEXT_COLUMNS = ("text", "message", "sms", "content", "v2")
@@ -31,7 +32,7 @@ def find_text_column(first_line: str) -> tuple[str, int] | None:
     delimiter = "\t" if "\t" in first_line else ","
     names = _field_names(first_line, delimiter)
     text = next((names.index(n) for n in TEXT_COLUMNS if n in names), None)
-    if text is None or {"ham", "spam"} & set(names):  # an SMS data line, not a header
+    if text is None or set(LABELS) & set(names):  # an SMS data line, not a header
         return None
     return delimiter, text
 
