@@ -89,7 +89,9 @@ class RunQueue:
                 )
             now = time.time()
             if grid_labels is None:
-                ids = [self._new_id("") for _ in configs]
+                ids: list[str] = []
+                for _ in configs:  # each name unused by the runs before it in this call too
+                    ids.append(self._new_id("", ids))
                 grid = None
             else:
                 grid = self._new_id("grid-")
@@ -164,10 +166,10 @@ class RunQueue:
         self._save()
         return updated
 
-    def _new_id(self, prefix: str) -> str:
-        """A folder name from the time, unused by any run or folder (two adds in one second get -2, -3, ...)."""
+    def _new_id(self, prefix: str, also_taken: Sequence[str] = ()) -> str:
+        """A folder name from the time, unused by any run, folder or `also_taken` (runs added in one second get -2, -3, ...)."""
         stamp = prefix + time.strftime("%Y%m%d-%H%M%S")
-        taken = {run.id.split("/", 1)[0] for run in self._runs}
+        taken = {run.id.split("/", 1)[0] for run in self._runs} | set(also_taken)
         for n in range(1, 10_000):
             candidate = stamp if n == 1 else f"{stamp}-{n}"
             if candidate not in taken and not (self.root / candidate).exists():
