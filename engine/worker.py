@@ -9,6 +9,7 @@ because the parent went away, stops the run at its next step; it then saves like
 A frame is an 8-byte little-endian length and a pickle: both ends are this same program.
 """
 
+import contextlib
 import os
 import pickle
 import struct
@@ -141,7 +142,8 @@ def main() -> int:
                 write_frame(frames, value)
             except (BrokenPipeError, ValueError):  # the parent is gone: finish the run quietly, as a stopped one
                 stop.set()
-                frames.close()
+                with contextlib.suppress(OSError, ValueError):  # closing flushes into the broken pipe again
+                    frames.close()
 
     send(run_job(job, stop, send))
     frames.close()
