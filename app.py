@@ -3,8 +3,8 @@ opens it in the browser on a desktop.
 
 Seven tabs over `engine`: Data, Model & LoRA, Train, Parameters, Classify, Evaluate, Runs, each in its
 own module of `ui/`. Runs are queued in the app's Scheduler, not in a browser session, and train in
-worker processes (or on a Ray cluster): a reloaded page or a second visitor re-attaches through a 1 s
-timer. The app does no tensor math;
+worker processes (or on a Ray cluster): a reloaded page or a second visitor re-attaches through the Train
+tab's timer. The app does no tensor math;
 every event has an api_name, so `gradio_client` can script it. Nothing loads at import: `build_ui()`
 builds, `main()` launches.
 
@@ -28,7 +28,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read when gradio is imported
 import gradio as gr  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
-from engine.config import GPT2_SIZES  # noqa: E402
+from engine.config import DATA_CACHE, GPT2_SIZES  # noqa: E402
 from engine.data import SOURCES  # noqa: E402
 from engine.device import pick_device  # noqa: E402
 from engine.errors import LoRALabError  # noqa: E402
@@ -79,7 +79,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
     parser.add_argument("--model", default="gpt2-small", help=f"{', '.join(GPT2_SIZES)}, or a folder with config.json + model.safetensors (default gpt2-small)")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="folder for training runs (default runs)")
-    parser.add_argument("--cache", type=Path, default=Path("data_cache"), help="folder for the downloaded data (default data_cache)")
+    parser.add_argument("--cache", type=Path, default=Path(DATA_CACHE), help=f"folder for the downloaded data (default {DATA_CACHE})")
     parser.add_argument(
         "--data-urls",
         nargs="+",

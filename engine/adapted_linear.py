@@ -12,23 +12,54 @@ own pair). Written by hand because autograd's path is wasteful here:
 W and b never train here (under LoRA they are frozen); the caller takes autograd's path otherwise.
 
 On x86 CPUs the frozen forward product runs through oneDNN, whose kernels beat the default BLAS
-(MKL) at these shapes on the AVX2 machine we measured (AMD EPYC): 1.2× at 960 rows, 1.5× at 20,
-reading W as it is. Backward keeps BLAS: oneDNN is fast there only with Wᵀ laid out anew, a copy
-of every frozen weight (+330 MB for gpt2-small) that bought 3.5 % of a step.
+(MKL) at these shapes reading W as it is (docs/benchmark-cpu.txt has the figures). That op is
+private to PyTorch, so it is a fast path only: one tiny call checks it once, any failure (or
+LORA_LAB_ONEDNN=0) leaves every product on F.linear, which is also the path off x86. Backward keeps
+BLAS: oneDNN is fast there only with Wᵀ laid out anew, a copy of every frozen weight that buys little.
 """
 
+import functools
 import math
+import os
 import platform
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-_ONEDNN = (
-    torch.backends.mkldnn.is_available()
-    and platform.machine().lower() in ("x86_64", "amd64")
-    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-)
+ONEDNN_SWITCH = "LORA_LAB_ONEDNN"  # set to 0 (or off, false, no) to keep every frozen product on F.linear
+
+
+@dataclass(frozen=True)
+class ProductPath:
+    """Which path frozen fp32 products take on the CPU, and why."""
+
+    onednn: bool
+    reason: str
+
+    def describe(self) -> str:
+        return "oneDNN (x86 fast path)" if self.onednn else f"F.linear ({self.reason})"
+
+
+def _onednn_product(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+
+
+@functools.cache
+def product_path() -> ProductPath:
+    """The frozen-product path of this process, decided once: oneDNN only where a tiny call through it
+    gives F.linear's answer."""
+    if os.environ.get(ONEDNN_SWITCH, "").strip().lower() in ("0", "off", "false", "no"):
+        return ProductPath(False, f"oneDNN switched off by {ONEDNN_SWITCH}")
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+        return ProductPath(False, "oneDNN serves x86 CPUs only")
+    generator = torch.Generator().manual_seed(0)
+    rows, weight, bias = (torch.randn(shape, generator=generator) for shape in ((3, 8), (5, 8), (5,)))
+    try:
+        agrees = torch.allclose(_onednn_product(rows, weight, bias), F.linear(rows, weight, bias), rtol=1e-4, atol=1e-5)
+    except Exception as error:  # a PyTorch without the op, or with another signature
+        return ProductPath(False, f"oneDNN's product failed its check: {type(error).__name__}")
+    return ProductPath(True, "") if agrees else ProductPath(False, "oneDNN's product gave other numbers in its check")
 
 
 @dataclass(frozen=True)
@@ -52,8 +83,8 @@ _CHUNK_ELEMENTS = 1 << 18  # 1 MB of fp32: each chunk's five passes stay in cach
 def _gelu_untracked(x: torch.Tensor) -> torch.Tensor:
     """gelu(x) without autograd, faster on CPU fp32 through 0.5·(1 + tanh z) = sigmoid(2z).
 
-    PyTorch's CPU tanh is about 3.5× slower than its sigmoid; the five in-place passes run a
-    cache-sized chunk at a time: 3.9 ms instead of 5.9 ms on a 960 × 3072 tensor, within 5e-7.
+    PyTorch's CPU tanh is far slower than its sigmoid; the five in-place passes run a cache-sized
+    chunk at a time, so each reads memory once (docs/benchmark-cpu.txt has the figures).
     """
     if x.device.type != "cpu" or x.dtype != torch.float32:
         return gelu(x)  # one fused kernel on GPUs; bf16 would round at every pass
@@ -67,10 +98,10 @@ def _gelu_untracked(x: torch.Tensor) -> torch.Tensor:
 
 
 def frozen_product(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """rows·Wᵀ + b for a weight that does not train: oneDNN for fp32 on x86 CPUs, else F.linear."""
+    """rows·Wᵀ + b for a weight that does not train: oneDNN for fp32 on x86 CPUs (see `product_path`), else F.linear."""
     on_cpu_fp32 = rows.device.type == "cpu" and rows.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-    if _ONEDNN and on_cpu_fp32 and weight.is_contiguous():  # a strided W would be laid out anew on every call
-        return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+    if on_cpu_fp32 and weight.is_contiguous() and product_path().onednn:  # a strided W would be laid out anew on every call
+        return _onednn_product(rows, weight, bias)
     return F.linear(rows, weight, bias)
 
 
@@ -109,14 +140,14 @@ def _forward(
 
 class _AdaptedLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, rows, weight, bias, gelu_first, layout, *pairs):  # noqa: ANN001, ANN205 - autograd's signature
+    def forward(ctx, rows, weight, bias, gelu_first, layout, *pairs):
         out, down = _forward(_gelu_untracked(rows) if gelu_first else rows, weight, bias, layout, pairs)
         ctx.save_for_backward(rows, weight, down, *pairs)
         ctx.gelu_first, ctx.layout = gelu_first, layout
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
+    def backward(ctx, grad_out):
         rows, weight, down, *pairs = ctx.saved_tensors
         needs_rows, needs_pairs = ctx.needs_input_grad[0], ctx.needs_input_grad[5:]
         # Under autocast the forward products ran in bf16 while W, A and B stay fp32: backward,
@@ -138,7 +169,7 @@ class _AdaptedLinear(torch.autograd.Function):
             for i, (b, (scale, start)) in enumerate(zip(lora_bs, ctx.layout, strict=True)):
                 rank = b.size(0)
                 if needs_pairs[2 * i]:
-                    # as (δᵀ·x)ᵀ: BLAS is up to 1.5× slower with x transposed when x is tall and wide
+                    # as (δᵀ·x)ᵀ: BLAS is slower with x transposed when x is tall and wide (docs/benchmark-cpu.txt)
                     grad_pairs[2 * i] = (grad_down[:, columns : columns + rank].t() @ inputs).t()
                 if needs_pairs[2 * i + 1]:
                     grad_pairs[2 * i + 1] = down[:, columns : columns + rank].t() @ grad_out[:, start : start + b.size(1)] * scale

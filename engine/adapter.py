@@ -17,10 +17,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
+from engine import strict_json
 from engine.atomic import write_bytes_atomic, write_text_atomic
 from engine.config import LABELS, MAX_CLASSES, PADDINGS, POOLINGS, GPTConfig, LoRAConfig
 from engine.errors import AdapterError, ConfigError
 from engine.model import GPT
+from engine.weights import PICKLE_SUFFIXES
 
 FORMAT_VERSION = 1
 TENSORS_FILE = "adapter.safetensors"
@@ -116,7 +118,7 @@ def save_adapter(model: GPT, folder: Path, config: AdapterConfig) -> Path:
     folder = Path(folder)
     if any(layer.merged for layer in model.modules() if hasattr(layer, "merged")):
         raise RuntimeError("save_adapter on merged weights: unmerge first so the base stays pristine")
-    text = json.dumps(config.to_dict(), indent=2)
+    text = strict_json.dumps(config.to_dict(), indent=2)
     tensors = adapter_tensors(model)
     check_finite(tensors, "the adapter to save")  # a broken adapter is never written, so never picked up later
     tensors_path = folder / TENSORS_FILE
@@ -132,7 +134,7 @@ def read_adapter(folder: Path) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
     path = Path(folder)
     if path.is_dir():
         path = path / TENSORS_FILE
-    if path.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt", ".pkl"):
+    if path.suffix.lower() in PICKLE_SUFFIXES:
         raise AdapterError(f"{path.name} is a pickle file and is never loaded: use an adapter.safetensors saved by LoRA Lab")
     if not path.is_file():
         raise AdapterError(f"no adapter at {path}: train one first, or give the folder holding {TENSORS_FILE}")
@@ -200,7 +202,7 @@ def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
 def check_base(config: AdapterConfig, model: GPT) -> None:
     """Refuse an adapter trained on another base shape: it would load and silently mis-predict."""
     want, have = config.model, model.cfg
-    shape = lambda c: (c.vocab_size, c.context_length, c.n_embd, c.n_layer, c.n_head)  # noqa: E731
+    shape = lambda c: (c.vocab_size, c.context_length, c.n_embd, c.n_layer, c.n_head)
     if shape(want) != shape(have):
         raise AdapterError(
             f"this adapter was trained on {config.base_model} ({want.n_layer} layers, width {want.n_embd}); "

@@ -1,7 +1,6 @@
 """Classify many messages at once: read them from a file, write label and probabilities per message as CSV."""
 
 import csv
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from engine.atomic import write_text_atomic
 from engine.classifier import Classifier, Prediction
 from engine.data import MAX_SOURCE_BYTES, decode_utf8
 from engine.errors import DataError
-from engine.table import TEXT_COLUMNS
+from engine.table import find_text_column, table_reader
 
 MAX_MESSAGES = 10_000  # a batch beyond this belongs in the CLI, not a browser request
 
@@ -24,14 +23,11 @@ def read_messages_file(path: Path) -> list[str]:
     if path.stat().st_size > MAX_SOURCE_BYTES:
         raise DataError(f"{path.name} is over the {MAX_SOURCE_BYTES:,}-byte limit: split it into smaller files")
     text = decode_utf8(path.read_bytes(), path.name)
-    first = text.split("\n", 1)[0].removesuffix("\r")
-    names = [n.strip().strip('"').lower() for n in first.split("\t" if "\t" in first else ",")]
-    column = next((i for i, n in enumerate(names) if n in TEXT_COLUMNS), None)
-    if column is not None:  # a header row naming the text column
-        delimiter = "\t" if "\t" in first else ","
-        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    header = find_text_column(text.split("\n", 1)[0].removesuffix("\r"))
+    if header is not None:  # a header row naming the text column
+        delimiter, column = header
         try:
-            rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True))
+            rows = list(table_reader(text, delimiter))
         except csv.Error as error:
             raise DataError(f"{path.name}: {error}; check the quotes") from None
         messages = [row[column] for row in rows[1:] if len(row) > column and row[column].strip()]

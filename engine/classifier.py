@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from engine.adapter import AdapterConfig, check_base, load_tensors, read_adapter
-from engine.config import LoRAConfig
+from engine.config import DEFAULT_SEED, LoRAConfig
 from engine.draws import RunDraws
 from engine.errors import InputError
-from engine.loaders import PASS_COST_TOKENS, least_padding_cuts
+from engine.loaders import PASS_COST_TOKENS, collate, least_padding_cuts
 from engine.lora import apply_lora, freeze_base, merge_lora, set_lora_enabled
 from engine.model import GPT, read_positions
-from engine.tokenizer import END_OF_TEXT_ID, encode
+from engine.tokenizer import encode
 from engine.weights import load_model
 
 MAX_MESSAGE_CHARS = 100_000  # far beyond any SMS; longer input is cut before tokenising
@@ -26,10 +26,10 @@ BATCH_SIZE = 32  # at most this many messages per forward pass when classifying 
 def build_classifier(base: GPT, lora: LoRAConfig, n_classes: int = 2, draws: RunDraws | None = None) -> GPT:
     """Turn a pretrained GPT-2 into a LoRA classifier in place: new head, adapters, frozen base.
 
-    The head and the adapters are drawn as `draws` says (default: independent draws from seed 123),
-    never from PyTorch's global generator: two classifiers built at once get the same weights.
+    The head and the adapters are drawn as `draws` says (default: independent draws from the default
+    seed), never from PyTorch's global generator: two classifiers built at once get the same weights.
     """
-    draws = draws or RunDraws(seed=123)
+    draws = draws or RunDraws(seed=DEFAULT_SEED)
     base.add_classifier(n_classes, draws.for_head())
     apply_lora(base, lora, draws.for_lora())
     freeze_base(base, lora.train_head)
@@ -38,14 +38,15 @@ def build_classifier(base: GPT, lora: LoRAConfig, n_classes: int = 2, draws: Run
 
 @dataclass(frozen=True)
 class Prediction:
-    label: str
-    probabilities: dict[str, float]
+    label: str  # the most likely class
+    probabilities: dict[str, float]  # every class of the adapter, by name
     tokens: int  # tokens read (after truncation)
     truncated: bool
 
     @property
-    def p_spam(self) -> float:
-        return self.probabilities.get("spam", float("nan"))
+    def probability(self) -> float:
+        """P(label): how sure the model is of its answer."""
+        return self.probabilities[self.label]
 
 
 class Classifier:
@@ -114,13 +115,9 @@ class Classifier:
     def _predict(self, encoded: list[tuple[list[int], bool]]) -> list[Prediction]:
         # The book's "last" reading was trained on messages padded to max_length, so pad the same way;
         # reading the last real token needs padding only to the batch's longest message.
-        lengths = torch.tensor([len(ids) for ids, _ in encoded])
-        width = self.config.max_length if self.config.pooling == "last" else int(lengths.max())
-        input_ids = torch.full((len(encoded), width), END_OF_TEXT_ID, dtype=torch.long)
-        for row, (ids, _) in enumerate(encoded):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-        read = read_positions(lengths, width, self.config.pooling).to(self.device)
-        probabilities = torch.softmax(self.model(input_ids.to(self.device), read).float(), dim=-1).tolist()
+        batch = collate([(ids, 0) for ids, _ in encoded], self.config.max_length if self.config.pooling == "last" else None)  # 0: no label to know
+        read = read_positions(batch.lengths, batch.input_ids.size(1), self.config.pooling).to(self.device)
+        probabilities = torch.softmax(self.model(batch.input_ids.to(self.device), read).float(), dim=-1).tolist()
         labels = self.config.labels
         return [
             Prediction(labels[max(range(len(labels)), key=row.__getitem__)], dict(zip(labels, row, strict=True)), len(ids), truncated)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import strict_json
-from engine.config import GPT2_SIZES, LORA_TARGETS, PRESETS, SCALINGS, LoRAConfig, RunConfig
+from engine.config import DATA_CACHE, GPT2_SIZES, LORA_TARGETS, PRESETS, SCALINGS, LoRAConfig, RunConfig
 from engine.errors import LoRALabError
 from engine.failure import failure_of
 from engine.grid import TARGET_SETS
@@ -50,12 +50,13 @@ def cmd_data(args: argparse.Namespace) -> None:
 
     with _failures_said_once(not args.json):
         summary = prepare(args.source, args.cache, _download_reporter() if not args.json else None, deduplicate=args.dedupe).summary
+    per_class = ", ".join(f"{count:,} {name}" for name, count in summary.class_counts.items())
     _emit(
         args,
         summary.to_dict(),
         [
             f"source: {summary.source}",
-            f"messages: {summary.messages:,} ({summary.ham:,} ham, {summary.spam:,} spam); balanced {summary.balanced:,}",
+            f"messages: {summary.messages:,} ({per_class}); balanced {summary.balanced:,}",
             f"splits: train {summary.train:,}, validation {summary.validation:,}, test {summary.test:,} (written to {args.cache})",
             f"longest training message: {summary.longest_train_tokens} tokens",
             f"repeated texts: {summary.duplicates['repeated_texts']:,} ({summary.duplicates['extra_copies']:,} extra copies); "
@@ -269,8 +270,15 @@ def cmd_classify(args: argparse.Namespace) -> None:
         _emit(args, summary, [*shown, f"{len(table):,} messages classified ({by_label}); every answer with each class's probability in {out}"])
         return
     predictions = classifier.classify(args.messages)
-    rows = [{"message": m, "label": p.label, "p_spam": round(p.p_spam, 4), "truncated": p.truncated} for m, p in zip(args.messages, predictions, strict=True)]
-    _emit(args, {"predictions": rows}, [f"{r['label']:<4}  P(spam)={r['p_spam']:.3f}  {r['message'][:70]}" for r in rows])
+    rows = [
+        {"message": m, "label": p.label, "probabilities": {name: round(v, 4) for name, v in p.probabilities.items()}, "truncated": p.truncated}
+        for m, p in zip(args.messages, predictions, strict=True)
+    ]
+    width = max(len(name) for name in classifier.config.labels)
+    lines = [
+        f"{r['label']:<{width}}  " + " ".join(f"P({name})={v:.3f}" for name, v in r["probabilities"].items()) + f"  {r['message'][:70]}" for r in rows
+    ]
+    _emit(args, {"labels": list(classifier.config.labels), "predictions": rows}, lines)
 
 
 FILE_ROWS_SHOWN = 20
@@ -369,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = add("data", "download (or read) the SMS Spam Collection and write train/validation/test CSVs")
     data.add_argument("--source", help="URL, local zip or tab-separated file (default: the UCI URL, then its backup)")
-    data.add_argument("--cache", default="data_cache", help="folder for the download and the CSVs (default: data_cache)")
+    data.add_argument("--cache", default=DATA_CACHE, help=f"folder for the download and the CSVs (default: {DATA_CACHE})")
     data.add_argument("--dedupe", action="store_true", help="drop repeated messages before balancing and splitting")
     data.set_defaults(run=cmd_data)
 
@@ -423,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", default="gpt2-small", help="size to benchmark (random weights of the real shape)")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--steps", type=int, default=5, help="timed training steps per measurement")
-    bench.add_argument("--data", help="SMS source for the epoch comparison (default: the data cache, else the shipped test zip)")
+    bench.add_argument("--data", help=f"SMS data for the epoch comparison: prepared folder, zip or TSV (default: {DATA_CACHE}, downloaded there if empty)")
     bench.add_argument("--sweep", action="store_true", help="instead: a 4-run grid's wall time on 1 worker and on --workers, and a worker's start-up cost")
     bench.add_argument("--workers", type=int, default=2, help="with --sweep: the workers to compare with one (default 2)")
     bench.set_defaults(run=cmd_bench)
@@ -436,7 +444,7 @@ def _run_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
     parser.add_argument(
         "--data", help="folder made by `data`, or a source as `data --source` takes (default: what `data` prepared in --cache, else download)"
     )
-    parser.add_argument("--cache", default="data_cache", help="where downloaded data and CSVs go (default: data_cache)")
+    parser.add_argument("--cache", default=DATA_CACHE, help=f"where downloaded data and CSVs go (default: {DATA_CACHE})")
     parser.add_argument("--dedupe", action="store_true", help="drop repeated messages before balancing and splitting")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)

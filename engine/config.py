@@ -2,23 +2,25 @@
 
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from engine.errors import ConfigError
 
 Pooling = Literal["last", "last_token"]
 Padding = Literal["longest", "batch"]
 Scaling = Literal["alpha", "alpha_over_rank"]
-PresetName = Literal["book", "recommended"]
 Parse = Literal["faithful", "book"]
 Draws = Literal["book", "independent"]
 
-POOLINGS: tuple[str, ...] = ("last", "last_token")
-PADDINGS: tuple[str, ...] = ("longest", "batch")
-SCALINGS: tuple[str, ...] = ("alpha", "alpha_over_rank")
-PRESETS: tuple[str, ...] = ("book", "recommended")
-PARSES: tuple[str, ...] = ("faithful", "book")
-DRAWS: tuple[str, ...] = ("book", "independent")
+# The same choices as values, for menus and validation.
+POOLINGS: tuple[str, ...] = get_args(Pooling)
+PADDINGS: tuple[str, ...] = get_args(Padding)
+SCALINGS: tuple[str, ...] = get_args(Scaling)
+PARSES: tuple[str, ...] = get_args(Parse)
+DRAWS: tuple[str, ...] = get_args(Draws)
+
+DEFAULT_SEED = 123  # the book's seed: its balancing, split, head and LoRA draws, batch order
+DATA_CACHE = "data_cache"  # where downloaded data and the prepared splits go unless told otherwise
 
 # Every Linear of the classifier, by module-name suffix; the book wraps all of them.
 LORA_TARGETS: tuple[str, ...] = (
@@ -170,7 +172,7 @@ class TrainConfig:
     batch_size: int = 8
     eval_freq: int = 50  # optimiser steps between train/validation loss estimates
     eval_iter: int = 5  # batches per loss/accuracy estimate during training
-    seed: int = 123
+    seed: int = DEFAULT_SEED
     max_steps: int | None = None  # stop early after this many optimiser steps
     pooling: Pooling = "last_token"  # which position's logits classify the message
     padding: Padding = "batch"  # "longest": pad all to the longest training message
@@ -226,6 +228,9 @@ PRESET_CONFIGS: dict[str, Preset] = {
 }
 
 
+PRESETS: tuple[str, ...] = tuple(PRESET_CONFIGS)
+
+
 def preset(name: str) -> Preset:
     try:
         return PRESET_CONFIGS[name]
@@ -243,7 +248,7 @@ class RunConfig:
     data: str | None = None  # prepared folder, URL, zip or TSV; None downloads into data_cache
     data_urls: tuple[str, ...] | None = None  # where None downloads from (default: UCI, then its backup)
     deduplicate: bool = False  # drop repeated messages before balancing and splitting
-    data_cache: str = "data_cache"
+    data_cache: str = DATA_CACHE
     out_dir: str = "runs/latest"
     device: str = "auto"
     preset: str | None = None  # name of the preset this run started from, for the record

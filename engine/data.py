@@ -11,8 +11,9 @@ from typing import Any
 
 import pandas as pd
 
+from engine import strict_json
 from engine.atomic import write_bytes_atomic, write_text_atomic
-from engine.config import LABELS, Parse
+from engine.config import DATA_CACHE, DEFAULT_SEED, LABELS, Parse
 from engine.download import ProgressCallback, download_first_valid
 from engine.errors import DataError
 from engine.quality import deduplicate as drop_duplicates
@@ -35,7 +36,7 @@ UNPACK_CHUNK_BYTES = 1024 * 1024
 
 @dataclass(frozen=True)
 class Splits:
-    """Three frames with columns Label (0 ham, 1 spam) and Text."""
+    """Three frames with columns Label (the class index: 0 ham, 1 spam for the SMS data) and Text."""
 
     train: pd.DataFrame
     validation: pd.DataFrame
@@ -60,18 +61,16 @@ class DataSummary:
 
     source: str
     messages: int
-    ham: int
-    spam: int
     balanced: int
     train: int
     validation: int
     test: int
     longest_train_tokens: int
     token_lengths: dict[str, LengthStats]  # per split
-    spam_fraction: dict[str, float]  # per split
     deduplicated: bool = False  # repeated (label, text) pairs were dropped before balancing
     labels: tuple[str, ...] = LABELS  # class names, in class-index order
     class_counts: dict[str, int] = field(default_factory=dict)  # messages per class in the parsed file
+    class_fractions: dict[str, dict[str, float]] = field(default_factory=dict)  # per split: each class's share of its messages
     duplicates: dict[str, Any] = field(default_factory=dict)  # DuplicateReport of the parsed file
     parse: Reading = "faithful"  # how the file was read (engine.reading); older summaries: always faithfully
     original: str | None = None  # the file the splits came from, relative to their folder or absolute
@@ -151,7 +150,7 @@ def validate_zip(path: Path) -> None:
     _zip_member(path.read_bytes(), "the downloaded file")  # `path` is a temporary: its name would mean nothing
 
 
-def balance(messages: pd.DataFrame, seed: int = 123, labels: tuple[str, ...] | None = None) -> pd.DataFrame:
+def balance(messages: pd.DataFrame, seed: int = DEFAULT_SEED, labels: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Undersample every class to the smallest one's size and number the labels.
 
     For the SMS data this is the book's step exactly: 747 ham drawn with pandas `sample`
@@ -168,7 +167,7 @@ def balance(messages: pd.DataFrame, seed: int = 123, labels: tuple[str, ...] | N
     return balanced.assign(Label=balanced["Label"].map({name: i for i, name in enumerate(labels)}))
 
 
-def split(frame: pd.DataFrame, train_frac: float = 0.7, validation_frac: float = 0.1, seed: int = 123, labels: tuple[str, ...] = LABELS) -> Splits:
+def split(frame: pd.DataFrame, train_frac: float = 0.7, validation_frac: float = 0.1, seed: int = DEFAULT_SEED, labels: tuple[str, ...] = LABELS) -> Splits:
     """Shuffle (seeded) and cut into train / validation / test, as the book does."""
     shuffled = frame.sample(frac=1, random_state=seed).reset_index(drop=True)
     train_end = int(len(shuffled) * train_frac)
@@ -195,22 +194,22 @@ def summarize(
 ) -> DataSummary:
     lengths = {name: token_length_stats(part["Text"].tolist()) for name, part in splits.items()}
     counts = messages["Label"].value_counts()
-    positive = splits.labels.index("spam") if "spam" in splits.labels else 1
     return DataSummary(
         source=source,
         messages=len(messages),
-        ham=int((messages["Label"] == "ham").sum()),
-        spam=int((messages["Label"] == "spam").sum()),
         balanced=sum(len(part) for _, part in splits.items()),
         train=len(splits.train),
         validation=len(splits.validation),
         test=len(splits.test),
         longest_train_tokens=lengths["train"].max,
         token_lengths=lengths,
-        spam_fraction={name: round(float((part["Label"] == positive).mean()), 4) for name, part in splits.items()},
         deduplicated=deduplicated,
         labels=splits.labels,
         class_counts={name: int(counts.get(name, 0)) for name in splits.labels},
+        class_fractions={
+            split_name: {name: round(float((part["Label"] == index).mean()), 4) for index, name in enumerate(splits.labels)}
+            for split_name, part in splits.items()
+        },
         duplicates=duplicate_report(messages, splits).to_dict(),
         parse=parse,
         original=original,
@@ -225,19 +224,25 @@ def save_splits(splits: Splits, folder: Path) -> None:
 
 def load_splits(folder: Path, labels: tuple[str, ...] = LABELS) -> Splits:
     """Read the three CSVs written by `save_splits`; `labels` names the class indices."""
-    frames = []
-    for name in SPLIT_NAMES:
-        path = Path(folder) / f"{name}.csv"
-        if not path.is_file():
-            raise DataError(f"{path} is missing: run `python -m engine data --cache {folder}` first")
-        try:
-            frame = pd.read_csv(path, dtype={"Label": int, "Text": str}, keep_default_na=False)
-        except (ValueError, pd.errors.ParserError) as error:
-            raise DataError(f"{path} is not a Label,Text CSV ({error}): prepare the data again") from None
-        if list(frame.columns) != ["Label", "Text"] or not frame["Label"].isin(range(len(labels))).all():
-            raise DataError(f"{path} must have columns Label (0 to {len(labels) - 1}) and Text: prepare the data again")
-        frames.append(frame)
-    return Splits(*frames, labels)
+    return Splits(*(read_split(folder, name, len(labels)) for name in SPLIT_NAMES), labels)
+
+
+def read_split(folder: Path, name: str, n_classes: int = len(LABELS)) -> pd.DataFrame:
+    """One split's CSV as `save_splits` wrote it: columns Label (0 to n_classes - 1) and Text.
+
+    Raises:
+        DataError: the file is missing or is not such a CSV.
+    """
+    path = Path(folder) / f"{name}.csv"
+    if not path.is_file():
+        raise DataError(f"{path} is missing: run `python -m engine data --cache {folder}` first")
+    try:
+        frame = pd.read_csv(path, dtype={"Label": int, "Text": str}, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError) as error:
+        raise DataError(f"{path} is not a Label,Text CSV ({error}): prepare the data again") from None
+    if list(frame.columns) != ["Label", "Text"] or not frame["Label"].isin(range(n_classes)).all():
+        raise DataError(f"{path} must have columns Label (0 to {n_classes - 1}) and Text: prepare the data again")
+    return frame
 
 
 def is_url(source: str) -> bool:
@@ -263,9 +268,9 @@ def is_prepared_folder(source: str | None) -> bool:
 
 def prepare(
     source: str | None = None,
-    cache: Path | str = "data_cache",
+    cache: Path | str = DATA_CACHE,
     on_progress: ProgressCallback | None = None,
-    seed: int = 123,
+    seed: int = DEFAULT_SEED,
     urls: Sequence[str] | None = None,
     deduplicate: bool = False,
     parse: Parse | None = None,
@@ -308,7 +313,7 @@ def _prepare_file(path: Path, origin: str, cache: Path, seed: int, deduplicate: 
     if keep_copy:
         write_bytes_atomic(copy, path.read_bytes())
     save_splits(splits, cache)
-    write_text_atomic(cache / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2) + "\n")
+    write_text_atomic(cache / SUMMARY_FILE, strict_json.dumps(summary.to_dict(), indent=2) + "\n")
     if keep_copy:
         for earlier in (cache / ORIGINAL_DIR).iterdir():
             if earlier != copy:
@@ -356,11 +361,19 @@ def _original_file(folder: Path, saved: DataSummary, parse: Parse, deduplicate: 
 
 
 def load_summary(folder: Path) -> DataSummary | None:
-    """The summary `prepare` saved beside the splits (counts of the whole original file), if readable."""
+    """The summary `prepare` saved beside the splits (counts of the whole original file), if readable.
+
+    Summaries of older versions are read too: they counted "ham" and "spam" in fields of their own
+    and kept the spam share of each split, where a summary now counts every class by name.
+    """
     try:
         data = json.loads((Path(folder) / SUMMARY_FILE).read_text(encoding="utf-8"))
         data["token_lengths"] = {name: LengthStats(**stats) for name, stats in data["token_lengths"].items()}
         data["labels"] = tuple(data.get("labels", LABELS))
+        ham, spam = data.pop("ham", None), data.pop("spam", None)
+        data.pop("spam_fraction", None)
+        if not data.get("class_counts") and ham is not None and spam is not None:
+            data["class_counts"] = {"ham": int(ham), "spam": int(spam)}
         return DataSummary(**data)
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None  # missing or from another version: the caller recomputes what it can

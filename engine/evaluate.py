@@ -17,6 +17,15 @@ from engine.model import GPT, read_positions
 # as the mean of each batch's mean, which weighs a short last batch's messages more.
 LossMean = Literal["message", "batch"]
 
+# With two classes, class 1 is the positive one (spam for the SMS data, the book's label 1): the
+# class precision, recall and F1 are of, and the one a threshold or an explanation is about.
+POSITIVE_CLASS = 1
+
+
+def positive_class(labels: Sequence[str]) -> int | None:
+    """The index of the positive class among `labels`; None for three or more, which have no single one."""
+    return POSITIVE_CLASS if len(labels) == 2 else None
+
 
 def batch_logits(model: GPT, batch: Batch, pooling: Pooling) -> torch.Tensor:
     """Class logits (B, n_classes) for a batch already on the model's device."""
@@ -33,7 +42,7 @@ class Metrics:
     loss: float
     accuracy: float
     confusion: list[list[int]]  # confusion[true][predicted]
-    precision: float  # for the positive class (spam)
+    precision: float  # of the positive class with two classes (spam), macro-averaged over every class with more
     recall: float
     f1: float
     count: int
@@ -200,10 +209,10 @@ def _logits_by_batch(
 
 
 def metrics_from(confusion: torch.Tensor, total_loss: float, count: int) -> Metrics:
-    """Accuracy and loss, plus precision/recall/F1 of class 1 (spam) for two classes, macro-averaged for more."""
+    """Accuracy and loss, plus precision/recall/F1 of the positive class for two classes, macro-averaged for more."""
     if count == 0:
         return Metrics(float("nan"), float("nan"), confusion.tolist(), float("nan"), float("nan"), float("nan"), 0)
-    classes = [1] if confusion.size(0) == 2 else list(range(confusion.size(0)))
+    classes = [POSITIVE_CLASS] if confusion.size(0) == 2 else list(range(confusion.size(0)))
     precision, recall, f1 = (sum(values) / len(classes) for values in zip(*(_class_scores(confusion, c) for c in classes), strict=True))
     return Metrics(
         loss=total_loss / count,
@@ -241,7 +250,7 @@ class Mistake:
     p_positive: float
 
 
-def at_threshold(scores: Scores, threshold: float, positive: int = 1) -> Metrics:
+def at_threshold(scores: Scores, threshold: float, positive: int = POSITIVE_CLASS) -> Metrics:
     """One-vs-rest metrics of class `positive`: predicted positive when P(positive) >= threshold.
 
     Row and column 0 of the 2x2 confusion matrix are "any other class", 1 is `positive`; with two
@@ -253,7 +262,7 @@ def at_threshold(scores: Scores, threshold: float, positive: int = 1) -> Metrics
     return metrics_from(confusion, float("nan"), len(scores.labels))
 
 
-def roc_curve(scores: Scores, positive: int = 1) -> RocCurve:
+def roc_curve(scores: Scores, positive: int = POSITIVE_CLASS) -> RocCurve:
     """The one-vs-rest ROC curve of class `positive` (every distinct threshold) and the area under it."""
     positives = sum(1 for label in scores.labels if label == positive)
     negatives = len(scores.labels) - positives
@@ -273,7 +282,7 @@ def roc_curve(scores: Scores, positive: int = 1) -> RocCurve:
     return RocCurve(fpr, tpr, thresholds, auc)
 
 
-def mistakes(scores: Scores, texts: list[str], threshold: float = 0.5, positive: int = 1) -> list[Mistake]:
+def mistakes(scores: Scores, texts: list[str], threshold: float = 0.5, positive: int = POSITIVE_CLASS) -> list[Mistake]:
     """Every message the one-vs-rest rule for `positive` gets wrong, most confident mistakes first."""
     wrong = []
     for text, label, row in zip(texts, scores.labels, scores.probabilities, strict=True):

@@ -1,8 +1,11 @@
-"""Why a message got its answer: P(spam) as the message is read token by token, and which words matter.
+"""Why a message got its answer: P(class) as the message is read token by token, and which words matter.
 
 GPT-2 is causal, so the class head applied at position i sees exactly tokens 0..i: one forward
 pass gives the score "so far" at every token. Leaving one word out at a time and re-scoring shows
 which words moved the decision most.
+
+The class explained is the positive one with two classes (spam for the SMS data), so "towards"
+always means the same thing; with three or more, the class the model predicts for the message.
 """
 
 import re
@@ -12,6 +15,7 @@ import torch
 
 from engine.classifier import Classifier
 from engine.errors import InputError
+from engine.evaluate import positive_class
 from engine.tokenizer import encode, gpt2_tokenizer
 
 MAX_WORDS = 64  # leave-one-out re-scores the message once per word: cap the work for long texts
@@ -20,30 +24,38 @@ MAX_WORDS = 64  # leave-one-out re-scores the message once per word: cap the wor
 @dataclass(frozen=True)
 class TokenScore:
     token: str  # the token's text (may start with a space); tokens that split a character are grouped
-    p_spam: float  # P(spam) reading the message up to and including this token
+    probability: float  # P(the explained class) reading the message up to and including this token
 
 
 @dataclass(frozen=True)
 class WordInfluence:
     word: str
-    p_spam_without: float
-    influence: float  # P(spam) with the word minus without it: > 0 pushes towards spam
+    probability_without: float  # P(the explained class) with the word left out
+    influence: float  # P(the explained class) with the word minus without it: > 0 pushes towards that class
 
 
-def spam_index(classifier: Classifier) -> int:
+def explained_class(classifier: Classifier, text: str) -> str:
+    """The class an explanation follows: the positive one of two, else the one predicted for `text`."""
     labels = classifier.config.labels
-    return labels.index("spam") if "spam" in labels else len(labels) - 1
+    positive = positive_class(labels)
+    if positive is not None:
+        return labels[positive]
+    if not text.strip():
+        raise InputError("the message is empty: type some text to explain")
+    return classifier.classify(text)[0].label
 
 
 @torch.inference_mode()
-def token_scores(classifier: Classifier, text: str) -> list[TokenScore]:
-    """P(spam) after each token, from one forward pass over the (truncated) message."""
+def token_scores(classifier: Classifier, text: str, label: str | None = None) -> list[TokenScore]:
+    """P(`label`) after each token, from one forward pass over the (truncated) message; `label`
+    defaults to the explained class (see `explained_class`)."""
     if not text.strip():
         raise InputError("the message is empty: type some text to explain")
+    label = label or explained_class(classifier, text)
     ids = encode(text)[: classifier.config.max_length]
     model = classifier.model
     hidden = model.hidden_states(torch.tensor([ids], device=classifier.device))[0]  # (T, C)
-    probabilities = torch.softmax(model.score(hidden).float(), dim=-1)[:, spam_index(classifier)].tolist()
+    probabilities = torch.softmax(model.score(hidden).float(), dim=-1)[:, classifier.config.labels.index(label)].tolist()
     return whole_characters(ids, probabilities)
 
 
@@ -69,15 +81,16 @@ def whole_characters(ids: list[int], probabilities: list[float]) -> list[TokenSc
     return scores
 
 
-def word_influence(classifier: Classifier, text: str) -> list[WordInfluence]:
-    """Each word's effect on P(spam), found by scoring the message without it; strongest first."""
+def word_influence(classifier: Classifier, text: str, label: str | None = None) -> list[WordInfluence]:
+    """Each word's effect on P(`label`) (default: the explained class), found by scoring the message
+    without it; strongest first."""
     words = re.findall(r"\S+", text)
     if not words:
         raise InputError("the message is empty: type some text to explain")
+    label = label or explained_class(classifier, text)
     words = words[:MAX_WORDS]
     variants = [" ".join(words[:i] + words[i + 1 :]) or "." for i in range(len(words))]
     full, *without = classifier.classify([" ".join(words), *variants])
-    label = classifier.config.labels[spam_index(classifier)]
     influences = [
         WordInfluence(word, prediction.probabilities[label], full.probabilities[label] - prediction.probabilities[label])
         for word, prediction in zip(words, without, strict=True)

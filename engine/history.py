@@ -1,5 +1,6 @@
 """The run history: every run folder's run.json, listed and compared (config, curves, metrics, time,
-device, state), and the latest complete run's adapter, the one classification uses by default."""
+device, state), a finished run's per-message scores, and the latest complete run's adapter, the one
+classification uses by default."""
 
 import functools
 from dataclasses import dataclass
@@ -7,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.adapter import TENSORS_FILE, read_adapter
-from engine.config import RunConfig
-from engine.errors import AdapterError, ConfigError
+from engine.config import LABELS, RunConfig
+from engine.data import read_split
+from engine.errors import AdapterError, ConfigError, DataError
+from engine.evaluate import Scores
 from engine.record import ADAPTER_DIR, COMPLETE_STATES, RECORD_FILE, read_record, record_state
 
 
@@ -151,3 +154,53 @@ def _validates(path: str, mtime_ns: int, size: int) -> bool:  # the file's versi
     except AdapterError:
         return False
     return True
+
+
+@dataclass(frozen=True)
+class SplitScores:
+    """A finished run's per-message scores on one split, with what showing them needs."""
+
+    class_names: tuple[str, ...]
+    scores: Scores
+    confusion: list[list[int]] | None  # the run's own confusion matrix (each message given its likeliest class)
+    texts: list[str] | None  # the messages, while the run's data folder still holds exactly these (else None)
+
+
+def read_scores(folder: Path, split: str) -> SplitScores | None:
+    """The per-message scores a run's record keeps for `split`; None when it keeps none (the run
+    stopped before its final evaluation, or an older version trained it).
+
+    Raises:
+        DataError: the record is unreadable or its scores are damaged.
+    """
+    record = read_record(folder)
+    if record is None:
+        raise DataError(f"{Path(folder) / RECORD_FILE} is unreadable: the run's folder was moved, or its record damaged")
+    raw = (record.get("scores") or {}).get(split)
+    if not raw:
+        return None
+    try:
+        class_names = tuple((record.get("data") or {}).get("labels") or LABELS)
+        labels = [int(label) for label in raw["labels"]]
+        if "probabilities" in raw:
+            scores = Scores(labels, [[float(p) for p in row] for row in raw["probabilities"]])
+        else:  # records of older versions kept P(class 1) only
+            scores = Scores.binary(labels, raw["p_positive"])
+        confusion = ((record.get("final") or {}).get(split) or {}).get("confusion")
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise DataError(f"the scores in {Path(folder) / RECORD_FILE} are damaged ({type(error).__name__}: {error})") from None
+    return SplitScores(class_names, scores, confusion, _split_texts(record, split, labels, len(class_names)))
+
+
+def _split_texts(record: dict[str, Any], split: str, labels: list[int], n_classes: int) -> list[str] | None:
+    """The split's messages from the run's data folder, if its rows still carry exactly these labels."""
+    folder = (record.get("config") or {}).get("data")
+    if not folder:
+        return None
+    try:
+        frame = read_split(Path(folder), split, n_classes)
+    except DataError:
+        return None
+    if frame["Label"].tolist() != labels:
+        return None
+    return frame["Text"].tolist()

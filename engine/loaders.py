@@ -21,10 +21,10 @@ from engine.errors import ConfigError
 from engine.tokenizer import END_OF_TEXT_ID, encode
 
 GROUP_BATCHES = 16  # batches per length-sorted group: big enough to sort, small enough to stay random
-# What one more forward pass costs, in padded tokens' worth of work: tens of ms of fixed cost per
-# pass on a 2-core CPU against about 1 ms a token (gpt2-small); 64 measured best for 100 SMS in
-# int8 (3.5 s against 4.2 s for chunks of 32). It decides when longer messages are worth a batch
-# of their own rather than padding their shorter neighbours.
+# What one more forward pass costs, in padded tokens' worth of work: each pass has a fixed cost
+# (tens of tokens' worth on a CPU; docs/benchmark-cpu.txt has the measurement that chose 64). It
+# decides when longer messages are worth a batch of their own rather than padding their shorter
+# neighbours.
 PASS_COST_TOKENS = 64
 
 
@@ -125,7 +125,7 @@ def make_loaders(splits: Splits, cfg: TrainConfig, context_length: int, book_dra
     max_length = min(longest_train, context_length) if cfg.padding == "longest" else context_length
     pad_to = max_length if cfg.padding == "longest" else None
     datasets = {name: EncodedMessages(part["Text"].tolist(), part["Label"].tolist(), max_length) for name, part in splits.items()}
-    pad = lambda items: collate(items, pad_to)  # noqa: E731
+    pad = lambda items: collate(items, pad_to)
     shared = torch.Generator() if book_draws else None
     order = shared if shared is not None else torch.Generator().manual_seed(cfg.seed)
     base_seeds = shared if shared is not None else torch.Generator()  # independent loaders' base seeds matter to no one
@@ -138,7 +138,7 @@ def make_loaders(splits: Splits, cfg: TrainConfig, context_length: int, book_dra
         train_loader = DataLoader(train, batch_size=cfg.batch_size, sampler=shuffle, drop_last=True, generator=shared, collate_fn=pad)
     else:
         train_loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=order, collate_fn=pad)
-    evaluation = lambda name: DataLoader(datasets[name], batch_size=cfg.batch_size, shuffle=False, generator=base_seeds, collate_fn=pad)  # noqa: E731
+    evaluation = lambda name: DataLoader(datasets[name], batch_size=cfg.batch_size, shuffle=False, generator=base_seeds, collate_fn=pad)
     return Loaders(train_loader, evaluation("validation"), evaluation("test"), max_length, shared)
 
 

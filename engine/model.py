@@ -15,7 +15,8 @@ from engine.adapted_linear import adapted_linear, gelu
 from engine.config import GPTConfig, Pooling
 from engine.lora import frozen_linear, update_of
 
-FUSE_MIN_ROWS = 64  # below this many tokens one wide product gains nothing (1 message of 20: MKL 77 vs 74 ms, oneDNN within 2 %)
+# Below this many tokens one wide product gains nothing over separate ones (docs/benchmark-cpu.txt has the measurement).
+FUSE_MIN_ROWS = 64
 
 
 class CausalSelfAttention(nn.Module):
@@ -45,7 +46,7 @@ class CausalSelfAttention(nn.Module):
             for parameter, view in zip(parts, fused.split([p.size(0) for p in parts]), strict=True):
                 parameter.data = view
 
-    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module's signature
+    def _apply(self, fn, recurse=True):
         # Moving or casting the module copies each parameter on its own: lay them end to end again.
         super()._apply(fn, recurse)
         self.store_qkv_adjacent()
@@ -54,7 +55,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, read: torch.Tensor | None = None) -> torch.Tensor:
         """Attend causally over x (B, T, C); with `read` (B,), only at those positions: (B, 1, C)."""
         B, T, C = x.shape
-        heads = lambda t: t.view(B, -1, self.n_head, C // self.n_head).transpose(1, 2)  # noqa: E731
+        heads = lambda t: t.view(B, -1, self.n_head, C // self.n_head).transpose(1, 2)
         if read is None:
             q, k, v = (heads(t) for t in project(x, (self.q_proj, self.k_proj, self.v_proj)))  # (B, nh, T, hs)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -270,7 +270,7 @@ def data_read(task: dict[str, Any], config: RunConfig) -> str | None:
 
 def relocated(saved: RunSaved, out: Path) -> RunSaved:
     """The worker's RunSaved with its paths in the driver's run folder."""
-    moved = lambda path: out / Path(path).relative_to(saved.out_dir) if path is not None else None  # noqa: E731
+    moved = lambda path: out / Path(path).relative_to(saved.out_dir) if path is not None else None
     return RunSaved(out, moved(saved.adapter_dir), moved(saved.record), moved(saved.plot), saved.stopped)
 
 
@@ -288,7 +288,7 @@ def pack_weights(model: str) -> dict[str, bytes] | None:
             weights = Path(hf_hub_download(source.repo_id, WEIGHTS_FILE, local_files_only=True))
         except Exception:  # not cached here
             return None
-    return {"config.json": json.dumps(source.config.to_hf()).encode(), WEIGHTS_FILE: weights.read_bytes()}
+    return {"config.json": strict_json.dumps(source.config.to_hf()).encode(), WEIGHTS_FILE: weights.read_bytes()}
 
 
 def pack_data(data: str | None) -> tuple[dict[str, bytes] | None, bool]:

@@ -102,7 +102,7 @@ def _run(
 
     loss_mean: LossMean = "batch" if cfg.draws == "book" else "message"
     draws.before_baseline()
-    accuracy = lambda loader: evaluate(model, loader, device, cfg.train.pooling, BASELINE_BATCHES, stop.is_set).accuracy  # noqa: E731
+    accuracy = lambda loader: evaluate(model, loader, device, cfg.train.pooling, BASELINE_BATCHES, stop.is_set).accuracy
     baseline = BaselineEvaluated(accuracy(loaders.train), accuracy(loaders.validation), accuracy(loaders.test))
     if not stop.is_set():  # cut short by Stop, its accuracies would cover too few batches to mean anything
         yield emit(baseline)

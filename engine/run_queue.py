@@ -90,7 +90,7 @@ class RunQueue:
             now = time.time()
             if grid_labels is None:
                 ids: list[str] = []
-                for _ in configs:
+                for _ in configs:  # each name unused by the runs before it in this call too
                     ids.append(self._new_id("", ids))
                 grid = None
             else:

@@ -5,10 +5,11 @@ Any label names work, from two classes to MAX_CLASSES; they become the classifie
 
 import csv
 import io
+from typing import Any
 
 import pandas as pd
 
-from engine.config import MAX_CLASSES
+from engine.config import LABELS, MAX_CLASSES
 from engine.errors import DataError
 
 TEXT_COLUMNS = ("text", "message", "sms", "content", "v2")
@@ -17,13 +18,33 @@ LABEL_COLUMNS = ("label", "class", "category", "target", "v1")
 
 def header_columns(first_line: str) -> tuple[str, int, int] | None:
     """(delimiter, label column, text column) when `first_line` is a recognisable header, else None."""
-    delimiter = "\t" if "\t" in first_line else ","
-    names = [name.strip().strip('"').lower() for name in first_line.split(delimiter)]
-    label = next((names.index(n) for n in LABEL_COLUMNS if n in names), None)
-    text = next((names.index(n) for n in TEXT_COLUMNS if n in names), None)
-    if label is None or text is None or {"ham", "spam"} & set(names):  # an SMS data line, not a header
+    found = find_text_column(first_line)
+    if found is None:
         return None
-    return delimiter, label, text
+    delimiter, text = found
+    names = _field_names(first_line, delimiter)
+    label = next((names.index(n) for n in LABEL_COLUMNS if n in names), None)
+    return None if label is None else (delimiter, label, text)
+
+
+def find_text_column(first_line: str) -> tuple[str, int] | None:
+    """(delimiter, text column) when `first_line` is a header naming a text column, else None."""
+    delimiter = "\t" if "\t" in first_line else ","
+    names = _field_names(first_line, delimiter)
+    text = next((names.index(n) for n in TEXT_COLUMNS if n in names), None)
+    if text is None or set(LABELS) & set(names):  # an SMS data line, not a header
+        return None
+    return delimiter, text
+
+
+def _field_names(first_line: str, delimiter: str) -> list[str]:
+    return [name.strip().strip('"').lower() for name in first_line.split(delimiter)]
+
+
+def table_reader(text: str, delimiter: str) -> Any:  # a csv reader: its line_num names a bad line
+    """Rows of a headered table: TSV fields are taken literally, like the SMS collection; CSV fields may be quoted."""
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    return csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
 
 
 def parse_table(text: str, origin: str) -> pd.DataFrame:
@@ -40,9 +61,7 @@ def parse_table(text: str, origin: str) -> pd.DataFrame:
             f"({', '.join(LABEL_COLUMNS[:3])}), e.g. 'label,text'"
         )
     delimiter, label_column, text_column = columns
-    # TSV fields are taken literally, like the SMS collection; CSV fields may be quoted.
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
+    reader = table_reader(text, delimiter)
     next(reader)
     labels, texts = [], []
     seen: set[str] = set()

@@ -109,7 +109,7 @@ def train(
     steps_per_epoch = len(loaders.train)
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
     yield TrainStarted(total, steps_per_epoch, cfg.epochs, len(loaders.train.dataset))
-    estimate = lambda loader: evaluate(model, loader, device, cfg.pooling, cfg.eval_iter, loss_mean=loss_mean)  # noqa: E731
+    estimate = lambda loader: evaluate(model, loader, device, cfg.pooling, cfg.eval_iter, loss_mean=loss_mean)
     start = time.perf_counter()
     step = examples_seen = 0
     stopped = False

@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from engine import strict_json
 from engine.config import GPT2_SIZES, HF_REPOS, GPTConfig
 from engine.errors import ConfigError, WeightsError
 from engine.model import GPT
@@ -241,7 +242,7 @@ def save_hf_checkpoint(model: GPT, folder: Path, prefix: str = "transformer.") -
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({prefix + key: value for key, value in hf_state_dict(model).items()}, str(folder / WEIGHTS_FILE))
-    (folder / "config.json").write_text(json.dumps(model.cfg.to_hf()))
+    (folder / "config.json").write_text(strict_json.dumps(model.cfg.to_hf()))
     return folder
 
 

@@ -142,7 +142,7 @@ def main() -> int:
                 write_frame(frames, value)
             except (BrokenPipeError, ValueError):  # the parent is gone: finish the run quietly, as a stopped one
                 stop.set()
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, ValueError):  # closing flushes into the broken pipe again
                     frames.close()
 
     send(run_job(job, stop, send))

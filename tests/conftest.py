@@ -88,7 +88,7 @@ class LocalServer:
 class _Handler(http.server.BaseHTTPRequestHandler):
     server_state: LocalServer
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         status, body, headers = self.server_state.routes.get(self.path, (404, b"", {}))
         self.server_state.hits.append("HEAD " + self.path)
         self.send_response(status)
@@ -96,7 +96,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.end_headers()
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         state = self.server_state
         state.hits.append(self.path)
         status, body, headers = state.routes.get(self.path, (404, b"not found", {}))

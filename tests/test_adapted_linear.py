@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.adapted_linear import _ONEDNN, Update, _gelu_untracked, adapted_linear, frozen_product, gelu
+from engine.adapted_linear import ONEDNN_SWITCH, Update, _gelu_untracked, adapted_linear, frozen_product, gelu, product_path
 from engine.lora import LoRALinear
 from engine.model import MLP
 from tests.conftest import TINY, randomise_lora
@@ -18,7 +18,7 @@ def _pair(in_features: int, rank: int, width: int, dtype: torch.dtype = torch.fl
     return torch.randn(in_features, rank, dtype=dtype, requires_grad=True), torch.randn(rank, width, dtype=dtype, requires_grad=True)
 
 
-def _adapted_node(out: torch.Tensor):  # noqa: ANN202
+def _adapted_node(out: torch.Tensor):
     """The autograd node of the hand-written function behind `out` (under the reshape back to out's shape), or None."""
     node = out.grad_fn
     while node is not None and not node.name().endswith("_AdaptedLinearBackward"):
@@ -26,7 +26,7 @@ def _adapted_node(out: torch.Tensor):  # noqa: ANN202
     return node
 
 
-def _autograd_reference(x, base, updates, gelu_first):  # noqa: ANN001, ANN202
+def _autograd_reference(x, base, updates, gelu_first):
     inputs = gelu(x) if gelu_first else x
     parts = list(base(inputs).unbind(-1))
     for u in updates:
@@ -63,7 +63,7 @@ def test_gradcheck(gelu_first):
     x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
     (a1, b1), (a2, b2) = _pair(6, 2, 2), _pair(6, 1, 3)
 
-    def run(x, a1, b1, a2, b2):  # noqa: ANN001, ANN202
+    def run(x, a1, b1, a2, b2):
         return adapted_linear(x, base.weight, base.bias, [Update(a1, b1, 0.8), Update(a2, b2, -1.3, start=2)], gelu_first)
 
     assert torch.autograd.gradcheck(run, (x, a1, b1, a2, b2))
@@ -142,16 +142,25 @@ def test_the_frozen_product_equals_f_linear_in_fp32(rows, with_bias):
     assert torch.allclose(frozen_product(x, weight, bias), F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not _ONEDNN, reason="oneDNN serves fp32 products on x86 CPUs only")
+def _ops(run) -> set[str]:
+    """The operators `run` calls."""
+    with torch.profiler.profile() as profile:
+        run()
+    return {event.key for event in profile.key_averages()}
+
+
+@pytest.fixture
+def fresh_product_path():
+    """The frozen-product path decided anew for one test, and again after it."""
+    product_path.cache_clear()
+    yield
+    product_path.cache_clear()
+
+
+@pytest.mark.skipif(not product_path().onednn, reason="oneDNN serves fp32 products on x86 CPUs only (or LORA_LAB_ONEDNN=0)")
 def test_onednn_serves_fp32_but_not_autocast():
     x, weight = torch.randn(5, 8), torch.randn(6, 8)
-
-    def ops(run) -> set[str]:  # noqa: ANN001
-        with torch.profiler.profile() as profile:
-            run()
-        return {event.key for event in profile.key_averages()}
-
-    assert "mkldnn::_linear_pointwise" in ops(lambda: frozen_product(x, weight, None))
+    assert "mkldnn::_linear_pointwise" in _ops(lambda: frozen_product(x, weight, None))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert frozen_product(x, weight, None).dtype == torch.bfloat16  # autocast's F.linear, not oneDNN's fp32
 
@@ -166,3 +175,21 @@ def test_inference_takes_the_same_arithmetic_without_autograd():
         untracked = adapted_linear(x, base.weight, base.bias, updates, gelu_first=True)
     assert _adapted_node(tracked) is not None and untracked.grad_fn is None
     assert torch.equal(tracked.detach(), untracked)
+
+
+def test_a_broken_onednn_product_leaves_every_product_on_f_linear(monkeypatch, fresh_product_path):
+    def changed_signature(*args: object) -> torch.Tensor:
+        raise RuntimeError("mkldnn::_linear_pointwise() expected at most 5 arguments")  # as a future PyTorch might
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", changed_signature)
+    x, weight, bias = torch.randn(5, 8), torch.randn(6, 8), torch.randn(6)
+    assert torch.allclose(frozen_product(x, weight, bias), F.linear(x, weight, bias))
+    path = product_path()
+    assert not path.onednn and path.describe().startswith("F.linear (")
+
+
+def test_the_switch_keeps_every_product_on_f_linear(monkeypatch, fresh_product_path):
+    monkeypatch.setenv(ONEDNN_SWITCH, "0")
+    x, weight = torch.randn(5, 8), torch.randn(6, 8)
+    assert not any("mkldnn" in op for op in _ops(lambda: frozen_product(x, weight, None)))
+    assert product_path().describe() == f"F.linear (oneDNN switched off by {ONEDNN_SWITCH})"

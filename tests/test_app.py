@@ -16,15 +16,16 @@ from gradio_client import Client, handle_file
 from matplotlib.figure import Figure
 
 import app
+from engine.adapted_linear import product_path
 from engine.config import LORA_TARGETS, RunConfig
 from engine.data import SOURCES
 from engine.errors import ConfigError
 from engine.scheduler import RunView
 from ui.classify_tab import EXAMPLE_MESSAGES, ClassifyTab
-from ui.controls import Controls, run_config
+from ui.controls import Controls, ControlWidgets, run_config
 from ui.data_tab import DataTab
 from ui.lab import Lab
-from ui.model_tab import ControlWidgets, ModelTab, model_label
+from ui.model_tab import ModelTab, model_label
 from ui.parameters_tab import ParametersTab
 from ui.settings import AppSettings
 from ui.train_tab import MAX_BATCH_POINTS, TrainTab, live_views, loss_frame
@@ -202,6 +203,7 @@ def test_upload_a_local_file(lab: Lab, sms_zip: Path, tmp_path: Path) -> None:
 def test_load_weights_from_a_local_folder_runs_the_sanity_generation(lab: Lab, tiny_model_dir: Path) -> None:
     status, text = ModelTab(lab).load_weights(str(tiny_model_dir))
     assert status.startswith(f"{tiny_model_dir}: 2 layers, width 32; weights ") and "loaded on cpu" in status
+    assert status.endswith(f"; frozen products through {product_path().describe()}")  # oneDNN, or F.linear and why
     assert text.startswith("Every effort moves you") and len(text) > len("Every effort moves you")
 
 
@@ -248,6 +250,7 @@ def test_parameters_match_the_book_and_follow_rank_and_targets(lab: Lab) -> None
 # --- Train and Classify ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_poll_classify_through_the_handlers(lab: Lab, settings: AppSettings, sms_zip: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(gr.Error, match="No trained adapter yet"):
         ClassifyTab(lab).classify("hello", None)
@@ -358,6 +361,7 @@ def served(settings: AppSettings) -> Iterator[RunningApp]:
         yield running
 
 
+@pytest.mark.slow
 def test_gradio_client_drives_the_whole_app(served: RunningApp, settings: AppSettings, sms_zip: Path) -> None:
     client = Client(served.url, verbose=False, analytics_enabled=False)
     endpoints = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
@@ -392,6 +396,7 @@ def test_gradio_client_drives_the_whole_app(served: RunningApp, settings: AppSet
     assert client.predict(api_name="/adapter_info").startswith("Using the latest trained adapter")
 
 
+@pytest.mark.slow
 def test_a_second_visitors_run_queues_and_any_visitor_can_stop_or_cancel(served: RunningApp, settings: AppSettings, sms_zip: Path) -> None:
     first = Client(served.url, verbose=False, analytics_enabled=False)
     second = Client(served.url, verbose=False, analytics_enabled=False)

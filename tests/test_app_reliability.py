@@ -20,6 +20,7 @@ import torch
 from app_fixtures import RunningApp, as_upload, running_app, train_controls, upload_bytes
 from conftest import sms_zip_bytes, zip_of
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import AuthenticationError
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -386,6 +387,7 @@ def test_stop_during_the_data_download(settings: AppSettings, http_server) -> No
     assert status.startswith("Data ready") and counts.data["messages"][0] == 5574
 
 
+@pytest.mark.slow
 def test_stop_while_a_run_downloads_its_data(settings: AppSettings, http_server) -> None:
     http_server.routes["/sms.zip"] = (200, sms_zip_bytes(), {})
     http_server.trickle["/sms.zip"] = 0.05
@@ -405,6 +407,7 @@ def test_stop_while_a_run_downloads_its_data(settings: AppSettings, http_server)
         lab.close()
 
 
+@pytest.mark.slow
 def test_a_run_stopped_before_training_keeps_an_adapter_classify_uses(lab: Lab, sms_zip: Path) -> None:
     DataTab(lab).upload_data(as_upload(sms_zip))
     run_id = TrainTab(lab).start_training(train_controls(lab.settings.model))[12].value
@@ -522,14 +525,16 @@ def test_uploads_over_the_launch_limit_are_refused(trained_lab: Lab, tmp_path: P
         assert client.predict(SPAM, None, api_name="/classify")[0]["label"] in ("ham", "spam")
 
 
-def test_twenty_visitors_classifying_at_once_all_get_the_engine_s_answer(served: RunningApp, adapter_dir: Path) -> None:
-    report = hammer(served.url, sample_messages(), callers=20, requests=200)
+@pytest.mark.slow
+def test_twenty_visitors_classifying_at_once_all_get_the_engine_s_answer(served: RunningApp, adapter_dir: Path, prepared_data: Path) -> None:
+    report = hammer(served.url, sample_messages(prepared_data), callers=20, requests=200)
     print(report.summary())
     assert report.errors == []
     assert len(report.answers) == 200
     assert wrong_answers(report, adapter_dir) == []
 
 
+@pytest.mark.slow
 def test_classify_stays_fast_while_training_runs(served: RunningApp, settings: AppSettings, sms_zip: Path) -> None:
     demo_fns = {fn.api_name: fn for fn in app.build_ui(settings, served.lab).fns.values()}
     assert demo_fns["classify"].concurrency_id == demo_fns["classify_many"].concurrency_id == "classify"
@@ -539,7 +544,7 @@ def test_classify_stays_fast_while_training_runs(served: RunningApp, settings: A
     client.predict(handle_file(str(sms_zip)), api_name="/upload_data")
     client.predict(SPAM, None, api_name="/classify")  # the classifier is loaded once
     run_id = client.predict(model=settings.model, epochs=50, max_steps=0, api_name="/start")[12]["value"]
-    step = lambda: (served.lab.scheduler.view(run_id).progress or RunProgress()).step  # noqa: E731
+    step = lambda: (served.lab.scheduler.view(run_id).progress or RunProgress()).step
     deadline = time.monotonic() + 300
     while not step():
         assert time.monotonic() < deadline
@@ -566,9 +571,9 @@ def test_only_run_outputs_are_served(served: RunningApp) -> None:
 
 def test_login_is_asked_when_auth_is_given(trained_lab: Lab) -> None:
     with running_app(trained_lab.settings, auth=("demo", "s3cret:pw")) as running:
-        with pytest.raises(Exception):  # noqa: B017 - gradio_client raises a plain ValueError or an httpx error here
+        with pytest.raises(AuthenticationError, match="credentials were not provided"):
             Client(running.url, verbose=False, analytics_enabled=False).predict(SPAM, None, api_name="/classify")
-        with pytest.raises(Exception):  # noqa: B017
+        with pytest.raises(ValueError, match="Could not login"):
             Client(running.url, verbose=False, analytics_enabled=False, auth=("demo", "wrong")).predict(SPAM, None, api_name="/classify")
         client = Client(running.url, verbose=False, analytics_enabled=False, auth=("demo", "s3cret:pw"))
         assert client.predict(SPAM, None, api_name="/classify")[0]["label"] in ("ham", "spam")

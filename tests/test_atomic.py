@@ -49,6 +49,7 @@ SAVER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_killed_mid_save_leaves_a_complete_adapter_and_record(tmp_path):
     script = SAVER.format(root=str(ROOT), tests=str(ROOT / "tests"))
     rng = random.Random(1234)

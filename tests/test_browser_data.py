@@ -18,7 +18,7 @@ from test_browser import expect, open_tab, screenshot, set_number, sync_api
 
 from engine.data import prepare
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 browser, served, page = test_browser.browser, test_browser.served, test_browser.page  # the same chromium, app and page
 

@@ -22,7 +22,7 @@ from engine.history import all_runs
 from ui.classify_tab import EXAMPLE_MESSAGES
 from ui.settings import AppSettings
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 small_data, finished_runs = insight_fixtures.small_data, insight_fixtures.finished_runs
 browser = test_browser.browser  # the same module-scoped chromium fixture

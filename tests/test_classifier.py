@@ -12,10 +12,10 @@ def classifier(trained_run):
 
 def test_classify_returns_label_and_probability(classifier):
     (prediction,) = classifier.classify(["Congratulations! You won a free cruise, text WIN to 80086"])
-    assert prediction.label in ("ham", "spam")
-    assert prediction.p_spam == pytest.approx(prediction.probabilities["spam"])
+    assert set(prediction.probabilities) == {"ham", "spam"}
+    assert prediction.probability == prediction.probabilities[prediction.label] == max(prediction.probabilities.values())
     assert sum(prediction.probabilities.values()) == pytest.approx(1)
-    assert (prediction.label == "spam") == (prediction.p_spam > 0.5)
+    assert (prediction.label == "spam") == (prediction.probabilities["spam"] > 0.5)
 
 
 @pytest.mark.parametrize("bad", ["", "   \n\t "])
@@ -47,7 +47,7 @@ def test_merged_classifier_matches_the_training_model(trained_run, classifier):
     text = "URGENT! Your mobile number has been awarded a £2000 prize"
     ids = torch.tensor([encode(text)])
     expected = torch.softmax(unmerged(ids, read_positions(torch.tensor([ids.size(1)]), ids.size(1), "last_token")), -1)[0, 1]
-    assert classifier.classify(text)[0].p_spam == pytest.approx(expected.item(), abs=1e-5)
+    assert classifier.classify(text)[0].probabilities["spam"] == pytest.approx(expected.item(), abs=1e-5)
 
 
 def test_before_and_after_differ(classifier):
@@ -70,7 +70,7 @@ def test_before_is_the_base_models_answer(classifier):
     finally:
         set_lora_enabled(classifier.model, True)
         merge_lora(classifier.model)
-    assert before.p_spam == pytest.approx(base_only.p_spam, abs=1e-5)
+    assert before.probabilities["spam"] == pytest.approx(base_only.probabilities["spam"], abs=1e-5)
 
 
 def test_batched_classification_equals_one_at_a_time(classifier):
@@ -83,7 +83,7 @@ def test_batched_classification_equals_one_at_a_time(classifier):
     for text, prediction in zip(texts, together, strict=True):
         alone = classifier.classify(text)[0]
         assert alone.label == prediction.label
-        assert alone.p_spam == pytest.approx(prediction.p_spam, abs=1e-5)
+        assert alone.probabilities["spam"] == pytest.approx(prediction.probabilities["spam"], abs=1e-5)
 
 
 def test_int8_path_agrees_with_fp32(trained_run, classifier):
@@ -98,9 +98,9 @@ def test_int8_path_agrees_with_fp32(trained_run, classifier):
     int8 = quantized.classify(texts)
     agreement = sum(a.label == b.label for a, b in zip(fp32, int8, strict=True)) / len(texts)
     assert agreement >= 0.9
-    assert max(abs(a.p_spam - b.p_spam) for a, b in zip(fp32, int8, strict=True)) < 0.2
+    assert max(abs(a.probabilities["spam"] - b.probabilities["spam"]) for a, b in zip(fp32, int8, strict=True)) < 0.2
     before, after = quantized.compare_with_base("Free tickets! Reply YES")
     fp32_before, fp32_after = classifier.compare_with_base("Free tickets! Reply YES")
-    assert before.p_spam == pytest.approx(fp32_before.p_spam, abs=0.2)
-    assert after.p_spam == pytest.approx(fp32_after.p_spam, abs=0.2)
+    assert before.probabilities["spam"] == pytest.approx(fp32_before.probabilities["spam"], abs=0.2)
+    assert after.probabilities["spam"] == pytest.approx(fp32_after.probabilities["spam"], abs=0.2)
     assert before.probabilities != after.probabilities

@@ -11,9 +11,18 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["data", "params", "generate", "train", "sweep", "classify", "bench"]
 
 
+def strict_loads(text: str):
+    """json.loads as a strict parser reads JSON: NaN and Infinity are not JSON, so they are refused."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def run_json(capsys, *argv: str) -> dict:
     assert main([*argv, "--json"]) == 0
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return strict_loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -32,9 +41,10 @@ def test_params_reproduces_the_book(capsys):
 
 def test_data_from_local_zip(capsys, sms_zip, tmp_path):
     out = run_json(capsys, "data", "--source", str(sms_zip), "--cache", str(tmp_path))
-    assert {k: out[k] for k in ("messages", "ham", "spam", "train", "validation", "test", "longest_train_tokens")} == {
-        "messages": 5574, "ham": 4827, "spam": 747, "train": 1045, "validation": 149, "test": 300, "longest_train_tokens": 120,
+    assert {k: out[k] for k in ("messages", "class_counts", "train", "validation", "test", "longest_train_tokens")} == {
+        "messages": 5574, "class_counts": {"ham": 4827, "spam": 747}, "train": 1045, "validation": 149, "test": 300, "longest_train_tokens": 120,
     }
+    assert out["class_fractions"]["test"] == {"ham": 0.4967, "spam": 0.5033}  # 149 and 151 of the 300 test messages
     assert sorted(p.name for p in tmp_path.glob("*.csv")) == ["test.csv", "train.csv", "validation.csv"]
 
 
@@ -59,8 +69,32 @@ def test_generate_train_classify_on_a_tiny_model(capsys, tiny_model_dir, prepare
     assert set(trained["accuracy"]) == {"train", "validation", "test"} and not trained["stopped"]
     assert (tmp_path / "run" / "run.json").is_file()
     classified = run_json(capsys, "classify", "--adapter", trained["adapter"], "Free prize!", "See you soon")
+    assert classified["labels"] == ["ham", "spam"]
     assert [p["label"] in ("ham", "spam") for p in classified["predictions"]] == [True, True]
-    assert all(0 <= p["p_spam"] <= 1 for p in classified["predictions"])
+    assert all(set(p["probabilities"]) == {"ham", "spam"} and 0 <= p["probabilities"]["spam"] <= 1 for p in classified["predictions"])
+
+
+def test_three_classes_never_write_nan(capsys, tiny_model_dir, tmp_path):
+    from insight_fixtures import write_three_classes
+
+    data = run_json(capsys, "data", "--source", str(write_three_classes(tmp_path)), "--cache", str(tmp_path / "data"))
+    assert data["class_counts"] == {"bills": 12, "friends": 12, "work": 12}
+    assert set(data["class_fractions"]["train"]) == {"bills", "friends", "work"}
+    trained = run_json(
+        capsys, "train", "--model", str(tiny_model_dir), "--data", str(tmp_path / "data"), "--max-steps", "2", "--batch-size", "4",
+        "--rank", "2", "--out", str(tmp_path / "run"), "--device", "cpu",
+    )
+    for written in (tmp_path / "data" / "summary.json", Path(trained["record"]), Path(trained["adapter"]) / "adapter_config.json"):
+        strict_loads(written.read_text())
+    messages = ["pay the bills message", "friends message number 3"]
+    classified = run_json(capsys, "classify", "--adapter", trained["adapter"], *messages)
+    assert classified["labels"] == ["bills", "friends", "work"]
+    for prediction in classified["predictions"]:
+        assert set(prediction["probabilities"]) == {"bills", "friends", "work"}
+        assert prediction["probabilities"][prediction["label"]] == max(prediction["probabilities"].values())
+    assert main(["classify", "--adapter", trained["adapter"], *messages]) == 0
+    printed = capsys.readouterr().out
+    assert "nan" not in printed.lower() and printed.count("P(bills)=") == 2 and "P(spam)" not in printed
 
 
 @pytest.mark.parametrize(
@@ -83,12 +117,28 @@ def test_bad_input_exits_non_zero_with_one_line(argv, problem, capsys):
     assert len(err.splitlines()) == 1 and problem in err
 
 
+def test_a_fault_in_lora_lab_exits_1_with_its_traceback_logged(capsys, caplog, monkeypatch):
+    import engine.params
+
+    def broken(*args, **kwargs):
+        raise ValueError("zip() argument 2 is shorter than argument 1")  # a bug, not the user's input
+
+    monkeypatch.setattr(engine.params, "param_summary", broken)
+    assert main(["params"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: internal error while counting parameters: ValueError: zip() argument 2 is shorter")
+    assert "a fault in LoRA Lab" in err and len(err.splitlines()) == 1
+    (logged,) = [record for record in caplog.records if record.exc_info]
+    assert logged.exc_info[0] is ValueError and "in broken" in caplog.text  # the traceback, down to the faulty function
+
+
 def test_empty_message_to_classify(capsys, trained_run):
     adapter = str(trained_run[1][-1].adapter_dir)
     assert main(["classify", "--adapter", adapter, "ok", " "]) == 2
     assert capsys.readouterr().err.strip() == "error: message 2 is empty: type some text to classify"
 
 
+@pytest.mark.slow
 def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "engine", "params", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -34,7 +34,7 @@ def test_download_falls_back_to_backup_and_reproduces_the_book_splits(http_serve
     assert any(e.status.startswith("failed: HTTP 404") for e in events)
     assert events[-1].status == "done" and events[-1].received == len(sms_zip_bytes())
     summary = data.summary
-    assert (summary.messages, summary.ham, summary.spam) == (5574, 4827, 747)
+    assert (summary.messages, summary.class_counts) == (5574, {"ham": 4827, "spam": 747})
     assert (summary.train, summary.validation, summary.test) == (1045, 149, 300)
     assert summary.longest_train_tokens == 120
     loaders = make_loaders(data.splits, preset("book").train, context_length=1024)
@@ -99,7 +99,7 @@ def test_local_tsv_with_crlf_blank_lines_and_header(tmp_path):
     path = tmp_path / "mine.tsv"
     path.write_bytes("\r\n".join(lines).encode())
     data = prepare(str(path), tmp_path / "cache")
-    assert (data.summary.messages, data.summary.ham, data.summary.spam) == (40, 20, 20)
+    assert (data.summary.messages, data.summary.class_counts) == (40, {"ham": 20, "spam": 20})
     assert (data.summary.train, data.summary.validation, data.summary.test) == (28, 4, 8)
 
 
@@ -163,11 +163,26 @@ def test_oversized_source_file_is_refused(tmp_path, monkeypatch):
 
 def test_prepared_folder_keeps_the_original_counts(prepared_data, tmp_path):
     again = prepare(str(prepared_data), tmp_path)
-    assert (again.summary.messages, again.summary.ham, again.summary.spam) == (5574, 4827, 747)
+    assert (again.summary.messages, again.summary.class_counts) == (5574, {"ham": 4827, "spam": 747})
     assert again.summary.token_lengths["train"].max == 120
     (prepared_data / "summary.json").rename(tmp_path / "moved.json")
     try:
         described = prepare(str(prepared_data), tmp_path).summary
-        assert (described.messages, described.ham, described.spam) == (1494, 747, 747)  # what the splits hold
+        assert (described.messages, described.class_counts) == (1494, {"ham": 747, "spam": 747})  # what the splits hold
     finally:
         (tmp_path / "moved.json").rename(prepared_data / "summary.json")
+
+
+def test_a_summary_of_an_older_version_is_still_read(prepared_data, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "older"
+    shutil.copytree(prepared_data, folder)
+    written = json.loads((folder / "summary.json").read_text())
+    older = {key: value for key, value in written.items() if key not in ("class_counts", "class_fractions")}
+    older |= {"ham": 4827, "spam": 747, "spam_fraction": {"train": 0.4986, "validation": 0.5235, "test": 0.4933}}  # how it was written then
+    (folder / "summary.json").write_text(json.dumps(older))
+    again = prepare(str(folder), tmp_path / "unused")
+    assert again.folder == folder  # used as it is, not described anew from its splits
+    assert (again.summary.messages, again.summary.class_counts, again.summary.source) == (5574, {"ham": 4827, "spam": 747}, written["source"])

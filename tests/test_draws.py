@@ -94,7 +94,7 @@ def test_book_loaders_draw_as_the_books_loaders_do(prepared_data):
 
     loaders.shared_generator.manual_seed(123)
     ours = two_epochs_after_an_estimate(loaders.train, loaders.validation)
-    pad = lambda items: collate(items, loaders.max_length)  # noqa: E731
+    pad = lambda items: collate(items, loaders.max_length)
     with torch.random.fork_rng():
         torch.manual_seed(123)
         book_train = DataLoader(loaders.train.dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, collate_fn=pad)

@@ -1,9 +1,13 @@
-"""The run history: records listed (grids' runs included), unreadable folders skipped, configs read back."""
+"""The run history: records listed (grids' runs included), unreadable folders skipped, configs and scores read back."""
 
 import json
 import shutil
 
-from engine.history import all_runs, list_runs, read_run
+import pytest
+
+from engine.data import read_split
+from engine.errors import DataError
+from engine.history import all_runs, list_runs, read_run, read_scores
 
 
 def test_history_skips_folders_without_a_readable_record(tmp_path):
@@ -32,3 +36,34 @@ def test_a_record_whose_config_no_longer_validates_still_lists(trained_run, tmp_
     (folder / "run.json").write_text(json.dumps(record))
     run = read_run(folder)
     assert run is not None and run.config is None and run.rank == cfg.lora.rank
+
+
+def test_a_finished_runs_scores_come_with_their_messages(trained_run, tmp_path):
+    cfg, _ = trained_run
+    test = read_split(cfg.data, "test")
+    found = read_scores(cfg.out_dir, "test")
+    assert found.class_names == ("ham", "spam") and found.scores.labels == test["Label"].tolist()
+    assert found.texts == test["Text"].tolist() and len(found.scores.probabilities) == len(test)
+    assert sum(map(sum, found.confusion)) == len(test)
+    folder = tmp_path / "moved-data"
+    shutil.copytree(cfg.out_dir, folder)
+    record = json.loads((folder / "run.json").read_text())
+    record["config"]["data"] = str(tmp_path / "gone")
+    record["scores"]["test"] = {"labels": record["scores"]["test"]["labels"], "p_positive": [0.25] * len(test)}  # as older versions kept them
+    (folder / "run.json").write_text(json.dumps(record))
+    older = read_scores(folder, "test")
+    assert older.texts is None and older.scores.probabilities[0] == [0.75, 0.25]
+
+
+def test_scores_missing_or_damaged(trained_run, tmp_path):
+    cfg, _ = trained_run
+    folder = tmp_path / "run"
+    shutil.copytree(cfg.out_dir, folder)
+    record = json.loads((folder / "run.json").read_text())
+    assert read_scores(folder, "train") is None  # the shuffled training split's scores are not kept
+    record["scores"]["test"]["labels"] = "not a list of labels"
+    (folder / "run.json").write_text(json.dumps(record))
+    with pytest.raises(DataError, match="damaged"):
+        read_scores(folder, "test")
+    with pytest.raises(DataError, match="unreadable"):
+        read_scores(tmp_path / "nowhere", "test")

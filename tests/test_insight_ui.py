@@ -201,14 +201,22 @@ def test_explain_and_classify_a_file(lab: Lab) -> None:
         ClassifyTab(lab).classify_upload(str(SMS_ZIP), None)
 
 
-def test_data_quality_reads_the_prepared_summary(lab: Lab) -> None:
+def test_data_quality_reads_the_prepared_summary(lab: Lab, tmp_path: Path) -> None:
     text, repeated = DataTab(lab).data_quality()
-    assert text.startswith("### Data quality") and (repeated is None or list(repeated.columns) == ["copies", "message"])
+    assert text.startswith("### Data quality") and "**0 texts occur more than once**" in text and repeated is None  # the small data has none
+    rows = [("spam", "WIN cash now")] * 3 + [("ham", "see you at 6")] * 2 + [(label, f"{label} note {i}") for label in ("ham", "spam") for i in range(10)]
+    repeats = tmp_path / "repeats.csv"
+    pd.DataFrame(rows, columns=["label", "text"]).to_csv(repeats, index=False)
+    prepare(str(repeats), lab.settings.cache)
+    text, repeated = DataTab(lab).data_quality()
+    assert "**2 texts occur more than once** (3 extra copies)" in text
+    assert list(repeated.columns) == ["copies", "message"] and repeated.values.tolist() == [[3, "WIN cash now"], [2, "see you at 6"]]
 
 
 # --- a grid, in the app's queue --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_grid_queues_every_combination_and_its_results_compare(lab: Lab) -> None:
     controls = asdict(train_controls(lab.settings.model, max_steps=3.0, eval_freq=2.0))
     no_values = dict(ranks=[], alphas="", scalings=[], lrs="", presets=[], layers=[], seeds="")
@@ -265,7 +273,7 @@ def check_through_client(served: RunningApp, tmp_path: Path) -> None:
     wanted = {"/evaluate", "/positive_classes", "/explain", "/classify_file", "/run_history", "/overlay", "/add_grid", "/queue", "/compare"}
     assert wanted <= endpoints
     summary, confusion, metrics, roc, wrong = client.predict("first-run", "validation", 0.3, "spam", api_name="/evaluate")
-    assert "threshold" not in summary or "0.30" in summary
+    assert "A message counts as **spam** when P(spam) ≥ **0.30**" in summary  # the threshold sent, not the default 0.50
     assert "true ham" in confusion
     history = client.predict(api_name="/run_history")
     assert history["data"][0][history["headers"].index("run")] == "first-run"

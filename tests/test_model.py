@@ -6,13 +6,14 @@ from engine.config import GPT2_SIZES
 from engine.model import GPT, generate_greedy, read_positions
 from engine.weights import load_model
 
-transformers = pytest.importorskip("transformers")
 PROMPT = [3887, 3626, 6100, 345]  # "Every effort moves you"
 
 
 @pytest.fixture(scope="module")
 def hf_pair(tmp_path_factory):
-    """A random-init transformers GPT-2 saved with save_pretrained, and the same weights in our model."""
+    """A random-init transformers GPT-2 saved with save_pretrained, and the same weights in our model
+    (transformers is a dev dependency: the tests that compare with it skip without it)."""
+    transformers = pytest.importorskip("transformers")
     folder = tmp_path_factory.mktemp("hf-gpt2")
     config = transformers.GPT2Config(vocab_size=50257, n_positions=128, n_embd=48, n_layer=3, n_head=4)
     torch.manual_seed(7)

@@ -54,5 +54,5 @@ def test_any_message_is_classified_or_refused_as_empty(classifier, text):
         return
     (prediction,) = classifier.classify(text)
     assert prediction.label in ("ham", "spam")
-    assert 0.0 <= prediction.p_spam <= 1.0
+    assert 0.0 <= prediction.probabilities["spam"] <= 1.0
     assert 1 <= prediction.tokens <= classifier.config.max_length

@@ -142,6 +142,14 @@ def test_the_queue_survives_a_killed_app(tiny_model_dir, prepared_data, tmp_path
         time.sleep(0.2)
 
 
+def test_runs_added_together_get_folders_of_their_own(tmp_path, tiny_model_dir, prepared_data):
+    queue = RunQueue(tmp_path)
+    base = tiny_run_config(tiny_model_dir, prepared_data, tmp_path)
+    added = queue.add([base, base.with_train(max_steps=3), base.with_train(max_steps=4)])  # in one second, surely
+    assert len({run.id for run in added}) == 3 and len({run.config.out_dir for run in added}) == 3
+    assert [run.config.train.max_steps for run in RunQueue(tmp_path).runs()] == [base.train.max_steps, 3, 4]
+
+
 def test_visitors_adding_at_the_same_instant_get_each_run_exactly_once(tmp_path, tiny_model_dir, prepared_data):
     queue = RunQueue(tmp_path)
     base = tiny_run_config(tiny_model_dir, prepared_data, tmp_path)

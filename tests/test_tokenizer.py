@@ -41,5 +41,12 @@ def test_round_trip_and_end_of_text_is_plain_text():
 
 def test_assets_ship_license():
     assert (ASSETS / "LICENSE").read_text().startswith("Modified MIT License")
-    with pytest.raises(Exception):  # noqa: B017 - a damaged file must fail its pinned hash
-        gpt2_tokenizer.__wrapped__(ASSETS.parent / "missing")
+
+
+def test_a_damaged_vocabulary_fails_its_pinned_hash(tmp_path):
+    damaged = tmp_path / "gpt2_tokenizer"
+    shutil.copytree(ASSETS, damaged)
+    with (damaged / "vocab.bpe").open("a") as vocabulary:
+        vocabulary.write("x y\n")  # one merge more: it would tokenise differently
+    with pytest.raises(ValueError, match="Hash mismatch"):
+        gpt2_tokenizer.__wrapped__(damaged)

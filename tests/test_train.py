@@ -47,6 +47,7 @@ def test_each_loss_estimate_scores_the_full_validation_set(trained_run):
     assert record["validation_history"][-1]["metrics"]["count"] == 149
 
 
+@pytest.mark.slow
 def test_live_metrics_leave_the_book_figures_and_training_unchanged(tiny_model_dir, prepared_data, tmp_path):
     def run(live: bool, out: str):
         cfg = RunConfig.from_preset("book", model=str(tiny_model_dir), data=str(prepared_data), out_dir=str(tmp_path / out), device="cpu")

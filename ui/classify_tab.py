@@ -15,7 +15,7 @@ import pandas as pd
 
 from engine.batch import classify_file
 from engine.classifier import Prediction
-from engine.explain import TokenScore, WordInfluence, spam_index, token_scores, word_influence
+from engine.explain import TokenScore, WordInfluence, explained_class, token_scores, word_influence
 from ui.guards import deleted_if_refused, engine_errors_as_toasts, message_problem, uploaded_file, uploaded_path
 from ui.lab import Lab
 from ui.views import AWAY_RGB, TOWARDS_RGB, plural, rgba
@@ -47,13 +47,13 @@ def token_heatmap_html(tokens: Sequence[TokenScore], positive: str) -> str:
     """Each token shaded by P(positive) after reading up to it: red above 0.5 (towards `positive`), blue below."""
     spans = []
     for token in tokens:
-        p = token.p_spam
+        p = token.probability
         rgb, strength, direction = (TOWARDS_RGB, p - 0.5, "towards") if p >= 0.5 else (AWAY_RGB, 0.5 - p, "away")
         spans.append(
             f"<span class='token {direction}' title='P({html.escape(positive)}) = {p:.3f}' data-p='{p:.4f}' "
             f"style='background:{rgba(rgb, 0.08 + 1.6 * strength)};border-radius:3px;padding:1px 0'>{html.escape(token.token)}</span>"
         )
-    final = tokens[-1].p_spam if tokens else float("nan")
+    final = tokens[-1].probability if tokens else float("nan")
     legend = (
         f"<div style='font-size:0.85em;margin-top:6px'>P({html.escape(positive)}) after reading up to each token:{direction_legend(positive)}. "
         f"Hover a token for its value. After the last token: {final:.3f}.</div>"
@@ -82,7 +82,7 @@ def influence_html(influences: Sequence[WordInfluence], positive: str) -> str:
         rows.append(
             f"<div class='word' title='{html.escape(item.word)}' style='{word}'>{html.escape(item.word)}</div>"
             f"<div style='{axis}'>{'' if towards else bar}</div><div style='{half}'>{bar if towards else ''}</div>"
-            f"<div style='{number}'>{item.influence:+.3f}</div><div style='{number}'>{item.p_spam_without:.3f}</div>"
+            f"<div style='{number}'>{item.influence:+.3f}</div><div style='{number}'>{item.probability_without:.3f}</div>"
         )
     header = (
         f"<div style='{head};text-align:right'>word</div><div style='{head};text-align:right'>away from {name}</div>"
@@ -171,15 +171,15 @@ class ClassifyTab:
         return f"Using the latest trained adapter: {latest}" if latest else "No trained adapter yet: train one, or load an adapter.safetensors file."
 
     def explain(self, message: str, adapter_file: str | None) -> tuple[str, str]:
-        """P(spam) token by token (one causal pass) and the words whose removal moves it most."""
+        """P(the explained class) token by token (one causal pass) and the words whose removal moves it most."""
         if not isinstance(message, str) or not message.strip():
             raise gr.Error("the message is empty: type a message to explain, then press Explain")
         with self.lab.classify_lock:
             _, classifier = self.lab.classifier_for(adapter_file)
             with engine_errors_as_toasts(str(classifier.device), "explaining"):
-                tokens = token_scores(classifier, message)
-                influences = word_influence(classifier, message)
-            positive = classifier.config.labels[spam_index(classifier)]
+                positive = explained_class(classifier, message)
+                tokens = token_scores(classifier, message, positive)
+                influences = word_influence(classifier, message, positive)
         return token_heatmap_html(tokens, positive), influence_html(influences, positive)
 
     def classify_upload(self, path: str | None, adapter_file: str | None) -> tuple[str, pd.DataFrame]:
@@ -251,10 +251,11 @@ def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.T
 
 
 def build_explain(classify: ClassifyTab, message: gr.Textbox, adapter_file: gr.File) -> None:
-    """Why this answer: P(spam) token by token, and the words that moved it, in one colour code."""
+    """Why this answer: P(spam), or of the predicted class for three or more, token by token, and the
+    words that moved it, in one colour code."""
     with gr.Accordion("Why this answer?", open=True):
         explain_button = gr.Button("Explain this message", elem_id="explain")
-        heat = gr.HTML(label="P(spam) as the model reads the message", elem_id="token-heatmap")
+        heat = gr.HTML(label="The answer as the model reads the message", elem_id="token-heatmap")
         bars = gr.HTML(elem_id="word-influence")
     explain_button.click(
         classify.explain,

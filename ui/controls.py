@@ -2,13 +2,17 @@
 it into a RunConfig.
 
 Start (Train tab), the rank sweep (Runs tab) and a reloaded page (which gets the last run's settings
-back) all pass the same `Controls`; the widgets that hold them are `model_tab.ControlWidgets`, whose
-fields follow these. Adding a control: a field here (with `of` and `run_config`), and its widget.
+back) all pass the same `Controls`; the widgets that hold them are a `ControlWidgets`, built on the
+Model & LoRA tab and handed to the tabs that read them. Adding a control: a field in both (with `of`
+and `run_config`), and its widget.
 """
 
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass, fields
 from typing import Any
+
+import gradio as gr
+from gradio.components import Component
 
 from engine.config import LoRAConfig, RunConfig, TrainConfig, preset
 from ui.settings import AppSettings
@@ -72,6 +76,38 @@ class Controls:
 
     def pick(self, names: Sequence[str]) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in names)
+
+
+@dataclass(frozen=True)
+class ControlWidgets:
+    """The widgets that hold `Controls`, one per field of the same name (checked by `inputs`)."""
+
+    model: gr.Dropdown
+    preset_name: gr.Radio
+    rank: gr.Slider
+    alpha: gr.Number
+    scaling: gr.Radio
+    targets: gr.CheckboxGroup
+    train_head: gr.Checkbox
+    pooling: gr.Radio
+    padding: gr.Radio
+    lr: gr.Number
+    epochs: gr.Number
+    batch_size: gr.Number
+    max_steps: gr.Number
+    eval_freq: gr.Number
+    live_metrics: gr.Checkbox
+
+    def pick(self, names: Sequence[str]) -> list[Component]:
+        return [getattr(self, name) for name in names]
+
+    def inputs(self) -> list[Component]:
+        """Every control, in `Controls`' field order: as positional inputs, and as the outputs of a reload."""
+        return self.pick(Controls.names())
+
+    def by_name(self) -> dict[str, Component]:
+        """Every control under its `Controls` field name: keyword inputs, which name the API's parameters."""
+        return dict(zip(Controls.names(), self.inputs(), strict=True))
 
 
 def as_int(value: Any) -> Any:

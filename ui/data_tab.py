@@ -37,7 +37,7 @@ def grouped(counts: list[tuple[str, int]], most: int) -> list[tuple[str, list[st
 
 def counts_frame(prepared: PreparedData) -> pd.DataFrame:
     s = prepared.summary
-    per_class = dict(s.class_counts) or {"ham": s.ham, "spam": s.spam}  # your own data: its own labels
+    per_class = s.class_counts  # your own data: its own labels
     rows = [
         ("messages", s.messages),
         *[(name, sum(per_class[c] for c in classes)) for name, classes in grouped(list(per_class.items()), MAX_COUNTED_CLASSES)],

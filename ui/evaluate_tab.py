@@ -5,16 +5,15 @@ messages, one class against the rest (spam by default; any class, so three or mo
 all from the per-message scores the run kept in run.json.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from engine.evaluate import Scores, at_threshold, mistakes, roc_curve
-from engine.history import RunSummary, all_runs
-from engine.record import RECORD_FILE
+from engine.errors import LoRALabError
+from engine.evaluate import POSITIVE_CLASS, Scores, at_threshold, mistakes, positive_class, roc_curve
+from engine.history import RunSummary, all_runs, read_scores
 from ui.lab import Lab
 from ui.views import confusion_html, plural
 
@@ -35,8 +34,8 @@ class RunEvaluation:
     confusion: list[list[int]] | None  # the run's own confusion matrix (argmax), from run.json
 
     def default_positive(self) -> str:
-        """Spam (class 1) for two classes, as the book; the first class for more."""
-        return self.class_names[1] if len(self.class_names) == 2 else self.class_names[0]
+        """The positive class of two (spam, as the book); the first class for more."""
+        return self.class_names[positive_class(self.class_names) or 0]
 
     def rest_name(self, positive: int) -> str:
         """What "not the positive class" is called: the other class, or "not X" for three or more."""
@@ -47,35 +46,15 @@ class RunEvaluation:
 def read_evaluation(folder: Path, name: str, split: str) -> RunEvaluation:
     """The scores run.json keeps for `split`, and the split's texts when the data folder still matches them."""
     try:
-        record = json.loads((Path(folder) / RECORD_FILE).read_text(encoding="utf-8"))
-        raw = record.get("scores", {}).get(split)
-        class_names = tuple(record.get("data", {}).get("labels") or ("ham", "spam"))
-    except (OSError, ValueError, AttributeError) as error:
+        found = read_scores(folder, split)
+    except LoRALabError as error:
         raise gr.Error(f"the record of run {name} is unreadable ({error}): choose another run") from None
-    if not raw:
+    if found is None:
         raise gr.Error(f"run {name} has no per-message scores (stopped before its final evaluation, or trained by an older version): choose a finished run")
-    labels = [int(v) for v in raw["labels"]]
-    full = "probabilities" in raw  # records of older versions kept P(class 1) only
-    scores = Scores(labels, [[float(p) for p in row] for row in raw["probabilities"]]) if full else Scores.binary(labels, raw["p_positive"])
-    final = (record.get("final") or {}).get(split) or {}
-    return RunEvaluation(name, split, class_names, scores, split_texts(record, split, scores.labels), final.get("confusion"))
+    return RunEvaluation(name, split, found.class_names, found.scores, found.texts, found.confusion)
 
 
-def split_texts(record: dict, split: str, labels: list[int]) -> list[str] | None:
-    """The split's messages from the run's data folder, if its rows still carry exactly these labels."""
-    folder = (record.get("config") or {}).get("data")
-    if not folder:
-        return None
-    try:
-        frame = pd.read_csv(Path(folder) / f"{split}.csv", dtype={"Label": int, "Text": str}, keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError):
-        return None
-    if len(frame) != len(labels) or frame["Label"].tolist() != labels:
-        return None
-    return frame["Text"].tolist()
-
-
-def threshold_frame(evaluation: RunEvaluation, threshold: float, positive: int = 1) -> pd.DataFrame:
+def threshold_frame(evaluation: RunEvaluation, threshold: float, positive: int = POSITIVE_CLASS) -> pd.DataFrame:
     name = evaluation.class_names[positive]
     metrics = at_threshold(evaluation.scores, threshold, positive)
     return pd.DataFrame(
@@ -90,7 +69,7 @@ def threshold_frame(evaluation: RunEvaluation, threshold: float, positive: int =
     )
 
 
-def roc_frame(evaluation: RunEvaluation, positive: int = 1) -> tuple[pd.DataFrame | None, float | None]:
+def roc_frame(evaluation: RunEvaluation, positive: int = POSITIVE_CLASS) -> tuple[pd.DataFrame | None, float | None]:
     try:
         curve = roc_curve(evaluation.scores, positive)
     except ValueError:
@@ -103,7 +82,7 @@ def roc_frame(evaluation: RunEvaluation, positive: int = 1) -> tuple[pd.DataFram
     return pd.DataFrame(rows), curve.auc
 
 
-def mistakes_frame(evaluation: RunEvaluation, threshold: float, positive: int = 1) -> pd.DataFrame | None:
+def mistakes_frame(evaluation: RunEvaluation, threshold: float, positive: int = POSITIVE_CLASS) -> pd.DataFrame | None:
     """The misclassified messages, most confident first: the answers first, the (wrapping) message last."""
     if evaluation.texts is None:
         return None

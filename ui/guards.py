@@ -15,8 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from engine.errors import LoRALabError
-from engine.memory import is_out_of_memory, out_of_memory_message, release_memory
+from engine.failure import failure_of
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -26,24 +25,17 @@ def user_error(error: Exception) -> gr.Error:
     return gr.Error(" ".join(str(error).split()), duration=None)
 
 
-def memory_error(device: str, doing: str) -> gr.Error:
-    """Out of memory: free what the failed call held, and say what to change."""
-    release_memory()
-    return gr.Error(out_of_memory_message(device, doing), duration=None)
-
-
 @contextlib.contextmanager
 def engine_errors_as_toasts(device: str, doing: str) -> Iterator[None]:
     """Inside: an engine error becomes a toast with its own message, running out of memory becomes
-    advice (`doing` says what ran out, e.g. "classifying"); anything else is a bug and propagates."""
+    advice (`doing` says what ran out, e.g. "classifying"); anything else is a bug: logged, and it propagates."""
     try:
         yield
-    except LoRALabError as error:
-        raise user_error(error) from None
     except Exception as error:
-        if is_out_of_memory(error):
-            raise memory_error(device, doing) from None
-        raise
+        failure = failure_of(error, device, doing)
+        if not failure.users_to_fix:
+            raise
+        raise gr.Error(failure.message, duration=None) from None
 
 
 def uploaded_file(**options: Any) -> gr.File:

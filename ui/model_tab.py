@@ -3,23 +3,22 @@ words (each with one sentence on what it does), and a picture of LoRA on one lay
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from gradio.components import Component
 
+from engine.adapted_linear import product_path
 from engine.config import GPT2_SIZES, LORA_TARGETS, LR_RANGE, PRESETS, LoRAConfig, RunConfig
 from engine.device import pick_device
 from engine.errors import LoRALabError, WeightsError
-from engine.memory import is_out_of_memory
+from engine.failure import failure_of
 from engine.model import generate_greedy
 from engine.params import lora_shape
 from engine.tokenizer import decode, encode
 from engine.weights import cached_weights, download_bytes, fetch, hub_offline, hub_reachable, load_model, resolve, weight_count
-from ui.controls import PRESET_FIELDS, Controls, as_int
-from ui.guards import memory_error, user_error
+from ui.controls import PRESET_FIELDS, Controls, ControlWidgets, as_int
+from ui.guards import user_error
 from ui.lab import Lab
 from ui.lora_picture import layer_label, lora_picture_html
 
@@ -49,38 +48,6 @@ def model_label(model: str) -> str:
 
 def model_choices(models: Sequence[str]) -> list[tuple[str, str]]:
     return [(model_label(model), model) for model in models]
-
-
-@dataclass(frozen=True)
-class ControlWidgets:
-    """The widgets that hold `Controls`, one per field of the same name (checked by `inputs`)."""
-
-    model: gr.Dropdown
-    preset_name: gr.Radio
-    rank: gr.Slider
-    alpha: gr.Number
-    scaling: gr.Radio
-    targets: gr.CheckboxGroup
-    train_head: gr.Checkbox
-    pooling: gr.Radio
-    padding: gr.Radio
-    lr: gr.Number
-    epochs: gr.Number
-    batch_size: gr.Number
-    max_steps: gr.Number
-    eval_freq: gr.Number
-    live_metrics: gr.Checkbox
-
-    def pick(self, names: Sequence[str]) -> list[Component]:
-        return [getattr(self, name) for name in names]
-
-    def inputs(self) -> list[Component]:
-        """Every control, in `Controls`' field order: as positional inputs, and as the outputs of a reload."""
-        return self.pick(Controls.names())
-
-    def by_name(self) -> dict[str, Component]:
-        """Every control under its `Controls` field name: keyword inputs, which name the API's parameters."""
-        return dict(zip(Controls.names(), self.inputs(), strict=True))
 
 
 class ModelTab:
@@ -115,12 +82,14 @@ class ModelTab:
         except LoRALabError as error:
             return f"Weights not available: {' '.join(str(error).split())}", ""
         except Exception as error:
-            if is_out_of_memory(error):
-                raise memory_error(str(device), f"loading {model}") from None
-            raise
+            failure = failure_of(error, str(device), f"loading {model}")
+            if failure.kind != "out of memory":
+                raise
+            raise gr.Error(failure.message, duration=None) from None
         shape = f"{source.config.n_layer} layers, width {source.config.n_embd}"
         seconds = time.perf_counter() - started
-        return f"{model}: {shape}; weights {path.stat().st_size / 1e6:,.1f} MB at {path}; loaded on {device} in {seconds:.1f} s", text
+        products = f"; frozen products through {product_path().describe()}" if device.type == "cpu" else ""
+        return f"{model}: {shape}; weights {path.stat().st_size / 1e6:,.1f} MB at {path}; loaded on {device} in {seconds:.1f} s{products}", text
 
     def apply_preset(self, name: str) -> tuple[Any, ...]:
         """The preset's values for the controls it sets; targets, model and the rest stay as they are."""

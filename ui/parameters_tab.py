@@ -17,11 +17,10 @@ from matplotlib.ticker import FuncFormatter
 from engine.config import LoRAConfig
 from engine.errors import LoRALabError
 from engine.params import EMBEDDINGS, LAYER_NORMS, LayerTypeCounts, ParamSummary, param_breakdown, param_summary
-from ui.controls import as_int
+from ui.controls import ControlWidgets, as_int
 from ui.guards import user_error
 from ui.lab import Lab
 from ui.lora_picture import FROZEN, LAYER_NAMES, TRAINED
-from ui.model_tab import ControlWidgets
 
 BREAKDOWN_COLUMNS = ["kind of layer", "layers", "frozen", "trained"]
 

@@ -22,11 +22,10 @@ from engine.errors import ConfigError, LoRALabError
 from engine.grid import MAX_GRID_RUNS, TARGET_SETS, Grid
 from engine.history import RunSummary, all_runs, list_runs
 from engine.scheduler import RunView
-from ui.controls import Controls, run_config
+from ui.controls import Controls, ControlWidgets, run_config
 from ui.grid_plots import SETTING_WORDS, accuracy_against_cost, heat_map
 from ui.guards import user_error
 from ui.lab import Lab
-from ui.model_tab import ControlWidgets
 from ui.run_words import format_seconds, layers_words, progress_words
 from ui.views import TOAST_SECONDS, percent, series_colors
 

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.config import GPT2_SIZES
+from engine.config import DATA_CACHE, GPT2_SIZES
 from engine.data import SOURCES
 
 # Gradio refuses bigger uploads. The largest adapter the controls can make (gpt2-xl, rank 64, every
@@ -24,7 +24,7 @@ class AppSettings:
     model: str = "gpt2-small"  # the model selected at start: a size name or a local folder
     device: str = "auto"
     out: Path = Path("runs")  # each run writes into out/<date-time>
-    cache: Path = Path("data_cache")  # downloaded zip and the prepared train/validation/test CSVs
+    cache: Path = Path(DATA_CACHE)  # downloaded zip and the prepared train/validation/test CSVs
     data_urls: tuple[str, ...] = SOURCES  # where Download fetches the SMS data from, in order
     max_upload_mb: int = MAX_UPLOAD_MB  # Gradio refuses larger uploads
     workers: int | None = None  # runs at once; None: one per CUDA GPU, otherwise one (on Ray: see RayWorkers)

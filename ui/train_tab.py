@@ -1,6 +1,6 @@
 """The Train tab: start a run, watch one run live, stop it.
 
-Runs belong to the app's queue, not to a page: a 1 s timer polls the run this page follows (the
+Runs belong to the app's queue, not to a page: a timer (POLL_SECONDS) polls the run this page follows (the
 newest run to have started, or one picked from the list), so a reloaded page or a second visitor
 re-attaches to it, a run started from the Runs tab shows here too, and anyone can stop it. A poll
 that finds nothing new sends nothing, so idle pages cost little.
@@ -14,15 +14,15 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from engine.config import LABELS
+from engine.config import LABELS, TrainConfig
 from engine.errors import LoRALabError
 from engine.params import param_summary
 from engine.recorder import RunProgress
+from engine.run import BASELINE_BATCHES
 from engine.scheduler import RunView
-from ui.controls import Controls, run_config
+from ui.controls import Controls, ControlWidgets, run_config
 from ui.guards import user_error
 from ui.lab import Lab
-from ui.model_tab import ControlWidgets
 from ui.run_words import STATES, format_seconds, run_header, status_line
 from ui.views import TOAST_SECONDS, confusion_html
 
@@ -342,7 +342,7 @@ def accuracy_plot() -> gr.ScatterPlot:
         color="split",
         color_map=ACCURACY_COLORS,
         sort=[BEFORE_TRAINING] + [epoch_label(e) for e in range(1, MAX_EPOCH_LABELS)],
-        title="Accuracy on 5 batches, before training and after each epoch",
+        title=f"Accuracy on {TrainConfig().eval_iter} batches a split after each epoch (before training: {BASELINE_BATCHES})",
         x_title="",
         y_lim=[0, 100],
         height=240,

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from engine.adapted_linear import product_path
 from engine.bench.epochs import load_splits_for_bench, time_epochs
 from engine.bench.latency import classification_floor, classification_latency, percentile
 from engine.bench.peak import BATCH, SEQ, classify_flops, int8_matmul_peak, matmul_peak, step_flops
@@ -67,6 +68,7 @@ def _environment(cfg: GPTConfig, device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "frozen_products": product_path().describe() if device.type == "cpu" else "F.linear",
         "rank": preset("book").lora.rank,
         "batch": BATCH,
         "seq": SEQ,

@@ -15,14 +15,11 @@ import torch
 
 from engine.bench.report import EpochResult
 from engine.bench.training import WARMUP_STEPS
-from engine.config import GPTConfig, preset
-
-SHIPPED_ZIP = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "sms_spam_collection.zip"
-DEFAULT_CACHE = Path("data_cache")
+from engine.config import DATA_CACHE, GPTConfig, preset
 
 
 def load_splits_for_bench(data: str | None) -> Any:
-    """The SMS splits: `data` if given, else the prepared data cache, else the shipped zip (nothing written)."""
+    """The SMS splits: `data` if given (a prepared folder, zip, TSV or URL), else the data cache (see `prepared_for_bench`)."""
     from engine.data import prepare
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -30,16 +27,14 @@ def load_splits_for_bench(data: str | None) -> Any:
 
 
 def prepared_for_bench(data: str | None, scratch: Path) -> Path:
-    """A prepared data folder: `data` if it is one, else `data` (or the data cache, or the shipped zip) prepared into `scratch`."""
-    from engine.data import prepare
+    """A prepared data folder: `data` if it is one, else `data` prepared into `scratch`; without `data`,
+    the data cache, downloaded and prepared there first when it is empty (as `python -m engine data` does)."""
+    from engine.data import is_prepared_folder, prepare
 
-    if data is None and (DEFAULT_CACHE / "train.csv").is_file():
-        data = str(DEFAULT_CACHE)
     if data is None:
-        data = str(SHIPPED_ZIP)
-    if not data.startswith(("http://", "https://")) and Path(data).is_dir():
-        return Path(data)
-    return prepare(data, scratch).folder
+        cache = Path(DATA_CACHE)
+        return cache if (cache / "train.csv").is_file() else prepare(None, cache).folder
+    return Path(data) if is_prepared_folder(data) else prepare(data, scratch).folder
 
 
 class _EpochRun:
@@ -128,6 +123,8 @@ class _EpochRun:
             estimates_per_epoch=math.ceil(len(widths) / self.preset_train.eval_freq),  # after steps 1, 1 + eval_freq, ...
             estimate_s=round(estimate_s, 3),
             live_estimate_s=round(live_estimate_s, 3),
+            estimate_validation_batches=min(self.preset_train.eval_iter, len(self.loaders.validation)),
+            live_validation_batches=len(self.loaders.validation),
         )
 
 

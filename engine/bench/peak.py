@@ -37,7 +37,7 @@ def step_flops(cfg: GPTConfig, batch: int, seq: int, rank: int, n_classes: int =
       LoRA             3 · 2r·Σ(in + out) · N over every adapted Linear: forward x·A·B, backward
                        input gradient and the A and B weight gradients.
     Layer norms, GELU, softmax, the loss and AdamW are O(N·d) and ignored. For gpt2-small at 8 × 120:
-    326.1 + 12.7 + 15.4 = 354.2 GFLOP, the issue's 354. Both implementations are credited with this
+    326.1 + 12.7 + 15.4 = 354.2 GFLOP. Both implementations are credited with this
     same nominal work, so computing fewer positions (the engine's last block) shows up as speed.
     """
     d, L, N = cfg.n_embd, cfg.n_layer, batch * seq

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from engine.config import GPTConfig, LoRAConfig
+from engine.loaders import collate
 from engine.tokenizer import END_OF_TEXT_ID, encode
 
 PEER_BATCH = 32  # messages per forward pass for transformers, as engine.classifier batches ours
@@ -56,14 +57,9 @@ def peer_classifier(cfg: GPTConfig, lora: LoRAConfig, device: torch.device) -> C
         # the usual transformers batching: in the given order, right-padded to each batch's longest, attention mask
         labels: list[int] = []
         for start in range(0, len(texts), PEER_BATCH):
-            encoded = [encode(text)[: cfg.context_length] for text in texts[start : start + PEER_BATCH]]
-            width = max(len(ids) for ids in encoded)
-            ids = torch.full((len(encoded), width), END_OF_TEXT_ID, dtype=torch.long)
-            mask = torch.zeros((len(encoded), width), dtype=torch.long)
-            for row, tokens in enumerate(encoded):
-                ids[row, : len(tokens)] = torch.tensor(tokens)
-                mask[row, : len(tokens)] = 1
-            logits = peer(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            batch = collate([(encode(text)[: cfg.context_length], 0) for text in texts[start : start + PEER_BATCH]])  # 0: no label to know
+            mask = (torch.arange(batch.input_ids.size(1))[None, :] < batch.lengths[:, None]).long()
+            logits = peer(input_ids=batch.input_ids.to(device), attention_mask=mask.to(device)).logits
             labels += torch.softmax(logits.float(), dim=-1).argmax(dim=-1).tolist()
         return labels
 

@@ -4,7 +4,6 @@ interleaved so both see the same machine load."""
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from typing import Any
 
 import torch
 
+from engine import strict_json
 from engine.bench.peak import BATCH, SEQ, sync
 from engine.bench.peer import peer_model
 from engine.bench.report import StepResult
@@ -39,8 +39,41 @@ def fixed_batches(vocab_size: int, steps: int, seed: int = 0) -> tuple[torch.Ten
 
 def _rss_mb() -> float:
     """This process's resident-set high-water mark so far, MB."""
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return _peak_working_set_mb()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def _peak_working_set_mb() -> float:
+    """Windows: this process's peak working set (its resident high-water mark), MB."""
+    import ctypes
+    from ctypes import wintypes
+
+    class MemoryCounters(ctypes.Structure):  # PROCESS_MEMORY_COUNTERS
+        _fields_ = [("cb", wintypes.DWORD), ("PageFaultCount", wintypes.DWORD)] + [
+            (name, ctypes.c_size_t)
+            for name in (
+                "PeakWorkingSetSize",
+                "WorkingSetSize",
+                "QuotaPeakPagedPoolUsage",
+                "QuotaPagedPoolUsage",
+                "QuotaPeakNonPagedPoolUsage",
+                "QuotaNonPagedPoolUsage",
+                "PagefileUsage",
+                "PeakPagefileUsage",
+            )
+        ]
+
+    kernel32 = ctypes.WinDLL("kernel32")
+    kernel32.GetCurrentProcess.restype = wintypes.HANDLE
+    kernel32.K32GetProcessMemoryInfo.argtypes = [wintypes.HANDLE, ctypes.POINTER(MemoryCounters), wintypes.DWORD]
+    counters = MemoryCounters(cb=ctypes.sizeof(MemoryCounters))
+    if not kernel32.K32GetProcessMemoryInfo(kernel32.GetCurrentProcess(), ctypes.byref(counters), counters.cb):
+        raise ctypes.WinError()
+    return counters.PeakWorkingSetSize / 2**20
 
 
 def _memory_now_mb(device: torch.device) -> float:
@@ -56,7 +89,8 @@ def _reset_peak(device: torch.device) -> None:
 def _memory_mb(device: torch.device) -> tuple[float, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "torch.cuda.max_memory_allocated"
-    return _rss_mb(), "RSS high-water mark (ru_maxrss), imports and model build included"
+    how = "ru_maxrss" if sys.platform != "win32" else "peak working set"
+    return _rss_mb(), f"RSS high-water mark ({how}), imports and model build included"
 
 
 class _OursStepper:
@@ -147,7 +181,7 @@ def _child_main() -> None:
     args = json.loads(sys.stdin.readline())
     warnings.simplefilter("ignore")
     stepper = STEPPERS[args["kind"]](GPTConfig(**args["cfg"]), torch.device(args["device"]), args["total"])
-    answer = lambda payload: print(PROTOCOL + json.dumps(payload), flush=True)  # noqa: E731
+    answer = lambda payload: print(PROTOCOL + strict_json.dumps(payload), flush=True)
     answer(stepper.info)
     for command in sys.stdin:
         if command.strip() == "step":
@@ -173,7 +207,7 @@ class _Subprocess:
             text=True,
             env=env,
         )
-        self.info = self._ask(json.dumps({"kind": kind, "cfg": asdict(cfg), "device": str(device), "total": total}))
+        self.info = self._ask(strict_json.dumps({"kind": kind, "cfg": asdict(cfg), "device": str(device), "total": total}))
 
     def _ask(self, line: str) -> Any:
         assert self.process.stdin is not None and self.process.stdout is not None
