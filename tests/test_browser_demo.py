@@ -19,7 +19,7 @@ from test_browser import app_page, expect, open_tab, sync_api
 from ui.settings import AppSettings
 from ui.views import AWAY_RGB, TOWARDS_RGB
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 small_data, finished_runs = insight_fixtures.small_data, insight_fixtures.finished_runs
 browser = test_browser.browser  # the same module-scoped chromium fixture

@@ -24,7 +24,7 @@ from engine.scheduler import RunView
 from engine.train import LossEvaluated, ValidationEvaluated
 from ui.train_tab import LOSS_COLORS, SCORE_COLORS, accuracy_frames, accuracy_plot, live_views, loss_frame, loss_plot, scores_plot
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 browser = test_browser.browser  # the same module-scoped chromium fixture
 

@@ -18,7 +18,7 @@ from test_browser import app_page, expect, open_tab, screenshot, set_number, syn
 
 from ui.settings import AppSettings
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 browser = test_browser.browser  # the same module-scoped chromium fixture
 STATUS = "#train-status textarea"

@@ -47,6 +47,7 @@ def test_the_wheel_holds_the_app_the_ui_and_their_files(wheel: Path) -> None:
     assert "lora-lab = app:main" in entry_points and "lora-lab-engine = engine.cli:main" in entry_points
 
 
+@pytest.mark.slow
 def test_the_installed_command_runs_outside_the_repository(wheel: Path, tmp_path: Path) -> None:
     target = tmp_path / "installed"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(target), str(wheel)], check=True, timeout=300)
@@ -61,6 +62,7 @@ def test_the_installed_command_runs_outside_the_repository(wheel: Path, tmp_path
     assert ran.stdout.splitlines()[0].startswith(str(target)) and ran.stdout.splitlines()[1] == "[6109, 3626, 6100, 345]"
 
 
+@pytest.mark.slow
 def test_the_banner_speaks_of_share_and_no_browser_opens_without_a_desktop(tiny_model_dir: Path, tmp_path: Path) -> None:
     port = free_port()
     env = {key: value for key, value in os.environ.items() if key not in ("DISPLAY", "WAYLAND_DISPLAY")}

@@ -32,6 +32,7 @@ def comment_of(command: str) -> str:
     return line.split("#", 1)[1]
 
 
+@pytest.mark.slow
 def test_the_readme_command_lines_work_offline_as_written(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -53,6 +53,7 @@ RUNNER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_listed_as_interrupted_and_its_checkpoint_classifies(tiny_model_dir: Path, prepared_data: Path, tmp_path: Path) -> None:
     from ui.lab import Lab
     from ui.runs_tab import RunsTab
@@ -276,6 +277,7 @@ SAVER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o002], ids=oct)
 def test_saved_files_get_the_usual_mode(tmp_path: Path, umask: int) -> None:
     script = SAVER.format(root=str(ROOT), tests=str(ROOT / "tests"))
