@@ -8,8 +8,10 @@ the numbers come from engine.compare.
 from collections.abc import Sequence
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from engine.compare import GridPoint, summarise
+from ui.views import short_count
 
 SETTING_WORDS = {"rank": "rank", "alpha": "alpha", "scaling": "scaling", "lr": "learning rate", "preset": "preset", "targets": "layers", "seed": "seed"}
 
@@ -45,7 +47,7 @@ def heat_map(points: Sequence[GridPoint], x: str, y: str) -> Figure:
 def accuracy_against_cost(points: Sequence[GridPoint], by: Sequence[str]) -> Figure:
     """Test accuracy against trainable parameters and against training time, one point per setting group (seeds averaged, bars: their spread)."""
     groups = summarise(points, by)
-    figure = Figure(figsize=(9, 3.4), layout="constrained")
+    figure = Figure(figsize=(8, 3.6), layout="constrained")
     left, right = figure.subplots(1, 2, sharey=True)
     for group in groups:
         label = ", ".join(f"{SETTING_WORDS[name]} {_label(value)}" for name, value in zip(by, group.key, strict=True)) or "all runs"
@@ -54,6 +56,17 @@ def accuracy_against_cost(points: Sequence[GridPoint], by: Sequence[str]) -> Fig
             left.errorbar(group.trainable, 100 * group.mean, yerr=spread, fmt="o", capsize=3, label=label)
         right.errorbar(group.seconds, 100 * group.mean, yerr=spread, fmt="o", capsize=3)
     left.set_xscale("log")
+    counts = sorted({g.trainable for g in groups if g.trainable is not None})
+    if counts and len(counts) <= 8:  # a tick at each count the grid trained: log ticks within one decade crowd each other
+        left.set_xticks(counts, [short_count(c) for c in counts])
+    else:
+        left.xaxis.set_major_formatter(FuncFormatter(lambda value, _: short_count(value)))
+    left.xaxis.set_minor_formatter(NullFormatter())
+    right.xaxis.set_major_locator(MaxNLocator(4))
+    right.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))  # no offset: "+1.07" beside the axis reads as a value
+    for axis in (left, right):
+        axis.margins(x=0.2)
+        axis.grid(alpha=0.3)
     left.set_xlabel("trainable parameters (log scale)")
     right.set_xlabel("training time (s)")
     left.set_ylabel("test accuracy (%)")

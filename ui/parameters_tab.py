@@ -21,17 +21,9 @@ from ui.controls import ControlWidgets, as_int
 from ui.guards import user_error
 from ui.lab import Lab
 from ui.lora_picture import FROZEN, LAYER_NAMES, TRAINED
+from ui.views import short_count
 
 BREAKDOWN_COLUMNS = ["kind of layer", "layers", "frozen", "trained"]
-
-
-def short_count(count: float) -> str:
-    """124,441,346 -> "124.4 M"; 2,666,528 -> "2.67 M"; 12,320 -> "12.3 k"."""
-    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if count >= size:
-            value = count / size
-            return f"{value:.3g} {unit}" if value < 100 else f"{value:,.0f} {unit}"
-    return f"{count:,.0f}"
 
 
 def kind_label(kind: str) -> str:
@@ -118,9 +110,7 @@ def build_parameters_tab(parameters: ParametersTab, demo: gr.Blocks, controls: C
         )
         param_chart = gr.Plot(label="Frozen and trained weights", show_label=False, elem_id="param-chart")
         with gr.Row():
-            param_table = gr.Dataframe(
-                headers=["", "count"], label="Counts", interactive=False, column_widths=["60%", "40%"], elem_id="param-table", scale=2
-            )
+            param_table = gr.Dataframe(headers=["", "count"], label="Counts", interactive=False, column_widths=["60%", "40%"], elem_id="param-table", scale=2)
             breakdown = gr.Dataframe(headers=BREAKDOWN_COLUMNS, label="By kind of layer", interactive=False, elem_id="param-breakdown", scale=3)
 
     param_inputs = [controls.model, controls.rank, controls.targets, controls.train_head]

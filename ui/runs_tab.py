@@ -319,7 +319,14 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
     with gr.Tab("Runs", id="runs") as tab:
         gr.Markdown("### The queue\nEvery run anyone added, newest first. Runs start in queue order as workers come free; a failed run never stops the others.")
         queue_table = gr.Dataframe(
-            headers=QUEUE_COLUMNS, label="Runs waiting, running and finished", interactive=False, wrap=True, max_height=380, elem_id="queue"
+            headers=QUEUE_COLUMNS,
+            label="Runs waiting, running and finished",
+            interactive=False,
+            wrap=True,
+            max_height=380,
+            # Wide enough for each header's word: narrow columns break "alpha" into "alph a".
+            column_widths=["9%", "6%", "19%", "5%", "5%", "5%", "7%", "5%", "9%", "9%", "5%", "9%", "7%"],
+            elem_id="queue",
         )
         with gr.Row(equal_height=True):
             picked = gr.Dropdown([], label="Run", info="a waiting or running run", elem_id="queue-pick", scale=3)
@@ -355,14 +362,14 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
             y_axis = gr.Dropdown(setting_choices, value=None, label="and", elem_id="compare-y", scale=1)
         compare_note = gr.Markdown(elem_id="compare-note")
         with gr.Row():
-            heat = gr.Plot(label="Test accuracy by setting", show_label=False, elem_id="compare-heat")
-            cost = gr.Plot(label="Accuracy against cost", show_label=False, elem_id="compare-cost")
+            heat = gr.Plot(label="Test accuracy by setting", show_label=False, elem_id="compare-heat", scale=2)
+            cost = gr.Plot(label="Accuracy against cost", show_label=False, elem_id="compare-cost", scale=3)
 
         gr.Markdown("### History")
         refresh = gr.Button("Refresh", size="sm", elem_id="runs-refresh")
         history = gr.Dataframe(
             headers=HISTORY_COLUMNS,
-            label="Every run that ended (each run's folder is under the runs folder)",
+            label="Every run's record, as of the last refresh (each run's folder is under the runs folder)",
             interactive=False,
             max_height=300,
             elem_id="run-history",

@@ -32,8 +32,17 @@ def rgba(rgb: tuple[int, int, int], alpha: float) -> str:
 
 
 def plural(count: int, noun: str) -> str:
-    """"1 mistake", "2 mistakes", "1,045 messages"."""
+    """ "1 mistake", "2 mistakes", "1,045 messages"."""
     return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
+def short_count(count: float) -> str:
+    """124,441,346 -> "124.4 M"; 2,666,528 -> "2.67 M"; 12,320 -> "12.3 k"."""
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if count >= size:
+            value = count / size
+            return f"{value:.3g} {unit}" if value < 100 else f"{value:,.0f} {unit}"
+    return f"{count:,.0f}"
 
 
 def percent(value: float | None) -> float | None:
