@@ -18,6 +18,8 @@ from ui.guards import upload_folder
 from ui.lab import Lab
 from ui.settings import AppSettings
 
+SPAM = "URGENT! You have won a 1 week FREE membership in our £100,000 prize Jackpot! Txt CLAIM to 81010"
+
 
 @dataclass(frozen=True)
 class RunningApp:
@@ -94,3 +96,12 @@ def lab(settings: AppSettings) -> Iterator[Lab]:
     lab = Lab(settings)
     yield lab
     lab.close()
+
+
+@pytest.fixture
+def trained_lab(lab: Lab, adapter_dir: Path) -> Lab:
+    """A lab whose runs folder holds a finished run: Classify works without training first."""
+    run = lab.settings.out / "20250101-000000"
+    shutil.copytree(adapter_dir, run / "adapter")
+    shutil.copyfile(adapter_dir.parent / "run.json", run / "run.json")  # only a complete run's adapter is used by default
+    return lab

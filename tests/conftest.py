@@ -161,6 +161,12 @@ def trained_run(tiny_model_dir: Path, prepared_data: Path, tmp_path_factory: pyt
     return cfg, list(fine_tune(cfg))
 
 
+@pytest.fixture(scope="session")
+def adapter_dir(trained_run: tuple[object, list]) -> Path:
+    """The adapter folder of the finished tiny run."""
+    return trained_run[1][-1].adapter_dir
+
+
 def zip_of(members: dict[str, bytes]) -> bytes:
     """A zip holding `members` (name -> bytes), for zips with and without the SMS file."""
     buffer = io.BytesIO()

@@ -10,11 +10,6 @@ from engine.classifier import Classifier
 from engine.errors import AdapterError
 
 
-@pytest.fixture(scope="module")
-def adapter_dir(trained_run):
-    return trained_run[1][-1].adapter_dir
-
-
 def test_round_trip_gives_identical_predictions(trained_run, adapter_dir):
     cfg, _ = trained_run
     first = Classifier.load(adapter_dir, torch.device("cpu"))

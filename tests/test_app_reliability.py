@@ -17,7 +17,7 @@ import gradio as gr
 import httpx
 import pytest
 import torch
-from app_fixtures import RunningApp, as_upload, running_app, train_controls, upload_bytes
+from app_fixtures import SPAM, RunningApp, as_upload, running_app, train_controls, upload_bytes
 from conftest import sms_zip_bytes, zip_of
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AuthenticationError
@@ -40,25 +40,7 @@ from ui.parameters_tab import ParametersTab
 from ui.settings import AppSettings
 from ui.train_tab import TrainTab
 
-SPAM = "URGENT! You have won a 1 week FREE membership in our £100,000 prize Jackpot! Txt CLAIM to 81010"
-
-
 # --- fixtures ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(trained_run: tuple[Any, list]) -> Path:
-    """The adapter of a finished tiny run (trained on the tiny_model_dir model)."""
-    return trained_run[1][-1].adapter_dir
-
-
-@pytest.fixture
-def trained_lab(lab: Lab, adapter_dir: Path) -> Lab:
-    """A lab whose runs folder holds a finished run: Classify works without training first."""
-    run = lab.settings.out / "20250101-000000"
-    shutil.copytree(adapter_dir, run / "adapter")
-    shutil.copyfile(adapter_dir.parent / "run.json", run / "run.json")  # only a complete run's adapter is used by default
-    return lab
 
 
 @pytest.fixture
@@ -121,9 +103,7 @@ def test_unusable_messages_are_refused_and_the_next_one_works(trained_lab: Lab, 
 def test_a_batch_with_bad_lines_answers_the_good_ones(trained_lab: Lab, adapter_dir: Path) -> None:
     lines = [SPAM, "   ", "see you at lunch 🍕", "\x00\x01", "<|endoftext|>"]
     summary, table = ClassifyTab(trained_lab).classify_many("\r\n".join(lines) + "\n\n", None)
-    assert summary == (
-        "3 messages classified; 1 skipped: line 4 holds only control characters: type a message to classify; 2 blank lines ignored."
-    )
+    assert summary == ("3 messages classified; 1 skipped: line 4 holds only control characters: type a message to classify; 2 blank lines ignored.")
     assert table["line"].tolist() == [1, 3, 4, 5]  # numbered as typed; the blank lines are not rows
     assert table["note"].tolist()[2] == "skipped: line 4 holds only control characters: type a message to classify"
     classifier = Classifier.load(adapter_dir, torch.device("cpu"))

@@ -2,7 +2,6 @@
 URL-fetching file route, broken adapters (NaN) and runs that diverge."""
 
 import json
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +12,7 @@ import httpx
 import pytest
 import safehttpx
 import torch
-from app_fixtures import as_upload, running_app, train_controls, upload_bytes
+from app_fixtures import SPAM, as_upload, running_app, train_controls, upload_bytes
 from gradio_client import Client, handle_file
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -28,22 +27,6 @@ from ui.controls import run_config
 from ui.data_tab import DataTab
 from ui.lab import Lab
 from ui.settings import UPLOAD_LIFETIME_S, UPLOAD_SWEEP_S, AppSettings
-
-SPAM = "URGENT! You have won a 1 week FREE membership in our £100,000 prize Jackpot! Txt CLAIM to 81010"
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(trained_run: tuple[Any, list]) -> Path:
-    return trained_run[1][-1].adapter_dir
-
-
-@pytest.fixture
-def trained_lab(lab: Lab, adapter_dir: Path) -> Lab:
-    """A lab whose runs folder holds one complete run (its record and adapter)."""
-    run = lab.settings.out / "20250101-000000"
-    shutil.copytree(adapter_dir, run / "adapter")
-    shutil.copyfile(adapter_dir.parent / "run.json", run / "run.json")
-    return lab
 
 
 def broken_adapter(adapter_dir: Path, target: Path, key: str) -> Path:
@@ -171,9 +154,7 @@ def test_a_newer_broken_run_is_never_the_default_adapter(trained_lab: Lab, adapt
     assert f"Adapter: {good}" in tab.classify(SPAM, None)[2]
 
 
-def test_a_diverging_run_fails_with_a_message_and_classify_keeps_the_earlier_adapter(
-    trained_lab: Lab, sms_zip: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_diverging_run_fails_with_a_message_and_classify_keeps_the_earlier_adapter(trained_lab: Lab, sms_zip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def nan_loss(model: Any, batch: Any, pooling: str) -> torch.Tensor:
         return torch.tensor(float("nan"), requires_grad=True)
 

@@ -148,11 +148,6 @@ def test_two_classes_keep_their_own_series(prepared_data: Path) -> None:
     assert [t.get_text() for t in token_histogram(prepared).axes[0].get_legend().get_texts()][:2] == ["ham", "spam"]
 
 
-@pytest.fixture(scope="module")
-def adapter_dir(trained_run: tuple[object, list]) -> Path:
-    return trained_run[1][-1].adapter_dir
-
-
 def rewrite(adapter_dir: Path, target: Path, change) -> Path:
     with safe_open(str(adapter_dir / "adapter.safetensors"), "pt") as handle:
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
