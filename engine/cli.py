@@ -157,7 +157,8 @@ def _log_event(event: Any) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from engine.grid import Grid, targets_named
+    from engine.data import is_prepared_folder, prepare
+    from engine.grid import Grid, configure, targets_named
     from engine.scheduler import Scheduler, workers_for
 
     presets = args.preset or ["recommended"]
@@ -169,11 +170,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     fixed = {name: given[0] for name, given in values.items() if given and len(given) == 1}
     grid = Grid(**{name: tuple(given) for name, given in values.items() if given and len(given) > 1})
     if fixed:
-        from engine.grid import configure
-
         base = configure(base, fixed)
-    from engine.data import is_prepared_folder, prepare
-
     if not is_prepared_folder(base.data):  # a file or URL given with --data: prepared once here, not by every worker
         prepare(base.data, base.data_cache, None if args.json else _download_reporter(), urls=base.data_urls, deduplicate=base.deduplicate)
         base = replace(base, data=base.data_cache)
@@ -181,18 +178,17 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     scheduler = Scheduler(Path(args.out), workers_for(args.workers, args.device, args.ray), persist=False)
     try:
         queued = scheduler.submit([cfg for _, cfg in runs], [label for label, _ in runs])
+        folder = Path(args.out) / Path(queued[0].id).parent
         sizes = " x ".join(f"{len(getattr(grid, name))} {name}" for name in grid.varied)
-        _log(f"{len(queued)} runs ({sizes}) on {scheduler.workers.describe()}, into {Path(args.out) / Path(queued[0].id).parent}")
+        _log(f"{len(queued)} runs ({sizes}) on {scheduler.workers.describe()}, into {folder}")
         reported: set[str] = set()
         while not scheduler.wait(timeout=1.0):
             _report_ended(scheduler, reported, len(queued))
         _report_ended(scheduler, reported, len(queued))
-    except KeyboardInterrupt:
+    finally:
         scheduler.close()
-        raise
-    scheduler.close()
     rows = [_sweep_row(view) for view in scheduler.views()]
-    _emit(args, {"grid": str(Path(args.out) / Path(queued[0].id).parent), "runs": rows}, _sweep_table(rows))
+    _emit(args, {"grid": str(folder), "runs": rows}, _sweep_table(rows))
 
 
 def _report_ended(scheduler: Any, reported: set[str], total: int) -> None:

@@ -11,6 +11,7 @@ from engine.config import RunConfig
 from engine.grid import TARGET_SETS
 from engine.recorder import RunProgress
 from engine.scheduler import RunView
+from ui.views import plural
 
 PHASES = {
     "starting": "starting its worker",
@@ -52,7 +53,7 @@ def settings_line(cfg: RunConfig) -> str:
     steps = f", at most {train.max_steps:,} steps" if train.max_steps else ""
     return (
         f"{Path(cfg.model).name} · preset {cfg.preset or 'custom'} · rank {lora.rank} · alpha {lora.alpha:g} (scaled by {scale}) · "
-        f"{layers_words(lora.targets)} · learning rate {train.lr:g} · {train.epochs} epoch{'s' if train.epochs != 1 else ''}{steps} · "
+        f"{layers_words(lora.targets)} · learning rate {train.lr:g} · {plural(train.epochs, 'epoch')}{steps} · "
         f"batch {train.batch_size} · seed {train.seed}"
     )
 
@@ -74,7 +75,7 @@ def status_line(view: RunView | None, now: float | None = None) -> str:
     now = now or time.time()
     if run.state == "queued":
         ahead = (view.position or 1) - 1
-        return f"Waiting in the queue: {ahead} run{'s' if ahead != 1 else ''} ahead of it." if ahead else "Next in the queue: it starts when a worker is free."
+        return f"Waiting in the queue: {plural(ahead, 'run')} ahead of it." if ahead else "Next in the queue: it starts when a worker is free."
     if run.state == "running":
         return "Running: " + running_details(progress, now - (run.started_at or now))
     took = f" in {format_seconds(run.ended_at - run.started_at)}" if run.started_at and run.ended_at else ""

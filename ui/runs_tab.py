@@ -27,7 +27,7 @@ from ui.grid_plots import SETTING_WORDS, accuracy_against_cost, heat_map
 from ui.guards import user_error
 from ui.lab import Lab
 from ui.run_words import format_seconds, layers_words, progress_words
-from ui.views import TOAST_SECONDS, percent, series_colors
+from ui.views import TOAST_SECONDS, percent, plural, series_colors
 
 RANK_CHOICES = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_RANKS = (1, 2, 4, 8, 16)
@@ -155,9 +155,9 @@ def grid_of(ranks: Sequence[Any], alphas: str, scalings: Sequence[str], lrs: str
 def grid_preview(grid: Grid) -> str:
     if not grid.varied:
         return "Choose at least one value to try (for instance a few ranks)."
-    sizes = " × ".join(f"{len(getattr(grid, name))} {SETTING_WORDS[name]}{'s' if len(getattr(grid, name)) > 1 else ''}" for name in grid.varied)
+    sizes = " × ".join(plural(len(getattr(grid, name)), SETTING_WORDS[name]) for name in grid.varied)
     too_many = f" That is more than the {MAX_GRID_RUNS} a grid may hold: choose fewer values." if grid.size > MAX_GRID_RUNS else ""
-    return f"**{sizes} = {grid.size} run{'s' if grid.size != 1 else ''}**, each with the other settings of *Model & LoRA*.{too_many}"
+    return f"**{sizes} = {plural(grid.size, 'run')}**, each with the other settings of *Model & LoRA*.{too_many}"
 
 
 def grid_names(root: Path, views: Sequence[RunView]) -> list[str]:

@@ -24,7 +24,7 @@ from ui.controls import Controls, ControlWidgets, run_config
 from ui.guards import user_error
 from ui.lab import Lab
 from ui.run_words import STATES, format_seconds, run_header, status_line
-from ui.views import TOAST_SECONDS, confusion_html
+from ui.views import TOAST_SECONDS, confusion_html, plural
 
 POLL_SECONDS = 1.0
 MAX_BATCH_POINTS = 400  # each poll re-sends the whole plot frame: thin the per-step series of long runs
@@ -277,7 +277,7 @@ class TrainTab:
         others = [v for v in lab.scheduler.views() if v.run.id != run.id and not v.run.ended]
         if len(others) >= len(lab.scheduler.workers.slots):
             gr.Info(
-                f"Run {run.id} waits in the queue behind {len(others)} other run{'s' if len(others) != 1 else ''}; this page follows it.",
+                f"Run {run.id} waits in the queue behind {plural(len(others), 'other run')}; this page follows it.",
                 duration=TOAST_SECONDS,
             )
         return self.poll(run.id, None)
