@@ -246,6 +246,7 @@ def covers(toast: "sync_api.Locator", control: "sync_api.Locator") -> bool:
 
 def test_toasts_go_by_themselves_and_cover_no_control_they_speak_of(page: "sync_api.Page", served: RunningApp) -> None:
     # a failed Download points to the upload box: nothing may sit on it
+    expect(page.locator("#data-status")).to_contain_text("Data prepared earlier", timeout=30_000)  # the page's own load has drawn the data
     download = page.get_by_role("button", name="Download the SMS Spam Collection")
     download.click()
     said = page.locator("#data-status", has_text="upload").or_(page.locator(".toast-body"))
