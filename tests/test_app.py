@@ -185,6 +185,23 @@ def test_download_failure_points_to_the_upload_box(settings: AppSettings, http_s
     assert DataTab(lab).show_data()[0].startswith("No data yet")
 
 
+def test_each_page_sees_its_own_failure_and_a_late_page_load_draws_over_none(lab: Lab, sms_zip: Path) -> None:
+    data = DataTab(lab)
+    first, second, third = (gr.Request(session_hash=name) for name in ("first", "second", "third"))
+    with pytest.raises(gr.Error):
+        data.upload_data(upload_bytes(b"hello world\n", "notes.txt"), request=first)
+    with pytest.raises(gr.Error):
+        data.upload_data(None, request=second)
+    assert "notes.txt was not used" in data.failed(first)[0]  # two visitors failing at once: each reads their own reason
+    assert "The upload was not used" in data.failed(second)[0]
+    data.upload_data(as_upload(sms_zip), request=third)
+    # the pages' own loads, ending after their visitors pressed: nothing drawn over what those presses showed
+    for request in (first, second, third):
+        assert all(isinstance(view, type(gr.skip())) for view in data.page_data(request))
+    status, counts, _, _ = data.page_data(gr.Request(session_hash="a new page"))
+    assert status.startswith("Data ready from") and counts.data["messages"][0] == 5574
+
+
 def test_upload_a_local_file(lab: Lab, sms_zip: Path, tmp_path: Path) -> None:
     status, counts, _, _ = DataTab(lab).upload_data(as_upload(sms_zip))
     assert status == "Data ready from the uploaded file sms_spam_collection.zip" and counts.data["messages"][0] == 5574

@@ -25,6 +25,11 @@ UPLOAD_HINT = "upload the SMS Spam Collection's zip (or its tab-separated file) 
 DataViews = tuple[str, Styler | None, pd.DataFrame | None, Figure | None]  # status, counts, preview, histogram
 
 
+def page_of(request: gr.Request | None) -> str:
+    """The browser page (or API client) an event comes from; "" for a direct call."""
+    return (request.session_hash or "") if request is not None else ""
+
+
 def grouped(counts: list[tuple[str, int]], most: int) -> list[tuple[str, list[str]]]:
     """(shown name, classes) per row or series: every class when there are at most `most`, else the
     `most - 1` largest and one "N other classes"."""
@@ -135,23 +140,28 @@ class DataTab:
 
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
-        self.problem = ""  # why the last Download or upload failed, for the status line
+        self.problems: dict[str, str] = {}  # per page: why its last Download or upload failed, until its status line shows it
+        # Pages whose visitor pressed Download or uploaded: their page load, if it ends later, must not draw over
+        # the result. One short string per such page, for the life of the app.
+        self.pressed: set[str] = set()
 
-    def refuse(self, message: str) -> gr.Error:
-        """A failed Download or upload: the status line says why (see `failed`); no toast over the upload box."""
-        self.problem = message
+    def refuse(self, message: str, request: gr.Request | None) -> gr.Error:
+        """A failed Download or upload: the page's status line says why (see `failed`); no toast over the upload box."""
+        self.problems[page_of(request)] = message
         return gr.Error(" ".join(message.replace("**", "").split()), duration=None, visible=False)
 
-    def failed(self) -> tuple[Any, ...]:
-        """After a failure: its message in the status line; the data shown before stays as it was."""
-        return self.problem, gr.skip(), gr.skip(), gr.skip()
+    def failed(self, request: gr.Request | None = None) -> tuple[Any, ...]:
+        """After a failure: its message in that page's status line; the data shown before stays as it was."""
+        return self.problems.pop(page_of(request), gr.skip()), gr.skip(), gr.skip(), gr.skip()
 
     def download_data(
         self,
         deduplicate: bool = False,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio finds its progress tracker by this default
+        request: gr.Request | None = None,
     ) -> tuple[str, Styler, pd.DataFrame, Figure]:
         """Fetch the SMS data (primary URL, then backup), balance, split and describe it."""
+        self.pressed.add(page_of(request))
         lab = self.lab
         failures: list[str] = []
         lab.download_stop.clear()
@@ -170,9 +180,9 @@ class DataTab:
             status, *views = self.show_data()
             return "Download stopped; nothing was kept. Press Download to start again.\n\n" + status, *views
         except DownloadError as error:
-            raise self.refuse(download_failure(failures, error)) from None
+            raise self.refuse(download_failure(failures, error), request) from None
         except LoRALabError as error:
-            raise self.refuse(f"**The download failed:** {' '.join(str(error).split())}") from None
+            raise self.refuse(f"**The download failed:** {' '.join(str(error).split())}", request) from None
         lab.prepared = prepared
         tried = "".join(f"\n- {failure}" for failure in failures)
         status = f"Data ready from {prepared.summary.source}" + (f"\n\nSources that failed first:{tried}" if failures else "")
@@ -183,20 +193,29 @@ class DataTab:
         self.lab.download_stop.set()
         return "Stopping the download..."
 
-    def upload_data(self, path: str | None, deduplicate: bool = False) -> tuple[str, Styler, pd.DataFrame, Figure]:
+    def upload_data(
+        self, path: str | None, deduplicate: bool = False, request: gr.Request | None = None
+    ) -> tuple[str, Styler, pd.DataFrame, Figure]:
         """Use a local SMS Spam Collection zip or tab-separated file, or your own headered CSV/TSV of text and label."""
+        self.pressed.add(page_of(request))
         try:
             source = uploaded_path(path, "the SMS Spam Collection zip or its tab-separated file, or a CSV/TSV with text and label columns")
         except gr.Error as error:
-            raise self.refuse(f"**The upload was not used:** {error.message}") from None
+            raise self.refuse(f"**The upload was not used:** {error.message}", request) from None
         try:
             prepared = prepare(str(source), self.lab.settings.cache, deduplicate=bool(deduplicate))
         except LoRALabError as error:
-            raise self.refuse(f"**{source.name} was not used:** {' '.join(str(error).split())}") from None
+            raise self.refuse(f"**{source.name} was not used:** {' '.join(str(error).split())}", request) from None
         finally:
             discard_upload(source)  # read once: refused, or its messages are in the data cache now
         self.lab.prepared = prepared
         return data_outputs(prepared, f"Data ready from the uploaded file {source.name}")
+
+    def page_data(self, request: gr.Request | None = None) -> DataViews | tuple[Any, ...]:
+        """On page load: the data as `show_data` tells it, unless the visitor pressed Download or uploaded while it
+        was being read (a busy machine can take seconds): then that result stands, failure message included."""
+        views = self.show_data()
+        return (gr.skip(),) * len(views) if page_of(request) in self.pressed else views
 
     def show_data(self) -> DataViews:
         """What a (re)loaded page shows: the data prepared earlier, if any."""
@@ -261,4 +280,4 @@ def build_data_tab(data: DataTab, demo: gr.Blocks) -> None:
     uploaded = upload.upload(data.upload_data, [upload, deduplicate], data_views, api_name="upload_data")
     uploaded.success(data.data_quality, None, quality_views, api_name="data_quality_uploaded")
     uploaded.failure(data.failed, None, data_views, show_progress="hidden", api_visibility="private")
-    demo.load(data.show_data, None, data_views, api_name="show_data").then(data.data_quality, None, quality_views, api_name="data_quality")
+    demo.load(data.page_data, None, data_views, api_name="show_data").then(data.data_quality, None, quality_views, api_name="data_quality")
