@@ -193,9 +193,10 @@ class ClassifyTab:
         return str(destination), preview_frame(table)
 
 
-def cleared(count: int) -> Any:
-    """What a failed event leaves in its outputs: nothing (an error clears them, with no badge left over)."""
-    return lambda: (None,) * count if count > 1 else None
+def clear_on_failure(event: gr.events.Dependency, outputs: list[Any]) -> None:
+    """A failed event leaves its outputs empty: an error clears them, with no badge left over."""
+    empty = (None,) * len(outputs) if len(outputs) > 1 else None
+    event.failure(lambda: empty, None, outputs, show_progress="hidden", api_visibility="private")
 
 
 def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.Timer) -> None:
@@ -230,23 +231,27 @@ def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.T
         build_explain(classify, message, adapter_file)
         build_classify_file(classify, adapter_file)
 
-    gr.on(
+    answers = [after, before, details]
+    classified = gr.on(
         [classify_button.click, message.submit],
         classify.classify,
         [message, adapter_file],
-        [after, before, details],
+        answers,
         api_name="classify",
         concurrency_id="classify",
         concurrency_limit=1,
-    ).failure(cleared(3), None, [after, before, details], show_progress="hidden", api_visibility="private")
-    classify_many_button.click(
+    )
+    clear_on_failure(classified, answers)
+    many_answers = [many_summary_line, many_results]
+    classified_many = classify_many_button.click(
         classify.classify_many,
         [many, adapter_file],
-        [many_summary_line, many_results],
+        many_answers,
         api_name="classify_many",
         concurrency_id="classify",
         concurrency_limit=1,
-    ).failure(cleared(2), None, [many_summary_line, many_results], show_progress="hidden", api_visibility="private")
+    )
+    clear_on_failure(classified_many, many_answers)
     gr.on([demo.load, train_timer.tick], classify.adapter_info, None, adapter_status, api_name="adapter_info", show_progress="hidden", concurrency_limit=None)
 
 
@@ -257,14 +262,15 @@ def build_explain(classify: ClassifyTab, message: gr.Textbox, adapter_file: gr.F
         explain_button = gr.Button("Explain this message", elem_id="explain")
         heat = gr.HTML(label="The answer as the model reads the message", elem_id="token-heatmap")
         bars = gr.HTML(elem_id="word-influence")
-    explain_button.click(
+    explained = explain_button.click(
         classify.explain,
         [message, adapter_file],
         [heat, bars],
         api_name="explain",
         concurrency_id="classify",
         concurrency_limit=1,
-    ).failure(cleared(2), None, [heat, bars], show_progress="hidden", api_visibility="private")
+    )
+    clear_on_failure(explained, [heat, bars])
 
 
 def build_classify_file(classify: ClassifyTab, adapter_file: gr.File) -> None:
@@ -276,6 +282,7 @@ def build_classify_file(classify: ClassifyTab, adapter_file: gr.File) -> None:
         batch_button = gr.Button("Classify the file", elem_id="classify-file")
         result = gr.File(label="Download: label and probabilities per message (CSV)", interactive=False, elem_id="batch-result")
         preview = gr.Dataframe(headers=["label", "message"], label="First answers", interactive=False, wrap=True, elem_id="batch-preview")
-    batch_button.click(
+    classified = batch_button.click(
         classify.classify_upload, [source, adapter_file], [result, preview], api_name="classify_file", concurrency_id="classify", concurrency_limit=1
-    ).failure(cleared(2), None, [result, preview], show_progress="hidden", api_visibility="private")
+    )
+    clear_on_failure(classified, [result, preview])
