@@ -21,7 +21,8 @@ _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside `final`; on success fsync it and rename it over `final`.
 
-    On an exception the temporary file is removed and `final` is left untouched.
+    On an exception the temporary file is removed and `final` is left untouched. Write into the
+    temporary (open it): a writer that replaces it with its own file would give `final` that file's mode.
 
     Raises:
         DiskFullError: the disk (or quota) ran out while writing; names `final`'s folder.
@@ -29,14 +30,10 @@ def atomic_path(final: Path) -> Iterator[Path]:
     final = Path(final)
     with disk_full_named(final.parent):
         final.parent.mkdir(parents=True, exist_ok=True)
-        temporary, mode = _create_temporary(final)
+        temporary = _create_temporary(final)
     try:
         with disk_full_named(final.parent):
             yield temporary
-            if os.stat(temporary).st_mode & 0o777 != mode:
-                # A writer that replaced the file (safetensors' save_file renames its own private
-                # temporary over it) made it 0600: give it back the mode it was created with.
-                os.chmod(temporary, mode)
             with open(temporary, "rb+") as handle:
                 os.fsync(handle.fileno())
             os.replace(temporary, final)
@@ -78,19 +75,17 @@ def temporary_files(folder: Path, name: str) -> list[Path]:
     return sorted(Path(folder).glob(f".{name}.*{TEMPORARY_SUFFIX}"))
 
 
-def _create_temporary(final: Path) -> tuple[Path, int]:
+def _create_temporary(final: Path) -> Path:
     """A new empty file beside `final`, created with mode 0o666 so that the kernel applies the umask
-    (mkstemp would make it 0600); returns it and the mode it got."""
+    (mkstemp would make it 0600)."""
     while True:
         temporary = final.with_name(f".{final.name}.{secrets.token_hex(6)}{TEMPORARY_SUFFIX}")
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             continue
-        try:
-            return temporary, os.fstat(fd).st_mode & 0o777
-        finally:
-            os.close(fd)
+        os.close(fd)
+        return temporary
 
 
 def _fsync_directory(directory: Path) -> None:
