@@ -6,11 +6,12 @@ Everything is offline: data comes from tests/fixtures, models are random and tin
 import functools
 import http.server
 import io
+import json
 import os
 import sys
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import settings  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 
+from engine.adapter import METADATA_KEY, TENSORS_FILE  # noqa: E402
 from engine.config import GPTConfig  # noqa: E402
 from engine.model import GPT  # noqa: E402
 from engine.weights import save_hf_checkpoint  # noqa: E402
@@ -43,6 +47,28 @@ def randomise_lora(model: torch.nn.Module, std: float) -> None:
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(0, std)
+
+
+def changed_adapter(adapter_dir: Path, target: Path, change: Callable[[dict, dict[str, torch.Tensor]], None]) -> Path:
+    """A copy of the adapter saved as `target`, its config and tensors edited by `change(config, tensors)`:
+    how the tests make an adapter that lies, is broken or is bloated."""
+    with safe_open(str(adapter_dir / TENSORS_FILE), "pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        config = json.loads(handle.metadata()[METADATA_KEY])
+    change(config, tensors)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(target), metadata={METADATA_KEY: json.dumps(config)})
+    return target
+
+
+def broken_adapter(adapter_dir: Path, target: Path, key: str, value: float = float("nan")) -> Path:
+    """The adapter with the first value of tensor `key` made `value` (NaN unless told)."""
+
+    def poison(_: dict, tensors: dict[str, torch.Tensor]) -> None:
+        tensors[key] = tensors[key].clone()
+        tensors[key].view(-1)[0] = value
+
+    return changed_adapter(adapter_dir, target, poison)
 
 
 def write_hf_checkpoint(folder: Path, cfg: GPTConfig = TINY, seed: int = 0, prefix: str = "transformer.", model: GPT | None = None) -> Path:

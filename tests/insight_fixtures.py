@@ -1,5 +1,6 @@
 """Fixtures for the insight tests: a small slice of the SMS data as your-own-data CSV, and one finished tiny run on it."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -40,3 +41,19 @@ def write_three_classes(folder: Path) -> Path:
     rows = [f"{label}\t{label} message number {i}" for label in ("work", "friends", "bills") for i in range(12)]
     path.write_text("label\ttext\n" + "\n".join(rows) + "\n")
     return path
+
+
+def three_class_scores(run: Path, folder: Path) -> None:
+    """Rewrite a finished run's record as a three-class run (bills, friends, work) with six validation messages:
+    P(friends) is [.2, .6, .5, .3, .4, .1] and friends are b and d, so at 0.55 only d is a mistake."""
+    data = folder / "three"
+    data.mkdir()
+    labels = [0, 1, 2, 1, 0, 2]
+    pd.DataFrame({"Label": labels, "Text": list("abcdef")}).to_csv(data / "validation.csv", index=False)
+    record = json.loads((run / "run.json").read_text())
+    record["config"]["data"] = str(data)
+    record["data"]["labels"] = ["bills", "friends", "work"]
+    probabilities = [[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.5, 0.3], [0.3, 0.3, 0.4], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8]]
+    record["scores"]["validation"] = {"labels": labels, "probabilities": probabilities}
+    record["final"]["validation"]["confusion"] = [[2, 0, 0], [0, 1, 1], [0, 1, 1]]
+    (run / "run.json").write_text(json.dumps(record))

@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY, write_hf_checkpoint
+from conftest import TINY, changed_adapter, write_hf_checkpoint
 from safetensors.torch import save_file
 
 from engine.adapter import CONFIG_FILE, TENSORS_FILE, AdapterConfig, read_adapter
@@ -32,16 +32,6 @@ def test_adapter_for_another_base_is_refused(adapter_dir, tmp_path):
         Classifier.load(adapter_dir, torch.device("cpu"), model=str(other))
 
 
-def rewrite_config(adapter_dir, tmp_path, change) -> None:
-    from safetensors import safe_open
-
-    with safe_open(str(adapter_dir / TENSORS_FILE), "pt") as handle:
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-        data = json.loads(handle.metadata()["lora_lab_config"])
-    change(data, tensors)
-    save_file(tensors, str(tmp_path / TENSORS_FILE), metadata={"lora_lab_config": json.dumps(data)})
-
-
 @pytest.mark.parametrize(
     ("change", "problem"),
     [
@@ -54,7 +44,7 @@ def rewrite_config(adapter_dir, tmp_path, change) -> None:
     ids=["newer-format", "unknown-field", "bad-rank", "bad-pooling", "missing-field"],
 )
 def test_invalid_configs_are_named(adapter_dir, tmp_path, change, problem):
-    rewrite_config(adapter_dir, tmp_path, change)
+    changed_adapter(adapter_dir, tmp_path / TENSORS_FILE, change)
     with pytest.raises(AdapterError, match=problem):
         read_adapter(tmp_path)
 
@@ -63,7 +53,7 @@ def test_adapter_of_another_rank_is_refused(adapter_dir, tmp_path):
     def lie_about_rank(data, tensors):
         data["lora"]["rank"] = 8
 
-    rewrite_config(adapter_dir, tmp_path, lie_about_rank)
+    changed_adapter(adapter_dir, tmp_path / TENSORS_FILE, lie_about_rank)
     with pytest.raises(AdapterError, match=r"declared \[32, 16\], which does not fit rank 8"):  # from the header, before any model is built
         Classifier.load(tmp_path, torch.device("cpu"))
 

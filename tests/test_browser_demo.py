@@ -13,8 +13,10 @@ from pathlib import Path
 import insight_fixtures
 import pytest
 import test_browser
+import test_browser_insight
 from app_fixtures import RunningApp, running_app
-from test_browser import app_page, expect, open_tab, sync_api
+from insight_fixtures import three_class_scores
+from test_browser import app_page, expect, open_tab, set_number, sync_api
 
 from ui.settings import AppSettings
 from ui.views import AWAY_RGB, TOWARDS_RGB
@@ -23,23 +25,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 small_data, finished_runs = insight_fixtures.small_data, insight_fixtures.finished_runs
 browser = test_browser.browser  # the same module-scoped chromium fixture
-
-
-@pytest.fixture
-def served(tiny_model_dir: Path, finished_runs: Path, small_data: Path, tmp_path: Path) -> Iterator[RunningApp]:
-    shutil.copytree(finished_runs, tmp_path / "runs")
-    shutil.copytree(small_data, tmp_path / "cache")
-    settings = AppSettings(
-        model=str(tiny_model_dir), device="cpu", out=tmp_path / "runs", cache=tmp_path / "cache", data_urls=("http://127.0.0.1:9/none.zip",)
-    )
-    with running_app(settings) as running:
-        yield running
-
-
-@pytest.fixture
-def page(browser: "sync_api.Browser", served: RunningApp) -> Iterator["sync_api.Page"]:
-    with app_page(browser, served.url) as opened:
-        yield opened
+served, page = test_browser_insight.served, test_browser_insight.page  # the same app: a finished run and the small data
 
 
 def css_rgb(rgb: tuple[int, int, int]) -> str:
@@ -207,23 +193,7 @@ def test_empty_tables_show_their_column_names(browser: "sync_api.Browser", fresh
 
 
 def test_evaluate_speaks_of_the_chosen_class_and_counts_in_good_english(page: "sync_api.Page", served: RunningApp, tmp_path: Path) -> None:
-    import json
-
-    import pandas as pd
-
-    # three classes: P(friends) is [.2, .6, .5, .3, .4, .1], friends are b and d; at 0.55 only d is a mistake
-    data = tmp_path / "three"
-    data.mkdir()
-    labels = [0, 1, 2, 1, 0, 2]
-    pd.DataFrame({"Label": labels, "Text": list("abcdef")}).to_csv(data / "validation.csv", index=False)
-    record_path = served.lab.settings.out / "first-run" / "run.json"
-    record = json.loads(record_path.read_text())
-    record["config"]["data"] = str(data)
-    record["data"]["labels"] = ["bills", "friends", "work"]
-    probabilities = [[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.5, 0.3], [0.3, 0.3, 0.4], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8]]
-    record["scores"]["validation"] = {"labels": labels, "probabilities": probabilities}
-    record["final"]["validation"]["confusion"] = [[2, 0, 0], [0, 1, 1], [0, 1, 1]]
-    record_path.write_text(json.dumps(record))
+    three_class_scores(served.lab.settings.out / "first-run", tmp_path)
 
     open_tab(page, "Evaluate")
     summary = page.locator("#eval-summary")
@@ -231,7 +201,7 @@ def test_evaluate_speaks_of_the_chosen_class_and_counts_in_good_english(page: "s
     page.locator("#eval-positive input").click()
     page.get_by_role("option", name="friends").click()
     expect(summary).to_contain_text("P(friends) ≥ 0.50", timeout=10_000)
-    test_browser.set_number(page, "#threshold input[type=number]", "0.55")
+    set_number(page, "#threshold input[type=number]", "0.55")
     expect(summary).to_contain_text("1 mistake,", timeout=10_000)
     tab_text = page.locator("#eval-summary").locator("xpath=ancestor::*[@role='tabpanel'][1]").inner_text()
     assert "spam" not in tab_text.lower()  # this run knows no spam: nothing on the tab speaks of it
@@ -257,7 +227,7 @@ def test_toasts_go_by_themselves_and_cover_no_control_they_speak_of(page: "sync_
     # a second Start while a run goes: an info toast says the new run waits, away from Start and Stop, and goes by itself
     open_tab(page, "Model & LoRA")
     page.get_by_text("Advanced").click()
-    test_browser.set_number(page, "#epochs input", "50")
+    set_number(page, "#epochs input", "50")
     open_tab(page, "Train")
     start, stop = page.get_by_role("button", name="Start training"), page.get_by_role("button", name="Stop", exact=True)
     start.click()

@@ -6,13 +6,13 @@ run. Same rules as test_browser.py (Debian chromium + Playwright; CI=true makes 
 """
 
 import contextlib
-import socket
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import gradio as gr
 import pytest
 import test_browser
+from app_fixtures import free_port
 from test_browser import expect, sync_api
 
 from engine.config import RunConfig
@@ -27,12 +27,6 @@ from ui.train_tab import LOSS_COLORS, SCORE_COLORS, accuracy_frames, accuracy_pl
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 browser = test_browser.browser  # the same module-scoped chromium fixture
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager

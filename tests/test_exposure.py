@@ -13,9 +13,8 @@ import pytest
 import safehttpx
 import torch
 from app_fixtures import SPAM, as_upload, running_app, train_controls, upload_bytes
+from conftest import broken_adapter
 from gradio_client import Client, handle_file
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 import app
 import engine.train
@@ -27,18 +26,6 @@ from ui.controls import run_config
 from ui.data_tab import DataTab
 from ui.lab import Lab
 from ui.settings import UPLOAD_LIFETIME_S, UPLOAD_SWEEP_S, AppSettings
-
-
-def broken_adapter(adapter_dir: Path, target: Path, key: str) -> Path:
-    """The adapter with one value of tensor `key` made NaN."""
-    with safe_open(str(adapter_dir / "adapter.safetensors"), "pt") as handle:
-        tensors = {k: handle.get_tensor(k).clone() for k in handle.keys()}
-        metadata = handle.metadata()
-    tensors[key].view(-1)[0] = float("nan")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(target), metadata=metadata)
-    return target
-
 
 # --- uploads -------------------------------------------------------------------------------------------
 
@@ -66,7 +53,7 @@ def test_a_data_upload_is_deleted_once_read(lab: Lab, sms_zip: Path) -> None:
 
 
 def test_uploads_are_refused_when_their_space_is_full(trained_lab: Lab, tmp_path: Path) -> None:
-    settings = AppSettings(model=trained_lab.settings.model, device="cpu", out=trained_lab.settings.out, max_upload_mb=1, upload_space_mb=2)
+    settings = replace(trained_lab.settings, max_upload_mb=1, upload_space_mb=2)  # its data cache too, not one in the working folder
     with running_app(settings) as running, httpx.Client(base_url=running.url) as http:
         for number in range(2):
             answer = http.post("gradio_api/upload", files={"files": (f"part{number}.bin", bytes([number]) * 900_000)})

@@ -1,7 +1,6 @@
 """Hostile data: zip bombs (uploads, downloads, the CLI), thousands of labels (data and adapters), and
 Stop during a download that trickles; each refused cheaply, with a message."""
 
-import json
 import threading
 import tracemalloc
 import zipfile
@@ -10,9 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from app_fixtures import upload_bytes
-from conftest import sms_zip_bytes
+from conftest import changed_adapter, sms_zip_bytes
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 import engine.adapter
 import engine.classifier
@@ -143,27 +141,13 @@ def test_the_data_tab_s_cost_does_not_grow_with_the_classes(tmp_path: Path) -> N
     assert len(counts) < 20 and counts["messages"][0] == 10 * MAX_CLASSES
 
 
-def test_two_classes_keep_their_own_series(prepared_data: Path) -> None:
-    prepared = prepare(str(prepared_data))
-    assert [t.get_text() for t in token_histogram(prepared).axes[0].get_legend().get_texts()][:2] == ["ham", "spam"]
-
-
-def rewrite(adapter_dir: Path, target: Path, change) -> Path:
-    with safe_open(str(adapter_dir / "adapter.safetensors"), "pt") as handle:
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        config = json.loads(handle.metadata()["lora_lab_config"])
-    change(config, tensors)
-    save_file(tensors, str(target), metadata={"lora_lab_config": json.dumps(config)})
-    return target
-
-
 def test_an_adapter_declaring_a_hundred_thousand_classes_is_refused_before_anything_is_built(
     adapter_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     built: list[int] = []
     real = engine.classifier.build_classifier
     monkeypatch.setattr(engine.classifier, "build_classifier", lambda *a, **k: built.append(k.get("n_classes")) or real(*a, **k))
-    many = rewrite(adapter_dir, tmp_path / "adapter.safetensors", lambda c, t: c.update(labels=[f"c{i}" for i in range(100_000)]))
+    many = changed_adapter(adapter_dir, tmp_path / "adapter.safetensors", lambda c, t: c.update(labels=[f"c{i}" for i in range(100_000)]))
     with pytest.raises(AdapterError, match=f"declares 100,000 classes; LoRA Lab handles at most {MAX_CLASSES}"):
         Classifier.load(many, torch.device("cpu"))
     assert built == []
@@ -196,7 +180,7 @@ def test_a_tensor_declared_larger_than_its_config_allows_is_refused_from_the_hea
     def huge_head(config: dict, tensors: dict) -> None:
         tensors["score.base_layer.weight"] = torch.zeros(200_000, 32)  # 25 MB of head for 2 classes
 
-    bloated = rewrite(adapter_dir, tmp_path / "adapter.safetensors", huge_head)
+    bloated = changed_adapter(adapter_dir, tmp_path / "adapter.safetensors", huge_head)
     CountingOpen.reads = []
     monkeypatch.setattr(engine.adapter, "safe_open", CountingOpen)
     with pytest.raises(AdapterError, match=r"score.base_layer.weight is declared \[200000, 32\], which does not fit rank 16, width 32 and 2 classes"):

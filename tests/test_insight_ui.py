@@ -16,7 +16,7 @@ import pytest
 from app_fixtures import RunningApp, running_app, train_controls, upload_bytes
 from conftest import SMS_ZIP
 from gradio_client import Client, handle_file
-from insight_fixtures import write_three_classes
+from insight_fixtures import three_class_scores, write_three_classes
 
 from engine.compare import grid_points, summarise
 from engine.data import prepare
@@ -139,18 +139,7 @@ def test_evaluate_without_texts_and_a_record_of_an_older_version(lab: Lab) -> No
 
 def test_three_classes_one_against_the_rest(lab: Lab, tmp_path: Path) -> None:
     """The worked example of test_evaluate: P(friends) is [.2, .6, .5, .3, .4, .1], friends are messages b and d."""
-    data = tmp_path / "three"
-    data.mkdir()
-    labels = [0, 1, 2, 1, 0, 2]
-    pd.DataFrame({"Label": labels, "Text": list("abcdef")}).to_csv(data / "validation.csv", index=False)
-    record_path = lab.settings.out / "first-run" / "run.json"
-    record = json.loads(record_path.read_text())
-    record["config"]["data"] = str(data)
-    record["data"]["labels"] = ["bills", "friends", "work"]
-    probabilities = [[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.5, 0.3], [0.3, 0.3, 0.4], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8]]
-    record["scores"]["validation"] = {"labels": labels, "probabilities": probabilities}
-    record["final"]["validation"]["confusion"] = [[2, 0, 0], [0, 1, 1], [0, 1, 1]]
-    record_path.write_text(json.dumps(record))
+    three_class_scores(lab.settings.out / "first-run", tmp_path)
 
     picker = EvaluateTab(lab).positive_choices("first-run")
     assert picker.choices == [("bills", "bills"), ("friends", "friends"), ("work", "work")] and picker.value == "bills"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, tiny_run_config
+from conftest import TINY, broken_adapter, tiny_run_config
 
 import engine.record
 import engine.train
@@ -214,20 +214,9 @@ def test_a_run_whose_loss_turns_nan_stops_failed_and_keeps_its_last_finite_check
     assert latest_adapter(root) is None and [run.state for run in list_runs(root)] == ["failed"]
 
 
-def test_an_adapter_with_nan_anywhere_is_refused_on_load(trained_run: tuple[object, list], tmp_path: Path) -> None:
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    source = trained_run[1][-1].adapter_dir / "adapter.safetensors"
+def test_an_adapter_with_nan_anywhere_is_refused_on_load(adapter_dir: Path, tmp_path: Path) -> None:
     for key in ("score.base_layer.bias", "transformer.h.0.attn.q_proj.lora_B", "score.lora_A"):
-        with safe_open(str(source), "pt") as handle:
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-            metadata = handle.metadata()
-        tensors[key] = tensors[key].clone()
-        tensors[key].view(-1)[0] = float("nan") if "bias" in key else float("inf")
-        broken = tmp_path / key / "adapter.safetensors"
-        broken.parent.mkdir()
-        save_file(tensors, str(broken), metadata=metadata)
+        broken = broken_adapter(adapter_dir, tmp_path / key / "adapter.safetensors", key, float("nan") if "bias" in key else float("inf"))
         with pytest.raises(AdapterError, match=f"tensor {key} holds NaN or infinite values, so the adapter is broken"):
             Classifier.load(broken, torch.device("cpu"))
 
