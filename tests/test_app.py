@@ -252,10 +252,12 @@ def test_parameters_match_the_book_and_follow_rank_and_targets(lab: Lab) -> None
     assert rows["LoRA trainable"] == "2,666,528"
     assert rows["ratio"] == "47x fewer"
     assert chart.axes[0].get_xscale() == "log" and "1 weight in 47 is trained" in chart.axes[0].get_title()
+    bars = {label.get_text(): patch.get_width() for label, patch in zip(chart.axes[0].get_yticklabels(), chart.axes[0].patches, strict=True)}
+    assert bars == {"trained": 2_666_528, "frozen": 124_441_346}  # the chart agrees with the table
     by_kind = dict(zip(breakdown["kind of layer"], breakdown["trained"], strict=True))
     assert by_kind["attention: query (attn.q_proj)"] == "294,912" and by_kind["embeddings"] == "0"
     assert sum(int(n.replace(",", "")) for n in breakdown["trained"]) == 2_666_528
-    assert sum(int(n.replace(",", "")) for n in breakdown["frozen"]) == 124_441_346 - 0
+    assert sum(int(n.replace(",", "")) for n in breakdown["frozen"]) == 124_441_346  # every weight of the base model and the new head stays frozen
 
     _, smaller, by_kind = ParametersTab(lab).parameters("gpt2-small", 4.0, ["attn.q_proj", "attn.v_proj"], False)
     assert dict(zip(smaller[""], smaller["gpt2-small"], strict=True))["LoRA trainable"] == "147,456"  # 12 blocks x 2 layers x 4 x (768 + 768)

@@ -8,6 +8,7 @@ so the thin A and B next to the large W show what the rank costs. The counts com
 import html
 
 from engine.params import LoRAShape
+from ui.views import plural
 
 SIDE_PX = 150  # the longer side of W
 MIN_PX = 3  # a rank-1 matrix is still visible
@@ -26,8 +27,8 @@ FROZEN, TRAINED = "#b8c4d6", "#d62728"
 
 
 def layer_label(target: str) -> str:
-    """"attention: query (attn.q_proj)"."""
-    return f"{LAYER_NAMES.get(target, target)} ({target})"
+    """"attention: query (attn.q_proj)"; a kind with no plain name (embeddings, layer norms) as it is."""
+    return f"{LAYER_NAMES[target]} ({target})" if target in LAYER_NAMES else target
 
 
 def _box(width: float, height: float, colour: str, name: str, dims: str, count: int, note: str) -> str:
@@ -60,7 +61,7 @@ def lora_picture_html(shape: LoRAShape, scale: float, layers: int, model: str, a
     trained = shape.a + shape.b
     name = html.escape(layer_label(shape.target))
     where = (
-        f"{html.escape(model)} has {layers} such {'layer' if layers == 1 else 'layers'}: LoRA trains {layers * trained:,} weights there."
+        f"{html.escape(model)} has {plural(layers, 'such layer')}: LoRA trains {layers * trained:,} weights there."
         if adapted
         else "This layer is not among the layers LoRA adapts now (Advanced): it stays entirely frozen."
     )

@@ -20,25 +20,20 @@ from engine.params import EMBEDDINGS, LAYER_NORMS, LayerTypeCounts, ParamSummary
 from ui.controls import ControlWidgets, as_int
 from ui.guards import user_error
 from ui.lab import Lab
-from ui.lora_picture import FROZEN, LAYER_NAMES, TRAINED
+from ui.lora_picture import FROZEN, TRAINED, layer_label
 from ui.views import short_count
 
 BREAKDOWN_COLUMNS = ["kind of layer", "layers", "frozen", "trained"]
-
-
-def kind_label(kind: str) -> str:
-    return f"{LAYER_NAMES[kind]} ({kind})" if kind in LAYER_NAMES else kind
 
 
 def trained(row: LayerTypeCounts) -> int:
     return row.lora + row.trained_as_is
 
 
-def parameters_figure(summary: ParamSummary, breakdown: Sequence[LayerTypeCounts], model: str) -> Figure:
+def parameters_figure(summary: ParamSummary, breakdown: Sequence[LayerTypeCounts], model: str, frozen: int) -> Figure:
     """Frozen against trained weights on a log scale: for the whole model, then by kind of layer."""
     figure = Figure(figsize=(11, 4.6), layout="constrained")  # no pyplot: no global state shared between sessions
     whole, by_kind = figure.subplots(1, 2, width_ratios=[1, 1.6])
-    frozen = summary.total_before_freeze - summary.trainable
     bars = whole.barh(["trained", "frozen"], [summary.trainable, frozen], color=[TRAINED, FROZEN])
     whole.set_title(f"{model}: 1 weight in {summary.ratio:,.0f} is trained", fontsize=10)
     for bar, count in zip(bars, (summary.trainable, frozen), strict=True):
@@ -52,7 +47,7 @@ def parameters_figure(summary: ParamSummary, breakdown: Sequence[LayerTypeCounts
     for position, kind in zip(positions, kinds, strict=True):
         if trained(kind):
             by_kind.text(trained(kind) * 1.15, position - height / 2, short_count(trained(kind)), va="center", fontsize=8)
-    by_kind.set_yticks(list(positions), [kind_label(k.name) for k in kinds], fontsize=8)
+    by_kind.set_yticks(list(positions), [layer_label(k.name) for k in kinds], fontsize=8)
     by_kind.set_title("By kind of layer (every block together)", fontsize=10, pad=24)
     by_kind.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, fontsize=8, frameon=False)
     largest = max(summary.total_before_freeze, 10)
@@ -66,7 +61,7 @@ def parameters_figure(summary: ParamSummary, breakdown: Sequence[LayerTypeCounts
 
 
 def breakdown_frame(breakdown: Sequence[LayerTypeCounts]) -> pd.DataFrame:
-    rows = [(kind_label(k.name), k.layers, f"{k.frozen:,}", f"{trained(k):,}") for k in breakdown]
+    rows = [(layer_label(k.name), k.layers, f"{k.frozen:,}", f"{trained(k):,}") for k in breakdown]
     return pd.DataFrame(rows, columns=BREAKDOWN_COLUMNS)
 
 
@@ -98,7 +93,7 @@ class ParametersTab:
             ],
             columns=["", Path(model).name],  # a size name, or the local folder's name
         )
-        return parameters_figure(summary, breakdown, Path(model).name), table, breakdown_frame(breakdown)
+        return parameters_figure(summary, breakdown, Path(model).name, frozen), table, breakdown_frame(breakdown)
 
 
 def build_parameters_tab(parameters: ParametersTab, demo: gr.Blocks, controls: ControlWidgets) -> None:

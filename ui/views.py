@@ -59,7 +59,7 @@ def confusion_html(confusion: list[list[int]], class_names: Sequence[str], capti
         for predicted_index, count in enumerate(row):
             rgb = (44, 160, 44) if predicted_index == true_index else SPAM_RGB
             alpha = 0.12 + 0.6 * count / total
-            cells.append(f"<td style='background:rgba({rgb[0]},{rgb[1]},{rgb[2]},{alpha:.2f});text-align:center;padding:8px 18px'>{count}</td>")
+            cells.append(f"<td style='background:{rgba(rgb, alpha)};text-align:center;padding:8px 18px'>{count}</td>")
         body.append(f"<tr><th style='text-align:right;padding-right:10px'>true {html.escape(class_names[true_index])}</th>{''.join(cells)}</tr>")
     return (
         "<table class='confusion' style='border-collapse:collapse;font-size:1.05em'>"
