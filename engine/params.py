@@ -146,7 +146,6 @@ def lora_shape(model: str, target: str, rank: int, n_classes: int = len(LABELS))
     LoRAConfig(rank=rank, targets=(target,))  # validates both, with the config's own messages
     config = resolve(model).config
     with torch.device("meta"):
-        classifier = GPT(config)
-        classifier.add_classifier(n_classes, 0)
+        classifier = GPT(config, n_classes=n_classes)
     layer = next(module for name, module in classifier.named_modules() if name == target or name.endswith("." + target))
     return LoRAShape(target, layer.in_features, layer.out_features, rank)
