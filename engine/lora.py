@@ -109,6 +109,16 @@ def update_of(layer: nn.Module, start: int = 0) -> Update | None:
     return layer.update(start) if isinstance(layer, LoRALinear) else None
 
 
+def matches_target(name: str, target: str) -> bool:
+    """Whether the module called `name` is the LoRA target `target`: the whole name, or its dotted end.
+
+    A dotted end, not a bare suffix: "c_proj" matches "transformer.h.0.mlp.c_proj" but never a
+    "transformer.h.0.mlp.xc_proj". One test, so apply_lora and the parameter counts (engine.params)
+    always agree on which layers a target names.
+    """
+    return name == target or name.endswith("." + target)
+
+
 def apply_lora(model: nn.Module, cfg: LoRAConfig, generator: torch.Generator | None = None) -> list[str]:
     """Wrap each nn.Linear whose name ends with one of `cfg.targets`; returns the wrapped names.
 
@@ -119,11 +129,7 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig, generator: torch.Generator | N
     Raises:
         ConfigError: no layer matched, or the rank is larger than a target layer's input width.
     """
-    chosen = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in cfg.targets)
-    ]
+    chosen = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear) and any(matches_target(name, t) for t in cfg.targets)]
     if not chosen:
         raise ConfigError(f"no layer matches the LoRA targets {list(cfg.targets)}")
     too_small = [name for name, module in chosen if cfg.rank > module.in_features]

@@ -8,7 +8,7 @@ import torch
 
 from engine.classifier import build_classifier
 from engine.config import LABELS, LORA_TARGETS, LoRAConfig
-from engine.lora import count_parameters
+from engine.lora import count_parameters, matches_target
 from engine.model import GPT
 from engine.weights import resolve
 
@@ -97,7 +97,7 @@ class LoRAShape:
 def _kind(name: str) -> str:
     """The group a parameter of the classifier belongs to, from its name."""
     module = name.rsplit(".", 1)[0].removesuffix(".base_layer")
-    target = next((t for t in LORA_TARGETS if module == t or module.endswith("." + t)), None)
+    target = next((t for t in LORA_TARGETS if matches_target(module, t)), None)
     if target is not None:
         return target
     return EMBEDDINGS if module.endswith(("wte", "wpe")) else LAYER_NORMS
@@ -147,5 +147,5 @@ def lora_shape(model: str, target: str, rank: int, n_classes: int = len(LABELS))
     config = resolve(model).config
     with torch.device("meta"):
         classifier = GPT(config, n_classes=n_classes)
-    layer = next(module for name, module in classifier.named_modules() if name == target or name.endswith("." + target))
+    layer = next(module for name, module in classifier.named_modules() if matches_target(name, target))
     return LoRAShape(target, layer.in_features, layer.out_features, rank)
