@@ -75,7 +75,12 @@ def resolve(spec: str) -> ModelSource:
 def cached_weights(spec: str) -> Path | None:
     """The weights file when it is on this machine already (the given folder or file, or the Hugging Face
     cache), without touching the network; None when a download is needed."""
-    source = resolve(spec)
+    return cached(resolve(spec))
+
+
+def cached(source: ModelSource) -> Path | None:
+    """`source`'s weights file when it is on this machine already (its own file, or the Hugging Face cache),
+    without touching the network; None when a download is needed."""
     if source.weights is not None:
         return source.weights
     from huggingface_hub import try_to_load_from_cache
@@ -128,14 +133,11 @@ def fetch(source: ModelSource, progress: Callable[[int, int | None], None] | Non
         WeightsError: not on this machine and the server cannot be reached, or the download failed;
             the message says what to do.
     """
-    if source.weights is not None:
-        return source.weights
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    if (path := cached(source)) is not None:
+        return path
+    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    cached = try_to_load_from_cache(source.repo_id, WEIGHTS_FILE)
-    if isinstance(cached, str) and Path(cached).is_file():
-        return Path(cached)
     name, size = f"{source.config.name} ({source.repo_id})", f"{download_bytes(source.config) / 1e6:,.0f} MB"
     elsewhere = f"or copy a model folder (config.json + {WEIGHTS_FILE}) to this machine and pass it with --model FOLDER"
     if hub_offline():
@@ -144,7 +146,7 @@ def fetch(source: ModelSource, progress: Callable[[int, int | None], None] | Non
     if not hub_reachable():
         raise WeightsError(f"{name} is not on this machine and {host} cannot be reached to download it ({size}): connect to the internet, {elsewhere}")
     try:
-        path = hf_hub_download(
+        downloaded = hf_hub_download(
             source.repo_id,
             WEIGHTS_FILE,
             endpoint=os.environ.get("HF_ENDPOINT") or None,
@@ -155,7 +157,7 @@ def fetch(source: ModelSource, progress: Callable[[int, int | None], None] | Non
             f"could not download {source.repo_id}/{WEIGHTS_FILE} from {host} ({type(error).__name__}: {str(error).splitlines()[0][:200]}): "
             f"try again later, {elsewhere}, or set HF_ENDPOINT to a reachable mirror"
         ) from None
-    return Path(path)
+    return Path(downloaded)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

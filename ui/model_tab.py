@@ -16,7 +16,7 @@ from engine.failure import failure_of
 from engine.model import generate_greedy
 from engine.params import lora_shape
 from engine.tokenizer import decode, encode
-from engine.weights import cached_weights, download_bytes, fetch, hub_offline, hub_reachable, load_model, resolve, weight_count
+from engine.weights import cached, download_bytes, fetch, hub_offline, hub_reachable, load_model, resolve, weight_count
 from ui.controls import PRESET_FIELDS, Controls, ControlWidgets, as_int
 from ui.guards import user_error
 from ui.lab import Lab
@@ -36,7 +36,7 @@ def model_label(model: str) -> str:
     """A model as the list shows it: its size, and whether it is here already or how much it downloads."""
     try:
         source = resolve(model)
-        here = cached_weights(model) is not None
+        here = cached(source) is not None
     except LoRALabError:
         return model  # choosing it explains the problem
     count = weight_count(source.config) / 1e6
@@ -68,7 +68,7 @@ class ModelTab:
         needs_download, megabytes = False, ""
         try:
             source = resolve(model)
-            needs_download = cached_weights(model) is None
+            needs_download = cached(source) is None
             megabytes = f"{download_bytes(source.config) / 1e6:,.0f} MB"
             shown = f"downloading {model} ({megabytes})"
             path = fetch(source, lambda received, total: progress((received, total), desc=shown, unit="bytes"))
