@@ -94,9 +94,8 @@ class LoRAShape:
         return (self.a + self.b) / self.frozen
 
 
-def _kind(name: str) -> str:
-    """The group a parameter of the classifier belongs to, from its name."""
-    module = name.rsplit(".", 1)[0].removesuffix(".base_layer")
+def _kind(module: str) -> str:
+    """The group a parameter of the classifier belongs to, from the name of the layer holding it."""
     target = next((t for t in LORA_TARGETS if matches_target(module, t)), None)
     if target is not None:
         return target
@@ -114,8 +113,9 @@ def param_breakdown(model: str, lora: LoRAConfig, n_classes: int = len(LABELS)) 
     as_is: dict[str, int] = {}
     layers: dict[str, set[str]] = {}
     for name, parameter in adapted.named_parameters():
-        kind = _kind(name)
-        layers.setdefault(kind, set()).add(name.rsplit(".", 1)[0].removesuffix(".base_layer"))
+        module = name.rsplit(".", 1)[0].removesuffix(".base_layer")  # a LoRA layer's base counts as the layer itself
+        kind = _kind(module)
+        layers.setdefault(kind, set()).add(module)
         if "lora_" in name:
             lora_counts[kind] = lora_counts.get(kind, 0) + parameter.numel()
         elif parameter.requires_grad:
