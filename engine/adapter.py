@@ -141,7 +141,8 @@ def read_adapter(folder: Path) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
     try:
         with safe_open(str(path), "pt") as handle:
             config = _config_of(handle.metadata() or {}, path)
-            declared = {key: (handle.get_slice(key).get_dtype(), tuple(handle.get_slice(key).get_shape())) for key in handle.keys()}
+            slices = {key: handle.get_slice(key) for key in handle.keys()}  # the header's word on each tensor, nothing read yet
+            declared = {key: (part.get_dtype(), tuple(part.get_shape())) for key, part in slices.items()}
             check_declared(config, declared, path)
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError) as error:
