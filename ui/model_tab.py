@@ -127,7 +127,7 @@ def unavailable(model: str, megabytes: str, error: WeightsError) -> str:
     """A size that is not here and could not be downloaded, in plain words with the one thing to do."""
     if hub_offline():
         why = "this app was started offline (HF_HUB_OFFLINE=1)"
-    elif not hub_reachable():
+    elif getattr(error, "reason", None) == "unreachable" or not hub_reachable():  # fetch found it so: no second probe
         why = "the internet cannot be reached from this machine"
     else:
         why = f"the download failed ({' '.join(str(error).split())[:300]})"
