@@ -152,7 +152,7 @@ class ClassifyTab:
             raise gr.Error("send the messages as text, one per line")
         typed = [(number, line.removesuffix("\r")) for number, line in enumerate(messages.split("\n"), start=1)]
         lines = [(number, line) for number, line in typed if line.strip()]
-        blank = sum(1 for _, line in typed if not line.strip()) - (1 if messages.endswith("\n") else 0)  # a final newline ends the last line
+        blank = len(typed) - len(lines) - int(messages.endswith("\n"))  # a final newline ends the last line: no blank line after it
         if not lines:
             raise gr.Error("no messages: type or paste one message per line")
         if len(lines) > MAX_BATCH_MESSAGES:
@@ -164,7 +164,7 @@ class ClassifyTab:
             with engine_errors_as_toasts(str(classifier.device), "classifying"):
                 predictions = dict(zip([n for n, _ in good], classifier.classify([line for _, line in good]) if good else [], strict=True))
         skipped = [problem for problem in problems.values() if problem]
-        return many_summary(len(good), skipped, max(blank, 0)), answers_frame(lines, predictions, problems)
+        return many_summary(len(good), skipped, blank), answers_frame(lines, predictions, problems)
 
     def adapter_info(self) -> str:
         latest = self.lab.latest_adapter()

@@ -10,6 +10,7 @@ from pandas.io.formats.style import Styler
 from engine.data import DataSummary, PreparedData, load_summary, prepare
 from engine.download import DownloadProgress
 from engine.errors import Cancelled, DownloadError, LoRALabError
+from engine.failure import one_line
 from engine.tokenizer import encode
 from ui.guards import discard_upload, uploaded_file, uploaded_path
 from ui.lab import Lab
@@ -92,7 +93,7 @@ def data_outputs(prepared: PreparedData, status: str) -> tuple[str, Styler, pd.D
 
 def download_failure(failures: list[str], error: Exception) -> str:
     """What a failed Download says: each source's reason, and the offline way in, by the upload box."""
-    tried = "".join(f"\n- {failure}" for failure in failures) or f"\n- {' '.join(str(error).split())}"
+    tried = "".join(f"\n- {failure}" for failure in failures) or f"\n- {one_line(str(error))}"
     return f"**The download failed.** No internet here? Then {UPLOAD_HINT}: it works offline.\n\nSources tried:{tried}"
 
 
@@ -148,7 +149,7 @@ class DataTab:
     def refuse(self, message: str, request: gr.Request | None) -> gr.Error:
         """A failed Download or upload: the page's status line says why (see `failed`); no toast over the upload box."""
         self.problems[page_of(request)] = message
-        return gr.Error(" ".join(message.replace("**", "").split()), duration=None, visible=False)
+        return gr.Error(one_line(message.replace("**", "")), duration=None, visible=False)
 
     def failed(self, request: gr.Request | None = None) -> tuple[Any, ...]:
         """After a failure: its message in that page's status line; the data shown before stays as it was."""
@@ -182,7 +183,7 @@ class DataTab:
         except DownloadError as error:
             raise self.refuse(download_failure(failures, error), request) from None
         except LoRALabError as error:
-            raise self.refuse(f"**The download failed:** {' '.join(str(error).split())}", request) from None
+            raise self.refuse(f"**The download failed:** {one_line(str(error))}", request) from None
         lab.prepared = prepared
         tried = "".join(f"\n- {failure}" for failure in failures)
         status = f"Data ready from {prepared.summary.source}" + (f"\n\nSources that failed first:{tried}" if failures else "")
@@ -205,7 +206,7 @@ class DataTab:
         try:
             prepared = prepare(str(source), self.lab.settings.cache, deduplicate=bool(deduplicate))
         except LoRALabError as error:
-            raise self.refuse(f"**{source.name} was not used:** {' '.join(str(error).split())}", request) from None
+            raise self.refuse(f"**{source.name} was not used:** {one_line(str(error))}", request) from None
         finally:
             discard_upload(source)  # read once: refused, or its messages are in the data cache now
         self.lab.prepared = prepared

@@ -15,14 +15,14 @@ from typing import Any
 
 import gradio as gr
 
-from engine.failure import failure_of
+from engine.failure import failure_of, one_line
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def user_error(error: Exception) -> gr.Error:
     """A toast with the engine's own message; the app keeps running."""
-    return gr.Error(" ".join(str(error).split()), duration=None)
+    return gr.Error(one_line(str(error)), duration=None)
 
 
 @contextlib.contextmanager

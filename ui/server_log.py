@@ -14,12 +14,14 @@ from typing import Any
 
 import gradio as gr
 
+from engine.failure import one_line
+
 log = logging.getLogger("lora_lab.app")
 
 
 def log_refusal(what: str, problem: str) -> None:
     """The one line of a user error: what was refused, and why."""
-    log.warning("refused (%s): %s", what, " ".join(problem.split()))
+    log.warning("refused (%s): %s", what, one_line(problem))
 
 
 def one_line_for_user_errors(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
