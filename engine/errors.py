@@ -20,6 +20,10 @@ class DownloadError(LoRALabError, ConnectionError):
 class WeightsError(LoRALabError, ValueError):
     """A checkpoint is missing, unsafe to load, corrupt, or does not fit the model."""
 
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable  # the download server could not be reached: known here, so no caller probes it again
+
 
 class AdapterError(LoRALabError, ValueError):
     """A saved adapter is unreadable or belongs to another base model."""

@@ -141,15 +141,11 @@ def fetch(source: ModelSource, progress: Callable[[int, int | None], None] | Non
     name, size = f"{source.config.name} ({source.repo_id})", f"{download_bytes(source.config) / 1e6:,.0f} MB"
     elsewhere = f"or copy a model folder (config.json + {WEIGHTS_FILE}) to this machine and pass it with --model FOLDER"
     if hub_offline():
-        raise _not_here(
-            f"{name} is not on this machine and HF_HUB_OFFLINE=1 forbids downloading it ({size}): unset HF_HUB_OFFLINE, {elsewhere}",
-            "offline",
-        )
+        raise WeightsError(f"{name} is not on this machine and HF_HUB_OFFLINE=1 forbids downloading it ({size}): unset HF_HUB_OFFLINE, {elsewhere}")
     host = urlparse(hub_endpoint()).hostname
     if not hub_reachable():
-        raise _not_here(
-            f"{name} is not on this machine and {host} cannot be reached to download it ({size}): connect to the internet, {elsewhere}",
-            "unreachable",
+        raise WeightsError(
+            f"{name} is not on this machine and {host} cannot be reached to download it ({size}): connect to the internet, {elsewhere}", unreachable=True
         )
     try:
         downloaded = hf_hub_download(
@@ -252,13 +248,6 @@ def save_hf_checkpoint(model: GPT, folder: Path, prefix: str = "transformer.") -
     save_file({prefix + key: value for key, value in hf_state_dict(model).items()}, str(folder / WEIGHTS_FILE))
     (folder / "config.json").write_text(strict_json.dumps(model.cfg.to_hf()))
     return folder
-
-
-def _not_here(message: str, reason: str) -> WeightsError:
-    # fetch's own finding ("offline" or "unreachable") travels with the error, so a caller need not probe the server again.
-    error = WeightsError(message)
-    error.reason = reason
-    return error
 
 
 def _hf_name(key: str) -> str:

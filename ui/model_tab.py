@@ -12,13 +12,13 @@ from engine.adapted_linear import product_path
 from engine.config import GPT2_SIZES, LORA_TARGETS, LR_RANGE, PRESETS, LoRAConfig, RunConfig
 from engine.device import pick_device
 from engine.errors import LoRALabError, WeightsError
-from engine.failure import failure_of
+from engine.failure import one_line
 from engine.model import generate_greedy
 from engine.params import lora_shape
 from engine.tokenizer import decode, encode
 from engine.weights import cached, download_bytes, fetch, hub_offline, hub_reachable, load_model, resolve, weight_count
 from ui.controls import PRESET_FIELDS, Controls, ControlWidgets, as_int
-from ui.guards import user_error
+from ui.guards import engine_errors_as_toasts, user_error
 from ui.lab import Lab
 from ui.lora_picture import layer_label, lora_picture_html
 
@@ -66,26 +66,20 @@ class ModelTab:
         self.lab.check_model(model)
         device = pick_device(self.lab.settings.device)
         needs_download, megabytes = False, ""
-        try:
-            source = resolve(model)
-            needs_download = cached(source) is None
-            megabytes = f"{download_bytes(source.config) / 1e6:,.0f} MB"
-            shown = f"downloading {model} ({megabytes})"
-            path = fetch(source, lambda received, total: progress((received, total), desc=shown, unit="bytes"))
-            progress(None, desc="loading the weights")
-            loaded = load_model(model, device)
-            text = decode(generate_greedy(loaded, encode(SANITY_PROMPT), SANITY_TOKENS))
-        except WeightsError as error:
-            if needs_download:
-                return unavailable(model, megabytes, error), ""
-            return f"Weights not available: {' '.join(str(error).split())}", ""
-        except LoRALabError as error:
-            return f"Weights not available: {' '.join(str(error).split())}", ""
-        except Exception as error:
-            failure = failure_of(error, str(device), f"loading {model}")
-            if failure.kind != "out of memory":
-                raise
-            raise gr.Error(failure.message, duration=None) from None
+        with engine_errors_as_toasts(str(device), f"loading {model}"):  # what is not our own error: out of memory, or a bug
+            try:
+                source = resolve(model)
+                needs_download = cached(source) is None
+                megabytes = f"{download_bytes(source.config) / 1e6:,.0f} MB"
+                shown = f"downloading {model} ({megabytes})"
+                path = fetch(source, lambda received, total: progress((received, total), desc=shown, unit="bytes"))
+                progress(None, desc="loading the weights")
+                loaded = load_model(model, device)
+                text = decode(generate_greedy(loaded, encode(SANITY_PROMPT), SANITY_TOKENS))
+            except LoRALabError as error:
+                if needs_download and isinstance(error, WeightsError):
+                    return unavailable(model, megabytes, error), ""
+                return f"Weights not available: {one_line(str(error))}", ""
         shape = f"{source.config.n_layer} layers, width {source.config.n_embd}"
         seconds = time.perf_counter() - started
         products = f"; frozen products through {product_path().describe()}" if device.type == "cpu" else ""
@@ -127,10 +121,10 @@ def unavailable(model: str, megabytes: str, error: WeightsError) -> str:
     """A size that is not here and could not be downloaded, in plain words with the one thing to do."""
     if hub_offline():
         why = "this app was started offline (HF_HUB_OFFLINE=1)"
-    elif getattr(error, "reason", None) == "unreachable" or not hub_reachable():  # fetch found it so: no second probe
+    elif error.unreachable or not hub_reachable():
         why = "the internet cannot be reached from this machine"
     else:
-        why = f"the download failed ({' '.join(str(error).split())[:300]})"
+        why = f"the download failed ({one_line(str(error))[:300]})"
     return (
         f"{model} is not on this machine yet and needs a download of {megabytes}, but {why}. "
         f"To use it: connect to the internet and press the button again. Until then, choose a model marked “{ON_THIS_MACHINE}”."
