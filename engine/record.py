@@ -21,14 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from engine import strict_json
+from engine.adapter import CONFIG_FILE, TENSORS_FILE
 from engine.atomic import disk_full_named, temporary_files, write_text_atomic
 from engine.config import RunConfig
 from engine.errors import Cancelled, DiskFullError, TrainingDiverged
+from engine.failure import one_line
 
 RECORD_FILE = "run.json"
 PLOT_FILE = "loss.png"
 ADAPTER_DIR = "adapter"
-ADAPTER_FILES = ("adapter.safetensors", "adapter_config.json")
+ADAPTER_FILES = (TENSORS_FILE, CONFIG_FILE)
 RUN_STATES = ("running", "done", "stopped", "failed", "interrupted")
 COMPLETE_STATES = ("done", "stopped")
 CHECKPOINT_EVERY_S = 30.0  # at most one checkpoint per this many seconds (a gpt2-xl adapter can be 350 MB)
@@ -159,7 +161,7 @@ class RunRecord:
             self._forget(remove_files=True)  # stopped while fetching the data: nothing was made
             return
         interrupted = isinstance(error, (KeyboardInterrupt, GeneratorExit, SystemExit))
-        message = " ".join(str(error).split()) or type(error).__name__
+        message = one_line(str(error)) or type(error).__name__
         if not isinstance(error, TrainingDiverged):  # its message says so already
             message += self._kept()
         self.fields.update(state="interrupted" if interrupted else "failed", error=message, ended=now())
@@ -174,7 +176,7 @@ class RunRecord:
 
     def _kept(self) -> str:
         step = self.fields.get("checkpoint_step")
-        return f"; the adapter saved at step {step} is kept in {self.folder / ADAPTER_DIR}" if step is not None else ""
+        return _adapter_kept(step, self.folder) if step is not None else ""
 
     def _forget(self, remove_files: bool) -> None:
         with _running_lock:
@@ -189,18 +191,22 @@ class RunRecord:
 def _interrupted(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
     process = record.get("process") or {}
     step = record.get("checkpoint_step")
-    kept = f"; the adapter saved at step {step} is kept in {folder / ADAPTER_DIR}" if step is not None else "; no adapter had been saved yet"
+    kept = _adapter_kept(step, folder) if step is not None else "; no adapter had been saved yet"
     settled = {
         **record,
         "state": "interrupted",
         "error": f"the process running it (pid {process.get('pid')} on {process.get('host')}) ended before the run did: killed, or the machine stopped{kept}",
     }
-    for name, where in ((RECORD_FILE, folder), (PLOT_FILE, folder), *((n, folder / ADAPTER_DIR) for n in ADAPTER_FILES)):
+    for name, where in _run_files(folder):
         for leftover in temporary_files(where, name):  # half-written by the killed process
             leftover.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # read-only or full: still reported as interrupted
         write_text_atomic(folder / RECORD_FILE, _json(settled))
     return settled
+
+
+def _adapter_kept(step: Any, folder: Path) -> str:
+    return f"; the adapter saved at step {step} is kept in {folder / ADAPTER_DIR}"
 
 
 def _still_running(folder: Path, process: Any) -> bool:
@@ -243,13 +249,17 @@ def _start_ticks(pid: int) -> int | None:
 
 def _remove_run_files(folder: Path) -> None:
     """Remove the files a run writes into `folder` (and their leftover temporaries), nothing else."""
-    adapter = folder / ADAPTER_DIR
-    for name, where in ((RECORD_FILE, folder), (PLOT_FILE, folder), *((n, adapter) for n in ADAPTER_FILES)):
+    for name, where in _run_files(folder):
         for path in [where / name, *temporary_files(where, name)]:
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
-        adapter.rmdir()  # only when empty
+        (folder / ADAPTER_DIR).rmdir()  # only when empty
+
+
+def _run_files(folder: Path) -> list[tuple[str, Path]]:
+    """(name, folder holding it) of every file a run writes into `folder`."""
+    return [(RECORD_FILE, folder), (PLOT_FILE, folder), *((name, folder / ADAPTER_DIR) for name in ADAPTER_FILES)]
 
 
 def _key(folder: Path) -> str:
