@@ -124,10 +124,10 @@ class RunRecord:
         """Note that the adapter on disk is now step `step`'s (said if the run fails after)."""
         self.fields["checkpoint_step"] = step
 
-    def finish(self, fields: dict[str, Any], stopped: bool) -> Path:
-        """Close the record as "stopped" or "done" with the run's full `fields`."""
+    def finish(self, fields: dict[str, Any]) -> Path:
+        """Close the record as "stopped" or "done" (as `fields["stopped"]` says) with the run's full `fields`."""
         keep = {key: self.fields[key] for key in ("created", "process")}
-        closed = {**fields, **keep, "state": "stopped" if stopped else "done", "ended": now()}
+        closed = {**fields, **keep, "state": "stopped" if fields["stopped"] else "done", "ended": now()}
         write_text_atomic(self.path, _json(closed))  # if this fails, the failure is recorded from the smaller fields so far
         self.fields = closed
         self._forget(remove_files=False)

@@ -131,7 +131,7 @@ def _run(
     record.adapter_saved(progress.step)
     plot = save_loss_plot(progress.estimates, out / PLOT_FILE) if progress.estimates else None
     stopped = progress.final is None
-    path = record.finish(record_fields(cfg, progress, str(device), time.perf_counter() - started), stopped)
+    path = record.finish(record_fields(cfg, progress, str(device), time.perf_counter() - started))
     yield RunSaved(out, adapter_dir, path, plot, stopped)
 
 
