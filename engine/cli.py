@@ -9,7 +9,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 from engine import strict_json
 from engine.config import DATA_CACHE, GPT2_SIZES, LORA_TARGETS, PRESETS, SCALINGS, LoRAConfig, RunConfig
 from engine.errors import LoRALabError
-from engine.failure import failure_of
+from engine.failure import failure_of, one_line
 from engine.grid import TARGET_SETS
 
 EXIT_BAD_INPUT = 2  # the user can fix it: bad input, a missing file, out of memory
@@ -260,8 +260,9 @@ def cmd_classify(args: argparse.Namespace) -> None:
         table = classify_file(classifier, Path(args.file), Path(out))
         counts = table["label"].value_counts().to_dict()
         summary = {"file": args.file, "out": out, "messages": len(table), "labels": counts}
-        labels = table["label"].tolist()
-        shown = _answers_table(labels, [table[f"p_{label}"].iloc[i] for i, label in enumerate(labels)], table["message"].tolist())
+        head = table.head(FILE_ROWS_SHOWN)
+        labels = head["label"].tolist()
+        shown = _answers_table(labels, [head[f"p_{label}"].iloc[i] for i, label in enumerate(labels)], head["message"].tolist(), len(table), counts)
         by_label = ", ".join(f"{n:,} {label}" for label, n in counts.items())
         _emit(args, summary, [*shown, f"{len(table):,} messages classified ({by_label}); every answer with each class's probability in {out}"])
         return
@@ -280,15 +281,16 @@ def cmd_classify(args: argparse.Namespace) -> None:
 FILE_ROWS_SHOWN = 20
 
 
-def _answers_table(labels: list[str], probabilities: list[float], messages: list[str]) -> list[str]:
-    """The first answers of a file as aligned columns: label, its probability, the message cut to a line."""
-    width = max(len("label"), *(len(label) for label in labels))
+def _answers_table(labels: list[str], probabilities: list[float], messages: list[str], total: int, file_labels: Iterable[str]) -> list[str]:
+    """A file's first answers (of `total`) as aligned columns: label, its probability, the message cut to a
+    line; the label column is as wide as any label in the file (`file_labels`), shown or not."""
+    width = max(len("label"), *(len(label) for label in file_labels))
     lines = [f"{'label':<{width}}  {'P(label)':>8}  message"]
-    for label, p, message in list(zip(labels, probabilities, messages, strict=True))[:FILE_ROWS_SHOWN]:
-        text = " ".join(message.split())
+    for label, p, message in zip(labels, probabilities, messages, strict=True):
+        text = one_line(message)
         lines.append(f"{label:<{width}}  {p:>8.3f}  {text if len(text) <= 70 else text[:69] + '…'}")
-    if len(labels) > FILE_ROWS_SHOWN:
-        lines.append(f"... and {len(labels) - FILE_ROWS_SHOWN:,} more")
+    if total > FILE_ROWS_SHOWN:
+        lines.append(f"... and {total - FILE_ROWS_SHOWN:,} more")
     return lines
 
 
