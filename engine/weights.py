@@ -72,12 +72,6 @@ def resolve(spec: str) -> ModelSource:
     raise ConfigError(f"unknown model {spec!r}: use {', '.join(GPT2_SIZES)}, a folder with config.json and {WEIGHTS_FILE}, or a .safetensors file")
 
 
-def cached_weights(spec: str) -> Path | None:
-    """The weights file when it is on this machine already (the given folder or file, or the Hugging Face
-    cache), without touching the network; None when a download is needed."""
-    return cached(resolve(spec))
-
-
 def cached(source: ModelSource) -> Path | None:
     """`source`'s weights file when it is on this machine already (its own file, or the Hugging Face cache),
     without touching the network; None when a download is needed."""

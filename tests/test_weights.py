@@ -114,19 +114,19 @@ def test_unreachable_server_fails_at_once_without_retries(tmp_path, monkeypatch)
 def test_a_size_in_the_cache_is_found_without_the_network(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
-    from engine.weights import cached_weights
+    from engine.weights import cached
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    assert cached_weights("gpt2-small") is None
+    assert cached(resolve("gpt2-small")) is None
     snapshot = tmp_path / "hub" / "models--openai-community--gpt2" / "snapshots" / ("a" * 40)
     snapshot.mkdir(parents=True)
     (snapshot / "model.safetensors").write_bytes(b"weights")
     (tmp_path / "hub" / "models--openai-community--gpt2" / "refs").mkdir()
     (tmp_path / "hub" / "models--openai-community--gpt2" / "refs" / "main").write_text("a" * 40)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # unreachable: the cache must answer alone
-    assert cached_weights("gpt2-small") == snapshot / "model.safetensors"
+    assert cached(resolve("gpt2-small")) == snapshot / "model.safetensors"
     assert fetch(resolve("gpt2-small")) == snapshot / "model.safetensors"
-    assert cached_weights("gpt2-medium") is None
+    assert cached(resolve("gpt2-medium")) is None
 
 
 @pytest.mark.parametrize("size", ["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl"])
