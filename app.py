@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except LoRALabError as error:  # e.g. Ray missing or unreachable
         raise SystemExit(f"lora-lab: error: {error}") from None
     demo = build_ui(settings, lab)
-    url = launch(demo, settings, args.host, args.port, args.share, block=False, auth=args.auth)
+    url = launch(demo, settings, args.host, args.port, args.share, auth=args.auth)
     print(banner(url, demo.share_url, args.share), flush=True)
     print(f"Runs train on {lab.scheduler.workers.describe()}; they and their queue are kept in {settings.out}.", flush=True)
     if not args.no_browser and has_desktop():
@@ -177,10 +177,9 @@ def launch(
     host: str,
     port: int,
     share: bool = False,
-    block: bool = True,
     auth: tuple[str, str] | None = None,
 ) -> str:
-    """Queue and serve `demo`; returns its local URL (at once when `block` is False, as tests want)."""
+    """Queue and serve `demo` in the background; returns its local URL at once (`demo.block_thread()` then serves until stopped)."""
     _, url, _ = demo.queue(max_size=64).launch(
         server_name=host,
         server_port=port,
@@ -195,7 +194,7 @@ def launch(
         app_kwargs={"middleware": [Middleware(HttpGuard, upload_space_bytes=settings.upload_space_mb * 1024 * 1024, upload_lifetime_s=UPLOAD_LIFETIME_S)]},
         favicon_path=str(ICON),
         pwa=True,  # the browser offers to install LoRA Lab as a desktop app, with this icon
-        prevent_thread_lock=not block,
+        prevent_thread_lock=True,
         quiet=True,  # `main` prints its own banner: Gradio's speaks of share=True in launch()
     )
     return url

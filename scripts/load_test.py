@@ -134,7 +134,7 @@ def serving(settings: object) -> Iterator[str]:
     lab = Lab(settings)
     demo = app.build_ui(settings, lab)
     try:
-        yield app.launch(demo, settings, "127.0.0.1", port, block=False)
+        yield app.launch(demo, settings, "127.0.0.1", port)
     finally:
         lab.close()
         demo.close()

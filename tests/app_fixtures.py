@@ -38,7 +38,7 @@ def running_app(settings: AppSettings, auth: tuple[str, str] | None = None) -> I
     """The app launched as `python app.py` launches it, in this process; its running runs are stopped afterwards."""
     lab = Lab(settings)
     demo = app.build_ui(settings, lab)
-    url = app.launch(demo, settings, "127.0.0.1", free_port(), block=False, auth=auth)
+    url = app.launch(demo, settings, "127.0.0.1", free_port(), auth=auth)
     try:
         yield RunningApp(url, lab)
     finally:
