@@ -28,8 +28,8 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read when gradio is imported
 import gradio as gr  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
-from engine.config import DATA_CACHE, GPT2_SIZES  # noqa: E402
-from engine.data import SOURCES  # noqa: E402
+from engine.config import DATA_CACHE, DEFAULT_MODEL, GPT2_SIZES, RUNS_DIR  # noqa: E402
+from engine.data.prepared import SOURCES  # noqa: E402
 from engine.device import pick_device  # noqa: E402
 from engine.errors import LoRALabError  # noqa: E402
 from engine.weights import resolve  # noqa: E402
@@ -77,8 +77,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--share", action="store_true", help="also publish a public gradio.live link (off by default: sends traffic through Gradio's servers)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
-    parser.add_argument("--model", default="gpt2-small", help=f"{', '.join(GPT2_SIZES)}, or a folder with config.json + model.safetensors (default gpt2-small)")
-    parser.add_argument("--out", type=Path, default=Path("runs"), help="folder for training runs (default runs)")
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"{', '.join(GPT2_SIZES)}, or a folder with config.json + model.safetensors (default {DEFAULT_MODEL})"
+    )
+    parser.add_argument("--out", type=Path, default=Path(RUNS_DIR), help=f"folder for training runs (default {RUNS_DIR})")
     parser.add_argument("--cache", type=Path, default=Path(DATA_CACHE), help=f"folder for the downloaded data (default {DATA_CACHE})")
     parser.add_argument(
         "--data-urls",

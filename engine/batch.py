@@ -8,9 +8,9 @@ import pandas as pd
 
 from engine.atomic import write_text_atomic
 from engine.classifier import Classifier, Prediction
-from engine.data import MAX_SOURCE_BYTES, decode_utf8
+from engine.data.prepared import MAX_SOURCE_BYTES, decode_utf8
+from engine.data.table import find_text_column, table_reader
 from engine.errors import DataError
-from engine.table import find_text_column, table_reader
 
 MAX_MESSAGES = 10_000  # a batch beyond this belongs in the CLI, not a browser request
 

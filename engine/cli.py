@@ -15,10 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from engine import strict_json
-from engine.config import DATA_CACHE, GPT2_SIZES, LORA_TARGETS, PRESETS, SCALINGS, LoRAConfig, RunConfig
+from engine.config import (
+    DATA_CACHE,
+    DEFAULT_MODEL,
+    GPT2_SIZES,
+    LORA_TARGETS,
+    PRESETS,
+    RUNS_DIR,
+    SCALINGS,
+    TARGET_SETS,
+    LoRAConfig,
+    RunConfig,
+    preset_values,
+)
 from engine.errors import LoRALabError
 from engine.failure import failure_of, one_line
-from engine.grid import TARGET_SETS
 
 EXIT_BAD_INPUT = 2  # the user can fix it: bad input, a missing file, out of memory
 EXIT_INTERNAL = 1  # a fault in LoRA Lab: the traceback is logged
@@ -46,7 +57,7 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], lines: list[str]) -
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from engine.data import prepare
+    from engine.data.prepared import prepare
 
     with _failures_said_once(not args.json):
         summary = prepare(args.source, args.cache, _download_reporter() if not args.json else None, deduplicate=args.dedupe).summary
@@ -98,8 +109,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from engine.recorder import RunRecorder
-    from engine.run import fine_tune
+    from engine.runs.recorder import RunRecorder
+    from engine.runs.run import fine_tune
 
     cfg = _run_config(args)
     recorder = RunRecorder()
@@ -138,7 +149,7 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
 
 def _log_event(event: Any) -> None:
     """The progress lines `train` writes to stderr."""
-    from engine.events import ModelReady
+    from engine.runs.events import ModelReady
     from engine.train import EpochDone, LossEvaluated, StepDone, ValidationEvaluated
 
     match event:
@@ -157,9 +168,9 @@ def _log_event(event: Any) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from engine.data import is_prepared_folder, prepare
-    from engine.grid import Grid, configure, targets_named
-    from engine.scheduler import Scheduler, workers_for
+    from engine.data.prepared import is_prepared_folder, prepare
+    from engine.runs.grid import Grid, configure, targets_named
+    from engine.runs.scheduler import Scheduler, workers_for
 
     presets = args.preset or ["recommended"]
     unset = {"preset": presets[0], "rank": None, "alpha": None, "scaling": None, "targets": None, "lr": None}  # the grid sets these
@@ -232,7 +243,7 @@ def _sweep_table(rows: list[dict[str, Any]]) -> list[str]:
 def _training_data(args: argparse.Namespace) -> str:
     """What `train` reads: --data; else the splits `data` prepared in --cache; else the data downloaded now into --cache."""
     from engine.config import preset
-    from engine.data import load_summary, prepare
+    from engine.data.prepared import load_summary, prepare
 
     if args.data:
         return args.data
@@ -330,7 +341,7 @@ def _failures_said_once(reported: bool) -> Iterator[None]:
     engine's log line about it stays quiet, and the final error does not list the sources again."""
     from engine.errors import DownloadError
 
-    quiet = logging.getLogger("engine.download")
+    quiet = logging.getLogger("engine.data.download")
     level = quiet.level
     if reported:
         quiet.setLevel(logging.ERROR)
@@ -380,12 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(run=cmd_data)
 
     params = add("params", "count total, frozen and trainable parameters (no weights needed)")
-    params.add_argument("--model", default="gpt2-small", help=model_help)
+    params.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
     _lora_arguments(params, defaults=True)
     params.set_defaults(run=cmd_params)
 
     generate = add("generate", "greedy text generation: the pretrained-weights sanity check")
-    generate.add_argument("--model", default="gpt2-small", help=model_help)
+    generate.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
     generate.add_argument("--max-new-tokens", type=int, default=15)
     generate.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
     generate.add_argument("prompt", nargs="?", default="Every effort moves you")
@@ -394,9 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = add("train", "fine-tune with LoRA and save the adapter and a run record")
     train.add_argument("--preset", choices=PRESETS, default="recommended", help="book: the book's appendix E exactly; recommended: faster and as accurate")
     _lora_arguments(train, defaults=False)
-    train.add_argument("--lr", type=float, help="learning rate (preset: book 5e-5, recommended 8e-4)")
+    train.add_argument("--lr", type=float, help=f"learning rate (default: the preset's, {preset_values('train', 'lr')})")
     _run_arguments(train, model_help)
-    train.add_argument("--out", default="runs/latest", help="output folder (default: runs/latest)")
+    train.add_argument("--out", default=RunConfig.out_dir, help=f"output folder (default: {RunConfig.out_dir})")
     train.set_defaults(run=cmd_train)
 
     sweep = add("sweep", "train a grid of runs, every combination of the values given, on several workers (or a Ray cluster)")
@@ -409,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--targets", choices=TARGET_SETS, nargs="+", help="sets of layers LoRA adapts: " + ", ".join(TARGET_SETS))
     grid.add_argument("--seed", type=int, nargs="+", metavar="S", help="random seeds (head, LoRA and batch order)")
     _run_arguments(sweep, model_help)
-    sweep.add_argument("--out", default="runs", help="the runs folder; the grid goes into OUT/grid-<date-time>/ (default: runs)")
+    sweep.add_argument("--out", default=RUNS_DIR, help=f"the runs folder; the grid goes into OUT/grid-<date-time>/ (default: {RUNS_DIR})")
     sweep.add_argument("--workers", type=int, help="runs at once (default: one per CUDA GPU, otherwise 1; on Ray: one per GPU, otherwise one per 2 CPUs)")
     sweep.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster: its address, or auto for the one started on this machine (`ray start --head`)")
     sweep.add_argument("--owner", default="", help="whose grid this is, kept in every run's record")
@@ -426,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.set_defaults(run=cmd_classify)
 
     bench = add("bench", "measure training and classification speed on this machine (random weights)")
-    bench.add_argument("--model", default="gpt2-small", help="size to benchmark (random weights of the real shape)")
+    bench.add_argument("--model", default=DEFAULT_MODEL, help="size to benchmark (random weights of the real shape)")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--steps", type=int, default=5, help="timed training steps per measurement")
     bench.add_argument("--data", help=f"SMS data for the epoch comparison: prepared folder, zip or TSV (default: {DATA_CACHE}, downloaded there if empty)")
@@ -438,23 +449,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
     """What `train` and `sweep` share besides the settings a grid varies."""
-    parser.add_argument("--model", default="gpt2-small", help=model_help)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
     parser.add_argument(
         "--data", help="folder made by `data`, or a source as `data --source` takes (default: what `data` prepared in --cache, else download)"
     )
     parser.add_argument("--cache", default=DATA_CACHE, help=f"where downloaded data and CSVs go (default: {DATA_CACHE})")
     parser.add_argument("--dedupe", action="store_true", help="drop repeated messages before balancing and splitting")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--epochs", type=int, help=f"passes over the training messages (default: the preset's, {preset_values('train', 'epochs')})")
+    parser.add_argument("--batch-size", type=int, help=f"messages per optimiser step (default: the preset's, {preset_values('train', 'batch_size')})")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     parser.add_argument("--no-live-metrics", action="store_true", help="at each loss estimate, skip scoring the whole validation set (faster)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
 
 
 def _lora_arguments(parser: argparse.ArgumentParser, defaults: bool) -> None:
-    parser.add_argument("--rank", type=int, default=16 if defaults else None, help="LoRA rank (default 16)")
-    parser.add_argument("--alpha", type=float, default=16.0 if defaults else None, help="LoRA alpha (default 16)")
-    parser.add_argument("--scaling", choices=SCALINGS, default="alpha" if defaults else None, help="alpha (book) or alpha_over_rank (Hu et al., PEFT)")
+    """LoRA's settings: with `defaults`, LoRAConfig's own (params); else unset, so that the preset's apply (train)."""
+    lora = LoRAConfig()
+
+    def default(name: str) -> tuple[object, str]:
+        if not defaults:
+            return None, f"default: the preset's, {preset_values('lora', name)}"
+        value = getattr(lora, name)
+        return value, f"default {value:g}" if isinstance(value, float) else f"default {value}"
+
+    for name, kind, words in (("rank", int, "LoRA rank"), ("alpha", float, "LoRA alpha")):
+        value, said = default(name)
+        parser.add_argument(f"--{name}", type=kind, default=value, help=f"{words} ({said})")
+    value, said = default("scaling")
+    parser.add_argument("--scaling", choices=SCALINGS, default=value, help=f"alpha (the book) or alpha_over_rank (Hu et al., PEFT); {said}")
     parser.add_argument("--targets", nargs="+", choices=LORA_TARGETS, metavar="TARGET", help=f"layers to adapt (default all): {', '.join(LORA_TARGETS)}")
 
 

@@ -33,7 +33,18 @@ LORA_TARGETS: tuple[str, ...] = (
     "score",
 )
 
+# Layer sets offered by name (the grid, the app, `sweep --targets`); any tuple of LORA_TARGETS is accepted too.
+TARGET_SETS: dict[str, tuple[str, ...]] = {
+    "all": LORA_TARGETS,
+    "attention": ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.c_proj"),
+    "query-value": ("attn.q_proj", "attn.v_proj"),
+    "mlp": ("mlp.c_fc", "mlp.c_proj"),
+}
+
 LABELS: tuple[str, ...] = ("ham", "spam")
+
+DEFAULT_MODEL = "gpt2-small"  # the book's model: what the app and every command start with
+RUNS_DIR = "runs"  # where runs are kept unless told otherwise
 
 # The most classes a dataset or an adapter may have: far more than any message-classification demo
 # needs, few enough that every table, plot and head stays small.
@@ -46,6 +57,11 @@ MAX_LR = 0.1
 LR_RANGE = f"{MIN_LR:g} to {MAX_LR:g}".replace("e-0", "e-")  # "1e-7 to 0.1", as messages and the widget say it
 
 
+def target_set_name(targets: tuple[str, ...] | list[str]) -> str | None:
+    """The TARGET_SETS name of these layers, if they are one of the named sets."""
+    return next((name for name, layers in TARGET_SETS.items() if tuple(layers) == tuple(targets)), None)
+
+
 def _raise_if(problems: list[str], what: str) -> None:
     if problems:
         raise ConfigError(f"invalid {what}: " + "; ".join(problems))
@@ -55,7 +71,7 @@ def _raise_if(problems: list[str], what: str) -> None:
 class GPTConfig:
     """Shape of a GPT-2 model; the four published sizes are in GPT2_SIZES."""
 
-    name: str = "gpt2-small"  # size name, or a label for a local checkpoint
+    name: str = DEFAULT_MODEL  # size name, or a label for a local checkpoint
     vocab_size: int = 50257
     context_length: int = 1024  # learned position embeddings: the hard limit on tokens
     n_embd: int = 768
@@ -231,6 +247,13 @@ PRESET_CONFIGS: dict[str, Preset] = {
 PRESETS: tuple[str, ...] = tuple(PRESET_CONFIGS)
 
 
+def preset_values(part: str, name: str) -> str:
+    """A setting's value in each preset, for help texts, so that they never restate a preset: preset_values("train", "lr")
+    is "book 5e-05, recommended 0.0008"."""
+    shown = lambda value: f"{value:g}" if isinstance(value, float) else str(value)
+    return ", ".join(f"{label} {shown(getattr(getattr(chosen, part), name))}" for label, chosen in PRESET_CONFIGS.items())
+
+
 def preset(name: str) -> Preset:
     try:
         return PRESET_CONFIGS[name]
@@ -242,14 +265,14 @@ def preset(name: str) -> Preset:
 class RunConfig:
     """Everything one fine-tuning run needs; what the CLI and the app build from their inputs."""
 
-    model: str = "gpt2-small"  # size name, or a folder with config.json + model.safetensors
+    model: str = DEFAULT_MODEL  # size name, or a folder with config.json + model.safetensors
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: str | None = None  # prepared folder, URL, zip or TSV; None downloads into data_cache
     data_urls: tuple[str, ...] | None = None  # where None downloads from (default: UCI, then its backup)
     deduplicate: bool = False  # drop repeated messages before balancing and splitting
     data_cache: str = DATA_CACHE
-    out_dir: str = "runs/latest"
+    out_dir: str = f"{RUNS_DIR}/latest"
     device: str = "auto"
     preset: str | None = None  # name of the preset this run started from, for the record
     owner: str = ""  # who queued the run, or what it is for (free text): shown beside it, kept in its record

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from engine.config import TrainConfig
-from engine.data import Splits
+from engine.data.prepared import Splits
 from engine.errors import ConfigError
 from engine.tokenizer import END_OF_TEXT_ID, encode
 

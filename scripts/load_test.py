@@ -115,7 +115,7 @@ def wrong_answers(report: LoadReport, adapter: Path, model: str | None = None) -
 
 def sample_messages(data: Path, count: int = 50) -> list[str]:
     """The app's examples, then real SMS texts from the test split of `data` (a prepared folder)."""
-    from engine.data import read_split
+    from engine.data.prepared import read_split
     from ui.classify_tab import EXAMPLE_MESSAGES
 
     texts = read_split(data, "test")["Text"].tolist()
@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from engine.bench.epochs import prepared_for_bench
     from engine.config import GPTConfig, RunConfig
     from engine.model import GPT
-    from engine.run import fine_tune
+    from engine.runs.run import fine_tune
     from engine.weights import save_hf_checkpoint
     from ui.settings import AppSettings
 

@@ -90,7 +90,7 @@ def sms_zip() -> Path:
 @pytest.fixture(scope="session")
 def prepared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real SMS data, balanced and split into train/validation/test CSVs."""
-    from engine.data import prepare
+    from engine.data.prepared import prepare
 
     folder = tmp_path_factory.mktemp("sms-prepared")
     prepare(str(SMS_ZIP), folder)
@@ -181,7 +181,7 @@ def tiny_run_config(model_dir: Path, data_dir: Path, out_dir: Path, **train_chan
 @pytest.fixture(scope="session")
 def trained_run(tiny_model_dir: Path, prepared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[object, list]:
     """(RunConfig, events) of one finished tiny run; its adapter is in OUT/adapter."""
-    from engine.run import fine_tune
+    from engine.runs.run import fine_tune
 
     cfg = tiny_run_config(tiny_model_dir, prepared_data, tmp_path_factory.mktemp("run"))
     return cfg, list(fine_tune(cfg))

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from conftest import SMS_ZIP, tiny_run_config
 
-from engine.data import prepare, read_source_file
-from engine.run import fine_tune
+from engine.data.prepared import prepare, read_source_file
+from engine.runs.run import fine_tune
 
 
 def small_csv(folder: Path, per_class: int = 40) -> Path:

@@ -18,9 +18,9 @@ from matplotlib.figure import Figure
 import app
 from engine.adapted_linear import product_path
 from engine.config import LORA_TARGETS, RunConfig
-from engine.data import SOURCES
+from engine.data.prepared import SOURCES
 from engine.errors import ConfigError
-from engine.scheduler import RunView
+from engine.runs.scheduler import RunView
 from ui.classify_tab import EXAMPLE_MESSAGES, ClassifyTab
 from ui.controls import Controls, ControlWidgets, run_config
 from ui.data_tab import DataTab
@@ -342,8 +342,8 @@ def test_train_poll_classify_through_the_handlers(lab: Lab, settings: AppSetting
 
 def test_live_views_show_the_latest_estimate_or_say_why_there_is_none(settings: AppSettings) -> None:
     from engine.evaluate import Metrics
-    from engine.recorder import RunProgress
-    from engine.run_queue import QueuedRun
+    from engine.runs.queue import QueuedRun
+    from engine.runs.recorder import RunProgress
     from engine.train import ValidationEvaluated
 
     assert live_views(None) == ("<div id='live-note'>The full validation set is scored at each loss estimate.</div>", None)
@@ -360,7 +360,7 @@ def test_live_views_show_the_latest_estimate_or_say_why_there_is_none(settings: 
 
 
 def test_loss_frame_thins_long_runs_but_keeps_estimates_and_the_last_step() -> None:
-    from engine.recorder import BatchLoss, RunProgress
+    from engine.runs.recorder import BatchLoss, RunProgress
     from engine.train import LossEvaluated
 
     progress = RunProgress(batch_losses=tuple(BatchLoss(step, 8 * step, 1.0) for step in range(1, 2001)), estimates=(LossEvaluated(999, 0.5, 8000, 0.6, 0.5),))

@@ -28,7 +28,7 @@ import app
 from engine.classifier import Classifier
 from engine.config import LORA_TARGETS
 from engine.memory import ADVICE
-from engine.recorder import RunProgress
+from engine.runs.recorder import RunProgress
 from scripts.load_test import hammer, sample_messages, wrong_answers
 from ui.classify_tab import EXAMPLE_MESSAGES, MAX_BATCH_MESSAGES, ClassifyTab
 from ui.controls import run_config
@@ -207,9 +207,9 @@ def test_blank_lines_crlf_and_a_header_are_tolerated_and_the_next_upload_works(l
 
 
 def test_an_upload_over_the_size_limit_is_refused(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.data
+    import engine.data.prepared
 
-    monkeypatch.setattr(engine.data, "MAX_SOURCE_BYTES", 10_000)
+    monkeypatch.setattr(engine.data.prepared, "MAX_SOURCE_BYTES", 10_000)
     with pytest.raises(gr.Error, match="over the 10,000-byte limit"):
         DataTab(lab).upload_data(as_upload(Path(__file__).parent / "fixtures" / "sms_spam_collection.zip"))
 
@@ -220,11 +220,11 @@ def test_an_upload_over_the_size_limit_is_refused(lab: Lab, monkeypatch: pytest.
     ids=["system-file", "repository-file", "local-url", "url", "relative"],
 )
 def test_only_gradio_s_upload_copies_are_read(lab: Lab, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.data
+    import engine.data.prepared
 
     read: list[Any] = []
-    monkeypatch.setattr(engine.data, "read_source_file", lambda source: read.append(source))
-    monkeypatch.setattr(engine.data, "fetch_zip", lambda *args, **kwargs: read.append(args))
+    monkeypatch.setattr(engine.data.prepared, "read_source_file", lambda source: read.append(source))
+    monkeypatch.setattr(engine.data.prepared, "fetch_zip", lambda *args, **kwargs: read.append(args))
     with pytest.raises(gr.Error, match="only files uploaded through this page are read"):
         DataTab(lab).upload_data(path)
     with pytest.raises(gr.Error, match="only files uploaded through this page are read"):

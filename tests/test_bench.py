@@ -106,11 +106,11 @@ def test_bench_imports_without_unix_only_modules() -> None:
 def test_bench_data_comes_from_the_data_cache_never_from_the_tests(http_server, tmp_path, monkeypatch) -> None:
     from conftest import sms_zip_bytes
 
-    import engine.data
+    import engine.data.prepared
     from engine.bench.epochs import prepared_for_bench
 
     http_server.routes["/sms.zip"] = (200, sms_zip_bytes(), {})
-    monkeypatch.setattr(engine.data, "SOURCES", (http_server.url("/sms.zip"),))
+    monkeypatch.setattr(engine.data.prepared, "SOURCES", (http_server.url("/sms.zip"),))
     monkeypatch.chdir(tmp_path)
     assert prepared_for_bench(None, tmp_path / "scratch") == Path("data_cache")  # downloaded there, as `data` does
     assert (tmp_path / "data_cache" / "train.csv").is_file() and http_server.hits == ["/sms.zip"]

@@ -17,12 +17,12 @@ import torch
 from conftest import SMS_ZIP, write_hf_checkpoint
 from safetensors.torch import load_file
 
-import engine.run
+import engine.runs.run
 import engine.train
 from engine.config import GPTConfig, RunConfig
-from engine.data import prepare
+from engine.data.prepared import prepare
 from engine.lora import lora_layers
-from engine.run import BaselineEvaluated, FinalEvaluated, RunSaved, fine_tune
+from engine.runs.run import BaselineEvaluated, FinalEvaluated, RunSaved, fine_tune
 from engine.train import EpochDone, LossEvaluated
 
 REFERENCE = Path(__file__).parent / "book_reference.py"
@@ -65,8 +65,8 @@ def test_book_preset_reproduces_the_books_run(tmp_path, monkeypatch):
         batches.append(batch.input_ids.tolist())
         return real_loss(model, batch, pooling)
 
-    real_train, real_loss = engine.run.train, engine.train.batch_loss
-    monkeypatch.setattr(engine.run, "train", train_recording_its_start)
+    real_train, real_loss = engine.runs.run.train, engine.train.batch_loss
+    monkeypatch.setattr(engine.runs.run, "train", train_recording_its_start)
     monkeypatch.setattr(engine.train, "batch_loss", loss_recording_its_batch)
     cfg = RunConfig.from_preset("book", model=str(model_dir), data=str(prepared.folder), out_dir=str(tmp_path / "run"), device="cpu")
     events = list(fine_tune(cfg.with_train(epochs=EPOCHS, eval_freq=EVAL_FREQ, eval_iter=EVAL_ITER)))

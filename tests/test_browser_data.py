@@ -16,7 +16,7 @@ from app_fixtures import RunningApp
 from conftest import SMS_ZIP
 from test_browser import expect, open_tab, screenshot, set_number, sync_api
 
-from engine.data import prepare
+from engine.data.prepared import prepare
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

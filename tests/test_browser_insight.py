@@ -18,7 +18,7 @@ import test_browser
 from app_fixtures import RunningApp, running_app
 from test_browser import app_page, expect, open_tab, screenshot, set_number, sync_api
 
-from engine.history import all_runs
+from engine.runs.history import all_runs
 from ui.classify_tab import EXAMPLE_MESSAGES
 from ui.settings import AppSettings
 

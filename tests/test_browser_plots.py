@@ -17,10 +17,10 @@ from test_browser import expect, sync_api
 
 from engine.config import RunConfig
 from engine.evaluate import Metrics
-from engine.events import BaselineEvaluated
-from engine.recorder import BatchLoss, RunProgress
-from engine.run_queue import QueuedRun
-from engine.scheduler import RunView
+from engine.runs.events import BaselineEvaluated
+from engine.runs.queue import QueuedRun
+from engine.runs.recorder import BatchLoss, RunProgress
+from engine.runs.scheduler import RunView
 from engine.train import LossEvaluated, ValidationEvaluated
 from ui.train_tab import LOSS_COLORS, SCORE_COLORS, accuracy_frames, accuracy_plot, live_views, loss_frame, loss_plot, scores_plot
 

@@ -76,7 +76,7 @@ def test_before_is_the_base_models_answer(classifier):
 def test_batched_classification_equals_one_at_a_time(classifier):
     from conftest import SMS_ZIP
 
-    from engine.data import read_source_file
+    from engine.data.prepared import read_source_file
 
     texts = read_source_file(SMS_ZIP).Text[:70].tolist()  # varied lengths, more than one batch
     together = classifier.classify(texts)
@@ -89,7 +89,7 @@ def test_batched_classification_equals_one_at_a_time(classifier):
 def test_int8_path_agrees_with_fp32(trained_run, classifier):
     from conftest import SMS_ZIP
 
-    from engine.data import read_source_file
+    from engine.data.prepared import read_source_file
 
     quantized = Classifier.load(trained_run[1][-1].adapter_dir, torch.device("cpu"), int8=True)
     assert quantized.int8

@@ -51,10 +51,10 @@ def test_data_from_local_zip(capsys, sms_zip, tmp_path):
 def test_data_download_uses_backup(capsys, http_server, tmp_path, monkeypatch):
     from conftest import sms_zip_bytes
 
-    import engine.data
+    import engine.data.prepared
 
     http_server.routes["/backup.zip"] = (200, sms_zip_bytes(), {})
-    monkeypatch.setattr(engine.data, "SOURCES", (http_server.url("/down.zip"), http_server.url("/backup.zip")))
+    monkeypatch.setattr(engine.data.prepared, "SOURCES", (http_server.url("/down.zip"), http_server.url("/backup.zip")))
     out = run_json(capsys, "data", "--cache", str(tmp_path))
     assert out["source"].endswith("/backup.zip") and out["train"] == 1045
 

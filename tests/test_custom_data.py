@@ -5,10 +5,10 @@ import torch
 from conftest import tiny_run_config
 
 from engine.classifier import Classifier
-from engine.data import prepare, read_source_file
+from engine.data.prepared import prepare, read_source_file
 from engine.errors import DataError
-from engine.events import FinalEvaluated, RunSaved
-from engine.run import fine_tune
+from engine.runs.events import FinalEvaluated, RunSaved
+from engine.runs.run import fine_tune
 
 TOPICS = {
     "billing": "my invoice {i} was charged twice, please refund the payment",

@@ -4,10 +4,10 @@ import pytest
 from conftest import SMS_ZIP, sms_zip_bytes, zip_of
 
 from engine.config import preset
-from engine.data import ZIP_NAME, balance, load_splits, prepare, read_source_file, split
+from engine.data.prepared import ZIP_NAME, balance, load_splits, prepare, read_source_file, split
+from engine.data.reading import parse_messages
 from engine.errors import DataError, DownloadError
 from engine.loaders import make_loaders
-from engine.reading import parse_messages
 
 HTML = b"<!DOCTYPE html><html><body>Service unavailable</body></html>"
 
@@ -81,9 +81,9 @@ def test_both_sources_failing_names_each(http_server, tmp_path):
 
 
 def test_stalled_download_times_out_then_backup_is_used(http_server, tmp_path, monkeypatch):
-    import engine.download
+    import engine.data.download
 
-    monkeypatch.setattr(engine.download, "READ_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(engine.data.download, "READ_TIMEOUT_S", 0.5)
     http_server.routes["/stall.zip"] = (200, sms_zip_bytes(), {})
     http_server.stall_after["/stall.zip"] = 1000
     http_server.routes["/good.zip"] = (200, sms_zip_bytes(), {})
@@ -152,9 +152,9 @@ def test_cancelling_a_download_leaves_nothing(http_server, tmp_path):
 
 
 def test_oversized_source_file_is_refused(tmp_path, monkeypatch):
-    import engine.data
+    import engine.data.prepared
 
-    monkeypatch.setattr(engine.data, "MAX_SOURCE_BYTES", 1000)
+    monkeypatch.setattr(engine.data.prepared, "MAX_SOURCE_BYTES", 1000)
     path = tmp_path / "huge.tsv"
     path.write_text("ham\t" + "x" * 2000 + "\n")
     with pytest.raises(DataError, match="over the 1,000-byte limit"):

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from engine.classifier import build_classifier
 from engine.config import LoRAConfig, RunConfig, TrainConfig, preset
-from engine.data import Splits, load_splits
+from engine.data.prepared import Splits, load_splits
 from engine.draws import RunDraws
 from engine.errors import ConfigError
 from engine.evaluate import evaluate

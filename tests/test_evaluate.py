@@ -7,8 +7,8 @@ from conftest import randomise_lora
 from torch import nn
 
 from engine.evaluate import Mistake, Scores, at_threshold, evaluate_whole_and_first, evaluate_with_scores, mistakes, roc_curve
-from engine.events import FinalEvaluated, RunSaved
 from engine.loaders import Batch
+from engine.runs.events import FinalEvaluated, RunSaved
 
 
 def test_threshold_metrics_and_roc_on_known_scores():
@@ -107,7 +107,7 @@ def test_run_reports_per_message_scores(trained_run):
 def test_length_sorted_evaluation_equals_the_loaders_own_batches(tiny_model_dir, prepared_data):
     from engine.classifier import build_classifier
     from engine.config import LoRAConfig, preset
-    from engine.data import prepare
+    from engine.data.prepared import prepare
     from engine.evaluate import evaluate
     from engine.loaders import make_loaders
     from engine.weights import load_model

@@ -19,8 +19,8 @@ from gradio_client import Client, handle_file
 import app
 import engine.train
 from engine.errors import TrainingDiverged
-from engine.history import read_run
-from engine.run import fine_tune
+from engine.runs.history import read_run
+from engine.runs.run import fine_tune
 from ui.classify_tab import ClassifyTab
 from ui.controls import run_config
 from ui.data_tab import DataTab

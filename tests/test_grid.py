@@ -4,7 +4,7 @@ import pytest
 
 from engine.config import LORA_TARGETS, RunConfig
 from engine.errors import ConfigError
-from engine.grid import MAX_GRID_RUNS, TARGET_SETS, Grid, targets_named
+from engine.runs.grid import MAX_GRID_RUNS, TARGET_SETS, Grid, targets_named
 
 
 def test_a_grid_makes_every_combination_named_by_what_varies() -> None:

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from engine.data import prepare
+from engine.data.prepared import prepare
 from ui.data_tab import token_histogram
 
 

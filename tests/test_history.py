@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
-from engine.data import read_split
+from engine.data.prepared import read_split
 from engine.errors import DataError
-from engine.history import all_runs, list_runs, read_run, read_scores
+from engine.runs.history import all_runs, list_runs, read_run, read_scores
 
 
 def test_history_skips_folders_without_a_readable_record(tmp_path):

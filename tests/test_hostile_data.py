@@ -18,8 +18,8 @@ from engine.adapter import read_adapter
 from engine.classifier import Classifier
 from engine.cli import main as cli
 from engine.config import MAX_CLASSES
-from engine.data import MAX_UNPACKED_BYTES, MEMBER, prepare, read_source_file, validate_zip
-from engine.download import download_first_valid
+from engine.data.download import download_first_valid
+from engine.data.prepared import MAX_UNPACKED_BYTES, MEMBER, prepare, read_source_file, validate_zip
 from engine.errors import AdapterError, Cancelled, DataError, DownloadError
 from ui.data_tab import MAX_HISTOGRAM_SERIES, DataTab, counts_frame, token_histogram
 from ui.lab import Lab

@@ -18,11 +18,11 @@ from conftest import SMS_ZIP
 from gradio_client import Client, handle_file
 from insight_fixtures import three_class_scores, write_three_classes
 
-from engine.compare import grid_points, summarise
-from engine.data import prepare
+from engine.data.prepared import prepare
 from engine.explain import TokenScore, WordInfluence
-from engine.grid import Grid
-from engine.history import all_runs, list_runs
+from engine.runs.compare import grid_points, summarise
+from engine.runs.grid import Grid
+from engine.runs.history import all_runs, list_runs
 from ui.classify_tab import ClassifyTab, influence_html, token_heatmap_html
 from ui.data_tab import DataTab, counts_frame, quality_markdown
 from ui.evaluate_tab import EvaluateTab
@@ -233,7 +233,7 @@ def test_a_grid_queues_every_combination_and_its_results_compare(lab: Lab) -> No
 
 
 def test_grid_pictures_draw_mean_and_spread() -> None:
-    from engine.compare import GridPoint
+    from engine.runs.compare import GridPoint
 
     fixed = {"alpha": 16.0, "scaling": "alpha", "lr": 1e-3, "preset": "book", "targets": "all"}
     points = [

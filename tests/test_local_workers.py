@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.errors import ConfigError
-from engine.local_workers import default_worker_count, local_slots, share_cores
+from engine.runs.local_workers import default_worker_count, local_slots, share_cores
 
 
 @pytest.fixture

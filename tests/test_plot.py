@@ -12,8 +12,8 @@ IN_A_NOTEBOOK = """
 import sys
 import matplotlib
 matplotlib.use("svg")  # a backend of the caller's own, as a notebook sets its inline one
-import engine.run
-from engine.plot import save_loss_plot
+import engine.runs.run
+from engine.runs.plot import save_loss_plot
 from engine.train import LossEvaluated
 
 points = [LossEvaluated(0, 0.1, 8, 0.9, 0.95), LossEvaluated(50, 0.5, 408, 0.4, 0.5)]

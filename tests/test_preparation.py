@@ -16,9 +16,9 @@ import pytest
 from conftest import SMS_ZIP, sms_zip_bytes, tiny_run_config
 
 from engine.config import RunConfig
-from engine.data import ORIGINAL_DIR, ZIP_NAME, prepare, read_source_file
+from engine.data.prepared import ORIGINAL_DIR, ZIP_NAME, prepare, read_source_file
 from engine.errors import DataError
-from engine.run import DataReady, RunSaved, fine_tune
+from engine.runs.run import DataReady, RunSaved, fine_tune
 
 
 def record_of_a_run_stopped_once_its_data_is_ready(cfg: RunConfig) -> dict:

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from conftest import TINY, write_hf_checkpoint
 
 from engine.config import RunConfig
-from engine.events import FinalEvaluated
 from engine.model import GPT
-from engine.run import fine_tune
+from engine.runs.events import FinalEvaluated
+from engine.runs.run import fine_tune
 from engine.tokenizer import END_OF_TEXT_ID, encode
 
 LM_STEPS = 600

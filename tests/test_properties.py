@@ -6,8 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.classifier import Classifier
+from engine.data.reading import parse_messages
 from engine.errors import DataError, InputError
-from engine.reading import parse_messages
 from engine.tokenizer import decode, encode
 
 # Message text as it can appear in the TSV: anything but the line break that ends a record.

@@ -1,7 +1,7 @@
 from conftest import SMS_ZIP
 
-from engine.data import balance, prepare, read_source_file, split
-from engine.quality import deduplicate, duplicate_report
+from engine.data.prepared import balance, prepare, read_source_file, split
+from engine.data.quality import deduplicate, duplicate_report
 
 
 def test_the_collection_repeats_hundreds_of_texts():

@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_run_config
 from test_scheduler import assert_same_results, grid_of_four, results, run_grid
 
-from engine.local_workers import LocalWorkers, local_slots
+from engine.runs.local_workers import LocalWorkers, local_slots
 from engine.train import StepDone
 
 if os.getenv("CI", "").strip().lower() in ("1", "true", "yes"):
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ray_workers():
-    from engine.ray_workers import RayWorkers
+    from engine.runs.ray_workers import RayWorkers
 
     workers = RayWorkers(None, count=2)  # starts a local cluster, as `--ray` with no cluster running would not: the test's own
     yield workers
@@ -68,7 +68,7 @@ def test_ray_returns_the_same_adapters_and_metrics_as_local_workers(ray_workers,
 def test_a_ray_run_stops_within_a_step_and_saves_here(ray_workers, tiny_model_dir, prepared_data, tmp_path):
     import time
 
-    from engine.scheduler import Scheduler
+    from engine.runs.scheduler import Scheduler
 
     scheduler = Scheduler(tmp_path / "runs", ray_workers)
     (run,) = scheduler.submit([tiny_run_config(tiny_model_dir, prepared_data, tmp_path, max_steps=None, epochs=30, eval_freq=1000)])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import SMS_ZIP
 
-import engine.data
+import engine.data.prepared
 from engine.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def test_the_readme_command_lines_work_offline_as_written(
 
 def test_data_offline_names_each_failed_source_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     sources = ("http://127.0.0.1:9/sms.zip", "http://127.0.0.1:9/backup.zip")  # nothing listens on the discard port
-    monkeypatch.setattr(engine.data, "SOURCES", sources)
+    monkeypatch.setattr(engine.data.prepared, "SOURCES", sources)
     assert main(["data", "--cache", str(tmp_path)]) == 2
     printed = capsys.readouterr().err
     for url in sources:
@@ -80,7 +80,7 @@ def test_data_offline_names_each_failed_source_once(tmp_path: Path, monkeypatch:
 
 
 def test_train_without_prepared_data_downloads_it_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(engine.data, "SOURCES", ("http://127.0.0.1:9/sms.zip",))
+    monkeypatch.setattr(engine.data.prepared, "SOURCES", ("http://127.0.0.1:9/sms.zip",))
     assert main(["train", "--model", "gpt2-small", "--cache", str(tmp_path / "empty")]) == 2
     printed = capsys.readouterr().err
     assert printed.count("http://127.0.0.1:9/sms.zip") == 1 and "error: no source could be downloaded" in printed

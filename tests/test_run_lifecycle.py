@@ -15,17 +15,17 @@ import pytest
 import torch
 from conftest import TINY, broken_adapter, tiny_run_config
 
-import engine.record
+import engine.runs.record
 import engine.train
 from engine.adapter import read_adapter
 from engine.classifier import Classifier, build_classifier
 from engine.config import LoRAConfig, TrainConfig
 from engine.errors import AdapterError, ConfigError, DiskFullError, TrainingDiverged
-from engine.history import latest_adapter, list_runs
 from engine.lora import merge_lora
 from engine.model import GPT
-from engine.record import RECORD_FILE, read_record
-from engine.run import fine_tune
+from engine.runs.history import latest_adapter, list_runs
+from engine.runs.record import RECORD_FILE, read_record
+from engine.runs.run import fine_tune
 from engine.train import LossEvaluated
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ RUNNER = textwrap.dedent(
     import sys
     sys.path[:0] = [{root!r}, {tests!r}]
     from conftest import tiny_run_config
-    from engine.run import fine_tune
+    from engine.runs.run import fine_tune
     from engine.train import LossEvaluated
 
     cfg = tiny_run_config(*sys.argv[1:4], epochs=100, max_steps=None, eval_freq=3)
@@ -88,9 +88,9 @@ def test_a_killed_run_is_listed_as_interrupted_and_its_checkpoint_classifies(tin
 
 
 def test_a_record_of_this_process_that_no_run_is_writing_reads_as_interrupted(tmp_path: Path, tiny_model_dir: Path, prepared_data: Path) -> None:
-    record = engine.record.RunRecord.begin(tiny_run_config(tiny_model_dir, prepared_data, tmp_path / "run"))
+    record = engine.runs.record.RunRecord.begin(tiny_run_config(tiny_model_dir, prepared_data, tmp_path / "run"))
     assert read_record(tmp_path / "run")["state"] == "running"
-    engine.record._running.discard(engine.record._key(tmp_path / "run"))  # as after a restart that got the same pid
+    engine.runs.record._running.discard(engine.runs.record._key(tmp_path / "run"))  # as after a restart that got the same pid
     assert read_record(tmp_path / "run")["state"] == "interrupted"
     assert record.fields["process"]["pid"] == os.getpid()
 
@@ -134,7 +134,7 @@ def test_no_room_for_a_run_says_so_and_leaves_nothing(tiny_model_dir: Path, prep
 def test_a_run_that_fills_the_disk_fails_with_advice_and_is_never_the_latest(
     tiny_model_dir: Path, prepared_data: Path, tmp_path: Path, trained_run: tuple[object, list], monkeypatch: pytest.MonkeyPatch, room_left: int
 ) -> None:
-    import engine.run
+    import engine.runs.run
 
     earlier = Path(trained_run[0].out_dir)
     with small_disk(tmp_path / "disk", 1024) as root:
@@ -143,14 +143,14 @@ def test_a_run_that_fills_the_disk_fails_with_advice_and_is_never_the_latest(
             (finished / name).parent.mkdir(parents=True, exist_ok=True)
             (finished / name).write_bytes((earlier / name).read_bytes())
         out = root / "20250102-000000"
-        real_fields = engine.run.record_fields
+        real_fields = engine.runs.run.record_fields
 
         def fields_on_a_full_disk(cfg, progress, device, seconds=None):
             if seconds is not None:  # the final record: the adapter and plot are written; then the disk fills up
                 fill(root, leave_bytes=room_left)
             return real_fields(cfg, progress, device, seconds)
 
-        monkeypatch.setattr(engine.run, "record_fields", fields_on_a_full_disk)
+        monkeypatch.setattr(engine.runs.run, "record_fields", fields_on_a_full_disk)
         with pytest.raises(DiskFullError, match=f"^the disk is full at {out}: free space or choose another --out$"):
             list(fine_tune(tiny_run_config(tiny_model_dir, prepared_data, out, max_steps=6, eval_freq=3)))
         assert latest_adapter(root) == finished / "adapter"  # never the failed run's adapter
@@ -168,7 +168,8 @@ def test_a_run_that_fills_the_disk_fails_with_advice_and_is_never_the_latest(
 def test_a_worker_reports_a_full_disk_in_words(tiny_model_dir: Path, prepared_data: Path, tmp_path: Path) -> None:
     import threading
 
-    from engine.worker import WorkerJob, run_job
+    from engine.runs.jobs import WorkerJob
+    from engine.runs.worker import run_job
 
     with small_disk(tmp_path / "disk", 256) as disk:
         fill(disk)
@@ -198,7 +199,7 @@ def test_a_run_whose_loss_turns_nan_stops_failed_and_keeps_its_last_finite_check
         return loss * float("nan") if len(steps) >= 8 else loss
 
     monkeypatch.setattr(engine.train, "batch_loss", poisoned)
-    monkeypatch.setattr(engine.record, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint at every estimate
+    monkeypatch.setattr(engine.runs.record, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint at every estimate
     root = tmp_path / "runs"
     out = root / "diverged"
     events = []
@@ -255,7 +256,7 @@ SAVER = textwrap.dedent(
     from engine.classifier import build_classifier
     from engine.config import LoRAConfig
     from engine.model import GPT
-    from engine.plot import save_loss_plot
+    from engine.runs.plot import save_loss_plot
     from engine.train import LossEvaluated
 
     out = sys.argv[1]

@@ -15,10 +15,10 @@ import torch
 from conftest import tiny_run_config
 from safetensors.torch import load_file
 
-from engine.grid import Grid
-from engine.local_workers import LocalWorkers, local_slots
-from engine.run_queue import QUEUE_FILE, QueueError, RunQueue
-from engine.scheduler import RunView, Scheduler
+from engine.runs.grid import Grid
+from engine.runs.local_workers import LocalWorkers, local_slots
+from engine.runs.queue import QUEUE_FILE, QueueError, RunQueue
+from engine.runs.scheduler import RunView, Scheduler
 
 pytestmark = pytest.mark.slow
 
@@ -105,8 +105,8 @@ import sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
 from engine.config import RunConfig
-from engine.local_workers import LocalWorkers, local_slots
-from engine.scheduler import Scheduler
+from engine.runs.local_workers import LocalWorkers, local_slots
+from engine.runs.scheduler import Scheduler
 config = RunConfig.from_dict(__import__("json").loads(sys.argv[1]))
 scheduler = Scheduler(Path(sys.argv[2]), LocalWorkers(local_slots(1, "cpu")))
 queued = scheduler.submit([config, config.with_train(max_steps=3), config.with_train(max_steps=3)])

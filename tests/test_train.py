@@ -7,8 +7,8 @@ from conftest import tiny_run_config
 
 from engine.config import RunConfig, TrainConfig, preset
 from engine.errors import ConfigError
-from engine.events import BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunSaved
-from engine.run import fine_tune
+from engine.runs.events import BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunSaved
+from engine.runs.run import fine_tune
 from engine.train import EpochDone, LossEvaluated, StepDone, TrainEnded, TrainStarted, ValidationEvaluated
 
 

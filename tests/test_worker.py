@@ -15,12 +15,13 @@ from conftest import SMS_ZIP, sms_zip_bytes
 
 from engine.classifier import Classifier
 from engine.config import RunConfig
-from engine.local_workers import LocalWorkers, local_slots
 from engine.memory import ADVICE
-from engine.recorder import RunRecorder
-from engine.scheduler import RunView, Scheduler
+from engine.runs.jobs import WorkerEnded, WorkerJob
+from engine.runs.local_workers import LocalWorkers, local_slots
+from engine.runs.recorder import RunRecorder
+from engine.runs.scheduler import RunView, Scheduler
+from engine.runs.worker import run_job
 from engine.train import StepDone
-from engine.worker import WorkerEnded, WorkerJob, run_job
 
 
 def tiny_run(model: Path, tmp_path: Path, data: str | None, **train: object) -> RunConfig:
@@ -115,11 +116,11 @@ def run_in_process(cfg: RunConfig, stop: threading.Event | None = None) -> tuple
 
 def evaluation_that_waits_for_stop(monkeypatch: pytest.MonkeyPatch, phase: str) -> threading.Event:
     """Make fine_tune's baseline or final evaluation block until Stop is pressed."""
-    import engine.run
+    import engine.runs.run
 
     entered = threading.Event()
     name = "evaluate" if phase == "baseline" else "evaluate_with_scores"
-    real = getattr(engine.run, name)
+    real = getattr(engine.runs.run, name)
 
     def waiting(model, loader, device, pooling, num_batches=None, should_stop=None, **options):
         entered.set()
@@ -128,7 +129,7 @@ def evaluation_that_waits_for_stop(monkeypatch: pytest.MonkeyPatch, phase: str) 
             time.sleep(0.01)
         return real(model, loader, device, pooling, num_batches, should_stop, **options)
 
-    monkeypatch.setattr(engine.run, name, waiting)
+    monkeypatch.setattr(engine.runs.run, name, waiting)
     return entered
 
 
@@ -163,9 +164,9 @@ def test_stop_during_evaluation_keeps_a_usable_adapter(tiny_model_dir: Path, tmp
     ids=["cuda", "mps", "host"],
 )
 def test_out_of_memory_fails_with_advice(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
-    import engine.run
+    import engine.runs.run
 
-    real = engine.run.fine_tune
+    real = engine.runs.run.fine_tune
 
     def exhausted(cfg, stop=None, on_download=None, weights_at=None):
         for event in real(cfg, stop, on_download, weights_at):
@@ -173,7 +174,7 @@ def test_out_of_memory_fails_with_advice(tiny_model_dir: Path, tmp_path: Path, m
             if isinstance(event, StepDone):
                 raise error
 
-    monkeypatch.setattr(engine.run, "fine_tune", exhausted)
+    monkeypatch.setattr(engine.runs.run, "fine_tune", exhausted)
     ended, _ = run_in_process(tiny_run(tiny_model_dir, tmp_path, str(SMS_ZIP)))
     assert ended.state == "failed" and ended.failure.kind == "out of memory"
     assert ended.failure.message == f"out of memory on cpu while training: {ADVICE}"
@@ -183,13 +184,13 @@ def test_out_of_memory_fails_with_advice(tiny_model_dir: Path, tmp_path: Path, m
 def test_a_bug_is_an_internal_error_with_its_traceback_logged(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import engine.run
+    import engine.runs.run
 
     def broken(cfg, stop=None, on_download=None, weights_at=None):
         raise ValueError("zip() argument 2 is shorter than argument 1")  # a bug, though a ValueError: not the user's input
         yield
 
-    monkeypatch.setattr(engine.run, "fine_tune", broken)
+    monkeypatch.setattr(engine.runs.run, "fine_tune", broken)
     with caplog.at_level(logging.ERROR):
         ended, _ = run_in_process(tiny_run(tiny_model_dir, tmp_path, str(SMS_ZIP)))
     assert ended.state == "failed" and ended.failure.kind == "internal"

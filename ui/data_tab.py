@@ -7,8 +7,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
-from engine.data import DataSummary, PreparedData, load_summary, prepare
-from engine.download import DownloadProgress
+from engine.data.download import DownloadProgress
+from engine.data.prepared import DataSummary, PreparedData, load_summary, prepare
 from engine.errors import Cancelled, DownloadError, LoRALabError
 from engine.failure import one_line
 from engine.tokenizer import encode

@@ -13,7 +13,7 @@ import pandas as pd
 
 from engine.errors import LoRALabError
 from engine.evaluate import POSITIVE_CLASS, Scores, at_threshold, mistakes, positive_class, roc_curve
-from engine.history import RunSummary, all_runs, read_scores
+from engine.runs.history import RunSummary, all_runs, read_scores
 from ui.lab import Lab
 from ui.views import confusion_html, plural
 

@@ -2,7 +2,7 @@
 trainable parameters and training time with the spread across seeds.
 
 Drawn with matplotlib Figures of their own (no pyplot: no global state shared between sessions);
-the numbers come from engine.compare.
+the numbers come from engine.runs.compare.
 """
 
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-from engine.compare import GridPoint, summarise
+from engine.runs.compare import GridPoint, summarise
 from ui.views import short_count
 
 SETTING_WORDS = {"rank": "rank", "alpha": "alpha", "scaling": "scaling", "lr": "learning rate", "preset": "preset", "targets": "layers", "seed": "seed"}

@@ -13,10 +13,10 @@ import gradio as gr
 
 from engine.adapter import read_adapter
 from engine.classifier import Classifier
-from engine.data import PreparedData, load_summary
+from engine.data.prepared import PreparedData, load_summary
 from engine.device import pick_device
-from engine.history import latest_adapter, settle_runs
-from engine.scheduler import RunView, Scheduler, workers_for
+from engine.runs.history import latest_adapter, settle_runs
+from engine.runs.scheduler import RunView, Scheduler, workers_for
 from ui.guards import deleted_if_refused, engine_errors_as_toasts, uploaded_path
 from ui.settings import AppSettings
 

@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from engine.adapted_linear import product_path
-from engine.config import GPT2_SIZES, LORA_TARGETS, LR_RANGE, PRESETS, LoRAConfig, RunConfig
+from engine.config import GPT2_SIZES, LORA_TARGETS, LR_RANGE, PRESETS, LoRAConfig, RunConfig, preset_values
 from engine.device import pick_device
 from engine.errors import LoRALabError, WeightsError
 from engine.failure import one_line
@@ -224,7 +224,7 @@ def build_model_tab(model_tab: ModelTab, demo: gr.Blocks) -> ControlWidgets:
                 lr = gr.Number(
                     initial.lr,
                     label=f"Learning rate (lr; {LR_RANGE})",  # said here, checked by the engine, whose message names the field
-                    info="The size of each training step: too high jumps around, too low barely moves (book 5e-5, recommended 8e-4).",
+                    info=f"The size of each training step: too high jumps around, too low barely moves ({preset_values('train', 'lr')}).",
                     elem_id="lr",
                 )
                 epochs = gr.Number(

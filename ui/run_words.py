@@ -7,22 +7,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine.config import RunConfig
-from engine.grid import TARGET_SETS
-from engine.recorder import RunProgress
-from engine.scheduler import RunView
+from engine.config import RunConfig, target_set_name
+from engine.runs.recorder import PHASE_WORDS, RunProgress
+from engine.runs.scheduler import RunView
 from ui.views import plural
 
-PHASES = {
-    "starting": "starting its worker",
-    "preparing data": "getting the data",
-    "loading model": "loading the model",
-    "measuring baseline": "measuring the accuracy before training",
-    "training": "training",
-    "final evaluation": "measuring the final accuracy on every message",
-    "saving": "saving the adapter",
-    "saved": "saved",
-}
 STATES = {
     "queued": "waiting in the queue",
     "running": "running",
@@ -42,7 +31,7 @@ def format_seconds(seconds: float) -> str:
 
 
 def layers_words(targets: Sequence[str]) -> str:
-    named = next((name for name, layers in TARGET_SETS.items() if tuple(layers) == tuple(targets)), None)
+    named = target_set_name(targets)
     return f"{named} layers" if named else ", ".join(targets)
 
 
@@ -91,7 +80,7 @@ def running_details(progress: RunProgress | None, elapsed: float) -> str:
     if progress.phase == "preparing data" and progress.download is not None:
         return f"downloading the data from {progress.download.url} ({progress.download.received / 1e6:.1f} MB)"
     if not progress.total_steps or progress.phase != "training":
-        return PHASES[progress.phase] + (f" (step {progress.step:,} of {progress.total_steps:,} done)" if progress.step else "")
+        return PHASE_WORDS[progress.phase] + (f" (step {progress.step:,} of {progress.total_steps:,} done)" if progress.step else "")
     details = [f"step {progress.step:,} of {progress.total_steps:,}", f"epoch {max(progress.epoch, 1)} of {progress.epochs}"]
     if progress.loss is not None:
         details.append(f"loss {progress.loss:.3f}")
@@ -109,7 +98,7 @@ def progress_words(view: RunView | None) -> str:
         return f"queued, {ordinal(view.position or 1)} in line"
     if run.state == "running":
         if progress is None or not progress.total_steps:
-            return PHASES[progress.phase] if progress else "starting"
+            return PHASE_WORDS[progress.phase] if progress else "starting"
         return f"step {progress.step:,}/{progress.total_steps:,}"
     return run.state
 

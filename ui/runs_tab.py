@@ -16,12 +16,12 @@ import gradio as gr
 import pandas as pd
 from matplotlib.figure import Figure
 
-from engine.compare import GRID_SETTINGS, grid_points, varied
-from engine.config import PRESETS, SCALINGS
+from engine.config import PRESETS, SCALINGS, TARGET_SETS
 from engine.errors import ConfigError, LoRALabError
-from engine.grid import MAX_GRID_RUNS, TARGET_SETS, Grid
-from engine.history import RunSummary, all_runs, list_runs
-from engine.scheduler import RunView
+from engine.runs.compare import GRID_SETTINGS, grid_points, varied
+from engine.runs.grid import MAX_GRID_RUNS, Grid, targets_named
+from engine.runs.history import RunSummary, all_runs, list_runs
+from engine.runs.scheduler import RunView
 from ui.controls import Controls, ControlWidgets, run_config
 from ui.grid_plots import SETTING_WORDS, accuracy_against_cost, heat_map
 from ui.guards import user_error
@@ -138,16 +138,13 @@ def parse_values(text: str | None, kind: type, what: str) -> tuple:
 
 def grid_of(ranks: Sequence[Any], alphas: str, scalings: Sequence[str], lrs: str, presets: Sequence[str], layers: Sequence[str], seeds: str) -> Grid:
     """The grid the Runs tab's fields describe (an empty field keeps the Model & LoRA value)."""
-    unknown = [name for name in layers or () if name not in TARGET_SETS]
-    if unknown:
-        raise ConfigError(f"unknown layer set {unknown[0]!r}: choose from {', '.join(TARGET_SETS)}")
     return Grid(
         rank=tuple(int(r) for r in ranks or ()),
         alpha=parse_values(alphas, float, "alphas"),
         scaling=tuple(scalings or ()),
         lr=parse_values(lrs, float, "learning rates"),
         preset=tuple(presets or ()),
-        targets=tuple(TARGET_SETS[name] for name in layers or ()),
+        targets=targets_named(layers or ()),
         seed=parse_values(seeds, int, "seeds"),
     )
 

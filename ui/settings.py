@@ -3,8 +3,8 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.config import DATA_CACHE, GPT2_SIZES
-from engine.data import SOURCES
+from engine.config import DATA_CACHE, DEFAULT_MODEL, GPT2_SIZES, RUNS_DIR
+from engine.data.prepared import SOURCES
 
 # Gradio refuses bigger uploads. The largest adapter the controls can make (gpt2-xl, rank 64, every
 # layer) is 354 MB; the data files are held to the engine's own, smaller limit.
@@ -21,9 +21,9 @@ UPLOAD_SWEEP_S = 300
 class AppSettings:
     """What the command line decides; the UI never changes these."""
 
-    model: str = "gpt2-small"  # the model selected at start: a size name or a local folder
+    model: str = DEFAULT_MODEL  # the model selected at start: a size name or a local folder
     device: str = "auto"
-    out: Path = Path("runs")  # each run writes into out/<date-time>
+    out: Path = Path(RUNS_DIR)  # each run writes into out/<date-time>
     cache: Path = Path(DATA_CACHE)  # downloaded zip and the prepared train/validation/test CSVs
     data_urls: tuple[str, ...] = SOURCES  # where Download fetches the SMS data from, in order
     max_upload_mb: int = MAX_UPLOAD_MB  # Gradio refuses larger uploads

@@ -17,9 +17,9 @@ import pandas as pd
 from engine.config import LABELS, TrainConfig
 from engine.errors import LoRALabError
 from engine.params import param_summary
-from engine.recorder import RunProgress
-from engine.run import BASELINE_BATCHES
-from engine.scheduler import RunView
+from engine.runs.recorder import RunProgress
+from engine.runs.run import BASELINE_BATCHES
+from engine.runs.scheduler import RunView
 from ui.controls import Controls, ControlWidgets, run_config
 from ui.guards import user_error
 from ui.lab import Lab

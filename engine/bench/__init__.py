@@ -37,7 +37,7 @@ from engine.bench.peak import BATCH, SEQ, classify_flops, int8_matmul_peak, matm
 from engine.bench.peer import PEER_BATCH, peers_available
 from engine.bench.report import ClassificationFloor, EpochResult, LatencyResult, MatmulPeak, Report, StepResult
 from engine.bench.training import WARMUP_STEPS, fixed_workload, step_result
-from engine.config import GPTConfig, preset
+from engine.config import DEFAULT_MODEL, GPTConfig, preset
 from engine.tokenizer import encode
 
 __all__ = [
@@ -86,7 +86,7 @@ def _cpu_name() -> str:
 
 
 def run_benchmark(
-    model: str | GPTConfig = "gpt2-small",
+    model: str | GPTConfig = DEFAULT_MODEL,
     device: str = "auto",
     steps: int = 5,
     data: str | None = None,

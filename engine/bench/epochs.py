@@ -20,7 +20,7 @@ from engine.config import DATA_CACHE, GPTConfig, preset
 
 def load_splits_for_bench(data: str | None) -> Any:
     """The SMS splits: `data` if given (a prepared folder, zip, TSV or URL), else the data cache (see `prepared_for_bench`)."""
-    from engine.data import prepare
+    from engine.data.prepared import prepare
 
     with tempfile.TemporaryDirectory() as scratch:
         return prepare(str(prepared_for_bench(data, Path(scratch)))).splits
@@ -29,7 +29,7 @@ def load_splits_for_bench(data: str | None) -> Any:
 def prepared_for_bench(data: str | None, scratch: Path) -> Path:
     """A prepared data folder: `data` if it is one, else `data` prepared into `scratch`; without `data`,
     the data cache, downloaded and prepared there first when it is empty (as `python -m engine data` does)."""
-    from engine.data import is_prepared_folder, prepare
+    from engine.data.prepared import is_prepared_folder, prepare
 
     if data is None:
         cache = Path(DATA_CACHE)

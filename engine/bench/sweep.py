@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import GPTConfig, RunConfig
-from engine.grid import Grid
+from engine.runs.grid import Grid
 
 SWEEP_RANKS = (4, 8, 16, 32)
 
@@ -83,7 +83,7 @@ class _TimedWorkers:
 def time_sweep(cfg: GPTConfig, device: str, workers: int, steps: int, data: Any, say: Any) -> SweepResult:
     """Time the grid on 1 worker, then on `workers`; `data` is a prepared data folder."""
     from engine.model import GPT
-    from engine.scheduler import Scheduler, workers_for
+    from engine.runs.scheduler import Scheduler, workers_for
     from engine.weights import save_hf_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="lora-lab-bench-sweep-") as scratch:

@@ -8,14 +8,14 @@ several seeds ran.
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
-from engine.config import RunConfig
-from engine.grid import TARGET_SETS
-from engine.history import RunSummary
+from engine.config import RunConfig, target_set_name
+from engine.runs.grid import Grid
+from engine.runs.history import RunSummary
 
-GRID_SETTINGS: tuple[str, ...] = ("rank", "alpha", "scaling", "lr", "preset", "targets", "seed")
+GRID_SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(Grid))
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def setting_of(cfg: RunConfig, name: str) -> Any:
         case "rank" | "alpha" | "scaling" | "targets":
             value = getattr(cfg.lora, name)
             if name == "targets":
-                return next((key for key, layers in TARGET_SETS.items() if tuple(layers) == tuple(value)), "+".join(value))
+                return target_set_name(value) or "+".join(value)
             return value
         case "lr" | "seed":
             return getattr(cfg.train, name)

@@ -1,6 +1,6 @@
 """One fine-tuning run end to end: data, model, LoRA, baseline, training, final metrics, saved outputs.
 
-`fine_tune` yields the training loop's events plus its own (engine/events.py); the CLI prints them,
+`fine_tune` yields the training loop's events plus its own (engine/runs/events.py); the CLI prints them,
 a worker process sends them to the app, tests collect them. The run record is what its
 `RunRecorder` made of them.
 """
@@ -18,18 +18,18 @@ import torch
 from engine.adapter import AdapterConfig, save_adapter
 from engine.classifier import build_classifier
 from engine.config import RunConfig
-from engine.data import is_prepared_folder, prepare
+from engine.data.download import DownloadProgress, ProgressCallback
+from engine.data.prepared import is_prepared_folder, prepare
 from engine.device import pick_device
-from engine.download import DownloadProgress, ProgressCallback
 from engine.draws import RunDraws
 from engine.errors import Cancelled
 from engine.evaluate import LossMean, evaluate, evaluate_with_scores
-from engine.events import BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunEvent, RunSaved
 from engine.loaders import make_loaders
 from engine.lora import count_parameters
-from engine.plot import save_loss_plot
-from engine.record import ADAPTER_DIR, PLOT_FILE, RunRecord
-from engine.recorder import RunProgress, RunRecorder
+from engine.runs.events import BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunEvent, RunSaved
+from engine.runs.plot import save_loss_plot
+from engine.runs.record import ADAPTER_DIR, PLOT_FILE, RunRecord
+from engine.runs.recorder import RunProgress, RunRecorder
 from engine.train import LossEvaluated, train
 from engine.weights import load_model
 
@@ -55,7 +55,7 @@ def fine_tune(
     `weights_at` is a copy of `cfg.model` (a folder) on a machine that lacks the original, e.g. a
     Ray worker: the run reads it, and still records the model by its own name.
 
-    The run's record (run.json) is written when it starts and closed however it ends (engine/record.py).
+    The run's record (run.json) is written when it starts and closed however it ends (engine/runs/record.py).
 
     Raises:
         Cancelled: stopped while the data downloaded (nothing was kept).

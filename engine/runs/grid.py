@@ -11,18 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from engine.config import LORA_TARGETS, RunConfig, preset
+from engine.config import TARGET_SETS, RunConfig, preset, target_set_name
 from engine.errors import ConfigError
 
 MAX_GRID_RUNS = 100  # a grid larger than this is refused: split it, or queue it in parts
-
-# Layer sets a grid (and the app) offers by name; any tuple of LORA_TARGETS is accepted too.
-TARGET_SETS: dict[str, tuple[str, ...]] = {
-    "all": LORA_TARGETS,
-    "attention": ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.c_proj"),
-    "query-value": ("attn.q_proj", "attn.v_proj"),
-    "mlp": ("mlp.c_fc", "mlp.c_proj"),
-}
 
 
 @dataclass(frozen=True)
@@ -93,8 +85,7 @@ def run_label(chosen: dict[str, Any]) -> str:
 
 def value_label(name: str, value: Any) -> str:
     if name == "targets":
-        named = next((key for key, layers in TARGET_SETS.items() if tuple(layers) == tuple(value)), None)
-        return "-" + (named or "+".join(layer.rsplit(".", 1)[-1].removesuffix("_proj") for layer in value))
+        return "-" + (target_set_name(value) or "+".join(layer.rsplit(".", 1)[-1].removesuffix("_proj") for layer in value))
     if name in ("scaling", "preset"):
         return f"-{value}"
     if isinstance(value, float):

@@ -29,10 +29,10 @@ from engine import strict_json
 from engine.atomic import write_bytes_atomic
 from engine.config import RunConfig
 from engine.errors import ConfigError
-from engine.events import RunSaved
 from engine.failure import Failure
-from engine.record import RECORD_FILE
-from engine.worker import WorkerEnded, WorkerJob
+from engine.runs.events import RunSaved
+from engine.runs.jobs import WorkerEnded, WorkerJob
+from engine.runs.record import RECORD_FILE
 
 POLL_SECONDS = 0.25  # how often the driver collects events and a task looks for Stop
 MAX_SHIPPED_DATA_BYTES = 200 * 1024 * 1024  # a prepared data folder is a few MB; more means the wrong folder
@@ -94,7 +94,7 @@ def train_remotely(run_id: str, job: WorkerJob, weights: dict[str, bytes] | None
 
     import ray
 
-    from engine.worker import run_job
+    from engine.runs.worker import run_job
 
     stop = threading.Event()
     pending: list[object] = []

@@ -17,9 +17,9 @@ from typing import Protocol
 
 from engine.config import RunConfig
 from engine.failure import Failure
-from engine.recorder import RunProgress, RunRecorder
-from engine.run_queue import QueuedRun, QueueError, RunQueue
-from engine.worker import WorkerEnded
+from engine.runs.jobs import WorkerEnded
+from engine.runs.queue import QueuedRun, QueueError, RunQueue
+from engine.runs.recorder import RunProgress, RunRecorder
 
 KEPT_PROGRESS = 64  # ended runs whose live views stay in memory (their records stay on disk)
 
@@ -56,11 +56,11 @@ def workers_for(count: int | None, device: str = "auto", ray_address: str | None
         ConfigError: a bad count or device, Ray missing or unreachable.
     """
     if ray_address:
-        from engine.ray_workers import RayWorkers
+        from engine.runs.ray_workers import RayWorkers
 
         return RayWorkers(ray_address, count)
     from engine.device import pick_device
-    from engine.local_workers import LocalWorkers, local_slots
+    from engine.runs.local_workers import LocalWorkers, local_slots
 
     pick_device(device)  # an unavailable device is refused now, not in every worker
     return LocalWorkers(local_slots(count, device))

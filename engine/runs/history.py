@@ -9,10 +9,11 @@ from typing import Any
 
 from engine.adapter import TENSORS_FILE, read_adapter
 from engine.config import LABELS, RunConfig
-from engine.data import read_split
+from engine.data.prepared import read_split
 from engine.errors import AdapterError, ConfigError, DataError
 from engine.evaluate import Scores
-from engine.record import ADAPTER_DIR, COMPLETE_STATES, RECORD_FILE, read_record, record_state
+from engine.runs.record import ADAPTER_DIR, RECORD_FILE, read_record, record_state
+from engine.runs.states import COMPLETE
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class RunSummary:
     validation_accuracy: float | None
     losses: list[dict[str, Any]]  # the LossEvaluated points: step, epoch_progress, examples_seen, train_loss, validation_loss
     config: RunConfig | None = None  # None: a record of an older version whose config no longer validates
-    state: str = "done"  # running, done, stopped, failed, interrupted (see engine.record)
+    state: str = "done"  # running, done, stopped, failed, interrupted (see engine.runs.record)
     error: str | None = None  # why a failed or interrupted run ended
 
 
@@ -132,7 +133,7 @@ def latest_adapter(root: Path) -> Path | None:
             continue
     for _, folder in sorted(candidates, reverse=True):
         record = read_record(folder)
-        if record is not None and record_state(record) in COMPLETE_STATES and usable_adapter(folder / ADAPTER_DIR):
+        if record is not None and record_state(record) in COMPLETE and usable_adapter(folder / ADAPTER_DIR):
             return folder / ADAPTER_DIR
     return None
 

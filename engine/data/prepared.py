@@ -14,11 +14,11 @@ import pandas as pd
 from engine import strict_json
 from engine.atomic import write_bytes_atomic, write_text_atomic
 from engine.config import DATA_CACHE, DEFAULT_SEED, LABELS, Parse
-from engine.download import ProgressCallback, download_first_valid
+from engine.data.download import ProgressCallback, download_first_valid
+from engine.data.quality import deduplicate as drop_duplicates
+from engine.data.quality import duplicate_report
+from engine.data.reading import READING_WORDS, Reading, decode_utf8, parse_source, starts_with_header
 from engine.errors import DataError
-from engine.quality import deduplicate as drop_duplicates
-from engine.quality import duplicate_report
-from engine.reading import READING_WORDS, Reading, decode_utf8, parse_source, starts_with_header
 from engine.tokenizer import encode
 
 PRIMARY_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
@@ -72,7 +72,7 @@ class DataSummary:
     class_counts: dict[str, int] = field(default_factory=dict)  # messages per class in the parsed file
     class_fractions: dict[str, dict[str, float]] = field(default_factory=dict)  # per split: each class's share of its messages
     duplicates: dict[str, Any] = field(default_factory=dict)  # DuplicateReport of the parsed file
-    parse: Reading = "faithful"  # how the file was read (engine.reading); older summaries: always faithfully
+    parse: Reading = "faithful"  # how the file was read (engine.data.reading); older summaries: always faithfully
     original: str | None = None  # the file the splits came from, relative to their folder or absolute
 
     def to_dict(self) -> dict:

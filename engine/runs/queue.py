@@ -14,19 +14,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 from engine import strict_json
 from engine.atomic import write_text_atomic
 from engine.config import RunConfig
 from engine.errors import ConfigError, LoRALabError
+from engine.runs.record import outcome
+from engine.runs.states import ENDED, RUN_STATES, RunState
 
 log = logging.getLogger(__name__)
 
 QUEUE_FILE = "queue.json"
-RunState = Literal["queued", "running", "done", "failed", "stopped", "cancelled", "interrupted"]
-RUN_STATES: tuple[str, ...] = get_args(RunState)
-ENDED: tuple[str, ...] = ("done", "failed", "stopped", "cancelled", "interrupted")
 MAX_WAITING = 500  # runs queued and not started, from all visitors together
 MAX_KEPT_ENDED = 1000  # ended entries the file keeps (the run folders keep everything)
 
@@ -187,11 +186,15 @@ class RunQueue:
             path.replace(kept)
             log.warning("the run queue in %s could not be read (%s); starting an empty queue, the old file is kept as %s", path, error, kept.name)
             return []
-        interrupted = "the app stopped while this run was going; its folder keeps the last adapter it saved"
-        runs = [replace(run, state="interrupted", reason=interrupted, ended_at=time.time()) if run.state == "running" else run for run in runs]
+        runs = [self._settled(run) if run.state == "running" else run for run in runs]
         self._runs = runs
         self._save()
         return runs
+
+    def _settled(self, run: QueuedRun) -> QueuedRun:
+        """A run an earlier app left running, as its own record says it ended (engine.runs.record.outcome)."""
+        state, reason = outcome(Path(run.config.out_dir))
+        return replace(run, state=state, reason=reason if state in ("failed", "interrupted") else None, ended_at=time.time())
 
     def _save(self) -> None:
         if not self.persist:

@@ -1,6 +1,6 @@
 """Worker processes on this machine: one slot per device (or per share of the CPU cores), one process per run.
 
-Each run starts a fresh `python -m engine.worker` on a free slot: a crash or an out-of-memory
+Each run starts a fresh `python -m engine.runs.worker` on a free slot: a crash or an out-of-memory
 error ends that process and that run only. A slot is pinned to its device: a GPU slot sees only
 its own GPU (CUDA_VISIBLE_DEVICES), a CPU slot keeps to its share of the cores, so runs side by
 side do not fight over them. A thread per run reads the worker's events and hands them on.
@@ -22,7 +22,7 @@ import engine
 from engine.config import RunConfig
 from engine.errors import ConfigError
 from engine.failure import Failure
-from engine.worker import WorkerEnded, WorkerJob, read_frame, write_frame
+from engine.runs.jobs import WorkerEnded, WorkerJob, read_frame, write_frame
 
 MAX_WORKERS = 64
 PACKAGE_ROOT = str(Path(engine.__file__).resolve().parent.parent)  # where a worker imports `engine` from
@@ -141,6 +141,6 @@ class LocalWorkers:
         env = {**os.environ, **slot.env, "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))}
         if slot.cores:  # OpenMP reads these before PyTorch starts its threads
             env.update(OMP_NUM_THREADS=str(len(slot.cores)), MKL_NUM_THREADS=str(len(slot.cores)))
-        process = subprocess.Popen([sys.executable, "-m", "engine.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        process = subprocess.Popen([sys.executable, "-m", "engine.runs.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         write_frame(process.stdin, WorkerJob(replace(config, device=slot.device), slot.cores))
         return WorkerProcess(process, on_event, on_end)

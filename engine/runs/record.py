@@ -26,13 +26,12 @@ from engine.atomic import disk_full_named, temporary_files, write_text_atomic
 from engine.config import RunConfig
 from engine.errors import Cancelled, DiskFullError, TrainingDiverged
 from engine.failure import one_line
+from engine.runs.states import RECORD_STATES, RecordState
 
 RECORD_FILE = "run.json"
 PLOT_FILE = "loss.png"
 ADAPTER_DIR = "adapter"
 ADAPTER_FILES = (TENSORS_FILE, CONFIG_FILE)
-RUN_STATES = ("running", "done", "stopped", "failed", "interrupted")
-COMPLETE_STATES = ("done", "stopped")
 CHECKPOINT_EVERY_S = 30.0  # at most one checkpoint per this many seconds (a gpt2-xl adapter can be 350 MB)
 
 # The run folders this process is writing now: a record of ours still "running" but not in here
@@ -45,10 +44,10 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def record_state(record: dict[str, Any]) -> str:
+def record_state(record: dict[str, Any]) -> RecordState:
     """A record's state; records written before states existed say only whether the run stopped."""
     state = record.get("state")
-    if state in RUN_STATES:
+    if state in RECORD_STATES:
         return state
     return "stopped" if record.get("stopped") else "done"
 
@@ -65,6 +64,20 @@ def read_record(folder: Path) -> dict[str, Any] | None:
     if record_state(record) == "running" and not _still_running(Path(folder), record.get("process")):
         record = _interrupted(Path(folder), record)
     return record
+
+
+def outcome(folder: Path) -> tuple[RecordState, str | None]:
+    """What became of the run in `folder` once nothing drives it any more (its app went away): its
+    record's state and reason, settled by `read_record`'s one rule (a process gone before it closed
+    its record interrupted the run). A run still saying "running" is still being finished by a
+    process of its own (a worker that outlived its app), and one without a record never began."""
+    record = read_record(folder)
+    if record is None:
+        return "interrupted", "the app stopped before the run's worker wrote its record"
+    state = record_state(record)
+    if state == "running":
+        return "interrupted", "the app stopped while this run was going; its worker finishes and saves it as a stopped run"
+    return state, record.get("error")
 
 
 class RunRecord:

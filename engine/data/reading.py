@@ -1,5 +1,5 @@
 """Reading a message file's bytes: the SMS collection's `label<TAB>text` lines, faithfully or as the
-book reads them, or a headered CSV/TSV of your own (engine.table).
+book reads them, or a headered CSV/TSV of your own (engine.data.table).
 
 The book reads the SMS file with pandas' default CSV quoting, which takes a `"` at the start of a
 message as an opening quote: one message swallows the two lines after it (5,572 messages, not
@@ -13,8 +13,8 @@ from typing import Literal
 import pandas as pd
 
 from engine.config import LABELS, Parse
+from engine.data.table import header_columns, parse_table
 from engine.errors import DataError
-from engine.table import header_columns, parse_table
 
 # How a file's messages were read: "faithful" or "book" (see above), "table" (your own headered file,
 # read by its header whatever the parse), or "given" (three split CSVs alone, used as they are).
@@ -34,7 +34,7 @@ def parse_messages(raw: bytes, origin: str = "data") -> pd.DataFrame:
 
     Quotes are not special (a message may start with `"`), tabs after the first belong to the text,
     CRLF endings and blank lines are tolerated. (A file whose first line is a header goes to
-    engine.table instead: see `parse_source`.)
+    engine.data.table instead: see `parse_source`.)
 
     Raises:
         DataError: not UTF-8, a line without a tab, or a label other than ham/spam.

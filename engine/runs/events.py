@@ -7,8 +7,8 @@ folds them into a run's progress and record.
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.data import DataSummary
-from engine.download import DownloadProgress
+from engine.data.download import DownloadProgress
+from engine.data.prepared import DataSummary
 from engine.evaluate import Metrics, Scores
 from engine.lora import ParamCounts
 from engine.train import TrainEvent

@@ -7,16 +7,29 @@ taught here, once.
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
-from engine.data import DataSummary
-from engine.download import DownloadProgress
+from engine.data.download import DownloadProgress
+from engine.data.prepared import DataSummary
 from engine.evaluate import Metrics, Scores
-from engine.events import BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunEvent, RunSaved
 from engine.lora import ParamCounts
+from engine.runs.events import BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunEvent, RunSaved
 from engine.train import EpochDone, LossEvaluated, StepDone, TrainEnded, TrainStarted, ValidationEvaluated
 
 Phase = Literal["starting", "preparing data", "loading model", "measuring baseline", "training", "final evaluation", "saving", "saved"]
+# What a run does in each phase, in the words every message about it uses ("... ran out of memory while
+# training", "Running: loading the model"): the one list of phases, so no reader can miss one.
+PHASE_WORDS: dict[Phase, str] = {
+    "starting": "starting",
+    "preparing data": "getting the data",
+    "loading model": "loading the model",
+    "measuring baseline": "measuring the accuracy before training",
+    "training": "training",
+    "final evaluation": "measuring the final accuracy on every message",
+    "saving": "saving the adapter",
+    "saved": "saved",
+}
+assert set(PHASE_WORDS) == set(get_args(Phase)), "every phase needs its words"
 
 
 @dataclass(frozen=True)

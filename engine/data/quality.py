@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 if TYPE_CHECKING:
-    from engine.data import Splits
+    from engine.data.prepared import Splits
 
 
 @dataclass(frozen=True)
