@@ -16,6 +16,10 @@ On x86 CPUs the frozen forward product runs through oneDNN, whose kernels beat t
 private to PyTorch, so it is a fast path only: one tiny call checks it once, any failure (or
 LORA_LAB_ONEDNN=0) leaves every product on F.linear, which is also the path off x86. Backward keeps
 BLAS: oneDNN is fast there only with Wᵀ laid out anew, a copy of every frozen weight that buys little.
+
+A layer that wraps a Linear from outside (LoRA's) joins these products by two names: `base_linear`,
+the plain nn.Linear it wraps, and `updates(start)`, the low-rank updates it adds to that layer's
+output. The model asks through `frozen_linear` and `updates_of`, and so knows of no adapter.
 """
 
 import functools
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 ONEDNN_SWITCH = "LORA_LAB_ONEDNN"  # set to 0 (or off, false, no) to keep every frozen product on F.linear
 
@@ -70,6 +75,29 @@ class Update:
     lora_b: torch.Tensor  # (rank, width)
     scale: float
     start: int = 0
+
+
+def linear_of(layer: nn.Module) -> nn.Linear | None:
+    """The plain nn.Linear computing `layer`'s product: the layer itself, or the `base_linear` a wrapping
+    layer names; None for anything else (an int8 layer, say), which then runs as itself."""
+    if type(layer) is nn.Linear:
+        return layer
+    base = getattr(layer, "base_linear", None)
+    return base if type(base) is nn.Linear else None
+
+
+def frozen_linear(layer: nn.Module) -> nn.Linear | None:
+    """`linear_of(layer)` when neither its weight nor its bias trains (only then may it join these products), else None."""
+    linear = linear_of(layer)
+    if linear is None or linear.weight.requires_grad or (linear.bias is not None and linear.bias.requires_grad):
+        return None
+    return linear
+
+
+def updates_of(layer: nn.Module, start: int = 0) -> list["Update"]:
+    """The low-rank updates a wrapping layer adds on the fly (its `updates(start)`), placed from output column `start`; none for a plain layer."""
+    updates = getattr(layer, "updates", None)
+    return updates(start) if callable(updates) else []
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:

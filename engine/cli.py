@@ -140,7 +140,7 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
     lora_changes = {k: v for k, v in (("rank", args.rank), ("alpha", args.alpha), ("scaling", args.scaling)) if v is not None}
     if args.targets:
         lora_changes["targets"] = tuple(args.targets)
-    overrides = (("lr", args.lr), ("epochs", args.epochs), ("batch_size", args.batch_size), ("max_steps", args.max_steps))
+    overrides = (("lr", args.lr), ("epochs", args.epochs), ("batch_size", args.batch_size), ("max_steps", args.max_steps), ("eval_freq", args.eval_freq))
     train_changes = {k: v for k, v in overrides if v is not None}
     if args.no_live_metrics:
         train_changes["live_metrics"] = False
@@ -283,9 +283,7 @@ def cmd_classify(args: argparse.Namespace) -> None:
         for m, p in zip(args.messages, predictions, strict=True)
     ]
     width = max(len(name) for name in classifier.config.labels)
-    lines = [
-        f"{r['label']:<{width}}  " + " ".join(f"P({name})={v:.3f}" for name, v in r["probabilities"].items()) + f"  {r['message'][:70]}" for r in rows
-    ]
+    lines = [f"{r['label']:<{width}}  " + " ".join(f"P({name})={v:.3f}" for name, v in r["probabilities"].items()) + f"  {r['message'][:70]}" for r in rows]
     _emit(args, {"labels": list(classifier.config.labels), "predictions": rows}, lines)
 
 
@@ -450,14 +448,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
     """What `train` and `sweep` share besides the settings a grid varies."""
     parser.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
-    parser.add_argument(
-        "--data", help="folder made by `data`, or a source as `data --source` takes (default: what `data` prepared in --cache, else download)"
-    )
+    parser.add_argument("--data", help="folder made by `data`, or a source as `data --source` takes (default: what `data` prepared in --cache, else download)")
     parser.add_argument("--cache", default=DATA_CACHE, help=f"where downloaded data and CSVs go (default: {DATA_CACHE})")
     parser.add_argument("--dedupe", action="store_true", help="drop repeated messages before balancing and splitting")
     parser.add_argument("--epochs", type=int, help=f"passes over the training messages (default: the preset's, {preset_values('train', 'epochs')})")
     parser.add_argument("--batch-size", type=int, help=f"messages per optimiser step (default: the preset's, {preset_values('train', 'batch_size')})")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    parser.add_argument(
+        "--eval-freq",
+        type=int,
+        help=f"optimiser steps between loss estimates (default: the preset's, {preset_values('train', 'eval_freq')}); never changes what a run learns",
+    )
     parser.add_argument("--no-live-metrics", action="store_true", help="at each loss estimate, skip scoring the whole validation set (faster)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
 

@@ -6,10 +6,13 @@ order being seeded.
 
 No loader draws from PyTorch's global generator (each new iterator draws a base seed, for worker
 processes we do not use): with the book's draws, all of them draw from the run's one generator,
-in the order of the book's notebook (see engine.draws); otherwise from generators of their own.
+in the order of the book's notebook (see engine.draws), so that, as in the book, every estimate on
+the training set moves the next epoch's order; otherwise each from a generator of its own, and
+estimates read the training set through a loader of their own, so how often a run looks (its
+eval_freq) never changes what it learns.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +29,7 @@ GROUP_BATCHES = 16  # batches per length-sorted group: big enough to sort, small
 # decides when longer messages are worth a batch of their own rather than padding their shorter
 # neighbours.
 PASS_COST_TOKENS = 64
+ESTIMATES_SEED_MASK = 0x5EED_E571  # the estimates' shuffle: seeded from the run's seed, apart from the training order
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,12 @@ class Loaders:
     test: DataLoader
     max_length: int  # the longest a message may be (book: the longest training message)
     shared_generator: torch.Generator | None = None  # the book's draws: the one generator all three draw from
+    train_estimates: DataLoader | None = None  # the training set as estimates read it; None: `train` itself (the book's)
+
+    @property
+    def train_sample(self) -> DataLoader:
+        """The training set for estimates and accuracies: shuffled as `train`, but (unless the book's draws) from its own generator."""
+        return self.train_estimates if self.train_estimates is not None else self.train
 
 
 def make_loaders(splits: Splits, cfg: TrainConfig, context_length: int, book_draws: bool = False) -> Loaders:
@@ -126,20 +136,28 @@ def make_loaders(splits: Splits, cfg: TrainConfig, context_length: int, book_dra
     pad_to = max_length if cfg.padding == "longest" else None
     datasets = {name: EncodedMessages(part["Text"].tolist(), part["Label"].tolist(), max_length) for name, part in splits.items()}
     pad = lambda items: collate(items, pad_to)
-    shared = torch.Generator() if book_draws else None
-    order = shared if shared is not None else torch.Generator().manual_seed(cfg.seed)
-    base_seeds = shared if shared is not None else torch.Generator()  # independent loaders' base seeds matter to no one
-    train = datasets["train"]
+    evaluation = lambda name, base_seeds: DataLoader(datasets[name], batch_size=cfg.batch_size, shuffle=False, generator=base_seeds, collate_fn=pad)
+    if book_draws:
+        shared = torch.Generator()
+        train = _train_loader(datasets["train"], cfg, pad, shared, shared, book_shuffle=True)
+        return Loaders(train, evaluation("validation", shared), evaluation("test", shared), max_length, shared)
+    base_seeds = torch.Generator()  # independent loaders' base seeds matter to no one
+    train = _train_loader(datasets["train"], cfg, pad, torch.Generator().manual_seed(cfg.seed), base_seeds)
+    # Estimates shuffle from a stream of their own, seeded apart from the training order's.
+    estimates = _train_loader(datasets["train"], cfg, pad, torch.Generator().manual_seed(cfg.seed ^ ESTIMATES_SEED_MASK), base_seeds)
+    return Loaders(train, evaluation("validation", base_seeds), evaluation("test", base_seeds), max_length, None, estimates)
+
+
+def _train_loader(
+    dataset: EncodedMessages, cfg: TrainConfig, pad: Callable, order: torch.Generator, base_seeds: torch.Generator, book_shuffle: bool = False
+) -> DataLoader:
+    """The training set shuffled from `order`: in length-sorted groups, as the book's sampler draws (`book_shuffle`), or as PyTorch's."""
     if cfg.padding == "batch" and cfg.group_by_length:
-        sampler = LengthGroupedBatches([len(ids) for ids in train.ids], cfg.batch_size, order, drop_last=True)
-        train_loader = DataLoader(train, batch_sampler=sampler, generator=base_seeds, collate_fn=pad)
-    elif shared is not None:
-        shuffle = BookShuffle(len(train), shared)
-        train_loader = DataLoader(train, batch_size=cfg.batch_size, sampler=shuffle, drop_last=True, generator=shared, collate_fn=pad)
-    else:
-        train_loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=order, collate_fn=pad)
-    evaluation = lambda name: DataLoader(datasets[name], batch_size=cfg.batch_size, shuffle=False, generator=base_seeds, collate_fn=pad)
-    return Loaders(train_loader, evaluation("validation"), evaluation("test"), max_length, shared)
+        sampler = LengthGroupedBatches([len(ids) for ids in dataset.ids], cfg.batch_size, order, drop_last=True)
+        return DataLoader(dataset, batch_sampler=sampler, generator=base_seeds, collate_fn=pad)
+    if book_shuffle:
+        return DataLoader(dataset, batch_size=cfg.batch_size, sampler=BookShuffle(len(dataset), order), drop_last=True, generator=order, collate_fn=pad)
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=order, collate_fn=pad)
 
 
 def least_padding_cuts(sorted_lengths: Sequence[int], max_batch: int, pass_cost: int) -> list[int]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from engine.adapted_linear import Update, adapted_linear
+from engine.adapted_linear import Update, adapted_linear, frozen_linear
 from engine.config import LoRAConfig
 from engine.errors import AdapterError, ConfigError
 
@@ -57,6 +57,16 @@ class LoRALinear(nn.Module):
         sign = self.update_sign
         return Update(self.lora_A, self.lora_B, sign * self.scale, start) if sign else None
 
+    @property
+    def base_linear(self) -> nn.Module:
+        """The wrapped layer, by the name the model's fused products ask for (engine.adapted_linear)."""
+        return self.base_layer
+
+    def updates(self, start: int = 0) -> list[Update]:
+        """The updates the forward pass adds on the fly, from output column `start` (see engine.adapted_linear)."""
+        update = self.update(start)
+        return [update] if update else []
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         update = self.update()
         base = frozen_linear(self.base_layer)
@@ -93,20 +103,6 @@ class LoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, scale={self.scale:g}, merged={self.merged}"
-
-
-def frozen_linear(layer: nn.Module) -> nn.Linear | None:
-    """The plain nn.Linear under `layer` (itself, or a LoRA layer's base) if neither its weight nor
-    its bias trains, else None (trainable, or int8 after quantisation)."""
-    base = getattr(layer, "base_layer", layer)
-    if type(base) is not nn.Linear or base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
-        return None
-    return base
-
-
-def update_of(layer: nn.Module, start: int = 0) -> Update | None:
-    """A LoRA layer's on-the-fly update at output column `start`; None for plain layers or none to apply."""
-    return layer.update(start) if isinstance(layer, LoRALinear) else None
 
 
 def matches_target(name: str, target: str) -> bool:

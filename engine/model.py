@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.adapted_linear import adapted_linear, gelu
+from engine.adapted_linear import adapted_linear, frozen_linear, gelu, linear_of, updates_of
 from engine.config import GPTConfig, Pooling
-from engine.lora import frozen_linear, update_of
 
 # Below this many tokens one wide product gains nothing over separate ones (docs/benchmark-cpu.txt has the measurement).
 FUSE_MIN_ROWS = 64
@@ -37,8 +36,8 @@ class CausalSelfAttention(nn.Module):
         forward pass (a copy that training would also keep alive until backward). Each stays its
         own Parameter, so names, counts and LoRA pairs are the book's.
         """
-        bases = [getattr(layer, "base_layer", layer) for layer in (self.q_proj, self.k_proj, self.v_proj)]
-        if not all(type(b) is nn.Linear for b in bases):
+        bases = [linear_of(layer) for layer in (self.q_proj, self.k_proj, self.v_proj)]
+        if any(b is None for b in bases):
             return
         for name in ("weight", "bias"):
             parts = [getattr(b, name) for b in bases]
@@ -72,7 +71,7 @@ def project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> list[torch.Tensor
     """Apply one or several Linear (or LoRA-wrapped Linear) layers to the same input.
 
     Frozen layers run through `adapted_linear`; several of them read their weights as one
-    (sum of outputs, in) weight, each active LoRA pair adding its update to its own layer's
+    (sum of outputs, in) weight, each wrapping layer's updates (LoRA's) added to its own layer's
     columns, so the frozen work is one large product instead of several. Few rows gain nothing
     from fusing, so they take the layers one by one; trainable or int8 layers run as themselves.
     """
@@ -83,10 +82,10 @@ def project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> list[torch.Tensor
         return [project(x, (layer,))[0] for layer in layers]
     widths = [b.out_features for b in bases]
     starts = [sum(widths[:i]) for i in range(len(widths))]
-    updates = [update_of(layer, start) for layer, start in zip(layers, starts, strict=True)]
+    updates = [update for layer, start in zip(layers, starts, strict=True) for update in updates_of(layer, start)]
     biases = [b.bias for b in bases]
     bias = fused(biases) if all(b is not None for b in biases) else None
-    out = adapted_linear(x, fused([b.weight for b in bases]), bias, [u for u in updates if u is not None])
+    out = adapted_linear(x, fused([b.weight for b in bases]), bias, updates)
     return list(out.split(widths, dim=-1))
 
 
@@ -123,9 +122,8 @@ class MLP(nn.Module):
         base = frozen_linear(self.c_proj)
         if base is None:
             return self.c_proj(gelu(hidden))
-        update = update_of(self.c_proj)
         # Reading the GELU inside the product keeps only `hidden` for backward, not its GELU too.
-        return adapted_linear(hidden, base.weight, base.bias, [update] if update else [], gelu_first=True)
+        return adapted_linear(hidden, base.weight, base.bias, updates_of(self.c_proj), gelu_first=True)
 
 
 class Block(nn.Module):

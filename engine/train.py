@@ -132,7 +132,7 @@ def train(
             yield StepDone(step, total, epoch, examples_seen, batch_loss_value, elapsed, elapsed / step * (total - step))
             if (step - 1) % cfg.eval_freq == 0:
                 progress = (epoch - 1) + _position_in_epoch(step, steps_per_epoch)
-                train_loss = _finite(estimate(loaders.train).loss, "estimated training", step, cfg)
+                train_loss = _finite(estimate(loaders.train_sample).loss, "estimated training", step, cfg)
                 if not cfg.live_metrics:
                     validation_loss = _finite(estimate(loaders.validation).loss, "validation", step, cfg)
                     yield LossEvaluated(step - 1, progress, examples_seen, train_loss, validation_loss)
@@ -152,7 +152,7 @@ def train(
             epoch,
             step,
             examples_seen,
-            estimate(loaders.train).accuracy,
+            estimate(loaders.train_sample).accuracy,
             estimate(loaders.validation).accuracy,
             time.perf_counter() - start,
         )

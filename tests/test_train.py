@@ -166,3 +166,37 @@ def test_stop_during_the_full_validation_pass_drops_its_partial_figures(tiny_mod
     assert [e.step for e in events if isinstance(e, StepDone)] == [1]
     assert not any(isinstance(e, (LossEvaluated, ValidationEvaluated, FinalEvaluated)) for e in events)
     assert isinstance(events[-1], RunSaved) and events[-1].stopped
+
+
+@pytest.mark.parametrize("preset_name", ["recommended", "book-order"])
+def test_how_often_a_run_looks_never_changes_what_it_learns(preset_name, tiny_model_dir, prepared_data, tmp_path):
+    """Independent draws: loss estimates (and live metrics) shuffle the training set from a generator of their own."""
+    from safetensors.torch import load_file
+
+    def adapter_after(eval_freq: int, live_metrics: bool) -> dict[str, torch.Tensor]:
+        # 8 steps an epoch, so the estimates of epoch 1 come before the order of epoch 2 is drawn.
+        out = tmp_path / f"every{eval_freq}-{live_metrics}"
+        cfg = tiny_run_config(tiny_model_dir, prepared_data, out, batch_size=128, epochs=2, max_steps=11, eval_freq=eval_freq)
+        if preset_name == "book-order":  # the book's fixed padding and PyTorch's shuffle, with independent draws
+            cfg = cfg.with_train(padding="longest", group_by_length=False, pooling="last")
+        cfg = cfg.with_train(live_metrics=live_metrics)
+        events = list(fine_tune(cfg))
+        return load_file(str(events[-1].adapter_dir / "adapter.safetensors"))
+
+    looked_often, looked_rarely, looked_live = adapter_after(2, False), adapter_after(20, False), adapter_after(3, True)
+    assert looked_often.keys() == looked_rarely.keys() == looked_live.keys()
+    for name, tensor in looked_often.items():
+        assert torch.equal(tensor, looked_rarely[name]), name
+        assert torch.equal(tensor, looked_live[name]), name
+
+
+def test_with_the_books_draws_the_estimates_still_move_the_order_as_in_the_book(tiny_model_dir, prepared_data, tmp_path):
+    from engine.data.prepared import load_splits
+    from engine.loaders import make_loaders
+
+    splits = load_splits(prepared_data)
+    book = preset("book").train
+    loaders = make_loaders(splits, book, 256, book_draws=True)
+    assert loaders.train_sample is loaders.train  # the book estimates from its training loader itself
+    independent = make_loaders(splits, preset("recommended").train, 256)
+    assert independent.train_sample is not independent.train

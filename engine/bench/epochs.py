@@ -81,7 +81,7 @@ class _EpochRun:
         plain, live = [], []
         for _ in range(3):
             start = time.perf_counter()
-            evaluate(self.model, self.loaders.train, self.device, t.pooling, t.eval_iter)
+            evaluate(self.model, self.loaders.train_sample, self.device, t.pooling, t.eval_iter)
             train_part = time.perf_counter() - start
             start = time.perf_counter()
             evaluate(self.model, self.loaders.validation, self.device, t.pooling, t.eval_iter)

@@ -103,7 +103,7 @@ def _run(
     loss_mean: LossMean = "batch" if cfg.draws == "book" else "message"
     draws.before_baseline()
     accuracy = lambda loader: evaluate(model, loader, device, cfg.train.pooling, BASELINE_BATCHES, stop.is_set).accuracy
-    baseline = BaselineEvaluated(accuracy(loaders.train), accuracy(loaders.validation), accuracy(loaders.test))
+    baseline = BaselineEvaluated(accuracy(loaders.train_sample), accuracy(loaders.validation), accuracy(loaders.test))
     if not stop.is_set():  # cut short by Stop, its accuracies would cover too few batches to mean anything
         yield emit(baseline)
 
@@ -119,7 +119,7 @@ def _run(
 
     if not recorder.progress().stopped:
         final, scores = {}, {}
-        for name, loader in (("train", loaders.train), ("validation", loaders.validation), ("test", loaders.test)):
+        for name, loader in (("train", loaders.train_sample), ("validation", loaders.validation), ("test", loaders.test)):
             final[name], split_scores = evaluate_with_scores(model, loader, device, cfg.train.pooling, should_stop=stop.is_set, loss_mean=loss_mean)
             if name != "train":  # the training loader is shuffled: its order means nothing
                 scores[name] = split_scores
