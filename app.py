@@ -4,9 +4,16 @@ opens it in the browser on a desktop.
 Seven tabs over `engine`: Data, Model & LoRA, Train, Parameters, Classify, Evaluate, Runs, each in its
 own module of `ui/`. Runs are queued in the app's Scheduler, not in a browser session, and train in
 worker processes (or on a Ray cluster): a reloaded page or a second visitor re-attaches through the Train
-tab's timer. The app does no tensor math;
-every event has an api_name, so `gradio_client` can script it. Nothing loads at import: `build_ui()`
-builds, `main()` launches.
+tab's timer. Every event has an api_name, so `gradio_client` can script it. Nothing loads at import:
+`build_ui()` builds, `main()` launches.
+
+Neither this file nor `ui/` does tensor math or imports torch (tests/test_layers.py holds them to it).
+The web process still runs the model, through engine functions, in exactly three places, because a
+visitor waits for each answer and a worker process per request would cost seconds where the answer
+takes milliseconds: Classify and its "Why this answer?" (`engine.classifier`, `engine.explain`, one
+model kept loaded in `ui/lab.py`), and Model & LoRA's weights check (`engine.weights.load_model`,
+`engine.model.generate_greedy`: a few greedy tokens). Parameters builds the model on PyTorch's meta
+device (shapes, no numbers) to count. Training and everything it evaluates run in the workers.
 
 What a visitor can reach is fenced: models are the four sizes plus the `--model` given at start,
 uploads are read only from Gradio's own temporary copies (never a typed path or a URL), bounded in

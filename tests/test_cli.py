@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from engine.cli import build_parser, main
+from engine.runs.local_workers import LocalWorkers, local_slots
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["data", "params", "generate", "train", "sweep", "classify", "bench"]
@@ -174,7 +175,8 @@ def test_sweep_runs_a_grid_on_two_workers_with_a_line_per_run_and_a_table(capsys
     assert main(argv) == 0
     printed = capsys.readouterr()
     lines = printed.err.splitlines()
-    assert lines[0].startswith("4 runs (2 rank x 2 seed) on 2 local workers (cpu 0, cpu 1), into ")
+    workers = LocalWorkers(local_slots(2, "cpu")).describe()  # "2 local workers (cpu 0, cpu 1)" on 2 cores, "(cpu 0-1, cpu 2-3)" on 4
+    assert lines[0].startswith(f"4 runs (2 rank x 2 seed) on {workers}, into ")
     ended = sorted(line for line in lines if line.startswith("["))
     assert len(ended) == 4 and all(": done, test accuracy " in line for line in ended)
     table = printed.out.splitlines()

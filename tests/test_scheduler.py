@@ -59,8 +59,9 @@ def assert_same_results(left: dict, right: dict) -> None:
 def test_two_workers_finish_a_grid_and_each_run_equals_the_same_run_alone(tiny_model_dir, prepared_data, tmp_path):
     base = tiny_run_config(tiny_model_dir, prepared_data, tmp_path, max_steps=6, eval_freq=3)
     runs = grid_of_four(base)
-    together = run_grid(tmp_path / "together", runs, LocalWorkers(local_slots(2, "cpu")))
-    assert sorted(v.run.worker for v in together) == ["cpu 0", "cpu 0", "cpu 1", "cpu 1"]  # both workers took runs
+    slots = local_slots(2, "cpu")
+    together = run_grid(tmp_path / "together", runs, LocalWorkers(slots))
+    assert sorted(v.run.worker for v in together) == sorted([slot.name for slot in slots] * 2)  # both workers took runs (names from this machine's cores)
     # Each run alone: the same slot layout (a core each), one run in the queue at a time.
     alone = [view for label, cfg in runs for view in run_grid(tmp_path / "alone" / label, [(label, cfg)], LocalWorkers(local_slots(2, "cpu")))]
     assert_same_results(results(together), results(alone))
