@@ -40,7 +40,10 @@ def test_each_loss_estimate_scores_the_full_validation_set(trained_run):
     assert all(names[events.index(e) - 1] == "LossEvaluated" for e in live)  # each right after its loss estimate
     for event in live:
         assert event.metrics.count == 149 and sum(map(sum, event.metrics.confusion)) == 149
-        assert 0 <= event.metrics.precision <= 1 and 0 <= event.metrics.f1 <= 1
+        (_, false_spam), (missed, caught) = event.metrics.confusion  # [true][predicted], spam the positive class
+        precision = caught / (caught + false_spam) if caught + false_spam else 0.0
+        recall = caught / (caught + missed) if caught + missed else 0.0
+        assert (event.metrics.precision, event.metrics.recall) == pytest.approx((precision, recall))
     assert live[-1].examples_seen == 31 * 8
     record = json.loads(events[-1].record.read_text())
     assert [p["step"] for p in record["validation_history"]] == [0, 10, 20, 30]
