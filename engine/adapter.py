@@ -29,6 +29,10 @@ TENSORS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter_config.json"
 METADATA_KEY = "lora_lab_config"
 FLOAT_TYPES = ("F16", "BF16", "F32", "F64")  # safetensors' names for the dtypes an adapter may hold
+# What a loaded adapter computes in: its tensors are copied into float32 parameters (bf16 autocast,
+# in training only, keeps float32's range).
+COMPUTE_DTYPE = torch.float32
+COMPUTE_DTYPE_NAME = "float32"
 
 
 @dataclass(frozen=True)
@@ -191,12 +195,18 @@ def check_declared(config: AdapterConfig, declared: dict[str, tuple[str, tuple[i
 
 
 def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
-    """Refuse NaN or infinity anywhere (LoRA, head, biases): such an adapter answers nothing meaningful."""
+    """Refuse NaN or infinity anywhere (LoRA, head, biases), in the tensor's own type and in the one the model
+    computes in: a float64 value of 1e300 is finite, yet infinite once loaded. Either way the adapter answers nothing meaningful."""
     for key, tensor in tensors.items():
         if not torch.isfinite(tensor).all():
             raise AdapterError(
                 f"{what}: tensor {key} holds NaN or infinite values, so the adapter is broken "
                 "(trained with too high a learning rate?): train again with a lower one"
+            )
+        if not torch.isfinite(tensor.to(COMPUTE_DTYPE)).all():
+            raise AdapterError(
+                f"{what}: tensor {key} holds values up to {tensor.abs().max().item():.3g}, beyond the largest {COMPUTE_DTYPE_NAME} number "
+                f"({torch.finfo(COMPUTE_DTYPE).max:.3g}), the numbers the model computes in: the adapter is broken; retrain it"
             )
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from engine.adapter import AdapterConfig, check_base, load_tensors, read_adapter
 from engine.config import DEFAULT_SEED, LoRAConfig
 from engine.draws import RunDraws
-from engine.errors import InputError
+from engine.errors import AdapterError, InputError
 from engine.loaders import PASS_COST_TOKENS, collate, least_padding_cuts
 from engine.lora import apply_lora, freeze_base, merge_lora, set_lora_enabled
 from engine.model import GPT, read_positions
@@ -117,12 +117,23 @@ class Classifier:
         # reading the last real token needs padding only to the batch's longest message.
         batch = collate([(ids, 0) for ids, _ in encoded], self.config.max_length if self.config.pooling == "last" else None)  # 0: no label to know
         read = read_positions(batch.lengths, batch.input_ids.size(1), self.config.pooling).to(self.device)
-        probabilities = torch.softmax(self.model(batch.input_ids.to(self.device), read).float(), dim=-1).tolist()
+        probabilities = class_probabilities(self.model(batch.input_ids.to(self.device), read)).tolist()
         labels = self.config.labels
         return [
             Prediction(labels[max(range(len(labels)), key=row.__getitem__)], dict(zip(labels, row, strict=True)), len(ids), truncated)
             for row, (ids, truncated) in zip(probabilities, encoded, strict=True)
         ]
+
+
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the classes (last dimension), in float32; a probability that is not a number is never an answer."""
+    probabilities = torch.softmax(logits.float(), dim=-1)
+    if not torch.isfinite(probabilities).all():
+        raise AdapterError(
+            "the model's answer is not a number: the adapter's values overflow the float32 numbers the model computes in "
+            "(they are far beyond anything training makes), so the adapter is broken; retrain it"
+        )
+    return probabilities
 
 
 def quantize_int8(model: GPT, device: torch.device) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.classifier import Classifier
+from engine.classifier import Classifier, class_probabilities
 from engine.errors import InputError
 from engine.evaluate import positive_class
 from engine.tokenizer import encode, gpt2_tokenizer
@@ -55,7 +55,7 @@ def token_scores(classifier: Classifier, text: str, label: str | None = None) ->
     ids = encode(text)[: classifier.config.max_length]
     model = classifier.model
     hidden = model.hidden_states(torch.tensor([ids], device=classifier.device))[0]  # (T, C)
-    probabilities = torch.softmax(model.score(hidden).float(), dim=-1)[:, classifier.config.labels.index(label)].tolist()
+    probabilities = class_probabilities(model.score(hidden))[:, classifier.config.labels.index(label)].tolist()
     return whole_characters(ids, probabilities)
 
 

@@ -1,14 +1,15 @@
-"""Hostile data: zip bombs (uploads, downloads, the CLI), thousands of labels (data and adapters), and
-Stop during a download that trickles; each refused cheaply, with a message."""
+"""Hostile data: zip bombs (uploads, downloads, the CLI), thousands of labels (data and adapters), adapters
+whose values overflow float32, and Stop during a download that trickles; each refused cheaply, with a message."""
 
 import threading
 import tracemalloc
 import zipfile
 from pathlib import Path
 
+import gradio as gr
 import pytest
 import torch
-from app_fixtures import upload_bytes
+from app_fixtures import as_upload, upload_bytes
 from conftest import changed_adapter, sms_zip_bytes
 from safetensors import safe_open
 
@@ -21,6 +22,7 @@ from engine.config import MAX_CLASSES
 from engine.data.download import download_first_valid
 from engine.data.prepared import MAX_UNPACKED_BYTES, MEMBER, prepare, read_source_file, validate_zip
 from engine.errors import AdapterError, Cancelled, DataError, DownloadError
+from ui.classify_tab import ClassifyTab
 from ui.data_tab import MAX_HISTOGRAM_SERIES, DataTab, counts_frame, token_histogram
 from ui.lab import Lab
 
@@ -217,3 +219,32 @@ def test_stop_acts_at_once_while_a_download_trickles(http_server, tmp_path: Path
     thread.join(30)  # ...so Stop ends it long before the server sends its second 4 KiB
     assert outcome == ["stopped"] and not thread.is_alive()
     assert list(tmp_path.iterdir()) == []  # the partial file is gone
+
+
+# --- adapters that overflow the numbers the model computes in ---------------------------------------------------------
+
+
+def test_an_adapter_finite_in_float64_but_not_in_float32_is_refused(adapter_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def huge_bias(config: dict, tensors: dict[str, torch.Tensor]) -> None:
+        tensors["score.base_layer.bias"] = torch.full_like(tensors["score.base_layer.bias"], 1e300, dtype=torch.float64)
+
+    huge = changed_adapter(adapter_dir, tmp_path / "huge" / "adapter.safetensors", huge_bias)
+    with pytest.raises(AdapterError, match=r"tensor score.base_layer.bias holds values up to 1e\+300, beyond the largest float32 number"):
+        read_adapter(huge)
+    assert cli(["classify", "--adapter", str(huge.parent), "WIN a prize"]) == 2
+
+
+def test_an_answer_that_is_not_a_number_is_never_shown(trained_lab: Lab, adapter_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def huge_head(config: dict, tensors: dict[str, torch.Tensor]) -> None:
+        tensors["score.base_layer.weight"] = torch.full_like(tensors["score.base_layer.weight"], 3e38)  # finite in float32; its products are not
+
+    overflowing = changed_adapter(adapter_dir, tmp_path / "head" / "adapter.safetensors", huge_head)
+    problem = "the model's answer is not a number: the adapter's values overflow the float32 numbers the model computes in"
+    with pytest.raises(AdapterError, match=problem):
+        Classifier.load(overflowing, torch.device("cpu")).classify(["WIN a prize"])
+    assert cli(["classify", "--adapter", str(overflowing.parent), "WIN a prize"]) == 2  # no P(ham)=nan, and not a success
+    assert problem in capsys.readouterr().err
+    tab = ClassifyTab(trained_lab)
+    for action in (lambda f: tab.classify("WIN a prize", f), lambda f: tab.classify_many("WIN a prize", f), lambda f: tab.explain("WIN a prize", f)):
+        with pytest.raises(gr.Error, match=problem):  # the page and the API (the same handlers) say so instead of "ham 0 %, spam 0 %"
+            action(as_upload(overflowing))
