@@ -19,7 +19,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from engine import strict_json
 from engine.atomic import write_bytes_atomic, write_text_atomic
-from engine.config import LABELS, MAX_CLASSES, PADDINGS, POOLINGS, GPTConfig, LoRAConfig
+from engine.config import LABELS, MAX_CLASSES, MAX_LABEL_CHARS, PADDINGS, POOLINGS, GPTConfig, LoRAConfig
 from engine.errors import AdapterError, ConfigError
 from engine.model import GPT
 from engine.weights import PICKLE_SUFFIXES
@@ -89,7 +89,11 @@ class AdapterConfig:
             problems.append(f"padding {config.padding!r}")
         if not isinstance(config.max_length, int) or not 1 <= config.max_length <= config.model.context_length:
             problems.append(f"max_length {config.max_length!r}")
-        if len(config.labels) < 2 or len(set(config.labels)) < len(config.labels) or not all(isinstance(label, str) and label for label in config.labels):
+        if not all(isinstance(label, str) and label for label in config.labels):
+            problems.append("labels (each must be a non-empty name)")
+        elif any(len(label) > MAX_LABEL_CHARS for label in config.labels):
+            problems.append(f"labels (a class name of {max(len(label) for label in config.labels):,} characters, over {MAX_LABEL_CHARS})")
+        elif len(config.labels) < 2 or len(set(config.labels)) < len(config.labels):
             problems.append(f"labels {config.labels!r}")
         if problems:
             raise AdapterError("adapter config has invalid " + ", ".join(problems) + ": re-save the adapter")

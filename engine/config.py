@@ -49,6 +49,8 @@ RUNS_DIR = "runs"  # where runs are kept unless told otherwise
 # The most classes a dataset or an adapter may have: far more than any message-classification demo
 # needs, few enough that every table, plot and head stays small.
 MAX_CLASSES = 50
+# The longest class name (a label in the data, or in an adapter): a name, not a message.
+MAX_LABEL_CHARS = 100
 
 # The learning rates a run accepts. AdamW moves each weight by about the learning rate per step, so
 # far above 0.1 training only diverges (a loss that is no longer finite stops the run anyway).

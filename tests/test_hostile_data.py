@@ -1,5 +1,6 @@
-"""Hostile data: zip bombs (uploads, downloads, the CLI), thousands of labels (data and adapters), adapters
-whose values overflow float32, and Stop during a download that trickles; each refused cheaply, with a message."""
+"""Hostile data: zip bombs (uploads, downloads, the CLI), thousands of labels (data and adapters), labels
+that hide characters or run to 120 KB, adapters whose values overflow float32, and Stop during a download
+that trickles; each refused cheaply, with a message."""
 
 import threading
 import tracemalloc
@@ -18,11 +19,13 @@ import engine.classifier
 from engine.adapter import read_adapter
 from engine.classifier import Classifier
 from engine.cli import main as cli
-from engine.config import MAX_CLASSES
+from engine.config import MAX_CLASSES, MAX_LABEL_CHARS
 from engine.data.download import download_first_valid
 from engine.data.prepared import MAX_UNPACKED_BYTES, MEMBER, prepare, read_source_file, validate_zip
+from engine.data.reading import parse_messages
 from engine.errors import AdapterError, Cancelled, DataError, DownloadError
 from ui.classify_tab import ClassifyTab
+from ui.controls import MAX_OWNER_CHARS, owner_name
 from ui.data_tab import MAX_HISTOGRAM_SERIES, DataTab, counts_frame, token_histogram
 from ui.lab import Lab
 
@@ -219,6 +222,38 @@ def test_stop_acts_at_once_while_a_download_trickles(http_server, tmp_path: Path
     thread.join(30)  # ...so Stop ends it long before the server sends its second 4 KiB
     assert outcome == ["stopped"] and not thread.is_alive()
     assert list(tmp_path.iterdir()) == []  # the partial file is gone
+
+
+# --- label text ----------------------------------------------------------------------------------
+
+
+def test_labels_are_cleaned_of_what_no_one_sees(tmp_path: Path) -> None:
+    written = ["spam", "\ufeffspam", "  spam", "spam\u200b", "ham", "ham ", "not  spam", "not spam\t", "caf\u00e9", "cafe\u0301"]
+    rows = ["label,text"] + [f'"{label}",message {i} of {n}' for n, label in enumerate(written) for i in range(10)]
+    (tmp_path / "mine.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    prepared = prepare(str(tmp_path / "mine.csv"), tmp_path / "cache")
+    assert prepared.splits.labels == ("café", "ham", "not spam", "spam")  # one class each, however it was written
+    sms = parse_messages("ham\thello\n\ufeffspam\tWIN now\n \ufeffHAM \tsee you\n".encode())  # a BOM inside: from files joined together
+    assert list(sms["Label"]) == ["ham", "spam", "ham"]
+
+
+def test_a_label_longer_than_a_name_is_refused_at_its_line(tmp_path: Path) -> None:
+    rows = ["label,text", "spam,hi", "ham,hello"] + [f"{'x' * 120_000}{i},message {i}" for i in range(50)]  # 50 labels of 120 KB
+    (tmp_path / "long.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=f"long.csv, line 4: a label of 120,001 characters; class names are at most {MAX_LABEL_CHARS}"):
+        prepare(str(tmp_path / "long.csv"), tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_an_adapter_with_a_label_longer_than_a_name_is_refused(adapter_dir: Path, tmp_path: Path) -> None:
+    long = changed_adapter(adapter_dir, tmp_path / "adapter.safetensors", lambda c, t: c.update(labels=["ham", "s" * 120_000]))
+    with pytest.raises(AdapterError, match=f"a class name of 120,000 characters, over {MAX_LABEL_CHARS}"):
+        read_adapter(long)
+
+
+def test_a_visitor_s_name_for_their_runs_is_cleaned_and_cut() -> None:
+    assert owner_name("\ufeff  Ann\u200b  Lee ") == "Ann Lee"
+    assert owner_name("Ann " * 30_000) == ("Ann " * 15).strip() and MAX_OWNER_CHARS == 60  # 120 KB cut to a name at once
 
 
 # --- adapters that overflow the numbers the model computes in ---------------------------------------------------------

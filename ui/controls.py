@@ -15,9 +15,11 @@ import gradio as gr
 from gradio.components import Component
 
 from engine.config import LoRAConfig, RunConfig, TrainConfig, preset
+from engine.data.table import clean_label
 from ui.settings import AppSettings
 
 # What choosing a preset sets; the model, targets and the rest stay as they are.
+MAX_OWNER_CHARS = 60  # a visitor's name beside their runs
 PRESET_FIELDS = ("rank", "alpha", "scaling", "pooling", "padding", "lr", "epochs", "batch_size")
 
 
@@ -154,7 +156,8 @@ def run_config(settings: AppSettings, controls: Controls, owner: str = "") -> Ru
 
 
 def owner_name(owner: object) -> str:
-    """A visitor's name for their runs: plain text, one line, at most 60 characters."""
+    """A visitor's name for their runs: plain text, one line, at most MAX_OWNER_CHARS characters, cleaned as a
+    label is (no byte-order mark or zero-width space); a long one is cut before any work on it."""
     if not isinstance(owner, str):
         return ""
-    return " ".join(owner.split())[:60]
+    return clean_label(owner[: 4 * MAX_OWNER_CHARS])[:MAX_OWNER_CHARS].rstrip()

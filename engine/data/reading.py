@@ -12,8 +12,8 @@ from typing import Literal
 
 import pandas as pd
 
-from engine.config import LABELS, Parse
-from engine.data.table import header_columns, parse_table
+from engine.config import LABELS, MAX_LABEL_CHARS, Parse
+from engine.data.table import clean_label, header_columns, parse_table
 from engine.errors import DataError
 
 # How a file's messages were read: "faithful" or "book" (see above), "table" (your own headered file,
@@ -52,7 +52,8 @@ def parse_messages(raw: bytes, origin: str = "data") -> pd.DataFrame:
                 f"{origin}, line {number}: no tab between label and message; expected 'ham<TAB>text' or 'spam<TAB>text' lines, "
                 "or a CSV/TSV whose first line names a text and a label column"
             )
-        label = label.strip().lower()
+        # A byte-order mark or a stray space is no part of the label; a long one is no label at all (not cleaned: refused below).
+        label = clean_label(label).lower() if len(label) <= 10 * MAX_LABEL_CHARS else label
         if label not in LABELS:
             raise DataError(
                 f"{origin}, line {number}: unknown label {label[:20]!r}; every line must start with ham or spam "

@@ -5,15 +5,31 @@ Any label names work, from two classes to MAX_CLASSES; they become the classifie
 
 import csv
 import io
+import unicodedata
 from typing import Any
 
 import pandas as pd
 
-from engine.config import LABELS, MAX_CLASSES
+from engine.config import LABELS, MAX_CLASSES, MAX_LABEL_CHARS
 from engine.errors import DataError
 
 TEXT_COLUMNS = ("text", "message", "sms", "content", "v2")
 LABEL_COLUMNS = ("label", "class", "category", "target", "v1")
+
+
+def clean_label(text: str) -> str:
+    """A class name as written, minus what no one sees: Unicode composed (NFC), format characters (a byte-order
+    mark, zero-width spaces) dropped, each run of whitespace one space, none at the ends."""
+    visible = "".join(char for char in unicodedata.normalize("NFC", text) if unicodedata.category(char) != "Cf")
+    return " ".join(visible.split())
+
+
+def label_problem(raw: str) -> str | None:
+    """Why `raw` cannot be a class name (None when it can): too long. Refused before any work on a long one."""
+    length = len(raw) if len(raw) > 10 * MAX_LABEL_CHARS else len(clean_label(raw))
+    if length > MAX_LABEL_CHARS:
+        return f"a label of {length:,} characters; class names are at most {MAX_LABEL_CHARS}: check that the label column holds class names"
+    return None
 
 
 def header_columns(first_line: str) -> tuple[str, int, int] | None:
@@ -48,10 +64,11 @@ def table_reader(text: str, delimiter: str) -> Any:  # a csv reader: its line_nu
 
 
 def parse_table(text: str, origin: str) -> pd.DataFrame:
-    """Rows of (Label, Text) from a headered CSV/TSV; labels are stripped, texts kept as written.
+    """Rows of (Label, Text) from a headered CSV/TSV; labels are cleaned (`clean_label`), texts kept as written.
 
     Raises:
-        DataError: no usable header, a short row, an empty text or label, more than MAX_CLASSES labels (the line is named).
+        DataError: no usable header, a short row, an empty text or label, a label over MAX_LABEL_CHARS, more than
+            MAX_CLASSES labels (the line is named).
     """
     first_line = text.split("\n", 1)[0].removesuffix("\r")
     columns = header_columns(first_line)
@@ -71,7 +88,10 @@ def parse_table(text: str, origin: str) -> pd.DataFrame:
                 continue
             if len(row) <= max(label_column, text_column):
                 raise DataError(f"{origin}, line {reader.line_num}: expected at least {max(label_column, text_column) + 1} fields, found {len(row)}")
-            label, message = row[label_column].strip(), row[text_column]
+            problem = label_problem(row[label_column])
+            if problem:
+                raise DataError(f"{origin}, line {reader.line_num}: {problem}")
+            label, message = clean_label(row[label_column]), row[text_column]
             if not label or not message.strip():
                 raise DataError(f"{origin}, line {reader.line_num}: empty {'label' if not label else 'text'}: fill it in or delete the line")
             if label not in seen:
