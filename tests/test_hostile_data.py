@@ -1,7 +1,8 @@
 """Hostile data: zip bombs (uploads, downloads, the CLI), thousands of labels (data and adapters), labels
-that hide characters or run to 120 KB, adapters whose values overflow float32, and Stop during a download
-that trickles; each refused cheaply, with a message."""
+that hide characters or run to 120 KB, adapters whose values overflow float32, Stop during a download that
+trickles and a source that trickles for ever; each refused cheaply, with a message."""
 
+import re
 import threading
 import tracemalloc
 import zipfile
@@ -283,3 +284,18 @@ def test_an_answer_that_is_not_a_number_is_never_shown(trained_lab: Lab, adapter
     for action in (lambda f: tab.classify("WIN a prize", f), lambda f: tab.classify_many("WIN a prize", f), lambda f: tab.explain("WIN a prize", f)):
         with pytest.raises(gr.Error, match=problem):  # the page and the API (the same handlers) say so instead of "ham 0 %, spam 0 %"
             action(as_upload(overflowing))
+
+
+# --- downloads: a deadline per source, and visitors side by side -----------------------------------------------------------
+
+
+def test_a_source_that_trickles_has_a_deadline_and_the_next_is_tried(http_server, tmp_path: Path) -> None:
+    http_server.routes["/slow.zip"] = (200, sms_zip_bytes(), {})
+    http_server.trickle["/slow.zip"] = 0.5  # 4 KiB every half second: never silent for the read timeout, 25 s for the zip
+    http_server.routes["/backup.zip"] = (200, sms_zip_bytes(), {})
+    heard: list[str] = []
+    urls = [http_server.url("/slow.zip"), http_server.url("/backup.zip")]
+    used = download_first_valid(urls, tmp_path / "sms.zip", validate_zip, lambda p: heard.append(p.status), deadline_s=2)
+    assert used == urls[1]  # the backup, once the first source's time was up
+    (failure,) = [status for status in heard if status.startswith("failed")]
+    assert re.fullmatch(r"failed: too slow: [\d,]+ bytes in 2 s, the most one source may take", failure)

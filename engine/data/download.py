@@ -9,6 +9,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 64 * 1024  # at most this much per read; a slow link gives whatever has arrived
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 30.0  # a server silent this long mid-transfer counts as failed
+# One source may take this long in all, however it trickles (one byte every few seconds never trips the
+# read timeout): then the next source is tried. The SMS zip is 0.2 MB: 120 s allows 2 KB/s.
+SOURCE_DEADLINE_S = 120.0
 HEARTBEAT_S = 0.2  # the longest on_progress stays silent while a download runs
 QUEUED_CHUNKS = 16  # read ahead of the writer at most this many chunks
 
@@ -48,12 +52,14 @@ def download_first_valid(
     on_progress: ProgressCallback | None = None,
     max_bytes: int = 100 * 1024 * 1024,
     timeout: tuple[float, float] | None = None,
+    deadline_s: float = SOURCE_DEADLINE_S,
 ) -> str:
     """Download the first URL that yields a valid file into `destination` and return that URL.
 
     Each source is streamed to a temporary file beside `destination`, checked by `validate`
     (which raises ValueError on bad content), and only then renamed into place: a failure
-    never leaves a partial file that looks complete. `on_progress` is called at least every
+    never leaves a partial file that looks complete. A source still sending after `deadline_s`
+    seconds counts as failed, like one that does not answer. `on_progress` is called at least every
     HEARTBEAT_S seconds and may raise engine.errors.Cancelled to stop the download; the partial
     file is removed.
 
@@ -66,7 +72,7 @@ def download_first_valid(
     for url in urls:
         try:
             with atomic_path(destination) as temporary:
-                _stream(url, temporary, on_progress, max_bytes, timeout)
+                _stream(url, temporary, on_progress, max_bytes, timeout, deadline_s)
                 validate(temporary)
         except DiskFullError:
             raise
@@ -93,7 +99,9 @@ def _stream(
     on_progress: ProgressCallback | None,
     max_bytes: int,
     timeout: tuple[float, float],
+    deadline_s: float,
 ) -> None:
+    deadline = time.monotonic() + deadline_s
     transfer = _Transfer(url, timeout)
     transfer.start()
     try:
@@ -101,6 +109,8 @@ def _stream(
         received = 0
         with open(target, "wb") as handle:
             while (item := transfer.next(HEARTBEAT_S)) is not _Transfer.END:
+                if time.monotonic() > deadline:
+                    raise ValueError(f"too slow: {received:,} bytes in {deadline_s:g} s, the most one source may take")
                 if isinstance(item, _Headers):
                     total = item.content_length
                     if total is not None and total > max_bytes:
