@@ -41,5 +41,20 @@ def failure_of(error: BaseException, device: str, doing: str) -> Failure:
     return Failure("internal", f"internal error while {doing}: {what} (a fault in LoRA Lab; the log has the details)")
 
 
+# A LoRA scale (alpha, or alpha / rank) above this makes alpha the likelier cause of a diverging run
+# than the learning rate: the book's is 16, alpha / rank is usually 1 or 2.
+LARGE_LORA_SCALE = 64.0
+
+
+def divergence_cause(lr: float, lora_scale: float | None) -> str:
+    """Why a run's loss stopped being a number, most likely, and what to change (`lora_scale`: None without LoRA)."""
+    if lora_scale is not None and lora_scale > LARGE_LORA_SCALE:
+        return (
+            f"most likely because alpha is too large: it scales every LoRA update by {lora_scale:g} (1 to 16 is usual); "
+            "train again with a smaller alpha"
+        )
+    return f"most likely because the learning rate ({lr:g}) is too high; train again with a lower one"
+
+
 def one_line(text: str) -> str:
     return " ".join(text.split())

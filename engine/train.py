@@ -20,7 +20,9 @@ import torch
 from engine.config import TrainConfig
 from engine.errors import TrainingDiverged
 from engine.evaluate import LossMean, Metrics, batch_loss, evaluate, evaluate_whole_and_first
+from engine.failure import divergence_cause
 from engine.loaders import Loaders
+from engine.lora import lora_layers
 from engine.model import GPT
 
 
@@ -106,6 +108,7 @@ def train(
     if not parameters:
         raise ValueError("the model has no trainable parameters: apply LoRA before training")
     optimizer = torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lora_scale = max((layer.scale for layer in lora_layers(model)), default=None)  # named if the loss diverges
     steps_per_epoch = len(loaders.train)
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
     yield TrainStarted(total, steps_per_epoch, cfg.epochs, len(loaders.train.dataset))
@@ -123,7 +126,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, cfg.bf16_autocast):
                 loss = batch_loss(model, batch, cfg.pooling)
-            batch_loss_value = _finite(loss.item(), "training batch", step + 1, cfg)  # before the step: the weights stay finite
+            batch_loss_value = _finite(loss.item(), "training batch", step + 1, cfg, lora_scale)  # before the step: the weights stay finite
             loss.backward()
             optimizer.step()
             step += 1
@@ -132,9 +135,9 @@ def train(
             yield StepDone(step, total, epoch, examples_seen, batch_loss_value, elapsed, elapsed / step * (total - step))
             if (step - 1) % cfg.eval_freq == 0:
                 progress = (epoch - 1) + _position_in_epoch(step, steps_per_epoch)
-                train_loss = _finite(estimate(loaders.train_sample).loss, "estimated training", step, cfg)
+                train_loss = _finite(estimate(loaders.train_sample).loss, "estimated training", step, cfg, lora_scale)
                 if not cfg.live_metrics:
-                    validation_loss = _finite(estimate(loaders.validation).loss, "validation", step, cfg)
+                    validation_loss = _finite(estimate(loaders.validation).loss, "validation", step, cfg, lora_scale)
                     yield LossEvaluated(step - 1, progress, examples_seen, train_loss, validation_loss)
                 else:
                     # The full pass checks Stop between batches (it is several times longer than an estimate).
@@ -142,7 +145,7 @@ def train(
                         model, loaders.validation, device, cfg.pooling, cfg.eval_iter, stop.is_set if stop else None, loss_mean
                     )
                     if stop is None or not stop.is_set():  # cut short by Stop, its figures would cover part of the set
-                        yield LossEvaluated(step - 1, progress, examples_seen, train_loss, _finite(first.loss, "validation", step, cfg))
+                        yield LossEvaluated(step - 1, progress, examples_seen, train_loss, _finite(first.loss, "validation", step, cfg, lora_scale))
                         yield ValidationEvaluated(step - 1, progress, examples_seen, whole)
             if step >= total:
                 break
@@ -162,13 +165,10 @@ def train(
     yield TrainEnded(stopped, step, examples_seen, time.perf_counter() - start)
 
 
-def _finite(loss: float, which: str, step: int, cfg: TrainConfig) -> float:
+def _finite(loss: float, which: str, step: int, cfg: TrainConfig, lora_scale: float | None) -> float:
     """`loss` if it is a number; a NaN or infinite loss ends the run (no later step could recover)."""
     if not math.isfinite(loss):
-        raise TrainingDiverged(
-            f"the {which} loss became {loss} at step {step}: training diverged, most likely because the learning rate "
-            f"({cfg.lr:g}) is too high; train again with a lower one"
-        )
+        raise TrainingDiverged(f"the {which} loss became {loss} at step {step}: training diverged, {divergence_cause(cfg.lr, lora_scale)}")
     return loss
 
 

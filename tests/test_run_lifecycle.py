@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from engine.adapter import read_adapter
 from engine.classifier import Classifier, build_classifier
 from engine.config import LoRAConfig, TrainConfig
 from engine.errors import AdapterError, ConfigError, DiskFullError, TrainingDiverged
+from engine.failure import divergence_cause
 from engine.lora import merge_lora
 from engine.model import GPT
 from engine.runs.history import latest_adapter, list_runs
@@ -213,6 +215,26 @@ def test_a_run_whose_loss_turns_nan_stops_failed_and_keeps_its_last_finite_check
     _, tensors = read_adapter(out / "adapter")  # the kept adapter: finite
     assert all(torch.isfinite(t).all() for t in tensors.values())
     assert latest_adapter(root) is None and [run.state for run in list_runs(root)] == ["failed"]
+
+
+def test_a_run_diverging_with_a_huge_alpha_names_alpha_not_the_learning_rate(
+    tiny_model_dir: Path, prepared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real, steps = engine.train.batch_loss, []
+
+    def poisoned(model, batch, pooling):  # from step 2 on, as an update scaled far too much would
+        steps.append(1)
+        loss = real(model, batch, pooling)
+        return loss * float("nan") if len(steps) >= 2 else loss
+
+    monkeypatch.setattr(engine.train, "batch_loss", poisoned)
+    cfg = tiny_run_config(tiny_model_dir, prepared_data, tmp_path / "huge-alpha")
+    huge = replace(cfg, lora=replace(cfg.lora, alpha=100.0, scaling="alpha"))  # every update times 100
+    blamed = r"at step 2: training diverged, most likely because alpha is too large: it scales every LoRA update by 100 "
+    with pytest.raises(TrainingDiverged, match=blamed) as raised:
+        list(fine_tune(huge))
+    assert "smaller alpha" in str(raised.value) and "learning rate" not in str(raised.value)
+    assert "learning rate (0.003) is too high" in divergence_cause(0.003, cfg.lora.scale)  # the usual scale: the learning rate is blamed
 
 
 def test_an_adapter_with_nan_anywhere_is_refused_on_load(adapter_dir: Path, tmp_path: Path) -> None:
