@@ -1,5 +1,6 @@
 """The Data tab: download or upload the messages, their counts, a preview, token lengths and duplicates."""
 
+import threading
 from typing import Any
 
 import gradio as gr
@@ -8,7 +9,7 @@ from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
 from engine.data.download import DownloadProgress
-from engine.data.prepared import DataSummary, PreparedData, load_summary, prepare
+from engine.data.prepared import DataSummary, PreparedData, fetch_zip, load_summary, prepare, prepare_fetched
 from engine.errors import Cancelled, DownloadError, LoRALabError
 from engine.failure import one_line
 from engine.tokenizer import encode
@@ -165,17 +166,20 @@ class DataTab:
         self.pressed.add(page_of(request))
         lab = self.lab
         failures: list[str] = []
-        lab.download_stop.clear()
+        stop = threading.Event()
+        lab.download_stops.add(stop)
 
         def report(event: DownloadProgress) -> None:
-            if lab.download_stop.is_set():
+            if stop.is_set():
                 raise Cancelled("download stopped")  # the engine deletes the partial file
             if event.status.startswith("failed"):
                 failures.append(f"{event.url}: {event.status}")
             progress((event.received, event.total), desc=f"downloading {event.url}", unit="bytes")
 
         try:
-            prepared = prepare(None, lab.settings.cache, report, urls=lab.settings.data_urls, deduplicate=bool(deduplicate))
+            fetched = fetch_zip(lab.settings.cache, lab.settings.data_urls, report)
+            with lab.data_lock:
+                prepared = prepare_fetched(fetched, lab.settings.cache, deduplicate=bool(deduplicate))
         except Cancelled:
             gr.Warning("Download stopped; nothing was kept. Press Download to start again.", duration=TOAST_SECONDS)
             status, *views = self.show_data()
@@ -184,14 +188,17 @@ class DataTab:
             raise self.refuse(download_failure(failures, error), request) from None
         except LoRALabError as error:
             raise self.refuse(f"**The download failed:** {one_line(str(error))}", request) from None
+        finally:
+            lab.download_stops.discard(stop)
         lab.prepared = prepared
         tried = "".join(f"\n- {failure}" for failure in failures)
         status = f"Data ready from {prepared.summary.source}" + (f"\n\nSources that failed first:{tried}" if failures else "")
         return data_outputs(prepared, status)
 
     def stop_download(self) -> str:
-        """Ask a running Download to stop at its next chunk of data."""
-        self.lab.download_stop.set()
+        """Ask every running Download to stop at its next chunk of data."""
+        for stop in list(self.lab.download_stops):
+            stop.set()
         return "Stopping the download..."
 
     def upload_data(
@@ -204,7 +211,8 @@ class DataTab:
         except gr.Error as error:
             raise self.refuse(f"**The upload was not used:** {error.message}", request) from None
         try:
-            prepared = prepare(str(source), self.lab.settings.cache, deduplicate=bool(deduplicate))
+            with self.lab.data_lock:
+                prepared = prepare(str(source), self.lab.settings.cache, deduplicate=bool(deduplicate))
         except LoRALabError as error:
             raise self.refuse(f"**{source.name} was not used:** {one_line(str(error))}", request) from None
         finally:
@@ -223,7 +231,8 @@ class DataTab:
         cache, prepared = self.lab.settings.cache, self.lab.prepared
         if prepared is None and (cache / "train.csv").is_file():
             try:
-                earlier = prepare(str(cache), cache)
+                with self.lab.data_lock:  # not while another visitor's data is being written
+                    earlier = prepare(str(cache), cache)
             except LoRALabError as error:
                 return f"The prepared data in {cache} is unusable ({error}): download it again.", None, None, None
             return data_outputs(earlier, f"Data prepared earlier, read from {cache}")
@@ -274,7 +283,8 @@ def build_data_tab(data: DataTab, demo: gr.Blocks) -> None:
 
     data_views = [data_status, counts, preview, histogram]
     quality_views = [quality, repeated]
-    downloaded = download.click(data.download_data, deduplicate, data_views, api_name="download_data")
+    # concurrency_limit=None: one visitor's Download never waits behind another's (a slow source may take minutes).
+    downloaded = download.click(data.download_data, deduplicate, data_views, api_name="download_data", concurrency_limit=None)
     downloaded.success(data.data_quality, None, quality_views, api_name="data_quality_downloaded")
     downloaded.failure(data.failed, None, data_views, show_progress="hidden", api_visibility="private")
     stop_download.click(data.stop_download, None, data_status, api_name="stop_download", concurrency_limit=None)

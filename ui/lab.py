@@ -28,7 +28,9 @@ class Lab:
         self.settings = settings
         self.scheduler = scheduler or Scheduler(settings.out, workers_for(settings.workers, settings.device, settings.ray))
         self.prepared: PreparedData | None = None  # set by a download or an upload in this process
-        self.download_stop = threading.Event()  # any visitor's Stop ends the download
+        self.download_stops: set[threading.Event] = set()  # one per Download running: any visitor's Stop ends them all
+        # Downloads run side by side (none waits behind another's slow source); writing the data cache is one at a time.
+        self.data_lock = threading.Lock()
         # Classify is its own concurrency group (limit 1); the lock also guards the cache and
         # compare_with_base's switching LoRA off and on should anyone raise that limit.
         self.classify_lock = threading.Lock()

@@ -262,6 +262,13 @@ def fetch_zip(cache: Path, urls: Sequence[str], on_progress: ProgressCallback | 
     return target, used
 
 
+def prepare_fetched(fetched: tuple[Path, str], cache: Path, seed: int = DEFAULT_SEED, deduplicate: bool = False) -> PreparedData:
+    """Balance, split and save into `cache` the zip `fetch_zip` returned ((path, where it came from)), read faithfully:
+    `prepare(None, ...)` in two steps, so that the download can run apart from the writing."""
+    zip_path, origin = fetched
+    return _prepare_file(zip_path, origin, Path(cache), seed, deduplicate, "faithful", ZIP_NAME)
+
+
 def is_prepared_folder(source: str | None) -> bool:
     return source is not None and not is_url(source) and Path(source).is_dir()
 
