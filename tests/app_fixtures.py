@@ -25,6 +25,7 @@ SPAM = "URGENT! You have won a 1 week FREE membership in our £100,000 prize Jac
 class RunningApp:
     url: str
     lab: Lab
+    demo: Any  # the launched gr.Blocks
 
 
 def free_port() -> int:
@@ -40,7 +41,7 @@ def running_app(settings: AppSettings, auth: tuple[str, str] | None = None) -> I
     demo = app.build_ui(settings, lab)
     url = app.launch(demo, settings, "127.0.0.1", free_port(), auth=auth)
     try:
-        yield RunningApp(url, lab)
+        yield RunningApp(url, lab, demo)
     finally:
         lab.close()
         demo.close()

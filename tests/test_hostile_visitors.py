@@ -1,15 +1,66 @@
 """Nothing one visitor sends may hurt the others: the login on every route and throttled, refused input as
 one log line, files written for a visitor deleted with the uploads, and the command line's --host/--port."""
 
+import re
 import time
 from dataclasses import replace
+from typing import Any
 
+import httpx
 import pytest
 from app_fixtures import running_app
 from conftest import sms_zip_bytes
 from gradio_client import Client
 
+from ui.http_guard import OPEN_PATHS, OPEN_PREFIXES
+from ui.lab import Lab
+from ui.login_throttle import FREE_TRIES
 from ui.settings import AppSettings
+
+# --- the login ---------------------------------------------------------------------------------------------------
+
+
+def every_route(fastapi_app: Any) -> list[tuple[str, str]]:
+    """(method, path) of every route the server answers, its parameters filled in."""
+    found: list[tuple[str, str]] = []
+
+    def walk(routes: list[Any], prefix: str) -> None:
+        for route in routes:
+            if hasattr(route, "original_router"):  # FastAPI's included router
+                walk(route.original_router.routes, prefix + route.include_context.prefix)
+            elif hasattr(route, "methods") and route.methods:
+                path = re.sub(r"\{[^}]*\}", "x", prefix + route.path)
+                found.extend((method, path) for method in sorted(route.methods - {"HEAD", "OPTIONS"}))
+
+    walk(fastapi_app.routes, "")
+    return found
+
+
+def is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
+@pytest.mark.slow
+def test_every_route_but_the_login_page_asks_for_the_login(trained_lab: Lab) -> None:
+    with running_app(trained_lab.settings, auth=("demo", "pw")) as running, httpx.Client(base_url=running.url, timeout=10) as http:
+        routes = [(method, path) for method, path in every_route(running.demo.server_app) if not is_open(path)]
+        assert ("POST", "/gradio_api/cancel") in routes and ("POST", "/gradio_api/reset") in routes
+        answered = {f"{method} {path}": http.request(method, path).status_code for method, path in routes}
+        assert {route: status for route, status in answered.items() if status != 401} == {}
+        assert http.post("login", data={"username": "demo", "password": "pw"}).status_code == 200
+        assert http.post("gradio_api/cancel", json={"session_hash": "x", "fn_index": 0, "event_id": "x"}).status_code != 401  # logged in: answered
+
+
+@pytest.mark.slow
+def test_wrong_passwords_are_throttled(trained_lab: Lab) -> None:
+    with running_app(trained_lab.settings, auth=("demo", "pw")) as running, httpx.Client(base_url=running.url, timeout=10) as http:
+        answers = [http.post("login", data={"username": "demo", "password": f"guess-{i}"}) for i in range(30)]
+        assert [a.status_code for a in answers[:FREE_TRIES]] == [400] * FREE_TRIES  # checked, and wrong
+        throttled = answers[FREE_TRIES:]
+        assert {a.status_code for a in throttled} == {429} and "too many wrong logins from this address" in throttled[0].text
+        time.sleep(float(throttled[-1].headers["Retry-After"]))  # the wait it names, then the right password works
+        assert http.post("login", data={"username": "demo", "password": "pw"}).status_code == 200
+
 
 # --- downloads ---------------------------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import Any
 import gradio as gr
 
 from engine.failure import failure_of, one_line
+from ui.upload_space import forget_upload
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -104,6 +105,7 @@ def discard_upload(upload: Path) -> None:
         return
     with contextlib.suppress(OSError):
         upload.unlink(missing_ok=True)
+        forget_upload(upload)
         if upload.parent != upload_folder():
             upload.parent.rmdir()
 

@@ -1,25 +1,34 @@
 """What the server answers before Gradio's own routes do.
 
-Three things Gradio 6 allows and LoRA Lab needs none of:
+What Gradio 6 allows and LoRA Lab needs none of:
 - `/gradio_api/file=<http(s) URL>` makes the server fetch any public address and stream it back;
-  here it is refused (403): LoRA Lab never shows remote files.
-- With a login (`--auth`), the login page still embeds the whole API description (every endpoint,
-  its parameters and defaults, among them the `--model` folder); here a visitor who has not logged
-  in gets an empty one. `/gradio_api/info` and `/config` already ask for the login.
-- Uploads are limited per file only; here a new upload is refused (413) while the files uploaded
-  and not yet deleted fill the upload space.
+  here it is refused (403): LoRA Lab never shows remote files. `/gradio_api/process_recording`
+  (screen recordings, another way to send files) is refused too: LoRA Lab records nothing.
+- With a login (`--auth`), several routes answer without it (`/gradio_api/cancel`, `/reset`,
+  heartbeats, streams...) and the login page embeds the whole API description (every endpoint, its
+  parameters and defaults, among them the `--model` folder). Here every route but the login page and
+  its assets asks for the login, the login page's description is emptied, and wrong passwords are
+  throttled per address (ui.login_throttle).
+- Uploads are limited per file only; here they are counted as they stream in against the upload
+  space, files per upload and files held (ui.upload_space), and refused (413) past them.
 
-It is plain ASGI middleware, given to the FastAPI app Gradio builds (`launch(app_kwargs=...)`).
+Each refusal is one line in the server log. It is plain ASGI middleware, given to the FastAPI app
+Gradio builds (`launch(app_kwargs=...)`).
 """
 
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
-from pathlib import Path
 from typing import Any
 
 from gradio_client.utils import is_http_url_like
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.requests import HTTPConnection
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from ui.login_throttle import LoginThrottle
+from ui.server_log import log_refusal
+from ui.settings import MAX_FILES_PER_UPLOAD, MAX_HELD_UPLOADS, UPLOAD_SWEEP_S
+from ui.upload_space import SpaceLimits, UploadSpace
+from ui.upload_stream import receive_upload
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -29,6 +38,15 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 FILE_ROUTE = re.compile(r"/gradio_api/file[=/](.*)$", re.DOTALL)
 UPLOAD_ROUTE = re.compile(r"/gradio_api/upload/?$")
+RECORDING_ROUTE = re.compile(r"/gradio_api/process_recording/?$")
+LOGIN_ROUTE = re.compile(r"/login/?$")
+# What the login page needs before the login: the page, its scripts, styles, fonts and icons, and the login itself;
+# and startup-events, which `launch` itself calls once (it starts the queue, and does nothing after).
+OPEN_PATHS = frozenset(
+    {"/", "/login", "/login/", "/logout", "/favicon.ico", "/theme.css", "/gradio_api/theme.css", "/manifest.json", "/robots.txt", "/pwa_icon"}
+    | {"/gradio_api/startup-events"}
+)
+OPEN_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon/")
 API_INFO_SCRIPT = re.compile(rb"(<script>window\.gradio_api_info = ).*?(;</script>)", re.DOTALL)
 EMPTY_API_INFO = rb'{"named_endpoints": {}, "unnamed_endpoints": {}}'
 
@@ -36,68 +54,92 @@ EMPTY_API_INFO = rb'{"named_endpoints": {}, "unnamed_endpoints": {}}'
 class HttpGuard:
     """ASGI middleware in front of Gradio's routes; `upload_space_bytes` bounds the uploads kept at once."""
 
-    def __init__(self, app: ASGIApp, upload_space_bytes: int, upload_lifetime_s: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        upload_space_bytes: int,
+        upload_lifetime_s: int,
+        files_per_upload: int | None = None,
+        files_held: int | None = None,
+    ) -> None:
         self.app = app
-        self.upload_space_bytes = upload_space_bytes
-        self.upload_lifetime_s = upload_lifetime_s
+        files_per_upload, files_held = files_per_upload or MAX_FILES_PER_UPLOAD, files_held or MAX_HELD_UPLOADS
+        self.uploads = UploadSpace(SpaceLimits(upload_space_bytes, files_per_upload, files_held, upload_lifetime_s, UPLOAD_SWEEP_S))
+        self.logins = LoginThrottle()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         path, method = scope.get("path", ""), scope.get("method", "GET")
+        if _needs_login(scope) and not _open_before_login(path):
+            await self._refuse(scope, receive, send, 401, "log in first", "a page or route before the login")
+            return
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, send)
+            return
         fetched = FILE_ROUTE.search(path)
         if fetched and is_http_url_like(fetched.group(1)):
-            await _answer(scope, receive, send, 403, "LoRA Lab does not fetch URLs on a visitor's behalf: only its own files are served")
-            return
-        if method == "POST" and UPLOAD_ROUTE.search(path):
-            refusal = self._upload_refusal(scope)
-            if refusal:
-                await _answer(scope, receive, send, 413, refusal)
-                return
-        if method == "GET" and _needs_login(scope):
+            await self._refuse(scope, receive, send, 403, "LoRA Lab does not fetch URLs on a visitor's behalf: only its own files are served", "a URL to fetch")
+        elif method == "POST" and RECORDING_ROUTE.search(path):
+            await self._refuse(scope, receive, send, 403, "LoRA Lab takes no screen recordings", "a screen recording")
+        elif method == "POST" and UPLOAD_ROUTE.search(path):
+            await receive_upload(self.app, self.uploads, scope, receive, send)
+        elif method == "POST" and LOGIN_ROUTE.search(path) and _asks_login(scope):
+            await self._login(scope, receive, send)
+        elif method == "GET" and _needs_login(scope):
             await self.app(scope, receive, _without_api_info(send))
+        else:
+            await self.app(scope, receive, send)
+
+    async def _login(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass a login attempt on unless its address must wait; a success clears the address's failures."""
+        address = (scope.get("client") or ("unknown", 0))[0]
+        wait_s = self.logins.attempt(address)
+        if wait_s:
+            text = f"too many wrong logins from this address: wait {wait_s:.0f} s, then try again"
+            await self._refuse(scope, receive, send, 429, text, "a login", {"Retry-After": str(max(1, round(wait_s)))})
             return
-        await self.app(scope, receive, send)
+        status = 0
 
-    def _upload_refusal(self, scope: Scope) -> str | None:
-        """Why this upload is refused (the upload space is full), or None."""
-        blocks = _blocks(scope)
-        if blocks is None:
-            return None
-        used = uploads_size(getattr(blocks, "upload_file_set", ()))
-        incoming = int(Request(scope).headers.get("content-length") or 0)
-        if used + incoming <= self.upload_space_bytes:
-            return None
-        mb = lambda n: f"{n / 1024**2:,.1f}".removesuffix(".0") + " MB"  # noqa: E731
-        return (
-            f"The server's space for uploads is full: this upload ({mb(incoming)}) and the {mb(used)} uploaded recently would pass "
-            f"its {mb(self.upload_space_bytes)} limit. Uploads are deleted {self.upload_lifetime_s // 60} minutes after they arrive: try again later."
-        )
+        async def noting_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
 
+        await self.app(scope, receive, noting_send)
+        if status == 200:
+            self.logins.succeeded(address)
 
-def uploads_size(paths: Any) -> int:
-    """The bytes the uploaded files still on disk take."""
-    total = 0
-    for path in list(paths):
-        try:
-            total += Path(path).stat().st_size
-        except OSError:
-            continue  # deleted since (refused, or past its lifetime)
-    return total
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, text: str, what: str, headers: dict[str, str] | None = None) -> None:
+        log_refusal(what, f"{status} for {scope.get('path', '')[:200]}: {text}")
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        response: Response
+        if status == 401:  # the shape Gradio's own routes answer with, which gradio_client reads
+            response = JSONResponse({"detail": {"error": f"Not authenticated: {text}", "auth_message": None}}, status_code=status)
+        else:
+            response = PlainTextResponse(text, status_code=status, headers=headers)
+        await response(scope, receive, send)
 
 
-def _blocks(scope: Scope) -> Any:
+def _open_before_login(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
+def _asks_login(scope: Scope) -> bool:
     app = scope.get("app")
-    return app.get_blocks() if app is not None and getattr(app, "blocks", None) is not None else None
+    return app is not None and getattr(app, "auth", None) is not None
 
 
 def _needs_login(scope: Scope) -> bool:
     """The app asks for a login and this request carries no valid one (Gradio's own cookie check)."""
-    app = scope.get("app")
-    if app is None or getattr(app, "auth", None) is None:
+    if not _asks_login(scope):
         return False
-    cookies = Request(scope).cookies
+    app = scope["app"]
+    cookies = HTTPConnection(scope).cookies
     token = cookies.get(f"access-token-{app.cookie_id}") or cookies.get(f"access-token-unsecure-{app.cookie_id}")
     return app.tokens.get(token) is None
 
@@ -128,7 +170,3 @@ def _without_api_info(send: Send) -> Send:
         await send({"type": "http.response.body", "body": page, "more_body": False})
 
     return rewriting_send
-
-
-async def _answer(scope: Scope, receive: Receive, send: Send, status: int, text: str) -> None:
-    await PlainTextResponse(text, status_code=status)(scope, receive, send)

@@ -15,6 +15,9 @@ MAX_UPLOAD_MB = 400
 UPLOAD_SPACE_MB = 1000
 UPLOAD_LIFETIME_S = 3600
 UPLOAD_SWEEP_S = 300
+# Files too are bounded: per upload request (the page sends one), and held at once (all visitors together).
+MAX_FILES_PER_UPLOAD = 10
+MAX_HELD_UPLOADS = 1000
 
 
 @dataclass(frozen=True)
