@@ -1,6 +1,7 @@
 """Nothing one visitor sends may hurt the others: the login on every route and throttled, refused input as
 one log line, files written for a visitor deleted with the uploads, and the command line's --host/--port."""
 
+import logging
 import re
 import time
 from dataclasses import replace
@@ -8,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from app_fixtures import running_app
+from app_fixtures import SPAM, running_app
 from conftest import sms_zip_bytes
 from gradio_client import Client
 
@@ -60,6 +61,34 @@ def test_wrong_passwords_are_throttled(trained_lab: Lab) -> None:
         assert {a.status_code for a in throttled} == {429} and "too many wrong logins from this address" in throttled[0].text
         time.sleep(float(throttled[-1].headers["Retry-After"]))  # the wait it names, then the right password works
         assert http.post("login", data={"username": "demo", "password": "pw"}).status_code == 200
+
+
+# --- one line in the log for refused input ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_refused_input_is_one_line_in_the_log_wherever_it_is_refused(
+    settings: AppSettings, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    with running_app(settings) as served, httpx.Client(base_url=served.url, timeout=30) as http:
+        client = Client(served.url, verbose=False, analytics_enabled=False)
+        typed_path = {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}
+        url = {"path": "https://example.com/sms.zip", "url": "https://example.com/sms.zip", "meta": {"_type": "gradio.FileData"}}
+        with caplog.at_level(logging.WARNING, logger="lora_lab.app"):
+            for refused in (
+                lambda: client.predict("not-a-preset", api_name="/apply_preset"),  # a value outside a dropdown's choices
+                lambda: client.predict(SPAM, typed_path, api_name="/classify"),  # a path never uploaded
+                lambda: client.predict(SPAM, url, api_name="/classify"),  # a URL given as a file
+                lambda: client.predict("", None, api_name="/classify"),  # a handler's own refusal
+            ):
+                with pytest.raises(Exception):  # noqa: B017 - gradio_client reports every refusal alike
+                    refused()
+            assert http.get("gradio_api/file=https://example.com/x").status_code == 403  # the HTTP guard's
+        printed = capfd.readouterr()
+        assert "Traceback" not in printed.err + printed.out
+        lines = [record.getMessage() for record in caplog.records if record.name == "lora_lab.app"]
+        assert len(lines) == 5 and all(line.startswith("refused (") and "\n" not in line for line in lines), lines
+        assert lines[0].startswith("refused (apply_preset): ") and "not-a-preset" in lines[0]
 
 
 # --- downloads ---------------------------------------------------------------------------------------------------
