@@ -3,16 +3,19 @@ one log line, files written for a visitor deleted with the uploads, and the comm
 
 import logging
 import re
+import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from app_fixtures import SPAM, running_app
 from conftest import sms_zip_bytes
-from gradio_client import Client
+from gradio_client import Client, handle_file
 
+from ui.guards import upload_folder
 from ui.http_guard import OPEN_PATHS, OPEN_PREFIXES
 from ui.lab import Lab
 from ui.login_throttle import FREE_TRIES
@@ -89,6 +92,25 @@ def test_refused_input_is_one_line_in_the_log_wherever_it_is_refused(
         lines = [record.getMessage() for record in caplog.records if record.name == "lora_lab.app"]
         assert len(lines) == 5 and all(line.startswith("refused (") and "\n" not in line for line in lines), lines
         assert lines[0].startswith("refused (apply_preset): ") and "not-a-preset" in lines[0]
+
+
+# --- files written for a visitor -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_predictions_live_in_the_upload_space_and_go_with_the_app(trained_lab: Lab, tmp_path: Path) -> None:
+    messages = tmp_path / "messages.txt"
+    messages.write_text(f"{SPAM}\nsee you at dinner\n")
+    before = set(Path(tempfile.gettempdir()).glob("lora-lab-predictions-*"))
+    with running_app(trained_lab.settings) as running:
+        client = Client(running.url, verbose=False, analytics_enabled=False)
+        client.predict(handle_file(str(messages)), None, api_name="/classify_file")
+        written = list(upload_folder().glob("lora-lab-*/messages-predictions.csv"))
+        assert len(written) == 1 and "see you at dinner" in written[0].read_text()  # beside the uploads, not in $TMPDIR
+        swept = set().union(*running.demo.temp_file_sets)
+        assert str(written[0]) in swept  # among the files the hourly sweep deletes
+    assert not written[0].exists()  # and deleted when the app stops
+    assert set(Path(tempfile.gettempdir()).glob("lora-lab-predictions-*")) == before
 
 
 # --- downloads ---------------------------------------------------------------------------------------------------

@@ -5,9 +5,7 @@ visitors can classify while a run goes.
 """
 
 import html
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -16,7 +14,7 @@ import pandas as pd
 from engine.batch import classify_file
 from engine.classifier import Prediction
 from engine.explain import TokenScore, WordInfluence, explained_class, token_scores, word_influence
-from ui.guards import deleted_if_refused, engine_errors_as_toasts, message_problem, uploaded_file, uploaded_path
+from ui.guards import deleted_if_refused, engine_errors_as_toasts, message_problem, output_path, uploaded_file, uploaded_path, written_output
 from ui.lab import Lab
 from ui.views import AWAY_RGB, TOWARDS_RGB, plural, rgba
 
@@ -185,12 +183,13 @@ class ClassifyTab:
     def classify_upload(self, path: str | None, adapter_file: str | None) -> tuple[str, pd.DataFrame]:
         """Classify every message of an uploaded file; a CSV of label and probabilities to download."""
         source = uploaded_path(path, "a file of messages (one per line, or a CSV/TSV with a text column)")
-        destination = Path(tempfile.mkdtemp(prefix="lora-lab-predictions-")) / f"{source.stem}-predictions.csv"
+        destination = output_path(f"{source.stem}-predictions.csv")
         with self.lab.classify_lock:
             _, classifier = self.lab.classifier_for(adapter_file)
-            with deleted_if_refused(source), engine_errors_as_toasts(str(classifier.device), "classifying the file"):
+            with deleted_if_refused(source), deleted_if_refused(destination), engine_errors_as_toasts(str(classifier.device), "classifying the file"):
                 table = classify_file(classifier, source, destination)
-        return str(destination), preview_frame(table)
+                preview = preview_frame(table)
+        return str(written_output(destination)), preview
 
 
 def clear_on_failure(event: gr.events.Dependency, outputs: list[Any]) -> None:

@@ -9,6 +9,7 @@ the app is reachable by others. (ui.http_guard fences what reaches Gradio's rout
 import argparse
 import contextlib
 import unicodedata
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import gradio as gr
 
 from engine.failure import failure_of, one_line
-from ui.upload_space import forget_upload
+from ui.upload_space import charge_written, forget_upload
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -108,6 +109,21 @@ def discard_upload(upload: Path) -> None:
         forget_upload(upload)
         if upload.parent != upload_folder():
             upload.parent.rmdir()
+
+
+def output_path(name: str) -> Path:
+    """Where to write a file for a visitor to download (predictions): in the upload folder, in a folder of its own.
+
+    Gradio serves a file already in its folder as it is (no copy elsewhere) and deletes it with the
+    uploads, an hour after it was written and when the app stops.
+    """
+    return upload_folder() / f"lora-lab-{uuid.uuid4().hex}" / name
+
+
+def written_output(path: Path) -> Path:
+    """`path` (from `output_path`), now written: charged to the upload space like an upload."""
+    charge_written(path)
+    return path
 
 
 def message_problem(message: object, number: int | None = None) -> str | None:
