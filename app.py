@@ -25,6 +25,7 @@ and the fix.
 import argparse
 import logging
 import os
+import signal
 import sys
 import webbrowser
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ from engine.device import pick_device  # noqa: E402
 from engine.errors import LoRALabError  # noqa: E402
 from engine.weights import resolve  # noqa: E402
 from ui.classify_tab import ClassifyTab, build_classify_tab  # noqa: E402
+from ui.command_line import OneLineErrorsParser, host_problem, listen_problem, port_problem  # noqa: E402
 from ui.data_tab import DataTab, build_data_tab  # noqa: E402
 from ui.evaluate_tab import EvaluateTab, build_evaluate_tab  # noqa: E402
 from ui.guards import exposure_warnings, parse_auth  # noqa: E402
@@ -79,7 +81,7 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="LoRA Lab: fine-tune GPT-2 with LoRA to classify SMS spam, in your browser.")
+    parser = OneLineErrorsParser(description="LoRA Lab: fine-tune GPT-2 with LoRA to classify SMS spam, in your browser.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to your network)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--share", action="store_true", help="also publish a public gradio.live link (off by default: sends traffic through Gradio's servers)")
@@ -120,6 +122,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"most uploads kept at once, all visitors together, in MB (default {UPLOAD_SPACE_MB}); uploads are deleted after an hour",
     )
     args = parser.parse_args(argv)
+    for problem in (host_problem(args.host), port_problem(args.port)):
+        if problem:
+            parser.error(problem)
     if args.max_upload_mb < 1:
         parser.error("--max-upload-mb must be at least 1")
     if args.workers is not None and args.workers < 1:
@@ -137,6 +142,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     args = parse_args(argv)
+    problem = listen_problem(args.host, args.port)  # before anything loads: a port in use is said at once, in one line
+    if problem:
+        raise SystemExit(f"lora-lab: error: {problem}")
     for warning in exposure_warnings(args.host, args.share, args.auth):
         log.warning(warning)
     settings = AppSettings(
@@ -160,7 +168,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"Runs train on {lab.scheduler.workers.describe()}; they and their queue are kept in {settings.out}.", flush=True)
     if not args.no_browser and has_desktop():
         webbrowser.open(url)
+    stop_on_sigterm()
     demo.block_thread()
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a service manager stopping the app, `kill`) stops it as Ctrl+C does: the server closes and
+    deletes every upload and every file written for a visitor, where Python's default would just exit."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # what demo.block_thread() waits for
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def banner(url: str, share_url: str | None, shared: bool) -> str:

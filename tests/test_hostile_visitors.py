@@ -2,7 +2,12 @@
 one log line, files written for a visitor deleted with the uploads, and the command line's --host/--port."""
 
 import logging
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -11,15 +16,18 @@ from typing import Any
 
 import httpx
 import pytest
-from app_fixtures import SPAM, running_app
+from app_fixtures import SPAM, free_port, running_app
 from conftest import sms_zip_bytes
 from gradio_client import Client, handle_file
 
+import app
 from ui.guards import upload_folder
 from ui.http_guard import OPEN_PATHS, OPEN_PREFIXES
 from ui.lab import Lab
 from ui.login_throttle import FREE_TRIES
 from ui.settings import AppSettings
+
+REPO = Path(__file__).resolve().parents[1]
 
 # --- the login ---------------------------------------------------------------------------------------------------
 
@@ -130,3 +138,70 @@ def test_downloads_of_different_visitors_run_side_by_side(settings: AppSettings,
         assert not jobs[0].done()  # ...while the first still downloads: not queued behind it
         visitors[0].predict(api_name="/stop_download")  # any visitor's Stop ends every Download
         assert all(job.result(timeout=60)[0].startswith("Download stopped; nothing was kept") for job in jobs)
+
+
+# --- the command line --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["--port", "70000"], "--port 70000 is not a port number: choose one from 1 to 65535"),
+        (["--port", "0"], "--port 0 is not a port number"),
+        (["--host", "999.1.1.1"], "--host 999.1.1.1 is not an IP address: use 127.0.0.1"),
+        (["--host", "no-such-host.invalid"], "--host no-such-host.invalid is neither an IP address nor a name this machine knows"),
+    ],
+)
+def test_a_bad_host_or_port_is_refused_in_one_line(argv: list[str], problem: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        app.parse_args(argv)
+    said = capsys.readouterr().err
+    assert exit_.value.code == 2 and said.count("\n") == 1 and problem in said, said
+
+
+def test_a_port_in_use_is_refused_before_anything_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setattr(app, "Lab", lambda *args: pytest.fail("the app went on loading"))
+        with pytest.raises(SystemExit, match=rf"^lora-lab: error: port {port} is in use on 127.0.0.1 \(another LoRA Lab\?\)"):
+            app.main(["--port", str(port), "--no-browser"])
+    with pytest.raises(SystemExit, match="cannot listen on 192.0.2.1"):  # an address of no interface here (TEST-NET-1)
+        app.main(["--host", "192.0.2.1", "--port", str(free_port()), "--no-browser"])
+
+
+@pytest.mark.slow
+def test_sigterm_deletes_the_uploads_as_ctrl_c_does(tiny_model_dir: Path, tmp_path: Path) -> None:
+    own_upload_folder = tmp_path / "gradio"
+    port = free_port()
+    command = [sys.executable, str(REPO / "app.py"), "--model", str(tiny_model_dir), "--device", "cpu", "--port", str(port), "--no-browser"]
+    command += ["--out", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache")]
+    environment = {**os.environ, "GRADIO_TEMP_DIR": str(own_upload_folder), "PYTHONPATH": str(REPO)}
+    server = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "LoRA Lab is running at" in _wait_for_line(server, "LoRA Lab is running at", 300)
+        body = {"files": ("sms.txt", b"ham\thello\n" * 100)}
+        answer = httpx.post(f"http://127.0.0.1:{port}/gradio_api/upload", files=body, timeout=60)
+        assert answer.status_code == 200 and Path(answer.json()[0]).is_file()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0
+    finally:
+        server.kill()
+    assert not Path(answer.json()[0]).exists()
+    assert [p for p in own_upload_folder.rglob("*") if p.is_file()] == []
+
+
+def _wait_for_line(process: subprocess.Popen, text: str, timeout_s: float) -> str:
+    """Lines of the process's output until one holds `text` (or it exits, or `timeout_s` passes)."""
+    deadline, seen = time.monotonic() + timeout_s, []
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            break
+        seen.append(line)
+        if text in line:
+            return line
+    pytest.fail("the app did not start:\n" + "".join(seen[-30:]))
+
