@@ -186,12 +186,23 @@ def test_every_file_costs_at_least_a_block_and_a_deleted_file_frees_its_bytes(tm
     assert ledger.hold([paths[0]], 0) and not ledger.hold([str(tmp_path / "one-too-many.txt")], 0)  # 100 files at most
 
 
-def test_the_parts_of_a_body_are_counted_across_chunk_edges() -> None:
-    body = multipart([(f"{i}.bin", b"data") for i in range(3)])
-    for size in (1, 2, 7, len(body)):
-        counter = PartCounter(f"multipart/form-data; boundary={BOUNDARY}")
-        problems = [counter.feed(chunk, 2) for chunk in chunks(body, size)]
-        assert counter.delimiters == 4 and problems[-1] == "one upload holds at most 2 files: send them in several uploads", size
+def followed(body: bytes, size: int, most_parts: int = 10) -> tuple[PartCounter, str | None]:
+    """`body` fed in chunks of `size` bytes: the counter, and the first problem it found."""
+    counter = PartCounter(f"multipart/form-data; boundary={BOUNDARY}")
+    return counter, next((problem for chunk in chunks(body, size) if (problem := counter.feed(chunk, most_parts))), None)
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 4096])
+def test_the_parts_of_a_body_are_counted_across_chunk_edges(size: int) -> None:
+    counter, problem = followed(multipart([(f"{i}.bin", b"data") for i in range(3)]), size, most_parts=2)
+    assert counter.delimiters == 4 and problem == "one upload holds at most 2 files: send them in several uploads"
+
+
+@pytest.mark.parametrize("size", [7, 4096, 10**6])
+def test_a_part_that_is_no_file_is_held_to_a_few_kilobytes(size: int) -> None:
+    assert followed(multipart([("big.bin", b"\0" * 200_000)]), size)[1] is None  # a file may be as large as the upload limit
+    field = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="note"\r\n\r\n'.encode() + b"x" * 200_000 + f"\r\n--{BOUNDARY}--\r\n".encode()
+    assert followed(field, size)[1] == "a form field of more than 64 KB: only files are uploaded here"  # no file: kept in memory by Gradio
 
 
 def test_wrong_logins_are_throttled_and_a_right_one_clears_them() -> None:

@@ -1,7 +1,7 @@
 """One upload, counted as it streams into Gradio's upload route (`/gradio_api/upload`).
 
-The body's bytes are charged to the upload space as they arrive and its multipart parts are counted
-(one file per part); past a limit the body is closed where it stands, so that Gradio's parser ends
+The body's bytes are charged to the upload space as they arrive and its multipart parts are followed
+(one file per part; a part that is no file is a form field, held to a few KB); past a limit the body is closed where it stands, so that Gradio's parser ends
 cleanly and leaves no temporary file behind, whatever it made of the cut body is deleted, and the
 visitor gets a 413 naming the limit. The files of an upload that passes are held in the ledger.
 """
@@ -25,27 +25,53 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
 
 BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
+MAX_FIELD_BYTES = 64 * 1024  # a part that is no file: Gradio's upload route reads none, and its parser keeps them in memory
+MAX_HEADER_BYTES = 16 * 1024  # the headers of one part
 
 
 class PartCounter:
-    """Counts the parts of a multipart body as it streams, across chunk edges."""
+    """Follows the parts of a multipart body as it streams, across chunk edges: counts them, and holds a part
+    that is no file (a form field, which Gradio's parser keeps in memory) to MAX_FIELD_BYTES, its headers to MAX_HEADER_BYTES."""
 
     def __init__(self, content_type: str) -> None:
         found = BOUNDARY.search(content_type)
-        self.boundary = found.group(1).encode("latin-1", "replace") if found else None
-        self._delimiter = b"--" + self.boundary if self.boundary else b""
-        self._tail = b""
+        self._delimiter = b"--" + found.group(1).encode("latin-1", "replace") if found else b""
+        self._tail = b""  # the last bytes seen, which may begin a delimiter: looked at again with the next chunk
         self.delimiters = 0  # each part opens with one, and one closes the body
+        self._headers: bytearray | None = None  # the current part's headers while they arrive; None once read
+        self._is_file = False  # (before the first delimiter: the preamble, held like a field)
+        self._part_bytes = 0
 
     def feed(self, chunk: bytes, most_parts: int) -> str | None:
-        """Count `chunk`'s delimiters: None, or why the upload holds too many files."""
+        """Follow `chunk`: None, or why the upload is refused (too many files, a field or headers too long)."""
         if not self._delimiter:
             return None
-        seen = self._tail + chunk
-        self.delimiters += seen.count(self._delimiter)
-        self._tail = seen[-(len(self._delimiter) - 1) :]  # shorter than a delimiter: never counted twice
-        if self.delimiters > most_parts + 1:
-            return f"one upload holds at most {most_parts} files: send them in several uploads"
+        seen, start = self._tail + chunk, 0
+        while (found := seen.find(self._delimiter, start)) != -1:
+            problem = self._part(seen[start:found])
+            if problem:
+                return problem
+            self.delimiters += 1
+            if self.delimiters > most_parts + 1:
+                return f"one upload holds at most {most_parts} files: send them in several uploads"
+            self._headers, self._is_file, self._part_bytes = bytearray(), False, 0
+            start = found + len(self._delimiter)
+        kept = max(start, len(seen) - (len(self._delimiter) - 1))  # shorter than a delimiter: never counted twice
+        self._tail = seen[kept:]
+        return self._part(seen[start:kept])
+
+    def _part(self, data: bytes) -> str | None:
+        """Bytes of the current part: its headers first, then its content."""
+        if self._headers is not None:
+            self._headers.extend(data)
+            end = self._headers.find(b"\r\n\r\n")
+            if end == -1:
+                return "the headers of a part are too long" if len(self._headers) > MAX_HEADER_BYTES else None
+            self._is_file = b"filename=" in self._headers[:end].lower()
+            data, self._headers = bytes(self._headers[end + 4 :]), None
+        self._part_bytes += len(data)
+        if not self._is_file and self._part_bytes > MAX_FIELD_BYTES:
+            return f"a form field of more than {MAX_FIELD_BYTES // 1024} KB: only files are uploaded here"
         return None
 
     def closing(self) -> bytes:
