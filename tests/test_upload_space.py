@@ -13,7 +13,7 @@ from app_fixtures import RunningApp, running_app
 
 import ui.http_guard
 from ui.guards import discard_upload, upload_folder
-from ui.login_throttle import FREE_TRIES, LoginThrottle
+from ui.login_throttle import FREE_TRIES, FREE_TRIES_ALL, LONGEST_WAIT_ALL_S, LoginThrottle
 from ui.settings import UPLOAD_LIFETIME_S, UPLOAD_SWEEP_S
 from ui.upload_space import FILE_FLOOR_BYTES, SpaceLimits, UploadSpace
 from ui.upload_stream import PartCounter
@@ -212,4 +212,10 @@ def test_wrong_logins_are_throttled_and_a_right_one_clears_them() -> None:
     assert throttle.attempt("10.0.0.2") == 0.0  # another address is not held up
     throttle.succeeded("10.0.0.2")
     assert throttle.attempt("10.0.0.2") == 0.0
+
+
+def test_addresses_made_up_for_each_try_are_throttled_all_together() -> None:
+    throttle = LoginThrottle()  # X-Forwarded-For from this machine, say: a new address for every guess
+    assert [throttle.attempt(f"10.1.{i // 250}.{i % 250}") for i in range(FREE_TRIES_ALL)] == [0.0] * FREE_TRIES_ALL
+    assert 0 < throttle.attempt("10.2.0.1") <= LONGEST_WAIT_ALL_S
 
