@@ -59,16 +59,18 @@ class UploadSpace:
             return len(self._held)
 
     def admit(self, declared: int | None) -> "Arrival | str":
-        """An upload about to stream in, announcing `declared` bytes (None: it does not say): its Arrival, or why it is refused."""
+        """An upload about to stream in, announcing `declared` bytes (None: it does not say): its Arrival, or why it is refused.
+
+        What it announces is not set aside for it (an upload that announces much and sends nothing would
+        hold the space for everyone): it is refused at once if that would not fit now, then charged as it arrives.
+        """
         with self._lock:
             self._expire()
             if len(self._held) >= self.limits.files_held:
                 return f"The server holds {len(self._held):,} uploaded files, its limit of {self.limits.files_held:,}. {self._when_deleted()}"
             if declared is not None and not self._fits(declared):
                 return self._full(f"this upload ({megabytes(declared)})")
-            reserved = declared or 0
-            self._arriving_bytes += reserved
-            return Arrival(self, reserved)
+            return Arrival(self)
 
     def hold(self, paths: Iterable[str], received: int) -> bool:
         """Hold the files an upload made, charged its `received` bytes; False (nothing held) past the files limit."""
@@ -130,28 +132,24 @@ class UploadSpace:
 class Arrival:
     """One upload streaming in: its bytes are charged as they arrive, and freed (or held as files) when it ends."""
 
-    def __init__(self, space: UploadSpace, reserved: int) -> None:
+    def __init__(self, space: UploadSpace) -> None:
         self.space = space
-        self.reserved = reserved  # charged up front: what it announced
-        self.received = 0
+        self.received = 0  # charged as arriving until `end`
 
     def receive(self, n: int) -> str | None:
         """`n` more bytes arrived: None, or why the upload must stop (the space is full)."""
-        beyond = self.received + n - self.reserved  # only what passes the reservation (reserved >= received) is new
         space = self.space
         with space._lock:
-            if beyond > 0 and not space._fits(beyond):
+            if not space._fits(n):
                 return space._full(f"this upload (more than {megabytes(self.received + n)})")
-            space._arriving_bytes += max(beyond, 0)
+            space._arriving_bytes += n
             self.received += n
-            self.reserved = max(self.reserved, self.received)
         return None
 
     def end(self) -> None:
         """Its bytes are no longer arriving (held as files by `hold`, or discarded)."""
         with self.space._lock:
-            self.space._arriving_bytes -= self.reserved
-            self.reserved = 0
+            self.space._arriving_bytes -= self.received
 
 
 def forget_upload(path: str | Path) -> None:

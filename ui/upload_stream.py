@@ -3,9 +3,10 @@
 The body's bytes are charged to the upload space as they arrive and its multipart parts are followed
 (one file per part; a part that is no file is a form field, held to a few KB); past a limit the body is closed where it stands, so that Gradio's parser ends
 cleanly and leaves no temporary file behind, whatever it made of the cut body is deleted, and the
-visitor gets a 413 naming the limit. The files of an upload that passes are held in the ledger.
+visitor gets a 413 naming the limit (408 for an upload that stalls). The files of an upload that passes are held in the ledger.
 """
 
+import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -27,6 +28,7 @@ ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
 BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 MAX_FIELD_BYTES = 64 * 1024  # a part that is no file: Gradio's upload route reads none, and its parser keeps them in memory
 MAX_HEADER_BYTES = 16 * 1024  # the headers of one part
+IDLE_S = 60.0  # an upload that sends nothing this long is cut (408): its bytes and its connection are freed
 
 
 class PartCounter:
@@ -122,12 +124,17 @@ async def receive_upload(app: ASGIApp, space: UploadSpace, scope: MutableMapping
     arrival: Arrival = admitted
     parts = PartCounter(headers.get("content-type", ""))
     refusal: str | None = None
+    status = 413
 
     async def counting_receive() -> Message:
-        nonlocal refusal
+        nonlocal refusal, status
         if refusal is not None:
             return {"type": "http.request", "body": b"", "more_body": False}
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), IDLE_S)
+        except TimeoutError:  # a stalled upload would hold its bytes, and a connection, for good
+            refusal, status = f"the upload stalled: nothing arrived for {IDLE_S:g} s; send it again", 408
+            return {"type": "http.request", "body": parts.closing(), "more_body": False}
         if message["type"] != "http.request":
             return message
         body = message.get("body", b"")
@@ -153,7 +160,7 @@ async def receive_upload(app: ASGIApp, space: UploadSpace, scope: MutableMapping
     for path in made:
         if not space.is_held(path):  # the same bytes under the same name, held for another visitor, stay
             discard_upload(Path(path))
-    await _refuse(scope, receive, send, refusal)
+    await _refuse(scope, receive, send, refusal, status)
 
 
 def _declared_length(headers: Headers) -> int | None:
@@ -163,6 +170,6 @@ def _declared_length(headers: Headers) -> int | None:
         return None
 
 
-async def _refuse(scope: MutableMapping[str, Any], receive: Receive, send: Send, text: str) -> None:
+async def _refuse(scope: MutableMapping[str, Any], receive: Receive, send: Send, text: str, status: int = 413) -> None:
     log_refusal("an upload", text)
-    await PlainTextResponse(text, status_code=413)(scope, receive, send)
+    await PlainTextResponse(text, status_code=status)(scope, receive, send)
