@@ -177,6 +177,7 @@ def stop_on_sigterm() -> None:
     deletes every upload and every file written for a visitor, where Python's default would just exit."""
 
     def interrupt(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the app at once, should the first hang
         raise KeyboardInterrupt  # what demo.block_thread() waits for
 
     signal.signal(signal.SIGTERM, interrupt)

@@ -95,10 +95,11 @@ def test_refused_input_is_one_line_in_the_log_wherever_it_is_refused(
                 with pytest.raises(Exception):  # noqa: B017 - gradio_client reports every refusal alike
                     refused()
             assert http.get("gradio_api/file=https://example.com/x").status_code == 403  # the HTTP guard's
+            assert http.post("gradio_api/queue/join", json={"data": [], "fn_index": 99999, "session_hash": "x"}).status_code == 400  # no such event
         printed = capfd.readouterr()
         assert "Traceback" not in printed.err + printed.out
         lines = [record.getMessage() for record in caplog.records if record.name == "lora_lab.app"]
-        assert len(lines) == 5 and all(line.startswith("refused (") and "\n" not in line for line in lines), lines
+        assert len(lines) == 6 and all(line.startswith("refused (") and "\n" not in line for line in lines), lines
         assert lines[0].startswith("refused (apply_preset): ") and "not-a-preset" in lines[0]
 
 

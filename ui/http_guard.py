@@ -40,6 +40,7 @@ FILE_ROUTE = re.compile(r"/gradio_api/file[=/](.*)$", re.DOTALL)
 UPLOAD_ROUTE = re.compile(r"/gradio_api/upload/?$")
 RECORDING_ROUTE = re.compile(r"/gradio_api/process_recording/?$")
 LOGIN_ROUTE = re.compile(r"/login/?$")
+JOIN_ROUTE = re.compile(r"/gradio_api/queue/join/?$")
 # What the login page needs before the login: the page, its scripts, styles, fonts and icons, and the login itself;
 # and startup-events, which `launch` itself calls once (it starts the queue, and does nothing after).
 OPEN_PATHS = frozenset(
@@ -87,6 +88,8 @@ class HttpGuard:
             await receive_upload(self.app, self.uploads, scope, receive, send)
         elif method == "POST" and LOGIN_ROUTE.search(path) and _asks_login(scope):
             await self._login(scope, receive, send)
+        elif method == "POST" and JOIN_ROUTE.search(path):
+            await self._join(scope, receive, send)
         elif method == "GET" and _needs_login(scope):
             await self.app(scope, receive, _without_api_info(send))
         else:
@@ -111,6 +114,23 @@ class HttpGuard:
         await self.app(scope, receive, noting_send)
         if status == 200:
             self.logins.succeeded(address)
+
+    async def _join(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass an event on to Gradio's queue; one naming no event of this app (Gradio fails it with a KeyError and a
+        traceback) is refused (400) in one line. The event itself runs later, in the queue: its faults are not caught here."""
+        started = False
+
+        async def noting_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting_send)
+        except (KeyError, IndexError, TypeError, ValueError) as error:
+            if started:
+                raise
+            await self._refuse(scope, receive, send, 400, f"the request names no event of this app ({type(error).__name__}: {error})", "an event")
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, text: str, what: str, headers: dict[str, str] | None = None) -> None:
         log_refusal(what, f"{status} for {scope.get('path', '')[:200]}: {text}")
