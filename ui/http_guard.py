@@ -100,7 +100,7 @@ class HttpGuard:
         address = (scope.get("client") or ("unknown", 0))[0]
         wait_s = self.logins.attempt(address)
         if wait_s:
-            text = f"too many wrong logins from this address: wait {wait_s:.0f} s, then try again"
+            text = f"too many wrong logins: wait {wait_s:.0f} s, then try again"
             await self._refuse(scope, receive, send, 429, text, "a login", {"Retry-After": str(max(1, round(wait_s)))})
             return
         status = 0
