@@ -30,7 +30,7 @@ class WorkerEnded:
     """A worker's last word about its run."""
 
     state: Literal["done", "stopped", "failed"]
-    failure: Failure | None = None
+    failure: Failure | None = None  # why it failed; on a stopped run, why the stop came by force (RayRun)
 
 
 def write_frame(stream: BinaryIO, value: object) -> None:

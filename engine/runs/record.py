@@ -189,7 +189,7 @@ class RunRecord:
 
     def _kept(self) -> str:
         step = self.fields.get("checkpoint_step")
-        return _adapter_kept(step, self.folder) if step is not None else ""
+        return adapter_kept(step, self.folder) if step is not None else ""
 
     def _forget(self, remove_files: bool) -> None:
         with _running_lock:
@@ -204,7 +204,7 @@ class RunRecord:
 def _interrupted(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
     process = record.get("process") or {}
     step = record.get("checkpoint_step")
-    kept = _adapter_kept(step, folder) if step is not None else "; no adapter had been saved yet"
+    kept = adapter_kept(step, folder) if step is not None else "; no adapter had been saved yet"
     settled = {
         **record,
         "state": "interrupted",
@@ -218,7 +218,7 @@ def _interrupted(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
     return settled
 
 
-def _adapter_kept(step: Any, folder: Path) -> str:
+def adapter_kept(step: Any, folder: Path) -> str:
     return f"; the adapter saved at step {step} is kept in {folder / ADAPTER_DIR}"
 
 
