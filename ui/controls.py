@@ -18,7 +18,7 @@ from engine.config import LoRAConfig, RunConfig, TrainConfig, preset
 from ui.settings import AppSettings
 
 # What choosing a preset sets; the model, targets and the rest stay as they are.
-PRESET_FIELDS = ("rank", "alpha", "scaling", "pooling", "padding", "lr", "epochs", "batch_size")
+PRESET_FIELDS = ("rank", "alpha", "scaling", "pooling", "padding", "lr", "epochs", "batch_size", "precision")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class Controls:
     max_steps: float | None  # 0 or empty: no limit
     eval_freq: float
     live_metrics: bool = True
+    precision: str = "auto"  # what the frozen model computes in (engine.device): auto, fp32 or bf16
 
     @classmethod
     def of(cls, cfg: RunConfig) -> "Controls":
@@ -64,6 +65,7 @@ class Controls:
             train.max_steps or 0,
             train.eval_freq,
             train.live_metrics,
+            train.precision,
         )
 
     @classmethod
@@ -97,6 +99,7 @@ class ControlWidgets:
     max_steps: gr.Number
     eval_freq: gr.Number
     live_metrics: gr.Checkbox
+    precision: gr.Radio
 
     def pick(self, names: Sequence[str]) -> list[Component]:
         return [getattr(self, name) for name in names]
@@ -135,7 +138,7 @@ def run_config(settings: AppSettings, controls: Controls, owner: str = "") -> Ru
         pooling=c.pooling,
         padding=c.padding,
         group_by_length=c.padding == "batch",
-        bf16_autocast=base.train.bf16_autocast,
+        precision=c.precision,
         live_metrics=bool(c.live_metrics),
     )
     data = settings.cache if (settings.cache / "train.csv").is_file() else None  # None: the job downloads first
