@@ -89,3 +89,13 @@ def test_handing_out_runs_neither_imports_pytorch_nor_initialises_cuda() -> None
     )
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
     assert done.stdout.split() == ["True", "False"]
+
+
+def test_a_sweep_with_more_workers_than_cores_is_refused_before_any_data(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from engine.cli import main
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    code = main(["sweep", "--device", "cpu", "--workers", str(cores + 1), "--rank", "1", "2", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)])
+    said = capsys.readouterr().err
+    assert code == 2 and said.startswith(f"error: --workers {cores + 1} is more than the {cores} CPU cores") and said.count("\n") == 1
+    assert not (tmp_path / "cache").exists()  # refused before preparing anything

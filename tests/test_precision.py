@@ -106,3 +106,13 @@ def test_bf16_training_keeps_lora_and_the_optimiser_in_float32(tiny_model_dir, p
     monkeypatch.setattr(engine.train, "batch_loss", loss_seeing_the_model)
     list(fine_tune(tiny_run_config(tiny_model_dir, prepared_data, tmp_path / "run", max_steps=2, precision="bf16", live_metrics=False)))
     assert seen == {"frozen": {torch.bfloat16}, "trainable": {torch.float32}, "state": {torch.float32}}
+
+
+def test_the_command_line_passes_the_precision_on(tmp_path) -> None:
+    from engine.cli import _run_config, build_parser
+
+    parse = lambda *extra: _run_config(build_parser().parse_args(["train", "--data", str(tmp_path), *extra]))
+    assert parse("--precision", "bf16").train.precision == "bf16"
+    assert parse().train.precision == "auto" and parse("--preset", "book").train.precision == "fp32"  # the presets' own
+    assert build_parser().parse_args(["classify", "--adapter", "a", "x"]).precision == "auto"
+    assert build_parser().parse_args(["bench", "--precision", "fp32", "--whole-epochs"]).whole_epochs
