@@ -184,8 +184,16 @@ def test_a_bf16_base_trains_with_fp32_gradients_that_match_fp32s():
     # The bf16 precision stores the blocks' Linear weights in bf16 and computes their products in it;
     # LoRA's tensors and their gradients stay float32. B at the scale of a trained adapter: far larger
     # ones make this random model chaotic, where bf16's rounding alone can turn a gradient around.
-    reference_model, model = _tiny_classifier_with_nonzero_b(b_std=0.1), _tiny_classifier_with_nonzero_b(b_std=0.1)
-    model.store_products_in(torch.bfloat16)
+    from engine.classifier import build_classifier
+    from engine.config import LoRAConfig
+
+    reference_model = _tiny_classifier_with_nonzero_b(b_std=0.1)
+    torch.manual_seed(0)  # the same base as the reference's, then in bf16 before LoRA wraps it, as a bf16 run loads it
+    base = GPT(TINY)
+    base.store_products_in(torch.bfloat16)
+    model = build_classifier(base, LoRAConfig(rank=2, alpha=4))
+    torch.manual_seed(1)
+    randomise_lora(model, 0.1)
     ids = torch.randint(0, 50257, (2, 40), generator=torch.Generator().manual_seed(3))  # 80 rows: the fused q/k/v path
 
     def gradients(classifier: GPT) -> dict[str, torch.Tensor]:

@@ -40,9 +40,14 @@ class Slot:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
+def _facts_for(device: str, facts: DeviceFacts | None) -> DeviceFacts:
+    """`facts` when given; none needed for runs on the CPU; else the machine's, probed once."""
+    return facts or (DeviceFacts() if device == "cpu" else probed_facts())
+
+
 def default_worker_count(device: str = "auto", facts: DeviceFacts | None = None) -> int:
     """One per CUDA GPU where runs go to CUDA, else one."""
-    facts = facts or probed_facts()
+    facts = _facts_for(device, facts)
     return max(1, facts.cuda_count) if device in ("auto", "cuda") and facts.cuda_count else 1
 
 
@@ -52,7 +57,7 @@ def local_slots(count: int | None = None, device: str = "auto", facts: DeviceFac
     Raises:
         ConfigError: a count below 1 or above MAX_WORKERS.
     """
-    facts = facts or probed_facts()
+    facts = _facts_for(device, facts)
     count = default_worker_count(device, facts) if count is None else count
     if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_WORKERS:
         raise ConfigError(f"--workers must be a whole number from 1 to {MAX_WORKERS}, got {count!r}")
@@ -78,7 +83,7 @@ def check_worker_count(count: int | None, device: str = "auto", force: bool = Fa
     """
     if count is None or force:
         return
-    facts = facts or probed_facts()
+    facts = _facts_for(device, facts)
     kind = device_kind(device, facts)
     if kind == "cpu":
         have, what = len(_usable_cores()), "CPU cores"
