@@ -1,12 +1,18 @@
 """The app's devices at start: workers beyond the machine refused in one line (unless --force), and where
-the app's own process runs the model (--app-device), learnt without initialising CUDA in the web process."""
+the app's own process runs the model (--app-device), learnt without initialising CUDA in the web process;
+and the precision control, which the presets set and Start passes on."""
 
 import os
 
 import pytest
+from app_fixtures import train_controls
 
 import app
+from engine.config import PRECISIONS
 from engine.device import probed_facts
+from ui.controls import PRESET_FIELDS, run_config
+from ui.lab import Lab
+from ui.model_tab import PRECISION_CHOICES, ModelTab
 from ui.settings import AppSettings
 
 
@@ -34,3 +40,11 @@ def test_the_app_device_is_the_cpu_unless_a_gpu_is_free_or_named(capsys: pytest.
             app.parse_args(["--app-device", "cuda"])
         assert "no CUDA GPU is available" in capsys.readouterr().err
     assert AppSettings().app_device == "cpu"  # built without the command line: the CPU
+
+
+def test_the_presets_set_the_precision_and_start_passes_it_on(lab: Lab) -> None:
+    assert [value for _, value in PRECISION_CHOICES] == list(PRECISIONS)  # every choice the engine knows, in its words
+    tab = ModelTab(lab)
+    assert dict(zip(PRESET_FIELDS, tab.apply_preset("book"), strict=True))["precision"] == "fp32"
+    assert dict(zip(PRESET_FIELDS, tab.apply_preset("recommended"), strict=True))["precision"] == "auto"
+    assert run_config(lab.settings, train_controls(lab.settings.model, precision="bf16")).train.precision == "bf16"
