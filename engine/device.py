@@ -39,7 +39,7 @@ class DeviceFacts:
     """What accelerators this machine offers PyTorch."""
 
     cuda_count: int = 0
-    cuda_bf16: bool = False  # every visible CUDA GPU does bf16 (Ampere and later)
+    cuda_bf16: bool = False  # the first visible CUDA GPU does bf16 (Ampere and later); a worker sees only its own
     cuda_names: tuple[str, ...] = ()
     mps: bool = False
     mps_bf16: bool = False
