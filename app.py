@@ -12,8 +12,9 @@ The web process still runs the model, through engine functions, in exactly three
 visitor waits for each answer and a worker process per request would cost seconds where the answer
 takes milliseconds: Classify and its "Why this answer?" (`engine.classifier`, `engine.explain`, one
 model kept loaded in `ui/lab.py`), and Model & LoRA's weights check (`engine.weights.load_model`,
-`engine.model.generate_greedy`: a few greedy tokens). Parameters builds the model on PyTorch's meta
-device (shapes, no numbers) to count. Training and everything it evaluates run in the workers.
+`engine.model.generate_greedy`: a few greedy tokens), on `--app-device`: never a GPU a worker trains on
+unless named there. Parameters builds the model on PyTorch's meta device (shapes, no numbers) to
+count. Training and everything it evaluates run in the workers.
 
 What a visitor can reach is fenced: models are the four sizes plus the `--model` given at start,
 uploads are read only from Gradio's own temporary copies (never a typed path or a URL), bounded in
@@ -38,8 +39,9 @@ from starlette.middleware import Middleware  # noqa: E402
 
 from engine.config import DATA_CACHE, DEFAULT_MODEL, GPT2_SIZES, RUNS_DIR  # noqa: E402
 from engine.data.prepared import SOURCES  # noqa: E402
-from engine.device import pick_device  # noqa: E402
+from engine.device import check_device  # noqa: E402
 from engine.errors import LoRALabError  # noqa: E402
+from engine.runs.local_workers import app_device, check_worker_count  # noqa: E402
 from engine.weights import resolve  # noqa: E402
 from ui.classify_tab import ClassifyTab, build_classify_tab  # noqa: E402
 from ui.command_line import OneLineErrorsParser, host_problem, listen_problem, port_problem  # noqa: E402
@@ -109,6 +111,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-browser", action="store_true", help="do not open the app in a browser at start (by default it opens on a desktop)")
     parser.add_argument("--max-upload-mb", type=int, default=MAX_UPLOAD_MB, help=f"largest file a visitor may upload, in MB (default {MAX_UPLOAD_MB})")
     parser.add_argument("--workers", type=int, help="runs trained at once, each in its own process (default: one per CUDA GPU, otherwise one)")
+    parser.add_argument("--force", action="store_true", help="start --workers beyond this machine's GPUs (or CPU cores) all the same")
+    parser.add_argument(
+        "--app-device",
+        default="auto",
+        help="where the app itself runs the model for Classify and the weights check: auto (a GPU no worker trains on, else the CPU), cpu, cuda:N, mps",
+    )
     parser.add_argument(
         "--ray",
         metavar="ADDRESS",
@@ -133,9 +141,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--upload-space-mb ({args.upload_space_mb}) must be at least --max-upload-mb ({args.max_upload_mb})")
     try:
         resolve(args.model)
-        pick_device(args.device)
+        check_device(args.device)
     except LoRALabError as error:
         parser.error(str(error))
+    try:  # the machine's devices, asked of a probe: CUDA stays out of the web process unless --app-device puts the app on a GPU
+        if not args.ray:
+            check_worker_count(args.workers, args.device, args.force)
+        args.app_device = app_device(args.app_device, args.device, args.workers, args.ray)
+    except LoRALabError as error:
+        parser.exit(2, f"lora-lab: error: {error}\n")
     return args
 
 
@@ -157,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         workers=args.workers,
         ray=args.ray,
         upload_space_mb=args.upload_space_mb,
+        app_device=args.app_device,
     )
     try:
         lab = Lab(settings)
@@ -166,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     url = launch(demo, settings, args.host, args.port, args.share, auth=args.auth)
     print(banner(url, demo.share_url, args.share), flush=True)
     print(f"Runs train on {lab.scheduler.workers.describe()}; they and their queue are kept in {settings.out}.", flush=True)
+    print(f"Classify and the weights check run in this process on {settings.app_device} (--app-device).", flush=True)
     if not args.no_browser and has_desktop():
         webbrowser.open(url)
     stop_on_sigterm()

@@ -10,12 +10,16 @@ own pair). Written by hand because autograd's path is wasteful here:
   gpt2-small on the book's 8 × 120 batch); this keeps only the input and recomputes the output;
 - the input gradient of the update is added in place into the frozen product's, not summed after.
 W and b never train here (under LoRA they are frozen); the caller takes autograd's path otherwise.
+Products compute in the dtype W is stored in: float32, or bf16 when the run's precision stores the
+frozen base so (engine/device.py), while LoRA's A and B and their gradients stay float32.
 
 On x86 CPUs the frozen forward product runs through oneDNN, whose kernels beat the default BLAS
 (MKL) at these shapes reading W as it is (docs/benchmark-cpu.txt has the figures). That op is
 private to PyTorch, so it is a fast path only: one tiny call checks it once, any failure (or
 LORA_LAB_ONEDNN=0) leaves every product on F.linear, which is also the path off x86. Backward keeps
 BLAS: oneDNN is fast there only with Wᵀ laid out anew, a copy of every frozen weight that buys little.
+Where nothing needs a gradient and no update comes between, the MLP's GELU rides in the epilogue of
+the product before it (`gelu_of_frozen`); elsewhere it is PyTorch's one-pass kernel.
 
 A layer that wraps a Linear from outside (LoRA's) joins these products by two names: `base_linear`,
 the plain nn.Linear it wraps, and `updates(start)`, the low-rank updates it adds to that layer's
@@ -23,7 +27,6 @@ output. The model asks through `frozen_linear` and `updates_of`, and so knows of
 """
 
 import functools
-import math
 import os
 import platform
 from dataclasses import dataclass
@@ -41,13 +44,16 @@ class ProductPath:
 
     onednn: bool
     reason: str
+    gelu_epilogue: bool = False  # oneDNN also applies GPT-2's tanh GELU inside the product (no-grad paths)
 
     def describe(self) -> str:
-        return "oneDNN (x86 fast path)" if self.onednn else f"F.linear ({self.reason})"
+        if not self.onednn:
+            return f"F.linear ({self.reason})"
+        return "oneDNN (x86 fast path" + (", GELU in the product when nothing trains)" if self.gelu_epilogue else ")")
 
 
-def _onednn_product(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+def _onednn_product(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, post_op: str = "none", algorithm: str = "") -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, post_op, [], algorithm)
 
 
 @functools.cache
@@ -60,11 +66,18 @@ def product_path() -> ProductPath:
         return ProductPath(False, "oneDNN serves x86 CPUs only")
     generator = torch.Generator().manual_seed(0)
     rows, weight, bias = (torch.randn(shape, generator=generator) for shape in ((3, 8), (5, 8), (5,)))
+    expected = F.linear(rows, weight, bias)
     try:
-        agrees = torch.allclose(_onednn_product(rows, weight, bias), F.linear(rows, weight, bias), rtol=1e-4, atol=1e-5)
+        agrees = torch.allclose(_onednn_product(rows, weight, bias), expected, rtol=1e-4, atol=1e-5)
     except Exception as error:  # a PyTorch without the op, or with another signature
         return ProductPath(False, f"oneDNN's product failed its check: {type(error).__name__}")
-    return ProductPath(True, "") if agrees else ProductPath(False, "oneDNN's product gave other numbers in its check")
+    if not agrees:
+        return ProductPath(False, "oneDNN's product gave other numbers in its check")
+    try:
+        with_gelu = torch.allclose(_onednn_product(rows, weight, bias, "gelu", "tanh"), gelu(expected), rtol=1e-4, atol=1e-5)
+    except Exception:  # the product works without its epilogue: keep it, and run the GELU on its own
+        with_gelu = False
+    return ProductPath(True, "", gelu_epilogue=with_gelu)
 
 
 @dataclass(frozen=True)
@@ -101,56 +114,55 @@ def updates_of(layer: nn.Module, start: int = 0) -> list["Update"]:
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's tanh GELU, in one pass over x (PyTorch's fused kernel, on every device)."""
     return F.gelu(x, approximate="tanh")
 
 
-_TWO_ROOT_TWO_OVER_PI = 2 * math.sqrt(2 / math.pi)
-_CHUNK_ELEMENTS = 1 << 18  # 1 MB of fp32: each chunk's five passes stay in cache
+def frozen_product(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, then_gelu: bool = False) -> torch.Tensor:
+    """rows·Wᵀ + b (its GELU with `then_gelu`) for a weight that does not train, in W's dtype: oneDNN for
+    fp32 on x86 CPUs (see `product_path`), the GELU in the same call as its epilogue; else F.linear."""
+    rows = rows.to(weight.dtype)
+    path = product_path()
+    if rows.device.type == "cpu" and weight.dtype == torch.float32 and weight.is_contiguous() and path.onednn:  # a strided W would be laid out anew
+        if not then_gelu:
+            return _onednn_product(rows, weight, bias)
+        if path.gelu_epilogue:
+            return _onednn_product(rows, weight, bias, "gelu", "tanh")
+    out = F.linear(rows, weight, bias)
+    return gelu(out) if then_gelu else out
 
 
-def _gelu_untracked(x: torch.Tensor) -> torch.Tensor:
-    """gelu(x) without autograd, faster on CPU fp32 through 0.5·(1 + tanh z) = sigmoid(2z).
-
-    PyTorch's CPU tanh is far slower than its sigmoid; the five in-place passes run a cache-sized
-    chunk at a time, so each reads memory once (docs/benchmark-cpu.txt has the figures).
-    """
-    if x.device.type != "cpu" or x.dtype != torch.float32:
-        return gelu(x)  # one fused kernel on GPUs; bf16 would round at every pass
-    source = x.reshape(-1, x.size(-1))
-    out = torch.empty_like(source, memory_format=torch.contiguous_format)
-    rows = max(1, _CHUNK_ELEMENTS // x.size(-1))
-    for part, result in zip(source.split(rows), out.split(rows), strict=True):
-        torch.mul(part, part, out=result)
-        result.mul_(_TWO_ROOT_TWO_OVER_PI * 0.044715).add_(_TWO_ROOT_TWO_OVER_PI).mul_(part).sigmoid_().mul_(part)
-    return out.view(x.shape)
-
-
-def frozen_product(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """rows·Wᵀ + b for a weight that does not train: oneDNN for fp32 on x86 CPUs (see `product_path`), else F.linear."""
-    on_cpu_fp32 = rows.device.type == "cpu" and rows.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-    if on_cpu_fp32 and weight.is_contiguous() and product_path().onednn:  # a strided W would be laid out anew on every call
-        return _onednn_product(rows, weight, bias)
-    return F.linear(rows, weight, bias)
+def gelu_of_frozen(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """gelu(x·Wᵀ + b) for a frozen layer without updates, where nothing needs a gradient: the GELU
+    rides in the product's epilogue (oneDNN) instead of a pass of its own; x (..., in) → (..., out)."""
+    out = frozen_product(x.reshape(-1, x.size(-1)), weight, bias, then_gelu=True)
+    return out.view(*x.shape[:-1], out.size(-1))
 
 
 def adapted_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, updates: list[Update], gelu_first: bool = False) -> torch.Tensor:
-    """f(x)·Wᵀ + b plus each update on its columns; x (..., in) → (..., out). W and b must be frozen."""
+    """f(x)·Wᵀ + b plus each update on its columns; x (..., in) → (..., out), in W's dtype. W and b must be frozen.
+
+    The product computes in the dtype W is stored in (bf16 under that precision, see engine/device.py):
+    x is cast to it (autograd casts its gradient back), and each update's A and B, which train in
+    float32, are cast for the product; their gradients come back in float32.
+    """
     if weight.requires_grad or (bias is not None and bias.requires_grad):
         raise ValueError("adapted_linear keeps no gradient for W or b: use autograd's path for a trainable base")
-    rows = x.reshape(-1, x.size(-1))
+    rows = x.reshape(-1, x.size(-1)).to(weight.dtype)
     layout = tuple((u.scale, u.start) for u in updates)
     pairs = [t for u in updates for t in (u.lora_a, u.lora_b)]
     if torch.is_grad_enabled() and any(t.requires_grad for t in (rows, *pairs)):
         out = _AdaptedLinear.apply(rows, weight, bias, gelu_first, layout, *pairs)
     else:  # inference: the same arithmetic without autograd's bookkeeping
-        out, _ = _forward(_gelu_untracked(rows) if gelu_first else rows, weight, bias, layout, pairs)
+        out, _ = _forward(gelu(rows) if gelu_first else rows, weight, bias, layout, [t.to(weight.dtype) for t in pairs])
     return out.view(*x.shape[:-1], out.size(-1))
 
 
 def _forward(
     inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: tuple, pairs: tuple | list
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The output and, when there are updates, every pair's down-projection inputs·[A₁ A₂ …]."""
+    """The output and, when there are updates, every pair's down-projection inputs·[A₁ A₂ …]; every
+    tensor already in the product's dtype."""
     out = frozen_product(inputs, weight, bias)
     lora_as, lora_bs = pairs[0::2], pairs[1::2]
     if not lora_as:
@@ -160,8 +172,7 @@ def _forward(
     columns = 0
     for lora_b, (scale, start) in zip(lora_bs, layout, strict=True):
         rank, width = lora_b.shape
-        # In-place ops escape autocast: match the output's dtype.
-        out[:, start : start + width].addmm_(down[:, columns : columns + rank].to(out.dtype), lora_b.to(out.dtype), alpha=scale)
+        out[:, start : start + width].addmm_(down[:, columns : columns + rank], lora_b, alpha=scale)
         columns += rank
     return out, down
 
@@ -169,20 +180,17 @@ def _forward(
 class _AdaptedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows, weight, bias, gelu_first, layout, *pairs):
-        out, down = _forward(_gelu_untracked(rows) if gelu_first else rows, weight, bias, layout, pairs)
-        ctx.save_for_backward(rows, weight, down, *pairs)
-        ctx.gelu_first, ctx.layout = gelu_first, layout
+        lowered = [t.to(weight.dtype) for t in pairs]  # A and B train in float32; the product runs in W's dtype
+        out, down = _forward(gelu(rows) if gelu_first else rows, weight, bias, layout, lowered)
+        ctx.save_for_backward(rows, weight, down, *lowered)
+        ctx.gelu_first, ctx.layout, ctx.pair_dtypes = gelu_first, layout, [t.dtype for t in pairs]
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         rows, weight, down, *pairs = ctx.saved_tensors
         needs_rows, needs_pairs = ctx.needs_input_grad[0], ctx.needs_input_grad[5:]
-        # Under autocast the forward products ran in bf16 while W, A and B stay fp32: backward,
-        # which autocast does not reach, computes in the gradient's dtype as the forward did.
-        dtype = grad_out.dtype
-        weight = weight.to(dtype)
-        lora_as, lora_bs = [a.to(dtype) for a in pairs[0::2]], [b.to(dtype) for b in pairs[1::2]]
+        lora_as, lora_bs = pairs[0::2], pairs[1::2]
         grad_inputs = grad_out @ weight if needs_rows else None
         grad_pairs: list[torch.Tensor | None] = [None] * len(pairs)
         if lora_as:
@@ -191,16 +199,16 @@ class _AdaptedLinear(torch.autograd.Function):
             )  # (rows, sum of ranks)
             if grad_inputs is not None:
                 grad_inputs.addmm_(grad_down, torch.cat(lora_as, dim=1).t() if len(lora_as) > 1 else lora_as[0].t())
-            inputs = (_gelu_untracked(rows) if ctx.gelu_first else rows).to(dtype)  # the GELU recomputation
-            down = down.to(dtype)
+            inputs = gelu(rows) if ctx.gelu_first else rows  # the GELU recomputation
             columns = 0
             for i, (b, (scale, start)) in enumerate(zip(lora_bs, ctx.layout, strict=True)):
                 rank = b.size(0)
                 if needs_pairs[2 * i]:
                     # as (δᵀ·x)ᵀ: BLAS is slower with x transposed when x is tall and wide (docs/benchmark-cpu.txt)
-                    grad_pairs[2 * i] = (grad_down[:, columns : columns + rank].t() @ inputs).t()
+                    grad_pairs[2 * i] = (grad_down[:, columns : columns + rank].t() @ inputs).t().to(ctx.pair_dtypes[2 * i])
                 if needs_pairs[2 * i + 1]:
-                    grad_pairs[2 * i + 1] = down[:, columns : columns + rank].t() @ grad_out[:, start : start + b.size(1)] * scale
+                    grad_b = down[:, columns : columns + rank].t() @ grad_out[:, start : start + b.size(1)] * scale
+                    grad_pairs[2 * i + 1] = grad_b.to(ctx.pair_dtypes[2 * i + 1])
                 columns += rank
         if grad_inputs is not None and ctx.gelu_first:
             grad_inputs = torch.ops.aten.gelu_backward(grad_inputs, rows, approximate="tanh")

@@ -11,6 +11,7 @@ from torch import nn
 
 from engine.adapter import AdapterConfig, check_base, load_tensors, read_adapter
 from engine.config import DEFAULT_SEED, LoRAConfig
+from engine.device import dtype_of, precision_for, prepare_device
 from engine.draws import RunDraws
 from engine.errors import AdapterError, InputError
 from engine.loaders import PASS_COST_TOKENS, collate, least_padding_cuts
@@ -50,26 +51,35 @@ class Prediction:
 
 
 class Classifier:
-    """A loaded adapter on its base model, ready to classify (LoRA merged, inference mode)."""
+    """A loaded adapter on its base model, ready to classify (LoRA merged, inference mode).
 
-    def __init__(self, model: GPT, config: AdapterConfig, device: torch.device, int8: bool = False) -> None:
-        self.model = model.to(device).eval()
+    `precision` ("auto", "fp32" or "bf16", see engine.device) is what the merged products compute
+    in; the merge itself is done in float32 first, so bf16 rounds the merged weights once.
+    """
+
+    def __init__(self, model: GPT, config: AdapterConfig, device: torch.device, int8: bool = False, precision: str = "auto") -> None:
+        if int8 and precision == "bf16":
+            raise InputError("int8 classification quantises float32 weights: use precision fp32 (or auto), or drop int8")
+        self.precision = "fp32" if int8 else precision_for(precision, device)
         self.config = config
         self.device = device
         self.int8 = int8
-        merge_lora(self.model)
+        prepare_device(device)
+        merge_lora(model)
+        model.store_products_in(dtype_of(self.precision))
+        self.model = model.to(device).eval()
         if int8:
             quantize_int8(self.model, device)
 
     @classmethod
-    def load(cls, adapter: Path | str, device: torch.device, model: str | None = None, int8: bool = False) -> "Classifier":
+    def load(cls, adapter: Path | str, device: torch.device, model: str | None = None, int8: bool = False, precision: str = "auto") -> "Classifier":
         """Load an adapter folder onto its base model (or `model`, which must have the same shape)."""
         config, tensors = read_adapter(Path(adapter))
-        base = load_model(model or config.base_model, device)
+        base = load_model(model or config.base_model, torch.device("cpu"))  # merged in float32 here, then moved in the chosen precision
         check_base(config, base)
         classifier = build_classifier(base, config.lora, n_classes=len(config.labels))
         load_tensors(classifier, tensors)
-        return cls(classifier, config, device, int8)
+        return cls(classifier, config, device, int8, precision)
 
     def classify(self, texts: str | Sequence[str]) -> list[Prediction]:
         """Label and class probabilities for each message.

@@ -20,6 +20,7 @@ from engine.config import (
     DEFAULT_MODEL,
     GPT2_SIZES,
     LORA_TARGETS,
+    PRECISIONS,
     PRESETS,
     RUNS_DIR,
     SCALINGS,
@@ -142,6 +143,8 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         lora_changes["targets"] = tuple(args.targets)
     overrides = (("lr", args.lr), ("epochs", args.epochs), ("batch_size", args.batch_size), ("max_steps", args.max_steps), ("eval_freq", args.eval_freq))
     train_changes = {k: v for k, v in overrides if v is not None}
+    if args.precision is not None:
+        train_changes["precision"] = args.precision
     if args.no_live_metrics:
         train_changes["live_metrics"] = False
     return replace(cfg, lora=replace(cfg.lora, **lora_changes), train=replace(cfg.train, **train_changes))
@@ -164,14 +167,17 @@ def _log_event(event: Any) -> None:
         case EpochDone():
             _log(f"epoch {event.epoch}: train accuracy {event.train_accuracy:.2%}, validation accuracy {event.validation_accuracy:.2%}")
         case ModelReady():
-            _log(f"{event.model} on {event.device}: {event.counts.trainable:,} trainable of {event.counts.total:,} parameters")
+            _log(f"{event.model} on {event.device} ({event.precision}): {event.counts.trainable:,} trainable of {event.counts.total:,} parameters")
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     from engine.data.prepared import is_prepared_folder, prepare
     from engine.runs.grid import Grid, configure, targets_named
+    from engine.runs.local_workers import check_worker_count
     from engine.runs.scheduler import Scheduler, workers_for
 
+    if not args.ray:  # before any data is prepared
+        check_worker_count(args.workers, args.device, args.force)
     presets = args.preset or ["recommended"]
     unset = {"preset": presets[0], "rank": None, "alpha": None, "scaling": None, "targets": None, "lr": None}  # the grid sets these
     base = _run_config(argparse.Namespace(**{**vars(args), **unset}))
@@ -263,7 +269,7 @@ def cmd_classify(args: argparse.Namespace) -> None:
     if bool(args.messages) == bool(args.file):
         raise LoRALabError("give messages to classify, or --file (one message per line, or a CSV with a text column), not both")
     device = pick_device("cpu" if args.int8 and args.device == "auto" else args.device)
-    classifier = Classifier.load(args.adapter, device, model=args.model, int8=args.int8)
+    classifier = Classifier.load(args.adapter, device, model=args.model, int8=args.int8, precision=args.precision)
     if args.file:
         from engine.batch import classify_file
 
@@ -312,7 +318,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
         return
     from engine.bench import run_benchmark
 
-    report = run_benchmark(args.model, args.device, args.steps, args.data, progress=None if args.json else _log)
+    report = run_benchmark(
+        args.model, args.device, args.steps, args.data, progress=None if args.json else _log, full_epochs=args.whole_epochs, precision=args.precision
+    )
     _emit(args, report.to_dict(), report.lines())
 
 
@@ -420,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_arguments(sweep, model_help)
     sweep.add_argument("--out", default=RUNS_DIR, help=f"the runs folder; the grid goes into OUT/grid-<date-time>/ (default: {RUNS_DIR})")
     sweep.add_argument("--workers", type=int, help="runs at once (default: one per CUDA GPU, otherwise 1; on Ray: one per GPU, otherwise one per 2 CPUs)")
+    sweep.add_argument("--force", action="store_true", help="start --workers beyond this machine's GPUs (or CPU cores) all the same")
     sweep.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster: its address, or auto for the one started on this machine (`ray start --head`)")
     sweep.add_argument("--owner", default="", help="whose grid this is, kept in every run's record")
     sweep.set_defaults(run=cmd_sweep)
@@ -429,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--model", help="base model if it has moved (default: the one the adapter names)")
     classify.add_argument("--device", default="auto")
     classify.add_argument("--int8", action="store_true", help="int8 weights on the CPU: faster, answers may differ slightly")
+    _precision_argument(classify, "default auto", "auto")
     classify.add_argument("--file", help="classify every message of a file (one per line, or a CSV/TSV with a text column)")
     classify.add_argument("--out", help="where --file's predictions go (default: FILE.predictions.csv)")
     classify.add_argument("messages", nargs="*", help="one or more messages")
@@ -439,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="auto")
     bench.add_argument("--steps", type=int, default=5, help="timed training steps per measurement")
     bench.add_argument("--data", help=f"SMS data for the epoch comparison: prepared folder, zip or TSV (default: {DATA_CACHE}, downloaded there if empty)")
+    bench.add_argument("--whole-epochs", action="store_true", help="time each preset's whole epoch instead of extrapolating from --steps steps (slow on a CPU)")
+    _precision_argument(bench, "default auto", "auto")
     bench.add_argument("--sweep", action="store_true", help="instead: a 4-run grid's wall time on 1 worker and on --workers, and a worker's start-up cost")
     bench.add_argument("--workers", type=int, default=2, help="with --sweep: the workers to compare with one (default 2)")
     bench.set_defaults(run=cmd_bench)
@@ -461,6 +473,16 @@ def _run_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
     )
     parser.add_argument("--no-live-metrics", action="store_true", help="at each loss estimate, skip scoring the whole validation set (faster)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
+    _precision_argument(parser, f"default: the preset's, {preset_values('train', 'precision')}")
+
+
+def _precision_argument(parser: argparse.ArgumentParser, default_said: str, default: str | None = None) -> None:
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=default,
+        help=f"what the frozen model computes in: auto (bf16 on GPUs that have it, else fp32), fp32, or bf16 ({default_said})",
+    )
 
 
 def _lora_arguments(parser: argparse.ArgumentParser, defaults: bool) -> None:

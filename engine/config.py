@@ -11,6 +11,8 @@ Padding = Literal["longest", "batch"]
 Scaling = Literal["alpha", "alpha_over_rank"]
 Parse = Literal["faithful", "book"]
 Draws = Literal["book", "independent"]
+# What the frozen base computes in: bf16 where the device does it natively, else fp32 (engine/device.py).
+Precision = Literal["auto", "fp32", "bf16"]
 
 # The same choices as values, for menus and validation.
 POOLINGS: tuple[str, ...] = get_args(Pooling)
@@ -18,6 +20,7 @@ PADDINGS: tuple[str, ...] = get_args(Padding)
 SCALINGS: tuple[str, ...] = get_args(Scaling)
 PARSES: tuple[str, ...] = get_args(Parse)
 DRAWS: tuple[str, ...] = get_args(Draws)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 DEFAULT_SEED = 123  # the book's seed: its balancing, split, head and LoRA draws, batch order
 DATA_CACHE = "data_cache"  # where downloaded data and the prepared splits go unless told otherwise
@@ -195,7 +198,8 @@ class TrainConfig:
     pooling: Pooling = "last_token"  # which position's logits classify the message
     padding: Padding = "batch"  # "longest": pad all to the longest training message
     group_by_length: bool = True  # batch messages of similar length (only with "batch" padding)
-    bf16_autocast: bool = True  # on CUDA GPUs with bf16: faster steps, fp32 master weights
+    # auto: the frozen base in bf16 on GPUs that compute in it (LoRA and the optimiser stay fp32), else fp32
+    precision: Precision = "auto"
     # At each loss estimate, also the confusion matrix and precision/recall/F1 on the full validation
     # set (one pass over it; its first eval_iter batches still give the book's validation loss).
     live_metrics: bool = True
@@ -216,6 +220,8 @@ class TrainConfig:
             problems.append(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.padding not in PADDINGS:
             problems.append(f"padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not isinstance(self.live_metrics, bool):
             problems.append(f"live_metrics must be true or false, got {self.live_metrics!r}")
         _raise_if(problems, "training settings")
@@ -233,7 +239,7 @@ PRESET_CONFIGS: dict[str, Preset] = {
     # The book's appendix E exactly: alpha scaling, small lr, everything padded to 120, last position.
     "book": Preset(
         LoRAConfig(rank=16, alpha=16, scaling="alpha"),
-        TrainConfig(lr=5e-5, weight_decay=0.1, epochs=5, batch_size=8, pooling="last", padding="longest", group_by_length=False, bf16_autocast=False),
+        TrainConfig(lr=5e-5, weight_decay=0.1, epochs=5, batch_size=8, pooling="last", padding="longest", group_by_length=False, precision="fp32"),
         parse="book",
         draws="book",
     ),
@@ -319,7 +325,7 @@ class RunConfig:
             values = {key: value for key, value in data.items() if key in known}
             lora = dict(data["lora"])
             values["lora"] = LoRAConfig(**{**lora, "targets": tuple(lora.get("targets", LORA_TARGETS))})
-            values["train"] = TrainConfig(**data["train"])
+            values["train"] = TrainConfig(**_current_train_fields(dict(data["train"])))
             if values.get("data_urls") is not None:
                 values["data_urls"] = tuple(values["data_urls"])
             return cls(**values)
@@ -328,3 +334,12 @@ class RunConfig:
 
     def with_train(self, **changes: Any) -> "RunConfig":
         return replace(self, train=replace(self.train, **changes))
+
+
+def _current_train_fields(train: dict[str, Any]) -> dict[str, Any]:
+    """Training settings as an earlier version wrote them, in today's fields: `bf16_autocast` (true:
+    bf16 where the GPU has it, false: fp32) became `precision`."""
+    if "bf16_autocast" in train:
+        autocast = train.pop("bf16_autocast")
+        train.setdefault("precision", "auto" if autocast else "fp32")
+    return train

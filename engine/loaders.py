@@ -39,7 +39,14 @@ class Batch:
     labels: torch.Tensor  # (B,)
 
     def to(self, device: torch.device) -> "Batch":
-        return Batch(self.input_ids.to(device), self.lengths.to(device), self.labels.to(device))
+        """The batch on `device`. Without waiting: from pinned memory (see `pin_memory`) the copy
+        overlaps the device's work; from ordinary memory PyTorch stages it first."""
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.input_ids, self.lengths, self.labels)))
+
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked memory, from which a GPU copies on its own (a DataLoader with
+        pin_memory=True calls this)."""
+        return Batch(self.input_ids.pin_memory(), self.lengths.pin_memory(), self.labels.pin_memory())
 
 
 class EncodedMessages(Dataset):
@@ -126,9 +133,10 @@ class Loaders:
         return self.train_estimates if self.train_estimates is not None else self.train
 
 
-def make_loaders(splits: Splits, cfg: TrainConfig, context_length: int, book_draws: bool = False) -> Loaders:
+def make_loaders(splits: Splits, cfg: TrainConfig, context_length: int, book_draws: bool = False, pin_memory: bool = False) -> Loaders:
     """Build the three loaders. The training order depends only on `cfg.seed`, or with `book_draws`
-    on the draws of one shared generator, which the run seeds (engine.draws)."""
+    on the draws of one shared generator, which the run seeds (engine.draws). With `pin_memory` (for
+    a CUDA device) the batches come in page-locked memory."""
     if cfg.batch_size > len(splits.train):
         raise ConfigError(f"batch size {cfg.batch_size} is larger than the {len(splits.train)} training messages: choose at most {len(splits.train)}")
     longest_train = max(len(encode(text)) for text in splits.train["Text"])
@@ -136,28 +144,37 @@ def make_loaders(splits: Splits, cfg: TrainConfig, context_length: int, book_dra
     pad_to = max_length if cfg.padding == "longest" else None
     datasets = {name: EncodedMessages(part["Text"].tolist(), part["Label"].tolist(), max_length) for name, part in splits.items()}
     pad = lambda items: collate(items, pad_to)
-    evaluation = lambda name, base_seeds: DataLoader(datasets[name], batch_size=cfg.batch_size, shuffle=False, generator=base_seeds, collate_fn=pad)
+    evaluation = lambda name, base_seeds: DataLoader(
+        datasets[name], batch_size=cfg.batch_size, shuffle=False, generator=base_seeds, collate_fn=pad, pin_memory=pin_memory
+    )
     if book_draws:
         shared = torch.Generator()
-        train = _train_loader(datasets["train"], cfg, pad, shared, shared, book_shuffle=True)
+        train = _train_loader(datasets["train"], cfg, pad, shared, shared, pin_memory, book_shuffle=True)
         return Loaders(train, evaluation("validation", shared), evaluation("test", shared), max_length, shared)
     base_seeds = torch.Generator()  # independent loaders' base seeds matter to no one
-    train = _train_loader(datasets["train"], cfg, pad, torch.Generator().manual_seed(cfg.seed), base_seeds)
+    train = _train_loader(datasets["train"], cfg, pad, torch.Generator().manual_seed(cfg.seed), base_seeds, pin_memory)
     # Estimates shuffle from a stream of their own, seeded apart from the training order's.
-    estimates = _train_loader(datasets["train"], cfg, pad, torch.Generator().manual_seed(cfg.seed ^ ESTIMATES_SEED_MASK), base_seeds)
+    estimates = _train_loader(datasets["train"], cfg, pad, torch.Generator().manual_seed(cfg.seed ^ ESTIMATES_SEED_MASK), base_seeds, pin_memory)
     return Loaders(train, evaluation("validation", base_seeds), evaluation("test", base_seeds), max_length, None, estimates)
 
 
 def _train_loader(
-    dataset: EncodedMessages, cfg: TrainConfig, pad: Callable, order: torch.Generator, base_seeds: torch.Generator, book_shuffle: bool = False
+    dataset: EncodedMessages,
+    cfg: TrainConfig,
+    pad: Callable,
+    order: torch.Generator,
+    base_seeds: torch.Generator,
+    pin_memory: bool,
+    book_shuffle: bool = False,
 ) -> DataLoader:
     """The training set shuffled from `order`: in length-sorted groups, as the book's sampler draws (`book_shuffle`), or as PyTorch's."""
+    common = dict(collate_fn=pad, pin_memory=pin_memory)
     if cfg.padding == "batch" and cfg.group_by_length:
         sampler = LengthGroupedBatches([len(ids) for ids in dataset.ids], cfg.batch_size, order, drop_last=True)
-        return DataLoader(dataset, batch_sampler=sampler, generator=base_seeds, collate_fn=pad)
+        return DataLoader(dataset, batch_sampler=sampler, generator=base_seeds, **common)
     if book_shuffle:
-        return DataLoader(dataset, batch_size=cfg.batch_size, sampler=BookShuffle(len(dataset), order), drop_last=True, generator=order, collate_fn=pad)
-    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=order, collate_fn=pad)
+        return DataLoader(dataset, batch_size=cfg.batch_size, sampler=BookShuffle(len(dataset), order), drop_last=True, generator=order, **common)
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=order, **common)
 
 
 def least_padding_cuts(sorted_lengths: Sequence[int], max_batch: int, pass_cost: int) -> list[int]:

@@ -31,11 +31,12 @@ class LoRALinear(nn.Module):
         self.merged = False
         self.enabled = True  # off: behave as the base layer (the "before" model)
         weight = base_layer.weight
+        dtype = torch.promote_types(weight.dtype, torch.float32)  # A and B train in float32 even over a bf16 base
         a = torch.empty(base_layer.in_features, rank, device="meta" if weight.device.type == "meta" else "cpu")
         if a.device.type != "meta":
             nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator or torch.Generator())
-        self.lora_A = nn.Parameter(a.to(device=weight.device, dtype=weight.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(rank, base_layer.out_features, device=weight.device, dtype=weight.dtype))
+        self.lora_A = nn.Parameter(a.to(device=weight.device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(rank, base_layer.out_features, device=weight.device, dtype=dtype))
 
     @property
     def in_features(self) -> int:
@@ -77,7 +78,7 @@ class LoRALinear(nn.Module):
         # A trainable or int8 base: one in-place BLAS call adds the update into its output.
         rows = x.reshape(-1, x.size(-1))
         out = self.base_layer(rows)
-        out.addmm_((rows @ self.lora_A).to(out.dtype), self.lora_B.to(out.dtype), alpha=update.scale)  # autocast skips in-place ops
+        out.addmm_((rows @ self.lora_A).to(out.dtype), self.lora_B.to(out.dtype), alpha=update.scale)  # A and B are float32, the output may not be
         return out.view(*x.shape[:-1], out.size(-1))
 
     def delta_weight(self) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.adapted_linear import adapted_linear, frozen_linear, gelu, linear_of, updates_of
+from engine.adapted_linear import adapted_linear, frozen_linear, gelu, gelu_of_frozen, linear_of, updates_of
 from engine.config import GPTConfig, Pooling
 
 # Below this many tokens one wide product gains nothing over separate ones (docs/benchmark-cpu.txt has the measurement).
@@ -118,6 +118,10 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fc = frozen_linear(self.c_fc)
+        if fc is not None and not updates_of(self.c_fc) and not (torch.is_grad_enabled() and x.requires_grad):
+            # Nothing to differentiate and nothing added before the GELU: it runs inside the product.
+            return project(gelu_of_frozen(x, fc.weight, fc.bias), (self.c_proj,))[0]
         (hidden,) = project(x, (self.c_fc,))
         base = frozen_linear(self.c_proj)
         if base is None:
@@ -156,6 +160,24 @@ class GPT(nn.Module):
         )
         self.score: nn.Linear | None = nn.Linear(cfg.n_embd, n_classes) if n_classes else None
         self.apply(_init_weights)
+
+    @torch.no_grad()
+    def store_products_in(self, dtype: torch.dtype) -> None:
+        """Keep every block's Linear weights and biases in `dtype` (the frozen base's precision, see
+        engine/device.py): their products then compute in it with no cast per pass. The blocks'
+        Linear layers never train (LoRA adapts them from outside); embeddings, layer norms and the
+        class head keep their own dtype."""
+        for block in self.transformer.h:
+            for module in block.modules():
+                if type(module) is nn.Linear:
+                    for parameter in module.parameters(recurse=False):
+                        parameter.data = parameter.data.to(dtype)
+            block.attn.store_qkv_adjacent()
+
+    def products_dtype(self) -> torch.dtype:
+        """The dtype the blocks' products compute in (see `store_products_in`)."""
+        base = linear_of(self.transformer.h[0].mlp.c_fc)
+        return base.weight.dtype if base is not None else torch.float32  # an int8 layer takes float32 input
 
     def add_classifier(self, n_classes: int, generator: torch.Generator | None = None) -> None:
         """Give the model a fresh class head with nn.Linear's default initialisation, drawn from

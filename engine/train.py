@@ -5,10 +5,13 @@ loss are estimated on `eval_iter` batches; after each epoch, train and validatio
 `eval_iter` batches. With `live_metrics`, each loss estimate also scores the full validation set
 (confusion matrix, precision/recall/F1) in the same pass that gives the validation loss. A stop
 event is checked before every step and between the batches of that full pass. A loss that is not
-finite (a batch's, before its optimiser step, or an estimate's) ends the run with TrainingDiverged.
+finite (a batch's, whose step then leaves the weights as they were, or an estimate's) ends the run
+with TrainingDiverged.
+
+The host never waits for the device within a step: the optimiser is AdamW's fused kernel where the
+device has it, and the batches' losses stay on the device until read (`_StepLosses`).
 """
 
-import contextlib
 import math
 import threading
 import time
@@ -24,6 +27,8 @@ from engine.failure import divergence_cause
 from engine.loaders import Loaders
 from engine.lora import lora_layers
 from engine.model import GPT
+
+LOSS_READ_S = 0.5  # the training losses are read from the device at most this often (see _StepLosses)
 
 
 @dataclass(frozen=True)
@@ -85,13 +90,6 @@ class TrainEnded:
 TrainEvent = TrainStarted | StepDone | LossEvaluated | ValidationEvaluated | EpochDone | TrainEnded
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on GPUs that support it (fp32 master weights); plain fp32 elsewhere."""
-    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def train(
     model: GPT,
     loaders: Loaders,
@@ -99,21 +97,26 @@ def train(
     device: torch.device,
     stop: threading.Event | None = None,
     loss_mean: LossMean = "message",
+    *,
+    read_losses_every_s: float = LOSS_READ_S,
 ) -> Iterator[TrainEvent]:
     """Fine-tune the trainable parameters of `model` in place, yielding progress as it goes.
 
-    Draws nothing itself: the order of the batches is the loaders' (see engine.draws).
+    Draws nothing itself: the order of the batches is the loaders' (see engine.draws). The batches'
+    losses are read from the device at most every `read_losses_every_s` (0: after every step, as a
+    per-step timer needs), their StepDone events then leaving together.
     """
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError("the model has no trainable parameters: apply LoRA before training")
-    optimizer = torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer, fused = make_optimizer(parameters, cfg)
     lora_scale = max((layer.scale for layer in lora_layers(model)), default=None)  # named if the loss diverges
     steps_per_epoch = len(loaders.train)
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
     yield TrainStarted(total, steps_per_epoch, cfg.epochs, len(loaders.train.dataset))
     estimate = lambda loader: evaluate(model, loader, device, cfg.pooling, cfg.eval_iter, loss_mean=loss_mean)
     start = time.perf_counter()
+    losses = _StepLosses(device, fused, cfg, lora_scale, total, start, read_losses_every_s)
     step = examples_seen = 0
     stopped = False
     model.train()
@@ -124,16 +127,17 @@ def train(
                 break
             batch = batch.to(device)
             optimizer.zero_grad(set_to_none=True)
-            with autocast(device, cfg.bf16_autocast):
-                loss = batch_loss(model, batch, cfg.pooling)
-            batch_loss_value = _finite(loss.item(), "training batch", step + 1, cfg, lora_scale)  # before the step: the weights stay finite
+            loss = batch_loss(model, batch, cfg.pooling)
             loss.backward()
+            losses.before_step(optimizer, loss, step + 1)
             optimizer.step()
             step += 1
             examples_seen += batch.labels.numel()
-            elapsed = time.perf_counter() - start
-            yield StepDone(step, total, epoch, examples_seen, batch_loss_value, elapsed, elapsed / step * (total - step))
-            if (step - 1) % cfg.eval_freq == 0:
+            losses.add(step, epoch, examples_seen, loss)
+            estimating = (step - 1) % cfg.eval_freq == 0
+            if estimating or losses.due():
+                yield from losses.read()
+            if estimating:
                 progress = (epoch - 1) + _position_in_epoch(step, steps_per_epoch)
                 train_loss = _finite(estimate(loaders.train_sample).loss, "estimated training", step, cfg, lora_scale)
                 if not cfg.live_metrics:
@@ -149,6 +153,7 @@ def train(
                         yield ValidationEvaluated(step - 1, progress, examples_seen, whole)
             if step >= total:
                 break
+        yield from losses.read()
         if stopped:
             break
         yield EpochDone(
@@ -163,6 +168,62 @@ def train(
             break
     model.eval()
     yield TrainEnded(stopped, step, examples_seen, time.perf_counter() - start)
+
+
+def make_optimizer(parameters: list[torch.nn.Parameter], cfg: TrainConfig) -> tuple[torch.optim.AdamW, bool]:
+    """AdamW over `parameters`, and whether it is the fused one: one kernel for every tensor (CUDA,
+    MPS and CPU have it), which can also skip a step on the device when told, without the host."""
+    try:
+        return torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True), True
+    except RuntimeError:  # a device without the fused kernel
+        return torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay), False
+
+
+class _StepLosses:
+    """The training batches' losses, kept on the device and read several steps at a time.
+
+    Reading a loss makes the host wait for the device; once a step, that wait would leave a GPU idle
+    while the next step is prepared. So the losses stay on the device and are read at most every
+    LOSS_READ_S (and before every estimate, at the end of each epoch and of training), and their
+    StepDone events leave together. A loss that is not finite must not move the weights: a fused
+    optimiser is told so on the device (`found_inf`, the flag PyTorch's GradScaler gives it) and
+    skips that step and every later one, and the next read ends the run naming that step; an
+    optimiser without the flag has each loss read before its step instead.
+    """
+
+    def __init__(
+        self, device: torch.device, skips_on_device: bool, cfg: TrainConfig, lora_scale: float | None, total: int, started: float, every_s: float
+    ) -> None:
+        self.skips_on_device, self.cfg, self.lora_scale = skips_on_device, cfg, lora_scale
+        self.total, self.started, self.every_s = total, started, every_s
+        self.diverged = torch.zeros((), dtype=torch.bool, device=device)
+        self.pending: list[tuple[int, int, int, float, torch.Tensor]] = []  # step, epoch, examples seen, elapsed, loss
+        self.last_read = time.perf_counter()
+
+    def before_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int) -> None:
+        """Keep the weights finite: step `step` (1-based) is skipped if its loss, or any before it, is not finite."""
+        if self.skips_on_device:
+            self.diverged.logical_or_(~torch.isfinite(loss.detach()))
+            optimizer.found_inf = self.diverged.float()  # type: ignore[attr-defined]  # read by the fused kernel, on the device
+        else:
+            _finite(loss.item(), "training batch", step, self.cfg, self.lora_scale)
+
+    def add(self, step: int, epoch: int, examples_seen: int, loss: torch.Tensor) -> None:
+        self.pending.append((step, epoch, examples_seen, time.perf_counter() - self.started, loss.detach()))
+
+    def due(self) -> bool:
+        return not self.skips_on_device or time.perf_counter() - self.last_read >= self.every_s
+
+    def read(self) -> Iterator[StepDone]:
+        """The pending steps' events in order, after one wait for the device; a loss that is not finite ends the run."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        values = torch.stack([loss for *_, loss in pending]).float().tolist()
+        self.last_read = time.perf_counter()
+        for (step, epoch, examples_seen, elapsed, _), value in zip(pending, values, strict=True):
+            loss = _finite(value, "training batch", step, self.cfg, self.lora_scale)
+            yield StepDone(step, self.total, epoch, examples_seen, loss, elapsed, elapsed / step * (self.total - step))
 
 
 def _finite(loss: float, which: str, step: int, cfg: TrainConfig, lora_scale: float | None) -> float:

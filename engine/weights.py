@@ -190,8 +190,12 @@ def convert(hf: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[str, torch.Tens
     return ours
 
 
-def load_into(model: GPT, weights: Path) -> None:
-    """Copy a checkpoint's tensors into `model` (every base tensor must be present and fit)."""
+def checked_state(model: GPT, weights: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's base tensors under `model`'s names, each present and of `model`'s shape.
+
+    Raises:
+        WeightsError: a tensor is missing, extra or of another shape (named in the message).
+    """
     converted = convert(read_state_dict(weights), model.cfg)
     expected = {k: v for k, v in model.state_dict().items() if k.startswith("transformer.")}
     missing = sorted(set(expected) - set(converted))
@@ -207,17 +211,24 @@ def load_into(model: GPT, weights: Path) -> None:
     unexpected = sorted(set(converted) - set(expected))
     if unexpected:
         raise WeightsError(f"{weights.name} has unexpected tensor {_hf_name(unexpected[0])}: it is not a GPT-2 checkpoint of this size")
-    with torch.no_grad():
-        for key, tensor in expected.items():
-            tensor.copy_(converted[key])
+    return converted
 
 
-def load_model(spec: str, device: torch.device, progress: Callable[[int, int | None], None] | None = None) -> GPT:
-    """A pretrained GPT-2 (LM head tied; no class head yet) on `device`, in eval mode."""
+def load_model(spec: str, device: torch.device, progress: Callable[[int, int | None], None] | None = None, products_dtype: torch.dtype = torch.float32) -> GPT:
+    """A pretrained GPT-2 (LM head tied; no class head yet) on `device`, in eval mode, its blocks' Linear
+    weights in `products_dtype` (see GPT.store_products_in) and everything else in float32.
+
+    The model is built on PyTorch's meta device (shapes, no numbers) and takes the checkpoint's
+    tensors as they are read: no weight is drawn at random first, and none is held twice.
+    """
     source = resolve(spec)
     weights = fetch(source, progress)
-    model = GPT(source.config)
-    load_into(model, weights)
+    with torch.device("meta"):
+        model = GPT(source.config)
+    state = {key: tensor.float() for key, tensor in checked_state(model, weights).items()}
+    model.load_state_dict(state, assign=True)
+    del state
+    model.store_products_in(products_dtype)  # also lays q, k and v end to end again
     return model.to(device).eval()
 
 

@@ -165,7 +165,16 @@ def _check(report: Report, with_peer: bool) -> dict:
     lines = report.lines()
     assert lines and all(isinstance(line, str) for line in lines)
     assert any("matmul peak" in line for line in lines)
-    assert f"frozen products: {product_path().describe()}" in lines and data["environment"]["frozen_products"] == product_path().describe()
+    assert f"precision: fp32; frozen products: {product_path().describe()}" in lines and data["environment"]["frozen_products"] == product_path().describe()
+    assert data["environment"]["precision"] == ours["precision"] == "fp32"  # auto on a CPU
+    assert ours["tokens_per_s"] == pytest.approx(8 * 120 / ours["step_s"], rel=1e-3)
+    rates = data["rates"]["epochs"]
+    for mode, epoch in modes.items():
+        assert epoch["precision"] == "fp32" and epoch["real_tokens"] > 0
+        assert rates[mode]["tokens_per_s"] == pytest.approx(epoch["padded_tokens"] / epoch["epoch_s"], rel=1e-3)
+        assert rates[mode]["preset_training_s"] > 5 * epoch["epoch_s"]  # five epochs, and their estimates
+    assert data["ratios"]["classification_batch_over_floor"] > 0
+    assert [f["precision"] for f in data["footprints"]] == ["fp32", "bf16"]
     assert any(line.startswith("  100 messages: ") and "at the fp32 peak" in line and "(target 2 s)" in line for line in lines)
     return data
 
@@ -199,3 +208,40 @@ def test_bench_sweep_times_a_grid_on_one_worker_and_on_two(tiny_model_dir, prepa
     printed = result.lines()
     assert printed[1].lstrip().startswith("1 worker :") and printed[2].lstrip().startswith("2 workers:") and "x faster" in printed[3]
     assert json.loads(json.dumps(result.to_dict()))["speedup"] == round(result.speedup, 3)
+
+
+def test_the_footprint_counts_the_frozen_blocks_in_bf16_and_lora_in_fp32() -> None:
+    from engine.bench.training import footprint
+
+    fp32, bf16 = footprint(TINY, "fp32"), footprint(TINY, "bf16")
+    with torch.device("meta"):
+        model = build_classifier(GPT(TINY), LoRAConfig(rank=16, alpha=16))
+    block_linear = sum(p.numel() for m in model.transformer.h.modules() if type(m) is nn.Linear for p in m.parameters())
+    assert fp32.frozen_bytes - bf16.frozen_bytes == 2 * block_linear  # 4 bytes each become 2
+    lora = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
+    assert fp32.trainable_bytes == bf16.trainable_bytes == 4 * lora and fp32.optimizer_bytes == 2 * 4 * lora
+
+
+@pytest.mark.slow
+def test_bench_without_data_runs_the_rest_and_says_so_once(tmp_path, monkeypatch) -> None:
+    """Offline with nothing prepared: the fixed workload still runs; the epochs and latency are skipped with one note."""
+    import engine.data.prepared
+
+    monkeypatch.chdir(tmp_path)  # an empty data cache
+    monkeypatch.setattr(engine.data.prepared, "SOURCES", ("http://127.0.0.1:9/sms.zip",))  # nothing listens there: as offline
+    report = run_benchmark(TINY, "cpu", 1, None, peers=False, isolate=False)
+    assert report.ours.step_s > 0 and not report.epochs and not report.latency and report.classification_floor is None
+    (said,) = [note for note in report.notes if "need the SMS data" in note]
+    assert "python -m engine data" in said
+    json.dumps(report.to_dict())
+    assert report.lines()
+
+
+@pytest.mark.slow
+def test_whole_epochs_are_timed_as_a_run_trains(monkeypatch) -> None:
+    from engine.bench.epochs import load_splits_for_bench, time_epochs
+
+    results = time_epochs(TINY, load_splits_for_bench(str(SMS_ZIP)), torch.device("cpu"), 1, True, lambda _: None)
+    for epoch in results:
+        assert not epoch.extrapolated and epoch.measured_steps == epoch.steps_per_epoch == 130 and epoch.epoch_s > 0
+        assert epoch.method.startswith("whole epoch")

@@ -127,6 +127,7 @@ def _tiny_classifier_with_nonzero_b(b_std: float = 0.5) -> GPT:
 
 def test_fused_and_unfused_training_gradients_agree(monkeypatch):
     import engine.model
+
     def gradients(min_rows):
         monkeypatch.setattr(engine.model, "FUSE_MIN_ROWS", min_rows)
         model = _tiny_classifier_with_nonzero_b()
@@ -179,22 +180,56 @@ def test_fused_copies_tensors_that_train_or_are_not_adjacent():
     assert torch.equal(trainable[0].grad, torch.ones(2, 3))
 
 
-def test_training_under_bf16_autocast_matches_fp32_gradients():
-    # CUDA training runs under bf16 autocast; CPU autocast exercises the same dtype handling here.
-    # B at the scale of a trained adapter: far larger ones make this random model chaotic, where
-    # bf16's rounding of its activations alone can turn a gradient around.
-    model = _tiny_classifier_with_nonzero_b(b_std=0.1)
+def test_a_bf16_base_trains_with_fp32_gradients_that_match_fp32s():
+    # The bf16 precision stores the blocks' Linear weights in bf16 and computes their products in it;
+    # LoRA's tensors and their gradients stay float32. B at the scale of a trained adapter: far larger
+    # ones make this random model chaotic, where bf16's rounding alone can turn a gradient around.
+    from engine.classifier import build_classifier
+    from engine.config import LoRAConfig
+
+    reference_model = _tiny_classifier_with_nonzero_b(b_std=0.1)
+    torch.manual_seed(0)  # the same base as the reference's, then in bf16 before LoRA wraps it, as a bf16 run loads it
+    base = GPT(TINY)
+    base.store_products_in(torch.bfloat16)
+    model = build_classifier(base, LoRAConfig(rank=2, alpha=4))
+    torch.manual_seed(1)
+    randomise_lora(model, 0.1)
     ids = torch.randint(0, 50257, (2, 40), generator=torch.Generator().manual_seed(3))  # 80 rows: the fused q/k/v path
 
-    def gradients(autocast: bool) -> dict[str, torch.Tensor]:
-        model.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            logits = model(ids)
+    def gradients(classifier: GPT) -> dict[str, torch.Tensor]:
+        logits = classifier(ids)
         torch.nn.functional.cross_entropy(logits.float(), torch.tensor([1, 0])).backward()  # both wrong: large gradients
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return {n: p.grad for n, p in classifier.named_parameters() if p.requires_grad}
 
-    reference, mixed = gradients(False), gradients(True)
+    attention = model.transformer.h[1].attn
+    assert attention.q_proj.base_layer.weight.dtype == attention.v_proj.base_layer.bias.dtype == model.products_dtype() == torch.bfloat16
+    assert _qkv_share_one_storage(model)  # still one fused product, read without a copy
+    assert model.transformer.wte.weight.dtype == model.transformer.h[0].ln_1.weight.dtype == model.score.base_layer.weight.dtype == torch.float32
+    reference, mixed = gradients(reference_model), gradients(model)
+    assert mixed.keys() == reference.keys()
     for name, gradient in mixed.items():
-        assert gradient.dtype == torch.float32, name
+        assert gradient.dtype == dict(model.named_parameters())[name].dtype == torch.float32, name
         # bf16 keeps 8 bits of mantissa: compare directions, not elements
         assert torch.nn.functional.cosine_similarity(gradient.flatten(), reference[name].flatten(), dim=0) > 0.95, name
+
+
+def test_loading_draws_no_random_weights(tmp_path):
+    """The model is built on the meta device and takes the checkpoint's tensors: PyTorch's global
+    generator (which a random initialisation draws from) is left as it was."""
+    folder = write_hf_checkpoint(tmp_path)
+    torch.manual_seed(5)
+    before = torch.random.get_rng_state()
+    model = load_model(str(folder), torch.device("cpu"))
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert not any(p.is_meta for p in model.parameters()) and _qkv_share_one_storage(model)
+    torch.manual_seed(0)  # write_hf_checkpoint's seed: the random model it saved
+    saved = dict(GPT(TINY).named_parameters())
+    assert all(torch.equal(parameter, saved[name]) for name, parameter in model.named_parameters())
+
+
+def test_a_bf16_load_keeps_only_the_blocks_products_in_bf16(tmp_path):
+    model = load_model(str(write_hf_checkpoint(tmp_path)), torch.device("cpu"), products_dtype=torch.bfloat16)
+    in_bf16 = {name for name, p in model.named_parameters() if p.dtype == torch.bfloat16}
+    layers = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    linear = {f"transformer.h.{i}.{layer}.{kind}" for i in range(TINY.n_layer) for layer in layers for kind in ("weight", "bias")}
+    assert in_bf16 == linear and _qkv_share_one_storage(model)

@@ -147,10 +147,10 @@ def test_a_run_that_fills_the_disk_fails_with_advice_and_is_never_the_latest(
         out = root / "20250102-000000"
         real_fields = engine.runs.run.record_fields
 
-        def fields_on_a_full_disk(cfg, progress, device, seconds=None):
+        def fields_on_a_full_disk(cfg, progress, device, precision, seconds=None):
             if seconds is not None:  # the final record: the adapter and plot are written; then the disk fills up
                 fill(root, leave_bytes=room_left)
-            return real_fields(cfg, progress, device, seconds)
+            return real_fields(cfg, progress, device, precision, seconds)
 
         monkeypatch.setattr(engine.runs.run, "record_fields", fields_on_a_full_disk)
         with pytest.raises(DiskFullError, match=f"^the disk is full at {out}: free space or choose another --out$"):

@@ -1,5 +1,6 @@
 import json
 import threading
+from dataclasses import replace
 
 import pytest
 import torch
@@ -203,3 +204,58 @@ def test_with_the_books_draws_the_estimates_still_move_the_order_as_in_the_book(
     assert loaders.train_sample is loaders.train  # the book estimates from its training loader itself
     independent = make_loaders(splits, preset("recommended").train, 256)
     assert independent.train_sample is not independent.train
+
+
+def _tiny_training(tiny_model_dir, prepared_data, steps: int):
+    """A tiny classifier and its loaders, as a recommended run builds them (no run around them)."""
+    from engine.classifier import build_classifier
+    from engine.data.prepared import prepare
+    from engine.loaders import make_loaders
+    from engine.weights import load_model
+
+    cfg = replace(preset("recommended").train, epochs=1, max_steps=steps, eval_freq=10**6, eval_iter=1, live_metrics=False, lr=3e-3)
+    splits = prepare(str(prepared_data)).splits
+    model = build_classifier(load_model(str(tiny_model_dir), torch.device("cpu")), preset("recommended").lora)
+    return model, make_loaders(splits, cfg, model.cfg.context_length), cfg
+
+
+def test_the_losses_stay_on_the_device_until_read(tiny_model_dir, prepared_data, monkeypatch):
+    """Between reads no step waits for its loss: step 2's event leaves only once the last step has run."""
+    import engine.train
+    from engine.train import train
+
+    model, loaders, cfg = _tiny_training(tiny_model_dir, prepared_data, steps=6)
+    computed, real = [], engine.train.batch_loss
+    monkeypatch.setattr(engine.train, "batch_loss", lambda *args: computed.append(1) or real(*args))
+    steps_run_by_event = [(e.step, len(computed)) for e in train(model, loaders, cfg, torch.device("cpu"), read_losses_every_s=1e9) if isinstance(e, StepDone)]
+    # step 1 is read before its loss estimate; steps 2 to 6 together, at the end
+    assert steps_run_by_event == [(1, 1), (2, 6), (3, 6), (4, 6), (5, 6), (6, 6)]
+
+
+def test_a_loss_that_is_not_finite_leaves_the_weights_as_they_were_though_read_later(tiny_model_dir, prepared_data, monkeypatch):
+    """The fused optimiser is told on the device to skip the step of a NaN loss, and every later one;
+    the next read ends the run naming that step."""
+    import engine.train
+    from engine.errors import TrainingDiverged
+    from engine.train import train
+
+    model, loaders, cfg = _tiny_training(tiny_model_dir, prepared_data, steps=6)
+    trainable = lambda: {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    calls, before_step_3, real = [], {}, engine.train.batch_loss
+
+    def poisoned(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            before_step_3.update(trainable())
+        loss = real(*args)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(engine.train, "batch_loss", poisoned)
+    events = []
+    with pytest.raises(TrainingDiverged, match=r"^the training batch loss became nan at step 3: training diverged"):
+        for event in train(model, loaders, cfg, torch.device("cpu"), read_losses_every_s=1e9):
+            events.append(event)
+    assert len(calls) == 6  # read at the end: steps 4 to 6 ran, and were skipped on the device
+    assert [e.step for e in events if isinstance(e, StepDone)] == [1, 2]
+    after = trainable()
+    assert all(torch.equal(after[name], before_step_3[name]) for name in after)

@@ -20,7 +20,7 @@ from ui.settings import AppSettings
 
 # What choosing a preset sets; the model, targets and the rest stay as they are.
 MAX_OWNER_CHARS = 60  # a visitor's name beside their runs
-PRESET_FIELDS = ("rank", "alpha", "scaling", "pooling", "padding", "lr", "epochs", "batch_size")
+PRESET_FIELDS = ("rank", "alpha", "scaling", "pooling", "padding", "lr", "epochs", "batch_size", "precision")
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class Controls:
     max_steps: float | None  # 0 or empty: no limit
     eval_freq: float
     live_metrics: bool = True
+    precision: str = "auto"  # what the frozen model computes in (engine.device): auto, fp32 or bf16
 
     @classmethod
     def of(cls, cfg: RunConfig) -> "Controls":
@@ -66,6 +67,7 @@ class Controls:
             train.max_steps or 0,
             train.eval_freq,
             train.live_metrics,
+            train.precision,
         )
 
     @classmethod
@@ -99,6 +101,7 @@ class ControlWidgets:
     max_steps: gr.Number
     eval_freq: gr.Number
     live_metrics: gr.Checkbox
+    precision: gr.Radio
 
     def pick(self, names: Sequence[str]) -> list[Component]:
         return [getattr(self, name) for name in names]
@@ -137,7 +140,7 @@ def run_config(settings: AppSettings, controls: Controls, owner: str = "") -> Ru
         pooling=c.pooling,
         padding=c.padding,
         group_by_length=c.padding == "batch",
-        bf16_autocast=base.train.bf16_autocast,
+        precision=c.precision,
         live_metrics=bool(c.live_metrics),
     )
     data = settings.cache if (settings.cache / "train.csv").is_file() else None  # None: the job downloads first

@@ -81,7 +81,7 @@ class Lab:
             adapter = self.latest_adapter()
             if adapter is None:
                 raise gr.Error("No trained adapter yet: train one on the Train tab, or load an adapter.safetensors file above.")
-        device = pick_device(self.settings.device)
+        device = pick_device(self.settings.app_device)
         tensors = adapter / "adapter.safetensors" if adapter.is_dir() else adapter
         key = (str(tensors.resolve()), tensors.stat().st_mtime_ns if tensors.exists() else 0, str(device))
         if self._classifier is None or self._classifier[0] != key:

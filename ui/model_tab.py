@@ -30,6 +30,7 @@ SCALING_CHOICES = [("alpha (the book)", "alpha"), ("alpha ÷ rank (Hu et al., PE
 POOLING_CHOICES = [("the last position, padding or not (last: the book)", "last"), ("the last real token (last_token)", "last_token")]
 PADDING_CHOICES = [("to the longest training message (longest: the book)", "longest"), ("to the longest of each batch (batch)", "batch")]
 TARGET_CHOICES = [(layer_label(target), target) for target in LORA_TARGETS]
+PRECISION_CHOICES = [("auto: bf16 on a graphics card that has it, else fp32", "auto"), ("fp32 (the book)", "fp32"), ("bf16", "bf16")]
 
 
 def model_label(model: str) -> str:
@@ -64,7 +65,7 @@ class ModelTab:
         """Download (if needed) and load the weights, then run the "Every effort moves you" check."""
         started = time.perf_counter()
         self.lab.check_model(model)
-        device = pick_device(self.lab.settings.device)
+        device = pick_device(self.lab.settings.app_device)
         needs_download, megabytes = False, ""
         with engine_errors_as_toasts(str(device), f"loading {model}"):  # what is not our own error: out of memory, or a bug
             try:
@@ -266,6 +267,14 @@ def build_model_tab(model_tab: ModelTab, demo: gr.Blocks) -> ControlWidgets:
                 info="Shows a live confusion matrix on the Train tab; costs one pass over the validation set per estimate.",
                 elem_id="live-metrics",
             )
+            precision = gr.Radio(
+                PRECISION_CHOICES,
+                value=initial.precision,
+                label="Number precision of the frozen model (precision)",
+                info="bf16 keeps the frozen model in half the memory and trains faster on graphics cards; LoRA itself always learns in fp32. "
+                "Most processors (CPUs) compute bf16 slowly, so auto keeps fp32 there; the book uses fp32.",
+                elem_id="precision",
+            )
     controls = ControlWidgets(
         model=model,
         preset_name=preset_name,
@@ -282,6 +291,7 @@ def build_model_tab(model_tab: ModelTab, demo: gr.Blocks) -> ControlWidgets:
         max_steps=max_steps,
         eval_freq=eval_freq,
         live_metrics=live_metrics,
+        precision=precision,
     )
 
     load.click(model_tab.load_weights, model, [weights_status, sanity], api_name="load_weights").then(

@@ -33,6 +33,7 @@ class AppSettings:
     workers: int | None = None  # runs at once; None: one per CUDA GPU, otherwise one (on Ray: see RayWorkers)
     ray: str | None = None  # a Ray cluster's address (or "auto") to run on instead of this machine
     upload_space_mb: int = UPLOAD_SPACE_MB  # the uploads kept at once, all visitors together
+    app_device: str = "cpu"  # where the web process runs the model (Classify, the weights check): never a worker's GPU unless told
 
     @property
     def models(self) -> tuple[str, ...]:

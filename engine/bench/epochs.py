@@ -1,25 +1,33 @@
 """One epoch of the real SMS training split in `book` and `recommended` mode, through the engine's
 own `train`: timed on a few steps of the real, seeded batch order and extrapolated to every batch
-by its token count (or timed whole with `full_epochs`)."""
+by its token count, the two presets' steps interleaved; or, with `full_epochs`, each epoch timed
+whole as a run trains it (the losses read from the device every few steps, not after each).
+
+Each preset computes in its own precision (book: fp32; recommended: auto) unless one is given."""
 
 import math
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from engine.bench.peak import sync
 from engine.bench.report import EpochResult
 from engine.bench.training import WARMUP_STEPS
 from engine.config import DATA_CACHE, GPTConfig, preset
 
 
 def load_splits_for_bench(data: str | None) -> Any:
-    """The SMS splits: `data` if given (a prepared folder, zip, TSV or URL), else the data cache (see `prepared_for_bench`)."""
+    """The SMS splits: `data` if given (a prepared folder, zip, TSV or URL), else the data cache (see `prepared_for_bench`).
+
+    Raises:
+        DownloadError: no `data`, an empty cache, and the download failed (offline, say).
+    """
     from engine.data.prepared import prepare
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -38,39 +46,64 @@ def prepared_for_bench(data: str | None, scratch: Path) -> Path:
 
 
 class _EpochRun:
-    """One preset's real training epoch through `train`, advanced a step at a time."""
+    """One preset's real training epoch through `train` on random weights: a step at a time, or whole."""
 
-    def __init__(self, mode: str, cfg: GPTConfig, splits: Any, device: torch.device, timed: int | None) -> None:
+    def __init__(self, mode: str, cfg: GPTConfig, splits: Any, device: torch.device, timed: int | None, precision: str | None) -> None:
         from engine.classifier import build_classifier
+        from engine.device import dtype_of, precision_for
         from engine.loaders import make_loaders
         from engine.model import GPT
-        from engine.train import train
+        from engine.train import LOSS_READ_S, train
 
         chosen = preset(mode)
         self.mode, self.device, self.rows_per_batch = mode, device, chosen.train.batch_size
+        self.precision = precision_for(precision or chosen.train.precision, device)
         self.widths, self.real = [], []
         for batch in make_loaders(splits, chosen.train, cfg.context_length).train:  # the same seeded order train() will see
             self.widths.append(batch.input_ids.size(1))
             self.real += batch.lengths.tolist()
         self.total = len(self.widths) if timed is None else min(len(self.widths), timed)
         self.full = timed is None
-        self.train_cfg = replace(chosen.train, epochs=1, max_steps=self.total, eval_iter=1, eval_freq=10**9, live_metrics=False)
+        self.train_cfg = replace(chosen.train, epochs=1, max_steps=self.total, eval_iter=1, eval_freq=10**9, live_metrics=False, precision=self.precision)
         self.preset_train = chosen.train
-        self.model = build_classifier(GPT(cfg).to(device), chosen.lora)
-        self.loaders = make_loaders(splits, chosen.train, cfg.context_length)
-        self.events = train(self.model, self.loaders, self.train_cfg, device)
+        with torch.device(device):  # random weights, drawn where they are used
+            base = GPT(cfg)
+        base.store_products_in(dtype_of(self.precision))
+        self.model = build_classifier(base, chosen.lora)
+        self.loaders = make_loaders(splits, chosen.train, cfg.context_length, pin_memory=device.type == "cuda")
+        # Timed a step at a time, each step's loss is read (the host waits for the device); a whole epoch reads as a run does.
+        self.events = train(self.model, self.loaders, self.train_cfg, device, read_losses_every_s=LOSS_READ_S if self.full else 0.0)
         self.intervals: list[float] = []
+        self.epoch_s: float | None = None  # set by `whole`
 
     def step(self) -> None:
-        from engine.train import StepDone
+        if len(self.intervals) < self.total:
+            start = time.perf_counter()
+            self._until(lambda event: _is_step(event))
+            self.intervals.append(time.perf_counter() - start)
 
-        if len(self.intervals) >= self.total:
-            return
+    def whole(self) -> None:
+        """The epoch as a run trains it, less train()'s one-batch estimate after step 1 (the preset's
+        own estimates are timed apart, see `time_estimates`): step 1, then steps 2 to the last."""
+        from engine.train import LossEvaluated
+
+        sync(self.device)
         start = time.perf_counter()
+        self._until(lambda event: _is_step(event, 1))
+        sync(self.device)
+        first = time.perf_counter() - start
+        self._until(lambda event: isinstance(event, LossEvaluated))
+        sync(self.device)
+        start = time.perf_counter()
+        if self.total > 1:
+            self._until(lambda event: _is_step(event, self.total))
+        sync(self.device)
+        self.epoch_s = first + time.perf_counter() - start
+
+    def _until(self, wanted: Callable[[object], bool]) -> None:
         for event in self.events:
-            if isinstance(event, StepDone):
-                break
-        self.intervals.append(time.perf_counter() - start)
+            if wanted(event):
+                return
 
     def time_estimates(self) -> tuple[float, float]:
         """Seconds for one of the preset's loss estimates, without and with live validation scoring
@@ -94,49 +127,64 @@ class _EpochRun:
     def result(self) -> EpochResult:
         self.events.close()
         estimate_s, live_estimate_s = self.time_estimates()
-        intervals, widths = list(self.intervals), self.widths
-        bf16 = self.device.type == "cuda" and self.train_cfg.bf16_autocast and torch.cuda.is_bf16_supported()
+        widths = self.widths
         padded = [w * self.rows_per_batch for w in widths]
-        if self.full:
-            # step 2's interval holds train()'s evaluation after step 1: count it as its neighbours' mean
-            if len(intervals) > 2:
-                intervals[1] = (intervals[0] + intervals[2]) / 2
-            epoch_s, method, kept, kept_widths = sum(intervals), "full epoch", intervals, widths
+        if self.epoch_s is not None:
+            epoch_s, method, kept, kept_widths = self.epoch_s, "whole epoch, timed as a run trains it", (), ()
         else:
-            kept = intervals[WARMUP_STEPS:] or intervals[-1:]
-            kept_widths = widths[WARMUP_STEPS : len(intervals)] or widths[len(intervals) - 1 : len(intervals)]
+            kept = self.intervals[WARMUP_STEPS:] or self.intervals[-1:]
+            kept_widths = widths[WARMUP_STEPS : len(self.intervals)] or widths[len(self.intervals) - 1 : len(self.intervals)]
             epoch_s, method = _extrapolate(kept, [w * self.rows_per_batch for w in kept_widths], padded)
         return EpochResult(
             mode=self.mode,
-            precision="bf16 autocast" if bf16 else "fp32",
+            precision=self.precision,
             steps_per_epoch=len(widths),
             rows=len(widths) * self.rows_per_batch,
             mean_padded_length=round(statistics.fmean(widths), 2),
             mean_real_length=round(statistics.fmean(self.real), 2),
             padded_tokens=sum(padded),
-            measured_steps=len(kept),
+            measured_steps=len(widths) if self.epoch_s is not None else len(kept),
             measured_step_times_s=tuple(round(t, 4) for t in kept),
             measured_step_widths=tuple(kept_widths),
-            epoch_s=round(epoch_s, 2),
-            extrapolated=not self.full,
+            epoch_s=round(epoch_s, 3),
+            extrapolated=self.epoch_s is None,
             method=method,
             estimates_per_epoch=math.ceil(len(widths) / self.preset_train.eval_freq),  # after steps 1, 1 + eval_freq, ...
             estimate_s=round(estimate_s, 3),
             live_estimate_s=round(live_estimate_s, 3),
             estimate_validation_batches=min(self.preset_train.eval_iter, len(self.loaders.validation)),
             live_validation_batches=len(self.loaders.validation),
+            real_tokens=sum(self.real),
+            preset_epochs=self.preset_train.epochs,
         )
 
 
-def time_epochs(cfg: GPTConfig, splits: Any, device: torch.device, steps: int, full: bool, say: Callable[[str], None]) -> list[EpochResult]:
-    """`book` and `recommended` epochs, their steps interleaved so both see the same machine load."""
-    runs = [_EpochRun(mode, cfg, splits, device, None if full else WARMUP_STEPS + steps) for mode in ("book", "recommended")]
+def _is_step(event: object, step: int | None = None) -> bool:
+    from engine.train import StepDone
+
+    return isinstance(event, StepDone) and (step is None or event.step == step)
+
+
+def time_epochs(
+    cfg: GPTConfig, splits: Any, device: torch.device, steps: int, full: bool, say: Callable[[str], None], precision: str | None = None
+) -> list[EpochResult]:
+    """`book` and `recommended` epochs: timed steps interleaved so both see the same machine load, or
+    (`full`) each whole epoch in turn."""
+    runs = [_EpochRun(mode, cfg, splits, device, None if full else WARMUP_STEPS + steps, precision) for mode in ("book", "recommended")]
+    if full:
+        for run in runs:
+            run.whole()
+            say(f"  {run.mode}: {run.total} steps in {run.epoch_s:.2f} s ({run.precision})")
+        return [run.result() for run in runs]
     for i in range(max(run.total for run in runs)):
-        for run in runs if i % 2 == 0 else runs[::-1]:
+        for run in _alternating(runs, i):
             run.step()
-        if i % 10 == 9 or i < WARMUP_STEPS + steps:
-            say(f"  step {i + 1}: " + ", ".join(f"{r.mode} {r.intervals[-1]:.2f} s (width {r.widths[len(r.intervals) - 1]})" for r in runs))
+        say(f"  step {i + 1}: " + ", ".join(f"{r.mode} {r.intervals[-1]:.2f} s (width {r.widths[len(r.intervals) - 1]})" for r in runs))
     return [run.result() for run in runs]
+
+
+def _alternating(runs: list[_EpochRun], i: int) -> Iterator[_EpochRun]:
+    yield from runs if i % 2 == 0 else runs[::-1]
 
 
 def _extrapolate(times: Sequence[float], tokens: Sequence[int], all_tokens: Sequence[int]) -> tuple[float, str]:

@@ -63,9 +63,9 @@ def _latency_result(name: str, singles: list[float], batches: list[float], singl
 
 
 def classification_latency(
-    cfg: GPTConfig, device: torch.device, messages: list[str], single: str, steps: int, with_peer: bool, notes: list[str]
+    cfg: GPTConfig, device: torch.device, messages: list[str], single: str, steps: int, with_peer: bool, notes: list[str], precision: str = "fp32"
 ) -> list[LatencyResult]:
-    """p50/p95 latency of one message and of `messages`, ours (fp32; int8 on CPU) and the peer's, interleaved."""
+    """p50/p95 latency of one message and of `messages`, ours (in `precision`; int8 on CPU) and the peer's, interleaved."""
     from engine.adapter import AdapterConfig
     from engine.classifier import Classifier, build_classifier
     from engine.model import GPT
@@ -74,15 +74,16 @@ def classification_latency(
     single_runs, batch_runs = max(10, 4 * steps), max(2, (steps + 1) // 2)
     adapter = AdapterConfig("random:" + cfg.name, cfg, chosen.lora, chosen.train.pooling, chosen.train.padding, cfg.context_length)
 
-    random_classifier = build_classifier(GPT(cfg), chosen.lora)
-    fp32 = Classifier(copy.deepcopy(random_classifier), adapter, device)  # int8 quantises the original: the same weights
-    runners: dict[str, Callable[[list[str]], Any]] = {"ours fp32": fp32.classify}
+    with torch.device(device):  # random weights, drawn where they are used (on a CPU the int8 copy quantises them there)
+        random_classifier = build_classifier(GPT(cfg), chosen.lora)
+    ours = Classifier(copy.deepcopy(random_classifier), adapter, device, precision=precision)  # int8 quantises the original: the same weights
+    runners: dict[str, Callable[[list[str]], Any]] = {f"ours {precision}": ours.classify}
     agreement: dict[str, float] = {}
     if device.type != "cpu":
         notes.append(f"int8 classification: skipped on {device.type} (PyTorch's dynamic quantization runs on CPU)")
     else:
         int8 = Classifier(random_classifier, adapter, device, int8=True)
-        reference = [p.label for p in fp32.classify(messages)]
+        reference = [p.label for p in ours.classify(messages)]
         agreement["ours int8"] = statistics.fmean(p.label == r for p, r in zip(int8.classify(messages), reference, strict=True))
         runners["ours int8"] = int8.classify
     if with_peer:

@@ -50,7 +50,8 @@ def peer_model(cfg: GPTConfig, lora: LoRAConfig) -> Any:
 
 def peer_classifier(cfg: GPTConfig, lora: LoRAConfig, device: torch.device) -> Callable[[list[str]], list[int]]:
     """The peer with its LoRA merged, as a function from messages to labels."""
-    peer = peer_model(cfg, lora).merge_and_unload().to(device).eval()
+    with torch.device(device):  # random weights, drawn where they are used
+        peer = peer_model(cfg, lora).merge_and_unload().eval()
 
     @torch.inference_mode()
     def run_peer(texts: list[str]) -> list[int]:

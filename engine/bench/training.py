@@ -20,7 +20,7 @@ import torch
 from engine import strict_json
 from engine.bench.peak import BATCH, SEQ, sync
 from engine.bench.peer import peer_model
-from engine.bench.report import StepResult
+from engine.bench.report import Footprint, StepResult
 from engine.config import GPTConfig, preset
 from engine.tokenizer import END_OF_TEXT_ID
 
@@ -94,12 +94,14 @@ def _memory_mb(device: torch.device) -> tuple[float, str]:
 
 
 class _OursStepper:
-    """The fixed workload through the engine's own `train` loop (book preset, LoRA on every Linear), a step at a time."""
+    """The fixed workload through the engine's own `train` loop (book preset, LoRA on every Linear), a step at a time,
+    its frozen base stored in `precision`'s dtype."""
 
-    def __init__(self, cfg: GPTConfig, device: torch.device, total: int) -> None:
+    def __init__(self, cfg: GPTConfig, device: torch.device, total: int, precision: str) -> None:
         from torch.utils.data import DataLoader
 
         from engine.classifier import build_classifier
+        from engine.device import dtype_of
         from engine.loaders import Loaders, collate
         from engine.lora import count_parameters
         from engine.model import GPT
@@ -108,16 +110,20 @@ class _OursStepper:
         book = preset("book")
         ids, labels = fixed_batches(cfg.vocab_size, total)
         rows = [(row.tolist(), int(label)) for batch, batch_labels in zip(ids, labels, strict=True) for row, label in zip(batch, batch_labels, strict=True)]
-        loader = DataLoader(rows, batch_size=BATCH, shuffle=False, collate_fn=lambda items: collate(items, SEQ))
+        loader = DataLoader(rows, batch_size=BATCH, shuffle=False, collate_fn=lambda items: collate(items, SEQ), pin_memory=device.type == "cuda")
         # eval_iter 1 and a far eval_freq: the only evaluation is train()'s after step 1, inside the warm-up.
-        train_cfg = replace(book.train, epochs=1, max_steps=total, eval_iter=1, eval_freq=10**9, live_metrics=False, bf16_autocast=True)
+        train_cfg = replace(book.train, epochs=1, max_steps=total, eval_iter=1, eval_freq=10**9, live_metrics=False, precision=precision)
         self.device = device
         start = time.perf_counter()
-        model = build_classifier(GPT(cfg).to(device), book.lora)
+        with torch.device(device):  # random weights, drawn where they are used
+            base = GPT(cfg)
+        base.store_products_in(dtype_of(precision))
+        model = build_classifier(base, book.lora)
         sync(device)
         self.info = dict(build_s=time.perf_counter() - start, before_mb=_memory_now_mb(device), trainable=count_parameters(model).trainable)
         _reset_peak(device)
-        self.events = train(model, Loaders(loader, loader, loader, SEQ), train_cfg, device)
+        # Each step's loss read as it ends: a per-step timer needs the device done with that step.
+        self.events = train(model, Loaders(loader, loader, loader, SEQ), train_cfg, device, read_losses_every_s=0.0)
 
     def step(self) -> tuple[float, float]:
         from engine.train import StepDone
@@ -135,32 +141,32 @@ class _OursStepper:
 
 
 class _PeerStepper:
-    """The same batches through transformers' GPT2ForSequenceClassification + peft LoRA, the same optimiser."""
+    """The same batches through transformers' GPT2ForSequenceClassification + peft LoRA, the same optimiser;
+    in bf16 the usual `transformers` way, under autocast with float32 weights."""
 
-    def __init__(self, cfg: GPTConfig, device: torch.device, total: int) -> None:
+    def __init__(self, cfg: GPTConfig, device: torch.device, total: int, precision: str) -> None:
         book = preset("book")
         self.ids, self.labels = fixed_batches(cfg.vocab_size, total)
-        self.device = device
+        self.device, self.bf16 = device, precision == "bf16"
         start = time.perf_counter()
-        self.model = peer_model(cfg, book.lora).to(device)
+        with torch.device(device):  # random weights, drawn where they are used, as ours are
+            self.model = peer_model(cfg, book.lora)
         sync(device)
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.info = dict(build_s=time.perf_counter() - start, before_mb=_memory_now_mb(device), trainable=sum(p.numel() for p in parameters))
         _reset_peak(device)
-        self.optimizer = torch.optim.AdamW(parameters, lr=book.train.lr, weight_decay=book.train.weight_decay)
+        self.optimizer = torch.optim.AdamW(parameters, lr=book.train.lr, weight_decay=book.train.weight_decay, fused=device.type == "cuda")
         self.model.train()
         self.index = 0
 
     def step(self) -> tuple[float, float]:
         import torch.nn.functional as F
 
-        from engine.train import autocast
-
         start, cpu = time.perf_counter(), time.process_time()
         ids, labels = self.ids[self.index].to(self.device), self.labels[self.index].to(self.device)
         self.index += 1
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device, True):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             logits = self.model(input_ids=ids).logits
         loss = F.cross_entropy(logits.float(), labels)
         loss.backward()
@@ -180,7 +186,11 @@ def _child_main() -> None:
     """A measuring subprocess: JSON arguments on the first stdin line, then `step` / `finish` commands."""
     args = json.loads(sys.stdin.readline())
     warnings.simplefilter("ignore")
-    stepper = STEPPERS[args["kind"]](GPTConfig(**args["cfg"]), torch.device(args["device"]), args["total"])
+    device = torch.device(args["device"])
+    from engine.device import prepare_device
+
+    prepare_device(device)
+    stepper = STEPPERS[args["kind"]](GPTConfig(**args["cfg"]), device, args["total"], args["precision"])
     answer = lambda payload: print(PROTOCOL + strict_json.dumps(payload), flush=True)
     answer(stepper.info)
     for command in sys.stdin:
@@ -194,7 +204,7 @@ def _child_main() -> None:
 class _Subprocess:
     """A stepper living in a fresh Python process, so its peak memory is its own."""
 
-    def __init__(self, kind: str, cfg: GPTConfig, device: torch.device, total: int) -> None:
+    def __init__(self, kind: str, cfg: GPTConfig, device: torch.device, total: int, precision: str) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         self.kind = kind
@@ -207,7 +217,7 @@ class _Subprocess:
             text=True,
             env=env,
         )
-        self.info = self._ask(strict_json.dumps({"kind": kind, "cfg": asdict(cfg), "device": str(device), "total": total}))
+        self.info = self._ask(strict_json.dumps({"kind": kind, "cfg": asdict(cfg), "device": str(device), "total": total, "precision": precision}))
 
     def _ask(self, line: str) -> Any:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -242,7 +252,7 @@ class _Subprocess:
 
 
 def fixed_workload(
-    cfg: GPTConfig, device: torch.device, steps: int, kinds: Sequence[str], isolate: bool, say: Callable[[str], None]
+    cfg: GPTConfig, device: torch.device, steps: int, kinds: Sequence[str], isolate: bool, say: Callable[[str], None], precision: str = "fp32"
 ) -> dict[str, dict[str, Any]]:
     """Time `steps` steps (after WARMUP_STEPS) of each implementation, interleaved step by step.
 
@@ -254,7 +264,7 @@ def fixed_workload(
     try:
         for kind in kinds:
             say(f"  building {kind} ({'fresh subprocess' if isolate else 'this process'}) ...")
-            workers[kind] = _Subprocess(kind, cfg, device, total) if isolate else STEPPERS[kind](cfg, device, total)
+            workers[kind] = _Subprocess(kind, cfg, device, total, precision) if isolate else STEPPERS[kind](cfg, device, total, precision)
         times: dict[str, list[float]] = {kind: [] for kind in workers}
         cpu: dict[str, list[float]] = {kind: [] for kind in workers}
         for i in range(total):
@@ -289,6 +299,7 @@ def step_result(name: str, raw: dict[str, Any], flops: float, peak_gflops: float
         step_cpu_s=round(statistics.median(raw["cpu_times"]), 4),
         step_times_s=tuple(round(t, 4) for t in raw["times"]),
         examples_per_s=round(BATCH / step, 3),
+        tokens_per_s=round(BATCH * SEQ / step, 1),
         gflop=round(flops / 1e9, 1),
         percent_of_peak=round(100 * flops / step / 1e9 / peak_gflops, 1),
         peak_memory_mb=round(raw["peak_mb"], 1),
@@ -297,3 +308,17 @@ def step_result(name: str, raw: dict[str, Any], flops: float, peak_gflops: float
         trainable_parameters=raw["trainable"],
         build_s=round(raw["build_s"], 2),
     )
+
+
+def footprint(cfg: GPTConfig, precision: str) -> Footprint:
+    """The book's LoRA classifier's weights in `precision`, counted on PyTorch's meta device (shapes, no numbers)."""
+    from engine.classifier import build_classifier
+    from engine.device import dtype_of
+    from engine.model import GPT
+
+    with torch.device("meta"):
+        base = GPT(cfg)
+    base.store_products_in(dtype_of(precision))  # type: ignore[arg-type]
+    model = build_classifier(base, preset("book").lora)
+    size = lambda trains: sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad == trains)
+    return Footprint(precision, size(False), size(True), 2 * size(True))

@@ -25,6 +25,7 @@ class ModelReady:
     device: str
     counts: ParamCounts
     seconds: float
+    precision: str = "fp32"  # what the frozen base computes in on this device (the run's "auto" resolved)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@ Each run starts a fresh `python -m engine.runs.worker` on a free slot: a crash o
 error ends that process and that run only. A slot is pinned to its device: a GPU slot sees only
 its own GPU (CUDA_VISIBLE_DEVICES), a CPU slot keeps to its share of the cores, so runs side by
 side do not fight over them. A thread per run reads the worker's events and hands them on.
+
+This module runs in the process that hands runs out (the app, `sweep`): it learns the machine's
+GPUs from engine.device's probe, so that process never imports PyTorch or initialises CUDA here.
 """
 
 import contextlib
@@ -16,10 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import torch
-
 import engine
 from engine.config import RunConfig
+from engine.device import DeviceFacts, device_kind, probed_facts
 from engine.errors import ConfigError
 from engine.failure import Failure
 from engine.runs.jobs import WorkerEnded, WorkerJob, read_frame, write_frame
@@ -38,35 +40,93 @@ class Slot:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
-def default_worker_count(device: str = "auto") -> int:
+def _facts_for(device: str, facts: DeviceFacts | None) -> DeviceFacts:
+    """`facts` when given; none needed for runs on the CPU; else the machine's, probed once."""
+    return facts or (DeviceFacts() if device == "cpu" else probed_facts())
+
+
+def default_worker_count(device: str = "auto", facts: DeviceFacts | None = None) -> int:
     """One per CUDA GPU where runs go to CUDA, else one."""
-    uses_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    return max(1, torch.cuda.device_count()) if uses_cuda and device in ("auto", "cuda") else 1
+    facts = _facts_for(device, facts)
+    return max(1, facts.cuda_count) if device in ("auto", "cuda") and facts.cuda_count else 1
 
 
-def local_slots(count: int | None = None, device: str = "auto") -> list[Slot]:
-    """`count` slots (default: `default_worker_count`) for runs on `device`.
+def local_slots(count: int | None = None, device: str = "auto", facts: DeviceFacts | None = None) -> list[Slot]:
+    """`count` slots (default: `default_worker_count`) for runs on `device` (facts: the machine's, probed once).
 
     Raises:
         ConfigError: a count below 1 or above MAX_WORKERS.
     """
-    count = default_worker_count(device) if count is None else count
-    if not isinstance(count, int) or not 1 <= count <= MAX_WORKERS:
+    facts = _facts_for(device, facts)
+    count = default_worker_count(device, facts) if count is None else count
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_WORKERS:
         raise ConfigError(f"--workers must be a whole number from 1 to {MAX_WORKERS}, got {count!r}")
-    if device in ("auto", "cuda") and torch.cuda.is_available():
-        gpus = torch.cuda.device_count()
+    kind = device_kind(device, facts)
+    if kind == "cuda":  # every GPU, taking turns
+        gpus = facts.cuda_count
         return [Slot(f"cuda:{i % gpus}", "cuda", None, {"CUDA_VISIBLE_DEVICES": str(i % gpus)}) for i in range(count)]
-    if device.startswith("cuda:"):  # one named GPU: every slot on it
-        index = device.split(":", 1)[1]
-        return [Slot(device, "cuda", None, {"CUDA_VISIBLE_DEVICES": index}) for _ in range(count)]
-    if device == "mps" or (device == "auto" and torch.backends.mps.is_available()):
+    if kind.startswith("cuda:"):  # one named GPU: every slot on it
+        index = kind.split(":", 1)[1]
+        return [Slot(kind, "cuda", None, {"CUDA_VISIBLE_DEVICES": index}) for _ in range(count)]
+    if kind == "mps":
         return [Slot("mps", "mps") for _ in range(count)]
     return [Slot(_cores_name(cores), "cpu", cores) for cores in share_cores(count)]
 
 
+def check_worker_count(count: int | None, device: str = "auto", force: bool = False, facts: DeviceFacts | None = None) -> None:
+    """Refuse more workers than the machine has GPUs (for runs on a GPU) or CPU cores (for runs on the
+    CPU), unless `force`: each worker holds a whole model and its training state, so the extra ones
+    only take turns on the same hardware while their memory adds up.
+
+    Raises:
+        ConfigError: one line saying how many the machine has and what to do.
+    """
+    if count is None or force:
+        return
+    facts = _facts_for(device, facts)
+    kind = device_kind(device, facts)
+    if kind == "cpu":
+        have, what = len(_usable_cores()), "CPU cores"
+    elif kind == "cuda":
+        have, what = facts.cuda_count, "GPUs"
+    else:  # one named GPU, or Apple's MPS
+        have, what = 1, f"GPU ({kind})"
+    if count > have:
+        raise ConfigError(
+            f"--workers {count} is more than the {have} {what} runs train on here: each worker holds a whole model, so more would only "
+            f"take turns on the same hardware while their memory adds up; use --workers {have} or fewer, or add --force to start them anyway"
+        )
+
+
+def app_device(requested: str, device: str = "auto", count: int | None = None, ray: str | None = None, facts: DeviceFacts | None = None) -> str:
+    """Where the app's own process runs the model (Classify, the weights check): `requested` when named;
+    for "auto", a GPU no local worker trains on, else the CPU, so a run's GPU memory is its own. With
+    Ray the cluster may train on this machine's GPUs, so "auto" keeps to the CPU.
+
+    Raises:
+        ConfigError: a named device this machine lacks.
+    """
+    facts = facts or probed_facts()
+    if requested != "auto":
+        return device_kind(requested, facts)
+    if ray or not facts.gpus:
+        return "cpu"
+    slots = local_slots(count, device, facts)
+    if facts.cuda_count:
+        taken = {int(slot.env["CUDA_VISIBLE_DEVICES"]) for slot in slots if "CUDA_VISIBLE_DEVICES" in slot.env}
+        free = [i for i in range(facts.cuda_count) if i not in taken]
+        return f"cuda:{free[0]}" if free else "cpu"
+    return "cpu" if any(slot.device == "mps" for slot in slots) else "mps"
+
+
+def _usable_cores() -> list[int]:
+    """The CPU cores this process may run on."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
 def share_cores(count: int) -> list[tuple[int, ...]]:
     """This process's CPU cores cut into `count` contiguous shares (a core each at least, shared when too few)."""
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = _usable_cores()
     if count >= len(cores):
         return [(cores[i % len(cores)],) for i in range(count)]
     return [tuple(cores[i * len(cores) // count : (i + 1) * len(cores) // count]) for i in range(count)]

@@ -20,7 +20,7 @@ from engine.classifier import build_classifier
 from engine.config import RunConfig
 from engine.data.download import DownloadProgress, ProgressCallback
 from engine.data.prepared import is_prepared_folder, prepare
-from engine.device import pick_device
+from engine.device import Resolved, dtype_of, pick_device, precision_for, prepare_device
 from engine.draws import RunDraws
 from engine.errors import Cancelled
 from engine.evaluate import LossMean, evaluate, evaluate_with_scores
@@ -63,9 +63,10 @@ def fine_tune(
     started = time.perf_counter()
     stop = stop or threading.Event()
     device = pick_device(cfg.device)
+    precision = precision_for(cfg.train.precision, device)  # bf16 asked of a GPU without it is refused before anything is written
     record = RunRecord.begin(cfg)  # from here the run leaves a trace, however it ends
     with record.closed_on_failure():
-        yield from _run(cfg, stop, on_download, weights_at, device, record, started)
+        yield from _run(cfg, stop, on_download, weights_at, device, precision, record, started)
 
 
 def _run(
@@ -74,6 +75,7 @@ def _run(
     on_download: ProgressCallback | None,
     weights_at: str | None,
     device: torch.device,
+    precision: Resolved,
     record: RunRecord,
     started: float,
 ) -> Iterator[RunEvent]:
@@ -85,20 +87,19 @@ def _run(
 
     # A folder prepared otherwise than this run asks is prepared again into the run's own folder, never over it.
     cache = Path(cfg.out_dir) / DATA_DIR if is_prepared_folder(cfg.data) else cfg.data_cache
-    data = prepare(
-        cfg.data, cache, stoppable(on_download, stop), seed=cfg.train.seed, urls=cfg.data_urls, deduplicate=cfg.deduplicate, parse=cfg.parse
-    )
+    data = prepare(cfg.data, cache, stoppable(on_download, stop), seed=cfg.train.seed, urls=cfg.data_urls, deduplicate=cfg.deduplicate, parse=cfg.parse)
     cfg = replace(cfg, data=str(data.folder))  # the record names the splits the run read
     yield emit(DataReady(data.summary))
 
     loading = time.perf_counter()
     labels = data.splits.labels
-    base = load_model(weights_at or cfg.model, device)
+    prepare_device(device)
+    base = load_model(weights_at or cfg.model, device, products_dtype=dtype_of(precision))
     base.cfg = replace(base.cfg, name=cfg.model)
-    loaders = make_loaders(data.splits, cfg.train, base.cfg.context_length, book_draws=cfg.draws == "book")
+    loaders = make_loaders(data.splits, cfg.train, base.cfg.context_length, book_draws=cfg.draws == "book", pin_memory=device.type == "cuda")
     draws = RunDraws(cfg.train.seed, loaders)
     model = build_classifier(base, cfg.lora, n_classes=len(labels), draws=draws)
-    yield emit(ModelReady(cfg.model, str(device), count_parameters(model), time.perf_counter() - loading))
+    yield emit(ModelReady(cfg.model, str(device), count_parameters(model), time.perf_counter() - loading, precision))
 
     loss_mean: LossMean = "batch" if cfg.draws == "book" else "message"
     draws.before_baseline()
@@ -114,7 +115,7 @@ def _run(
     for event in train(model, loaders, cfg.train, device, stop, loss_mean):
         if isinstance(event, LossEvaluated):  # each estimate's losses are finite (train raises otherwise): a checkpoint a killed run keeps
             progress = recorder.progress()
-            record.checkpoint(lambda: save_adapter(model, adapter_dir, adapter_config), progress.step, **record_fields(cfg, progress, str(device)))
+            record.checkpoint(lambda: save_adapter(model, adapter_dir, adapter_config), progress.step, **record_fields(cfg, progress, str(device), precision))
         yield emit(event)
 
     if not recorder.progress().stopped:
@@ -131,7 +132,7 @@ def _run(
     record.adapter_saved(progress.step)
     plot = save_loss_plot(progress.estimates, out / PLOT_FILE) if progress.estimates else None
     stopped = progress.final is None
-    path = record.finish(record_fields(cfg, progress, str(device), time.perf_counter() - started))
+    path = record.finish(record_fields(cfg, progress, str(device), precision, time.perf_counter() - started))
     yield RunSaved(out, adapter_dir, path, plot, stopped)
 
 
@@ -147,12 +148,14 @@ def stoppable(on_download: ProgressCallback | None, stop: StopFlag) -> ProgressC
     return report
 
 
-def record_fields(cfg: RunConfig, progress: RunProgress, device: str, seconds: float | None = None) -> dict[str, Any]:
-    """What the run record says of the run so far: config, data, curves, metrics and timings."""
+def record_fields(cfg: RunConfig, progress: RunProgress, device: str, precision: str, seconds: float | None = None) -> dict[str, Any]:
+    """What the run record says of the run so far: config, data, curves, metrics and timings; `precision`
+    is what the config's (perhaps "auto") became on `device`."""
     return {
         "config": asdict(cfg),
         "data": progress.data.to_dict() if progress.data else None,
         "device": device,
+        "precision": precision,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "stopped": progress.final is None,

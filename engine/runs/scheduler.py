@@ -59,10 +59,10 @@ def workers_for(count: int | None, device: str = "auto", ray_address: str | None
         from engine.runs.ray_workers import RayWorkers
 
         return RayWorkers(ray_address, count)
-    from engine.device import pick_device
+    from engine.device import check_device
     from engine.runs.local_workers import LocalWorkers, local_slots
 
-    pick_device(device)  # an unavailable device is refused now, not in every worker
+    check_device(device)  # an unavailable device is refused now, not in every worker (asked of a probe: CUDA stays out of this process)
     return LocalWorkers(local_slots(count, device))
 
 
