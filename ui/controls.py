@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 from gradio.components import Component
 
-from engine.config import LoRAConfig, RunConfig, TrainConfig, preset
+from engine.config import MAX_OWNER_CHARS, LoRAConfig, RunConfig, TrainConfig, preset
 from ui.settings import AppSettings
 
 # What choosing a preset sets; the model, targets and the rest stay as they are.
@@ -138,14 +138,11 @@ def run_config(settings: AppSettings, controls: Controls, owner: str = "") -> Ru
         bf16_autocast=base.train.bf16_autocast,
         live_metrics=bool(c.live_metrics),
     )
-    data = settings.cache if (settings.cache / "train.csv").is_file() else None  # None: the job downloads first
     return RunConfig(
         model=c.model,
         lora=lora,
         train=train,
-        data=str(data) if data else None,
-        data_urls=settings.data_urls,
-        data_cache=str(settings.cache),
+        **data_settings(settings),
         out_dir=str(settings.out),
         device=settings.device,
         preset=c.preset_name,
@@ -153,8 +150,14 @@ def run_config(settings: AppSettings, controls: Controls, owner: str = "") -> Ru
     )
 
 
+def data_settings(settings: AppSettings) -> dict[str, Any]:
+    """Where this app's runs read their data: the prepared splits in the data cache, else downloaded first into it."""
+    prepared = (settings.cache / "train.csv").is_file()
+    return {"data": str(settings.cache) if prepared else None, "data_urls": settings.data_urls, "data_cache": str(settings.cache)}
+
+
 def owner_name(owner: object) -> str:
-    """A visitor's name for their runs: plain text, one line, at most 60 characters."""
+    """A visitor's label for their runs: plain text, one line, at most MAX_OWNER_CHARS characters."""
     if not isinstance(owner, str):
         return ""
-    return " ".join(owner.split())[:60]
+    return " ".join(owner.split())[:MAX_OWNER_CHARS]
