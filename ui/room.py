@@ -81,7 +81,8 @@ class Room:
         if not self.on or request is None:
             return EVERYONE
         headers = getattr(request, "headers", None) or {}
-        if self._is_token(headers.get(PRESENTER_HEADER)):
+        query = getattr(request, "query_params", None) or {}  # every event of a page carries the page's address
+        if self._is_token(headers.get(PRESENTER_HEADER)) or self._is_token(query.get(PRESENTER_PARAMETER)):
             return Visitor(PRESENTER, presenter=True)
         session = request.session_hash or ""
         with self._lock:
