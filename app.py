@@ -47,15 +47,16 @@ from ui.classify_tab import ClassifyTab, build_classify_tab  # noqa: E402
 from ui.command_line import OneLineErrorsParser, host_problem, listen_problem, port_problem  # noqa: E402
 from ui.data_tab import DataTab, build_data_tab  # noqa: E402
 from ui.evaluate_tab import EvaluateTab, build_evaluate_tab  # noqa: E402
-from ui.guards import exposure_warnings, parse_auth  # noqa: E402
+from ui.guards import LOCAL_HOSTS, exposure_warnings, parse_auth  # noqa: E402
 from ui.http_guard import HttpGuard  # noqa: E402
 from ui.lab import Lab  # noqa: E402
 from ui.model_tab import ModelTab, build_model_tab  # noqa: E402
 from ui.parameters_tab import ParametersTab, build_parameters_tab  # noqa: E402
+from ui.room import DEFAULT_MAX_WAITING_PER_VISITOR, MOST_WAITING_LIMIT, Room, room_words  # noqa: E402
 from ui.runs_tab import RunsTab, build_runs_tab  # noqa: E402
 from ui.server_log import log_user_errors_in_one_line  # noqa: E402
 from ui.settings import MAX_UPLOAD_MB, UPLOAD_LIFETIME_S, UPLOAD_SPACE_MB, UPLOAD_SWEEP_S, AppSettings  # noqa: E402
-from ui.train_tab import TrainTab, build_train_tab  # noqa: E402
+from ui.train_tab import TrainTab, build_run_info, build_train_tab  # noqa: E402
 from ui.views import APP_CSS  # noqa: E402
 
 log = logging.getLogger("lora_lab.app")
@@ -70,16 +71,33 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
     # Uploads (and Gradio's copies of shown files) are deleted an hour after they arrive, and all at exit.
     with gr.Blocks(title="LoRA Lab", delete_cache=(UPLOAD_SWEEP_S, UPLOAD_LIFETIME_S)) as demo:
         gr.Markdown("# LoRA Lab\nFine-tune GPT-2 with LoRA to tell spam from ham, and watch it learn.")
+        room_line = gr.Markdown(elem_id="room-line") if lab.room.on else None  # who this visitor is and what they may do
         with gr.Tabs() as tabs:
             build_data_tab(DataTab(lab), demo)
             controls = build_model_tab(ModelTab(lab), demo)  # Start, the grids and Parameters read these
-            train_timer, follow = build_train_tab(TrainTab(lab), demo, controls)
+            train = TrainTab(lab)
+            train_timer, follow = build_train_tab(train, demo, controls)
             build_parameters_tab(ParametersTab(lab), demo, controls)
-            build_classify_tab(ClassifyTab(lab), demo, train_timer)
-            build_evaluate_tab(EvaluateTab(lab))
+            answering_run = build_classify_tab(ClassifyTab(lab), demo, train_timer)
+            build_evaluate_tab(EvaluateTab(lab), answering_run)
             build_runs_tab(RunsTab(lab), demo, controls, follow, tabs)
+        build_run_info(train)
+        build_room(lab, demo, room_line)
     log_user_errors_in_one_line(demo)
     return demo
+
+
+def build_room(lab: Lab, demo: gr.Blocks, room_line: gr.Markdown | None) -> None:
+    """Room mode's page side: each page load tells the app which visitor (browser) it is, and the page says what they may do."""
+    if room_line is None:  # the room is off
+        return
+    browser = gr.BrowserState("", storage_key="lora-lab-visitor")  # a random secret per browser: the visitor, across reloads
+
+    def arrive(secret: str, request: gr.Request) -> tuple[str, str]:
+        kept = lab.room.arrive(secret, request)
+        return kept, room_words(lab.room.visitor(request), lab.room.max_waiting)
+
+    demo.load(arrive, browser, [browser, room_line], api_visibility="private", show_progress="hidden", concurrency_limit=None)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -123,6 +141,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="train on a Ray cluster instead of this machine: its address, or auto for one started here with `ray start --head` "
         "(pip install -r requirements-ray.txt)",
     )
+    room = parser.add_mutually_exclusive_group()
+    room.add_argument(
+        "--room",
+        action="store_true",
+        default=None,
+        help="room mode, for a presenter and an audience (on by default when others can reach the app: --host other than this machine, "
+        "or --share): each visitor acts on their own runs, runs take turns across visitors, and the presenter link (printed at start) "
+        "manages all; see docs/room.md",
+    )
+    room.add_argument("--no-room", dest="room", action="store_false", help="one person, every power, wherever the app listens")
+    parser.add_argument(
+        "--max-waiting-per-visitor",
+        type=int,
+        default=DEFAULT_MAX_WAITING_PER_VISITOR,
+        metavar="N",
+        help=f"in room mode, the most runs one visitor may have waiting (a grid counts each of its runs; default {DEFAULT_MAX_WAITING_PER_VISITOR}); "
+        "the presenter can change it from the page",
+    )
     parser.add_argument(
         "--upload-space-mb",
         type=int,
@@ -137,6 +173,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--max-upload-mb must be at least 1")
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
+    if not 1 <= args.max_waiting_per_visitor <= MOST_WAITING_LIMIT:
+        parser.error(f"--max-waiting-per-visitor must be from 1 to {MOST_WAITING_LIMIT}")
+    if args.room is None:  # reachable from other machines: a room
+        args.room = args.share or args.host not in LOCAL_HOSTS
     if args.upload_space_mb < args.max_upload_mb:
         parser.error(f"--upload-space-mb ({args.upload_space_mb}) must be at least --max-upload-mb ({args.max_upload_mb})")
     try:
@@ -172,14 +212,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         ray=args.ray,
         upload_space_mb=args.upload_space_mb,
         app_device=args.app_device,
+        room=args.room,
+        presenter_token=os.environ.get("LORA_LAB_PRESENTER_TOKEN") or None,
+        max_waiting_per_visitor=args.max_waiting_per_visitor,
     )
     try:
         lab = Lab(settings)
-    except LoRALabError as error:  # e.g. Ray missing or unreachable
+    except LoRALabError as error:  # e.g. Ray missing or unreachable, or another app owns the runs folder
         raise SystemExit(f"lora-lab: error: {error}") from None
     demo = build_ui(settings, lab)
     url = launch(demo, settings, args.host, args.port, args.share, auth=args.auth)
     print(banner(url, demo.share_url, args.share), flush=True)
+    if lab.room.on:
+        print(presenter_banner(lab.room, url, demo.share_url), flush=True)
     print(f"Runs train on {lab.scheduler.workers.describe()}; they and their queue are kept in {settings.out}.", flush=True)
     print(f"Classify and the weights check run in this process on {settings.app_device} (--app-device).", flush=True)
     if not args.no_browser and has_desktop():
@@ -208,6 +253,17 @@ def banner(url: str, share_url: str | None, shared: bool) -> str:
         lines.append("The public link could not be made (see the message above): the app runs on this machine only.")
     else:
         lines.append("To show it to others over the internet, start it with --share (a public gradio.live link); --help lists every option.")
+    return "\n".join(lines)
+
+
+def presenter_banner(room: Room, url: str, share_url: str | None = None) -> str:
+    """Room mode's lines: what visitors may do, and the presenter link (keep it to yourself)."""
+    lines = [
+        f"Room mode: each visitor acts on their own runs, with at most {room.max_waiting} waiting at once; waiting runs take turns (docs/room.md).",
+        f"Presenter link (it stops, cancels and moves any run; keep it to yourself): {room.presenter_link(url)}",
+    ]
+    if share_url:
+        lines.append(f"The same through the public link: {room.presenter_link(share_url)}")
     return "\n".join(lines)
 
 

@@ -192,7 +192,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         prepare(base.data, base.data_cache, None if args.json else _download_reporter(), urls=base.data_urls, deduplicate=base.deduplicate)
         base = replace(base, data=base.data_cache)
     runs = grid.expand(base)
-    scheduler = Scheduler(Path(args.out), workers_for(args.workers, args.device, args.ray), persist=False)
+    scheduler = Scheduler(Path(args.out), workers_for(args.workers, args.device, args.ray), persist=False, purpose="a sweep (python -m engine sweep)")
     try:
         queued = scheduler.submit([cfg for _, cfg in runs], [label for label, _ in runs])
         folder = Path(args.out) / Path(queued[0].id).parent

@@ -61,13 +61,53 @@ MIN_LR = 1e-7
 MAX_LR = 0.1
 LR_RANGE = f"{MIN_LR:g} to {MAX_LR:g}".replace("e-0", "e-")  # "1e-7 to 0.1", as messages and the widget say it
 
+# The other numbers a run accepts: each is bounded where it enters (a widget, a script, the command
+# line, queue.json), so nothing outside 64-bit or JSON-safe ranges ever reaches a worker, the queue or a
+# page. The bounds are far beyond any sensible run; the seed's is what every generator it seeds takes.
+MAX_RANK = 2048  # wider than any GPT-2 layer (gpt2-xl: 1600); a rank wider than its layer is refused later, by the model's shapes
+MAX_ALPHA = 10_000.0
+MAX_SEED = 2**32 - 1  # numpy's and pandas' limit (the data split); torch takes it too
+MAX_EPOCHS = 1000
+MAX_BATCH_SIZE = 4096
+MAX_STEPS = 10_000_000
+MAX_EVAL_FREQ = 10_000_000
+MAX_EVAL_ITER = 10_000
+MAX_WEIGHT_DECAY = 10.0
+MAX_OWNER_CHARS = 60  # the name shown beside a run
+
 
 def target_set_name(targets: tuple[str, ...] | list[str]) -> str | None:
     """The TARGET_SETS name of these layers, if they are one of the named sets."""
     return next((name for name, layers in TARGET_SETS.items() if tuple(layers) == tuple(targets)), None)
 
 
-def _raise_if(problems: list[str], what: str) -> None:
+def shown(value: object) -> str:
+    """A value as a message quotes it: its repr, cut short (a huge number's repr can even refuse to be made)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "a number too long to show"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def whole_number_problem(name: str, value: object, low: int, high: int) -> str | None:
+    """Why `value` is not a whole number from `low` to `high` (None when it is): the message names the range."""
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+        return None
+    return f"{name} must be a whole number from {low:,} to {high:,}, got {shown(value)}"
+
+
+def number_problem(name: str, value: object, low: float, high: float, above_low: bool = False) -> str | None:
+    """Why `value` is not a finite number in its range (None when it is): above `low` (or from it) and at most `high`."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if number and (value > low if above_low else value >= low) and value <= high:  # type: ignore[operator]
+        return None
+    bounds = f"above {low:,g} and at most {high:,g}" if above_low else f"from {low:,g} to {high:,g}"
+    return f"{name} must be a number {bounds}, got {shown(value)}"
+
+
+def _raise_if(problems: list[str | None], what: str) -> None:
+    problems = [problem for problem in problems if problem]
     if problems:
         raise ConfigError(f"invalid {what}: " + "; ".join(problems))
 
@@ -163,16 +203,12 @@ class LoRAConfig:
     train_head: bool = False  # also train the 2-class head's own weights (else only its LoRA)
 
     def __post_init__(self) -> None:
-        problems = []
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
-            problems.append(f"rank must be a whole number of at least 1, got {self.rank!r}")
-        if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) or self.alpha <= 0:
-            problems.append(f"alpha must be a finite number above 0, got {self.alpha!r}")
+        problems = [whole_number_problem("rank", self.rank, 1, MAX_RANK), number_problem("alpha", self.alpha, 0, MAX_ALPHA, above_low=True)]
         if self.scaling not in SCALINGS:
-            problems.append(f"scaling must be one of {', '.join(SCALINGS)}, got {self.scaling!r}")
+            problems.append(f"scaling must be one of {', '.join(SCALINGS)}, got {shown(self.scaling)}")
         unknown = [t for t in self.targets if t not in LORA_TARGETS]
         if unknown:
-            problems.append(f"unknown targets {unknown}: choose from {', '.join(LORA_TARGETS)}")
+            problems.append(f"unknown targets {shown(unknown)}: choose from {', '.join(LORA_TARGETS)}")
         if not self.targets:
             problems.append("targets is empty: choose at least one of " + ", ".join(LORA_TARGETS))
         _raise_if(problems, "LoRA settings")
@@ -205,25 +241,27 @@ class TrainConfig:
     live_metrics: bool = True
 
     def __post_init__(self) -> None:
-        problems = []
+        problems: list[str | None] = []
         if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not MIN_LR <= self.lr <= MAX_LR:
-            problems.append(f"learning rate must be from {LR_RANGE}, got {self.lr!r}")
-        if not isinstance(self.weight_decay, (int, float)) or not math.isfinite(self.weight_decay) or self.weight_decay < 0:
-            problems.append(f"weight decay must be a finite number of at least 0, got {self.weight_decay!r}")
-        for name in ("epochs", "batch_size", "eval_freq", "eval_iter"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(f"{name} must be a whole number of at least 1, got {value!r}")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            problems.append(f"max_steps must be a whole number of at least 1 (or unset), got {self.max_steps!r}")
+            problems.append(f"learning rate must be from {LR_RANGE}, got {shown(self.lr)}")
+        problems += [
+            number_problem("weight decay", self.weight_decay, 0, MAX_WEIGHT_DECAY),
+            whole_number_problem("epochs", self.epochs, 1, MAX_EPOCHS),
+            whole_number_problem("batch_size", self.batch_size, 1, MAX_BATCH_SIZE),
+            whole_number_problem("eval_freq", self.eval_freq, 1, MAX_EVAL_FREQ),
+            whole_number_problem("eval_iter", self.eval_iter, 1, MAX_EVAL_ITER),
+            whole_number_problem("seed", self.seed, 0, MAX_SEED),
+        ]
+        if self.max_steps is not None:
+            problems.append(whole_number_problem("max_steps", self.max_steps, 1, MAX_STEPS))
         if self.pooling not in POOLINGS:
-            problems.append(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+            problems.append(f"pooling must be one of {', '.join(POOLINGS)}, got {shown(self.pooling)}")
         if self.padding not in PADDINGS:
-            problems.append(f"padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}")
+            problems.append(f"padding must be one of {', '.join(PADDINGS)}, got {shown(self.padding)}")
         if self.precision not in PRECISIONS:
-            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {shown(self.precision)}")
         if not isinstance(self.live_metrics, bool):
-            problems.append(f"live_metrics must be true or false, got {self.live_metrics!r}")
+            problems.append(f"live_metrics must be true or false, got {shown(self.live_metrics)}")
         _raise_if(problems, "training settings")
 
 
@@ -300,9 +338,11 @@ class RunConfig:
             object.__setattr__(self, "draws", chosen.draws if chosen else "independent")
         problems = []
         if self.parse not in PARSES:
-            problems.append(f"parse must be one of {', '.join(PARSES)}, got {self.parse!r}")
+            problems.append(f"parse must be one of {', '.join(PARSES)}, got {shown(self.parse)}")
         if self.draws not in DRAWS:
-            problems.append(f"draws must be one of {', '.join(DRAWS)}, got {self.draws!r}")
+            problems.append(f"draws must be one of {', '.join(DRAWS)}, got {shown(self.draws)}")
+        if not isinstance(self.owner, str) or len(self.owner) > MAX_OWNER_CHARS:
+            problems.append(f"owner must be text of at most {MAX_OWNER_CHARS} characters, got {shown(self.owner)}")
         _raise_if(problems, "run settings")
 
     @classmethod

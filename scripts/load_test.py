@@ -1,12 +1,16 @@
-"""Many visitors classifying at once: N gradio_client callers share M classify requests against LoRA Lab.
+"""Many visitors at once against LoRA Lab, each a gradio_client of its own.
 
-    python scripts/load_test.py                      # tiny random GPT-2, an adapter trained for 30 steps
+    python scripts/load_test.py                      # classify: tiny random GPT-2, an adapter trained for 30 steps
     python scripts/load_test.py --model gpt2-small --adapter runs/<run>/adapter
     python scripts/load_test.py --data sms+spam+collection.zip   # the messages (default: the data cache)
+    python scripts/load_test.py --visitors 30 --workers 2        # a room: each visitor starts a short run and follows it
 
-Launches the app in this process on a free 127.0.0.1 port, checks every answer against the engine's
-own Classifier for the same message, and prints p50/p95 latency, throughput and the error count.
-`hammer` is what tests/test_app_reliability.py runs with the same figures.
+Launches the app in this process on a free 127.0.0.1 port. Classify: N callers share M classify
+requests; every answer is checked against the engine's own Classifier for the same message; prints
+p50/p95 latency, throughput and the error count (`hammer`, which tests/test_app_reliability.py runs).
+A room (`room_visitors`, which tests/test_room_load.py runs): each visitor starts one short run and
+polls as its page does until the run ends; prints whether every run ended done, whether each visitor
+only ever followed its own run, the failed requests, and the app's memory (resident size) meanwhile.
 """
 
 import argparse
@@ -95,6 +99,106 @@ def hammer(url: str, messages: Sequence[str], callers: int = 20, requests: int =
     return report
 
 
+@dataclass
+class RoomReport:
+    """What a room of visitors saw: each visitor's run, how it ended, and every request that failed."""
+
+    visitors: int
+    wall_s: float = 0.0
+    requests: int = 0
+    runs: dict[int, str] = field(default_factory=dict)  # visitor -> the run it started
+    ended: dict[str, str] = field(default_factory=dict)  # run -> its last state
+    errors: list[str] = field(default_factory=list)
+    strangers: list[str] = field(default_factory=list)  # a visitor shown another visitor's run by default
+    rss_mb: list[float] = field(default_factory=list)  # the app's resident memory, sampled every second
+
+    def summary(self) -> str:
+        done = sum(state == "done" for state in self.ended.values())
+        rss = self.rss_mb
+        memory = f"{rss[0]:.0f} MB at the start, at most {max(rss):.0f} MB, {rss[-1]:.0f} MB at the end" if rss else "not measured"
+        return (
+            f"{self.visitors} visitors, {len(self.runs)} runs started, {done} done, in {self.wall_s:.0f} s; "
+            f"{self.requests} requests, {len(self.errors)} failed; {len(self.strangers)} polls showed another visitor's run; app memory {memory}"
+        )
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory in MB (Linux's /proc); None elsewhere."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def room_visitors(url: str, model: str, visitors: int = 30, steps: int = 4, poll_s: float = 1.0, timeout_s: float = 3600.0) -> RoomReport:
+    """`visitors` gradio_clients, each starting one run of `steps` steps on `model` and polling it as a page does (the
+    Train tab's /poll, its default "your latest run", and /run_info) until it ends; the app must run in this process for its memory."""
+    from gradio_client import Client
+
+    report = RoomReport(visitors)
+    lock, ready, finished = threading.Lock(), threading.Barrier(visitors + 1), threading.Event()
+
+    def call(client: Client, *args: object, **kwargs: object) -> object:
+        with lock:
+            report.requests += 1
+        return client.predict(*args, **kwargs)
+
+    def visitor(index: int) -> None:
+        try:
+            client = Client(url, verbose=False, analytics_enabled=False)
+        except Exception as error:  # a visitor that cannot connect still lets the others start
+            with lock:
+                report.errors.append(f"visitor {index}: connect: {error!r}")
+            ready.wait()
+            return
+        ready.wait()
+        deadline = time.monotonic() + timeout_s
+        try:
+            started = call(client, model=model, max_steps=steps, eval_freq=steps, epochs=1, live_metrics=False, owner=f"visitor {index}", api_name="/start")
+            run = started[12]["value"]  # the run this page now follows
+            with lock:
+                report.runs[index] = run
+            while time.monotonic() < deadline:
+                header = call(client, "", api_name="/poll")[0]  # the page's timer, following "your latest run"
+                info = call(client, "", api_name="/run_info")
+                if info["id"] != run or (isinstance(header, str) and header.startswith("**Run") and not header.startswith(f"**Run {run}**")):
+                    with lock:
+                        report.strangers.append(f"visitor {index} ({run}) was shown {info['id']}")
+                if info["state"] not in ("queued", "running"):
+                    with lock:
+                        report.ended[run] = info["state"]
+                    return
+                time.sleep(poll_s)
+            with lock:
+                report.errors.append(f"visitor {index}: run {run} did not end within {timeout_s:.0f} s")
+        except Exception as error:
+            with lock:
+                report.errors.append(f"visitor {index}: {error!r}")
+
+    def sample_memory() -> None:
+        while not finished.wait(1.0):
+            if (mb := resident_mb()) is not None:
+                report.rss_mb.append(mb)
+
+    if (mb := resident_mb()) is not None:
+        report.rss_mb.append(mb)
+    sampler = threading.Thread(target=sample_memory, daemon=True)
+    threads = [threading.Thread(target=visitor, args=(index,), daemon=True) for index in range(visitors)]
+    for thread in [sampler, *threads]:
+        thread.start()
+    ready.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    report.wall_s = time.perf_counter() - started
+    finished.set()
+    sampler.join()
+    if (mb := resident_mb()) is not None:
+        report.rss_mb.append(mb)
+    return report
+
+
 def wrong_answers(report: LoadReport, adapter: Path, model: str | None = None) -> list[str]:
     """Answers that differ from the engine's Classifier for the same message (label, or probability beyond 1e-4)."""
     import torch
@@ -149,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data", help="the SMS messages: a prepared folder, zip or TSV (default: the data cache, downloaded there if empty)")
+    parser.add_argument("--visitors", type=int, help="a room instead: this many visitors, each starting a run of --steps steps and following it")
+    parser.add_argument("--workers", type=int, default=2, help="runs trained at once, for --visitors (default 2)")
     args = parser.parse_args(argv)
 
     from engine.bench.epochs import prepared_for_bench
@@ -163,6 +269,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = prepared_for_bench(args.data, work / "data")
         model = args.model or str(save_hf_checkpoint(GPT(GPTConfig("tiny", context_length=256, n_embd=32, n_layer=2, n_head=4)), work / "tiny-gpt2"))
         runs = work / "runs"
+        if args.visitors:
+            settings = AppSettings(model=model, device=args.device, out=runs, cache=data, workers=args.workers, room=True)
+            with serving(settings) as url:
+                room = room_visitors(url, model, args.visitors, args.steps)
+            print(f"model {model}, device {args.device}, {args.workers} workers, {os.cpu_count()} CPUs")
+            print(room.summary())
+            for line in (room.errors + room.strangers)[:10]:
+                print("  " + line)
+            return 0 if not room.errors and not room.strangers and set(room.ended.values()) == {"done"} else 1
         if args.adapter is None:
             print(f"training an adapter on {model} for {args.steps} steps...", flush=True)
             cfg = RunConfig.from_preset("recommended", model=model, data=str(data), out_dir=str(runs / "load-test"), device=args.device)

@@ -35,15 +35,20 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(settings: AppSettings, auth: tuple[str, str] | None = None) -> Iterator[RunningApp]:
-    """The app launched as `python app.py` launches it, in this process; its running runs are stopped afterwards."""
-    lab = Lab(settings)
+def running_app(settings: AppSettings, auth: tuple[str, str] | None = None, lab: Lab | None = None) -> Iterator[RunningApp]:
+    """The app launched as `python app.py` launches it, in this process; its running runs are stopped afterwards.
+
+    `lab`: the app state a test already made for this runs folder (one app owns a folder), launched with `settings`' limits.
+    """
+    owned = lab is None
+    lab = lab or Lab(settings)
     demo = app.build_ui(settings, lab)
     url = app.launch(demo, settings, "127.0.0.1", free_port(), auth=auth)
     try:
         yield RunningApp(url, lab, demo)
     finally:
-        lab.close()
+        if owned:
+            lab.close()
         demo.close()
 
 

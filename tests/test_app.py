@@ -20,6 +20,7 @@ from engine.adapted_linear import product_path
 from engine.config import LORA_TARGETS, RunConfig
 from engine.data.prepared import SOURCES
 from engine.errors import ConfigError
+from engine.runs.lock import LOCK_FILE
 from engine.runs.scheduler import RunView
 from ui.classify_tab import EXAMPLE_MESSAGES, ClassifyTab
 from ui.controls import Controls, ControlWidgets, run_config
@@ -68,6 +69,7 @@ VIEW = (  # the Train tab's outputs, in order
     "book_plot",
     "files",
     "follow",
+    "stop_button",
     "shown",
 )
 
@@ -78,8 +80,9 @@ def wait_until_idle(lab: Lab, timeout: float = 600.0) -> RunView:
 
 
 def view_of(values: tuple) -> dict[str, Any]:
-    """The Train tab's outputs by name (gradio_client leaves out the page's own state)."""
-    return dict(zip(VIEW if len(values) == len(VIEW) else VIEW[:-1], values, strict=True))
+    """The Train tab's outputs by name (gradio_client leaves out the page's own state and the Stop button)."""
+    names = VIEW if len(values) == len(VIEW) else tuple(name for name in VIEW if name not in ("stop_button", "shown"))
+    return dict(zip(names, values, strict=True))
 
 
 def frame(value: Any) -> pd.DataFrame:
@@ -98,7 +101,8 @@ def test_build_ui_loads_nothing_and_names_every_event(settings: AppSettings) -> 
     assert API_NAMES <= names
     tabs = [block.label for block in demo.blocks.values() if isinstance(block, gr.Tab)]
     assert tabs == ["Data", "Model & LoRA", "Train", "Parameters", "Classify", "Evaluate", "Runs"]
-    assert not settings.out.exists() and not settings.cache.exists()  # building touches no files
+    # building touches no files but the runs folder's lock, which the app holds while it runs
+    assert [path.name for path in settings.out.iterdir()] == [LOCK_FILE] and not settings.cache.exists()
 
 
 def test_run_config_turns_widget_values_into_a_validated_config(settings: AppSettings) -> None:
@@ -153,7 +157,7 @@ def test_cli_defaults_and_bad_model(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_download_uses_the_backup_when_the_primary_fails(settings: AppSettings, http_server) -> None:
     http_server.routes["/backup.zip"] = (200, sms_zip_bytes(), {})
-    lab = Lab(AppSettings(model=settings.model, cache=settings.cache, data_urls=(http_server.url("/primary.zip"), http_server.url("/backup.zip"))))
+    lab = Lab(replace(settings, device="auto", data_urls=(http_server.url("/primary.zip"), http_server.url("/backup.zip"))))
     status, counts, preview, histogram = DataTab(lab).download_data()
     assert status.startswith(f"Data ready from {http_server.url('/backup.zip')}")
     assert f"{http_server.url('/primary.zip')}: failed: HTTP 404" in status
@@ -174,7 +178,7 @@ def test_download_uses_the_backup_when_the_primary_fails(settings: AppSettings, 
 
 
 def test_download_failure_points_to_the_upload_box(settings: AppSettings, http_server) -> None:
-    lab = Lab(AppSettings(cache=settings.cache, data_urls=(http_server.url("/nothing.zip"),)))
+    lab = Lab(replace(settings, device="auto", data_urls=(http_server.url("/nothing.zip"),)))
     data = DataTab(lab)
     with pytest.raises(gr.Error, match="The download failed") as refused:
         data.download_data()
@@ -205,8 +209,10 @@ def test_each_page_sees_its_own_failure_and_a_late_page_load_draws_over_none(lab
 def test_upload_a_local_file(lab: Lab, sms_zip: Path, tmp_path: Path) -> None:
     status, counts, _, _ = DataTab(lab).upload_data(as_upload(sms_zip))
     assert status == "Data ready from the uploaded file sms_spam_collection.zip" and counts.data["messages"][0] == 5574
+    lab.close()  # the app stops (it owns its runs folder while it runs)
     restarted = Lab(lab.settings)  # a new app process finds the splits and the summary saved in its cache
     status, counts, _, _ = DataTab(restarted).show_data()
+    restarted.close()
     assert status == f"Data prepared earlier, read from {lab.settings.cache}" and counts.data["messages"][0] == 5574
     with pytest.raises(gr.Error, match="no tab between label and message"):
         DataTab(lab).upload_data(upload_bytes(b"hello world\n", "notes.txt"))
@@ -271,9 +277,9 @@ def test_parameters_match_the_book_and_follow_rank_and_targets(lab: Lab) -> None
 
 @pytest.mark.slow
 def test_train_poll_classify_through_the_handlers(lab: Lab, settings: AppSettings, sms_zip: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(gr.Error, match="No trained adapter yet"):
+    with pytest.raises(gr.Error, match="No finished run yet"):
         ClassifyTab(lab).classify("hello", None)
-    assert ClassifyTab(lab).adapter_info().startswith("No trained adapter yet")
+    assert ClassifyTab(lab).adapter_info().startswith("**No finished run yet")
     assert ModelTab(lab).controls() == (
         settings.model,
         "recommended",
@@ -331,11 +337,16 @@ def test_train_poll_classify_through_the_handlers(lab: Lab, settings: AppSetting
     assert ModelTab(lab).controls() == train_controls(settings.model, rank=2, epochs=1, batch_size=8, max_steps=12, eval_freq=5).values()  # what a reload shows
 
     adapter = Path(first_run.config.out_dir) / "adapter"
-    fine_tuned, untrained, details = ClassifyTab(lab).classify(EXAMPLE_MESSAGES[0], as_upload(adapter / "adapter.safetensors"))
+    uploaded = as_upload(adapter / "adapter.safetensors")
+    fine_tuned, untrained, details = ClassifyTab(lab).classify(EXAMPLE_MESSAGES[0], uploaded, second_run.id)
     for scores in (fine_tuned, untrained):
         assert set(scores) == {"ham", "spam"} and abs(sum(scores.values()) - 1) < 1e-5
-    latest = Path(second_run.config.out_dir) / "adapter"
-    assert ClassifyTab(lab).adapter_info().endswith(str(latest)) and str(latest) in ClassifyTab(lab).classify(EXAMPLE_MESSAGES[0], None)[2]
+    # the upload replaces the chosen run, and is named by its file name only (never the server's temporary path)
+    assert "Answered by the uploaded adapter adapter.safetensors;" in details and str(Path(uploaded).parent) not in details
+    assert ClassifyTab(lab).adapter_info(uploaded, second_run.id).startswith("**Answering: the uploaded adapter adapter.safetensors**")
+    assert ClassifyTab(lab).adapter_info().startswith(f"**Answering: run {second_run.id}")  # the newest finished run, by default
+    assert f"Answered by run {second_run.id};" in ClassifyTab(lab).classify(EXAMPLE_MESSAGES[0], None)[2]
+    assert f"Answered by run {first_run.id};" in ClassifyTab(lab).classify(EXAMPLE_MESSAGES[0], None, first_run.id)[2]  # or the one chosen
     with pytest.raises(gr.Error, match="empty"):
         ClassifyTab(lab).classify("   ", None)
 
@@ -412,7 +423,7 @@ def test_gradio_client_drives_the_whole_app(served: RunningApp, settings: AppSet
     assert "tokens read" in details
     with pytest.raises(Exception, match="empty"):  # gradio_client raises AppError with the engine's message
         client.predict("", None, api_name="/classify")
-    assert client.predict(api_name="/adapter_info").startswith("Using the latest trained adapter")
+    assert client.predict(None, None, api_name="/adapter_info").startswith(f"**Answering: run {run_id} ·")  # the newest finished run
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ import app
 from engine.classifier import Classifier
 from engine.config import LORA_TARGETS
 from engine.memory import ADVICE
+from engine.runs.lock import LOCK_FILE
 from engine.runs.recorder import RunProgress
 from scripts.load_test import hammer, sample_messages, wrong_answers
 from ui.classify_tab import EXAMPLE_MESSAGES, MAX_BATCH_MESSAGES, ClassifyTab
@@ -129,23 +130,30 @@ def test_a_batch_with_bad_lines_answers_the_good_ones(trained_lab: Lab, adapter_
 @pytest.mark.parametrize(
     ("changes", "problem"),
     [
-        ({"rank": 0.0}, "rank must be a whole number of at least 1, got 0"),
-        ({"rank": -4.0}, "rank must be a whole number of at least 1, got -4"),
-        ({"rank": 2.5}, "rank must be a whole number of at least 1, got 2.5"),
+        ({"rank": 0.0}, "rank must be a whole number from 1 to 2,048, got 0"),
+        ({"rank": -4.0}, "rank must be a whole number from 1 to 2,048, got -4"),
+        ({"rank": 2.5}, "rank must be a whole number from 1 to 2,048, got 2.5"),
         ({"rank": 64.0}, "rank 64 is larger than the input width of .*: choose a rank up to 32"),
-        ({"alpha": 0.0}, "alpha must be a finite number above 0"),
-        ({"alpha": -16.0}, "alpha must be a finite number above 0"),
-        ({"alpha": float("nan")}, "alpha must be a finite number above 0, got nan"),
-        ({"alpha": float("inf")}, "alpha must be a finite number above 0, got inf"),
+        ({"alpha": 0.0}, "alpha must be a number above 0 and at most 10,000"),
+        ({"alpha": -16.0}, "alpha must be a number above 0 and at most 10,000"),
+        ({"alpha": float("nan")}, "alpha must be a number above 0 and at most 10,000, got nan"),
+        ({"alpha": float("inf")}, "alpha must be a number above 0 and at most 10,000, got inf"),
         ({"lr": 0.0}, "learning rate must be from 1e-7 to 0.1, got 0"),
         ({"lr": -1e-3}, "learning rate must be from 1e-7 to 0.1, got -0.001"),
         ({"lr": 1e30}, "learning rate must be from 1e-7 to 0.1, got 1e\\+30"),
-        ({"epochs": 0.0}, "epochs must be a whole number of at least 1"),
-        ({"epochs": 1.5}, "epochs must be a whole number of at least 1"),
+        ({"epochs": 0.0}, "epochs must be a whole number from 1 to 1,000"),
+        ({"epochs": 1.5}, "epochs must be a whole number from 1 to 1,000"),
         ({"batch_size": 2000.0}, "batch size 2000 is larger than the 1045 training messages: choose at most 1045"),
-        ({"batch_size": 0.0}, "batch_size must be a whole number of at least 1"),
-        ({"max_steps": -1.0}, "max_steps must be a whole number of at least 1"),
-        ({"eval_freq": 0.0}, "eval_freq must be a whole number of at least 1"),
+        ({"batch_size": 0.0}, "batch_size must be a whole number from 1 to 4,096"),
+        ({"max_steps": -1.0}, "max_steps must be a whole number from 1 to 10,000,000"),
+        ({"eval_freq": 0.0}, "eval_freq must be a whole number from 1 to 10,000,000"),
+        # numbers far outside 64 bits are refused by name, never an internal fault
+        ({"rank": 1e30}, "rank must be a whole number from 1 to 2,048, got 1000000000000000019884624838656"),
+        ({"alpha": 1e300}, "alpha must be a number above 0 and at most 10,000, got 1e\\+300"),
+        ({"epochs": 1e30}, "epochs must be a whole number from 1 to 1,000"),
+        ({"batch_size": 1e19}, "batch_size must be a whole number from 1 to 4,096"),
+        ({"max_steps": 99999999999999999999999.0}, "max_steps must be a whole number from 1 to 10,000,000"),
+        ({"eval_freq": 2.0**64}, "eval_freq must be a whole number from 1 to 10,000,000"),
         ({"targets": []}, "targets is empty"),
         ({"scaling": "sqrt"}, "scaling must be one of alpha, alpha_over_rank"),
         ({"preset_name": "fastest"}, "unknown preset 'fastest'"),
@@ -158,7 +166,7 @@ def test_bad_settings_are_refused_before_a_run_starts(prepared_lab: Lab, changes
     with pytest.raises(gr.Error, match=problem):
         TrainTab(prepared_lab).start_training(replace(train_controls(prepared_lab.settings.model), **changes))
     assert prepared_lab.scheduler.views() == []  # nothing queued, nothing half-done
-    assert not prepared_lab.settings.out.exists() or not any(prepared_lab.settings.out.iterdir())
+    assert [path.name for path in prepared_lab.settings.out.iterdir()] == [LOCK_FILE]  # no run folder, only the app's lock
     # the next action works: the Parameters tab answers for the same model
     assert ParametersTab(prepared_lab).parameters(prepared_lab.settings.model, 4, list(LORA_TARGETS), False)[1] is not None
 
@@ -351,7 +359,7 @@ def stop_when(condition, stop, timeout: float = 30.0) -> threading.Thread:
 def test_stop_during_the_data_download(settings: AppSettings, http_server) -> None:
     http_server.routes["/sms.zip"] = (200, sms_zip_bytes(), {})
     http_server.trickle["/sms.zip"] = 0.02
-    lab = Lab(AppSettings(model=settings.model, cache=settings.cache, data_urls=(http_server.url("/sms.zip"),)))
+    lab = Lab(replace(settings, device="auto", data_urls=(http_server.url("/sms.zip"),)))
 
     def partial() -> bool:  # the temporary file beside the zip has received bytes
         try:
@@ -444,7 +452,7 @@ def test_out_of_memory_while_loading_weights_gives_advice_and_the_app_recovers(l
 
 @pytest.fixture
 def served(trained_lab: Lab) -> Iterator[RunningApp]:
-    with running_app(trained_lab.settings) as running:
+    with running_app(trained_lab.settings, lab=trained_lab) as running:
         yield running
 
 
@@ -501,7 +509,7 @@ def write_bytes(path: Path, data: bytes) -> Path:
 def test_uploads_over_the_launch_limit_are_refused(trained_lab: Lab, tmp_path: Path) -> None:
     small = AppSettings(model=trained_lab.settings.model, device="cpu", out=trained_lab.settings.out, cache=trained_lab.settings.cache, max_upload_mb=1)
     big = write_bytes(tmp_path / "big.zip", b"\0" * (2 * 1024 * 1024))
-    with running_app(small) as running:
+    with running_app(small, lab=trained_lab) as running:
         client = Client(running.url, verbose=False, analytics_enabled=False)
         with pytest.raises(Exception, match="(?i)size|large|413"):
             client.predict(handle_file(str(big)), api_name="/upload_data")
@@ -553,7 +561,7 @@ def test_only_run_outputs_are_served(served: RunningApp) -> None:
 
 
 def test_login_is_asked_when_auth_is_given(trained_lab: Lab) -> None:
-    with running_app(trained_lab.settings, auth=("demo", "s3cret:pw")) as running:
+    with running_app(trained_lab.settings, auth=("demo", "s3cret:pw"), lab=trained_lab) as running:
         with pytest.raises(AuthenticationError, match="credentials were not provided"):
             Client(running.url, verbose=False, analytics_enabled=False).predict(SPAM, None, api_name="/classify")
         with pytest.raises(ValueError, match="Could not login"):
@@ -565,7 +573,8 @@ def test_login_is_asked_when_auth_is_given(trained_lab: Lab) -> None:
 # --- the command line -------------------------------------------------------------------------------
 
 
-def test_command_line_binds_locally_and_warns_when_exposed(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_command_line_binds_locally_and_warns_when_exposed(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # each app below owns its runs folder for good (a test's app is never stopped): one each, here
     launched: list[dict[str, Any]] = []
     monkeypatch.setattr(
         app, "launch", lambda demo, settings, host, port, share, auth=None, **options: launched.append(dict(host=host, share=share, auth=auth)) or ""
@@ -574,10 +583,10 @@ def test_command_line_binds_locally_and_warns_when_exposed(monkeypatch: pytest.M
     monkeypatch.delenv("LORA_LAB_AUTH", raising=False)
     app.main([])
     assert launched[-1] == {"host": "127.0.0.1", "share": False, "auth": None} and not caplog.records
-    app.main(["--share"])
+    app.main(["--share", "--out", "shared"])
     assert "--share: a public gradio.live link" in caplog.text and "add --auth USER:PASSWORD" in caplog.text
     caplog.clear()
-    app.main(["--host", "0.0.0.0", "--auth", "demo:pw"])
+    app.main(["--host", "0.0.0.0", "--auth", "demo:pw", "--out", "exposed"])
     assert "listening on 0.0.0.0: anyone who can reach this machine" in caplog.text and "--auth" not in caplog.text
     assert launched[-1] == {"host": "0.0.0.0", "share": False, "auth": ("demo", "pw")}
     assert all(record.levelname == "WARNING" for record in caplog.records)

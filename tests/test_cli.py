@@ -101,8 +101,8 @@ def test_three_classes_never_write_nan(capsys, tiny_model_dir, tmp_path):
 @pytest.mark.parametrize(
     ("argv", "problem"),
     [
-        (["params", "--rank", "0"], "rank must be a whole number of at least 1"),
-        (["params", "--alpha", "-1"], "alpha must be a finite number above 0"),
+        (["params", "--rank", "0"], "rank must be a whole number from 1 to 2,048"),
+        (["params", "--alpha", "-1"], "alpha must be a number above 0 and at most 10,000"),
         (["params", "--model", "gpt5"], "unknown model 'gpt5'"),
         (["data", "--source", "/nonexistent/sms.zip"], "does not exist"),
         (["train", "--preset", "fast"], "invalid choice: 'fast'"),

@@ -54,7 +54,7 @@ def test_a_data_upload_is_deleted_once_read(lab: Lab, sms_zip: Path) -> None:
 
 def test_uploads_are_refused_when_their_space_is_full(trained_lab: Lab, tmp_path: Path) -> None:
     settings = replace(trained_lab.settings, max_upload_mb=1, upload_space_mb=2)  # its data cache too, not one in the working folder
-    with running_app(settings) as running, httpx.Client(base_url=running.url) as http:
+    with running_app(settings, lab=trained_lab) as running, httpx.Client(base_url=running.url) as http:
         for number in range(2):
             answer = http.post("gradio_api/upload", files={"files": (f"part{number}.bin", bytes([number]) * 900_000)})
             assert answer.status_code == 200, answer.text
@@ -85,7 +85,7 @@ def test_the_learning_rate_box_says_its_range(settings: AppSettings, lab: Lab) -
 
 def test_the_login_page_shows_nothing_of_the_app(trained_lab: Lab) -> None:
     model_folder = trained_lab.settings.model
-    with running_app(trained_lab.settings, auth=("demo", "pw")) as running, httpx.Client(base_url=running.url) as http:
+    with running_app(trained_lab.settings, auth=("demo", "pw"), lab=trained_lab) as running, httpx.Client(base_url=running.url) as http:
         login_page = http.get("/").text
         assert "/classify" not in login_page and "/start" not in login_page and model_folder not in login_page
         assert "window.gradio_api_info" in login_page  # the page itself is intact, with an empty description
@@ -103,7 +103,7 @@ def test_the_file_route_fetches_no_url(trained_lab: Lab, monkeypatch: pytest.Mon
         raise RuntimeError("no network in tests")
 
     monkeypatch.setattr(safehttpx, "async_validate_url", record_lookup)
-    with running_app(trained_lab.settings, auth=auth) as running, httpx.Client(base_url=running.url) as http:
+    with running_app(trained_lab.settings, auth=auth, lab=trained_lab) as running, httpx.Client(base_url=running.url) as http:
         if auth:
             http.post("login", data={"username": auth[0], "password": auth[1]})
         for route in ("gradio_api/file=https://example.com/sms.zip", "gradio_api/file=http://93.184.215.14/", "gradio_api/file/https://example.com/x"):
@@ -129,7 +129,6 @@ def test_an_uploaded_adapter_with_nan_is_named_in_every_classify_action(trained_
 
 
 def test_a_newer_broken_run_is_never_the_default_adapter(trained_lab: Lab, adapter_dir: Path) -> None:
-    good = trained_lab.settings.out / "20250101-000000" / "adapter"
     newer = trained_lab.settings.out / "20250102-000000"
     broken_adapter(adapter_dir, newer / "adapter" / "adapter.safetensors", "transformer.h.1.mlp.c_fc.lora_B")
     record = json.loads((adapter_dir.parent / "run.json").read_text())
@@ -137,8 +136,9 @@ def test_a_newer_broken_run_is_never_the_default_adapter(trained_lab: Lab, adapt
     time.sleep(0.01)
     (newer / "adapter" / "adapter.safetensors").touch()  # the newest adapter on disk
     tab = ClassifyTab(trained_lab)
-    assert tab.adapter_info() == f"Using the latest trained adapter: {good}"
-    assert f"Adapter: {good}" in tab.classify(SPAM, None)[2]
+    assert [run.name for run in trained_lab.finished_runs()] == ["20250101-000000"]  # not even offered
+    assert tab.adapter_info().startswith("**Answering: run 20250101-000000")
+    assert "Answered by run 20250101-000000;" in tab.classify(SPAM, None)[2]
 
 
 def test_a_diverging_run_fails_with_a_message_and_classify_keeps_the_earlier_adapter(trained_lab: Lab, sms_zip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,5 +153,4 @@ def test_a_diverging_run_fails_with_a_message_and_classify_keeps_the_earlier_ada
     with pytest.raises(TrainingDiverged, match=diverged):
         list(fine_tune(diverging))
     assert read_run(Path(diverging.out_dir)).state == "failed"
-    good = trained_lab.settings.out / "20250101-000000" / "adapter"
-    assert f"Adapter: {good}" in ClassifyTab(trained_lab).classify(SPAM, None)[2]
+    assert "Answered by run 20250101-000000;" in ClassifyTab(trained_lab).classify(SPAM, None)[2]

@@ -35,7 +35,7 @@ def test_grids_refuse_with_a_message() -> None:
         Grid(rank=(2, 2))
     with pytest.raises(ConfigError, match=rf"makes 120 runs \(10 rank x 12 seed\), more than the {MAX_GRID_RUNS}"):
         Grid(rank=tuple(range(1, 11)), seed=tuple(range(12))).expand(base)
-    with pytest.raises(ConfigError, match="rank must be a whole number of at least 1"):
+    with pytest.raises(ConfigError, match="rank must be a whole number from 1 to 2,048"):
         Grid(rank=(0, 1)).expand(base)
     with pytest.raises(ConfigError, match="unknown layer set 'ffn'"):
         targets_named(["ffn"])

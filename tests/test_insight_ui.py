@@ -112,7 +112,7 @@ def test_evaluate_a_finished_run_at_any_threshold(lab: Lab) -> None:
     assert "**ham** when P(ham)" in summary and "one vs rest" not in summary and metrics.iloc[1, 0] == "precision (ham)"
     assert confusion.index("true spam") < confusion.index("true ham")  # the rest first, the positive class second
     assert sorted(ham_wrong["message"]) == sorted(wrong["message"])  # two classes: the same mistakes either way
-    assert EvaluateTab(lab).evaluate(None, "validation", 0.5)[0].startswith("No finished run yet")
+    assert EvaluateTab(lab).evaluate(None, "validation", 0.5)[0].startswith("No run chosen: choose a finished run")
     with pytest.raises(gr.Error, match="from 0 to 1"):
         EvaluateTab(lab).evaluate("first-run", "validation", 1.5)
     with pytest.raises(gr.Error, match="press Refresh"):
@@ -252,7 +252,7 @@ def test_grid_pictures_draw_mean_and_spread() -> None:
 
 
 def test_insight_views_through_gradio_client(lab: Lab, tmp_path: Path) -> None:
-    with running_app(lab.settings) as served:
+    with running_app(lab.settings, lab=lab) as served:
         check_through_client(served, tmp_path)
 
 

@@ -114,10 +114,10 @@ def test_disabling_gives_the_base_model_without_rewriting_weights(tokens, merged
 @pytest.mark.parametrize(
     ("kwargs", "problem"),
     [
-        ({"rank": 0}, "rank must be a whole number of at least 1"),
+        ({"rank": 0}, "rank must be a whole number from 1 to 2,048"),
         ({"rank": -3}, "rank must be"),
         ({"rank": 2.5}, "rank must be"),
-        ({"alpha": 0}, "alpha must be a finite number above 0"),
+        ({"alpha": 0}, "alpha must be a number above 0 and at most 10,000"),
         ({"alpha": -1}, "alpha must be"),
         ({"alpha": float("nan")}, "alpha must be"),
         ({"alpha": float("inf")}, "alpha must be"),

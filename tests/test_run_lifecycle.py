@@ -25,10 +25,11 @@ from engine.errors import AdapterError, ConfigError, DiskFullError, TrainingDive
 from engine.failure import divergence_cause
 from engine.lora import merge_lora
 from engine.model import GPT
-from engine.runs.history import latest_adapter, list_runs
+from engine.runs.history import list_runs
 from engine.runs.record import RECORD_FILE, read_record
 from engine.runs.run import fine_tune
 from engine.train import LossEvaluated
+from ui.answering import finished_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +84,7 @@ def test_a_killed_run_is_listed_as_interrupted_and_its_checkpoint_classifies(tin
     _, tensors = read_adapter(out / "adapter")  # the checkpoint is whole and finite...
     prediction = Classifier.load(out / "adapter", torch.device("cpu")).classify("WIN a prize now")[0]
     assert set(prediction.probabilities) == {"ham", "spam"}  # ...and classifies
-    assert latest_adapter(root) is None  # but an interrupted run is never the default
+    assert finished_runs(root, []) == []  # but an interrupted run is never offered to answer
     lab = Lab(AppSettings(model=str(tiny_model_dir), device="cpu", out=root, cache=tmp_path / "cache"))
     history = RunsTab(lab).history()
     assert history["run"].tolist() == [out.name] and history["state"].tolist() == ["interrupted"]
@@ -155,7 +156,7 @@ def test_a_run_that_fills_the_disk_fails_with_advice_and_is_never_the_latest(
         monkeypatch.setattr(engine.runs.run, "record_fields", fields_on_a_full_disk)
         with pytest.raises(DiskFullError, match=f"^the disk is full at {out}: free space or choose another --out$"):
             list(fine_tune(tiny_run_config(tiny_model_dir, prepared_data, out, max_steps=6, eval_freq=3)))
-        assert latest_adapter(root) == finished / "adapter"  # never the failed run's adapter
+        assert [run.folder for run in finished_runs(root, [])] == [finished]  # never the failed run's adapter
         left = files_under(out) if out.exists() else []
         if room_left:  # the run is recorded as failed (its full record did not fit), with what it saved
             assert left == ["adapter/adapter.safetensors", "adapter/adapter_config.json", "loss.png", "run.json"]
@@ -214,7 +215,7 @@ def test_a_run_whose_loss_turns_nan_stops_failed_and_keeps_its_last_finite_check
     assert record["state"] == "failed" and record["checkpoint_step"] == 6 and "became nan at step 8" in record["error"]
     _, tensors = read_adapter(out / "adapter")  # the kept adapter: finite
     assert all(torch.isfinite(t).all() for t in tensors.values())
-    assert latest_adapter(root) is None and [run.state for run in list_runs(root)] == ["failed"]
+    assert finished_runs(root, []) == [] and [run.state for run in list_runs(root)] == ["failed"]
 
 
 def test_a_run_diverging_with_a_huge_alpha_names_alpha_not_the_learning_rate(

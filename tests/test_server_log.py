@@ -1,7 +1,6 @@
 """The server log a presenter watches: one line for each ordinary user error, a traceback only for a real fault."""
 
 import logging
-from pathlib import Path
 
 import pytest
 from app_fixtures import running_app
@@ -29,7 +28,7 @@ def test_a_user_error_is_one_line_and_a_fault_keeps_its_traceback(
             "refused (classify_many): no messages: type or paste one message per line",
         ]
 
-        def broken(self: Lab, adapter_file: str | None) -> tuple[Path, object]:
+        def broken(self: Lab, *chosen: object) -> tuple[str, object]:
             raise RuntimeError("a real fault")
 
         monkeypatch.setattr(Lab, "classifier_for", broken)

@@ -1,11 +1,14 @@
 """The Classify tab: one message (fine-tuned next to untrained), many lines, why this answer, a whole file.
 
-Classification has its own queue ("classify", one at a time), never behind training or a download:
-visitors can classify while a run goes.
+The model that answers is chosen from one list of finished runs, the same as Evaluate's (ui.answering:
+by default the visitor's own latest finished run, else the presenter's); an uploaded adapter
+replaces it, and the header above always names what answers. Classification has its own queue
+("classify", one at a time), never behind training or a download: visitors can classify while a run goes.
 """
 
 import html
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -14,8 +17,9 @@ import pandas as pd
 from engine.batch import classify_file
 from engine.classifier import Prediction
 from engine.explain import TokenScore, WordInfluence, explained_class, token_scores, word_influence
+from ui.answering import choice_label, default_run
 from ui.guards import deleted_if_refused, engine_errors_as_toasts, message_problem, output_path, uploaded_file, uploaded_path, written_output
-from ui.lab import Lab
+from ui.lab import Lab, no_run_words
 from ui.views import AWAY_RGB, TOWARDS_RGB, plural, rgba
 
 EXAMPLE_MESSAGES = (
@@ -130,20 +134,39 @@ class ClassifyTab:
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
 
-    def classify(self, message: str, adapter_file: str | None) -> tuple[dict[str, float], dict[str, float], str]:
-        """The fine-tuned model's answer next to the untrained one's (the same model with LoRA off)."""
+    def classify(
+        self, message: str, adapter_file: str | None, run: str | None = None, request: gr.Request | None = None
+    ) -> tuple[dict[str, float], dict[str, float], str]:
+        """The fine-tuned model's answer next to the untrained one's (the same model with LoRA off); `run`
+        (a finished run's name) answers unless an adapter is uploaded; neither: the visitor's default run."""
         problem = message_problem(message)
         if problem:
             raise gr.Error(problem)
         with self.lab.classify_lock:
-            adapter, classifier = self.lab.classifier_for(adapter_file)
+            answering, classifier = self.lab.classifier_for(adapter_file, run, self.lab.room.visitor(request))
             with engine_errors_as_toasts(str(classifier.device), "classifying"):
                 before, after = classifier.compare_with_base(message)
         cut = " (the message was cut to the model's length limit)" if after.truncated else ""
-        details = f"{after.tokens} tokens read{cut}. Adapter: {adapter}; base model: {classifier.config.base_model}."
+        details = f"{after.tokens} tokens read{cut}. Answered by {answering}; base model: {Path(classifier.config.base_model).name}."
         return dict(after.probabilities), dict(before.probabilities), details
 
-    def classify_many(self, messages: str, adapter_file: str | None) -> tuple[str, pd.DataFrame]:
+    def run_choices(self, current: str | None, request: gr.Request | None = None) -> gr.Dropdown:
+        """The finished runs (the same list as Evaluate's), newest first; the current choice stays while it is in the list,
+        else the visitor's default is chosen."""
+        lab = self.lab
+        visitor = lab.room.visitor(request)
+        runs = lab.finished_runs()
+        names = {run.name for run in runs}
+        default = default_run(runs, visitor, lab.room.on)
+        value = current if current in names else default.name if default else None
+        return gr.Dropdown(choices=[(choice_label(run, visitor, lab.room.on), run.name) for run in runs], value=value)
+
+    def refresh_runs(self, current: str | None, last: tuple | None, request: gr.Request | None = None) -> tuple[Any, tuple]:
+        """The list again when a run of the queue finished since `last` (else nothing is sent), and the new key."""
+        key = tuple(view.run.id for view in self.lab.scheduler.views() if view.run.state == "done")
+        return (gr.skip() if key == last else self.run_choices(current, request)), key
+
+    def classify_many(self, messages: str, adapter_file: str | None, run: str | None = None, request: gr.Request | None = None) -> tuple[str, pd.DataFrame]:
         """One message per line: a summary and a table of answers. Lines are numbered as typed; blank
         lines are ignored, a line that cannot be classified is reported in its row."""
         if not isinstance(messages, str):
@@ -158,34 +181,45 @@ class ClassifyTab:
         problems = {number: message_problem(line, number) for number, line in lines}
         good = [(number, line) for number, line in lines if problems[number] is None]
         with self.lab.classify_lock:
-            _, classifier = self.lab.classifier_for(adapter_file)
+            _, classifier = self.lab.classifier_for(adapter_file, run, self.lab.room.visitor(request))
             with engine_errors_as_toasts(str(classifier.device), "classifying"):
                 predictions = dict(zip([n for n, _ in good], classifier.classify([line for _, line in good]) if good else [], strict=True))
         skipped = [problem for problem in problems.values() if problem]
         return many_summary(len(good), skipped, blank), answers_frame(lines, predictions, problems)
 
-    def adapter_info(self) -> str:
-        latest = self.lab.latest_adapter()
-        return f"Using the latest trained adapter: {latest}" if latest else "No trained adapter yet: train one, or load an adapter.safetensors file."
+    def adapter_info(self, adapter_file: str | None = None, run: str | None = None, request: gr.Request | None = None) -> str:
+        """The header: what answers now (the uploaded adapter by its file name, else the chosen or default run)."""
+        if adapter_file and isinstance(adapter_file, str):
+            return f"**Answering: the uploaded adapter {Path(adapter_file).name}** (it replaces the run chosen below; remove it to use a run again)."
+        visitor = self.lab.room.visitor(request)
+        try:
+            chosen = self.lab.answering_run(run, visitor)
+        except gr.Error as error:
+            return f"**No model answers:** {error}"
+        if chosen is None:
+            return f"**{no_run_words(self.lab.room.on, bool(self.lab.finished_runs()))}**"
+        return f"**Answering: run {choice_label(chosen, visitor, self.lab.room.on)}.** Choose another finished run below, or upload an adapter."
 
-    def explain(self, message: str, adapter_file: str | None) -> tuple[str, str]:
+    def explain(self, message: str, adapter_file: str | None, run: str | None = None, request: gr.Request | None = None) -> tuple[str, str]:
         """P(the explained class) token by token (one causal pass) and the words whose removal moves it most."""
         if not isinstance(message, str) or not message.strip():
             raise gr.Error("the message is empty: type a message to explain, then press Explain")
         with self.lab.classify_lock:
-            _, classifier = self.lab.classifier_for(adapter_file)
+            _, classifier = self.lab.classifier_for(adapter_file, run, self.lab.room.visitor(request))
             with engine_errors_as_toasts(str(classifier.device), "explaining"):
                 positive = explained_class(classifier, message)
                 tokens = token_scores(classifier, message, positive)
                 influences = word_influence(classifier, message, positive)
         return token_heatmap_html(tokens, positive), influence_html(influences, positive)
 
-    def classify_upload(self, path: str | None, adapter_file: str | None) -> tuple[str, pd.DataFrame]:
+    def classify_upload(
+        self, path: str | None, adapter_file: str | None, run: str | None = None, request: gr.Request | None = None
+    ) -> tuple[str, pd.DataFrame]:
         """Classify every message of an uploaded file; a CSV of label and probabilities to download."""
         source = uploaded_path(path, "a file of messages (one per line, or a CSV/TSV with a text column)")
         destination = output_path(f"{source.stem}-predictions.csv")
         with self.lab.classify_lock:
-            _, classifier = self.lab.classifier_for(adapter_file)
+            _, classifier = self.lab.classifier_for(adapter_file, run, self.lab.room.visitor(request))
             with deleted_if_refused(source), deleted_if_refused(destination), engine_errors_as_toasts(str(classifier.device), "classifying the file"):
                 table = classify_file(classifier, source, destination)
                 preview = preview_frame(table)
@@ -198,16 +232,27 @@ def clear_on_failure(event: gr.events.Dependency, outputs: list[Any]) -> None:
     event.failure(lambda: empty, None, outputs, show_progress="hidden", api_visibility="private")
 
 
-def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.Timer) -> None:
-    """The Classify tab, wired; a finished run's adapter becomes its default (refreshed as the Train tab's timer ticks)."""
-    with gr.Tab("Classify"):
+def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.Timer) -> gr.Dropdown:
+    """The Classify tab, wired; returns its list of runs (Evaluate's follows it). A run that finishes joins the list as
+    the Train tab's timer ticks."""
+    with gr.Tab("Classify") as tab:
         adapter_status = gr.Markdown(elem_id="adapter-status")
-        adapter_file = uploaded_file(
-            label="Use another adapter (optional): drop an adapter.safetensors file here; without one, the latest trained run's is used",
-            file_types=[".safetensors"],
-            height=130,
-            elem_id="adapter-file",
-        )
+        with gr.Row(equal_height=True):
+            run = gr.Dropdown(
+                [],
+                label="Run that answers",
+                info="finished runs, newest first (the same list as on Evaluate)",
+                allow_custom_value=True,  # a script may name any finished run; the handlers check it
+                elem_id="answering-run",
+                scale=2,
+            )
+            adapter_file = uploaded_file(
+                label="Or upload an adapter (optional): an adapter.safetensors file replaces the run while it is here",
+                file_types=[".safetensors"],
+                height=130,
+                elem_id="adapter-file",
+                scale=3,
+            )
         message = gr.Textbox(label="Message", lines=3, placeholder="Type an SMS, or pick an example below", elem_id="message")
         gr.Examples([[m] for m in EXAMPLE_MESSAGES], inputs=[message], label="Examples")
         classify_button = gr.Button("Classify", variant="primary", elem_id="classify")
@@ -227,14 +272,15 @@ def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.T
                 column_widths=["8%", "12%", "12%", "18%", "50%"],
                 elem_id="many-results",
             )
-        build_explain(classify, message, adapter_file)
-        build_classify_file(classify, adapter_file)
+        build_explain(classify, message, adapter_file, run)
+        build_classify_file(classify, adapter_file, run)
+        finished = gr.State(None)  # the finished runs the list last showed (created in the tab: see the Train tab's note)
 
     answers = [after, before, details]
     classified = gr.on(
         [classify_button.click, message.submit],
         classify.classify,
-        [message, adapter_file],
+        [message, adapter_file, run],
         answers,
         api_name="classify",
         concurrency_id="classify",
@@ -244,17 +290,30 @@ def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.T
     many_answers = [many_summary_line, many_results]
     classified_many = classify_many_button.click(
         classify.classify_many,
-        [many, adapter_file],
+        [many, adapter_file, run],
         many_answers,
         api_name="classify_many",
         concurrency_id="classify",
         concurrency_limit=1,
     )
     clear_on_failure(classified_many, many_answers)
-    gr.on([demo.load, train_timer.tick], classify.adapter_info, None, adapter_status, api_name="adapter_info", show_progress="hidden", concurrency_limit=None)
+    gr.on([demo.load, tab.select], classify.run_choices, run, run, api_name="answering_runs", show_progress="hidden", concurrency_limit=None).then(
+        classify.adapter_info, [adapter_file, run], adapter_status, show_progress="hidden", api_visibility="private"
+    )
+    train_timer.tick(classify.refresh_runs, [run, finished], [run, finished], api_visibility="private", show_progress="hidden", concurrency_limit=None)
+    gr.on(
+        [run.change, adapter_file.change],
+        classify.adapter_info,
+        [adapter_file, run],
+        adapter_status,
+        api_name="adapter_info",
+        show_progress="hidden",
+        concurrency_limit=None,
+    )
+    return run
 
 
-def build_explain(classify: ClassifyTab, message: gr.Textbox, adapter_file: gr.File) -> None:
+def build_explain(classify: ClassifyTab, message: gr.Textbox, adapter_file: gr.File, run: gr.Dropdown) -> None:
     """Why this answer: P(spam), or of the predicted class for three or more, token by token, and the
     words that moved it, in one colour code."""
     with gr.Accordion("Why this answer?", open=True):
@@ -263,7 +322,7 @@ def build_explain(classify: ClassifyTab, message: gr.Textbox, adapter_file: gr.F
         bars = gr.HTML(elem_id="word-influence")
     explained = explain_button.click(
         classify.explain,
-        [message, adapter_file],
+        [message, adapter_file, run],
         [heat, bars],
         api_name="explain",
         concurrency_id="classify",
@@ -272,7 +331,7 @@ def build_explain(classify: ClassifyTab, message: gr.Textbox, adapter_file: gr.F
     clear_on_failure(explained, [heat, bars])
 
 
-def build_classify_file(classify: ClassifyTab, adapter_file: gr.File) -> None:
+def build_classify_file(classify: ClassifyTab, adapter_file: gr.File, run: gr.Dropdown) -> None:
     """Classify a file: upload messages, download a CSV of label and probabilities."""
     with gr.Accordion("Classify a file", open=False):
         source = uploaded_file(
@@ -282,6 +341,6 @@ def build_classify_file(classify: ClassifyTab, adapter_file: gr.File) -> None:
         result = gr.File(label="Download: label and probabilities per message (CSV)", interactive=False, elem_id="batch-result")
         preview = gr.Dataframe(headers=["label", "message"], label="First answers", interactive=False, wrap=True, elem_id="batch-preview")
     classified = batch_button.click(
-        classify.classify_upload, [source, adapter_file], [result, preview], api_name="classify_file", concurrency_id="classify", concurrency_limit=1
+        classify.classify_upload, [source, adapter_file, run], [result, preview], api_name="classify_file", concurrency_id="classify", concurrency_limit=1
     )
     clear_on_failure(classified, [result, preview])

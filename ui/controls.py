@@ -14,12 +14,11 @@ from typing import Any
 import gradio as gr
 from gradio.components import Component
 
-from engine.config import LoRAConfig, RunConfig, TrainConfig, preset
+from engine.config import MAX_OWNER_CHARS, LoRAConfig, RunConfig, TrainConfig, preset
 from engine.data.table import clean_label
 from ui.settings import AppSettings
 
 # What choosing a preset sets; the model, targets and the rest stay as they are.
-MAX_OWNER_CHARS = 60  # a visitor's name beside their runs
 PRESET_FIELDS = ("rank", "alpha", "scaling", "pooling", "padding", "lr", "epochs", "batch_size", "precision")
 
 
@@ -143,19 +142,22 @@ def run_config(settings: AppSettings, controls: Controls, owner: str = "") -> Ru
         precision=c.precision,
         live_metrics=bool(c.live_metrics),
     )
-    data = settings.cache if (settings.cache / "train.csv").is_file() else None  # None: the job downloads first
     return RunConfig(
         model=c.model,
         lora=lora,
         train=train,
-        data=str(data) if data else None,
-        data_urls=settings.data_urls,
-        data_cache=str(settings.cache),
+        **data_settings(settings),
         out_dir=str(settings.out),
         device=settings.device,
         preset=c.preset_name,
         owner=owner_name(owner),
     )
+
+
+def data_settings(settings: AppSettings) -> dict[str, Any]:
+    """Where this app's runs read their data: the prepared splits in the data cache, else downloaded first into it."""
+    prepared = (settings.cache / "train.csv").is_file()
+    return {"data": str(settings.cache) if prepared else None, "data_urls": settings.data_urls, "data_cache": str(settings.cache)}
 
 
 def owner_name(owner: object) -> str:

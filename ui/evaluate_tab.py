@@ -1,5 +1,8 @@
 """The Evaluate tab: a finished run on every message of the validation (or test) set.
 
+The run is chosen from the same list as Classify's (ui.answering), with the same default, and
+choosing on one tab chooses on the other.
+
 Its confusion matrix, precision/recall/F1 at a chosen threshold, the ROC curve and the misclassified
 messages, one class against the rest (spam by default; any class, so three or more classes too),
 all from the per-message scores the run kept in run.json.
@@ -13,7 +16,8 @@ import pandas as pd
 
 from engine.errors import LoRALabError
 from engine.evaluate import POSITIVE_CLASS, Scores, at_threshold, mistakes, positive_class, roc_curve
-from engine.runs.history import RunSummary, all_runs, read_scores
+from engine.runs.history import RunSummary, read_scores
+from ui.answering import choice_label, default_run
 from ui.lab import Lab
 from ui.views import confusion_html, plural
 
@@ -132,12 +136,18 @@ class EvaluateTab:
         return Path(self.lab.settings.out)
 
     def evaluated_runs(self) -> list[tuple[str, RunSummary]]:
-        return [(name, run) for name, run in all_runs(self.out) if run.validation_accuracy is not None]
+        """The finished runs, newest first: Classify's list (ui.answering)."""
+        return [(run.name, run.summary) for run in self.lab.finished_runs()]
 
-    def evaluation_choices(self) -> gr.Dropdown:
-        """The finished runs to evaluate, newest first (the picker's choices, so not a plain value)."""
-        names = [name for name, _ in self.evaluated_runs()]
-        return gr.Dropdown(choices=names, value=names[0] if names else None, allow_custom_value=True)
+    def evaluation_choices(self, current: str | None = None, request: gr.Request | None = None) -> gr.Dropdown:
+        """The finished runs to evaluate, newest first (the picker's choices, so not a plain value); the current choice
+        stays while it is in the list, else the visitor's default (as on Classify)."""
+        lab = self.lab
+        visitor = lab.room.visitor(request)
+        runs = lab.finished_runs()
+        default = default_run(runs, visitor, lab.room.on)
+        value = current if current in {run.name for run in runs} else default.name if default else None
+        return gr.Dropdown(choices=[(choice_label(run, visitor, lab.room.on), run.name) for run in runs], value=value)
 
     def positive_choices(self, run: str | None, current: str | None = None) -> gr.Dropdown:
         """The run's classes to pick the positive one from; the current choice stays when the run has it."""
@@ -155,6 +165,8 @@ class EvaluateTab:
         it is predicted when its probability reaches the threshold, any other class otherwise.
         """
         if not run:
+            if self.lab.finished_runs():  # none is chosen silently for this visitor (ui.answering)
+                return "No run chosen: choose a finished run from the list above.", "", None, None, None
             return "No finished run yet: train one on the Train tab (or run a sweep on Runs), then come back.", "", None, None, None
         if split not in SPLITS:
             raise gr.Error(f"unknown split {str(split)[:40]!r}: choose validation or test")
@@ -170,8 +182,9 @@ class EvaluateTab:
         return evaluation_views(evaluation, chosen, float(threshold))
 
 
-def build_evaluate_tab(evaluate: EvaluateTab) -> None:
-    """The Evaluate tab, wired; opening it (or Refresh) lists the finished runs and shows the newest."""
+def build_evaluate_tab(evaluate: EvaluateTab, classify_run: gr.Dropdown) -> None:
+    """The Evaluate tab, wired; opening it (or Refresh) lists the finished runs and shows the chosen one (or the default).
+    Its choice and Classify's `classify_run` follow each other."""
     with gr.Tab("Evaluate") as tab:
         gr.Markdown(
             "How a finished run does on every message of the validation (or test) set, and what changes when the chosen class "
@@ -179,7 +192,7 @@ def build_evaluate_tab(evaluate: EvaluateTab) -> None:
         )
         with gr.Row():
             run = gr.Dropdown(
-                [], label="Run", info="finished runs, newest first", allow_custom_value=True, elem_id="eval-run", scale=2
+                [], label="Run", info="finished runs, newest first (the same list as on Classify)", allow_custom_value=True, elem_id="eval-run", scale=2
             )  # the handler checks the name
             split = gr.Radio(list(SPLITS), value="validation", label="Messages", elem_id="eval-split", scale=1)
             refresh = gr.Button("Refresh", size="sm", elem_id="eval-refresh", scale=0)
@@ -224,10 +237,13 @@ def build_evaluate_tab(evaluate: EvaluateTab) -> None:
     views = [summary, confusion, metrics, roc, wrong]
     inputs = [run, split, threshold, positive]
     # A chosen run brings its own classes: the positive-class picker is refilled before evaluating.
-    gr.on([tab.select, refresh.click], evaluate.evaluation_choices, None, run, api_name="evaluation_runs", show_progress="hidden").then(
+    gr.on([tab.select, refresh.click], evaluate.evaluation_choices, run, run, api_name="evaluation_runs", show_progress="hidden").then(
         evaluate.positive_choices, [run, positive], positive, api_name="positive_classes_refreshed", show_progress="hidden"
     ).then(evaluate.evaluate, inputs, views, api_name="evaluate_refreshed", show_progress="hidden")
     run.input(evaluate.positive_choices, [run, positive], positive, api_name="positive_classes", show_progress="hidden").then(
         evaluate.evaluate, inputs, views, api_name="evaluate_run", show_progress="hidden"
     )
     gr.on([split.change, threshold.change, positive.input], evaluate.evaluate, inputs, views, api_name="evaluate", show_progress="hidden")
+    # One choice for both tabs: a run chosen on either is chosen on the other (Evaluate redraws when opened).
+    run.input(lambda chosen: chosen, run, classify_run, api_visibility="private", show_progress="hidden", queue=False)
+    classify_run.input(lambda chosen: chosen, classify_run, run, api_visibility="private", show_progress="hidden", queue=False)

@@ -3,6 +3,7 @@
 The engine reports states, phases and numbers; every sentence about them is written here, once.
 """
 
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -106,3 +107,15 @@ def progress_words(view: RunView | None) -> str:
 def ordinal(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
+
+
+def queued_words(run_id: str, position: int, running: int, wait_s: float | None) -> str:
+    """A waiting run's place and expected wait: "Run X is 3rd in line (2 runs running, 2 waiting ahead of it): it should start in about 4 min."."""
+    ahead = f"{plural(running, 'run')} running, {plural(position - 1, 'run')} waiting ahead of it"
+    if wait_s is None:
+        when = "no run has finished on this machine yet, so its wait cannot be estimated"
+    elif wait_s < 60:
+        when = "it should start within a minute"
+    else:
+        when = f"it should start in about {math.ceil(wait_s / 60)} min"
+    return f"Run {run_id} is {ordinal(position)} in line ({ahead}): {when}. This page follows it."

@@ -1,7 +1,9 @@
 """The Runs tab: the queue every visitor adds to, grids of runs, what a grid found, and the history.
 
 The queue table is live: waiting, running and finished runs, answers first. A waiting run can be
-moved or cancelled, a running one stopped, any one watched on the Train tab. A grid is the
+moved or cancelled, a running one stopped, any one watched on the Train tab; in a room a visitor
+acts on their own runs only (moving them among their own), and the presenter, who acts on all, also
+sets the room's limit of waiting runs per visitor here. A grid is the
 Model & LoRA settings with some of them given several values (5 ranks x 2 alphas x 3 seeds is 30
 runs, shown before it is queued). A finished grid shows as a heat map of test accuracy over two
 chosen settings, and as accuracy against trainable parameters and time, with the seeds' spread.
@@ -21,11 +23,13 @@ from engine.errors import ConfigError, LoRALabError
 from engine.runs.compare import GRID_SETTINGS, grid_points, varied
 from engine.runs.grid import MAX_GRID_RUNS, Grid, targets_named
 from engine.runs.history import RunSummary, all_runs, list_runs
+from engine.runs.queue import MAX_WAITING
 from engine.runs.scheduler import RunView
 from ui.controls import Controls, ControlWidgets, run_config
 from ui.grid_plots import SETTING_WORDS, accuracy_against_cost, heat_map
 from ui.guards import user_error
 from ui.lab import Lab
+from ui.room import EVERYONE, Visitor, refusal, whose
 from ui.run_words import format_seconds, layers_words, progress_words
 from ui.views import TOAST_SECONDS, percent, plural, series_colors
 
@@ -38,8 +42,9 @@ NUMBER = re.compile(r"[^\s,;]+")
 QUEUE_COLUMNS = ["state", "test acc. (%)", "run", "who", "rank", "alpha", "learning rate", "seed", "preset", "layers", "time", "worker", "note"]
 
 
-def queue_frame(views: Sequence[RunView]) -> pd.DataFrame | None:
-    """Every run the queue knows, newest first; the answer columns come first, the long ones last."""
+def queue_frame(views: Sequence[RunView], visitor: Visitor = EVERYONE, room_on: bool = False) -> pd.DataFrame | None:
+    """Every run the queue knows, newest first; the answer columns come first, the long ones last. In a room,
+    "who" marks the visitor's own runs and the presenter's."""
     if not views:
         return None
     rows = []
@@ -47,19 +52,20 @@ def queue_frame(views: Sequence[RunView]) -> pd.DataFrame | None:
         run, progress = view.run, view.progress
         final = (progress.final or {}) if progress else {}
         took = run.ended_at - run.started_at if run.started_at and run.ended_at else None
-        cfg = run.config
+        cfg, known = run.config, run.settings_known  # settings refused when the queue was read are not shown
+        mark = whose(run, visitor, room_on)
         rows.append(
             {
                 "state": progress_words(view),
                 "test acc. (%)": percent(final["test"].accuracy) if "test" in final else None,
                 "run": run.id,
-                "who": cfg.owner,
-                "rank": cfg.lora.rank,
-                "alpha": cfg.lora.alpha,
-                "learning rate": cfg.train.lr,
-                "seed": cfg.train.seed,
-                "preset": cfg.preset or "",
-                "layers": layers_words(cfg.lora.targets),
+                "who": f"{cfg.owner} ({mark})" if cfg.owner and mark else cfg.owner or mark,
+                "rank": cfg.lora.rank if known else None,
+                "alpha": cfg.lora.alpha if known else None,
+                "learning rate": cfg.train.lr if known else None,
+                "seed": cfg.train.seed if known else None,
+                "preset": cfg.preset or "" if known else "",
+                "layers": layers_words(cfg.lora.targets) if known else "",
                 "time": format_seconds(took) if took is not None else "",
                 "worker": run.worker or "",
                 "note": run.reason or "",
@@ -136,10 +142,18 @@ def parse_values(text: str | None, kind: type, what: str) -> tuple:
         raise ConfigError(f"{what}: {text.strip()[:40]!r} is not a list of {'whole ' if kind is int else ''}numbers; type e.g. 1, 2, 3") from None
 
 
+def whole_numbers(values: Sequence[Any] | None, what: str) -> tuple[int, ...]:
+    """Ticked whole numbers (sent as numbers or text); anything else is refused by name, never an internal fault."""
+    try:
+        return tuple(int(value) for value in values or ())
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{what}: choose from {', '.join(map(str, RANK_CHOICES))}") from None
+
+
 def grid_of(ranks: Sequence[Any], alphas: str, scalings: Sequence[str], lrs: str, presets: Sequence[str], layers: Sequence[str], seeds: str) -> Grid:
     """The grid the Runs tab's fields describe (an empty field keeps the Model & LoRA value)."""
     return Grid(
-        rank=tuple(int(r) for r in ranks or ()),
+        rank=whole_numbers(ranks, "ranks"),
         alpha=parse_values(alphas, float, "alphas"),
         scaling=tuple(scalings or ()),
         lr=parse_values(lrs, float, "learning rates"),
@@ -188,45 +202,76 @@ class RunsTab:
 
     # --- the queue ----------------------------------------------------------------------------
 
-    def queue(self, last: tuple | None = None) -> tuple[Any, ...]:
+    def queue(self, last: tuple | None = None, request: gr.Request | None = None) -> tuple[Any, ...]:
         """The queue table, the pick list of runs that can still be acted on, and how many runs have ended
         (the comparison redraws when it changes); nothing when unchanged since `last`."""
-        views = self.lab.scheduler.views()
+        lab = self.lab
+        visitor = lab.room.visitor(request)
+        views = lab.scheduler.views()
         key = tuple((v.run.id, v.run.state, v.position, progress_words(v)) for v in views)
         if last is not None and key == last:
             return gr.skip(), gr.skip(), last, gr.skip()
-        open_runs = [v.run.id for v in sorted(views, key=lambda v: v.run.queued_at, reverse=True) if not v.run.ended]
-        return queue_frame(views), gr.Dropdown(choices=open_runs), key, sum(v.run.ended for v in views)
+        open_runs = [v.run for v in sorted(views, key=lambda v: v.run.queued_at, reverse=True) if not v.run.ended]
+        choices = [(" · ".join(filter(None, (run.id, run.config.owner, whose(run, visitor, lab.room.on)))), run.id) for run in open_runs]
+        return queue_frame(views, visitor, lab.room.on), gr.Dropdown(choices=choices), key, sum(v.run.ended for v in views)
 
-    def move_up(self, run_id: str | None) -> str:
-        self._act(run_id, lambda chosen: self.lab.scheduler.move(chosen, 1))
+    def controls_for(self, run_id: str | None, request: gr.Request | None = None) -> tuple[Any, ...]:
+        """The queue's buttons for the picked run: disabled, with the reason, when it is someone else's (in a room)."""
+        lab = self.lab
+        run = next((view.run for view in lab.scheduler.views() if view.run.id == run_id), None) if run_id else None
+        allowed = run is None or lab.room.visitor(request).may_act_on(run)
+        note = "" if allowed else f"*{refusal(run, 'move, cancel or stop')}.*"
+        return (*[gr.Button(interactive=allowed)] * 4, note)
+
+    def move_up(self, run_id: str | None, request: gr.Request | None = None) -> str:
+        self._move(run_id, 1, request)
         return f"Moved {run_id} one place up."
 
-    def move_down(self, run_id: str | None) -> str:
-        self._act(run_id, lambda chosen: self.lab.scheduler.move(chosen, -1))
+    def move_down(self, run_id: str | None, request: gr.Request | None = None) -> str:
+        self._move(run_id, -1, request)
         return f"Moved {run_id} one place down."
 
-    def cancel(self, run_id: str | None) -> str:
-        self._act(run_id, self.lab.scheduler.cancel)
+    def _move(self, run_id: str | None, places: int, request: gr.Request | None) -> None:
+        """In a room a visitor moves a run among their own waiting runs only: nobody jumps ahead of another visitor."""
+        visitor = self.lab.room.visitor(request)
+        among_own = self.lab.room.on and not visitor.presenter
+        self._act(run_id, "move", visitor, lambda chosen: self.lab.scheduler.move(chosen, places, among_own))
+
+    def cancel(self, run_id: str | None, request: gr.Request | None = None) -> str:
+        self._act(run_id, "cancel", self.lab.room.visitor(request), self.lab.scheduler.cancel)
         return f"Cancelled {run_id}: it left the queue."
 
-    def stop(self, run_id: str | None) -> str:
-        run = self._act(run_id, self.lab.scheduler.stop)
+    def stop(self, run_id: str | None, request: gr.Request | None = None) -> str:
+        run = self._act(run_id, "stop", self.lab.room.visitor(request), self.lab.scheduler.stop)
         return f"Stopping {run_id} after its current step." if run.state == "running" else f"Cancelled {run_id}: it left the queue."
 
     def watch(self, run_id: str | None) -> tuple[Any, gr.Tabs]:
-        """Point the Train tab at the picked run and open it."""
-        if not run_id:
+        """Point the Train tab at the picked run and open it (anyone may watch any run)."""
+        if not run_id or not isinstance(run_id, str):
             raise gr.Error("pick a run first", duration=5)
         return run_id, gr.Tabs(selected="train")
 
-    def _act(self, run_id: str | None, act: Any) -> Any:
+    def _act(self, run_id: str | None, act: str, visitor: Visitor, do: Any) -> Any:
+        """Do `do(run_id)` if `visitor` may `act` on that run (any run id of the queue is accepted: scripts send them)."""
         if not run_id or not isinstance(run_id, str):
             raise gr.Error("pick a run first: the list holds the waiting and running runs", duration=5)
         try:
-            return act(run_id)
+            self.lab.room.check(visitor, self.lab.scheduler.queue.get(run_id), act)
+            return do(run_id)
         except LoRALabError as error:
             raise user_error(error) from None
+
+    # --- the room (presenter only) ---------------------------------------------------------------
+
+    def room_panel(self, request: gr.Request | None = None) -> tuple[Any, Any]:
+        """The room's settings: shown to the presenter only."""
+        presenter = self.lab.room.on and self.lab.room.visitor(request).presenter
+        return gr.Accordion(visible=presenter), gr.Number(value=self.lab.room.max_waiting)
+
+    def set_room_limit(self, most_waiting: float | None, request: gr.Request | None = None) -> str:
+        """The presenter sets the most waiting runs per visitor (a grid counts each of its runs)."""
+        limit = self.lab.room.set_limit(self.lab.room.visitor(request), most_waiting)
+        return f"Each visitor may now have at most {limit} waiting {'run' if limit == 1 else 'runs'} (the presenter has no limit)."
 
     # --- adding runs ----------------------------------------------------------------------------
 
@@ -246,16 +291,19 @@ class RunsTab:
         layers: Sequence[str],
         seeds: str,
         owner: str = "",
+        request: gr.Request | None = None,
         **controls: Any,
     ) -> str:
-        """Queue every combination of the chosen values over the Model & LoRA settings."""
+        """Queue every combination of the chosen values over the Model & LoRA settings, for the visitor (each run counts towards their limit)."""
         settings = Controls(**controls)  # Gradio sends the controls by name: they name the API's parameters
         self.lab.check_model(settings.model)
+        visitor = self.lab.room.visitor(request)
         try:
             base = run_config(self.lab.settings, settings, owner)
             runs = grid_of(ranks, alphas, scalings, lrs, presets, layers, seeds).expand(base)
             self.lab.check_batch_size(base.train.batch_size)
-            queued = self.lab.scheduler.submit([cfg for _, cfg in runs], [label for label, _ in runs])
+            limit = self.lab.room.limit_for(visitor)
+            queued = self.lab.scheduler.submit([cfg for _, cfg in runs], [label for label, _ in runs], visitor.key, limit)
         except LoRALabError as error:
             raise user_error(error) from None
         gr.Info(f"{len(queued)} runs queued in {queued[0].grid}: watch them here, and each one on the Train tab.", duration=TOAST_SECONDS)
@@ -326,13 +374,26 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
             elem_id="queue",
         )
         with gr.Row(equal_height=True):
-            picked = gr.Dropdown([], label="Run", info="a waiting or running run", elem_id="queue-pick", scale=3)
+            # Any run id of the queue is accepted (scripts send them); the handlers check it.
+            picked = gr.Dropdown([], label="Run", info="a waiting or running run", allow_custom_value=True, elem_id="queue-pick", scale=3)
             up = gr.Button("Move up", size="sm", elem_id="queue-up")
             down = gr.Button("Move down", size="sm", elem_id="queue-down")
             cancel = gr.Button("Cancel", size="sm", elem_id="queue-cancel")
             stop = gr.Button("Stop", variant="stop", size="sm", elem_id="queue-stop")
             watch = gr.Button("Watch on the Train tab", size="sm", elem_id="queue-watch")
         queue_note = gr.Markdown(elem_id="queue-note")
+        with gr.Accordion("The room (presenter only)", open=True, visible=False, elem_id="room-settings") as room_settings, gr.Row(equal_height=True):
+            most_waiting = gr.Number(
+                runs.lab.room.max_waiting,
+                label="Most waiting runs per visitor",
+                info="a grid counts each of its runs; the presenter has no limit",
+                precision=0,
+                minimum=1,
+                maximum=MAX_WAITING,
+                elem_id="room-most-waiting",
+                scale=2,
+            )
+            apply_limit = gr.Button("Apply", size="sm", elem_id="room-apply", scale=1)
 
         gr.Markdown(
             "### Add a grid of runs\nEvery combination of the values ticked or typed below, each with the other settings of *Model & LoRA*. "
@@ -386,6 +447,9 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
 
     timer.tick(runs.queue, last_queue, queue_view, api_name="queue", show_progress="hidden", concurrency_limit=None)
     gr.on([demo.load, tab.select], runs.queue, None, queue_view, api_name="queue_now", show_progress="hidden", concurrency_limit=None)
+    picked.change(runs.controls_for, picked, [up, down, cancel, stop, queue_note], api_name="queue_controls", show_progress="hidden", concurrency_limit=None)
+    demo.load(runs.room_panel, None, [room_settings, most_waiting], api_name="room_panel", show_progress="hidden", concurrency_limit=None)
+    apply_limit.click(runs.set_room_limit, most_waiting, queue_note, api_name="set_room_limit", concurrency_limit=None)
     up.click(runs.move_up, picked, queue_note, api_name="move_up", concurrency_limit=None)
     down.click(runs.move_down, picked, queue_note, api_name="move_down", concurrency_limit=None)
     cancel.click(runs.cancel, picked, queue_note, api_name="cancel_run", concurrency_limit=None)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from engine.config import DATA_CACHE, DEFAULT_MODEL, GPT2_SIZES, RUNS_DIR
 from engine.data.prepared import SOURCES
+from ui.room import DEFAULT_MAX_WAITING_PER_VISITOR
 
 # Gradio refuses bigger uploads. The largest adapter the controls can make (gpt2-xl, rank 64, every
 # layer) is 354 MB; the data files are held to the engine's own, smaller limit.
@@ -34,6 +35,9 @@ class AppSettings:
     ray: str | None = None  # a Ray cluster's address (or "auto") to run on instead of this machine
     upload_space_mb: int = UPLOAD_SPACE_MB  # the uploads kept at once, all visitors together
     app_device: str = "cpu"  # where the web process runs the model (Classify, the weights check): never a worker's GPU unless told
+    room: bool = False  # room mode (ui.room): each visitor acts on their own runs, the presenter on all
+    presenter_token: str | None = None  # the presenter link's secret (None: a random one per start)
+    max_waiting_per_visitor: int = DEFAULT_MAX_WAITING_PER_VISITOR  # in a room; the presenter may change it from the page
 
     @property
     def models(self) -> tuple[str, ...]:

@@ -1,14 +1,15 @@
 """The Train tab: start a run, watch one run live, stop it.
 
 Runs belong to the app's queue, not to a page: a timer (POLL_SECONDS) polls the run this page follows (the
-newest run to have started, or one picked from the list), so a reloaded page or a second visitor
-re-attaches to it, a run started from the Runs tab shows here too, and anyone can stop it. A poll
-that finds nothing new sends nothing, so idle pages cost little.
+newest run to have started, or in a room the visitor's own latest run, or one picked from the list),
+so a reloaded page or a second visitor re-attaches to it, and a run started from the Runs tab shows
+here too. Anyone can stop it, except in a room, where a visitor stops only their own runs (the
+presenter any). A poll that finds nothing new sends nothing, so idle pages cost little.
 """
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gradio as gr
@@ -23,7 +24,8 @@ from engine.runs.scheduler import RunView
 from ui.controls import Controls, ControlWidgets, run_config
 from ui.guards import user_error
 from ui.lab import Lab
-from ui.run_words import STATES, format_seconds, run_header, status_line
+from ui.room import EVERYONE, Visitor, refusal, whose
+from ui.run_words import STATES, format_seconds, queued_words, run_header, status_line
 from ui.views import TOAST_SECONDS, confusion_html, plural
 
 POLL_SECONDS = 1.0
@@ -249,11 +251,12 @@ def view_key(view: RunView | None) -> tuple:
     return (view.run.id, view.run.state, view.position, download, *shown)
 
 
-def follow_choices(views: Sequence[RunView]) -> list[tuple[str, str]]:
-    """The follow list: the newest run, then each run, newest first."""
+def follow_choices(views: Sequence[RunView], visitor: Visitor = EVERYONE, room_on: bool = False) -> list[tuple[str, str]]:
+    """The follow list: the default (in a room, the visitor's own latest run; else the newest run), then each run, newest first."""
     newest_first = sorted(views, key=lambda v: v.run.queued_at, reverse=True)[:MAX_FOLLOW_CHOICES]
-    return [("The newest run", NEWEST)] + [
-        (f"{v.run.id} · {v.run.state}" + (f" · {v.run.config.owner}" if v.run.config.owner else ""), v.run.id) for v in newest_first
+    default = "Your latest run (else the newest)" if room_on else "The newest run"
+    return [(default, NEWEST)] + [
+        (" · ".join(filter(None, (v.run.id, v.run.state, v.run.config.owner, whose(v.run, visitor, room_on)))), v.run.id) for v in newest_first
     ]
 
 
@@ -263,50 +266,92 @@ class TrainTab:
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
 
-    def start_training(self, controls: Controls, owner: str = "") -> tuple[Any, ...]:
-        """Queue a run with these settings and follow it; the handler returns the tab's new view."""
+    def start_training(self, controls: Controls, owner: str = "", request: gr.Request | None = None) -> tuple[Any, ...]:
+        """Queue a run with these settings for the visitor and follow it; the handler returns the tab's new view."""
         lab = self.lab
         lab.check_model(controls.model)
+        visitor = lab.room.visitor(request)
         try:
             cfg = run_config(lab.settings, controls, owner)
             param_summary(cfg.model, cfg.lora)  # builds the model on the meta device: a rank wider than a layer fails here, at once
             lab.check_batch_size(cfg.train.batch_size)
-            (run,) = lab.scheduler.submit([cfg])
+            (run,) = lab.scheduler.submit([cfg], visitor=visitor.key, max_waiting_per_visitor=lab.room.limit_for(visitor))
         except LoRALabError as error:
             raise user_error(error) from None
-        others = [v for v in lab.scheduler.views() if v.run.id != run.id and not v.run.ended]
-        if len(others) >= len(lab.scheduler.workers.slots):
-            gr.Info(
-                f"Run {run.id} waits in the queue behind {plural(len(others), 'other run')}; this page follows it.",
-                duration=TOAST_SECONDS,
-            )
-        return self.poll(run.id, None)
+        if lab.room.on:
+            gr.Info(self.place_words(run.id), duration=TOAST_SECONDS)
+        else:
+            others = [v for v in lab.scheduler.views() if v.run.id != run.id and not v.run.ended]
+            if len(others) >= len(lab.scheduler.workers.slots):
+                gr.Info(f"Run {run.id} waits in the queue behind {plural(len(others), 'other run')}; this page follows it.", duration=TOAST_SECONDS)
+        return self.poll(run.id, None, request)
 
-    def start(self, owner: str = "", **controls: Any) -> tuple[Any, ...]:
-        """Queue a run with these settings and follow it."""
-        return self.start_training(Controls(**controls), owner)  # Gradio sends the controls by name: they name the API's parameters
-
-    def poll(self, followed: str | None, last: tuple | None) -> tuple[Any, ...]:
-        """The followed run's view, or nothing new (gr.skip) when nothing changed since `last`."""
+    def place_words(self, run_id: str) -> str:
+        """A new run's place in the queue and its expected wait, in one sentence."""
         views = self.lab.scheduler.views()
-        view = self.lab.followed(followed or None)
-        choices = follow_choices(views)
-        key = (view_key(view), tuple(choices), followed or NEWEST)
+        mine = next((view for view in views if view.run.id == run_id), None)
+        running = sum(view.run.state == "running" for view in views)
+        free = len(self.lab.scheduler.workers.slots) - running
+        if mine is None or mine.position is None or mine.position <= free:
+            return f"Run {run_id} starts now; this page follows it."
+        return queued_words(run_id, mine.position, running, self.lab.expected_wait_s(run_id))
+
+    def start(self, owner: str = "", request: gr.Request | None = None, **controls: Any) -> tuple[Any, ...]:
+        """Queue a run with these settings and follow it."""
+        return self.start_training(Controls(**controls), owner, request)  # Gradio sends the controls by name: they name the API's parameters
+
+    def poll(self, followed: str | None, last: tuple | None, request: gr.Request | None = None) -> tuple[Any, ...]:
+        """The followed run's view, or nothing new (gr.skip) when nothing changed since `last`."""
+        lab = self.lab
+        visitor = lab.room.visitor(request)
+        views = lab.scheduler.views()
+        view = lab.followed(followed or None, visitor)
+        choices = follow_choices(views, visitor, lab.room.on)
+        allowed = view is None or visitor.may_act_on(view.run)
+        key = (view_key(view), tuple(choices), followed or NEWEST, allowed)
         dropdown = gr.Dropdown(choices=choices, value=followed if followed in {value for _, value in choices} else NEWEST)
         if last is not None and key == last:
             running_status = status_line(view) if view is not None and view.run.state in ("running", "queued") else gr.skip()
-            return (gr.skip(), running_status, *[gr.skip()] * 10, gr.skip(), last)
-        return (*training_view(view).values(), dropdown, key)
+            return (gr.skip(), running_status, *[gr.skip()] * 10, gr.skip(), gr.skip(), last)
+        shown = training_view(view)
+        if not allowed:
+            shown = replace(shown, header=f"{shown.header}  \n*{refusal(view.run, 'stop')}.*")
+        return (*shown.values(), dropdown, gr.Button(interactive=allowed), key)
 
-    def attach(self) -> tuple[Any, ...]:
-        """On page load: follow the newest run, whoever started it, before or after a reload."""
-        return self.poll(None, None)
+    def run_info(self, run_id: str = "", request: gr.Request | None = None) -> dict[str, Any]:
+        """A run as plain values, for scripts: `run_id`, or "" for the caller's latest run (in a room; else the newest run).
 
-    def stop_training(self, followed: str | None) -> str:
+        Raises:
+            gr.Error: no such run.
+        """
+        visitor = self.lab.room.visitor(request)
+        view = self.lab.followed(run_id if isinstance(run_id, str) else None, visitor)
+        if view is None:
+            raise gr.Error(f"no run {str(run_id)[:80]!r} in the queue" if run_id else "no run yet: start one first", duration=8)
+        run, progress = view.run, view.progress
+        final = progress.final if progress and progress.final else {}
+        return {
+            "id": run.id,
+            "state": run.state,
+            "place": view.position,  # 1-based among the waiting runs; None once it started
+            "step": progress.step if progress else 0,
+            "total_steps": progress.total_steps if progress else 0,
+            "test_accuracy": final["test"].accuracy if "test" in final else None,
+            "reason": run.reason,
+            "yours": self.lab.room.on and visitor.key == run.visitor,
+        }
+
+    def attach(self, request: gr.Request | None = None) -> tuple[Any, ...]:
+        """On page load: follow the visitor's own latest run in a room, else the newest run, before or after a reload."""
+        return self.poll(None, None, request)
+
+    def stop_training(self, followed: str | None, request: gr.Request | None = None) -> str:
         """Stop the followed run after its current step (or take it out of the queue if it has not started)."""
-        view = self.lab.followed(followed or None)
+        visitor = self.lab.room.visitor(request)
+        view = self.lab.followed(followed or None, visitor)
         if view is None or view.run.ended:
             return status_line(view)
+        self.lab.room.check(visitor, view.run, "stop")
         try:
             self.lab.scheduler.stop(view.run.id)
         except LoRALabError as error:
@@ -357,7 +402,10 @@ def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) 
             start_button = gr.Button("Start training", variant="primary", elem_id="start", scale=2)
             stop_button = gr.Button("Stop", variant="stop", elem_id="stop", scale=1)
             owner = gr.Textbox("", label="Your name (optional)", placeholder="shown beside your runs", max_lines=1, elem_id="owner", scale=2)
-            followed = gr.Dropdown([("The newest run", NEWEST)], value=NEWEST, label="Watching", elem_id="follow", scale=3)
+            # Any run id is accepted (a script may follow or stop any run of the queue); poll checks it.
+            followed = gr.Dropdown(
+                follow_choices([], room_on=train.lab.room.on), value=NEWEST, label="Watching", allow_custom_value=True, elem_id="follow", scale=3
+            )
         header = gr.Markdown(elem_id="run-header")
         train_status = gr.Textbox(label="Status", interactive=False, elem_id="train-status")
         progress = gr.HTML(elem_id="train-progress")
@@ -397,6 +445,7 @@ def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) 
         book_plot,
         files,
         followed,
+        stop_button,
         last_shown,
     ]
     start_button.click(train.start, inputs_kwargs={"owner": owner, **controls.by_name()}, outputs=view, api_name="start", show_progress="hidden")
@@ -405,3 +454,13 @@ def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) 
     stop_button.click(train.stop_training, followed, train_status, api_name="stop", concurrency_limit=None)
     demo.load(train.attach, None, view, api_name="attach", show_progress="hidden")
     return timer, followed
+
+
+def build_run_info(train: TrainTab) -> None:
+    """/run_info, for scripts (no widget shows it): call it outside gr.Tabs, whose children must all be tabs."""
+
+    def run_info(run: str = "", request: gr.Request = None) -> dict:  # type: ignore[assignment]  # Gradio passes the request
+        """A run's id, state ("queued", "running", "done", ...), place in the queue, step, total steps, test accuracy and reason; "" for your latest run."""
+        return train.run_info(run, request)
+
+    gr.api(run_info, api_name="run_info", concurrency_limit=None)

@@ -1,6 +1,6 @@
 """The run history: every run folder's run.json, listed and compared (config, curves, metrics, time,
-device, state), a finished run's per-message scores, and the latest complete run's adapter, the one
-classification uses by default."""
+device, state), a finished run's per-message scores, and whether a run's adapter is usable (reads,
+every value finite)."""
 
 import functools
 from dataclasses import dataclass
@@ -13,7 +13,6 @@ from engine.data.prepared import read_split
 from engine.errors import AdapterError, ConfigError, DataError
 from engine.evaluate import Scores
 from engine.runs.record import ADAPTER_DIR, RECORD_FILE, read_record, record_state
-from engine.runs.states import COMPLETE
 
 
 @dataclass(frozen=True)
@@ -118,24 +117,6 @@ def settle_runs(root: Path) -> None:
     """Read every record under `root`, so that runs whose process is gone are marked interrupted."""
     for folder in run_folders(root):
         read_record(folder)
-
-
-def latest_adapter(root: Path) -> Path | None:
-    """The adapter folder of the newest complete run under `root` (its own or a sweep's): its record
-    says done, or stopped, and its adapter reads with every value finite. A failed or interrupted
-    run's adapter, or one no record describes, is never picked."""
-    candidates = []
-    for folder in run_folders(root):
-        tensors = folder / ADAPTER_DIR / TENSORS_FILE
-        try:
-            candidates.append((tensors.stat().st_mtime_ns, folder))
-        except OSError:
-            continue
-    for _, folder in sorted(candidates, reverse=True):
-        record = read_record(folder)
-        if record is not None and record_state(record) in COMPLETE and usable_adapter(folder / ADAPTER_DIR):
-            return folder / ADAPTER_DIR
-    return None
 
 
 def usable_adapter(folder: Path) -> bool:

@@ -108,7 +108,7 @@ class RunRecord:
         except DiskFullError as error:
             raise DiskFullError(folder, "--out") from error
         _remove_run_files(folder)  # an earlier run's adapter beside this run's record would pass for this run's
-        fields = {"state": "running", "created": now(), "config": asdict(cfg), "process": _this_process()}
+        fields = {"state": "running", "created": now(), "config": asdict(cfg), "process": this_process()}
         record = cls(folder, fields, made_folder)
         with _running_lock:
             _running.add(_key(folder))
@@ -231,10 +231,10 @@ def _still_running(folder: Path, process: Any) -> bool:
     if pid == os.getpid():
         with _running_lock:
             return _key(folder) in _running
-    return isinstance(pid, int) and _process_alive(pid, process.get("started"))
+    return isinstance(pid, int) and process_alive(pid, process.get("started"))
 
 
-def _process_alive(pid: int, started: Any) -> bool:
+def process_alive(pid: int, started: Any) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -247,7 +247,7 @@ def _process_alive(pid: int, started: Any) -> bool:
     return started is None or _start_ticks(pid) in (None, started)
 
 
-def _this_process() -> dict[str, Any]:
+def this_process() -> dict[str, Any]:
     return {"pid": os.getpid(), "host": socket.gethostname(), "started": _start_ticks(os.getpid())}
 
 

@@ -1,13 +1,17 @@
 """Runs from the queue on the workers: as many at once as there are worker slots, in queue order.
 
-The app (and `python -m engine sweep`) owns one Scheduler. Anyone adds runs; a dispatcher thread
-starts the first queued run whenever a slot is free; each run's events stream back into a
-`RunRecorder`, which any number of viewers read; a failed run never stops the queue. The workers
-are `LocalWorkers` (processes on this machine) or `RayWorkers` (tasks on a Ray cluster): both
-launch a run on a slot, stop it on request, and report its events and its end.
+The app (and `python -m engine sweep`) owns one Scheduler, and through it its runs folder (a lock
+held until `close`: a second owner is refused). Anyone adds runs; a dispatcher thread starts the
+first queued run whenever a slot is free; each run's events stream back into a `RunRecorder`,
+which any number of viewers read; a failed run never stops the queue. Whatever goes wrong while
+starting or ending a run (a worker that cannot start, a queue that cannot be saved, a fault of
+ours) becomes that run's failure with its reason, logged once, and its slot is always given back.
+The workers are `LocalWorkers` (processes on this machine) or `RayWorkers` (tasks on a Ray
+cluster): both launch a run on a slot, stop it on request, and report its events and its end.
 """
 
 import collections
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -18,8 +22,12 @@ from typing import Protocol
 from engine.config import RunConfig
 from engine.failure import Failure
 from engine.runs.jobs import WorkerEnded
+from engine.runs.lock import RunsFolderLock
 from engine.runs.queue import QueuedRun, QueueError, RunQueue
+from engine.runs.queue_file import Rebase
 from engine.runs.recorder import RunProgress, RunRecorder
+
+log = logging.getLogger(__name__)
 
 KEPT_PROGRESS = 64  # ended runs whose live views stay in memory (their records stay on disk)
 
@@ -67,10 +75,20 @@ def workers_for(count: int | None, device: str = "auto", ray_address: str | None
 
 
 class Scheduler:
-    def __init__(self, root: Path, workers: Workers, persist: bool = True) -> None:
+    def __init__(self, root: Path, workers: Workers, persist: bool = True, rebase: Rebase | None = None, purpose: str = "a LoRA Lab app") -> None:
+        """Own `root` (see RunsFolderLock; `purpose` names this owner to a second one) and start dispatching its queue.
+
+        Raises:
+            FolderInUse: another live process owns `root`.
+        """
         self.root = Path(root)
         self.workers = workers
-        self.queue = RunQueue(self.root, persist=persist)
+        self._folder_lock = RunsFolderLock.take(self.root, purpose)
+        try:
+            self.queue = RunQueue(self.root, persist=persist, rebase=rebase)
+        except BaseException:
+            self._folder_lock.release()
+            raise
         self._changed = threading.Condition()
         self._free = list(workers.slots)
         self._launched: dict[str, Launched | None] = {}  # running runs; None while their worker starts
@@ -82,9 +100,15 @@ class Scheduler:
 
     # --- what anyone may ask ------------------------------------------------------------------
 
-    def submit(self, configs: Sequence[RunConfig], grid_labels: Sequence[str] | None = None) -> list[QueuedRun]:
-        """Queue runs (one grid when `grid_labels` names each); they start as slots come free."""
-        added = self.queue.add(configs, grid_labels)
+    def submit(
+        self,
+        configs: Sequence[RunConfig],
+        grid_labels: Sequence[str] | None = None,
+        visitor: str = "",
+        max_waiting_per_visitor: int | None = None,
+    ) -> list[QueuedRun]:
+        """Queue runs for `visitor` (one grid when `grid_labels` names each); they start as slots come free (see RunQueue.add)."""
+        added = self.queue.add(configs, grid_labels, visitor, max_waiting_per_visitor)
         with self._changed:
             self._changed.notify_all()
         return added
@@ -110,8 +134,8 @@ class Scheduler:
     def cancel(self, run_id: str) -> QueuedRun:
         return self.queue.cancel(run_id)
 
-    def move(self, run_id: str, places: int) -> None:
-        self.queue.move(run_id, places)
+    def move(self, run_id: str, places: int, among_own: bool = False) -> None:
+        self.queue.move(run_id, places, among_own)
 
     def views(self) -> list[RunView]:
         """Every run the queue knows, in queue order, with the progress of those that ran here."""
@@ -154,6 +178,7 @@ class Scheduler:
             while self._launched and time.monotonic() < deadline:
                 self._changed.wait(0.2)
         self._dispatcher.join(timeout=5)
+        self._folder_lock.release()
 
     # --- the dispatcher and the workers' reports ---------------------------------------------
 
@@ -165,45 +190,88 @@ class Scheduler:
                 if self._closed:
                     return
                 slot = self._free.pop(0)
+            self._start_next(slot)
+
+    def _start_next(self, slot: Slot) -> None:
+        """Start the first waiting run on `slot`; whatever fails fails that run only, and the slot comes back."""
+        run = None
+        try:
+            with self._changed:
                 run = self.queue.claim_next(slot.name)
                 if run is None:
-                    self._free.insert(0, slot)
-                    continue
+                    self._give_back(slot)
+                    return
                 self._launched[run.id] = None
                 self._recorders[run.id] = RunRecorder()
                 self._trim_recorders()
-            try:
-                launched = self.workers.launch(run.config, slot, self._on_event(run.id), self._on_end(run.id, slot))
-            except Exception as error:  # the worker could not even start: that run fails, the queue goes on
+            launched = self.workers.launch(run.config, slot, self._on_event(run.id), self._on_end(run.id, slot))
+        except Exception as error:
+            if run is None:  # not claimed: claim_next failed that run already (a failed save), or a fault of ours fails it here
+                if isinstance(error, QueueError):
+                    log.error("%s", error)
+                else:
+                    log.exception("the next run could not be started")
+                    waiting = next((run for run in self.queue.runs() if run.state == "queued"), None)
+                    if waiting is not None:  # else it would be tried again at once, and again
+                        self.queue.fail(waiting.id, f"it could not be started: {type(error).__name__}: {error}")
+                with self._changed:
+                    self._give_back(slot)
+            else:  # the worker could not even start: that run fails, the queue goes on
                 self._on_end(run.id, slot)(WorkerEnded("failed", failure_of_launch(error)))
-                continue
-            with self._changed:
-                if run.id in self._launched:
-                    self._launched[run.id] = launched
-                stop_now = run.id in self._stop_asked
-            if stop_now:
-                launched.stop()
+            return
+        with self._changed:
+            if run.id in self._launched:
+                self._launched[run.id] = launched
+            stop_now = run.id in self._stop_asked
+        if stop_now:
+            launched.stop()
+
+    def _give_back(self, slot: Slot) -> None:
+        """Return `slot` (call holding `_changed`)."""
+        self._free.append(slot)
+        self._changed.notify_all()
 
     def _has_waiting(self) -> bool:
         return any(run.state == "queued" for run in self.queue.runs())
 
     def _on_event(self, run_id: str) -> Callable[[object], None]:
+        said = False
+
         def record(event: object) -> None:
+            nonlocal said
             with self._changed:
                 recorder = self._recorders.get(run_id)
-                if recorder is not None:
-                    recorder.record(event)  # type: ignore[arg-type]
+                try:
+                    if recorder is not None:
+                        recorder.record(event)  # type: ignore[arg-type]
+                except Exception:  # a fault of ours in one view: the run goes on, the fault is logged once
+                    if not said:
+                        said = True
+                        log.exception("run %s: an event could not be shown (%s)", run_id, type(event).__name__)
 
         return record
 
     def _on_end(self, run_id: str, slot: Slot) -> Callable[[WorkerEnded], None]:
+        ended_once = threading.Event()
+
         def end(ended: WorkerEnded) -> None:
+            if ended_once.is_set():  # a second report (a worker that still spoke after failing to start) changes nothing
+                return
+            ended_once.set()
             with self._changed:
-                self.queue.finish(run_id, ended.state, ended.failure.message if ended.failure else None)
-                self._launched.pop(run_id, None)
-                self._stop_asked.discard(run_id)
-                self._free.append(slot)
-                self._changed.notify_all()
+                try:
+                    self.queue.finish(run_id, ended.state, ended.failure.message if ended.failure else None)
+                    if ended.state == "failed" and ended.failure and ended.failure.kind == "internal":
+                        log.error("run %s failed: %s", run_id, ended.failure.message)
+                except QueueError as error:  # the queue marked it failed in memory, saying why
+                    log.error("%s", error)
+                except Exception as error:  # a fault of ours: the run fails, saying so
+                    log.exception("run %s: its end could not be recorded", run_id)
+                    self.queue.fail(run_id, f"its end could not be recorded: {type(error).__name__}: {error}")
+                finally:
+                    self._launched.pop(run_id, None)
+                    self._stop_asked.discard(run_id)
+                    self._give_back(slot)
 
         return end
 

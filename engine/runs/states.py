@@ -15,4 +15,3 @@ RecordState = Literal["running", "done", "stopped", "failed", "interrupted"]
 RUN_STATES: tuple[str, ...] = get_args(RunState)
 RECORD_STATES: tuple[str, ...] = get_args(RecordState)
 ENDED: tuple[str, ...] = ("done", "failed", "stopped", "cancelled", "interrupted")
-COMPLETE: tuple[str, ...] = ("done", "stopped")  # an adapter that may be used: the run saved it and said so
