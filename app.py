@@ -66,7 +66,7 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
     # Uploads (and Gradio's copies of shown files) are deleted an hour after they arrive, and all at exit.
     with gr.Blocks(title="LoRA Lab", delete_cache=(UPLOAD_SWEEP_S, UPLOAD_LIFETIME_S)) as demo:
         gr.Markdown("# LoRA Lab\nFine-tune GPT-2 with LoRA to tell spam from ham, and watch it learn.")
-        with gr.Tabs() as tabs:
+        with gr.Tabs(overflow_behavior="wrap") as tabs:  # on a phone every tab stays in sight, on two rows
             build_data_tab(DataTab(lab), demo)
             controls = build_model_tab(ModelTab(lab), demo)  # Start, the grids and Parameters read these
             train_timer, follow = build_train_tab(TrainTab(lab), demo, controls)

@@ -18,7 +18,7 @@ from engine.classifier import Prediction
 from engine.explain import TokenScore, WordInfluence, explained_class, token_scores, word_influence
 from ui.guards import deleted_if_refused, engine_errors_as_toasts, message_problem, uploaded_file, uploaded_path
 from ui.lab import Lab
-from ui.views import AWAY_RGB, TOWARDS_RGB, plural, rgba
+from ui.views import AWAY_RGB, TOWARDS_RGB, plural, rgba, text_last
 
 EXAMPLE_MESSAGES = (
     "You are a winner you have been specially selected to receive $1000 cash or a $2000 award.",
@@ -225,7 +225,7 @@ def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.T
                 label="Answers of the fine-tuned model",
                 interactive=False,
                 wrap=True,
-                column_widths=["8%", "12%", "12%", "18%", "50%"],
+                column_widths=text_last(len(MANY_COLUMNS), "50%"),
                 elem_id="many-results",
             )
         build_explain(classify, message, adapter_file)

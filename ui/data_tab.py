@@ -14,7 +14,7 @@ from engine.failure import one_line
 from engine.tokenizer import encode
 from ui.guards import discard_upload, uploaded_file, uploaded_path
 from ui.lab import Lab
-from ui.views import TOAST_SECONDS
+from ui.views import TOAST_SECONDS, text_last
 
 PREVIEW_PER_CLASS = 3
 # The histogram draws one series (and legend entry) per class up to this many classes; with more,
@@ -268,7 +268,7 @@ def build_data_tab(data: DataTab, demo: gr.Blocks) -> None:
                 interactive=False,
                 wrap=True,
                 max_height=260,
-                column_widths=["10%", "90%"],
+                column_widths=text_last(len(REPEATED_COLUMNS), "75%"),
                 elem_id="repeated",
             )
 

@@ -24,7 +24,7 @@ from ui.controls import Controls, ControlWidgets, run_config
 from ui.guards import user_error
 from ui.lab import Lab
 from ui.run_words import STATES, format_seconds, run_header, status_line
-from ui.views import TOAST_SECONDS, confusion_html, plural
+from ui.views import HALF_ROW_PX, TOAST_SECONDS, confusion_html, plural
 
 POLL_SECONDS = 1.0
 MAX_BATCH_POINTS = 400  # each poll re-sends the whole plot frame: thin the per-step series of long runs
@@ -316,7 +316,7 @@ class TrainTab:
 
 def loss_plot(x: str, title: str, elem_id: str) -> gr.LinePlot:
     """A loss plot: each training batch in grey, the train and validation estimates in colour."""
-    return gr.LinePlot(x=x, y="loss", color="split", color_map=LOSS_COLORS, title=title, height=280, elem_id=elem_id)
+    return gr.LinePlot(x=x, y="loss", color="split", color_map=LOSS_COLORS, title=title, height=280, min_width=HALF_ROW_PX, elem_id=elem_id)
 
 
 def scores_plot() -> gr.ScatterPlot:
@@ -330,6 +330,7 @@ def scores_plot() -> gr.ScatterPlot:
         x_lim=[0, None],
         y_lim=[0, 100],
         height=240,
+        min_width=HALF_ROW_PX,
         elem_id="live-scores",
     )
 
@@ -346,6 +347,7 @@ def accuracy_plot() -> gr.ScatterPlot:
         x_title="",
         y_lim=[0, 100],
         height=240,
+        min_width=HALF_ROW_PX,
         elem_id="accuracy",
     )
 
@@ -365,11 +367,13 @@ def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) 
             loss_steps = loss_plot("step", "Loss by optimiser step", "loss-steps")
             loss_examples = loss_plot("examples seen", "Loss by examples seen", "loss-examples")
         with gr.Row():
-            live_confusion = gr.HTML(elem_id="live-confusion")
+            live_confusion = gr.HTML(min_width=HALF_ROW_PX, elem_id="live-confusion")
             live_scores = scores_plot()
         with gr.Row():
             accuracy = accuracy_plot()
-            baseline = gr.Dataframe(headers=BASELINE_COLUMNS, label="Baseline: accuracy before training", interactive=False, elem_id="baseline")
+            baseline = gr.Dataframe(
+                headers=BASELINE_COLUMNS, label="Baseline: accuracy before training", interactive=False, min_width=HALF_ROW_PX, elem_id="baseline"
+            )
         final = gr.Dataframe(
             headers=FINAL_COLUMNS,
             label="Final accuracy on the full splits (train: whole batches only, as in the book, so its last few messages are left out)",
@@ -377,8 +381,10 @@ def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) 
             elem_id="final",
         )
         with gr.Row():
-            book_plot = gr.Image(label="Loss plot (book style)", type="filepath", interactive=False, elem_id="book-plot")
-            files = gr.File(label="Download the adapter and the run record", file_count="multiple", interactive=False, elem_id="run-files")
+            book_plot = gr.Image(label="Loss plot (book style)", type="filepath", interactive=False, min_width=HALF_ROW_PX, elem_id="book-plot")
+            files = gr.File(
+                label="Download the adapter and the run record", file_count="multiple", interactive=False, min_width=HALF_ROW_PX, elem_id="run-files"
+            )
         last_shown = gr.State(None)  # what this page shows, so a poll with nothing new sends nothing
         nothing_shown = gr.State(None)  # (created in the tab: a component made in gr.Tabs but outside a tab upsets the tab bar)
         timer = gr.Timer(POLL_SECONDS, active=True)
