@@ -228,7 +228,8 @@ def test_demo_in_a_real_browser(page: "sync_api.Page", served: RunningApp, http_
     # Classify an example message with the adapter just trained, next to the untrained answer
     open_tab(page, "Classify")
     expect(page.locator("#adapter-status")).to_contain_text("Using the latest trained adapter", timeout=10_000)
-    page.locator("button.gallery-item").first.click()  # the first example (its label is cut short)
+    expect(page.locator("#example-1")).to_have_text(EXAMPLE_MESSAGES[0])  # whole, not cut short
+    page.locator("#example-1").click()
     expect(page.locator("#message textarea")).to_have_value(EXAMPLE_MESSAGES[0])
     page.get_by_role("button", name="Classify", exact=True).click()
     for label in ("#prediction-after", "#prediction-before"):

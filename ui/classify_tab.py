@@ -5,6 +5,7 @@ visitors can classify while a run goes.
 """
 
 import html
+import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -210,7 +211,7 @@ def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.T
             elem_id="adapter-file",
         )
         message = gr.Textbox(label="Message", lines=3, placeholder="Type an SMS, or pick an example below", elem_id="message")
-        gr.Examples([[m] for m in EXAMPLE_MESSAGES], inputs=[message], label="Examples")
+        build_examples(message)
         classify_button = gr.Button("Classify", variant="primary", elem_id="classify")
         with gr.Row():
             after = gr.Label(label="Fine-tuned model", elem_id="prediction-after")
@@ -253,6 +254,15 @@ def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.T
     )
     clear_on_failure(classified_many, many_answers)
     gr.on([demo.load, train_timer.tick], classify.adapter_info, None, adapter_status, api_name="adapter_info", show_progress="hidden", concurrency_limit=None)
+
+
+def build_examples(message: gr.Textbox) -> None:
+    """The example messages, whole (gr.Examples cuts a text at 60 characters): a press copies one into the message box."""
+    gr.Markdown("Examples: press one to put it in the message box.", elem_id="examples-note")
+    with gr.Row(elem_id="examples"):
+        for number, text in enumerate(EXAMPLE_MESSAGES, start=1):
+            example = gr.Button(text, size="sm", elem_classes="example-message", elem_id=f"example-{number}")
+            example.click(None, None, message, js=f"() => {json.dumps(text)}", api_visibility="private")  # in the page: no round trip to the server
 
 
 def build_explain(classify: ClassifyTab, message: gr.Textbox, adapter_file: gr.File) -> None:

@@ -23,6 +23,7 @@ APP_CSS = """
 /* Table cells wrap between words, never inside one: a column is at least as wide as its longest word
    (Gradio's break-word lets a narrow screen squeeze "alpha" to one letter a line); wide tables scroll sideways. */
 .table-wrap span.wrap { word-break: normal; overflow-wrap: break-word; }
+.example-message { white-space: normal; text-align: left; justify-content: flex-start; }  /* a whole message, on several lines */
 @media (max-width: 640px) {
   /* A chart drawn as a picture keeps a readable size on a phone: it scrolls sideways instead of shrinking. */
   div.matplotlib.layout { overflow-x: auto; align-items: flex-start; }
