@@ -116,8 +116,9 @@ def live_views(view: RunView | None) -> tuple[str, pd.DataFrame | None]:
     m = latest.metrics
     which = f"of {names[1]}" if len(names) == 2 else "macro-averaged over the classes"
     caption = (
-        f"Full validation set ({m.count} messages) after step {latest.step + 1}: accuracy {100 * m.accuracy:.1f}%; "
-        f"precision {m.precision:.3f}, recall {m.recall:.3f}, F1 {m.f1:.3f} ({which})"
+        f"Full validation set ({m.count} messages) after step {latest.step + 1}, the latest estimate: accuracy {100 * m.accuracy:.1f}%; "
+        f"precision {m.precision:.3f}, recall {m.recall:.3f}, F1 {m.f1:.3f} ({which}). "
+        "The final table below scores the model once more after its last step, so its validation figures can differ."
     )
     scores = pd.DataFrame(
         [
@@ -376,7 +377,7 @@ def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) 
             )
         final = gr.Dataframe(
             headers=FINAL_COLUMNS,
-            label="Final accuracy on the full splits (train: whole batches only, as in the book, so its last few messages are left out)",
+            label="Final accuracy on the full splits, after the last step (train: whole batches only, as in the book, so its last few messages are left out)",
             interactive=False,
             elem_id="final",
         )
