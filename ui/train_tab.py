@@ -23,6 +23,7 @@ from engine.runs.scheduler import RunView
 from ui.controls import Controls, ControlWidgets, run_config
 from ui.guards import user_error
 from ui.lab import Lab
+from ui.live_axes import WHOLE_NUMBERS, LiveAxes, live_axes
 from ui.run_words import STATES, format_seconds, run_header, status_line
 from ui.views import HALF_ROW_PX, TOAST_SECONDS, confusion_html, plural
 
@@ -33,8 +34,6 @@ NEWEST = ""  # the follow list's value for "the newest run"
 LOSS_COLORS = {"training batch": "#c7c7c7", "train": "#1f77b4", "validation": "#ff7f0e"}
 SCORE_COLORS = {"accuracy": "#1f77b4", "precision": "#ff7f0e", "recall": "#d62728", "F1": "#2ca02c"}
 ACCURACY_COLORS = {"train": "#1f77b4", "validation": "#ff7f0e"}
-BEFORE_TRAINING = "before training"
-MAX_EPOCH_LABELS = 100  # the accuracy plot's categories in order (before training, epoch 1, ...); later ones follow
 FINAL_COLUMNS = ["split", "accuracy (%)", "precision", "recall", "F1", "loss", "messages"]
 BASELINE_COLUMNS = ["split", "accuracy before training (%)"]
 
@@ -54,18 +53,20 @@ class TrainingView:
     final: pd.DataFrame | None
     book_plot: str | None
     files: list[str] | None
+    axes: LiveAxes | None = None  # the plots' axes; None while no run exists (the plots then get None)
 
     def values(self) -> tuple[Any, ...]:
         # The loss frame feeds two plots (against steps, against examples seen).
+        axes = self.axes
         return (
             self.header,
             self.status,
             self.progress,
-            self.loss,
-            self.loss,
+            axes.loss_plot(self.loss, "step") if axes else self.loss,
+            axes.loss_plot(self.loss, "examples seen") if axes else self.loss,
             self.live_confusion,
-            self.live_scores,
-            self.accuracy,
+            axes.scores_plot(self.live_scores) if axes else self.live_scores,
+            axes.accuracy_plot(self.accuracy) if axes else self.accuracy,
             self.baseline,
             self.final,
             self.book_plot,
@@ -136,17 +137,17 @@ def live_views(view: RunView | None) -> tuple[str, pd.DataFrame | None]:
 
 
 def accuracy_frames(view: RunView | None) -> tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]:
-    """Accuracy by epoch (epoch 0: before training), the baseline, and the final metrics on the full splits."""
+    """Accuracy before training (step 0) and at the end of each epoch, the baseline, and the final metrics on the full splits."""
     progress = view.progress if view else None
     if progress is None:
         return None, None, None
     rows = []
     b = progress.baseline
     if b is not None:
-        rows += [(BEFORE_TRAINING, b.train_accuracy, "train"), (BEFORE_TRAINING, b.validation_accuracy, "validation")]
+        rows += [(0, b.train_accuracy, "train"), (0, b.validation_accuracy, "validation")]
     for epoch in progress.epoch_accuracies:
-        rows += [(epoch_label(epoch.epoch), epoch.train_accuracy, "train"), (epoch_label(epoch.epoch), epoch.validation_accuracy, "validation")]
-    accuracy = pd.DataFrame([(x, round(100 * a, 2), split) for x, a, split in rows], columns=["epoch", "accuracy (%)", "split"]) if rows else None
+        rows += [(epoch.step, epoch.train_accuracy, "train"), (epoch.step, epoch.validation_accuracy, "validation")]
+    accuracy = pd.DataFrame([(x, round(100 * a, 2), split) for x, a, split in rows], columns=["step", "accuracy (%)", "split"]) if rows else None
     baseline = None
     if b is not None:
         accuracies = (b.train_accuracy, b.validation_accuracy, b.test_accuracy)
@@ -175,10 +176,6 @@ def accuracy_frames(view: RunView | None) -> tuple[pd.DataFrame | None, pd.DataF
     return accuracy, baseline, final
 
 
-def epoch_label(epoch: int) -> str:
-    return BEFORE_TRAINING if epoch == 0 else f"epoch {epoch}"
-
-
 def messages_scored(progress: RunProgress, split: str, count: int) -> str:
     """How many messages a final figure covers: for train, out of how many (the table's label says why fewer)."""
     size = getattr(progress.data, split, None) if progress.data is not None else None
@@ -196,19 +193,22 @@ def progress_html(view: RunView | None) -> str:
     )
 
 
-def placeholder(columns: Sequence[str], x: object, series: str, names: Sequence[str]) -> pd.DataFrame:
-    """A frame for a run with nothing to plot yet: every series named, no point drawn.
+def placeholder(point: dict[str, float], series: str, names: Sequence[str]) -> pd.DataFrame:
+    """A frame for a run with nothing to plot yet: every series named, nothing drawn.
 
     A plot that has drawn must never get None again (taking its chart down leaves the browser erring),
     and the series it draws first are the only ones it ever shows: so a run without points yet (a new
-    run followed after an earlier one) gets one row without a value per series.
+    run followed after an earlier one) gets one row per series, at `point`. That point lies below the
+    plot's fixed axes (see ui/live_axes.py), so it is cut away; a point of NaNs would leave the browser
+    warning of an "Infinite extent" for every field.
     """
-    return pd.DataFrame([{columns[0]: x, **{column: math.nan for column in columns[1:]}, series: name} for name in names])
+    return pd.DataFrame([{**point, series: name} for name in names])
 
 
-EMPTY_LOSS = placeholder(["step", "examples seen", "loss"], 1, "split", list(LOSS_COLORS))
-EMPTY_SCORES = placeholder(["step", "score (%)"], 1, "metric", list(SCORE_COLORS))
-EMPTY_ACCURACY = placeholder(["epoch", "accuracy (%)"], BEFORE_TRAINING, "split", list(ACCURACY_COLORS))
+BELOW_AXES = -1000.0  # a placeholder's height: far under every plot's lowest value (loss 0, scores 0 %), so even its marker is cut away
+EMPTY_LOSS = placeholder({"step": 0, "examples seen": 0, "loss": BELOW_AXES}, "split", list(LOSS_COLORS))
+EMPTY_SCORES = placeholder({"step": 0, "score (%)": BELOW_AXES}, "metric", list(SCORE_COLORS))
+EMPTY_ACCURACY = placeholder({"step": 0, "accuracy (%)": BELOW_AXES}, "split", list(ACCURACY_COLORS))
 
 
 def training_view(view: RunView | None) -> TrainingView:
@@ -219,6 +219,7 @@ def training_view(view: RunView | None) -> TrainingView:
     confusion, scores = live_views(view)
     accuracy, baseline, final = accuracy_frames(view)
     loss = loss_frame(progress) if progress else None
+    loss_drawn = loss is not None
     if view is not None:
         loss = EMPTY_LOSS if loss is None else loss
         scores = EMPTY_SCORES if scores is None else scores
@@ -235,6 +236,7 @@ def training_view(view: RunView | None) -> TrainingView:
         final,
         str(saved.plot) if saved and saved.plot else None,
         files,
+        live_axes(view, loss_drawn) if view is not None else None,
     )
 
 
@@ -317,7 +319,9 @@ class TrainTab:
 
 def loss_plot(x: str, title: str, elem_id: str) -> gr.LinePlot:
     """A loss plot: each training batch in grey, the train and validation estimates in colour."""
-    return gr.LinePlot(x=x, y="loss", color="split", color_map=LOSS_COLORS, title=title, height=280, min_width=HALF_ROW_PX, elem_id=elem_id)
+    return gr.LinePlot(
+        x=x, y="loss", color="split", color_map=LOSS_COLORS, title=title, x_axis_format=WHOLE_NUMBERS, height=280, min_width=HALF_ROW_PX, elem_id=elem_id
+    )
 
 
 def scores_plot() -> gr.ScatterPlot:
@@ -328,7 +332,7 @@ def scores_plot() -> gr.ScatterPlot:
         color="metric",
         color_map=SCORE_COLORS,
         title="Full validation set at each estimate",
-        x_lim=[0, None],
+        x_axis_format=WHOLE_NUMBERS,
         y_lim=[0, 100],
         height=240,
         min_width=HALF_ROW_PX,
@@ -337,15 +341,15 @@ def scores_plot() -> gr.ScatterPlot:
 
 
 def accuracy_plot() -> gr.ScatterPlot:
-    """Accuracy before training and after each epoch: one point per split and epoch."""
+    """Accuracy before training and after each epoch, on the loss plots' step axis: one point per split and epoch."""
     return gr.ScatterPlot(
-        x="epoch",
+        x="step",
         y="accuracy (%)",
         color="split",
         color_map=ACCURACY_COLORS,
-        sort=[BEFORE_TRAINING] + [epoch_label(e) for e in range(1, MAX_EPOCH_LABELS)],
         title=f"Accuracy on {TrainConfig().eval_iter} batches a split after each epoch (before training: {BASELINE_BATCHES})",
-        x_title="",
+        x_title="step (0: before training)",
+        x_axis_format=WHOLE_NUMBERS,
         y_lim=[0, 100],
         height=240,
         min_width=HALF_ROW_PX,
