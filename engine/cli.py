@@ -113,10 +113,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     from engine.runs.run import fine_tune
 
     cfg = _run_config(args)
-    recorder = RunRecorder()
+    recorder = RunRecorder(cfg.train.eval_freq)
     for event in fine_tune(cfg, on_download=None if args.json else _download_reporter()):
         recorder.record(event)
-        _log_event(event)
+        _log_event(event, recorder.progress().eta_s)
     progress = recorder.progress()
     saved = progress.saved
     result = {
@@ -147,14 +147,14 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
     return replace(cfg, lora=replace(cfg.lora, **lora_changes), train=replace(cfg.train, **train_changes))
 
 
-def _log_event(event: Any) -> None:
-    """The progress lines `train` writes to stderr."""
+def _log_event(event: Any, eta_s: float | None = None) -> None:
+    """The progress lines `train` writes to stderr; `eta_s` is the recorder's time left (engine.runs.time_left)."""
     from engine.runs.events import ModelReady
     from engine.train import EpochDone, LossEvaluated, StepDone, ValidationEvaluated
 
     match event:
         case StepDone():
-            _progress_bar(event)
+            _progress_bar(event, eta_s)
         case LossEvaluated():
             _log(f"step {event.step:04d}: train loss {event.train_loss:.3f}, validation loss {event.validation_loss:.3f}")
         case ValidationEvaluated():
@@ -324,11 +324,11 @@ def _log(message: str) -> None:
     print("\r\033[K" + message if sys.stderr.isatty() else message, file=sys.stderr, flush=True)
 
 
-def _progress_bar(event: Any) -> None:
+def _progress_bar(event: Any, eta_s: float | None) -> None:
     if not sys.stderr.isatty() and event.step % 10 and event.step != event.total_steps:
         return  # in a log file, one line per ten steps is plenty
     done = int(30 * event.step / event.total_steps)
-    eta = time.strftime("%M:%S", time.gmtime(event.eta_s)) if event.eta_s < 3600 else f"{event.eta_s / 3600:.1f}h"
+    eta = "--:--" if eta_s is None else time.strftime("%M:%S", time.gmtime(eta_s)) if eta_s < 3600 else f"{eta_s / 3600:.1f}h"
     line = f"[{'#' * done}{'.' * (30 - done)}] step {event.step}/{event.total_steps} epoch {event.epoch} loss {event.loss:.3f} ETA {eta}"
     print("\r" + line if sys.stderr.isatty() else line, end="" if sys.stderr.isatty() else "\n", file=sys.stderr, flush=True)
 
