@@ -87,7 +87,8 @@ def cmd_params(args: argparse.Namespace) -> None:
         [
             f"parameters before freezing: {summary.total_before_freeze:,}",
             f"trainable after freezing:   {summary.trainable_after_freeze:,}",
-            f"trainable LoRA parameters:  {summary.trainable_lora:,} ({summary.ratio:.1f}x fewer)",
+            f"trainable LoRA parameters:  {summary.trainable_lora:,}",
+            f"trainable in all:           {summary.trainable:,} of {summary.total_before_freeze:,} ({summary.ratio:.1f}x fewer)",  # as `train` says it
             f"adapter file: {summary.adapter_megabytes:.2f} MB; base model: {summary.model_megabytes:,.1f} MB",
         ],
     )
@@ -164,7 +165,10 @@ def _log_event(event: Any, eta_s: float | None = None) -> None:
         case EpochDone():
             _log(f"epoch {event.epoch}: train accuracy {event.train_accuracy:.2%}, validation accuracy {event.validation_accuracy:.2%}")
         case ModelReady():
-            _log(f"{event.model} on {event.device}: {event.counts.trainable:,} trainable of {event.counts.total:,} parameters")
+            counts = event.counts
+            before = counts.total - counts.lora  # the model as `params` counts it: before LoRA adds its A and B
+            fewer = f"{before / counts.trainable:.1f}x fewer"
+            _log(f"{event.model} on {event.device}: {counts.trainable:,} trainable of {before:,} parameters before freezing ({fewer})")
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -209,7 +213,7 @@ def _report_ended(scheduler: Any, reported: set[str], total: int) -> None:
             reported.add(view.run.id)
             row = _sweep_row(view)
             accuracy = f"test accuracy {row['test_accuracy']:.2%}" if row["test_accuracy"] is not None else (row["reason"] or "no final evaluation")
-            took = f", {view.run.ended_at - view.run.started_at:.0f} s" if view.run.started_at else ""
+            took = f", training {row['train_seconds']:.1f} s" if row["train_seconds"] is not None else ""  # the time the table gives
             _log(f"[{len(reported)}/{total}] {row['run']}: {row['state']}, {accuracy}{took} on {row['worker'] or 'no worker'}")
 
 
@@ -231,12 +235,12 @@ def _sweep_row(view: Any) -> dict[str, Any]:
 
 def _sweep_table(rows: list[dict[str, Any]]) -> list[str]:
     width = max(len(row["run"]) for row in rows)
-    lines = [f"{'run':<{width}}  {'state':<11}  {'test acc.':>9}  {'val. acc.':>9}  {'trainable':>11}  {'time (s)':>8}  worker"]
+    lines = [f"{'run':<{width}}  {'state':<11}  {'test acc.':>9}  {'val. acc.':>9}  {'trainable':>11}  {'training (s)':>12}  worker"]
     for row in rows:
         test, validation = (f"{row[k]:.2%}" if row[k] is not None else "-" for k in ("test_accuracy", "validation_accuracy"))
         trainable = f"{row['trainable']:,}" if row["trainable"] else "-"
         seconds = f"{row['train_seconds']:.1f}" if row["train_seconds"] is not None else "-"
-        lines.append(f"{row['run']:<{width}}  {row['state']:<11}  {test:>9}  {validation:>9}  {trainable:>11}  {seconds:>8}  {row['worker'] or '-'}")
+        lines.append(f"{row['run']:<{width}}  {row['state']:<11}  {test:>9}  {validation:>9}  {trainable:>11}  {seconds:>12}  {row['worker'] or '-'}")
     return lines
 
 
