@@ -235,12 +235,41 @@ def test_a_size_that_cannot_be_downloaded_says_so_in_plain_words(lab: Lab, tmp_p
     assert model_label(lab.settings.model).endswith("(your folder, 1.6M parameters) · on this machine")
     status, text = ModelTab(lab).load_weights("gpt2-small")  # HF_HUB_OFFLINE=1 (conftest)
     assert status.startswith("gpt2-small is not on this machine yet and needs a download of 548 MB, but this app was started offline")
-    assert "connect to the internet and press the button again" in status and "“on this machine”" in status and text == ""
+    assert "connect to the internet and press the button again" in status and f"“on this machine” ({Path(lab.settings.model).name})" in status and text == ""
+    assert ModelTab(lab).weights_note() == ""  # the folder given with --model is here: nothing to warn of on a page load
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     status, _ = ModelTab(lab).load_weights("gpt2-medium")
     assert status.startswith("gpt2-medium is not on this machine yet and needs a download of 1,520 MB, but the internet cannot be reached")
     assert ParametersTab(lab).parameters("gpt2-small", 16, list(LORA_TARGETS), False)[1] is not None  # the rest still works
+
+
+def test_offline_with_no_model_here_the_model_tab_says_so_and_the_two_ways_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    lab = Lab(AppSettings(out=tmp_path / "runs", cache=tmp_path / "cache"))  # no --model folder, nothing downloaded, offline (conftest)
+    try:
+        for said in (ModelTab(lab).weights_note(), ModelTab(lab).load_weights("gpt2-small")[0]):
+            assert "No model is on this machine yet" in said and "started offline" in said
+            assert "connect this machine to the internet once" in said and "--model FOLDER" in said
+            assert "marked “on this machine”" not in said  # none is
+    finally:
+        lab.close()
+
+
+def test_a_fresh_page_selects_the_model_the_app_was_started_with(settings: AppSettings, tmp_path: Path) -> None:
+    from engine.runs.queue import RunQueue
+
+    earlier = RunQueue(settings.out)  # an earlier app trained gpt2-small at rank 4 in this runs folder
+    cfg = RunConfig.from_preset("recommended", model="gpt2-small")
+    (run,) = earlier.add([replace(cfg, lora=replace(cfg.lora, rank=4))])
+    earlier.claim_next("cpu")
+    earlier.finish(run.id, "done")
+    lab = Lab(settings)  # started again with --model FOLDER
+    try:
+        model, preset, rank = ModelTab(lab).controls()[:3]
+        assert (model, preset, rank) == (settings.model, "recommended", 16)  # not gpt2-small, a 548 MB download
+    finally:
+        lab.close()
 
 
 def test_presets_set_their_controls(lab: Lab) -> None:
