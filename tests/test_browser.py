@@ -236,3 +236,14 @@ def test_demo_in_a_real_browser(page: "sync_api.Page", served: RunningApp, http_
         expect(page.locator(f"{label} [data-testid='label-output-value']")).to_have_text(re.compile("^(ham|spam)$"), timeout=60_000)
     expect(page.locator("#classify-details")).to_contain_text("tokens read")
     screenshot(page, "classify")
+
+
+def test_stop_the_download_is_pressable_only_while_a_download_runs(page: "sync_api.Page", http_server) -> None:
+    http_server.trickle["/backup.zip"] = 0.2  # a slow link: the download takes about ten seconds
+    stop = page.locator("#stop-download")
+    expect(stop).to_be_disabled()  # nothing downloads yet
+    page.get_by_role("button", name="Download the SMS Spam Collection").click()
+    expect(stop).to_be_enabled(timeout=10_000)
+    stop.click()
+    expect(page.locator("#data-status")).to_contain_text("Download stopped", timeout=30_000)
+    expect(stop).to_be_disabled(timeout=10_000)  # and again once it ended
