@@ -52,7 +52,7 @@ from ui.runs_tab import RunsTab, build_runs_tab  # noqa: E402
 from ui.server_log import log_user_errors_in_one_line  # noqa: E402
 from ui.settings import MAX_UPLOAD_MB, UPLOAD_LIFETIME_S, UPLOAD_SPACE_MB, UPLOAD_SWEEP_S, AppSettings  # noqa: E402
 from ui.train_tab import TrainTab, build_train_tab  # noqa: E402
-from ui.views import APP_CSS  # noqa: E402
+from ui.views import APP_CSS, GRADIO_WORDS  # noqa: E402
 
 log = logging.getLogger("lora_lab.app")
 
@@ -196,6 +196,7 @@ def launch(
         auth=auth,
         theme=THEME,
         css=APP_CSS,
+        i18n=gr.I18n(en=GRADIO_WORDS),
         allowed_paths=[str(settings.out)],  # the only files served besides Gradio's own copies: the runs
         max_file_size=settings.max_upload_mb * 1024 * 1024,
         footer_links=["api", "settings"],  # no link to gradio.app

@@ -17,6 +17,9 @@ TOAST_SECONDS = 6  # info and warning toasts go by themselves; errors stay until
 # The narrowest a chart or table sharing a row may get: narrower screens (phones) give each the whole row.
 HALF_ROW_PX = 320
 
+# Words Gradio's own English lacks: after each event its screen-reader status line announced "common.complete".
+GRADIO_WORDS = {"common.complete": "Done"}
+
 # Toasts sit at the bottom right, away from the buttons they speak of (Start, Stop, Download: at the top).
 APP_CSS = """
 .toast-wrap { top: auto !important; bottom: var(--size-4) !important; }
