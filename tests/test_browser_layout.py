@@ -75,10 +75,14 @@ LAYOUT_JS = """
     const w = Math.min(p.right, q.right) - Math.max(p.left, q.left), h = Math.min(p.bottom, q.bottom) - Math.max(p.top, q.top);
     if (w > 1 && h > 1) overlaps.push(`${a} and ${b} overlap by ${Math.round(w)} x ${Math.round(h)} px`);
   }
-  const narrowCharts = leaves.filter(b => b.querySelector('svg.marks, .matplotlib img'))
-    .map(b => [name(b), b.getBoundingClientRect().width])
-    .filter(([, width]) => width < Math.min(minChart, panel.getBoundingClientRect().width) - 2)
-    .map(([n, width]) => `${n} is ${Math.round(width)} px wide`);
+  // A chart's block at least minChart wide (or the whole row), and its plotting area (a Vega chart's x axis)
+  // at least half of that: a title wider than the chart squeezes the plotting area instead.
+  const narrowCharts = leaves.filter(b => b.querySelector('svg.marks, .matplotlib img')).flatMap(b => {
+    const width = b.getBoundingClientRect().width, axis = b.querySelector("g.role-axis[aria-label^='X-axis']");
+    const drawn = axis ? axis.getBoundingClientRect().width : width;
+    return width < Math.min(minChart, panel.getBoundingClientRect().width) - 2 || drawn < width / 2
+      ? [`${name(b)} is ${Math.round(width)} px wide, its axis ${Math.round(drawn)} px`] : [];
+  });
   const canvas = document.createElement('canvas').getContext('2d');
   const narrowColumns = [];
   for (const grid of panel.querySelectorAll('[role=grid]')) {

@@ -347,8 +347,9 @@ def accuracy_plot() -> gr.ScatterPlot:
         y="accuracy (%)",
         color="split",
         color_map=ACCURACY_COLORS,
-        title=f"Accuracy on {TrainConfig().eval_iter} batches a split after each epoch (before training: {BASELINE_BATCHES})",
+        title="Accuracy after each epoch",  # short: a title wider than a phone squeezes the chart to nothing
         x_title="step (0: before training)",
+        y_title=f"accuracy (%) on {TrainConfig().eval_iter} batches",
         x_axis_format=WHOLE_NUMBERS,
         y_lim=[0, 100],
         height=240,
@@ -377,7 +378,11 @@ def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) 
         with gr.Row():
             accuracy = accuracy_plot()
             baseline = gr.Dataframe(
-                headers=BASELINE_COLUMNS, label="Baseline: accuracy before training", interactive=False, min_width=HALF_ROW_PX, elem_id="baseline"
+                headers=BASELINE_COLUMNS,
+                label=f"Baseline: accuracy before training ({BASELINE_BATCHES} batches a split)",
+                interactive=False,
+                min_width=HALF_ROW_PX,
+                elem_id="baseline",
             )
         final = gr.Dataframe(
             headers=FINAL_COLUMNS,
