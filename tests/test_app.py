@@ -25,6 +25,7 @@ from ui.classify_tab import EXAMPLE_MESSAGES, ClassifyTab
 from ui.controls import Controls, ControlWidgets, run_config
 from ui.data_tab import DataTab
 from ui.lab import Lab
+from ui.live_axes import AXIS_SERIES
 from ui.model_tab import ModelTab, model_label
 from ui.parameters_tab import ParametersTab
 from ui.settings import AppSettings
@@ -82,9 +83,9 @@ def view_of(values: tuple) -> dict[str, Any]:
     return dict(zip(VIEW if len(values) == len(VIEW) else VIEW[:-1], values, strict=True))
 
 
-def plotted(value: Any) -> Any:
-    """A plot's frame, whether the handler sent it alone or in an update that also sets the plot's axes."""
-    return value["value"] if isinstance(value, dict) and value.get("__type__") == "update" else value
+def drawn(plotted: pd.DataFrame, series: str) -> pd.DataFrame:
+    """A plot's frame without the rows that only stretch its axes."""
+    return plotted[~plotted[series].isin(AXIS_SERIES)]
 
 
 def frame(value: Any) -> pd.DataFrame:
@@ -343,18 +344,18 @@ def test_train_poll_classify_through_the_handlers(lab: Lab, settings: AppSetting
 
     polled = view_of(TrainTab(lab).poll(first_run.id, None))
     assert polled["status"].startswith("Finished in ") and "step 12 of 12" in polled["progress"]
-    assert plotted(polled["loss"]) is plotted(polled["loss_again"]) and set(plotted(polled["loss"])["split"]) == {"training batch", "train", "validation"}
-    # the axes reach the run's planned end: 12 steps, 12 batches of 8 examples; the loss as high as its points
-    assert (polled["loss"]["x_lim"], polled["loss_again"]["x_lim"], polled["loss"]["y_lim"]) == ([0, 12], [0, 96], [0, None])
-    assert polled["live_scores"]["x_lim"] == polled["accuracy"]["x_lim"] == [0, 12]
+    assert polled["loss"] is polled["loss_again"] and set(polled["loss"]["split"]) == {"training batch", "train", "validation", *AXIS_SERIES}
+    # the axes reach the run's planned end: 12 steps, 12 batches of 8 examples (a row outside the axes stretches them)
+    ends = [polled[name].query("`step` >= 0")["step"].max() for name in ("loss", "live_scores", "accuracy")]
+    assert ends == [12, 12, 12] and polled["loss"]["examples seen"].max() == 96
     # the full validation set at the last estimate (after step 11, the book's step 10), and its scores at every estimate
-    live_confusion, live_scores = polled["live_confusion"], plotted(polled["live_scores"])
+    live_confusion, live_scores = polled["live_confusion"], drawn(polled["live_scores"], "metric")
     assert "Full validation set (149 messages) after step 11" in live_confusion and "true spam" in live_confusion and "precision" in live_confusion
     assert live_scores["step"].unique().tolist() == [1, 6, 11] and set(live_scores["metric"]) == {"accuracy", "precision", "recall", "F1"}
     last = lab.scheduler.view(first_run.id).progress.live[-1].metrics
     assert live_scores[live_scores["metric"] == "F1"]["score (%)"].iloc[-1] == round(100 * last.f1, 2)
     assert f">{last.confusion[1][1]}</td>" in live_confusion
-    assert list(plotted(polled["accuracy"])["step"]) == [0, 0, 12, 12]  # before training, then the end of epoch 1 (cut at step 12)
+    assert list(drawn(polled["accuracy"], "split")["step"]) == [0, 0, 12, 12]  # before training, then the end of epoch 1 (cut at step 12)
     assert list(polled["baseline"]["split"]) == ["train", "validation", "test"]
     assert list(polled["final"]["split"]) == ["train", "validation", "test"]
     # train scores whole batches only, as in the book: the table says so beside the Data tab's 1,045

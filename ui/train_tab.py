@@ -23,7 +23,7 @@ from engine.runs.scheduler import RunView
 from ui.controls import Controls, ControlWidgets, run_config
 from ui.guards import user_error
 from ui.lab import Lab
-from ui.live_axes import WHOLE_NUMBERS, LiveAxes, live_axes
+from ui.live_axes import AXIS_SERIES, BELOW, WHOLE_NUMBERS, LiveAxes, live_axes
 from ui.run_words import STATES, format_seconds, run_header, status_line
 from ui.views import HALF_ROW_PX, TOAST_SECONDS, confusion_html, plural
 
@@ -53,20 +53,21 @@ class TrainingView:
     final: pd.DataFrame | None
     book_plot: str | None
     files: list[str] | None
-    axes: LiveAxes | None = None  # the plots' axes; None while no run exists (the plots then get None)
+    axes: LiveAxes | None = None  # the rows that stretch the plots' axes; None while no run exists (the plots then get None)
 
     def values(self) -> tuple[Any, ...]:
         # The loss frame feeds two plots (against steps, against examples seen).
         axes = self.axes
+        loss = axes.loss(self.loss) if axes else self.loss
         return (
             self.header,
             self.status,
             self.progress,
-            axes.loss_plot(self.loss, "step") if axes else self.loss,
-            axes.loss_plot(self.loss, "examples seen") if axes else self.loss,
+            loss,
+            loss,
             self.live_confusion,
-            axes.scores_plot(self.live_scores) if axes else self.live_scores,
-            axes.accuracy_plot(self.accuracy) if axes else self.accuracy,
+            axes.points(self.live_scores, "score (%)", "metric") if axes else self.live_scores,
+            axes.points(self.accuracy, "accuracy (%)", "split") if axes else self.accuracy,
             self.baseline,
             self.final,
             self.book_plot,
@@ -199,16 +200,15 @@ def placeholder(point: dict[str, float], series: str, names: Sequence[str]) -> p
     A plot that has drawn must never get None again (taking its chart down leaves the browser erring),
     and the series it draws first are the only ones it ever shows: so a run without points yet (a new
     run followed after an earlier one) gets one row per series, at `point`. That point lies below the
-    plot's fixed axes (see ui/live_axes.py), so it is cut away; a point of NaNs would leave the browser
+    plot's axes (see ui/live_axes.py), so it is cut away; a point of NaNs would leave the browser
     warning of an "Infinite extent" for every field.
     """
     return pd.DataFrame([{**point, series: name} for name in names])
 
 
-BELOW_AXES = -1000.0  # a placeholder's height: far under every plot's lowest value (loss 0, scores 0 %), so even its marker is cut away
-EMPTY_LOSS = placeholder({"step": 0, "examples seen": 0, "loss": BELOW_AXES}, "split", list(LOSS_COLORS))
-EMPTY_SCORES = placeholder({"step": 0, "score (%)": BELOW_AXES}, "metric", list(SCORE_COLORS))
-EMPTY_ACCURACY = placeholder({"step": 0, "accuracy (%)": BELOW_AXES}, "split", list(ACCURACY_COLORS))
+EMPTY_LOSS = placeholder({"step": 0, "examples seen": 0, "loss": BELOW}, "split", list(LOSS_COLORS))
+EMPTY_SCORES = placeholder({"step": 0, "score (%)": BELOW}, "metric", list(SCORE_COLORS))
+EMPTY_ACCURACY = placeholder({"step": 0, "accuracy (%)": BELOW}, "split", list(ACCURACY_COLORS))
 
 
 def training_view(view: RunView | None) -> TrainingView:
@@ -219,7 +219,6 @@ def training_view(view: RunView | None) -> TrainingView:
     confusion, scores = live_views(view)
     accuracy, baseline, final = accuracy_frames(view)
     loss = loss_frame(progress) if progress else None
-    loss_drawn = loss is not None
     if view is not None:
         loss = EMPTY_LOSS if loss is None else loss
         scores = EMPTY_SCORES if scores is None else scores
@@ -236,7 +235,7 @@ def training_view(view: RunView | None) -> TrainingView:
         final,
         str(saved.plot) if saved and saved.plot else None,
         files,
-        live_axes(view, loss_drawn) if view is not None else None,
+        live_axes(view) if view is not None else None,
     )
 
 
@@ -320,7 +319,18 @@ class TrainTab:
 def loss_plot(x: str, title: str, elem_id: str) -> gr.LinePlot:
     """A loss plot: each training batch in grey, the train and validation estimates in colour."""
     return gr.LinePlot(
-        x=x, y="loss", color="split", color_map=LOSS_COLORS, title=title, x_axis_format=WHOLE_NUMBERS, height=280, min_width=HALF_ROW_PX, elem_id=elem_id
+        x=x,
+        y="loss",
+        color="split",
+        color_map={**LOSS_COLORS, **AXIS_SERIES},
+        colors_in_legend=list(LOSS_COLORS),
+        title=title,
+        x_axis_format=WHOLE_NUMBERS,
+        x_lim=[0, None],  # the rows that stretch the axes lie left of 0 and under 0 (ui/live_axes.py)
+        y_lim=[0, None],
+        height=280,
+        min_width=HALF_ROW_PX,
+        elem_id=elem_id,
     )
 
 
@@ -330,9 +340,11 @@ def scores_plot() -> gr.ScatterPlot:
         x="step",
         y="score (%)",
         color="metric",
-        color_map=SCORE_COLORS,
+        color_map={**SCORE_COLORS, **AXIS_SERIES},
+        colors_in_legend=list(SCORE_COLORS),
         title="Full validation set at each estimate",
         x_axis_format=WHOLE_NUMBERS,
+        x_lim=[0, None],
         y_lim=[0, 100],
         height=240,
         min_width=HALF_ROW_PX,
@@ -346,9 +358,11 @@ def accuracy_plot() -> gr.ScatterPlot:
         x="step",
         y="accuracy (%)",
         color="split",
-        color_map=ACCURACY_COLORS,
+        color_map={**ACCURACY_COLORS, **AXIS_SERIES},
+        colors_in_legend=list(ACCURACY_COLORS),
         title="Accuracy after each epoch",  # short: a title wider than a phone squeezes the chart to nothing
         x_title="step (0: before training)",
+        x_lim=[0, None],
         y_title=f"accuracy (%) on {TrainConfig().eval_iter} batches",
         x_axis_format=WHOLE_NUMBERS,
         y_lim=[0, 100],
