@@ -57,7 +57,7 @@ from ui.runs_tab import RunsTab, build_runs_tab  # noqa: E402
 from ui.server_log import log_user_errors_in_one_line  # noqa: E402
 from ui.settings import MAX_UPLOAD_MB, UPLOAD_LIFETIME_S, UPLOAD_SPACE_MB, UPLOAD_SWEEP_S, AppSettings  # noqa: E402
 from ui.train_tab import TrainTab, build_run_info, build_train_tab  # noqa: E402
-from ui.views import APP_CSS  # noqa: E402
+from ui.views import APP_CSS, GRADIO_WORDS  # noqa: E402
 
 log = logging.getLogger("lora_lab.app")
 
@@ -72,7 +72,7 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
     with gr.Blocks(title="LoRA Lab", delete_cache=(UPLOAD_SWEEP_S, UPLOAD_LIFETIME_S)) as demo:
         gr.Markdown("# LoRA Lab\nFine-tune GPT-2 with LoRA to tell spam from ham, and watch it learn.")
         room_line = gr.Markdown(elem_id="room-line") if lab.room.on else None  # who this visitor is and what they may do
-        with gr.Tabs() as tabs:
+        with gr.Tabs(overflow_behavior="wrap") as tabs:  # on a phone every tab stays in sight, on two rows
             build_data_tab(DataTab(lab), demo)
             controls = build_model_tab(ModelTab(lab), demo)  # Start, the grids and Parameters read these
             train = TrainTab(lab)
@@ -288,6 +288,7 @@ def launch(
         auth=auth,
         theme=THEME,
         css=APP_CSS,
+        i18n=gr.I18n(en=GRADIO_WORDS),
         allowed_paths=[str(settings.out)],  # the only files served besides Gradio's own copies: the runs
         max_file_size=settings.max_upload_mb * 1024 * 1024,
         footer_links=["api", "settings"],  # no link to gradio.app

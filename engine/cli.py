@@ -88,7 +88,8 @@ def cmd_params(args: argparse.Namespace) -> None:
         [
             f"parameters before freezing: {summary.total_before_freeze:,}",
             f"trainable after freezing:   {summary.trainable_after_freeze:,}",
-            f"trainable LoRA parameters:  {summary.trainable_lora:,} ({summary.ratio:.1f}x fewer)",
+            f"trainable LoRA parameters:  {summary.trainable_lora:,}",
+            f"trainable in all:           {summary.trainable:,} of {summary.total_before_freeze:,} ({summary.ratio:.1f}x fewer)",  # as `train` says it
             f"adapter file: {summary.adapter_megabytes:.2f} MB; base model: {summary.model_megabytes:,.1f} MB",
         ],
     )
@@ -114,10 +115,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     from engine.runs.run import fine_tune
 
     cfg = _run_config(args)
-    recorder = RunRecorder()
+    recorder = RunRecorder(cfg.train.eval_freq)
     for event in fine_tune(cfg, on_download=None if args.json else _download_reporter()):
         recorder.record(event)
-        _log_event(event)
+        _log_event(event, recorder.progress().eta_s)
     progress = recorder.progress()
     saved = progress.saved
     result = {
@@ -150,14 +151,14 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
     return replace(cfg, lora=replace(cfg.lora, **lora_changes), train=replace(cfg.train, **train_changes))
 
 
-def _log_event(event: Any) -> None:
-    """The progress lines `train` writes to stderr."""
+def _log_event(event: Any, eta_s: float | None = None) -> None:
+    """The progress lines `train` writes to stderr; `eta_s` is the recorder's time left (engine.runs.time_left)."""
     from engine.runs.events import ModelReady
     from engine.train import EpochDone, LossEvaluated, StepDone, ValidationEvaluated
 
     match event:
         case StepDone():
-            _progress_bar(event)
+            _progress_bar(event, eta_s)
         case LossEvaluated():
             _log(f"step {event.step:04d}: train loss {event.train_loss:.3f}, validation loss {event.validation_loss:.3f}")
         case ValidationEvaluated():
@@ -167,7 +168,10 @@ def _log_event(event: Any) -> None:
         case EpochDone():
             _log(f"epoch {event.epoch}: train accuracy {event.train_accuracy:.2%}, validation accuracy {event.validation_accuracy:.2%}")
         case ModelReady():
-            _log(f"{event.model} on {event.device} ({event.precision}): {event.counts.trainable:,} trainable of {event.counts.total:,} parameters")
+            counts = event.counts
+            before = counts.total - counts.lora  # the model as `params` counts it: before LoRA adds its A and B
+            fewer = f"{before / counts.trainable:.1f}x fewer"
+            _log(f"{event.model} on {event.device} ({event.precision}): {counts.trainable:,} trainable of {before:,} parameters before freezing ({fewer})")
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -215,7 +219,7 @@ def _report_ended(scheduler: Any, reported: set[str], total: int) -> None:
             reported.add(view.run.id)
             row = _sweep_row(view)
             accuracy = f"test accuracy {row['test_accuracy']:.2%}" if row["test_accuracy"] is not None else (row["reason"] or "no final evaluation")
-            took = f", {view.run.ended_at - view.run.started_at:.0f} s" if view.run.started_at else ""
+            took = f", training {row['train_seconds']:.1f} s" if row["train_seconds"] is not None else ""  # the time the table gives
             _log(f"[{len(reported)}/{total}] {row['run']}: {row['state']}, {accuracy}{took} on {row['worker'] or 'no worker'}")
 
 
@@ -237,12 +241,12 @@ def _sweep_row(view: Any) -> dict[str, Any]:
 
 def _sweep_table(rows: list[dict[str, Any]]) -> list[str]:
     width = max(len(row["run"]) for row in rows)
-    lines = [f"{'run':<{width}}  {'state':<11}  {'test acc.':>9}  {'val. acc.':>9}  {'trainable':>11}  {'time (s)':>8}  worker"]
+    lines = [f"{'run':<{width}}  {'state':<11}  {'test acc.':>9}  {'val. acc.':>9}  {'trainable':>11}  {'training (s)':>12}  worker"]
     for row in rows:
         test, validation = (f"{row[k]:.2%}" if row[k] is not None else "-" for k in ("test_accuracy", "validation_accuracy"))
         trainable = f"{row['trainable']:,}" if row["trainable"] else "-"
         seconds = f"{row['train_seconds']:.1f}" if row["train_seconds"] is not None else "-"
-        lines.append(f"{row['run']:<{width}}  {row['state']:<11}  {test:>9}  {validation:>9}  {trainable:>11}  {seconds:>8}  {row['worker'] or '-'}")
+        lines.append(f"{row['run']:<{width}}  {row['state']:<11}  {test:>9}  {validation:>9}  {trainable:>11}  {seconds:>12}  {row['worker'] or '-'}")
     return lines
 
 
@@ -332,11 +336,11 @@ def _log(message: str) -> None:
     print("\r\033[K" + message if sys.stderr.isatty() else message, file=sys.stderr, flush=True)
 
 
-def _progress_bar(event: Any) -> None:
+def _progress_bar(event: Any, eta_s: float | None) -> None:
     if not sys.stderr.isatty() and event.step % 10 and event.step != event.total_steps:
         return  # in a log file, one line per ten steps is plenty
     done = int(30 * event.step / event.total_steps)
-    eta = time.strftime("%M:%S", time.gmtime(event.eta_s)) if event.eta_s < 3600 else f"{event.eta_s / 3600:.1f}h"
+    eta = "--:--" if eta_s is None else time.strftime("%M:%S", time.gmtime(eta_s)) if eta_s < 3600 else f"{eta_s / 3600:.1f}h"
     line = f"[{'#' * done}{'.' * (30 - done)}] step {event.step}/{event.total_steps} epoch {event.epoch} loss {event.loss:.3f} ETA {eta}"
     print("\r" + line if sys.stderr.isatty() else line, end="" if sys.stderr.isatty() else "\n", file=sys.stderr, flush=True)
 

@@ -26,6 +26,7 @@ from ui.classify_tab import EXAMPLE_MESSAGES, ClassifyTab
 from ui.controls import Controls, ControlWidgets, run_config
 from ui.data_tab import DataTab
 from ui.lab import Lab
+from ui.live_axes import AXIS_SERIES
 from ui.model_tab import ModelTab, model_label
 from ui.parameters_tab import ParametersTab
 from ui.settings import AppSettings
@@ -83,6 +84,11 @@ def view_of(values: tuple) -> dict[str, Any]:
     """The Train tab's outputs by name (gradio_client leaves out the page's own state and the Stop button)."""
     names = VIEW if len(values) == len(VIEW) else tuple(name for name in VIEW if name not in ("stop_button", "shown"))
     return dict(zip(names, values, strict=True))
+
+
+def drawn(plotted: pd.DataFrame, series: str) -> pd.DataFrame:
+    """A plot's frame without the rows that only stretch its axes."""
+    return plotted[~plotted[series].isin(AXIS_SERIES)]
 
 
 def frame(value: Any) -> pd.DataFrame:
@@ -236,12 +242,41 @@ def test_a_size_that_cannot_be_downloaded_says_so_in_plain_words(lab: Lab, tmp_p
     assert model_label(lab.settings.model).endswith("(your folder, 1.6M parameters) · on this machine")
     status, text = ModelTab(lab).load_weights("gpt2-small")  # HF_HUB_OFFLINE=1 (conftest)
     assert status.startswith("gpt2-small is not on this machine yet and needs a download of 548 MB, but this app was started offline")
-    assert "connect to the internet and press the button again" in status and "“on this machine”" in status and text == ""
+    assert "connect to the internet and press the button again" in status and f"“on this machine” ({Path(lab.settings.model).name})" in status and text == ""
+    assert ModelTab(lab).weights_note() == ""  # the folder given with --model is here: nothing to warn of on a page load
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     status, _ = ModelTab(lab).load_weights("gpt2-medium")
     assert status.startswith("gpt2-medium is not on this machine yet and needs a download of 1,520 MB, but the internet cannot be reached")
     assert ParametersTab(lab).parameters("gpt2-small", 16, list(LORA_TARGETS), False)[1] is not None  # the rest still works
+
+
+def test_offline_with_no_model_here_the_model_tab_says_so_and_the_two_ways_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    lab = Lab(AppSettings(out=tmp_path / "runs", cache=tmp_path / "cache"))  # no --model folder, nothing downloaded, offline (conftest)
+    try:
+        for said in (ModelTab(lab).weights_note(), ModelTab(lab).load_weights("gpt2-small")[0]):
+            assert "No model is on this machine yet" in said and "started offline" in said
+            assert "connect this machine to the internet once" in said and "--model FOLDER" in said
+            assert "marked “on this machine”" not in said  # none is
+    finally:
+        lab.close()
+
+
+def test_a_fresh_page_selects_the_model_the_app_was_started_with(settings: AppSettings, tmp_path: Path) -> None:
+    from engine.runs.queue import RunQueue
+
+    earlier = RunQueue(settings.out)  # an earlier app trained gpt2-small at rank 4 in this runs folder
+    cfg = RunConfig.from_preset("recommended", model="gpt2-small")
+    (run,) = earlier.add([replace(cfg, lora=replace(cfg.lora, rank=4))])
+    earlier.claim_next("cpu")
+    earlier.finish(run.id, "done")
+    lab = Lab(settings)  # started again with --model FOLDER
+    try:
+        model, preset, rank = ModelTab(lab).controls()[:3]
+        assert (model, preset, rank) == (settings.model, "recommended", 16)  # not gpt2-small, a 548 MB download
+    finally:
+        lab.close()
 
 
 def test_presets_set_their_controls(lab: Lab) -> None:
@@ -315,15 +350,18 @@ def test_train_poll_classify_through_the_handlers(lab: Lab, settings: AppSetting
 
     polled = view_of(TrainTab(lab).poll(first_run.id, None))
     assert polled["status"].startswith("Finished in ") and "step 12 of 12" in polled["progress"]
-    assert polled["loss"] is polled["loss_again"] and set(polled["loss"]["split"]) == {"training batch", "train", "validation"}
+    assert polled["loss"] is polled["loss_again"] and set(polled["loss"]["split"]) == {"training batch", "train", "validation", *AXIS_SERIES}
+    # the axes reach the run's planned end: 12 steps, 12 batches of 8 examples (a row outside the axes stretches them)
+    ends = [polled[name].query("`step` >= 0")["step"].max() for name in ("loss", "live_scores", "accuracy")]
+    assert ends == [12, 12, 12] and polled["loss"]["examples seen"].max() == 96
     # the full validation set at the last estimate (after step 11, the book's step 10), and its scores at every estimate
-    live_confusion, live_scores = polled["live_confusion"], polled["live_scores"]
+    live_confusion, live_scores = polled["live_confusion"], drawn(polled["live_scores"], "metric")
     assert "Full validation set (149 messages) after step 11" in live_confusion and "true spam" in live_confusion and "precision" in live_confusion
     assert live_scores["step"].unique().tolist() == [1, 6, 11] and set(live_scores["metric"]) == {"accuracy", "precision", "recall", "F1"}
     last = lab.scheduler.view(first_run.id).progress.live[-1].metrics
     assert live_scores[live_scores["metric"] == "F1"]["score (%)"].iloc[-1] == round(100 * last.f1, 2)
     assert f">{last.confusion[1][1]}</td>" in live_confusion
-    assert list(polled["accuracy"]["epoch"]) == ["before training", "before training", "epoch 1", "epoch 1"]
+    assert list(drawn(polled["accuracy"], "split")["step"]) == [0, 0, 12, 12]  # before training, then the end of epoch 1 (cut at step 12)
     assert list(polled["baseline"]["split"]) == ["train", "validation", "test"]
     assert list(polled["final"]["split"]) == ["train", "validation", "test"]
     # train scores whole batches only, as in the book: the table says so beside the Data tab's 1,045
@@ -365,7 +403,8 @@ def test_live_views_show_the_latest_estimate_or_say_why_there_is_none(settings: 
         ValidationEvaluated(49, 0.4, 400, Metrics(0.2, 0.9, [[9, 1], [1, 9]], 0.9, 0.9, 0.9, 20)),
     )
     confusion, scores = live_views(RunView(run, RunProgress(live=points), None))
-    assert "Full validation set (20 messages) after step 50: accuracy 90.0%" in confusion and "(of spam)" in confusion
+    assert "Full validation set (20 messages) after step 50, the latest estimate: accuracy 90.0%" in confusion and "(of spam)" in confusion
+    assert "final table below scores the model once more after its last step" in confusion  # why it can differ from the final figures
     assert ">9</td>" in confusion and ">10</td>" not in confusion  # the latest estimate only
     assert scores[scores["metric"] == "F1"][["step", "score (%)"]].values.tolist() == [[1, 0.0], [50, 90.0]]
 

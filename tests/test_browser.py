@@ -228,10 +228,22 @@ def test_demo_in_a_real_browser(page: "sync_api.Page", served: RunningApp, http_
     # Classify an example message with the adapter just trained, next to the untrained answer
     open_tab(page, "Classify")
     expect(page.locator("#adapter-status")).to_contain_text("Using the latest trained adapter", timeout=10_000)
-    page.locator("button.gallery-item").first.click()  # the first example (its label is cut short)
+    expect(page.locator("#example-1")).to_have_text(EXAMPLE_MESSAGES[0])  # whole, not cut short
+    page.locator("#example-1").click()
     expect(page.locator("#message textarea")).to_have_value(EXAMPLE_MESSAGES[0])
     page.get_by_role("button", name="Classify", exact=True).click()
     for label in ("#prediction-after", "#prediction-before"):
         expect(page.locator(f"{label} [data-testid='label-output-value']")).to_have_text(re.compile("^(ham|spam)$"), timeout=60_000)
     expect(page.locator("#classify-details")).to_contain_text("tokens read")
     screenshot(page, "classify")
+
+
+def test_stop_the_download_is_pressable_only_while_a_download_runs(page: "sync_api.Page", http_server) -> None:
+    http_server.trickle["/backup.zip"] = 0.2  # a slow link: the download takes about ten seconds
+    stop = page.locator("#stop-download")
+    expect(stop).to_be_disabled()  # nothing downloads yet
+    page.get_by_role("button", name="Download the SMS Spam Collection").click()
+    expect(stop).to_be_enabled(timeout=10_000)
+    stop.click()
+    expect(page.locator("#data-status")).to_contain_text("Download stopped", timeout=30_000)
+    expect(stop).to_be_disabled(timeout=10_000)  # and again once it ended

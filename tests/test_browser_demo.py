@@ -62,17 +62,30 @@ def test_why_this_answer_speaks_one_colour_code(page: "sync_api.Page") -> None:
     towards, away = css_rgb(TOWARDS_RGB), css_rgb(AWAY_RGB)
     heat, bars = page.locator("#token-heatmap"), page.locator("#word-influence")
     expect(bars.locator(".bar").first).to_be_attached(timeout=20_000)
-    for view in (heat, bars):  # both legends show both directions, in the same colours
-        expect(view.locator(".direction-legend")).to_contain_text("towards spam")
-        expect(view.locator(".direction-legend")).to_contain_text("away from spam")
+    # Two legends for two quantities, in the same colours: the heat map's probability, the bars' change in it
+    for view, up, down in ((heat, "P(spam) above 0.5", "P(spam) below 0.5"), (bars, "the word raises P(spam)", "the word lowers P(spam)")):
+        expect(view.locator(".direction-legend")).to_contain_text(up)
+        expect(view.locator(".direction-legend")).to_contain_text(down)
         assert background(view.locator(".swatch.towards")) == towards
         assert background(view.locator(".swatch.away")) == away
+    expect(bars.locator(".why-they-differ")).to_contain_text("they can disagree")
     for index in range(heat.locator(".token").count()):  # a token's colour says which side of 0.5 it is
         token = heat.locator(".token").nth(index)
         assert background(token) == (towards if float(token.get_attribute("data-p")) >= 0.5 else away)
     for index in range(bars.locator(".bar").count()):  # a word's bar says which way it pushes, whatever the signs present
         bar = bars.locator(".bar").nth(index)
         assert background(bar) == (towards if "towards" in (bar.get_attribute("class") or "") else away)
+
+
+def test_an_explanation_clears_when_the_message_changes(page: "sync_api.Page") -> None:
+    explain(page, "URGENT! Your mobile number has won a prize. Call now to claim, T&C apply.")
+    expect(page.locator("#word-influence .bar").first).to_be_attached(timeout=20_000)
+    page.locator("#message textarea").fill("see you at six")  # the explanation spoke of the other message
+    expect(page.locator("#token-heatmap .token")).to_have_count(0, timeout=10_000)
+    expect(page.locator("#word-influence .bar")).to_have_count(0)
+    explain(page, "see you at six")  # and a new one comes for the new message
+    page.locator("#example-1").click()  # an example put in the box clears it too
+    expect(page.locator("#token-heatmap .token")).to_have_count(0, timeout=10_000)
 
 
 def test_emoji_show_whole_in_the_heat_map(page: "sync_api.Page") -> None:

@@ -22,7 +22,7 @@ from engine.runs.queue import QueuedRun
 from engine.runs.recorder import BatchLoss, RunProgress
 from engine.runs.scheduler import RunView
 from engine.train import LossEvaluated, ValidationEvaluated
-from ui.train_tab import LOSS_COLORS, SCORE_COLORS, accuracy_frames, accuracy_plot, live_views, loss_frame, loss_plot, scores_plot
+from ui.train_tab import LOSS_COLORS, SCORE_COLORS, accuracy_plot, loss_plot, scores_plot, training_view
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -47,6 +47,12 @@ def plots_page(browser: "sync_api.Browser", frames: Sequence[tuple[Any, Any, Any
         demo.close()
 
 
+def plots_of(progress: RunProgress, config: RunConfig | None = None) -> tuple[Any, Any, Any]:
+    """What a poll sends the loss, scores and accuracy plots while following a running run at `progress`."""
+    values = training_view(RunView(QueuedRun("20261202-120000", config or RunConfig(), state="running"), progress, None)).values()
+    return values[3], values[6], values[7]
+
+
 def next_frame(page: "sync_api.Page") -> None:
     page.get_by_role("button", name="Next").click()
     page.wait_for_timeout(700)  # Vega redraws after the value lands
@@ -59,16 +65,7 @@ def legend(page: "sync_api.Page", plot: str) -> list[str]:
 def drawn_strokes(page: "sync_api.Page", plot: str) -> set[str]:
     """The colours of the line paths that draw something (more than one point)."""
     lines = page.locator(f"{plot} path[aria-roledescription='line mark']")
-    return {
-        (lines.nth(i).get_attribute("stroke") or "").lower()
-        for i in range(lines.count())
-        if (lines.nth(i).get_attribute("d") or "").count("L") >= 1
-    }
-
-
-def visible_points(page: "sync_api.Page", plot: str) -> int:
-    points = page.locator(f"{plot} path[aria-roledescription='point']")
-    return sum(1 for i in range(points.count()) if points.nth(i).get_attribute("opacity") != "0" and points.nth(i).is_visible())
+    return {(lines.nth(i).get_attribute("stroke") or "").lower() for i in range(lines.count()) if (lines.nth(i).get_attribute("d") or "").count("L") >= 1}
 
 
 def batches(first: int, last: int) -> tuple[BatchLoss, ...]:
@@ -89,7 +86,7 @@ def test_the_estimate_curves_stay_drawn_to_the_end_of_a_run(browser: "sync_api.B
         RunProgress(batch_losses=batches(1, 11), estimates=(estimate(1), estimate(6), estimate(11))),
     ]
     polls.append(polls[-1])  # the last poll, when the run is done
-    with plots_page(browser, [(loss_frame(progress), None, None) for progress in polls]) as page:
+    with plots_page(browser, [(plots_of(progress)[0], None, None) for progress in polls]) as page:
         for _ in polls:
             next_frame(page)
         assert legend(page, "#loss-steps") == ["training batch", "train", "validation"]
@@ -100,15 +97,67 @@ def test_the_estimate_curves_stay_drawn_to_the_end_of_a_run(browser: "sync_api.B
 def test_the_first_estimate_shows_as_points_on_sensible_axes(browser: "sync_api.Browser") -> None:
     first = ValidationEvaluated(0, 0.01, 8, Metrics(0.7, 0.55, [[10, 10], [8, 12]], 0.55, 0.6, 0.57, 40))
     progress = RunProgress(live=(first,), baseline=BaselineEvaluated(0.5, 0.475, 0.5))
-    after_first = RunView(QueuedRun("20261202-120000", RunConfig(), state="running"), progress, None)
-    scores = live_views(after_first)[1]
-    accuracy = accuracy_frames(after_first)[0]
+    _, scores, accuracy = plots_of(progress)
     with plots_page(browser, [(None, scores, accuracy)]) as page:
         next_frame(page)
         expect(page.locator("#live-scores path[aria-roledescription='point']").first).to_be_attached(timeout=10_000)
-        assert visible_points(page, "#live-scores") == len(SCORE_COLORS)  # one estimate, four scores
-        assert visible_points(page, "#accuracy") == 2  # train and validation before training
+        assert points_inside(page, "#live-scores") == len(SCORE_COLORS)  # one estimate, four scores
+        assert points_inside(page, "#accuracy") == 2  # train and validation before training
         for plot in ("#live-scores", "#accuracy"):
             ticks = page.locator(f"{plot} g.role-axis text").all_text_contents()
             assert ticks and not any("0.000" in tick for tick in ticks), ticks
-        assert "before training" in page.locator("#accuracy g.role-axis text").all_text_contents()
+        assert "step (0: before training)" in page.locator("#accuracy g.role-axis text").all_text_contents()
+
+
+# Gradio's own spec names an older Vega-Lite than it ships; every chart logs this, whatever its data.
+GRADIOS_OWN = "The input spec uses Vega-Lite v5"
+
+
+def x_ticks(page: "sync_api.Page", plot: str) -> list[str]:
+    """The labels along a plot's x axis, left to right."""
+    return page.locator(f"{plot} g.role-axis[aria-label^='X-axis'] g.role-axis-label text").all_text_contents()
+
+
+def last_tick(page: "sync_api.Page", plot: str) -> int:
+    """Where a plot's x axis ends: its last whole-number label (Vega keeps its own description of the axis from the first draw)."""
+    return max(int(tick.replace(",", "")) for tick in x_ticks(page, plot))
+
+
+def points_inside(page: "sync_api.Page", plot: str) -> int:
+    """Points drawn within the plot's axes (above its x axis): a point cut away by the axes lies below it."""
+    bottom = page.locator(f"{plot} g.role-axis[aria-label^='X-axis']").bounding_box()
+    assert bottom, plot
+    points = page.locator(f"{plot} path[aria-roledescription='point']")
+    boxes = [points.nth(i).bounding_box() for i in range(points.count()) if points.nth(i).get_attribute("opacity") != "0"]
+    return sum(1 for box in boxes if box and box["y"] + box["height"] / 2 < bottom["y"])
+
+
+def test_the_plots_reach_the_planned_end_from_the_start_and_warn_of_nothing(browser: "sync_api.Browser") -> None:
+    # A run of 40 steps that has not drawn anything yet, then its first steps: before, the empty plots had an
+    # axis with one "1.000000" tick and the browser warned "Infinite extent" for every field.
+    config = RunConfig().with_train(max_steps=40)
+    polls = [RunProgress(), RunProgress(total_steps=40, steps_per_epoch=130, epochs=1, step=3, batch_losses=batches(1, 3))]
+    with plots_page(browser, [plots_of(progress, config) for progress in polls]) as page:
+        warnings: list[str] = []
+        page.on("console", lambda message: warnings.append(message.text) if message.type in ("warning", "error") and GRADIOS_OWN not in message.text else None)
+        for _ in polls:
+            next_frame(page)
+            for plot in ("#loss-steps", "#live-scores", "#accuracy"):
+                expect(page.locator(f"{plot} g.role-axis[aria-label^='X-axis']")).to_be_attached(timeout=10_000)
+                ticks = x_ticks(page, plot)
+                assert ticks and all(tick.isdigit() for tick in ticks), (plot, ticks)  # whole steps: no 1.000000, no 2.5
+                assert last_tick(page, plot) == 40, (plot, ticks)
+            assert points_inside(page, "#live-scores") == points_inside(page, "#accuracy") == 0  # the placeholders lie outside the axes
+        assert warnings == []
+
+
+def test_a_newly_followed_run_shows_its_own_points_on_its_own_axes(browser: "sync_api.Browser") -> None:
+    # A page follows a run of 40 steps, then a new run of 20 that has drawn nothing yet. (Plot limits sent
+    # with new data made Gradio redraw with the data it had: the first run's curves on the second's axes.)
+    first = plots_of(RunProgress(total_steps=40, steps_per_epoch=130, epochs=1, step=10, batch_losses=batches(1, 10)), RunConfig().with_train(max_steps=40))
+    second = plots_of(RunProgress(), RunConfig().with_train(max_steps=20))
+    with plots_page(browser, [first, second]) as page:
+        next_frame(page)
+        assert last_tick(page, "#loss-steps") == 40 and drawn_strokes(page, "#loss-steps") == {LOSS_COLORS["training batch"]}
+        next_frame(page)
+        assert last_tick(page, "#loss-steps") == 20 and drawn_strokes(page, "#loss-steps") == set()  # nothing of the first run

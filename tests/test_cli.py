@@ -63,10 +63,14 @@ def test_data_download_uses_backup(capsys, http_server, tmp_path, monkeypatch):
 def test_generate_train_classify_on_a_tiny_model(capsys, tiny_model_dir, prepared_data, tmp_path):
     generated = run_json(capsys, "generate", "--model", str(tiny_model_dir), "--max-new-tokens", "4", "Every effort moves you")
     assert generated["text"].startswith("Every effort moves you") and len(generated["text"]) > len("Every effort moves you")
-    trained = run_json(
-        capsys, "train", "--model", str(tiny_model_dir), "--data", str(prepared_data), "--max-steps", "5",
-        "--rank", "2", "--alpha", "4", "--lr", "1e-3", "--out", str(tmp_path / "run"), "--device", "cpu",
-    )
+    assert main([
+        "train", "--model", str(tiny_model_dir), "--data", str(prepared_data), "--max-steps", "5",
+        "--rank", "2", "--alpha", "4", "--lr", "1e-3", "--out", str(tmp_path / "run"), "--device", "cpu", "--json",
+    ]) == 0
+    printed = capsys.readouterr()
+    trained = strict_loads(printed.out.strip().splitlines()[-1])
+    counted = run_json(capsys, "params", "--model", str(tiny_model_dir), "--rank", "2", "--alpha", "4")  # train and params count alike
+    assert f"{counted['trainable']:,} trainable of {counted['total_before_freeze']:,} parameters before freezing ({counted['ratio']:.1f}x fewer)" in printed.err
     assert set(trained["accuracy"]) == {"train", "validation", "test"} and not trained["stopped"]
     assert (tmp_path / "run" / "run.json").is_file()
     classified = run_json(capsys, "classify", "--adapter", trained["adapter"], "Free prize!", "See you soon")
@@ -179,7 +183,9 @@ def test_sweep_runs_a_grid_on_two_workers_with_a_line_per_run_and_a_table(capsys
     assert lines[0].startswith(f"4 runs (2 rank x 2 seed) on {workers}, into ")
     ended = sorted(line for line in lines if line.startswith("["))
     assert len(ended) == 4 and all(": done, test accuracy " in line for line in ended)
+    trained_s = {line.split("]")[1].split(":")[0].strip(): line.split("training ")[1].split(" s")[0] for line in ended}
     table = printed.out.splitlines()
+    assert "training (s)" in table[0] and all(row.split()[-3] == trained_s[row.split()[0]] for row in table[1:])  # one kind of time, both places
     assert table[0].split()[:3] == ["run", "state", "test"] and sorted(row.split()[0] for row in table[1:]) == [
         "rank1-seed1",
         "rank1-seed2",

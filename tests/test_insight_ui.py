@@ -58,14 +58,18 @@ def test_confusion_table_names_true_and_predicted_classes() -> None:
 def test_token_heat_map_escapes_tokens_and_shades_by_probability() -> None:
     heat = token_heatmap_html([TokenScore("<b>", 0.1), TokenScore(" win", 0.9)], "spam")
     assert "&lt;b&gt;" in heat and "<b>" not in heat
-    assert "rgba(31,119,180" in heat and "rgba(214,39,40" in heat and "After the last token: 0.900" in heat
+    assert "rgba(31,119,180" in heat and "rgba(214,39,40" in heat and "After the last token, the answer: 0.900" in heat
+    # its legend names its own quantity, a probability, by which side of 0.5 a token is on
+    assert "P(spam) above 0.5" in heat and "P(spam) below 0.5" in heat and "raises" not in heat
 
 
 def test_word_influence_bars_use_the_heat_maps_colours_whatever_the_signs() -> None:
     bars = influence_html([WordInfluence("<win>", 0.2, 0.5), WordInfluence("win", 0.6, 0.1)], "spam")  # both push towards spam
     assert "&lt;win&gt;" in bars and "<win>" not in bars
     assert bars.count("class='bar towards'") == 2 and "class='bar away'" not in bars
-    assert "towards spam" in bars and "away from spam" in bars  # the legend shows both directions all the same
+    # its legend names its own quantity, a change in the probability, both ways even when all push one way
+    assert "the word raises P(spam)" in bars and "the word lowers P(spam)" in bars and "above 0.5" not in bars
+    assert "they can disagree" in bars  # and says why the heat map's colours may not match the bars'
     assert "width:100.0%" in bars and "width:20.0%" in bars  # scaled to the strongest word
     mixed = influence_html([WordInfluence("hi", 0.8, -0.1), WordInfluence("win", 0.2, 0.05)], "spam")
     assert mixed.count("class='bar away'") == 1 and "rgba(31,119,180" in mixed and "rgba(214,39,40" in mixed

@@ -7,6 +7,7 @@ replaces it, and the header above always names what answers. Classification has 
 """
 
 import html
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from engine.explain import TokenScore, WordInfluence, explained_class, token_sco
 from ui.answering import choice_label, default_run
 from ui.guards import deleted_if_refused, engine_errors_as_toasts, message_problem, output_path, uploaded_file, uploaded_path, written_output
 from ui.lab import Lab, no_run_words
-from ui.views import AWAY_RGB, TOWARDS_RGB, plural, rgba
+from ui.views import AWAY_RGB, TOWARDS_RGB, plural, rgba, text_last
 
 EXAMPLE_MESSAGES = (
     "You are a winner you have been specially selected to receive $1000 cash or a $2000 award.",
@@ -34,31 +35,33 @@ MANY_COLUMNS = ["line", "label", "probability", "note", "message"]  # the answer
 PREVIEW_ROWS = 20
 
 
-def direction_legend(positive: str) -> str:
-    """The one colour code of "Why this answer?": red pushes towards `positive`, blue away from it."""
-    name = html.escape(positive)
+def direction_legend(towards: str, away: str) -> str:
+    """A legend in the one colour code of "Why this answer?" (red for the positive class, blue against it);
+    each view names its own quantity: the heat map a probability, the bars a change in it."""
     swatch = "display:inline-block;width:0.9em;height:0.9em;border-radius:2px;vertical-align:-0.1em;margin:0 4px 0 10px"
     return (
         "<span class='direction-legend'>"
-        f"<span class='swatch towards' style='{swatch};background:{rgba(TOWARDS_RGB, 0.85)}'></span>towards {name}"
-        f"<span class='swatch away' style='{swatch};background:{rgba(AWAY_RGB, 0.85)}'></span>away from {name}</span>"
+        f"<span class='swatch towards' style='{swatch};background:{rgba(TOWARDS_RGB, 0.85)}'></span>{towards}"
+        f"<span class='swatch away' style='{swatch};background:{rgba(AWAY_RGB, 0.85)}'></span>{away}</span>"
     )
 
 
 def token_heatmap_html(tokens: Sequence[TokenScore], positive: str) -> str:
-    """Each token shaded by P(positive) after reading up to it: red above 0.5 (towards `positive`), blue below."""
+    """Each token shaded by P(positive) after reading up to it: red above 0.5, blue below."""
+    p_name = f"P({html.escape(positive)})"
     spans = []
     for token in tokens:
         p = token.probability
         rgb, strength, direction = (TOWARDS_RGB, p - 0.5, "towards") if p >= 0.5 else (AWAY_RGB, 0.5 - p, "away")
         spans.append(
-            f"<span class='token {direction}' title='P({html.escape(positive)}) = {p:.3f}' data-p='{p:.4f}' "
+            f"<span class='token {direction}' title='{p_name} = {p:.3f}' data-p='{p:.4f}' "
             f"style='background:{rgba(rgb, 0.08 + 1.6 * strength)};border-radius:3px;padding:1px 0'>{html.escape(token.token)}</span>"
         )
     final = tokens[-1].probability if tokens else float("nan")
     legend = (
-        f"<div style='font-size:0.85em;margin-top:6px'>P({html.escape(positive)}) after reading up to each token:{direction_legend(positive)}. "
-        f"Hover a token for its value. After the last token: {final:.3f}.</div>"
+        f"<div class='heat-legend' style='font-size:0.85em;margin-top:6px'><strong>Reading along:</strong> {p_name} after reading up to each token"
+        f"{direction_legend(f'{p_name} above 0.5', f'{p_name} below 0.5')}. "
+        f"Hover a token for its value. After the last token, the answer: {final:.3f}.</div>"
     )
     return f"<div id='token-heat' style='white-space:pre-wrap;line-height:1.9;font-family:monospace'>{''.join(spans)}</div>{legend}"
 
@@ -69,7 +72,7 @@ def influence_html(influences: Sequence[WordInfluence], positive: str) -> str:
         return ""
     shown = influences[:MAX_INFLUENCE_BARS]
     largest = max(abs(item.influence) for item in shown) or 1.0
-    name = html.escape(positive)
+    p_name = f"P({html.escape(positive)})"
     word = "text-align:right;max-width:14em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap"
     half = "height:1.1em;display:flex"
     axis = f"{half};justify-content:flex-end;border-right:1px solid #999"
@@ -87,14 +90,21 @@ def influence_html(influences: Sequence[WordInfluence], positive: str) -> str:
             f"<div style='{number}'>{item.influence:+.3f}</div><div style='{number}'>{item.probability_without:.3f}</div>"
         )
     header = (
-        f"<div style='{head};text-align:right'>word</div><div style='{head};text-align:right'>away from {name}</div>"
-        f"<div style='{head}'>towards {name}</div><div style='{head};{number}'>change in P({name})</div><div style='{head};{number}'>P({name}) without it</div>"
+        f"<div style='{head};text-align:right'>word</div><div style='{head};text-align:right'>lowers {p_name}</div>"
+        f"<div style='{head}'>raises {p_name}</div><div style='{head};{number}'>change in {p_name}</div><div style='{head};{number}'>{p_name} without it</div>"
     )
-    grid = "display:grid;grid-template-columns:minmax(4em,max-content) 1fr 1fr max-content max-content;gap:3px 10px;align-items:center"
-    return (
-        f"<div style='font-size:0.85em;margin:10px 0 6px'>Leave one word out: how much each word moves P({name}).{direction_legend(positive)}</div>"
-        f"<div class='influence-bars' style='{grid}'>{header}{''.join(rows)}</div>"
+    grid = "display:grid;grid-template-columns:minmax(4em,max-content) 1fr 1fr max-content max-content;gap:3px 10px;align-items:center;min-width:30em"
+    legend = (
+        f"<div class='bars-legend' style='font-size:0.85em;margin:10px 0 6px'><strong>Word by word:</strong> how much each word changes the final {p_name} "
+        f"(the message read again without it){direction_legend(f'the word raises {p_name}', f'the word lowers {p_name}')}</div>"
     )
+    why = (
+        "<div class='why-they-differ' style='font-size:0.85em;margin-top:8px;opacity:0.85'>The two views measure different things, so they can disagree: "
+        f"the colours above follow {p_name} while the model is still reading (the start of a message is often blue, before the words that "
+        "decide it arrive); the bars weigh each word within the whole message. A word read in blue can still raise the final answer.</div>"
+    )
+    # The grid keeps its columns on a phone and scrolls sideways instead.
+    return f"{legend}<div style='overflow-x:auto'><div class='influence-bars' style='{grid}'>{header}{''.join(rows)}</div></div>{why}"
 
 
 def answers_frame(lines: Sequence[tuple[int, str]], predictions: dict[int, Prediction], problems: dict[int, str | None]) -> pd.DataFrame:
@@ -254,7 +264,7 @@ def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.T
                 scale=3,
             )
         message = gr.Textbox(label="Message", lines=3, placeholder="Type an SMS, or pick an example below", elem_id="message")
-        gr.Examples([[m] for m in EXAMPLE_MESSAGES], inputs=[message], label="Examples")
+        build_examples(message)
         classify_button = gr.Button("Classify", variant="primary", elem_id="classify")
         with gr.Row():
             after = gr.Label(label="Fine-tuned model", elem_id="prediction-after")
@@ -269,7 +279,7 @@ def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.T
                 label="Answers of the fine-tuned model",
                 interactive=False,
                 wrap=True,
-                column_widths=["8%", "12%", "12%", "18%", "50%"],
+                column_widths=text_last(len(MANY_COLUMNS), "50%"),
                 elem_id="many-results",
             )
         build_explain(classify, message, adapter_file, run)
@@ -313,6 +323,15 @@ def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.T
     return run
 
 
+def build_examples(message: gr.Textbox) -> None:
+    """The example messages, whole (gr.Examples cuts a text at 60 characters): a press copies one into the message box."""
+    gr.Markdown("Examples: press one to put it in the message box.", elem_id="examples-note")
+    with gr.Row(elem_id="examples"):
+        for number, text in enumerate(EXAMPLE_MESSAGES, start=1):
+            example = gr.Button(text, size="sm", elem_classes="example-message", elem_id=f"example-{number}")
+            example.click(None, None, message, js=f"() => {json.dumps(text)}", api_visibility="private")  # in the page: no round trip to the server
+
+
 def build_explain(classify: ClassifyTab, message: gr.Textbox, adapter_file: gr.File, run: gr.Dropdown) -> None:
     """Why this answer: P(spam), or of the predicted class for three or more, token by token, and the
     words that moved it, in one colour code."""
@@ -329,6 +348,8 @@ def build_explain(classify: ClassifyTab, message: gr.Textbox, adapter_file: gr.F
         concurrency_limit=1,
     )
     clear_on_failure(explained, [heat, bars])
+    # An explanation speaks of the message it was made for: a new message (typed, pasted or an example) clears it.
+    message.change(lambda: ("", ""), None, [heat, bars], show_progress="hidden", api_visibility="private")
 
 
 def build_classify_file(classify: ClassifyTab, adapter_file: gr.File, run: gr.Dropdown) -> None:

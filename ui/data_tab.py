@@ -15,7 +15,7 @@ from engine.failure import one_line
 from engine.tokenizer import encode
 from ui.guards import discard_upload, uploaded_file, uploaded_path
 from ui.lab import Lab
-from ui.views import TOAST_SECONDS
+from ui.views import TOAST_SECONDS, text_last
 
 PREVIEW_PER_CLASS = 3
 # The histogram draws one series (and legend entry) per class up to this many classes; with more,
@@ -251,7 +251,8 @@ def build_data_tab(data: DataTab, demo: gr.Blocks) -> None:
         with gr.Row():
             with gr.Column():
                 download = gr.Button("Download the SMS Spam Collection", variant="primary")
-                stop_download = gr.Button("Stop the download", variant="stop", size="sm", elem_id="stop-download")
+                # Pressable only while this page's download runs.
+                stop_download = gr.Button("Stop the download", variant="stop", size="sm", interactive=False, elem_id="stop-download")
             upload = uploaded_file(
                 label="...or upload its zip or tab-separated file (works offline), or your own CSV/TSV with a header naming text and label columns",
                 file_count="single",
@@ -277,14 +278,16 @@ def build_data_tab(data: DataTab, demo: gr.Blocks) -> None:
                 interactive=False,
                 wrap=True,
                 max_height=260,
-                column_widths=["10%", "90%"],
+                column_widths=text_last(len(REPEATED_COLUMNS), "75%"),
                 elem_id="repeated",
             )
 
     data_views = [data_status, counts, preview, histogram]
     quality_views = [quality, repeated]
+    download.click(lambda: gr.Button(interactive=True), None, stop_download, queue=False, show_progress="hidden", api_visibility="private")
     # concurrency_limit=None: one visitor's Download never waits behind another's (a slow source may take minutes).
     downloaded = download.click(data.download_data, deduplicate, data_views, api_name="download_data", concurrency_limit=None)
+    downloaded.then(lambda: gr.Button(interactive=False), None, stop_download, queue=False, show_progress="hidden", api_visibility="private")
     downloaded.success(data.data_quality, None, quality_views, api_name="data_quality_downloaded")
     downloaded.failure(data.failed, None, data_views, show_progress="hidden", api_visibility="private")
     stop_download.click(data.stop_download, None, data_status, api_name="stop_download", concurrency_limit=None)

@@ -19,7 +19,7 @@ from engine.evaluate import POSITIVE_CLASS, Scores, at_threshold, mistakes, posi
 from engine.runs.history import RunSummary, read_scores
 from ui.answering import choice_label, default_run
 from ui.lab import Lab
-from ui.views import confusion_html, plural
+from ui.views import HALF_ROW_PX, confusion_html, plural, text_last
 
 SPLITS = ("validation", "test")
 ROC_COLORS = {"ROC curve": "#d62728", "chance": "#aaaaaa"}
@@ -222,6 +222,7 @@ def build_evaluate_tab(evaluate: EvaluateTab, classify_run: gr.Dropdown) -> None
                 x_lim=[0, 1],
                 y_lim=[0, 1],
                 height=320,
+                min_width=HALF_ROW_PX,
                 elem_id="roc",
                 scale=1,
             )
@@ -231,7 +232,7 @@ def build_evaluate_tab(evaluate: EvaluateTab, classify_run: gr.Dropdown) -> None
             interactive=False,
             wrap=True,
             max_height=360,
-            column_widths=["12%", "12%", "10%", "66%"],
+            column_widths=text_last(4, "60%"),
             elem_id="mistakes",
         )
     views = [summary, confusion, metrics, roc, wrong]

@@ -10,7 +10,7 @@ import html
 from engine.params import LoRAShape
 from ui.views import plural
 
-SIDE_PX = 150  # the longer side of W
+SIDE_PX = 150  # the longer side of W (a phone makes it smaller: --lora-side in ui/views.py's APP_CSS)
 MIN_PX = 3  # a rank-1 matrix is still visible
 
 # The Linear layers LoRA can adapt, in words a non-programmer can follow (the code name in brackets).
@@ -27,14 +27,19 @@ FROZEN, TRAINED = "#b8c4d6", "#d62728"
 
 
 def layer_label(target: str) -> str:
-    """"attention: query (attn.q_proj)"; a kind with no plain name (embeddings, layer norms) as it is."""
+    """ "attention: query (attn.q_proj)"; a kind with no plain name (embeddings, layer norms) as it is."""
     return f"{LAYER_NAMES[target]} ({target})" if target in LAYER_NAMES else target
+
+
+def _length(share: float) -> str:
+    """A side of a box: `share` of the picture's longest side, never thinner than MIN_PX."""
+    return f"max({MIN_PX}px, calc(var(--lora-side, {SIDE_PX}px) * {share:.4f}))"
 
 
 def _box(width: float, height: float, colour: str, name: str, dims: str, count: int, note: str) -> str:
     return (
         f"<div class='matrix {name.lower()}' style='display:flex;flex-direction:column;align-items:center;gap:4px'>"
-        f"<div style='width:{max(width, MIN_PX):.0f}px;height:{max(height, MIN_PX):.0f}px;background:{colour};border-radius:2px'></div>"
+        f"<div style='width:{_length(width)};height:{_length(height)};background:{colour};border-radius:2px'></div>"
         f"<div style='font-size:0.85em;text-align:center;line-height:1.3'><b>{name}</b> {dims}<br>{count:,}<br><span style='opacity:0.75'>{note}</span></div>"
         "</div>"
     )
@@ -46,18 +51,20 @@ def lora_picture_html(shape: LoRAShape, scale: float, layers: int, model: str, a
     `scale` is the factor on A·B (alpha, or alpha/rank); `layers` how many such layers the model has;
     `adapted` whether the chosen targets include this layer.
     """
-    unit = SIDE_PX / max(shape.d, shape.k)
-    w_width, w_height = shape.k * unit, shape.d * unit
-    r = shape.rank * unit
-    op = "font-size:1.4em;align-self:center;padding:0 4px;opacity:0.8"
-    boxes = (
-        f"<div style='{op}'>x ·</div>"
-        + _box(w_width, w_height, FROZEN, "W", f"{shape.d:,} × {shape.k:,}", shape.frozen, "frozen")
-        + f"<div style='{op}'>+ {scale:g} × x ·</div>"
+    longest = max(shape.d, shape.k)
+    w_width, w_height = shape.k / longest, shape.d / longest
+    r = shape.rank / longest
+    op = "font-size:1.4em;align-self:center;padding:0 4px;opacity:0.8;white-space:nowrap"
+    group = "display:flex;align-items:flex-start;gap:8px;flex-wrap:nowrap"
+    frozen = f"<div style='{op}'>x ·</div>" + _box(w_width, w_height, FROZEN, "W", f"{shape.d:,} × {shape.k:,}", shape.frozen, "frozen")
+    added = (
+        f"<div style='{op}'>+ {scale:g} × x ·</div>"
         + _box(r, w_height, TRAINED, "A", f"{shape.d:,} × {shape.rank}", shape.a, "trained")
         + f"<div style='{op}'>·</div>"
         + _box(w_width, r, TRAINED, "B", f"{shape.rank} × {shape.k:,}", shape.b, "trained")
     )
+    # Two groups that never break inside: on a narrow screen "+ s × x · A · B" goes under "x · W", in that order.
+    boxes = f"<div style='{group}'>{frozen}</div><div style='{group}'>{added}</div>"
     trained = shape.a + shape.b
     name = html.escape(layer_label(shape.target))
     where = (
@@ -72,6 +79,6 @@ def lora_picture_html(shape: LoRAShape, scale: float, layers: int, model: str, a
     )
     return (
         f"<div class='lora-picture' data-rank='{shape.rank}' data-target='{html.escape(shape.target)}'>"
-        f"<div style='display:flex;align-items:flex-start;gap:10px;flex-wrap:wrap;margin-bottom:8px'>{boxes}</div>"
+        f"<div style='display:flex;align-items:flex-start;gap:8px;flex-wrap:wrap;overflow-x:auto;margin-bottom:8px'>{boxes}</div>"
         f"<div style='font-size:0.9em;line-height:1.45'>{caption}</div></div>"
     )

@@ -51,6 +51,27 @@ def model_choices(models: Sequence[str]) -> list[tuple[str, str]]:
     return [(model_label(model), model) for model in models]
 
 
+def models_here(models: Sequence[str]) -> list[str]:
+    """The models whose weights are on this machine already (no network asked)."""
+    here = []
+    for model in models:
+        try:
+            if cached(resolve(model)) is not None:
+                here.append(model)
+        except LoRALabError:
+            continue
+    return here
+
+
+def nothing_here(why: str) -> str:
+    """No model on this machine and none can be downloaded: the two ways out."""
+    return (
+        f"No model is on this machine yet, and {why}. Two ways out: connect this machine to the internet once "
+        "(the download is kept for next time), or start LoRA Lab with --model FOLDER, a folder holding a GPT-2 "
+        "checkpoint's config.json and model.safetensors (python app.py --model FOLDER)."
+    )
+
+
 class ModelTab:
     """The Model & LoRA tab's handlers over the app's Lab."""
 
@@ -79,7 +100,7 @@ class ModelTab:
                 text = decode(generate_greedy(loaded, encode(SANITY_PROMPT), SANITY_TOKENS))
             except LoRALabError as error:
                 if needs_download and isinstance(error, WeightsError):
-                    return unavailable(model, megabytes, error), ""
+                    return unavailable(model, megabytes, error, models_here(self.lab.settings.models)), ""
                 return f"Weights not available: {one_line(str(error))}", ""
         shape = f"{source.config.n_layer} layers, width {source.config.n_embd}"
         seconds = time.perf_counter() - started
@@ -95,10 +116,24 @@ class ModelTab:
         return Controls.of(chosen).pick(PRESET_FIELDS)
 
     def controls(self) -> tuple[Any, ...]:
-        """On page load: the settings of the current (or last) run, so a reload loses none of them."""
+        """On page load: the settings of the current (or last) run of this app, so a reload loses none of them;
+        a run of an earlier app (it has no progress here) does not count: the page starts from the model this app
+        was started with (--model), not from what was trained last time."""
         newest = self.lab.followed(None)
-        cfg = newest.run.config if newest else RunConfig.from_preset("recommended", model=self.lab.settings.model)
+        this_app = newest is not None and (newest.progress is not None or not newest.run.ended)
+        cfg = newest.run.config if this_app else RunConfig.from_preset("recommended", model=self.lab.settings.model)
         return Controls.of(cfg).values()
+
+    def weights_note(self) -> str:
+        """On page load: say at once when no model is on this machine, and what to do about it (no network asked)."""
+        if models_here(self.lab.settings.models):
+            return ""
+        if hub_offline():
+            return nothing_here("this app was started offline (HF_HUB_OFFLINE=1)")
+        return (
+            f"No model is on this machine yet: {model_label(self.lab.settings.model)}, when you load it or start training. "
+            "No internet here? Start LoRA Lab with --model FOLDER, a folder holding a GPT-2 checkpoint's config.json and model.safetensors."
+        )
 
     def model_list(self) -> gr.Dropdown:
         """The models with what each needs now (on this machine, or a download), after a load or a reload."""
@@ -118,17 +153,20 @@ class ModelTab:
         return lora_picture_html(shape, lora.scale, layers, Path(model).name, shown in (targets or ()))
 
 
-def unavailable(model: str, megabytes: str, error: WeightsError) -> str:
-    """A size that is not here and could not be downloaded, in plain words with the one thing to do."""
+def unavailable(model: str, megabytes: str, error: WeightsError, here: Sequence[str]) -> str:
+    """A size that is not here and could not be downloaded, in plain words with what to do (`here`: the models on this machine)."""
     if hub_offline():
         why = "this app was started offline (HF_HUB_OFFLINE=1)"
     elif error.unreachable or not hub_reachable():
         why = "the internet cannot be reached from this machine"
     else:
         why = f"the download failed ({one_line(str(error))[:300]})"
+    if not here:
+        return f"{model} needs a download of {megabytes}. " + nothing_here(why)
     return (
         f"{model} is not on this machine yet and needs a download of {megabytes}, but {why}. "
-        f"To use it: connect to the internet and press the button again. Until then, choose a model marked “{ON_THIS_MACHINE}”."
+        f"To use it: connect to the internet and press the button again. Until then, choose a model marked “{ON_THIS_MACHINE}” "
+        f"({', '.join(Path(name).name for name in here)})."
     )
 
 
@@ -299,6 +337,7 @@ def build_model_tab(model_tab: ModelTab, demo: gr.Blocks) -> ControlWidgets:
     )
     preset_name.input(model_tab.apply_preset, preset_name, controls.pick(PRESET_FIELDS), api_name="apply_preset")
     demo.load(model_tab.controls, None, controls.inputs(), api_name="controls", show_progress="hidden")
+    demo.load(model_tab.weights_note, None, weights_status, api_name="weights_note", show_progress="hidden")
     picture_inputs = [model, rank, alpha, scaling, targets, shown_layer]
     gr.on(
         [demo.load] + [widget.change for widget in picture_inputs],

@@ -105,8 +105,18 @@ def build_parameters_tab(parameters: ParametersTab, demo: gr.Blocks, controls: C
         )
         param_chart = gr.Plot(label="Frozen and trained weights", show_label=False, elem_id="param-chart")
         with gr.Row():
-            param_table = gr.Dataframe(headers=["", "count"], label="Counts", interactive=False, column_widths=["60%", "40%"], elem_id="param-table", scale=2)
-            breakdown = gr.Dataframe(headers=BREAKDOWN_COLUMNS, label="By kind of layer", interactive=False, elem_id="param-breakdown", scale=3)
+            param_table = gr.Dataframe(
+                headers=["", "count"], label="Counts", interactive=False, wrap=True, column_widths=["60%", "auto"], elem_id="param-table", scale=2
+            )
+            breakdown = gr.Dataframe(
+                headers=BREAKDOWN_COLUMNS,
+                label="By kind of layer",
+                interactive=False,
+                wrap=True,
+                column_widths=["45%", "auto", "auto", "auto"],
+                elem_id="param-breakdown",
+                scale=3,
+            )
 
     param_inputs = [controls.model, controls.rank, controls.targets, controls.train_head]
     gr.on(

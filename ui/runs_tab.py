@@ -31,7 +31,7 @@ from ui.guards import user_error
 from ui.lab import Lab
 from ui.room import EVERYONE, Visitor, refusal, whose
 from ui.run_words import format_seconds, layers_words, progress_words
-from ui.views import TOAST_SECONDS, percent, plural, series_colors
+from ui.views import TOAST_SECONDS, percent, plural, series_colors, text_last
 
 RANK_CHOICES = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_RANKS = (1, 2, 4, 8, 16)
@@ -369,8 +369,7 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
             interactive=False,
             wrap=True,
             max_height=380,
-            # Wide enough for each header's word: narrow columns break "alpha" into "alph a".
-            column_widths=["9%", "6%", "19%", "5%", "5%", "5%", "7%", "5%", "9%", "9%", "5%", "9%", "7%"],
+            column_widths=text_last(len(QUEUE_COLUMNS), "240px"),  # a failed run's reason wraps in its note
             elem_id="queue",
         )
         with gr.Row(equal_height=True):

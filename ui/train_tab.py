@@ -24,9 +24,10 @@ from engine.runs.scheduler import RunView
 from ui.controls import Controls, ControlWidgets, run_config
 from ui.guards import user_error
 from ui.lab import Lab
+from ui.live_axes import AXIS_SERIES, BELOW, WHOLE_NUMBERS, LiveAxes, live_axes
 from ui.room import EVERYONE, Visitor, refusal, whose
 from ui.run_words import STATES, format_seconds, queued_words, run_header, status_line
-from ui.views import TOAST_SECONDS, confusion_html, plural
+from ui.views import HALF_ROW_PX, TOAST_SECONDS, confusion_html, plural
 
 POLL_SECONDS = 1.0
 MAX_BATCH_POINTS = 400  # each poll re-sends the whole plot frame: thin the per-step series of long runs
@@ -35,8 +36,6 @@ NEWEST = ""  # the follow list's value for "the newest run"
 LOSS_COLORS = {"training batch": "#c7c7c7", "train": "#1f77b4", "validation": "#ff7f0e"}
 SCORE_COLORS = {"accuracy": "#1f77b4", "precision": "#ff7f0e", "recall": "#d62728", "F1": "#2ca02c"}
 ACCURACY_COLORS = {"train": "#1f77b4", "validation": "#ff7f0e"}
-BEFORE_TRAINING = "before training"
-MAX_EPOCH_LABELS = 100  # the accuracy plot's categories in order (before training, epoch 1, ...); later ones follow
 FINAL_COLUMNS = ["split", "accuracy (%)", "precision", "recall", "F1", "loss", "messages"]
 BASELINE_COLUMNS = ["split", "accuracy before training (%)"]
 
@@ -56,18 +55,21 @@ class TrainingView:
     final: pd.DataFrame | None
     book_plot: str | None
     files: list[str] | None
+    axes: LiveAxes | None = None  # the rows that stretch the plots' axes; None while no run exists (the plots then get None)
 
     def values(self) -> tuple[Any, ...]:
         # The loss frame feeds two plots (against steps, against examples seen).
+        axes = self.axes
+        loss = axes.loss(self.loss) if axes else self.loss
         return (
             self.header,
             self.status,
             self.progress,
-            self.loss,
-            self.loss,
+            loss,
+            loss,
             self.live_confusion,
-            self.live_scores,
-            self.accuracy,
+            axes.points(self.live_scores, "score (%)", "metric") if axes else self.live_scores,
+            axes.points(self.accuracy, "accuracy (%)", "split") if axes else self.accuracy,
             self.baseline,
             self.final,
             self.book_plot,
@@ -118,8 +120,9 @@ def live_views(view: RunView | None) -> tuple[str, pd.DataFrame | None]:
     m = latest.metrics
     which = f"of {names[1]}" if len(names) == 2 else "macro-averaged over the classes"
     caption = (
-        f"Full validation set ({m.count} messages) after step {latest.step + 1}: accuracy {100 * m.accuracy:.1f}%; "
-        f"precision {m.precision:.3f}, recall {m.recall:.3f}, F1 {m.f1:.3f} ({which})"
+        f"Full validation set ({m.count} messages) after step {latest.step + 1}, the latest estimate: accuracy {100 * m.accuracy:.1f}%; "
+        f"precision {m.precision:.3f}, recall {m.recall:.3f}, F1 {m.f1:.3f} ({which}). "
+        "The final table below scores the model once more after its last step, so its validation figures can differ."
     )
     scores = pd.DataFrame(
         [
@@ -137,17 +140,17 @@ def live_views(view: RunView | None) -> tuple[str, pd.DataFrame | None]:
 
 
 def accuracy_frames(view: RunView | None) -> tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]:
-    """Accuracy by epoch (epoch 0: before training), the baseline, and the final metrics on the full splits."""
+    """Accuracy before training (step 0) and at the end of each epoch, the baseline, and the final metrics on the full splits."""
     progress = view.progress if view else None
     if progress is None:
         return None, None, None
     rows = []
     b = progress.baseline
     if b is not None:
-        rows += [(BEFORE_TRAINING, b.train_accuracy, "train"), (BEFORE_TRAINING, b.validation_accuracy, "validation")]
+        rows += [(0, b.train_accuracy, "train"), (0, b.validation_accuracy, "validation")]
     for epoch in progress.epoch_accuracies:
-        rows += [(epoch_label(epoch.epoch), epoch.train_accuracy, "train"), (epoch_label(epoch.epoch), epoch.validation_accuracy, "validation")]
-    accuracy = pd.DataFrame([(x, round(100 * a, 2), split) for x, a, split in rows], columns=["epoch", "accuracy (%)", "split"]) if rows else None
+        rows += [(epoch.step, epoch.train_accuracy, "train"), (epoch.step, epoch.validation_accuracy, "validation")]
+    accuracy = pd.DataFrame([(x, round(100 * a, 2), split) for x, a, split in rows], columns=["step", "accuracy (%)", "split"]) if rows else None
     baseline = None
     if b is not None:
         accuracies = (b.train_accuracy, b.validation_accuracy, b.test_accuracy)
@@ -176,10 +179,6 @@ def accuracy_frames(view: RunView | None) -> tuple[pd.DataFrame | None, pd.DataF
     return accuracy, baseline, final
 
 
-def epoch_label(epoch: int) -> str:
-    return BEFORE_TRAINING if epoch == 0 else f"epoch {epoch}"
-
-
 def messages_scored(progress: RunProgress, split: str, count: int) -> str:
     """How many messages a final figure covers: for train, out of how many (the table's label says why fewer)."""
     size = getattr(progress.data, split, None) if progress.data is not None else None
@@ -197,19 +196,21 @@ def progress_html(view: RunView | None) -> str:
     )
 
 
-def placeholder(columns: Sequence[str], x: object, series: str, names: Sequence[str]) -> pd.DataFrame:
-    """A frame for a run with nothing to plot yet: every series named, no point drawn.
+def placeholder(point: dict[str, float], series: str, names: Sequence[str]) -> pd.DataFrame:
+    """A frame for a run with nothing to plot yet: every series named, nothing drawn.
 
     A plot that has drawn must never get None again (taking its chart down leaves the browser erring),
     and the series it draws first are the only ones it ever shows: so a run without points yet (a new
-    run followed after an earlier one) gets one row without a value per series.
+    run followed after an earlier one) gets one row per series, at `point`. That point lies below the
+    plot's axes (see ui/live_axes.py), so it is cut away; a point of NaNs would leave the browser
+    warning of an "Infinite extent" for every field.
     """
-    return pd.DataFrame([{columns[0]: x, **{column: math.nan for column in columns[1:]}, series: name} for name in names])
+    return pd.DataFrame([{**point, series: name} for name in names])
 
 
-EMPTY_LOSS = placeholder(["step", "examples seen", "loss"], 1, "split", list(LOSS_COLORS))
-EMPTY_SCORES = placeholder(["step", "score (%)"], 1, "metric", list(SCORE_COLORS))
-EMPTY_ACCURACY = placeholder(["epoch", "accuracy (%)"], BEFORE_TRAINING, "split", list(ACCURACY_COLORS))
+EMPTY_LOSS = placeholder({"step": 0, "examples seen": 0, "loss": BELOW}, "split", list(LOSS_COLORS))
+EMPTY_SCORES = placeholder({"step": 0, "score (%)": BELOW}, "metric", list(SCORE_COLORS))
+EMPTY_ACCURACY = placeholder({"step": 0, "accuracy (%)": BELOW}, "split", list(ACCURACY_COLORS))
 
 
 def training_view(view: RunView | None) -> TrainingView:
@@ -236,6 +237,7 @@ def training_view(view: RunView | None) -> TrainingView:
         final,
         str(saved.plot) if saved and saved.plot else None,
         files,
+        live_axes(view) if view is not None else None,
     )
 
 
@@ -361,7 +363,20 @@ class TrainTab:
 
 def loss_plot(x: str, title: str, elem_id: str) -> gr.LinePlot:
     """A loss plot: each training batch in grey, the train and validation estimates in colour."""
-    return gr.LinePlot(x=x, y="loss", color="split", color_map=LOSS_COLORS, title=title, height=280, elem_id=elem_id)
+    return gr.LinePlot(
+        x=x,
+        y="loss",
+        color="split",
+        color_map={**LOSS_COLORS, **AXIS_SERIES},
+        colors_in_legend=list(LOSS_COLORS),
+        title=title,
+        x_axis_format=WHOLE_NUMBERS,
+        x_lim=[0, None],  # the rows that stretch the axes lie left of 0 and under 0 (ui/live_axes.py)
+        y_lim=[0, None],
+        height=280,
+        min_width=HALF_ROW_PX,
+        elem_id=elem_id,
+    )
 
 
 def scores_plot() -> gr.ScatterPlot:
@@ -370,27 +385,34 @@ def scores_plot() -> gr.ScatterPlot:
         x="step",
         y="score (%)",
         color="metric",
-        color_map=SCORE_COLORS,
+        color_map={**SCORE_COLORS, **AXIS_SERIES},
+        colors_in_legend=list(SCORE_COLORS),
         title="Full validation set at each estimate",
+        x_axis_format=WHOLE_NUMBERS,
         x_lim=[0, None],
         y_lim=[0, 100],
         height=240,
+        min_width=HALF_ROW_PX,
         elem_id="live-scores",
     )
 
 
 def accuracy_plot() -> gr.ScatterPlot:
-    """Accuracy before training and after each epoch: one point per split and epoch."""
+    """Accuracy before training and after each epoch, on the loss plots' step axis: one point per split and epoch."""
     return gr.ScatterPlot(
-        x="epoch",
+        x="step",
         y="accuracy (%)",
         color="split",
-        color_map=ACCURACY_COLORS,
-        sort=[BEFORE_TRAINING] + [epoch_label(e) for e in range(1, MAX_EPOCH_LABELS)],
-        title=f"Accuracy on {TrainConfig().eval_iter} batches a split after each epoch (before training: {BASELINE_BATCHES})",
-        x_title="",
+        color_map={**ACCURACY_COLORS, **AXIS_SERIES},
+        colors_in_legend=list(ACCURACY_COLORS),
+        title="Accuracy after each epoch",  # short: a title wider than a phone squeezes the chart to nothing
+        x_title="step (0: before training)",
+        x_lim=[0, None],
+        y_title=f"accuracy (%) on {TrainConfig().eval_iter} batches",
+        x_axis_format=WHOLE_NUMBERS,
         y_lim=[0, 100],
         height=240,
+        min_width=HALF_ROW_PX,
         elem_id="accuracy",
     )
 
@@ -413,20 +435,28 @@ def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) 
             loss_steps = loss_plot("step", "Loss by optimiser step", "loss-steps")
             loss_examples = loss_plot("examples seen", "Loss by examples seen", "loss-examples")
         with gr.Row():
-            live_confusion = gr.HTML(elem_id="live-confusion")
+            live_confusion = gr.HTML(min_width=HALF_ROW_PX, elem_id="live-confusion")
             live_scores = scores_plot()
         with gr.Row():
             accuracy = accuracy_plot()
-            baseline = gr.Dataframe(headers=BASELINE_COLUMNS, label="Baseline: accuracy before training", interactive=False, elem_id="baseline")
+            baseline = gr.Dataframe(
+                headers=BASELINE_COLUMNS,
+                label=f"Baseline: accuracy before training ({BASELINE_BATCHES} batches a split)",
+                interactive=False,
+                min_width=HALF_ROW_PX,
+                elem_id="baseline",
+            )
         final = gr.Dataframe(
             headers=FINAL_COLUMNS,
-            label="Final accuracy on the full splits (train: whole batches only, as in the book, so its last few messages are left out)",
+            label="Final accuracy on the full splits, after the last step (train: whole batches only, as in the book, so its last few messages are left out)",
             interactive=False,
             elem_id="final",
         )
         with gr.Row():
-            book_plot = gr.Image(label="Loss plot (book style)", type="filepath", interactive=False, elem_id="book-plot")
-            files = gr.File(label="Download the adapter and the run record", file_count="multiple", interactive=False, elem_id="run-files")
+            book_plot = gr.Image(label="Loss plot (book style)", type="filepath", interactive=False, min_width=HALF_ROW_PX, elem_id="book-plot")
+            files = gr.File(
+                label="Download the adapter and the run record", file_count="multiple", interactive=False, min_width=HALF_ROW_PX, elem_id="run-files"
+            )
         last_shown = gr.State(None)  # what this page shows, so a poll with nothing new sends nothing
         nothing_shown = gr.State(None)  # (created in the tab: a component made in gr.Tabs but outside a tab upsets the tab bar)
         timer = gr.Timer(POLL_SECONDS, active=True)

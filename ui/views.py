@@ -14,11 +14,32 @@ TOWARDS_RGB, AWAY_RGB = SPAM_RGB, HAM_RGB
 
 
 TOAST_SECONDS = 6  # info and warning toasts go by themselves; errors stay until closed
+# The narrowest a chart or table sharing a row may get: narrower screens (phones) give each the whole row.
+HALF_ROW_PX = 320
+
+# Words Gradio's own English lacks: after each event its screen-reader status line announced "common.complete".
+GRADIO_WORDS = {"common.complete": "Done"}
 
 # Toasts sit at the bottom right, away from the buttons they speak of (Start, Stop, Download: at the top).
 APP_CSS = """
 .toast-wrap { top: auto !important; bottom: var(--size-4) !important; }
+/* Table cells wrap between words, never inside one: a column is at least as wide as its longest word
+   (Gradio's break-word lets a narrow screen squeeze "alpha" to one letter a line); wide tables scroll sideways. */
+.table-wrap span.wrap { word-break: normal; overflow-wrap: break-word; }
+.example-message { white-space: normal; text-align: left; justify-content: flex-start; }  /* a whole message, on several lines */
+@media (max-width: 640px) {
+  /* A chart drawn as a picture keeps a readable size on a phone: it scrolls sideways instead of shrinking. */
+  div.matplotlib.layout { overflow-x: auto; align-items: flex-start; }
+  div.matplotlib.layout img { min-width: 600px; }
+  .lora-picture { --lora-side: 96px; }  /* W, A and B drawn smaller: "+ s × x · A · B" fits one line */
+}
 """
+
+
+def text_last(columns: int, share: str) -> list[str]:
+    """Column widths for a table whose last column holds long text: the others as wide as their content
+    (never narrower than a word), the text a `share` of the table's width ("60%", or "240px"), where it wraps."""
+    return ["auto"] * (columns - 1) + [share]
 
 
 def series_colors(names: Sequence[str]) -> dict[str, str]:
@@ -62,7 +83,7 @@ def confusion_html(confusion: list[list[int]], class_names: Sequence[str], capti
             cells.append(f"<td style='background:{rgba(rgb, alpha)};text-align:center;padding:8px 18px'>{count}</td>")
         body.append(f"<tr><th style='text-align:right;padding-right:10px'>true {html.escape(class_names[true_index])}</th>{''.join(cells)}</tr>")
     return (
-        "<table class='confusion' style='border-collapse:collapse;font-size:1.05em'>"
+        "<div style='overflow-x:auto'><table class='confusion' style='border-collapse:collapse;font-size:1.05em'>"
         f"<caption style='caption-side:top;text-align:left'>{html.escape(caption)}</caption>"
-        f"<tr><th></th>{head}</tr>{''.join(body)}</table>"
+        f"<tr><th></th>{head}</tr>{''.join(body)}</table></div>"
     )

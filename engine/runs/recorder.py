@@ -14,6 +14,7 @@ from engine.data.prepared import DataSummary
 from engine.evaluate import Metrics, Scores
 from engine.lora import ParamCounts
 from engine.runs.events import BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunEvent, RunSaved
+from engine.runs.time_left import TimeLeft
 from engine.train import EpochDone, LossEvaluated, StepDone, TrainEnded, TrainStarted, ValidationEvaluated
 
 Phase = Literal["starting", "preparing data", "loading model", "measuring baseline", "training", "final evaluation", "saving", "saved"]
@@ -57,7 +58,7 @@ class RunProgress:
     epoch: int = 0
     examples_seen: int = 0
     loss: float | None = None  # the last training batch's loss
-    eta_s: float | None = None  # training time left, while steps run
+    eta_s: float | None = None  # training time left, while steps run, from the steps and evaluations measured (engine.runs.time_left)
     batch_losses: tuple[BatchLoss, ...] = ()
     estimates: tuple[LossEvaluated, ...] = ()  # train and validation loss every eval_freq steps
     live: tuple[ValidationEvaluated, ...] = ()  # the full validation set at each estimate
@@ -78,9 +79,14 @@ class RunProgress:
 
 
 class RunRecorder:
-    """Folds a run's events, in order, into its `RunProgress`. Not thread-safe: the owner locks."""
+    """Folds a run's events, in order, into its `RunProgress`. Not thread-safe: the owner locks.
 
-    def __init__(self) -> None:
+    `eval_freq` (the run's steps between loss estimates) lets the time left count the estimates to come
+    from the first step; without it they are counted once two have come.
+    """
+
+    def __init__(self, eval_freq: int | None = None) -> None:
+        self._time_left = TimeLeft(eval_freq)
         self._fields: dict[str, object] = {}
         self._batch_losses: list[BatchLoss] = []
         self._estimates: list[LossEvaluated] = []
@@ -100,15 +106,19 @@ class RunRecorder:
                 change.update(baseline=event, phase="training")
             case TrainStarted():
                 change.update(total_steps=event.total_steps, steps_per_epoch=event.steps_per_epoch, epochs=-(-event.total_steps // event.steps_per_epoch))
+                self._time_left.started(event.total_steps, event.steps_per_epoch)
             case StepDone():
-                change.update(step=event.step, epoch=event.epoch, examples_seen=event.examples_seen, loss=event.loss, eta_s=event.eta_s)
+                eta_s = self._time_left.step_done(event.step, event.elapsed_s)
+                change.update(step=event.step, epoch=event.epoch, examples_seen=event.examples_seen, loss=event.loss, eta_s=eta_s)
                 self._batch_losses.append(BatchLoss(event.step, event.examples_seen, event.loss))
             case LossEvaluated():
                 self._estimates.append(event)
+                self._time_left.estimated(event.step + 1)  # the book's 0-based step: after step + 1 steps taken
             case ValidationEvaluated():
                 self._live.append(event)
             case EpochDone():
                 self._epochs.append(event)
+                self._time_left.epoch_ended()
             case TrainEnded():
                 change.update(stopped=event.stopped, train_seconds=event.elapsed_s, eta_s=None, phase="saving" if event.stopped else "final evaluation")
             case FinalEvaluated():

@@ -79,7 +79,7 @@ def _run(
     record: RunRecord,
     started: float,
 ) -> Iterator[RunEvent]:
-    recorder = RunRecorder()
+    recorder = RunRecorder(cfg.train.eval_freq)
 
     def emit(event: RunEvent) -> RunEvent:
         recorder.record(event)

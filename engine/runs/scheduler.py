@@ -202,7 +202,7 @@ class Scheduler:
                     self._give_back(slot)
                     return
                 self._launched[run.id] = None
-                self._recorders[run.id] = RunRecorder()
+                self._recorders[run.id] = RunRecorder(run.config.train.eval_freq)
                 self._trim_recorders()
             launched = self.workers.launch(run.config, slot, self._on_event(run.id), self._on_end(run.id, slot))
         except Exception as error:

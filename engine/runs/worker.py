@@ -27,7 +27,7 @@ def run_job(job: WorkerJob, stop: threading.Event, send: Callable[[object], None
     from engine.runs.run import fine_tune
 
     pin_to_cores(job.cores)
-    recorder = RunRecorder()
+    recorder = RunRecorder(job.config.train.eval_freq)
 
     def report(event: object) -> None:
         recorder.record(event)  # type: ignore[arg-type]
