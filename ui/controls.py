@@ -15,6 +15,7 @@ import gradio as gr
 from gradio.components import Component
 
 from engine.config import LoRAConfig, RunConfig, TrainConfig, preset
+from engine.reproduce import app_controls
 from ui.settings import AppSettings
 
 # What choosing a preset sets; the model, targets and the rest stay as they are.
@@ -47,24 +48,7 @@ class Controls:
     @classmethod
     def of(cls, cfg: RunConfig) -> "Controls":
         """What the widgets show for `cfg`: a reloaded page gets the current (or last) run's settings back."""
-        lora, train = cfg.lora, cfg.train
-        return cls(
-            cfg.model,
-            cfg.preset or "recommended",
-            lora.rank,
-            float(lora.alpha),
-            lora.scaling,
-            lora.targets,
-            lora.train_head,
-            train.pooling,
-            train.padding,
-            train.lr,
-            train.epochs,
-            train.batch_size,
-            train.max_steps or 0,
-            train.eval_freq,
-            train.live_metrics,
-        )
+        return cls(**app_controls(cfg))  # the engine says them once: a run's record quotes them as its gradio_client call
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
