@@ -18,6 +18,7 @@ from engine import strict_json
 from engine.config import (
     DATA_CACHE,
     DEFAULT_MODEL,
+    EXPORT_FORMATS,
     GPT2_SIZES,
     LORA_TARGETS,
     PADDINGS,
@@ -340,6 +341,21 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     _emit(args, anatomy.to_dict(), lines)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from engine.export import export_adapter
+    from engine.runs.record import read_record
+
+    adapter = Path(args.adapter)
+    folder = adapter if adapter.is_dir() else adapter.parent
+    exported = export_adapter(adapter, Path(args.out), args.format, model=args.model, record=read_record(folder.parent))  # the card reads the run's record
+    how = "PeftModel.from_pretrained" if args.format == "peft" else 'pipeline("text-classification", model=...)'
+    _emit(
+        args,
+        {"out": str(exported.folder), "format": exported.format, "files": list(exported.files)},
+        [f"{args.format} export written to {exported.folder} ({', '.join(exported.files)}); load it with {how}, as its README.md shows"],
+    )
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     if args.sweep:
         from engine.bench.sweep import run_sweep_benchmark
@@ -476,6 +492,13 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--adapter", required=True, help="adapter folder written by `train` (OUT/adapter)")
     inspect.add_argument("--model", help="base model for the frozen weights' sizes (default: the one the adapter names, if on this machine)")
     inspect.set_defaults(run=cmd_inspect)
+
+    export = add("export", "write an adapter for use outside LoRA Lab: a PEFT adapter, or a whole transformers model with a model card")
+    export.add_argument("--adapter", required=True, help="adapter folder written by `train` (OUT/adapter)")
+    export.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="peft: for PeftModel.from_pretrained; transformers: merged, for pipeline()")
+    export.add_argument("--out", required=True, help="folder to write (new, empty, or an earlier export)")
+    export.add_argument("--model", help="base model if it has moved (default: the one the adapter names)")
+    export.set_defaults(run=cmd_export)
 
     bench = add("bench", "measure training and classification speed on this machine (random weights)")
     bench.add_argument("--model", default=DEFAULT_MODEL, help="size to benchmark (random weights of the real shape)")

@@ -11,6 +11,7 @@ Padding = Literal["longest", "batch"]
 Scaling = Literal["alpha", "alpha_over_rank"]
 Parse = Literal["faithful", "book"]
 Draws = Literal["book", "independent"]
+ExportFormat = Literal["peft", "transformers"]  # what `export` writes: a PEFT adapter, or a whole transformers model
 
 # The same choices as values, for menus and validation.
 POOLINGS: tuple[str, ...] = get_args(Pooling)
@@ -18,6 +19,7 @@ PADDINGS: tuple[str, ...] = get_args(Padding)
 SCALINGS: tuple[str, ...] = get_args(Scaling)
 PARSES: tuple[str, ...] = get_args(Parse)
 DRAWS: tuple[str, ...] = get_args(Draws)
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 
 DEFAULT_SEED = 123  # the book's seed: its balancing, split, head and LoRA draws, batch order
 DATA_CACHE = "data_cache"  # where downloaded data and the prepared splits go unless told otherwise
