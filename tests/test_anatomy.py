@@ -130,3 +130,20 @@ def test_a_zero_update_says_nothing_was_learned(tiny_model_dir: Path, tmp_path: 
     anatomy = inspect_adapter(tmp_path)
     assert all(layer.norm == 0 and layer.effective_rank == 0 and not math.isnan(layer.relative) for layer in anatomy.layers)
     assert "nothing has been learned yet" in summary(anatomy)
+
+
+def test_a_run_records_its_adapters_growth_at_each_estimate_and_as_saved(trained_run: tuple) -> None:
+    cfg, events = trained_run
+    saved = events[-1]
+    record = json.loads(saved.record.read_text())
+    estimates = [point["step"] + 1 for point in record["losses"]]  # steps taken at each estimate
+    steps = [point["steps"] for point in record["anatomy"]]
+    assert steps == [*estimates, record["steps"]] and estimates[-1] < record["steps"]  # the last point is the saved adapter
+    final = record["anatomy"][-1]["layers"]
+    for layer in inspect_adapter(saved.adapter_dir).layers:
+        assert final[layer.name]["norm"] == pytest.approx(layer.norm, rel=1e-4)
+        assert final[layer.name]["top"] == pytest.approx(layer.singular_values[:4], rel=1e-4, abs=1e-9)
+        assert final[layer.name]["effective_rank"] == layer.effective_rank
+        assert final[layer.name]["relative"] == pytest.approx(layer.relative, rel=1e-4)
+    first = record["anatomy"][0]["layers"]
+    assert sum(v["norm"] for v in first.values()) < sum(v["norm"] for v in final.values())  # 1 step against 40

@@ -13,7 +13,7 @@ from engine.data.download import DownloadProgress
 from engine.data.prepared import DataSummary
 from engine.evaluate import Metrics, Scores
 from engine.lora import ParamCounts
-from engine.runs.events import BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunEvent, RunSaved
+from engine.runs.events import AdapterMeasured, BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunEvent, RunSaved
 from engine.train import EpochDone, LossEvaluated, StepDone, TrainEnded, TrainStarted, ValidationEvaluated
 
 Phase = Literal["starting", "preparing data", "loading model", "measuring baseline", "training", "final evaluation", "saving", "saved"]
@@ -62,6 +62,7 @@ class RunProgress:
     estimates: tuple[LossEvaluated, ...] = ()  # train and validation loss every eval_freq steps
     live: tuple[ValidationEvaluated, ...] = ()  # the full validation set at each estimate
     epoch_accuracies: tuple[EpochDone, ...] = ()
+    anatomy: tuple[AdapterMeasured, ...] = ()  # the adapter's updates at each loss estimate and at the end
     final: Mapping[str, Metrics] | None = None  # full splits, after training; None when stopped
     scores: Mapping[str, Scores] = field(default_factory=dict)
     stopped: bool = False  # training was cut short by Stop
@@ -86,6 +87,7 @@ class RunRecorder:
         self._estimates: list[LossEvaluated] = []
         self._live: list[ValidationEvaluated] = []
         self._epochs: list[EpochDone] = []
+        self._anatomy: list[AdapterMeasured] = []
 
     def record(self, event: RunEvent) -> None:
         change = self._fields
@@ -109,6 +111,8 @@ class RunRecorder:
                 self._live.append(event)
             case EpochDone():
                 self._epochs.append(event)
+            case AdapterMeasured():
+                self._anatomy.append(event)
             case TrainEnded():
                 change.update(stopped=event.stopped, train_seconds=event.elapsed_s, eta_s=None, phase="saving" if event.stopped else "final evaluation")
             case FinalEvaluated():
@@ -123,4 +127,5 @@ class RunRecorder:
             estimates=tuple(self._estimates),
             live=tuple(self._live),
             epoch_accuracies=tuple(self._epochs),
+            anatomy=tuple(self._anatomy),
         )
