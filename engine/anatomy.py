@@ -186,11 +186,11 @@ def summary(anatomy: Anatomy) -> str:
     span = f"{low}" if low == high else f"{low}-{high}"
     direction = "direction" if span == "1" else "directions"
     biggest = max(learned, key=lambda layer: layer.relative if layer.relative is not None else layer.norm)
-    where = f"block {biggest.block}'s {biggest.kind_words}" if biggest.block is not None else "the head"
-    measure = f"{100 * biggest.relative:.1f}% of its frozen weight" if biggest.relative is not None else f"norm {biggest.norm:.3g}"
+    where = f"block {biggest.block} ({biggest.kind_words})" if biggest.block is not None else "the head"
+    measure = f", {100 * biggest.relative:.1f}% of its frozen weight" if biggest.relative is not None else f", norm {biggest.norm:.3g}"
     return (
-        f"rank {anatomy.rank}, but most layers use {span} {direction} (holding {100 * ENERGY_SHARE:.0f}% of their update); "
-        f"the largest update is {where}'s ({measure})."
+        f"rank {anatomy.rank}, but most layers use {span} {direction} (which hold {100 * ENERGY_SHARE:.0f}% of each update); "
+        f"the largest update is in {where}{measure}."
     )
 
 
@@ -207,6 +207,14 @@ def growth_point(tensors: dict[str, torch.Tensor], lora: LoRAConfig, base_norms:
         }
         for layer in anatomy.layers
     }
+
+
+def layers_of_point(layers: dict[str, dict[str, Any]]) -> tuple[LayerAnatomy, ...]:
+    """A record's growth point read back as layers (their TOP_VALUES largest singular values only; ‖W‖ not kept)."""
+    return tuple(
+        LayerAnatomy(name, kind_of(name), block_of(name), float(v["norm"]), [float(x) for x in v["top"]], int(v["effective_rank"]), None, v["relative"])
+        for name, v in layers.items()
+    )
 
 
 def frozen_weight_norms(model: nn.Module) -> dict[str, float]:

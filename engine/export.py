@@ -22,6 +22,7 @@ transformers' classifier, so adapters trained that way are refused with that rea
 
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from safetensors.torch import save as safetensors_bytes
 from engine import strict_json
 from engine.adapter import AdapterConfig, check_base, read_adapter
 from engine.anatomy import kind_of
-from engine.atomic import disk_full_named
+from engine.atomic import atomic_path, disk_full_named
 from engine.config import EXPORT_FORMATS, HF_REPOS
 from engine.errors import AdapterError, ConfigError
 from engine.model import GPT
@@ -270,3 +271,12 @@ def _safetensors(tensors: dict[str, torch.Tensor]) -> bytes:
 
 def _json(value: Any) -> bytes:
     return (strict_json.dumps(value, indent=2) + "\n").encode("utf-8")
+
+
+def zipped(folder: Path, target: Path) -> Path:
+    """An export folder as one zip at `target` (its files at the top), written whole: weights stored as they are, the rest compressed."""
+    with atomic_path(Path(target)) as temporary, zipfile.ZipFile(temporary, "w") as archive:
+        for path in sorted(Path(folder).iterdir()):
+            if path.is_file():
+                archive.write(path, path.name, compress_type=zipfile.ZIP_STORED if path.suffix == ".safetensors" else zipfile.ZIP_DEFLATED)
+    return Path(target)

@@ -102,7 +102,7 @@ def test_the_sentence_says_the_rank_the_directions_used_and_the_largest_update(r
     assert sentence.startswith("rank 4, but most layers use ")
     assert f"use {used[len(used) // 4]}" in sentence
     biggest = max(anatomy.layers, key=lambda layer: layer.relative)
-    assert f"{100 * biggest.relative:.1f}% of its frozen weight" in sentence
+    assert f"the largest update is in block {biggest.block} ({biggest.kind_words}), {100 * biggest.relative:.1f}% of its frozen weight." in sentence
 
 
 def test_inspect_command_prints_the_layers_as_json(random_adapter: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -79,12 +79,17 @@ class Lab:
             adapter = self.latest_adapter()
             if adapter is None:
                 raise gr.Error("No trained adapter yet: train one on the Train tab, or load an adapter.safetensors file above.")
+        return adapter, self.classifier_at(adapter, uploaded=bool(adapter_file))
+
+    def classifier_at(self, adapter: Path, uploaded: bool = False) -> Classifier:
+        """The classifier of the adapter at `adapter` (a run's folder, or an `uploaded` file, deleted if refused),
+        loaded once and kept until another is asked for; call under `classify_lock`."""
         device = pick_device(self.settings.device)
         tensors = adapter / "adapter.safetensors" if adapter.is_dir() else adapter
         key = (str(tensors.resolve()), tensors.stat().st_mtime_ns if tensors.exists() else 0, str(device))
         if self._classifier is None or self._classifier[0] != key:
             self._classifier = None  # free the previous model before loading the next
-            refused_upload_deleted = deleted_if_refused(adapter) if adapter_file else contextlib.nullcontext()
+            refused_upload_deleted = deleted_if_refused(adapter) if uploaded else contextlib.nullcontext()
             with refused_upload_deleted, engine_errors_as_toasts(str(device), "loading the classifier"):
                 # The adapter names its base model; only a model this app offers is loaded (an uploaded
                 # adapter must not point the app at an arbitrary folder or download).
@@ -96,4 +101,4 @@ class Lab:
                         duration=None,
                     )
                 self._classifier = key, Classifier.load(adapter, device, model=config.base_model)
-        return adapter, self._classifier[1]
+        return self._classifier[1]

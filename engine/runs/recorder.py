@@ -6,7 +6,7 @@ taught here, once.
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 from engine.data.download import DownloadProgress
@@ -60,7 +60,8 @@ class RunProgress:
     eta_s: float | None = None  # training time left, while steps run
     batch_losses: tuple[BatchLoss, ...] = ()
     estimates: tuple[LossEvaluated, ...] = ()  # train and validation loss every eval_freq steps
-    live: tuple[ValidationEvaluated, ...] = ()  # the full validation set at each estimate
+    live: tuple[ValidationEvaluated, ...] = ()  # the full validation set at each estimate (its metrics: per-message scores only in live_scores)
+    live_scores: Scores | None = None  # every validation message's scores at the latest estimate: which messages each cell holds
     epoch_accuracies: tuple[EpochDone, ...] = ()
     anatomy: tuple[AdapterMeasured, ...] = ()  # the adapter's updates at each loss estimate and at the end
     final: Mapping[str, Metrics] | None = None  # full splits, after training; None when stopped
@@ -108,7 +109,8 @@ class RunRecorder:
             case LossEvaluated():
                 self._estimates.append(event)
             case ValidationEvaluated():
-                self._live.append(event)
+                self._live.append(replace(event, scores=None))  # one set of per-message scores is kept, the latest
+                change.update(live_scores=event.scores)
             case EpochDone():
                 self._epochs.append(event)
             case AdapterMeasured():
