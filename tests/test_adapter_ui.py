@@ -160,3 +160,14 @@ def test_a_long_command_is_shown_one_option_a_line_and_stays_the_same_command() 
     command = "python -m engine train --preset book --model '/a b/c' --targets attn.q_proj score --out runs/x"
     shown = shell_lines(command)
     assert shown.count("\\\n") == 4 and shlex.split(shown.replace("\\\n", " ")) == shlex.split(command)
+
+
+def test_a_runs_entry_gives_its_command_and_client_call(lab: Lab) -> None:
+    which, command, client = AnatomyTab(lab).reproduce("first-run")
+    record = json.loads((lab.settings.out / "first-run" / "run.json").read_text())
+    assert "first-run" in which and command == shell_lines(record["reproduce"]["command"]) and client == record["reproduce"]["client"]
+    del record["reproduce"]  # a run of an older version: worked out from its settings
+    (lab.settings.out / "first-run" / "run.json").write_text(json.dumps(record))
+    assert AnatomyTab(lab).reproduce("first-run")[1].startswith("python -m engine train \\\n  --preset recommended")
+    with pytest.raises(gr.Error, match="choose a run in the table"):
+        AnatomyTab(lab).reproduce(None)

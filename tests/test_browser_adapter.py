@@ -122,3 +122,14 @@ def test_the_live_matrix_of_a_run_lists_its_messages_and_their_reasons(page: "sy
     open_a_cell_and_a_message(page, "live", "#live-confusion")
     expect(page.locator("#live-why-note")).to_contain_text("the adapter saved at step 3")
     screenshot(page, "train-cell-reason")
+
+
+def test_a_runs_entry_says_how_to_run_it_again(page: "sync_api.Page") -> None:
+    open_tab(page, "Runs")
+    history = page.locator("#run-history [role=row].virtual-row")
+    expect(history.first).to_contain_text("first-run", timeout=20_000)
+    history.first.locator("[role=gridcell]").nth(3).click()
+    expect(page.locator("#run-entry-name")).to_contain_text("first-run: how to run it again", timeout=20_000)
+    expect(page.locator("#run-entry-command")).to_contain_text("python -m engine train \\")
+    expect(page.locator("#run-entry-client")).to_contain_text("api_name='/start'")
+    screenshot(page, "runs-entry")

@@ -8,6 +8,7 @@ exports (written into the run's folder, which the app serves, and zipped).
 
 import functools
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,18 @@ class AnatomyTab:
             return str(target)  # made from this very adapter already
         with engine_errors_as_toasts(self.lab.settings.device, f"exporting {FORMAT_WORDS[fmt]}"):
             exported = export_adapter(adapter, folder / EXPORTS_DIR / fmt, fmt, record=read_record(folder))
-            return str(zipped(exported.folder, target))
+            try:
+                return str(zipped(exported.folder, target))
+            finally:
+                shutil.rmtree(exported.folder, ignore_errors=True)  # the zip holds it: a whole model is not kept twice
+
+    def reproduce(self, run: object) -> tuple[str, str, str]:
+        """A run of the history's: which, its command line and its gradio_client call."""
+        found = dict(all_runs(self.out)).get(run) if isinstance(run, str) else None
+        if found is None:
+            raise gr.Error("choose a run in the table (press Refresh if it is new)", duration=5)
+        command, client = reproduce_texts(read_record(found.folder) or {})
+        return f"**{run}**: how to run it again. Its adapter's anatomy and downloads are on *Inside the adapter*.", command, client
 
     def download_peft(self, run: str | None) -> str:
         return self.download(run, "peft")
@@ -201,7 +213,24 @@ def build_anatomy_tab(anatomy: AnatomyTab) -> None:
     gr.on([tab.select, refresh.click], anatomy.choices, None, run, api_name="anatomy_runs", show_progress="hidden").then(
         anatomy.run_views, run, run_outputs, api_name="anatomy_run", show_progress="hidden"
     ).then(anatomy.show, shown, views, api_name="anatomy_refreshed", show_progress="hidden")
-    run.input(anatomy.run_views, run, run_outputs, show_progress="hidden").then(anatomy.show, shown, views, show_progress="hidden")
+    run.input(anatomy.run_views, run, run_outputs, api_name="anatomy_run_chosen", show_progress="hidden").then(
+        anatomy.show, shown, views, api_name="anatomy_chosen", show_progress="hidden"
+    )
     gr.on([measure.input, moment.input], anatomy.show, shown, views, api_name="anatomy", show_progress="hidden")
     peft.click(anatomy.download_peft, run, exported, api_name="export_peft", concurrency_id="export", concurrency_limit=1)
     whole.click(anatomy.download_transformers, run, exported, api_name="export_transformers", concurrency_id="export", concurrency_limit=1)
+
+
+def build_run_entry(anatomy: AnatomyTab, history: gr.Dataframe, run_column: int) -> None:
+    """Below the Runs tab's history: a clicked run's command line and gradio_client call (column `run_column` names the run)."""
+    with gr.Accordion("Reproduce a run: click it in the table", open=False, elem_id="run-entry") as entry:
+        which = gr.Markdown(elem_id="run-entry-name")
+        command = gr.Code(language="shell", label="Command line", interactive=False, elem_id="run-entry-command")
+        client = gr.Code(language="python", label="gradio_client", interactive=False, elem_id="run-entry-client")
+
+    def chosen(evt: gr.SelectData) -> tuple[Any, ...]:
+        row = evt.row_value or []
+        return (*anatomy.reproduce(row[run_column] if len(row) > run_column else None), gr.Accordion(open=True))
+
+    # Private: the clicked row comes from the page (event data); scripts read run.json's "reproduce" instead.
+    history.select(chosen, None, [which, command, client, entry], api_name="run_entry", api_visibility="private", show_progress="hidden")

@@ -137,5 +137,8 @@ def build_reasons(lab: Lab, prefix: str, confusion: gr.HTML, source: Callable[..
         return explain_message(lab, source(*values).adapter, row[-1] if row else None)
 
     # Private: the click's cell and the row come from the page (event data), which an API call cannot send.
-    confusion.click(pick, list(inputs), [note, messages, panel, why, heat, bars], api_visibility="private", show_progress="hidden")
-    messages.select(explain, list(inputs), [why, heat, bars], api_visibility="private", concurrency_id="classify", concurrency_limit=1)
+    # Named, so that they never take a public event's name (Classify's /explain).
+    confusion.click(pick, list(inputs), [note, messages, panel, why, heat, bars], api_name=f"{prefix}_cell", api_visibility="private", show_progress="hidden")
+    messages.select(
+        explain, list(inputs), [why, heat, bars], api_name=f"{prefix}_why", api_visibility="private", concurrency_id="classify", concurrency_limit=1
+    )
