@@ -1,20 +1,24 @@
 """LoRA Lab's web app: `python app.py` (or `lora-lab` once installed) serves http://127.0.0.1:7860 and
 opens it in the browser on a desktop.
 
-Seven tabs over `engine`: Data, Model & LoRA, Train, Parameters, Classify, Evaluate, Runs, each in its
-own module of `ui/`. Runs are queued in the app's Scheduler, not in a browser session, and train in
-worker processes (or on a Ray cluster): a reloaded page or a second visitor re-attaches through the Train
-tab's timer. Every event has an api_name, so `gradio_client` can script it. Nothing loads at import:
-`build_ui()` builds, `main()` launches.
+Eight tabs over `engine`: Data, Model & LoRA, Train, Parameters, Classify, Evaluate, Inside the adapter,
+Runs, each in its own module of `ui/`. Runs are queued in the app's Scheduler, not in a browser session,
+and train in worker processes (or on a Ray cluster): a reloaded page or a second visitor re-attaches
+through the Train tab's timer. Every event has an api_name, so `gradio_client` can script it, except the
+clicks on a confusion matrix's cell or a listed message, which carry what was clicked from the page.
+Nothing loads at import: `build_ui()` builds, `main()` launches.
 
 Neither this file nor `ui/` does tensor math or imports torch (tests/test_layers.py holds them to it).
-The web process still runs the model, through engine functions, in exactly three places, because a
+The web process still runs the model, through engine functions, in exactly four places, because a
 visitor waits for each answer and a worker process per request would cost seconds where the answer
-takes milliseconds: Classify and its "Why this answer?" (`engine.classifier`, `engine.explain`, one
-model kept loaded in `ui/lab.py`), and Model & LoRA's weights check (`engine.weights.load_model`,
-`engine.model.generate_greedy`: a few greedy tokens), on `--app-device`: never a GPU a worker trains on
-unless named there. Parameters builds the model on PyTorch's meta device (shapes, no numbers) to
-count. Training and everything it evaluates run in the workers.
+takes milliseconds: Classify and every "Why this answer?" (Classify's, and a listed message's on
+Evaluate and Train: `engine.classifier`, `engine.explain`, one model kept loaded in `ui/lab.py`),
+Model & LoRA's weights check (`engine.weights.load_model`, `engine.model.generate_greedy`: a few greedy
+tokens), these on `--app-device` (never a GPU a worker trains on unless named there), and the exports of
+Inside the adapter (`engine.export`: the base model loaded on the CPU once per export, one at a time).
+Parameters builds the model on PyTorch's meta device (shapes, no numbers) to
+count; Inside the adapter reads the adapter's small matrices (`engine.anatomy`). Training and everything
+it evaluates run in the workers.
 
 What a visitor can reach is fenced: models are the four sizes plus the `--model` given at start,
 uploads are read only from Gradio's own temporary copies (never a typed path or a URL), bounded in
@@ -43,6 +47,7 @@ from engine.device import check_device  # noqa: E402
 from engine.errors import LoRALabError  # noqa: E402
 from engine.runs.local_workers import app_device, check_worker_count  # noqa: E402
 from engine.weights import resolve  # noqa: E402
+from ui.anatomy_tab import AnatomyTab, build_anatomy_tab  # noqa: E402
 from ui.classify_tab import ClassifyTab, build_classify_tab  # noqa: E402
 from ui.command_line import OneLineErrorsParser, host_problem, listen_problem, port_problem  # noqa: E402
 from ui.data_tab import DataTab, build_data_tab  # noqa: E402
@@ -80,6 +85,7 @@ def build_ui(settings: AppSettings, lab: Lab | None = None) -> gr.Blocks:
             build_parameters_tab(ParametersTab(lab), demo, controls)
             answering_run = build_classify_tab(ClassifyTab(lab), demo, train_timer)
             build_evaluate_tab(EvaluateTab(lab), answering_run)
+            build_anatomy_tab(AnatomyTab(lab))
             build_runs_tab(RunsTab(lab), demo, controls, follow, tabs)
         build_run_info(train)
         build_room(lab, demo, room_line)

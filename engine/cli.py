@@ -1,4 +1,4 @@
-"""`python -m engine <command>`: data, params, generate, train, classify, bench.
+"""`python -m engine <command>`: data, params, generate, train, sweep, classify, inspect, export, bench.
 
 Every command takes --json (one JSON object on the last stdout line) and exits non-zero with a
 one-line message on bad input.
@@ -18,8 +18,11 @@ from engine import strict_json
 from engine.config import (
     DATA_CACHE,
     DEFAULT_MODEL,
+    EXPORT_FORMATS,
     GPT2_SIZES,
     LORA_TARGETS,
+    PADDINGS,
+    POOLINGS,
     PRECISIONS,
     PRESETS,
     RUNS_DIR,
@@ -41,6 +44,8 @@ DOING = {  # each command, as the words of an out-of-memory message
     "train": "training",
     "sweep": "running the sweep",
     "classify": "classifying",
+    "inspect": "inspecting the adapter",
+    "export": "exporting the adapter",
     "bench": "benchmarking",
 }
 
@@ -137,15 +142,36 @@ def cmd_train(args: argparse.Namespace) -> None:
 def _run_config(args: argparse.Namespace) -> RunConfig:
     """The run `train` (or each point of `sweep`) starts from: the preset, then every option given."""
     cfg = RunConfig.from_preset(
-        args.preset, model=args.model, data=_training_data(args), data_cache=args.cache, out_dir=args.out, device=args.device, deduplicate=args.dedupe
+        args.preset,
+        model=args.model,
+        data=_training_data(args),
+        data_urls=tuple(args.data_urls) if args.data_urls else None,
+        data_cache=args.cache,
+        out_dir=args.out,
+        device=args.device,
+        deduplicate=args.dedupe,
+        owner=args.owner,
     )
     lora_changes = {k: v for k, v in (("rank", args.rank), ("alpha", args.alpha), ("scaling", args.scaling)) if v is not None}
     if args.targets:
         lora_changes["targets"] = tuple(args.targets)
-    overrides = (("lr", args.lr), ("epochs", args.epochs), ("batch_size", args.batch_size), ("max_steps", args.max_steps), ("eval_freq", args.eval_freq))
+    if args.train_head:
+        lora_changes["train_head"] = True
+    seed = getattr(args, "seed", None)  # train's; a sweep's seeds are its grid's
+    overrides = (
+        ("lr", args.lr),
+        ("epochs", args.epochs),
+        ("batch_size", args.batch_size),
+        ("max_steps", args.max_steps),
+        ("eval_freq", args.eval_freq),
+        ("seed", seed),
+        ("pooling", args.pooling),
+    )
     train_changes = {k: v for k, v in overrides if v is not None}
     if args.precision is not None:
         train_changes["precision"] = args.precision
+    if args.padding is not None:  # as the app does: length-grouped batches go with padding each batch to its longest
+        train_changes.update(padding=args.padding, group_by_length=args.padding == "batch")
     if args.no_live_metrics:
         train_changes["live_metrics"] = False
     return replace(cfg, lora=replace(cfg.lora, **lora_changes), train=replace(cfg.train, **train_changes))
@@ -183,9 +209,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     if not args.ray:  # before any data is prepared
         check_worker_count(args.workers, args.device, args.force)
     presets = args.preset or ["recommended"]
-    unset = {"preset": presets[0], "rank": None, "alpha": None, "scaling": None, "targets": None, "lr": None}  # the grid sets these
+    unset = {"preset": presets[0], "rank": None, "alpha": None, "scaling": None, "targets": None, "lr": None, "seed": None}  # the grid sets these
     base = _run_config(argparse.Namespace(**{**vars(args), **unset}))
-    base = replace(base, owner=args.owner)
     values = {"rank": args.rank, "alpha": args.alpha, "scaling": args.scaling, "lr": args.lr, "preset": presets, "seed": args.seed}
     values["targets"] = list(targets_named(args.targets)) if args.targets else None
     fixed = {name: given[0] for name, given in values.items() if given and len(given) == 1}
@@ -313,6 +338,34 @@ def _answers_table(labels: list[str], probabilities: list[float], messages: list
     return lines
 
 
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from engine.anatomy import inspect_adapter, summary
+
+    anatomy = inspect_adapter(Path(args.adapter), model=args.model)
+    width = max(len(layer.name) for layer in anatomy.layers)
+    lines = [summary(anatomy), f"{'layer':<{width}}  {'kind':<13}  {'‖ΔW‖':>9}  {'‖ΔW‖/‖W‖':>9}  {'90%':>3}  singular values"]
+    for layer in anatomy.layers:
+        relative = f"{100 * layer.relative:8.2f}%" if layer.relative is not None else f"{'-':>9}"
+        values = " ".join(f"{v:.3g}" for v in layer.singular_values)
+        lines.append(f"{layer.name:<{width}}  {layer.kind_words:<13}  {layer.norm:9.4g}  {relative}  {layer.effective_rank:>3}  {values}")
+    _emit(args, anatomy.to_dict(), lines)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from engine.export import export_adapter
+    from engine.runs.record import read_record
+
+    adapter = Path(args.adapter)
+    folder = adapter if adapter.is_dir() else adapter.parent
+    exported = export_adapter(adapter, Path(args.out), args.format, model=args.model, record=read_record(folder.parent))  # the card reads the run's record
+    how = "PeftModel.from_pretrained" if args.format == "peft" else 'pipeline("text-classification", model=...)'
+    _emit(
+        args,
+        {"out": str(exported.folder), "format": exported.format, "files": list(exported.files)},
+        [f"{args.format} export written to {exported.folder} ({', '.join(exported.files)}); load it with {how}, as its README.md shows"],
+    )
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     if args.sweep:
         from engine.bench.sweep import run_sweep_benchmark
@@ -329,7 +382,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def _lora(args: argparse.Namespace) -> LoRAConfig:
-    return LoRAConfig(rank=args.rank, alpha=args.alpha, scaling=args.scaling, targets=tuple(args.targets or LORA_TARGETS))
+    return LoRAConfig(rank=args.rank, alpha=args.alpha, scaling=args.scaling, targets=tuple(args.targets or LORA_TARGETS), train_head=args.train_head)
 
 
 def _log(message: str) -> None:
@@ -416,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", choices=PRESETS, default="recommended", help="book: the book's appendix E exactly; recommended: faster and as accurate")
     _lora_arguments(train, defaults=False)
     train.add_argument("--lr", type=float, help=f"learning rate (default: the preset's, {preset_values('train', 'lr')})")
+    train.add_argument("--seed", type=int, help=f"random seed of the head, LoRA and batch order (default: the preset's, {preset_values('train', 'seed')})")
     _run_arguments(train, model_help)
     train.add_argument("--out", default=RunConfig.out_dir, help=f"output folder (default: {RunConfig.out_dir})")
     train.set_defaults(run=cmd_train)
@@ -429,12 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--preset", choices=PRESETS, nargs="+", help="presets (applied first; the other settings override them); default recommended")
     grid.add_argument("--targets", choices=TARGET_SETS, nargs="+", help="sets of layers LoRA adapts: " + ", ".join(TARGET_SETS))
     grid.add_argument("--seed", type=int, nargs="+", metavar="S", help="random seeds (head, LoRA and batch order)")
+    sweep.add_argument("--train-head", action="store_true", help="also train the class head's own weights in every run (default: only its LoRA)")
     _run_arguments(sweep, model_help)
     sweep.add_argument("--out", default=RUNS_DIR, help=f"the runs folder; the grid goes into OUT/grid-<date-time>/ (default: {RUNS_DIR})")
     sweep.add_argument("--workers", type=int, help="runs at once (default: one per CUDA GPU, otherwise 1; on Ray: one per GPU, otherwise one per 2 CPUs)")
     sweep.add_argument("--force", action="store_true", help="start --workers beyond this machine's GPUs (or CPU cores) all the same")
     sweep.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster: its address, or auto for the one started on this machine (`ray start --head`)")
-    sweep.add_argument("--owner", default="", help="whose grid this is, kept in every run's record")
     sweep.set_defaults(run=cmd_sweep)
 
     classify = add("classify", "classify messages with a trained adapter")
@@ -447,6 +501,18 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--out", help="where --file's predictions go (default: FILE.predictions.csv)")
     classify.add_argument("messages", nargs="*", help="one or more messages")
     classify.set_defaults(run=cmd_classify)
+
+    inspect = add("inspect", "the anatomy of an adapter: each layer's update, its singular values, effective rank and size against the frozen weight")
+    inspect.add_argument("--adapter", required=True, help="adapter folder written by `train` (OUT/adapter)")
+    inspect.add_argument("--model", help="base model for the frozen weights' sizes (default: the one the adapter names, if on this machine)")
+    inspect.set_defaults(run=cmd_inspect)
+
+    export = add("export", "write an adapter for use outside LoRA Lab: a PEFT adapter, or a whole transformers model with a model card")
+    export.add_argument("--adapter", required=True, help="adapter folder written by `train` (OUT/adapter)")
+    export.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="peft: for PeftModel.from_pretrained; transformers: merged, for pipeline()")
+    export.add_argument("--out", required=True, help="folder to write (new, empty, or an earlier export)")
+    export.add_argument("--model", help="base model if it has moved (default: the one the adapter names)")
+    export.set_defaults(run=cmd_export)
 
     bench = add("bench", "measure training and classification speed on this machine (random weights)")
     bench.add_argument("--model", default=DEFAULT_MODEL, help="size to benchmark (random weights of the real shape)")
@@ -475,6 +541,17 @@ def _run_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
         type=int,
         help=f"optimiser steps between loss estimates (default: the preset's, {preset_values('train', 'eval_freq')}); never changes what a run learns",
     )
+    parser.add_argument("--pooling", choices=POOLINGS, help=f"which position classifies a message (default: the preset's, {preset_values('train', 'pooling')})")
+    parser.add_argument(
+        "--padding",
+        choices=PADDINGS,
+        help=f"batch: pad each batch to its longest message, in batches of similar length; longest: pad all to the longest (default: the preset's, "
+        f"{preset_values('train', 'padding')})",
+    )
+    parser.add_argument(
+        "--data-urls", nargs="+", metavar="URL", help="where the SMS zip is downloaded from without --data, in order (default: UCI, then its backup)"
+    )
+    parser.add_argument("--owner", default="", help="whose run this is (free text), kept in its record")
     parser.add_argument("--no-live-metrics", action="store_true", help="at each loss estimate, skip scoring the whole validation set (faster)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
     _precision_argument(parser, f"default: the preset's, {preset_values('train', 'precision')}")
@@ -505,6 +582,7 @@ def _lora_arguments(parser: argparse.ArgumentParser, defaults: bool) -> None:
     value, said = default("scaling")
     parser.add_argument("--scaling", choices=SCALINGS, default=value, help=f"alpha (the book) or alpha_over_rank (Hu et al., PEFT); {said}")
     parser.add_argument("--targets", nargs="+", choices=LORA_TARGETS, metavar="TARGET", help=f"layers to adapt (default all): {', '.join(LORA_TARGETS)}")
+    parser.add_argument("--train-head", action="store_true", help="also train the class head's own weights (default: only its LoRA)")
 
 
 def main(argv: list[str] | None = None) -> int:

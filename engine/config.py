@@ -13,6 +13,7 @@ Parse = Literal["faithful", "book"]
 Draws = Literal["book", "independent"]
 # What the frozen base computes in: bf16 where the device does it natively, else fp32 (engine/device.py).
 Precision = Literal["auto", "fp32", "bf16"]
+ExportFormat = Literal["peft", "transformers"]  # what `export` writes: a PEFT adapter, or a whole transformers model
 
 # The same choices as values, for menus and validation.
 POOLINGS: tuple[str, ...] = get_args(Pooling)
@@ -21,6 +22,7 @@ SCALINGS: tuple[str, ...] = get_args(Scaling)
 PARSES: tuple[str, ...] = get_args(Parse)
 DRAWS: tuple[str, ...] = get_args(Draws)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 
 DEFAULT_SEED = 123  # the book's seed: its balancing, split, head and LoRA draws, batch order
 DATA_CACHE = "data_cache"  # where downloaded data and the prepared splits go unless told otherwise

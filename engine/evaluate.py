@@ -126,15 +126,15 @@ def evaluate_whole_and_first(
     first_batches: int,
     should_stop: Callable[[], bool] | None = None,
     loss_mean: LossMean = "message",
-) -> tuple[Metrics, Metrics]:
-    """Metrics over the whole loader and over its first `first_batches` batches, from one pass.
+) -> tuple[Metrics, Metrics, Scores]:
+    """Metrics over the whole loader and over its first `first_batches` batches, and every message's scores, from one pass.
 
     The book estimates the validation loss on the first batches; the same logits also give the
     full set's confusion matrix, so the live view costs the rest of the set, not a second pass.
     """
-    whole, first, _ = _one_pass(model, loader, device, pooling, None, first_batches, should_stop, loss_mean)
+    whole, first, scores = _one_pass(model, loader, device, pooling, None, first_batches, should_stop, loss_mean)
     assert first is not None
-    return whole, first
+    return whole, first, scores
 
 
 @torch.no_grad()
@@ -292,3 +292,23 @@ def mistakes(scores: Scores, texts: list[str], threshold: float = 0.5, positive:
             predicted = positive if p >= threshold else max(others, key=lambda c: row[c])
             wrong.append(Mistake(text, label, predicted, p))
     return sorted(wrong, key=lambda m: abs(m.p_positive - threshold), reverse=True)
+
+
+def cell_messages(scores: Scores, true: int, predicted: int, threshold: float | None = None, positive: int = POSITIVE_CLASS) -> list[int]:
+    """The messages in one cell of a confusion matrix, as indices into `scores`, the most confident answers first.
+
+    Without `threshold`: the matrix of every class, each message given its likeliest class. With it:
+    `at_threshold`'s one-vs-rest matrix of `positive`, where 1 is `positive` (P(positive) >= threshold) and 0 any other class.
+    """
+    chosen = []
+    for index, (label, row) in enumerate(zip(scores.labels, scores.probabilities, strict=True)):
+        if threshold is None:
+            answer, sure = max(range(len(row)), key=row.__getitem__), max(row)
+            cell = (label, answer)
+        else:
+            p = row[positive]
+            cell = (int(label == positive), int(p >= threshold))
+            sure = abs(p - threshold)
+        if cell == (true, predicted):
+            chosen.append((sure, index))
+    return [index for _, index in sorted(chosen, key=lambda pair: -pair[0])]

@@ -22,7 +22,7 @@ import torch
 
 from engine.config import TrainConfig
 from engine.errors import TrainingDiverged
-from engine.evaluate import LossMean, Metrics, batch_loss, evaluate, evaluate_whole_and_first
+from engine.evaluate import LossMean, Metrics, Scores, batch_loss, evaluate, evaluate_whole_and_first
 from engine.failure import divergence_cause
 from engine.loaders import Loaders
 from engine.lora import lora_layers
@@ -67,6 +67,7 @@ class ValidationEvaluated:
     epoch_progress: float
     examples_seen: int
     metrics: Metrics  # every validation message: confusion matrix, accuracy, precision/recall/F1, loss
+    scores: Scores | None = None  # every validation message's label and class probabilities, in the split's order
 
 
 @dataclass(frozen=True)
@@ -145,12 +146,12 @@ def train(
                     yield LossEvaluated(step - 1, progress, examples_seen, train_loss, validation_loss)
                 else:
                     # The full pass checks Stop between batches (it is several times longer than an estimate).
-                    whole, first = evaluate_whole_and_first(
+                    whole, first, scores = evaluate_whole_and_first(
                         model, loaders.validation, device, cfg.pooling, cfg.eval_iter, stop.is_set if stop else None, loss_mean
                     )
                     if stop is None or not stop.is_set():  # cut short by Stop, its figures would cover part of the set
                         yield LossEvaluated(step - 1, progress, examples_seen, train_loss, _finite(first.loss, "validation", step, cfg, lora_scale))
-                        yield ValidationEvaluated(step - 1, progress, examples_seen, whole)
+                        yield ValidationEvaluated(step - 1, progress, examples_seen, whole, scores)
             if step >= total:
                 break
         yield from losses.read()

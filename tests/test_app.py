@@ -33,6 +33,10 @@ from ui.settings import AppSettings
 from ui.train_tab import MAX_BATCH_POINTS, TrainTab, live_views, loss_frame
 
 API_NAMES = {
+    "anatomy_runs",
+    "anatomy",
+    "export_peft",
+    "export_transformers",
     "download_data",
     "upload_data",
     "show_data",
@@ -105,8 +109,10 @@ def test_build_ui_loads_nothing_and_names_every_event(settings: AppSettings) -> 
     demo = app.build_ui(settings)
     names = {fn.api_name for fn in demo.fns.values()}
     assert API_NAMES <= names
+    by_name = {fn.api_name: fn.fn for fn in demo.fns.values()}
+    assert by_name["explain"].__qualname__ == "ClassifyTab.explain"  # no later event took the name first (Gradio would call this one explain_1)
     tabs = [block.label for block in demo.blocks.values() if isinstance(block, gr.Tab)]
-    assert tabs == ["Data", "Model & LoRA", "Train", "Parameters", "Classify", "Evaluate", "Runs"]
+    assert tabs == ["Data", "Model & LoRA", "Train", "Parameters", "Classify", "Evaluate", "Inside the adapter", "Runs"]
     # building touches no files but the runs folder's lock, which the app holds while it runs
     assert [path.name for path in settings.out.iterdir()] == [LOCK_FILE] and not settings.cache.exists()
 

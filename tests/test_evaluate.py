@@ -79,7 +79,7 @@ def test_whole_set_and_first_batches_come_from_one_pass():
     table = [[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]]
     model = LookupModel(table).train()
     loader = [batch([0, 1], [0, 1]), batch([2, 2], [2, 0]), batch([1], [2])]  # 2 right, then 1 of 2, then wrong
-    whole, first = evaluate_whole_and_first(model, loader, torch.device("cpu"), "last_token", first_batches=1)
+    whole, first, live = evaluate_whole_and_first(model, loader, torch.device("cpu"), "last_token", first_batches=1)
     right, wrong = -math.log(math.exp(2) / (math.exp(2) + 2)), -math.log(1 / (math.exp(2) + 2))
     assert first.count == 2 and first.accuracy == 1.0 and first.loss == pytest.approx(right)
     assert whole.count == 5 and whole.accuracy == pytest.approx(3 / 5)
@@ -88,7 +88,8 @@ def test_whole_set_and_first_batches_come_from_one_pass():
     assert model.training  # put back as it was
     metrics, scores = evaluate_with_scores(model, loader, torch.device("cpu"), "last_token")
     assert metrics == whole and len(scores.probabilities) == 5 and scores.probabilities[0][0] == pytest.approx(math.exp(2) / (math.exp(2) + 2))
-    stopped, _ = evaluate_whole_and_first(model, loader, torch.device("cpu"), "last_token", 1, should_stop=lambda: True)
+    assert live == scores  # the live view's per-message scores are the same pass's
+    stopped, _, _ = evaluate_whole_and_first(model, loader, torch.device("cpu"), "last_token", 1, should_stop=lambda: True)
     assert stopped.count == 0
 
 

@@ -16,7 +16,7 @@ import gradio as gr
 import pandas as pd
 
 from engine.batch import classify_file
-from engine.classifier import Prediction
+from engine.classifier import Classifier, Prediction
 from engine.explain import TokenScore, WordInfluence, explained_class, token_scores, word_influence
 from ui.answering import choice_label, default_run
 from ui.guards import deleted_if_refused, engine_errors_as_toasts, message_problem, output_path, uploaded_file, uploaded_path, written_output
@@ -105,6 +105,15 @@ def influence_html(influences: Sequence[WordInfluence], positive: str) -> str:
     )
     # The grid keeps its columns on a phone and scrolls sideways instead.
     return f"{legend}<div style='overflow-x:auto'><div class='influence-bars' style='{grid}'>{header}{''.join(rows)}</div></div>{why}"
+
+
+def explanation_html(classifier: Classifier, message: str) -> tuple[str, str]:
+    """Why this answer: the token heat map and the words that moved it most (call under the Lab's classify lock)."""
+    with engine_errors_as_toasts(str(classifier.device), "explaining"):
+        positive = explained_class(classifier, message)
+        tokens = token_scores(classifier, message, positive)
+        influences = word_influence(classifier, message, positive)
+    return token_heatmap_html(tokens, positive), influence_html(influences, positive)
 
 
 def answers_frame(lines: Sequence[tuple[int, str]], predictions: dict[int, Prediction], problems: dict[int, str | None]) -> pd.DataFrame:
@@ -216,11 +225,7 @@ class ClassifyTab:
             raise gr.Error("the message is empty: type a message to explain, then press Explain")
         with self.lab.classify_lock:
             _, classifier = self.lab.classifier_for(adapter_file, run, self.lab.room.visitor(request))
-            with engine_errors_as_toasts(str(classifier.device), "explaining"):
-                positive = explained_class(classifier, message)
-                tokens = token_scores(classifier, message, positive)
-                influences = word_influence(classifier, message, positive)
-        return token_heatmap_html(tokens, positive), influence_html(influences, positive)
+            return explanation_html(classifier, message)
 
     def classify_upload(
         self, path: str | None, adapter_file: str | None, run: str | None = None, request: gr.Request | None = None

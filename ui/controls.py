@@ -16,6 +16,7 @@ from gradio.components import Component
 
 from engine.config import MAX_OWNER_CHARS, LoRAConfig, RunConfig, TrainConfig, preset
 from engine.data.table import clean_label
+from engine.reproduce import app_controls
 from ui.settings import AppSettings
 
 # What choosing a preset sets; the model, targets and the rest stay as they are.
@@ -49,25 +50,7 @@ class Controls:
     @classmethod
     def of(cls, cfg: RunConfig) -> "Controls":
         """What the widgets show for `cfg`: a reloaded page gets the current (or last) run's settings back."""
-        lora, train = cfg.lora, cfg.train
-        return cls(
-            cfg.model,
-            cfg.preset or "recommended",
-            lora.rank,
-            float(lora.alpha),
-            lora.scaling,
-            lora.targets,
-            lora.train_head,
-            train.pooling,
-            train.padding,
-            train.lr,
-            train.epochs,
-            train.batch_size,
-            train.max_steps or 0,
-            train.eval_freq,
-            train.live_metrics,
-            train.precision,
-        )
+        return cls(**app_controls(cfg))  # the engine says them once: a run's record quotes them as its gradio_client call
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -17,7 +17,9 @@ import pandas as pd
 from engine.errors import LoRALabError
 from engine.evaluate import POSITIVE_CLASS, Scores, at_threshold, mistakes, positive_class, roc_curve
 from engine.runs.history import RunSummary, read_scores
+from engine.runs.record import ADAPTER_DIR
 from ui.answering import choice_label, default_run
+from ui.errors_view import CELL_SCRIPT, CLASSES_TABLE, THRESHOLD_TABLE, CellSource, build_reasons
 from ui.lab import Lab
 from ui.views import HALF_ROW_PX, confusion_html, plural, text_last
 
@@ -119,9 +121,10 @@ def evaluation_views(evaluation: RunEvaluation, chosen: str, threshold: float) -
     )
     result = f"{plural(mistakes_count, 'mistake')}, accuracy {100 * metrics.accuracy:.1f}%.{auc_text}{texts}"
     summary = f"Run **{run}**, full {split} set: {metrics.count} messages. {rule}: {result}"
-    table = confusion_html(metrics.confusion, (rest, chosen), f"{split} set at threshold {threshold:.2f}, {chosen} vs the rest")
+    table = confusion_html(metrics.confusion, (rest, chosen), f"{split} set at threshold {threshold:.2f}, {chosen} vs the rest", THRESHOLD_TABLE)
     if len(names) > 2:  # the threshold view is one class against the rest: show every class's answers too
-        table = confusion_html(evaluation.confusion or [], names, f"{split} set, each message given its most likely class") + "<br>" + table
+        every = confusion_html(evaluation.confusion or [], names, f"{split} set, each message given its most likely class", CLASSES_TABLE)
+        table = every + "<br>" + table
     return summary, table, threshold_frame(evaluation, threshold, index), roc, wrong
 
 
@@ -181,6 +184,16 @@ class EvaluateTab:
             raise gr.Error(f"run {run} has no class {str(chosen)[:40]!r}: choose one of {', '.join(evaluation.class_names)}")
         return evaluation_views(evaluation, chosen, float(threshold))
 
+    def cell_source(self, run: str | None, split: str, threshold: float, positive: str | None = None) -> CellSource:
+        """Where the confusion matrices' answers come from: for listing a clicked cell's messages and explaining them."""
+        self.evaluate(run, split, threshold, positive)  # the same checks, each with its message
+        found = dict(self.evaluated_runs())[run]
+        evaluation = read_evaluation(found.folder, run, split)
+        chosen = positive or evaluation.default_positive()
+        return CellSource(
+            evaluation.scores, evaluation.texts, evaluation.class_names, found.folder / ADAPTER_DIR, float(threshold), evaluation.class_names.index(chosen)
+        )
+
 
 def build_evaluate_tab(evaluate: EvaluateTab, classify_run: gr.Dropdown) -> None:
     """The Evaluate tab, wired; opening it (or Refresh) lists the finished runs and shows the chosen one (or the default).
@@ -211,7 +224,7 @@ def build_evaluate_tab(evaluate: EvaluateTab, classify_run: gr.Dropdown) -> None
         summary = gr.Markdown(elem_id="eval-summary")
         with gr.Row():
             with gr.Column(scale=1):
-                confusion = gr.HTML(elem_id="confusion")
+                confusion = gr.HTML(elem_id="confusion", js_on_load=CELL_SCRIPT)  # a click on a cell lists its messages
                 metrics = gr.Dataframe(headers=["", "threshold"], label="At this threshold", interactive=False, elem_id="eval-metrics")
             roc = gr.LinePlot(
                 x="false positive rate",
@@ -226,6 +239,7 @@ def build_evaluate_tab(evaluate: EvaluateTab, classify_run: gr.Dropdown) -> None
                 elem_id="roc",
                 scale=1,
             )
+        build_reasons(evaluate.lab, "eval", confusion, evaluate.cell_source, [run, split, threshold, positive])
         wrong = gr.Dataframe(
             headers=["true", "predicted", "P", "message"],
             label="Misclassified messages, most confident mistakes first",

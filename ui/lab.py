@@ -9,6 +9,7 @@ tabs make.
 import contextlib
 import threading
 from dataclasses import replace
+from pathlib import Path
 
 import gradio as gr
 
@@ -131,12 +132,17 @@ class Lab:
             if run is None:
                 raise gr.Error(no_run_words(self.room.on, bool(self.finished_runs())), duration=None)
             adapter, answering = run.folder / "adapter", f"run {run.name}"
+        return answering, self.classifier_at(adapter, uploaded=bool(adapter_file))
+
+    def classifier_at(self, adapter: Path, uploaded: bool = False) -> Classifier:
+        """The classifier of the adapter at `adapter` (a run's folder, or an `uploaded` file, deleted if refused),
+        loaded once and kept until another is asked for; call under `classify_lock`."""
         device = pick_device(self.settings.app_device)
         tensors = adapter / "adapter.safetensors" if adapter.is_dir() else adapter
         key = (str(tensors.resolve()), tensors.stat().st_mtime_ns if tensors.exists() else 0, str(device))
         if self._classifier is None or self._classifier[0] != key:
             self._classifier = None  # free the previous model before loading the next
-            refused_upload_deleted = deleted_if_refused(adapter) if adapter_file else contextlib.nullcontext()
+            refused_upload_deleted = deleted_if_refused(adapter) if uploaded else contextlib.nullcontext()
             with refused_upload_deleted, engine_errors_as_toasts(str(device), "loading the classifier"):
                 # The adapter names its base model; only a model this app offers is loaded (an uploaded
                 # adapter must not point the app at an arbitrary folder or download).
@@ -148,7 +154,7 @@ class Lab:
                         duration=None,
                     )
                 self._classifier = key, Classifier.load(adapter, device, model=config.base_model)
-        return answering, self._classifier[1]
+        return self._classifier[1]
 
 
 def no_run_words(room_on: bool, any_finished: bool) -> str:

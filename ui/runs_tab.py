@@ -25,6 +25,7 @@ from engine.runs.grid import MAX_GRID_RUNS, Grid, targets_named
 from engine.runs.history import RunSummary, all_runs, list_runs
 from engine.runs.queue import MAX_WAITING
 from engine.runs.scheduler import RunView
+from ui.anatomy_tab import AnatomyTab, build_run_entry
 from ui.controls import Controls, ControlWidgets, run_config
 from ui.grid_plots import SETTING_WORDS, accuracy_against_cost, heat_map
 from ui.guards import user_error
@@ -431,6 +432,7 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
             max_height=300,
             elem_id="run-history",
         )
+        build_run_entry(AnatomyTab(runs.lab), history, HISTORY_COLUMNS.index("run"))
         chosen = gr.Dropdown([], multiselect=True, label="Runs to compare", allow_custom_value=True, elem_id="overlay-runs")  # choices come on refresh
         overlay = gr.LinePlot(x="step", y="loss", color="run", title="Loss curves of the chosen runs (estimated every N steps)", height=300, elem_id="overlay")
         last_queue, ended = gr.State(None), gr.State(0)

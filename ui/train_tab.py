@@ -10,6 +10,7 @@ presenter any). A poll that finds nothing new sends nothing, so idle pages cost 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -18,10 +19,13 @@ import pandas as pd
 from engine.config import LABELS, TrainConfig
 from engine.errors import LoRALabError
 from engine.params import param_summary
+from engine.runs.history import split_texts
+from engine.runs.record import ADAPTER_DIR
 from engine.runs.recorder import RunProgress
 from engine.runs.run import BASELINE_BATCHES
 from engine.runs.scheduler import RunView
 from ui.controls import Controls, ControlWidgets, run_config
+from ui.errors_view import CELL_SCRIPT, CLASSES_TABLE, CellSource, build_reasons
 from ui.guards import user_error
 from ui.lab import Lab
 from ui.live_axes import AXIS_SERIES, BELOW, WHOLE_NUMBERS, LiveAxes, live_axes
@@ -136,7 +140,7 @@ def live_views(view: RunView | None) -> tuple[str, pd.DataFrame | None]:
             )
         ]
     )
-    return confusion_html(m.confusion, names, caption), scores
+    return confusion_html(m.confusion, names, caption, CLASSES_TABLE), scores
 
 
 def accuracy_frames(view: RunView | None) -> tuple[pd.DataFrame | None, pd.DataFrame | None, pd.DataFrame | None]:
@@ -347,6 +351,15 @@ class TrainTab:
         """On page load: follow the visitor's own latest run in a room, else the newest run, before or after a reload."""
         return self.poll(None, None, request)
 
+    def cell_source(self, followed: str | None, request: gr.Request | None = None) -> CellSource:
+        """Where the live confusion matrix's answers come from: the followed run's latest estimate."""
+        view = self.lab.followed(followed or None, self.lab.room.visitor(request))
+        scores = view.progress.live_scores if view is not None and view.progress is not None else None
+        if view is None or scores is None:
+            raise gr.Error("no live confusion matrix yet: it comes with the run's first loss estimate", duration=5)
+        folder = Path(view.run.config.out_dir)
+        return CellSource(scores, split_texts(folder, "validation", scores.labels), class_names(view.progress), folder / ADAPTER_DIR)
+
     def stop_training(self, followed: str | None, request: gr.Request | None = None) -> str:
         """Stop the followed run after its current step (or take it out of the queue if it has not started)."""
         visitor = self.lab.room.visitor(request)
@@ -435,8 +448,9 @@ def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) 
             loss_steps = loss_plot("step", "Loss by optimiser step", "loss-steps")
             loss_examples = loss_plot("examples seen", "Loss by examples seen", "loss-examples")
         with gr.Row():
-            live_confusion = gr.HTML(min_width=HALF_ROW_PX, elem_id="live-confusion")
+            live_confusion = gr.HTML(min_width=HALF_ROW_PX, elem_id="live-confusion", js_on_load=CELL_SCRIPT)  # a click on a cell lists its messages
             live_scores = scores_plot()
+        build_reasons(train.lab, "live", live_confusion, train.cell_source, [followed])
         with gr.Row():
             accuracy = accuracy_plot()
             baseline = gr.Dataframe(

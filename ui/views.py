@@ -70,8 +70,11 @@ def percent(value: float | None) -> float | None:
     return None if value is None else round(100 * value, 2)
 
 
-def confusion_html(confusion: list[list[int]], class_names: Sequence[str], caption: str) -> str:
-    """A confusion matrix as an HTML table, cells shaded by their share of the row (the true class)."""
+def confusion_html(confusion: list[list[int]], class_names: Sequence[str], caption: str, table: str | None = None) -> str:
+    """A confusion matrix as an HTML table, cells shaded by their share of the row (the true class).
+
+    With a `table` name each cell says which it is (data-cell="table:true:predicted"), so a click can list its messages (ui/errors_view.py).
+    """
     head = "".join(f"<th>predicted {html.escape(name)}</th>" for name in class_names)
     body = []
     for true_index, row in enumerate(confusion):
@@ -80,7 +83,9 @@ def confusion_html(confusion: list[list[int]], class_names: Sequence[str], capti
         for predicted_index, count in enumerate(row):
             rgb = (44, 160, 44) if predicted_index == true_index else SPAM_RGB
             alpha = 0.12 + 0.6 * count / total
-            cells.append(f"<td style='background:{rgba(rgb, alpha)};text-align:center;padding:8px 18px'>{count}</td>")
+            pick = f" data-cell='{html.escape(table)}:{true_index}:{predicted_index}' title='list these messages'" if table else ""
+            cursor = ";cursor:pointer;text-decoration:underline dotted" if table else ""
+            cells.append(f"<td{pick} style='background:{rgba(rgb, alpha)};text-align:center;padding:8px 18px{cursor}'>{count}</td>")
         body.append(f"<tr><th style='text-align:right;padding-right:10px'>true {html.escape(class_names[true_index])}</th>{''.join(cells)}</tr>")
     return (
         "<div style='overflow-x:auto'><table class='confusion' style='border-collapse:collapse;font-size:1.05em'>"

@@ -6,6 +6,7 @@ folds them into a run's progress and record.
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from engine.data.download import DownloadProgress
 from engine.data.prepared import DataSummary
@@ -42,6 +43,16 @@ class FinalEvaluated:
 
 
 @dataclass(frozen=True)
+class AdapterMeasured:
+    """The anatomy of the adapter being trained, after `steps` optimiser steps (at each loss estimate, and at the end):
+    per layer name, its update's norm, effective rank, size against the frozen weight and largest singular values
+    (engine.anatomy.growth_point)."""
+
+    steps: int
+    layers: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class RunSaved:
     out_dir: Path
     adapter_dir: Path
@@ -50,4 +61,4 @@ class RunSaved:
     stopped: bool
 
 
-RunEvent = DownloadProgress | DataReady | ModelReady | BaselineEvaluated | TrainEvent | FinalEvaluated | RunSaved
+RunEvent = DownloadProgress | DataReady | ModelReady | BaselineEvaluated | TrainEvent | AdapterMeasured | FinalEvaluated | RunSaved

@@ -186,3 +186,12 @@ def _split_texts(record: dict[str, Any], split: str, labels: list[int], n_classe
     if frame["Label"].tolist() != labels:
         return None
     return frame["Text"].tolist()
+
+
+def split_texts(folder: Path, split: str, labels: list[int]) -> list[str] | None:
+    """The messages of `split` of the run in `folder`, in order, if its data folder still holds exactly these `labels`
+    (a running run's too, once its record names its data)."""
+    record = read_record(folder)
+    if record is None:
+        return None
+    return _split_texts(record, split, labels, len((record.get("data") or {}).get("labels") or LABELS))

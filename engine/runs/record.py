@@ -26,6 +26,7 @@ from engine.atomic import disk_full_named, temporary_files, write_text_atomic
 from engine.config import RunConfig
 from engine.errors import Cancelled, DiskFullError, TrainingDiverged
 from engine.failure import one_line
+from engine.reproduce import reproduction
 from engine.runs.states import RECORD_STATES, RecordState
 
 RECORD_FILE = "run.json"
@@ -108,7 +109,8 @@ class RunRecord:
         except DiskFullError as error:
             raise DiskFullError(folder, "--out") from error
         _remove_run_files(folder)  # an earlier run's adapter beside this run's record would pass for this run's
-        fields = {"state": "running", "created": now(), "config": asdict(cfg), "process": this_process()}
+        # How to run it again, said as it was asked for (before its data source is resolved to a folder).
+        fields = {"state": "running", "created": now(), "config": asdict(cfg), "process": this_process(), "reproduce": reproduction(cfg)}
         record = cls(folder, fields, made_folder)
         with _running_lock:
             _running.add(_key(folder))
@@ -139,7 +141,7 @@ class RunRecord:
 
     def finish(self, fields: dict[str, Any]) -> Path:
         """Close the record as "stopped" or "done" (as `fields["stopped"]` says) with the run's full `fields`."""
-        keep = {key: self.fields[key] for key in ("created", "process")}
+        keep = {key: self.fields[key] for key in ("created", "process", "reproduce")}
         closed = {**fields, **keep, "state": "stopped" if fields["stopped"] else "done", "ended": now()}
         write_text_atomic(self.path, _json(closed))  # if this fails, the failure is recorded from the smaller fields so far
         self.fields = closed

@@ -6,14 +6,14 @@ taught here, once.
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 from engine.data.download import DownloadProgress
 from engine.data.prepared import DataSummary
 from engine.evaluate import Metrics, Scores
 from engine.lora import ParamCounts
-from engine.runs.events import BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunEvent, RunSaved
+from engine.runs.events import AdapterMeasured, BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunEvent, RunSaved
 from engine.runs.time_left import TimeLeft
 from engine.train import EpochDone, LossEvaluated, StepDone, TrainEnded, TrainStarted, ValidationEvaluated
 
@@ -61,8 +61,10 @@ class RunProgress:
     eta_s: float | None = None  # training time left, while steps run, from the steps and evaluations measured (engine.runs.time_left)
     batch_losses: tuple[BatchLoss, ...] = ()
     estimates: tuple[LossEvaluated, ...] = ()  # train and validation loss every eval_freq steps
-    live: tuple[ValidationEvaluated, ...] = ()  # the full validation set at each estimate
+    live: tuple[ValidationEvaluated, ...] = ()  # the full validation set at each estimate (its metrics: per-message scores only in live_scores)
+    live_scores: Scores | None = None  # every validation message's scores at the latest estimate: which messages each cell holds
     epoch_accuracies: tuple[EpochDone, ...] = ()
+    anatomy: tuple[AdapterMeasured, ...] = ()  # the adapter's updates at each loss estimate and at the end
     final: Mapping[str, Metrics] | None = None  # full splits, after training; None when stopped
     scores: Mapping[str, Scores] = field(default_factory=dict)
     stopped: bool = False  # training was cut short by Stop
@@ -92,6 +94,7 @@ class RunRecorder:
         self._estimates: list[LossEvaluated] = []
         self._live: list[ValidationEvaluated] = []
         self._epochs: list[EpochDone] = []
+        self._anatomy: list[AdapterMeasured] = []
 
     def record(self, event: RunEvent) -> None:
         change = self._fields
@@ -115,10 +118,13 @@ class RunRecorder:
                 self._estimates.append(event)
                 self._time_left.estimated(event.step + 1)  # the book's 0-based step: after step + 1 steps taken
             case ValidationEvaluated():
-                self._live.append(event)
+                self._live.append(replace(event, scores=None))  # one set of per-message scores is kept, the latest
+                change.update(live_scores=event.scores)
             case EpochDone():
                 self._epochs.append(event)
                 self._time_left.epoch_ended()
+            case AdapterMeasured():
+                self._anatomy.append(event)
             case TrainEnded():
                 change.update(stopped=event.stopped, train_seconds=event.elapsed_s, eta_s=None, phase="saving" if event.stopped else "final evaluation")
             case FinalEvaluated():
@@ -133,4 +139,5 @@ class RunRecorder:
             estimates=tuple(self._estimates),
             live=tuple(self._live),
             epoch_accuracies=tuple(self._epochs),
+            anatomy=tuple(self._anatomy),
         )

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 import torch
 
-from engine.adapter import AdapterConfig, save_adapter
+from engine.adapter import AdapterConfig, adapter_tensors, save_adapter
+from engine.anatomy import frozen_weight_norms, growth_point
 from engine.classifier import build_classifier
 from engine.config import RunConfig
 from engine.data.download import DownloadProgress, ProgressCallback
@@ -26,7 +27,7 @@ from engine.errors import Cancelled
 from engine.evaluate import LossMean, evaluate, evaluate_with_scores
 from engine.loaders import make_loaders
 from engine.lora import count_parameters
-from engine.runs.events import BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunEvent, RunSaved
+from engine.runs.events import AdapterMeasured, BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunEvent, RunSaved
 from engine.runs.plot import save_loss_plot
 from engine.runs.record import ADAPTER_DIR, PLOT_FILE, RunRecord
 from engine.runs.recorder import RunProgress, RunRecorder
@@ -112,11 +113,16 @@ def _run(
     adapter_dir = out / ADAPTER_DIR
     adapter_config = AdapterConfig(cfg.model, model.cfg, cfg.lora, cfg.train.pooling, cfg.train.padding, loaders.max_length, labels)
     draws.before_training()
+    frozen_norms = frozen_weight_norms(model)  # ‖W‖ under each LoRA layer, for its anatomy: the frozen weights never change
     for event in train(model, loaders, cfg.train, device, stop, loss_mean):
         if isinstance(event, LossEvaluated):  # each estimate's losses are finite (train raises otherwise): a checkpoint a killed run keeps
+            yield emit(measured(model, cfg, frozen_norms, event.step + 1))
             progress = recorder.progress()
             record.checkpoint(lambda: save_adapter(model, adapter_dir, adapter_config), progress.step, **record_fields(cfg, progress, str(device), precision))
         yield emit(event)
+    steps, anatomy = recorder.progress().step, recorder.progress().anatomy
+    if steps and (not anatomy or anatomy[-1].steps != steps):
+        yield emit(measured(model, cfg, frozen_norms, steps))  # the adapter as it is saved
 
     if not recorder.progress().stopped:
         final, scores = {}, {}
@@ -148,6 +154,11 @@ def stoppable(on_download: ProgressCallback | None, stop: StopFlag) -> ProgressC
     return report
 
 
+def measured(model: torch.nn.Module, cfg: RunConfig, frozen_norms: dict[str, float], steps: int) -> AdapterMeasured:
+    """The anatomy of the adapter being trained, after `steps` steps: how its updates grow, for the record."""
+    return AdapterMeasured(steps, growth_point(adapter_tensors(model), cfg.lora, frozen_norms))
+
+
 def record_fields(cfg: RunConfig, progress: RunProgress, device: str, precision: str, seconds: float | None = None) -> dict[str, Any]:
     """What the run record says of the run so far: config, data, curves, metrics and timings; `precision`
     is what the config's (perhaps "auto") became on `device`."""
@@ -166,6 +177,7 @@ def record_fields(cfg: RunConfig, progress: RunProgress, device: str, precision:
         "losses": [asdict(p) for p in progress.estimates],
         "validation_history": [asdict(p) for p in progress.live],
         "epochs": [asdict(e) for e in progress.epoch_accuracies],
+        "anatomy": [asdict(point) for point in progress.anatomy],
         "final": {name: asdict(m) for name, m in progress.final.items()} if progress.final else None,
         "scores": {name: asdict(s) for name, s in progress.scores.items()},
         "timings": {"train_seconds": round(progress.train_seconds, 2), "total_seconds": round(seconds, 2) if seconds is not None else None},
