@@ -239,8 +239,8 @@ def test_a_size_that_cannot_be_downloaded_says_so_in_plain_words(lab: Lab, tmp_p
 
 
 def test_presets_set_their_controls(lab: Lab) -> None:
-    assert ModelTab(lab).apply_preset("book") == (16, 16.0, "alpha", "last", "longest", 5e-5, 5, 8)
-    assert ModelTab(lab).apply_preset("recommended") == (16, 16.0, "alpha_over_rank", "last_token", "batch", 8e-4, 5, 8)
+    assert ModelTab(lab).apply_preset("book") == (16, 16.0, "alpha", "last", "longest", 5e-5, 5, 8, "fp32")
+    assert ModelTab(lab).apply_preset("recommended") == (16, 16.0, "alpha_over_rank", "last_token", "batch", 8e-4, 5, 8, "auto")
     with pytest.raises(gr.Error, match="unknown preset"):
         ModelTab(lab).apply_preset("fastest")
 
