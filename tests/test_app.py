@@ -286,8 +286,8 @@ def test_a_fresh_page_selects_the_model_the_app_was_started_with(settings: AppSe
 
 
 def test_presets_set_their_controls(lab: Lab) -> None:
-    assert ModelTab(lab).apply_preset("book") == (16, 16.0, "alpha", "last", "longest", 5e-5, 5, 8)
-    assert ModelTab(lab).apply_preset("recommended") == (16, 16.0, "alpha_over_rank", "last_token", "batch", 8e-4, 5, 8)
+    assert ModelTab(lab).apply_preset("book") == (16, 16.0, "alpha", "last", "longest", 5e-5, 5, 8, "fp32")
+    assert ModelTab(lab).apply_preset("recommended") == (16, 16.0, "alpha_over_rank", "last_token", "batch", 8e-4, 5, 8, "auto")
     with pytest.raises(gr.Error, match="unknown preset"):
         ModelTab(lab).apply_preset("fastest")
 

@@ -90,16 +90,24 @@ def test_outputs_are_written(trained_run):
     assert record["timings"]["train_seconds"] > 0
 
 
-def test_stop_halts_within_one_step_and_keeps_an_adapter(tiny_model_dir, prepared_data, tmp_path):
+def test_stop_halts_at_the_next_step_and_keeps_an_adapter(tiny_model_dir, prepared_data, tmp_path, monkeypatch):
+    """No step starts once Stop is set. The step events lag the steps (their losses are read from the
+    device in batches), so the run ends with the steps already taken when Stop came, every one reported."""
+    import engine.train
+
+    computed, real = [], engine.train.batch_loss
+    monkeypatch.setattr(engine.train, "batch_loss", lambda *args: computed.append(1) or real(*args))
     stop = threading.Event()
-    events = []
+    events, taken_at_stop = [], None
     for event in fine_tune(tiny_run_config(tiny_model_dir, prepared_data, tmp_path, max_steps=None), stop):
         events.append(event)
         if isinstance(event, StepDone) and event.step == 3:
             stop.set()
-    assert [e.step for e in events if isinstance(e, StepDone)] == [1, 2, 3]
+            taken_at_stop = len(computed)
+    assert taken_at_stop is not None and taken_at_stop < 31  # stopped before the epoch's end
+    assert [e.step for e in events if isinstance(e, StepDone)] == list(range(1, taken_at_stop + 1))
     ended = next(e for e in events if isinstance(e, TrainEnded))
-    assert ended.stopped and ended.steps == 3
+    assert ended.stopped and ended.steps == taken_at_stop == len(computed)
     assert not any(isinstance(e, (EpochDone, FinalEvaluated)) for e in events)
     saved = events[-1]
     assert isinstance(saved, RunSaved) and saved.stopped and (saved.adapter_dir / "adapter.safetensors").is_file()
