@@ -12,8 +12,9 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlparse
 
 import pytest
@@ -40,6 +41,35 @@ REPO = Path(__file__).resolve().parents[1]
 # Not docs/screenshots by default: a test run must not rewrite committed files.
 SCREENSHOTS = REPO / os.environ["LORA_LAB_SCREENSHOTS"] if os.getenv("LORA_LAB_SCREENSHOTS") else Path(tempfile.gettempdir()) / "lora-lab-screenshots"
 LOCAL_SCHEMES = ("data", "blob")
+T = TypeVar("T")
+# True once every chart and picture shown on the open tab has drawn, and none of them moved or resized since the
+# previous check (the page polls it): Vega sizes a chart to its box after drawing it, so the layout is measured when it holds.
+CHARTS_SETTLED_JS = """() => {
+  const shown = element => element.offsetParent !== null;
+  const panel = [...document.querySelectorAll("[role=tabpanel]")].find(shown);
+  if (!panel) return false;
+  const charts = [...panel.querySelectorAll(".vega-embed")].filter(shown);
+  const inView = element => element.getBoundingClientRect().top < innerHeight;  // a lazy picture loads only near the view
+  const pictures = [...panel.querySelectorAll("img")].filter(picture => shown(picture) && (picture.loading !== "lazy" || inView(picture)));
+  if (!charts.every(chart => chart.querySelector(".marks")) || !pictures.every(picture => picture.complete && picture.naturalWidth > 0)) return false;
+  const boxes = JSON.stringify([...charts, ...pictures].map(element => {
+    const box = element.getBoundingClientRect();
+    return [box.x, box.y, box.width, box.height];
+  }));
+  const settled = boxes === window.__chartBoxes;
+  window.__chartBoxes = boxes;
+  return settled;
+}"""
+UNDRAWN_JS = """() => {
+  const panel = [...document.querySelectorAll("[role=tabpanel]")].find(element => element.offsetParent !== null);
+  const named = element => (element.closest("[id]") || {}).id || element.tagName;
+  return panel ? [
+    ...[...panel.querySelectorAll(".vega-embed")].filter(chart => chart.offsetParent !== null && !chart.querySelector(".marks"))
+      .map(chart => `chart in #${named(chart)}`),
+    ...[...panel.querySelectorAll("img")].filter(picture => picture.offsetParent !== null && !(picture.complete && picture.naturalWidth > 0))
+      .map(picture => `picture in #${named(picture)} (${picture.loading}, top ${picture.getBoundingClientRect().top})`),
+  ] : ["no tab shown"];
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +130,9 @@ def open_tab(page: "sync_api.Page", name: str) -> None:
 def set_number(page: "sync_api.Page", selector: str, value: str) -> None:
     field = page.locator(selector)
     # A field in a just-opened accordion can still be mounting: its initial value may land after a
-    # quick fill and replace it. Fill again until the value stays.
+    # quick fill and replace it. Fill again until the value stays. The pause is the one fixed wait
+    # these tests keep: a late overwrite sends no signal to wait for, and nothing is concluded from it,
+    # since every caller then checks what the value did (the picture follows the rank, the run's config).
     for _ in range(10):
         field.fill(value)
         field.press("Tab")  # Gradio sends number changes on blur
@@ -110,9 +142,26 @@ def set_number(page: "sync_api.Page", selector: str, value: str) -> None:
     raise AssertionError(f"{selector} did not keep the value {value}")
 
 
+def eventually(read: Callable[[], T], wanted: Callable[[T], bool], what: str, timeout_s: float = 30) -> T:
+    """Read the page until what it shows is as wanted (Playwright's expect, for values computed in Python); fail naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    while not wanted(seen := read()):
+        assert time.monotonic() < deadline, f"{what}: still {seen!r} after {timeout_s:g} s"
+        time.sleep(0.1)
+    return seen
+
+
+def charts_settled(page: "sync_api.Page") -> None:
+    """Wait until the open tab's charts and pictures have drawn and hold still; else fail naming those that did not draw."""
+    try:
+        page.wait_for_function(CHARTS_SETTLED_JS, polling=100, timeout=30_000)
+    except sync_api.TimeoutError:
+        raise AssertionError(f"the open tab's charts did not settle; not drawn: {page.evaluate(UNDRAWN_JS)}") from None
+
+
 def screenshot(page: "sync_api.Page", name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.wait_for_timeout(600)  # let plots in a freshly opened tab finish drawing
+    charts_settled(page)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
@@ -174,10 +223,7 @@ def test_demo_in_a_real_browser(page: "sync_api.Page", served: RunningApp, http_
     loss_lines = page.locator("#loss-steps path[aria-roledescription='line mark']")
     expect(loss_lines.first).to_be_attached(timeout=20_000)
     drawn = lines_drawn(page, "#loss-steps")
-    deadline = time.monotonic() + 30
-    while lines_drawn(page, "#loss-steps") <= drawn:
-        assert time.monotonic() < deadline, "the loss plot did not grow while training ran"
-        page.wait_for_timeout(250)
+    eventually(lambda: lines_drawn(page, "#loss-steps"), lambda now: now > drawn, "the loss plot grows while training runs")
     cfg = served.lab.followed(None).run.config
     assert (cfg.lora.rank, cfg.lora.alpha, cfg.train.epochs) == (4, 8.0, 50)  # what was set in the browser
     expect(page.locator("#run-header")).to_contain_text("rank 4 · alpha 8")  # the audience sees what runs
@@ -193,10 +239,7 @@ def test_demo_in_a_real_browser(page: "sync_api.Page", served: RunningApp, http_
     # ...and shows the full validation set's confusion matrix of the latest estimate, as any visitor sees it
     expect(page.locator("#live-confusion")).to_contain_text("Full validation set (149 messages) after step", timeout=10_000)
     expect(page.locator("#live-confusion")).to_contain_text("true spam")
-    deadline = time.monotonic() + 30
-    while step_of(status.input_value()) <= step_before_reload:
-        assert time.monotonic() < deadline, "the re-attached page stopped following the run"
-        page.wait_for_timeout(250)
+    eventually(lambda: step_of(status.input_value()), lambda step: step > step_before_reload, "the re-attached page follows the run")
 
     # Stop: within a step
     page.get_by_role("button", name="Stop", exact=True).click()

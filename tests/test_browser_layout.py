@@ -16,7 +16,7 @@ import insight_fixtures
 import pytest
 import test_browser
 from app_fixtures import RunningApp, running_app, train_controls
-from test_browser import expect, is_local, open_tab, screenshot, sync_api
+from test_browser import charts_settled, expect, is_local, open_tab, screenshot, sync_api
 
 from ui.classify_tab import EXAMPLE_MESSAGES
 from ui.settings import AppSettings
@@ -162,7 +162,7 @@ def test_every_tab_keeps_its_layout_at_phone_and_projector_size(browser: "sync_a
                 expect(page.locator("#prediction-after [data-testid='label-output-value']")).to_have_text(re.compile("^(ham|spam)$"), timeout=60_000)
                 page.get_by_role("button", name="Explain this message").click()
             expect(page.locator(ready).first).to_be_attached(timeout=60_000)
-            page.wait_for_timeout(800)  # the last charts of a freshly opened tab finish drawing
+            charts_settled(page)
             check_layout(page, size, tab)
             screenshot(page, f"{size}-{tab.split()[0].lower()}")
         assert warnings == []

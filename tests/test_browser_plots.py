@@ -13,7 +13,7 @@ import gradio as gr
 import pytest
 import test_browser
 from app_fixtures import free_port
-from test_browser import expect, sync_api
+from test_browser import eventually, expect, sync_api
 
 from engine.config import RunConfig
 from engine.evaluate import Metrics
@@ -36,9 +36,9 @@ def plots_page(browser: "sync_api.Browser", frames: Sequence[tuple[Any, Any, Any
         loss = loss_plot("step", "Loss by optimiser step", "loss-steps")
         scores = scores_plot()
         accuracy = accuracy_plot()
-        shown = gr.State(0)
+        shown = gr.Number(0, label="frames shown", elem_id="shown")  # lands with the frame: the signal that it did
         following = gr.Button("Next", elem_id="next")
-        following.click(lambda index: (index + 1, *frames[index]), shown, [shown, loss, scores, accuracy])
+        following.click(lambda index: (int(index) + 1, *frames[int(index)]), shown, [shown, loss, scores, accuracy])
     _, url, _ = demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         with test_browser.app_page(browser, url, ready="Next") as page:
@@ -54,8 +54,11 @@ def plots_of(progress: RunProgress, config: RunConfig | None = None) -> tuple[An
 
 
 def next_frame(page: "sync_api.Page") -> None:
+    """Send the next frame and wait until the page has it (Vega then redraws: what is checked next waits for it)."""
+    shown = page.locator("#shown input")
+    following = int(shown.input_value()) + 1
     page.get_by_role("button", name="Next").click()
-    page.wait_for_timeout(700)  # Vega redraws after the value lands
+    expect(shown).to_have_value(str(following), timeout=10_000)
 
 
 def legend(page: "sync_api.Page", plot: str) -> list[str]:
@@ -89,9 +92,9 @@ def test_the_estimate_curves_stay_drawn_to_the_end_of_a_run(browser: "sync_api.B
     with plots_page(browser, [(plots_of(progress)[0], None, None) for progress in polls]) as page:
         for _ in polls:
             next_frame(page)
+        everything = {LOSS_COLORS[name].lower() for name in LOSS_COLORS}
+        eventually(lambda: drawn_strokes(page, "#loss-steps"), lambda drawn: drawn == everything, "every curve drawn at the end")
         assert legend(page, "#loss-steps") == ["training batch", "train", "validation"]
-        expect(page.locator("#loss-steps path[aria-roledescription='line mark']").first).to_be_attached()
-        assert drawn_strokes(page, "#loss-steps") == {LOSS_COLORS[name].lower() for name in LOSS_COLORS}
 
 
 def test_the_first_estimate_shows_as_points_on_sensible_axes(browser: "sync_api.Browser") -> None:
@@ -101,8 +104,8 @@ def test_the_first_estimate_shows_as_points_on_sensible_axes(browser: "sync_api.
     with plots_page(browser, [(None, scores, accuracy)]) as page:
         next_frame(page)
         expect(page.locator("#live-scores path[aria-roledescription='point']").first).to_be_attached(timeout=10_000)
-        assert points_inside(page, "#live-scores") == len(SCORE_COLORS)  # one estimate, four scores
-        assert points_inside(page, "#accuracy") == 2  # train and validation before training
+        eventually(lambda: points_inside(page, "#live-scores"), lambda inside: inside == len(SCORE_COLORS), "one estimate, four scores")
+        eventually(lambda: points_inside(page, "#accuracy"), lambda inside: inside == 2, "train and validation before training")
         for plot in ("#live-scores", "#accuracy"):
             ticks = page.locator(f"{plot} g.role-axis text").all_text_contents()
             assert ticks and not any("0.000" in tick for tick in ticks), ticks
@@ -140,13 +143,16 @@ def test_the_plots_reach_the_planned_end_from_the_start_and_warn_of_nothing(brow
     with plots_page(browser, [plots_of(progress, config) for progress in polls]) as page:
         warnings: list[str] = []
         page.on("console", lambda message: warnings.append(message.text) if message.type in ("warning", "error") and GRADIOS_OWN not in message.text else None)
-        for _ in polls:
+        for progress in polls:
             next_frame(page)
+            if progress.batch_losses:  # the frame is drawn once its batches are
+                batches_only = {LOSS_COLORS["training batch"].lower()}
+                eventually(lambda: drawn_strokes(page, "#loss-steps"), batches_only.__eq__, "the batches drawn")
             for plot in ("#loss-steps", "#live-scores", "#accuracy"):
                 expect(page.locator(f"{plot} g.role-axis[aria-label^='X-axis']")).to_be_attached(timeout=10_000)
+                eventually(lambda plot=plot: last_tick(page, plot), lambda last: last == 40, f"{plot} reaches the planned last step")
                 ticks = x_ticks(page, plot)
                 assert ticks and all(tick.isdigit() for tick in ticks), (plot, ticks)  # whole steps: no 1.000000, no 2.5
-                assert last_tick(page, plot) == 40, (plot, ticks)
             assert points_inside(page, "#live-scores") == points_inside(page, "#accuracy") == 0  # the placeholders lie outside the axes
         assert warnings == []
 
@@ -158,6 +164,8 @@ def test_a_newly_followed_run_shows_its_own_points_on_its_own_axes(browser: "syn
     second = plots_of(RunProgress(), RunConfig().with_train(max_steps=20))
     with plots_page(browser, [first, second]) as page:
         next_frame(page)
-        assert last_tick(page, "#loss-steps") == 40 and drawn_strokes(page, "#loss-steps") == {LOSS_COLORS["training batch"]}
+        eventually(lambda: drawn_strokes(page, "#loss-steps"), lambda drawn: drawn == {LOSS_COLORS["training batch"]}, "the first run's batches")
+        assert last_tick(page, "#loss-steps") == 40
         next_frame(page)
-        assert last_tick(page, "#loss-steps") == 20 and drawn_strokes(page, "#loss-steps") == set()  # nothing of the first run
+        eventually(lambda: last_tick(page, "#loss-steps"), lambda last: last == 20, "the new run's axis")
+        assert drawn_strokes(page, "#loss-steps") == set()  # nothing of the first run
