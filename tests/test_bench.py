@@ -131,7 +131,9 @@ def _check(report: Report, with_peer: bool) -> dict:
     ours = data["ours"]
     assert ours["step_s"] >= ours["step_min_s"] > 0 and ours["examples_per_s"] > 0 and ours["percent_of_peak"] > 0
     assert ours["peak_memory_mb"] >= ours["memory_before_training_mb"] > 0
-    assert ours["trainable_parameters"] > 0
+    with torch.device("meta"):  # the fixed workload's model: LoRA r16 on every Linear, only LoRA trains
+        workload = build_classifier(GPT(TINY), LoRAConfig(rank=16, alpha=16))
+    assert ours["trainable_parameters"] == sum(p.numel() for name, p in workload.named_parameters() if "lora_" in name)
     modes = {e["mode"]: e for e in data["epochs"]}
     assert set(modes) == {"book", "recommended"}
     assert modes["book"]["steps_per_epoch"] == modes["recommended"]["steps_per_epoch"] == 130  # 1,045 messages, batch 8
@@ -141,12 +143,16 @@ def _check(report: Report, with_peer: bool) -> dict:
     assert modes["book"]["estimates_per_epoch"] == 3  # after steps 1, 51 and 101 of 130
     assert all(e["estimate_s"] > 0 and e["live_estimate_s"] > 0 for e in modes.values())
     assert all((e["estimate_validation_batches"], e["live_validation_batches"]) == (5, 19) for e in modes.values())  # live scoring reads all 149
-    overhead = data["ratios"]["evaluation_overhead"]["recommended"]
-    assert overhead["loss_estimates"] > 0 and overhead["with_live_scoring"] > 0
+    for mode, epoch in modes.items():  # each overhead is the estimates' time over the epoch's, as printed
+        overhead = data["ratios"]["evaluation_overhead"][mode]
+        assert overhead["loss_estimates"] == pytest.approx(epoch["estimates_per_epoch"] * epoch["estimate_s"] / epoch["epoch_s"])
+        assert overhead["with_live_scoring"] == pytest.approx(epoch["estimates_per_epoch"] * epoch["live_estimate_s"] / epoch["epoch_s"])
     names = {r["implementation"] for r in data["latency"]}
     assert "ours fp32" in names
     (int8,) = [r for r in data["latency"] if r["implementation"] == "ours int8"]  # the benchmark runs on CPU here
-    assert 0 <= int8["agreement_with_fp32"] <= 1
+    agreement = int8["agreement_with_fp32"]  # the share of the 100 messages whose int8 label is fp32's
+    assert agreement * 100 == pytest.approx(round(agreement * 100)) and f"agrees with fp32 on {agreement:.1%}" in "\n".join(report.lines())
+    assert [r["agreement_with_fp32"] for r in data["latency"] if r["implementation"] != "ours int8"] == [None] * (len(data["latency"]) - 1)
     assert [p["dtype"] for p in data["peaks"]] == ["float32", "int8 (dynamic)"] and data["peaks"][1]["gflops"] > 0
     floor = data["classification_floor"]
     assert floor["messages"] == 100 and floor["tokens"] > 100 and floor["gflop"] > floor["attention_gflop"] > 0
@@ -156,14 +162,14 @@ def _check(report: Report, with_peer: bool) -> dict:
         assert 0 < result["batch_p50_s"] <= result["batch_p95_s"]
         assert result["batch_messages"] == 100
     assert data["ratios"]["padded_length_book_over_recommended"] > 2
-    assert data["ratios"]["epoch_speedup_recommended_vs_book"] > 0
+    assert data["ratios"]["epoch_speedup_recommended_vs_book"] == pytest.approx(modes["book"]["epoch_s"] / modes["recommended"]["epoch_s"])
     if with_peer:
-        assert data["peer"]["step_s"] > 0 and data["ratios"]["step_speedup_vs_transformers_peft"] > 0
+        assert data["peer"]["step_s"] > 0
+        assert data["ratios"]["step_speedup_vs_transformers_peft"] == pytest.approx(data["peer"]["step_s"] / ours["step_s"])
         assert "transformers+peft" in names
     else:
         assert data["peer"] is None and data["ratios"]["step_speedup_vs_transformers_peft"] is None
     lines = report.lines()
-    assert lines and all(isinstance(line, str) for line in lines)
     assert any("matmul peak" in line for line in lines)
     assert f"precision: fp32; frozen products: {product_path().describe()}" in lines and data["environment"]["frozen_products"] == product_path().describe()
     assert data["environment"]["precision"] == ours["precision"] == "fp32"  # auto on a CPU
@@ -173,7 +179,8 @@ def _check(report: Report, with_peer: bool) -> dict:
         assert epoch["precision"] == "fp32" and epoch["real_tokens"] > 0
         assert rates[mode]["tokens_per_s"] == pytest.approx(epoch["padded_tokens"] / epoch["epoch_s"], rel=1e-3)
         assert rates[mode]["preset_training_s"] > 5 * epoch["epoch_s"]  # five epochs, and their estimates
-    assert data["ratios"]["classification_batch_over_floor"] > 0
+    (fp32,) = [r for r in data["latency"] if r["implementation"] == "ours fp32"]
+    assert data["ratios"]["classification_batch_over_floor"] == pytest.approx(fp32["batch_p50_s"] / floor["fp32_s"])
     assert [f["precision"] for f in data["footprints"]] == ["fp32", "bf16"]
     assert any(line.startswith("  100 messages: ") and "at the fp32 peak" in line and "(target 2 s)" in line for line in lines)
     return data
