@@ -13,7 +13,7 @@ import gradio as gr
 import pytest
 import test_browser
 from app_fixtures import free_port
-from test_browser import eventually, expect, sync_api
+from test_browser import eventually, expect, points_inside, sync_api
 
 from engine.config import RunConfig
 from engine.evaluate import Metrics
@@ -124,15 +124,6 @@ def x_ticks(page: "sync_api.Page", plot: str) -> list[str]:
 def last_tick(page: "sync_api.Page", plot: str) -> int:
     """Where a plot's x axis ends: its last whole-number label (Vega keeps its own description of the axis from the first draw)."""
     return max(int(tick.replace(",", "")) for tick in x_ticks(page, plot))
-
-
-def points_inside(page: "sync_api.Page", plot: str) -> int:
-    """Points drawn within the plot's axes (above its x axis): a point cut away by the axes lies below it."""
-    bottom = page.locator(f"{plot} g.role-axis[aria-label^='X-axis']").bounding_box()
-    assert bottom, plot
-    points = page.locator(f"{plot} path[aria-roledescription='point']")
-    boxes = [points.nth(i).bounding_box() for i in range(points.count()) if points.nth(i).get_attribute("opacity") != "0"]
-    return sum(1 for box in boxes if box and box["y"] + box["height"] / 2 < bottom["y"])
 
 
 def test_the_plots_reach_the_planned_end_from_the_start_and_warn_of_nothing(browser: "sync_api.Browser") -> None:
