@@ -1,5 +1,6 @@
 """The Gradio app: handlers called directly, then the launched app driven through gradio_client."""
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import fields, replace
@@ -111,6 +112,8 @@ def test_build_ui_loads_nothing_and_names_every_event(settings: AppSettings) -> 
     assert API_NAMES <= names
     by_name = {fn.api_name: fn.fn for fn in demo.fns.values()}
     assert by_name["explain"].__qualname__ == "ClassifyTab.explain"  # no later event took the name first (Gradio would call this one explain_1)
+    public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
+    assert not {name for name in public if re.fullmatch(r".+_\d+", name)}  # no two events share a name (Gradio numbers the later ones)
     tabs = [block.label for block in demo.blocks.values() if isinstance(block, gr.Tab)]
     assert tabs == ["Data", "Model & LoRA", "Train", "Parameters", "Classify", "Evaluate", "Inside the adapter", "Runs"]
     # building touches no files but the runs folder's lock, which the app holds while it runs

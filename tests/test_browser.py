@@ -279,7 +279,7 @@ def test_demo_in_a_real_browser(page: "sync_api.Page", served: RunningApp, http_
 
     # Classify an example message with the adapter just trained, next to the untrained answer
     open_tab(page, "Classify")
-    expect(page.locator("#adapter-status")).to_contain_text("Using the latest trained adapter", timeout=10_000)
+    expect(page.locator("#adapter-status")).to_contain_text(re.compile(r"Answering: run \d{8}-\d{6} · "), timeout=10_000)  # the run just trained
     expect(page.locator("#example-1")).to_have_text(EXAMPLE_MESSAGES[0])  # whole, not cut short
     page.locator("#example-1").click()
     expect(page.locator("#message textarea")).to_have_value(EXAMPLE_MESSAGES[0])

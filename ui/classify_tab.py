@@ -313,7 +313,8 @@ def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.T
     )
     clear_on_failure(classified_many, many_answers)
     gr.on([demo.load, tab.select], classify.run_choices, run, run, api_name="answering_runs", show_progress="hidden", concurrency_limit=None).then(
-        classify.adapter_info, [adapter_file, run], adapter_status, show_progress="hidden", api_visibility="private"
+        # named apart: left to Gradio, this private event would take the name "adapter_info" from the public one below
+        classify.adapter_info, [adapter_file, run], adapter_status, api_name="adapter_info_on_open", show_progress="hidden", api_visibility="private"
     )
     train_timer.tick(classify.refresh_runs, [run, finished], [run, finished], api_visibility="private", show_progress="hidden", concurrency_limit=None)
     gr.on(

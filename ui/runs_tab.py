@@ -443,8 +443,10 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
     add_inputs = dict(zip(("ranks", "alphas", "scalings", "lrs", "presets", "layers", "seeds"), grid_fields, strict=True))
     queue_view = [queue_table, picked, last_queue, ended]
     add.click(runs.add_grid, inputs_kwargs={**add_inputs, "owner": owner, **controls.by_name()}, outputs=queue_note, api_name="add_grid").then(
-        runs.queue, None, queue_view, show_progress="hidden"
-    ).then(runs.grids, None, grid, show_progress="hidden").then(runs.compare, [grid, x_axis, y_axis], [compare_note, heat, cost], show_progress="hidden")
+        runs.queue, None, queue_view, api_name="queue_after_add", show_progress="hidden", api_visibility="private"
+    ).then(runs.grids, None, grid, api_name="grids_after_add", show_progress="hidden", api_visibility="private").then(
+        runs.compare, [grid, x_axis, y_axis], [compare_note, heat, cost], api_name="compare_after_add", show_progress="hidden", api_visibility="private"
+    )  # follow-ups named apart: Gradio would name them after their functions, taking /queue, /grids and /compare from the events below
 
     timer.tick(runs.queue, last_queue, queue_view, api_name="queue", show_progress="hidden", concurrency_limit=None)
     gr.on([demo.load, tab.select], runs.queue, None, queue_view, api_name="queue_now", show_progress="hidden", concurrency_limit=None)
@@ -459,7 +461,7 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
 
     compare_inputs = [grid, x_axis, y_axis]
     gr.on([tab.select, refresh.click], runs.grids, None, grid, api_name="grids", show_progress="hidden").then(
-        runs.compare, compare_inputs, [compare_note, heat, cost], show_progress="hidden"
+        runs.compare, compare_inputs, [compare_note, heat, cost], api_name="compare_after_grids", show_progress="hidden", api_visibility="private"
     )
     gr.on(
         [grid.input, x_axis.input, y_axis.input, ended.change],
