@@ -47,6 +47,7 @@ DOING = {  # each command, as the words of an out-of-memory message
     "inspect": "inspecting the adapter",
     "export": "exporting the adapter",
     "bench": "benchmarking",
+    "baseline": "fitting the baseline",
 }
 
 
@@ -137,6 +138,26 @@ def cmd_train(args: argparse.Namespace) -> None:
     }
     lines = [f"{name} accuracy: {value:.2%}" for name, value in result["accuracy"].items()]
     _emit(args, result, lines + [f"adapter saved to {result['adapter']}; run record {result['record']}"])
+
+
+def cmd_baseline(args: argparse.Namespace) -> None:
+    from engine.runs.baseline_run import new_baseline_folder, run_baseline
+
+    cfg = RunConfig.from_preset(
+        args.preset,
+        data=_training_data(args),
+        data_urls=tuple(args.data_urls) if args.data_urls else None,
+        data_cache=args.cache,
+        deduplicate=args.dedupe,
+        owner=args.owner,
+        out_dir=str(new_baseline_folder(args.out)),
+    )
+    result, record = run_baseline(cfg, None if args.json else _download_reporter())
+    accuracy = {name: m.accuracy for name, m in result.final.items()}
+    payload = {"accuracy": accuracy, "C": result.c, "trainable": result.parameters, "features": result.features, "out_dir": cfg.out_dir, "record": str(record)}
+    lines = [f"{name} accuracy: {value:.2%}" for name, value in accuracy.items()]
+    lines.append(f"TF-IDF ({result.features:,} word features) + logistic regression, C={result.c:g} chosen on validation; {result.parameters:,} weights")
+    _emit(args, payload, lines + [f"run record {record}"])
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
@@ -473,6 +494,16 @@ def build_parser() -> argparse.ArgumentParser:
     _run_arguments(train, model_help)
     train.add_argument("--out", default=RunConfig.out_dir, help=f"output folder (default: {RunConfig.out_dir})")
     train.set_defaults(run=cmd_train)
+
+    baseline = add("baseline", "the classical baseline: TF-IDF and logistic regression on the same splits, recorded as a run beside the LoRA runs")
+    baseline.add_argument("--preset", choices=PRESETS, default="recommended", help="the preset whose data reading and seed the splits follow")
+    baseline.add_argument("--data", help="folder made by `data`, or a source as `data --source` takes (default: as `train` finds it)")
+    baseline.add_argument("--cache", default=DATA_CACHE, help=f"where downloaded data and CSVs go (default: {DATA_CACHE})")
+    baseline.add_argument("--dedupe", action="store_true", help="drop repeated messages before balancing and splitting")
+    baseline.add_argument("--data-urls", nargs="+", metavar="URL", help="where the SMS zip is downloaded from without --data (default: UCI, then its backup)")
+    baseline.add_argument("--owner", default="", help="whose run this is (free text), kept in its record")
+    baseline.add_argument("--out", default=RUNS_DIR, help=f"the runs folder; the baseline goes into OUT/baseline-<date-time>/ (default: {RUNS_DIR})")
+    baseline.set_defaults(run=cmd_baseline)
 
     sweep = add("sweep", "train a grid of runs, every combination of the values given, on several workers (or a Ray cluster)")
     grid = sweep.add_argument_group("the grid (a setting given two or more values varies; one value applies to every run)")

@@ -20,7 +20,7 @@ from engine.anatomy import frozen_weight_norms, growth_point
 from engine.classifier import build_classifier
 from engine.config import RunConfig
 from engine.data.download import DownloadProgress, ProgressCallback
-from engine.data.prepared import is_prepared_folder, prepare
+from engine.data.prepared import PreparedData, is_prepared_folder, prepare
 from engine.device import Resolved, dtype_of, pick_device, precision_for, prepare_device
 from engine.draws import RunDraws
 from engine.errors import Cancelled
@@ -86,9 +86,7 @@ def _run(
         recorder.record(event)
         return event
 
-    # A folder prepared otherwise than this run asks is prepared again into the run's own folder, never over it.
-    cache = Path(cfg.out_dir) / DATA_DIR if is_prepared_folder(cfg.data) else cfg.data_cache
-    data = prepare(cfg.data, cache, stoppable(on_download, stop), seed=cfg.train.seed, urls=cfg.data_urls, deduplicate=cfg.deduplicate, parse=cfg.parse)
+    data = run_data(cfg, stoppable(on_download, stop))
     cfg = replace(cfg, data=str(data.folder))  # the record names the splits the run read
     yield emit(DataReady(data.summary))
 
@@ -140,6 +138,13 @@ def _run(
     stopped = progress.final is None
     path = record.finish(record_fields(cfg, progress, str(device), precision, time.perf_counter() - started))
     yield RunSaved(out, adapter_dir, path, plot, stopped)
+
+
+def run_data(cfg: RunConfig, on_download: ProgressCallback | None) -> PreparedData:
+    """The splits `cfg` trains on: its data prepared as it asks. A folder prepared otherwise than this run asks
+    is prepared again into the run's own folder, never over it."""
+    cache = Path(cfg.out_dir) / DATA_DIR if is_prepared_folder(cfg.data) else cfg.data_cache
+    return prepare(cfg.data, cache, on_download, seed=cfg.train.seed, urls=cfg.data_urls, deduplicate=cfg.deduplicate, parse=cfg.parse)
 
 
 def stoppable(on_download: ProgressCallback | None, stop: StopFlag) -> ProgressCallback:
