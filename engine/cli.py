@@ -21,6 +21,7 @@ from engine.config import (
     EXPORT_FORMATS,
     GPT2_SIZES,
     LORA_TARGETS,
+    METHODS,
     PADDINGS,
     POOLINGS,
     PRECISIONS,
@@ -87,7 +88,7 @@ def cmd_data(args: argparse.Namespace) -> None:
 def cmd_params(args: argparse.Namespace) -> None:
     from engine.params import param_summary
 
-    summary = param_summary(args.model, _lora(args))
+    summary = param_summary(args.model, _lora(args), args.method)
     _emit(
         args,
         {**asdict(summary), "ratio": round(summary.ratio, 1)},
@@ -195,7 +196,8 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         train_changes.update(padding=args.padding, group_by_length=args.padding == "batch")
     if args.no_live_metrics:
         train_changes["live_metrics"] = False
-    return replace(cfg, lora=replace(cfg.lora, **lora_changes), train=replace(cfg.train, **train_changes))
+    method = getattr(args, "method", None) or cfg.method  # train's; a sweep's runs are LoRA
+    return replace(cfg, method=method, lora=replace(cfg.lora, **lora_changes), train=replace(cfg.train, **train_changes))
 
 
 def _log_event(event: Any, eta_s: float | None = None) -> None:
@@ -477,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     params = add("params", "count total, frozen and trainable parameters (no weights needed)")
     params.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
     _lora_arguments(params, defaults=True)
+    _method_argument(params)
     params.set_defaults(run=cmd_params)
 
     generate = add("generate", "greedy text generation: the pretrained-weights sanity check")
@@ -488,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = add("train", "fine-tune with LoRA and save the adapter and a run record")
     train.add_argument("--preset", choices=PRESETS, default="recommended", help="book: the book's appendix E exactly; recommended: faster and as accurate")
+    _method_argument(train)
     _lora_arguments(train, defaults=False)
     train.add_argument("--lr", type=float, help=f"learning rate (default: the preset's, {preset_values('train', 'lr')})")
     train.add_argument("--seed", type=int, help=f"random seed of the head, LoRA and batch order (default: the preset's, {preset_values('train', 'seed')})")
@@ -594,6 +598,16 @@ def _precision_argument(parser: argparse.ArgumentParser, default_said: str, defa
         choices=PRECISIONS,
         default=default,
         help=f"what the frozen model computes in: auto (bf16 on GPUs that have it, else fp32), fp32, or bf16 ({default_said})",
+    )
+
+
+def _method_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        default="lora",
+        help="what trains: lora (default; the LoRA settings apply), last-block (the last transformer block, final norm and head, as the book's "
+        "chapter 6), full (every weight); the last two ignore the LoRA settings. The classical baseline is the `baseline` command",
     )
 
 
