@@ -40,6 +40,7 @@ def app_controls(cfg: RunConfig) -> dict[str, Any]:
         "eval_freq": train.eval_freq,
         "live_metrics": train.live_metrics,
         "precision": train.precision,
+        "method": cfg.method,
     }
 
 

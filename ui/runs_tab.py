@@ -18,9 +18,9 @@ import gradio as gr
 import pandas as pd
 from matplotlib.figure import Figure
 
-from engine.config import PRESETS, SCALINGS, TARGET_SETS
+from engine.config import BASELINE_METHOD, PRESETS, SCALINGS, TARGET_SETS
 from engine.errors import ConfigError, LoRALabError
-from engine.runs.compare import GRID_SETTINGS, grid_points, varied
+from engine.runs.compare import BOOK_A100, GRID_SETTINGS, grid_points, methods_side_by_side, varied
 from engine.runs.grid import MAX_GRID_RUNS, Grid, targets_named
 from engine.runs.history import RunSummary, all_runs, list_runs
 from engine.runs.queue import MAX_WAITING
@@ -80,11 +80,13 @@ HISTORY_COLUMNS = [
     "validation acc. (%)",
     "state",
     "run",
+    "method",
     "rank",
     "alpha",
     "trainable",
     "steps",
     "train time (s)",
+    "size on disk (MB)",
     "model",
     "preset",
     "device",
@@ -101,11 +103,13 @@ def history_frame(runs: Sequence[tuple[str, RunSummary]]) -> pd.DataFrame | None
             "validation acc. (%)": percent(run.validation_accuracy),
             "state": run.state,  # done, stopped, failed, interrupted (killed), or running
             "run": name,
-            "rank": run.rank,
-            "alpha": run.alpha,
+            "method": METHOD_LABELS.get(run.method, run.method),
+            "rank": run.rank if run.method == "lora" else "",  # the other methods have no LoRA
+            "alpha": run.alpha if run.method == "lora" else "",
             "trainable": f"{run.trainable:,}" if run.trainable else "",
             "steps": run.steps,
             "train time (s)": round(run.train_seconds, 1),
+            "size on disk (MB)": megabytes(run.size_bytes),
             "model": Path(run.model).name,
             "preset": run.preset or "",
             "device": run.device,
@@ -114,6 +118,36 @@ def history_frame(runs: Sequence[tuple[str, RunSummary]]) -> pd.DataFrame | None
         for name, run in runs
     ]
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+
+
+METHOD_LABELS = {
+    "lora": "LoRA",
+    "last-block": "last block",
+    "full": "full fine-tuning",
+    BASELINE_METHOD: "TF-IDF + logistic regression (no LLM)",
+}
+METHOD_COLUMNS = ["method", "test acc. (%)", "validation acc. (%)", "trainable", "train time (s)", "size on disk (MB)", "run"]
+
+
+def megabytes(size: int | None) -> str:
+    return f"{size / 1e6:,.2f}" if size is not None else ""
+
+
+def methods_frame(runs: Sequence[tuple[str, RunSummary]]) -> pd.DataFrame | None:
+    """The newest finished run of each method, side by side: what each costs and what it gets."""
+    rows = [
+        {
+            "method": METHOD_LABELS.get(run.method, run.method),
+            "test acc. (%)": percent(run.test_accuracy),
+            "validation acc. (%)": percent(run.validation_accuracy),
+            "trainable": f"{run.trainable:,}" if run.trainable else "",
+            "train time (s)": round(run.train_seconds, 1),
+            "size on disk (MB)": megabytes(run.size_bytes),
+            "run": name,
+        }
+        for name, run in methods_side_by_side(runs)
+    ]
+    return pd.DataFrame(rows, columns=METHOD_COLUMNS) if rows else None
 
 
 def overlay_frame(runs: Sequence[tuple[str, RunSummary]], chosen: Sequence[str]) -> pd.DataFrame | None:
@@ -337,6 +371,9 @@ class RunsTab:
     def history(self) -> pd.DataFrame | None:
         return history_frame(all_runs(self.out))
 
+    def methods(self) -> pd.DataFrame | None:
+        return methods_frame(all_runs(self.out))
+
     def overlay_choices(self) -> gr.Dropdown:
         """Runs with loss curves; the newest two chosen (the picker's choices, so not a plain value)."""
         names = [name for name, run in all_runs(self.out) if run.losses]
@@ -425,6 +462,17 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
 
         gr.Markdown("### History")
         refresh = gr.Button("Refresh", size="sm", elem_id="runs-refresh")
+        methods = gr.Dataframe(
+            headers=METHOD_COLUMNS,
+            label="Is the language model worth it? The newest finished run of each method, side by side",
+            interactive=False,
+            elem_id="methods-compared",
+        )
+        gr.Markdown(
+            f"Choose the method on *Model & LoRA*; the classical baseline (no language model) comes from `python -m engine baseline`. "
+            f"The book's figures on an A100 graphics card, for reference: {BOOK_A100}.",
+            elem_id="methods-note",
+        )
         history = gr.Dataframe(
             headers=HISTORY_COLUMNS,
             label="Every run's record, as of the last refresh (each run's folder is under the runs folder)",
@@ -469,6 +517,7 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
         api_name="compare",
         show_progress="hidden",
     )
+    gr.on([tab.select, refresh.click], runs.methods, None, methods, api_name="methods_compared", show_progress="hidden")
     gr.on([tab.select, refresh.click], runs.history, None, history, api_name="run_history", show_progress="hidden").then(
         runs.overlay_choices, None, chosen, api_name="overlay_runs", show_progress="hidden"
     )
