@@ -34,8 +34,8 @@ def test_the_newest_finished_run_of_each_method_side_by_side_with_its_cost(tmp_p
     assert [name for name, _ in methods_side_by_side(runs)] == ["new-lora", "full", "baseline"]  # LoRA, the heavier ones, the baseline
     table = methods_frame(runs)
     assert list(table.columns) == METHOD_COLUMNS
-    assert table.iloc[0]["size on disk (MB)"] == "2.50" and table.iloc[0]["method"] == "LoRA"
-    assert table.iloc[2]["method"].startswith("TF-IDF") and table.iloc[2]["size on disk (MB)"] == "0.00"
+    assert table.iloc[0]["size on disk (MB)"] == "2.5" and table.iloc[0]["method"] == "LoRA"
+    assert table.iloc[2]["method"].startswith("TF-IDF") and table.iloc[2]["size on disk (MB)"] == "0.001"
     history = history_frame(runs)
     baseline = history[history["run"] == "baseline"].iloc[0]
     assert baseline["rank"] == "" and baseline["alpha"] == ""  # no LoRA, so no rank to show

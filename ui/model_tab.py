@@ -44,7 +44,10 @@ def method_note(method: str) -> str:
     """What the chosen method means for the LoRA settings, in words for anyone (empty for LoRA)."""
     if method == "lora":
         return ""
-    return "*No LoRA with this method: the LoRA settings (rank, strength, scaling, layers, class head) are not used, so they are greyed out.*"
+    return (
+        "*No LoRA with this method: the LoRA settings (rank, strength, scaling, layers, class head) are not used, so they are greyed out; "
+        "the picture still shows what LoRA would do, for comparison.*"
+    )
 
 
 def method_effects(method: str) -> tuple[Any, ...]:
