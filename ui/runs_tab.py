@@ -11,6 +11,7 @@ chosen settings, and as accuracy against trainable parameters and time, with the
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import gradio as gr
 import pandas as pd
 from matplotlib.figure import Figure
 
-from engine.config import BASELINE_METHOD, PRESETS, SCALINGS, TARGET_SETS
+from engine.config import BASELINE_METHOD, PRESETS, SCALINGS, TARGET_SETS, RunConfig
 from engine.errors import ConfigError, LoRALabError
 from engine.runs.compare import BOOK_A100, GRID_SETTINGS, grid_points, methods_side_by_side, varied
 from engine.runs.grid import MAX_GRID_RUNS, Grid, targets_named
@@ -26,9 +27,9 @@ from engine.runs.history import RunSummary, all_runs, list_runs
 from engine.runs.queue import MAX_WAITING
 from engine.runs.scheduler import RunView
 from ui.anatomy_tab import AnatomyTab, build_run_entry
-from ui.controls import Controls, ControlWidgets, run_config
+from ui.controls import Controls, ControlWidgets, data_settings, run_config
 from ui.grid_plots import SETTING_WORDS, accuracy_against_cost, heat_map
-from ui.guards import user_error
+from ui.guards import engine_errors_as_toasts, user_error
 from ui.lab import Lab
 from ui.room import EVERYONE, Visitor, refusal, whose
 from ui.run_words import format_seconds, layers_words, progress_words
@@ -375,6 +376,17 @@ class RunsTab:
     def methods(self) -> pd.DataFrame | None:
         return methods_frame(all_runs(self.out))
 
+    def fit_baseline(self, preset_name: str) -> tuple[str, pd.DataFrame | None]:
+        """Fit the classical baseline on the splits this app's runs read (as `preset_name` reads the file), into a new run folder."""
+        from engine.runs.baseline_run import new_baseline_folder, run_baseline  # scikit-learn loads when asked, not at every start
+
+        with engine_errors_as_toasts("cpu", "fitting the baseline"):
+            cfg = RunConfig.from_preset(preset_name, **data_settings(self.lab.settings))  # an unknown preset is refused before a folder is made
+            result, _ = run_baseline(replace(cfg, out_dir=str(new_baseline_folder(self.out))))
+        test = result.final["test"].accuracy
+        said = f"The classical baseline (no language model) got **{100 * test:.2f} %** of the test messages right; its cost is in the table."
+        return said, self.methods()
+
     def overlay_choices(self) -> gr.Dropdown:
         """Runs with loss curves; the newest two chosen (the picker's choices, so not a plain value)."""
         names = [name for name, run in all_runs(self.out) if run.losses]
@@ -470,11 +482,15 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
             wrap=True,
             elem_id="methods-compared",
         )
-        gr.Markdown(
-            f"Choose the method on *Model & LoRA*; the classical baseline (no language model) comes from `python -m engine baseline`. "
-            f"The book's figures on an A100 graphics card, for reference: {BOOK_A100}.",
-            elem_id="methods-note",
-        )
+        with gr.Row():
+            gr.Markdown(
+                "Choose the method on *Model & LoRA*. The classical baseline reads the same messages with no language model at all: "
+                "word counts and logistic regression (also `python -m engine baseline`). "
+                f"The book's figures on an A100 graphics card, for reference: {BOOK_A100}.",
+                elem_id="methods-note",
+            )
+            baseline = gr.Button("Fit the classical baseline (under a minute)", size="sm", elem_id="fit-baseline", scale=0)
+        baseline_note = gr.Markdown(elem_id="baseline-note")
         history = gr.Dataframe(
             headers=HISTORY_COLUMNS,
             label="Every run's record, as of the last refresh (each run's folder is under the runs folder)",
@@ -520,6 +536,8 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
         show_progress="hidden",
     )
     gr.on([tab.select, refresh.click], runs.methods, None, methods, api_name="methods_compared", show_progress="hidden")
+    fitted = baseline.click(runs.fit_baseline, controls.preset_name, [baseline_note, methods], api_name="fit_baseline", concurrency_limit=1)
+    fitted.then(runs.history, None, history, show_progress="hidden")
     gr.on([tab.select, refresh.click], runs.history, None, history, api_name="run_history", show_progress="hidden").then(
         runs.overlay_choices, None, chosen, api_name="overlay_runs", show_progress="hidden"
     )
