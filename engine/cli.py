@@ -97,7 +97,8 @@ def cmd_params(args: argparse.Namespace) -> None:
             f"trainable after freezing:   {summary.trainable_after_freeze:,}",
             f"trainable LoRA parameters:  {summary.trainable_lora:,}",
             f"trainable in all:           {summary.trainable:,} of {summary.total_before_freeze:,} ({summary.ratio:.1f}x fewer)",  # as `train` says it
-            f"adapter file: {summary.adapter_megabytes:.2f} MB; base model: {summary.model_megabytes:,.1f} MB",
+            f"{'adapter file' if args.method == 'lora' else 'saved file (the retrained weights)'}: {summary.adapter_megabytes:.2f} MB; "
+            f"base model: {summary.model_megabytes:,.1f} MB",
         ],
     )
 

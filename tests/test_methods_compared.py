@@ -8,6 +8,8 @@ from engine.config import BASELINE_METHOD, RunConfig
 from engine.runs.compare import methods_side_by_side
 from engine.runs.history import all_runs
 from engine.runs.record import ADAPTER_DIR, BASELINE_FILE
+from ui.anatomy_tab import AnatomyTab
+from ui.anatomy_view import MEASURES
 from ui.model_tab import LORA_ONLY, method_effects
 from ui.runs_tab import HISTORY_COLUMNS, METHOD_COLUMNS, history_frame, methods_frame
 
@@ -47,3 +49,11 @@ def test_the_lora_settings_are_greyed_out_for_the_other_methods():
     assert "not used" in note and len(widgets) == len(LORA_ONLY) and all(w["interactive"] is False for w in widgets)
     note, *widgets = method_effects("lora")
     assert note == "" and all(w["interactive"] is True for w in widgets)
+
+
+def test_inside_the_adapter_says_a_run_without_lora_has_no_adapter_to_look_inside(lab):
+    write_run(lab.settings.out, "block-run", "last-block", "2026-01-02T10:00:00+00:00", 0.95)
+    tab = AnatomyTab(lab)
+    assert "block-run" in tab.runs_with_adapters()  # its trained weights are there, for Classify and Evaluate
+    sentence, heat, spectra = tab.show("block-run", next(iter(MEASURES)), None)
+    assert sentence.startswith("**This run has no LoRA adapter to look inside") and "last block" in sentence and (heat, spectra) == ("", None)
