@@ -19,8 +19,9 @@ from safetensors.torch import save as safetensors_bytes
 
 from engine import strict_json
 from engine.atomic import write_bytes_atomic, write_text_atomic
-from engine.config import LABELS, MAX_CLASSES, MAX_LABEL_CHARS, PADDINGS, POOLINGS, GPTConfig, LoRAConfig
+from engine.config import LABELS, MAX_CLASSES, MAX_LABEL_CHARS, METHODS, PADDINGS, POOLINGS, GPTConfig, LoRAConfig
 from engine.errors import AdapterError, ConfigError
+from engine.methods import trains
 from engine.model import GPT
 from engine.weights import PICKLE_SUFFIXES
 
@@ -47,6 +48,8 @@ class AdapterConfig:
     max_length: int  # longest token count it pads or truncates to
     labels: tuple[str, ...] = LABELS
     format_version: int = FORMAT_VERSION
+    # lora: the file holds LoRA's A and B and the head; last-block, full: the trained weights themselves (engine/methods.py)
+    method: str = "lora"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +64,7 @@ class AdapterConfig:
             raise AdapterError(f"adapter config has no valid format_version ({version!r}): re-save the adapter")
         if version > FORMAT_VERSION:
             raise AdapterError(f"adapter format {version} is newer than this LoRA Lab understands ({FORMAT_VERSION}): update LoRA Lab")
+        data = {"method": "lora", **data}  # adapters saved before methods existed are all LoRA
         _check_fields(cls, data, "adapter config")
         labels = data["labels"]
         if isinstance(labels, list) and len(labels) > MAX_CLASSES:  # refused before anything the size of the head exists
@@ -79,10 +83,13 @@ class AdapterConfig:
                 max_length=data["max_length"],
                 labels=tuple(data["labels"]),
                 format_version=version,
+                method=data["method"],
             )
         except (ConfigError, TypeError) as error:
             raise AdapterError(f"adapter config is invalid: {error}") from None
         problems = []
+        if config.method not in METHODS:
+            problems.append(f"method {config.method!r}")
         if config.pooling not in POOLINGS:
             problems.append(f"pooling {config.pooling!r}")
         if config.padding not in PADDINGS:
@@ -112,13 +119,18 @@ def _check_fields(cls: type, data: Any, what: str) -> None:
         raise AdapterError(f"{what} lacks fields {missing}: re-save the adapter")
 
 
-def adapter_tensors(model: GPT) -> dict[str, torch.Tensor]:
-    """The tensors an adapter must carry: every LoRA A/B and the whole class head (random at start, never in the base)."""
-    return {
-        name: tensor.detach().cpu().contiguous()
-        for name, tensor in model.state_dict().items()
-        if "lora_" in name or name.startswith("score.")
-    }
+def adapter_tensors(model: GPT, method: str = "lora") -> dict[str, torch.Tensor]:
+    """The tensors an adapter must carry: for LoRA every A/B and the whole class head (random at start, never in the base);
+    for the other methods every weight they train. Copies: q, k and v share one storage, which safetensors refuses."""
+    state = model.state_dict()
+    return {name: state[name].detach().cpu().clone() for name in adapter_names(model, method)}
+
+
+def adapter_names(model: GPT, method: str = "lora") -> list[str]:
+    """The names of the tensors `adapter_tensors` takes, in the model's order."""
+    if method == "lora":
+        return [name for name in model.state_dict() if "lora_" in name or name.startswith("score.")]
+    return [name for name in model.state_dict() if trains(name, method, model.cfg.n_layer)]
 
 
 def save_adapter(model: GPT, folder: Path, config: AdapterConfig) -> Path:
@@ -127,7 +139,7 @@ def save_adapter(model: GPT, folder: Path, config: AdapterConfig) -> Path:
     if any(layer.merged for layer in model.modules() if hasattr(layer, "merged")):
         raise RuntimeError("save_adapter on merged weights: unmerge first so the base stays pristine")
     text = strict_json.dumps(config.to_dict(), indent=2)
-    tensors = adapter_tensors(model)
+    tensors = adapter_tensors(model, config.method)
     check_finite(tensors, "the adapter to save")  # a broken adapter is never written, so never picked up later
     tensors_path = folder / TENSORS_FILE
     # Serialised in memory and written by us: safetensors' own writer renames a private (0600)
@@ -178,10 +190,15 @@ def check_declared(config: AdapterConfig, declared: dict[str, tuple[str, tuple[i
     """
     width, rank, classes = config.model.n_embd, config.lora.rank, len(config.labels)
     widths = (width, 4 * width)
+    trained = _trained_shapes(config) if config.method != "lora" else {}
     for key, (dtype, shape) in declared.items():
         if dtype not in FLOAT_TYPES:
             raise AdapterError(f"{path}: tensor {key} holds {dtype} values, not floating-point numbers: the adapter is damaged, retrain it")
-        if key.endswith("lora_A"):
+        if config.method != "lora":
+            if key not in trained:
+                raise AdapterError(f"{path}: tensor {key} is not a weight that {config.method} training changes: it was not saved by LoRA Lab")
+            fits = shape == trained[key]
+        elif key.endswith("lora_A"):
             fits = len(shape) == 2 and shape[0] in widths and shape[1] == rank
         elif key.endswith("lora_B"):
             fits = len(shape) == 2 and shape[0] == rank and shape[1] in ((classes,) if key.startswith("score.") else widths)
@@ -196,6 +213,13 @@ def check_declared(config: AdapterConfig, declared: dict[str, tuple[str, tuple[i
                 f"{path}: tensor {key} is declared {list(shape)}, which does not fit rank {rank}, width {width} and {classes} classes: "
                 "the adapter is damaged or was saved with other settings"
             )
+
+
+def _trained_shapes(config: AdapterConfig) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every weight a last-block or full run of `config` trains, from a model with no weights (meta)."""
+    with torch.device("meta"):
+        model = GPT(config.model, n_classes=len(config.labels))
+    return {name: tuple(t.shape) for name, t in model.state_dict().items() if trains(name, config.method, config.model.n_layer)}
 
 
 def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
@@ -225,9 +249,9 @@ def check_base(config: AdapterConfig, model: GPT) -> None:
         )
 
 
-def load_tensors(model: GPT, tensors: dict[str, torch.Tensor]) -> None:
-    """Copy adapter tensors into a model built with the adapter's config; names and shapes must match."""
-    expected = adapter_tensors(model)
+def load_tensors(model: GPT, tensors: dict[str, torch.Tensor], method: str = "lora") -> None:
+    """Copy adapter tensors into a model built with the adapter's config (and `method`); names and shapes must match."""
+    expected = set(adapter_names(model, method))
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:

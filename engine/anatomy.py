@@ -22,8 +22,9 @@ from torch import nn
 
 from engine.adapter import AdapterConfig, read_adapter
 from engine.config import LORA_TARGETS, LoRAConfig
-from engine.errors import WeightsError
+from engine.errors import AdapterError, WeightsError
 from engine.lora import LoRALinear
+from engine.methods import METHOD_WORDS
 from engine.weights import cached, resolve
 
 ENERGY_SHARE = 0.9  # the effective rank: the fewest directions holding this share of ‖ΔW‖²
@@ -131,9 +132,16 @@ def anatomy_of(tensors: dict[str, torch.Tensor], lora: LoRAConfig, base_model: s
     return Anatomy(base_model, lora.rank, lora.scale, layers)
 
 
+def no_lora_adapter(method: str) -> str:
+    """Why a run of `method` (not LoRA) has no adapter anatomy, in words for anyone."""
+    return f"this run has no LoRA adapter to look inside: it trained with {METHOD_WORDS[method]}, so there are no low-rank updates to measure"
+
+
 def inspect_adapter(folder: Path, model: str | None = None, with_base: bool = True) -> Anatomy:
     """The anatomy of a saved adapter; ‖W‖ from its base model (or `model`) when that is on this machine."""
     config, tensors = read_adapter(Path(folder))
+    if config.method != "lora":
+        raise AdapterError(no_lora_adapter(config.method))
     norms = base_weight_norms(model or config.base_model, config) if with_base else None
     return anatomy_of(tensors, config.lora, config.base_model, norms)
 

@@ -16,6 +16,7 @@ from engine.draws import RunDraws
 from engine.errors import AdapterError, InputError
 from engine.loaders import PASS_COST_TOKENS, collate, least_padding_cuts
 from engine.lora import apply_lora, freeze_base, merge_lora, set_lora_enabled
+from engine.methods import check_method, train_only_method
 from engine.model import GPT, read_positions
 from engine.tokenizer import encode
 from engine.weights import load_model
@@ -24,14 +25,19 @@ MAX_MESSAGE_CHARS = 100_000  # far beyond any SMS; longer input is cut before to
 BATCH_SIZE = 32  # at most this many messages per forward pass when classifying many
 
 
-def build_classifier(base: GPT, lora: LoRAConfig, n_classes: int = 2, draws: RunDraws | None = None) -> GPT:
-    """Turn a pretrained GPT-2 into a LoRA classifier in place: new head, adapters, frozen base.
+def build_classifier(base: GPT, lora: LoRAConfig, n_classes: int = 2, draws: RunDraws | None = None, method: str = "lora") -> GPT:
+    """Turn a pretrained GPT-2 into a classifier in place: a new head, then what `method` trains (engine/methods.py):
+    LoRA adapters on a frozen base, or the model's own last block or all its weights (`lora` then unused).
 
     The head and the adapters are drawn as `draws` says (default: independent draws from the default
     seed), never from PyTorch's global generator: two classifiers built at once get the same weights.
     """
+    check_method(method)
     draws = draws or RunDraws(seed=DEFAULT_SEED)
     base.add_classifier(n_classes, draws.for_head())
+    if method != "lora":
+        train_only_method(base, method, base.cfg.n_layer)
+        return base
     apply_lora(base, lora, draws.for_lora())
     freeze_base(base, lora.train_head)
     return base
@@ -77,8 +83,8 @@ class Classifier:
         config, tensors = read_adapter(Path(adapter))
         base = load_model(model or config.base_model, torch.device("cpu"))  # merged in float32 here, then moved in the chosen precision
         check_base(config, base)
-        classifier = build_classifier(base, config.lora, n_classes=len(config.labels))
-        load_tensors(classifier, tensors)
+        classifier = build_classifier(base, config.lora, n_classes=len(config.labels), method=config.method)
+        load_tensors(classifier, tensors, config.method)
         return cls(classifier, config, device, int8, precision)
 
     def classify(self, texts: str | Sequence[str]) -> list[Prediction]:
@@ -102,9 +108,12 @@ class Classifier:
                 predictions[index] = prediction
         return predictions  # type: ignore[return-value]
 
-    def compare_with_base(self, text: str) -> tuple[Prediction, Prediction]:
-        """The same message scored with the adapter switched off (before) and on (after)."""
+    def compare_with_base(self, text: str) -> tuple[Prediction | None, Prediction]:
+        """The same message scored with the adapter switched off (before) and on (after); no before when the run
+        retrained the model's own weights (last-block, full): the untouched model is no longer there to ask."""
         encoded = [self._encode(text, 0)]
+        if self.config.method != "lora":
+            return None, self._predict(encoded)[0]
         set_lora_enabled(self.model, False)  # merged weights stay; the update is taken out on the fly
         try:
             (before,) = self._predict(encoded)

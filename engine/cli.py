@@ -21,6 +21,7 @@ from engine.config import (
     EXPORT_FORMATS,
     GPT2_SIZES,
     LORA_TARGETS,
+    METHODS,
     PADDINGS,
     POOLINGS,
     PRECISIONS,
@@ -47,6 +48,7 @@ DOING = {  # each command, as the words of an out-of-memory message
     "inspect": "inspecting the adapter",
     "export": "exporting the adapter",
     "bench": "benchmarking",
+    "baseline": "fitting the baseline",
 }
 
 
@@ -86,7 +88,7 @@ def cmd_data(args: argparse.Namespace) -> None:
 def cmd_params(args: argparse.Namespace) -> None:
     from engine.params import param_summary
 
-    summary = param_summary(args.model, _lora(args))
+    summary = param_summary(args.model, _lora(args), args.method)
     _emit(
         args,
         {**asdict(summary), "ratio": round(summary.ratio, 1)},
@@ -95,7 +97,8 @@ def cmd_params(args: argparse.Namespace) -> None:
             f"trainable after freezing:   {summary.trainable_after_freeze:,}",
             f"trainable LoRA parameters:  {summary.trainable_lora:,}",
             f"trainable in all:           {summary.trainable:,} of {summary.total_before_freeze:,} ({summary.ratio:.1f}x fewer)",  # as `train` says it
-            f"adapter file: {summary.adapter_megabytes:.2f} MB; base model: {summary.model_megabytes:,.1f} MB",
+            f"{'adapter file' if args.method == 'lora' else 'saved file (the retrained weights)'}: {summary.adapter_megabytes:.2f} MB; "
+            f"base model: {summary.model_megabytes:,.1f} MB",
         ],
     )
 
@@ -139,6 +142,26 @@ def cmd_train(args: argparse.Namespace) -> None:
     _emit(args, result, lines + [f"adapter saved to {result['adapter']}; run record {result['record']}"])
 
 
+def cmd_baseline(args: argparse.Namespace) -> None:
+    from engine.runs.baseline_run import new_baseline_folder, run_baseline
+
+    cfg = RunConfig.from_preset(
+        args.preset,
+        data=_training_data(args),
+        data_urls=tuple(args.data_urls) if args.data_urls else None,
+        data_cache=args.cache,
+        deduplicate=args.dedupe,
+        owner=args.owner,
+        out_dir=str(new_baseline_folder(args.out)),
+    )
+    result, record = run_baseline(cfg, None if args.json else _download_reporter())
+    accuracy = {name: m.accuracy for name, m in result.final.items()}
+    payload = {"accuracy": accuracy, "C": result.c, "trainable": result.parameters, "features": result.features, "out_dir": cfg.out_dir, "record": str(record)}
+    lines = [f"{name} accuracy: {value:.2%}" for name, value in accuracy.items()]
+    lines.append(f"TF-IDF ({result.features:,} word features) + logistic regression, C={result.c:g} chosen on validation; {result.parameters:,} weights")
+    _emit(args, payload, lines + [f"run record {record}"])
+
+
 def _run_config(args: argparse.Namespace) -> RunConfig:
     """The run `train` (or each point of `sweep`) starts from: the preset, then every option given."""
     cfg = RunConfig.from_preset(
@@ -174,7 +197,8 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         train_changes.update(padding=args.padding, group_by_length=args.padding == "batch")
     if args.no_live_metrics:
         train_changes["live_metrics"] = False
-    return replace(cfg, lora=replace(cfg.lora, **lora_changes), train=replace(cfg.train, **train_changes))
+    method = getattr(args, "method", None) or cfg.method  # train's; a sweep's runs are LoRA
+    return replace(cfg, method=method, lora=replace(cfg.lora, **lora_changes), train=replace(cfg.train, **train_changes))
 
 
 def _log_event(event: Any, eta_s: float | None = None) -> None:
@@ -456,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     params = add("params", "count total, frozen and trainable parameters (no weights needed)")
     params.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
     _lora_arguments(params, defaults=True)
+    _method_argument(params)
     params.set_defaults(run=cmd_params)
 
     generate = add("generate", "greedy text generation: the pretrained-weights sanity check")
@@ -467,12 +492,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = add("train", "fine-tune with LoRA and save the adapter and a run record")
     train.add_argument("--preset", choices=PRESETS, default="recommended", help="book: the book's appendix E exactly; recommended: faster and as accurate")
+    _method_argument(train)
     _lora_arguments(train, defaults=False)
     train.add_argument("--lr", type=float, help=f"learning rate (default: the preset's, {preset_values('train', 'lr')})")
     train.add_argument("--seed", type=int, help=f"random seed of the head, LoRA and batch order (default: the preset's, {preset_values('train', 'seed')})")
     _run_arguments(train, model_help)
     train.add_argument("--out", default=RunConfig.out_dir, help=f"output folder (default: {RunConfig.out_dir})")
     train.set_defaults(run=cmd_train)
+
+    baseline = add("baseline", "the classical baseline: TF-IDF and logistic regression on the same splits, recorded as a run beside the LoRA runs")
+    baseline.add_argument("--preset", choices=PRESETS, default="recommended", help="the preset whose data reading and seed the splits follow")
+    baseline.add_argument("--data", help="folder made by `data`, or a source as `data --source` takes (default: as `train` finds it)")
+    baseline.add_argument("--cache", default=DATA_CACHE, help=f"where downloaded data and CSVs go (default: {DATA_CACHE})")
+    baseline.add_argument("--dedupe", action="store_true", help="drop repeated messages before balancing and splitting")
+    baseline.add_argument("--data-urls", nargs="+", metavar="URL", help="where the SMS zip is downloaded from without --data (default: UCI, then its backup)")
+    baseline.add_argument("--owner", default="", help="whose run this is (free text), kept in its record")
+    baseline.add_argument("--out", default=RUNS_DIR, help=f"the runs folder; the baseline goes into OUT/baseline-<date-time>/ (default: {RUNS_DIR})")
+    baseline.set_defaults(run=cmd_baseline)
 
     sweep = add("sweep", "train a grid of runs, every combination of the values given, on several workers (or a Ray cluster)")
     grid = sweep.add_argument_group("the grid (a setting given two or more values varies; one value applies to every run)")
@@ -563,6 +599,16 @@ def _precision_argument(parser: argparse.ArgumentParser, default_said: str, defa
         choices=PRECISIONS,
         default=default,
         help=f"what the frozen model computes in: auto (bf16 on GPUs that have it, else fp32), fp32, or bf16 ({default_said})",
+    )
+
+
+def _method_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        default="lora",
+        help="what trains: lora (default; the LoRA settings apply), last-block (the last transformer block, final norm and head, as the book's "
+        "chapter 6), full (every weight); the last two ignore the LoRA settings. The classical baseline is the `baseline` command",
     )
 
 

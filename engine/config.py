@@ -14,6 +14,8 @@ Draws = Literal["book", "independent"]
 # What the frozen base computes in: bf16 where the device does it natively, else fp32 (engine/device.py).
 Precision = Literal["auto", "fp32", "bf16"]
 ExportFormat = Literal["peft", "transformers"]  # what `export` writes: a PEFT adapter, or a whole transformers model
+# What a run trains: LoRA's A and B (and the head); the last block, final norm and head (the book's chapter 6); or everything.
+Method = Literal["lora", "last-block", "full"]
 
 # The same choices as values, for menus and validation.
 POOLINGS: tuple[str, ...] = get_args(Pooling)
@@ -23,6 +25,9 @@ PARSES: tuple[str, ...] = get_args(Parse)
 DRAWS: tuple[str, ...] = get_args(Draws)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+METHODS: tuple[str, ...] = get_args(Method)
+# The classical baseline (`python -m engine baseline`): no GPT-2 at all; its run record says this method.
+BASELINE_METHOD = "tfidf-logreg"
 
 DEFAULT_SEED = 123  # the book's seed: its balancing, split, head and LoRA draws, batch order
 DATA_CACHE = "data_cache"  # where downloaded data and the prepared splits go unless told otherwise
@@ -331,6 +336,8 @@ class RunConfig:
     # full-set loss (the mean of batch means); "independent": the head and LoRA from one seeded
     # generator, the training order from another. None: the preset's.
     draws: Draws | None = None
+    # What trains (see Method); the baseline's record says BASELINE_METHOD, which `train` refuses.
+    method: str = "lora"
 
     def __post_init__(self) -> None:
         chosen = PRESET_CONFIGS.get(self.preset or "")
@@ -343,6 +350,8 @@ class RunConfig:
             problems.append(f"parse must be one of {', '.join(PARSES)}, got {shown(self.parse)}")
         if self.draws not in DRAWS:
             problems.append(f"draws must be one of {', '.join(DRAWS)}, got {shown(self.draws)}")
+        if self.method not in (*METHODS, BASELINE_METHOD):
+            problems.append(f"method must be one of {', '.join(METHODS)}, got {shown(self.method)}")
         if not isinstance(self.owner, str) or len(self.owner) > MAX_OWNER_CHARS:
             problems.append(f"owner must be text of at most {MAX_OWNER_CHARS} characters, got {shown(self.owner)}")
         _raise_if(problems, "run settings")

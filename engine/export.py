@@ -36,6 +36,7 @@ from engine.anatomy import kind_of
 from engine.atomic import atomic_path, disk_full_named
 from engine.config import EXPORT_FORMATS, HF_REPOS
 from engine.errors import AdapterError, ConfigError
+from engine.methods import METHOD_WORDS
 from engine.model import GPT
 from engine.model_card import model_card
 from engine.tokenizer import ASSETS, END_OF_TEXT, END_OF_TEXT_ID
@@ -55,6 +56,11 @@ class Exported:
 
 def refusal(config: AdapterConfig) -> str | None:
     """Why this adapter cannot be exported exactly (None: it can)."""
+    if config.method != "lora":
+        return (
+            f"this run trained with {METHOD_WORDS[config.method]}; export writes LoRA adapters only "
+            "(a PEFT adapter, or one merged into a transformers model): use its weights inside LoRA Lab (Classify, Evaluate)"
+        )
     if config.pooling != "last_token":
         return (
             "this adapter reads each message at the last of its padded positions (the book's reading), which transformers' "

@@ -19,10 +19,10 @@ BYTES_PER_PARAMETER = 4  # fp32, as saved
 class ParamSummary:
     model: str
     total_before_freeze: int  # base model + class head, all trainable (the book's first figure)
-    trainable_after_freeze: int  # 0 unless the head is trained
-    trainable_lora: int  # what LoRA trains: the book's 2,666,528 for gpt2-small at rank 16
+    trainable_after_freeze: int  # 0 unless the head is trained (LoRA); every weight the last-block and full methods train
+    trainable_lora: int  # what LoRA trains: the book's 2,666,528 for gpt2-small at rank 16; 0 for the other methods
     trainable: int  # everything the optimiser updates (LoRA + head if trained)
-    adapter_megabytes: float  # the saved adapter: LoRA tensors + class head
+    adapter_megabytes: float  # the saved adapter: LoRA tensors + class head, or the weights another method trained
     model_megabytes: float  # the base model's weights
 
     @property
@@ -32,21 +32,22 @@ class ParamSummary:
 
 
 @functools.lru_cache(maxsize=64)
-def param_summary(model: str, lora: LoRAConfig) -> ParamSummary:
-    """Counts for `model` (size name or local folder) with `lora` applied, without loading weights."""
+def param_summary(model: str, lora: LoRAConfig, method: str = "lora") -> ParamSummary:
+    """Counts for `model` (size name or local folder) trained by `method` (with `lora` for LoRA), without loading weights."""
     config = resolve(model).config
     with torch.device("meta"):
         total_before = count_parameters(GPT(config, n_classes=len(LABELS))).total
-        adapted = build_classifier(GPT(config), lora, n_classes=len(LABELS))
+        adapted = build_classifier(GPT(config), lora, n_classes=len(LABELS), method=method)
     counts = count_parameters(adapted)
     head = sum(t.numel() for name, t in adapted.state_dict().items() if name.startswith("score.") and "lora_" not in name)
+    saved = counts.lora + head if method == "lora" else counts.trainable  # what engine.adapter saves for each method
     return ParamSummary(
         model=model,
         total_before_freeze=total_before,
         trainable_after_freeze=counts.trainable - counts.lora,
         trainable_lora=counts.lora,
         trainable=counts.trainable,
-        adapter_megabytes=round((counts.lora + head) * BYTES_PER_PARAMETER / 1e6, 2),
+        adapter_megabytes=round(saved * BYTES_PER_PARAMETER / 1e6, 2),
         model_megabytes=round((total_before - head) * BYTES_PER_PARAMETER / 1e6, 1),
     )
 
@@ -63,7 +64,7 @@ class LayerTypeCounts:
     layers: int  # how many such layers the model holds (one per block; the embeddings and the head once)
     frozen: int  # weights and biases kept as they are
     lora: int  # LoRA's A and B matrices on these layers (0 when LoRA leaves them alone)
-    trained_as_is: int = 0  # the head's own weights, when they are trained too
+    trained_as_is: int = 0  # weights trained as they are: the head's when trained too; the last block's or all with those methods
 
 
 @dataclass(frozen=True)
@@ -103,11 +104,12 @@ def _kind(module: str) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def param_breakdown(model: str, lora: LoRAConfig, n_classes: int = len(LABELS)) -> tuple[LayerTypeCounts, ...]:
-    """Frozen and LoRA weights by kind of layer (`LORA_TARGETS` order, then embeddings and layer norms), without weights."""
+def param_breakdown(model: str, lora: LoRAConfig, n_classes: int = len(LABELS), method: str = "lora") -> tuple[LayerTypeCounts, ...]:
+    """Frozen, LoRA and as-is trained weights by kind of layer (`LORA_TARGETS` order, then embeddings and layer norms),
+    for `method`, without weights."""
     config = resolve(model).config
     with torch.device("meta"):
-        adapted = build_classifier(GPT(config), lora, n_classes=n_classes)
+        adapted = build_classifier(GPT(config), lora, n_classes=n_classes, method=method)
     frozen: dict[str, int] = {}
     lora_counts: dict[str, int] = {}
     as_is: dict[str, int] = {}

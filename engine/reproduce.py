@@ -11,11 +11,12 @@ folder and device are the app's own.
 import shlex
 from typing import Any
 
-from engine.config import DATA_CACHE, PRESET_CONFIGS, RunConfig
+from engine.config import BASELINE_METHOD, DATA_CACHE, PRESET_CONFIGS, RunConfig
 from engine.data.prepared import SOURCES
 from engine.errors import ConfigError
 
 TRAIN = ("python", "-m", "engine", "train")
+BASELINE = ("python", "-m", "engine", "baseline")
 APP_URL = "http://127.0.0.1:7860/"  # the app's own default address; the call names it so it can be changed
 
 
@@ -39,6 +40,7 @@ def app_controls(cfg: RunConfig) -> dict[str, Any]:
         "eval_freq": train.eval_freq,
         "live_metrics": train.live_metrics,
         "precision": train.precision,
+        "method": cfg.method,
     }
 
 
@@ -78,6 +80,8 @@ def train_arguments(cfg: RunConfig) -> list[str]:
         args += ["--cache", cfg.data_cache]
     if cfg.deduplicate:
         args.append("--dedupe")
+    if cfg.method != "lora":
+        args += ["--method", cfg.method]
     for option, value, default in (
         ("--rank", lora.rank, preset.lora.rank),
         ("--alpha", lora.alpha, preset.lora.alpha),
@@ -128,8 +132,25 @@ def client_call(cfg: RunConfig, url: str = APP_URL) -> str:
     return f"from gradio_client import Client\n\nclient = Client({url!r})\n{call}\n"
 
 
+def baseline_command(cfg: RunConfig) -> str:
+    """The shell command that fits the classical baseline of `cfg` again, into a new folder beside its own."""
+    args = ["--preset", str(cfg.preset or "recommended")]
+    if cfg.data is not None:
+        args += ["--data", cfg.data]
+    elif cfg.data_urls not in (None, SOURCES):
+        args += ["--data-urls", *cfg.data_urls]
+    if cfg.data_cache != DATA_CACHE:
+        args += ["--cache", cfg.data_cache]
+    if cfg.deduplicate:
+        args.append("--dedupe")
+    parent = cfg.out_dir.rstrip("/").rpartition("/")[0] or "."
+    return shlex.join([*BASELINE, *args, "--out", parent])
+
+
 def reproduction(cfg: RunConfig) -> dict[str, str | None]:
-    """What a run's record keeps: its command line (or why there is none) and its gradio_client call."""
+    """What a run's record keeps: its command line (or why there is none) and its gradio_client call (none for the baseline)."""
+    if cfg.method == BASELINE_METHOD:
+        return {"command": baseline_command(cfg), "command_problem": None, "client": None}
     try:
         command, reason = train_command(cfg), None
     except ConfigError as error:

@@ -9,7 +9,7 @@ from engine.cli import build_parser, main
 from engine.runs.local_workers import LocalWorkers, local_slots
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["data", "params", "generate", "train", "sweep", "classify", "inspect", "export", "bench"]
+COMMANDS = ["data", "params", "generate", "train", "sweep", "classify", "inspect", "export", "bench", "baseline"]
 
 
 def strict_loads(text: str):

@@ -42,13 +42,17 @@ def app_configs(tmp_path: Path) -> list[RunConfig]:
         {"rank": 4.0, "alpha": 8.0, "scaling": "alpha", "lr": 3e-4, "epochs": 2.0, "batch_size": 4.0, "max_steps": 0.0, "eval_freq": 7.0},
         {"targets": ["attn.q_proj", "attn.v_proj"], "train_head": True, "pooling": "last", "padding": "longest", "live_metrics": False},
         {"preset_name": "book", "padding": "batch", "model": "gpt2-medium"},
+        {"method": "last-block"},
+        {"method": "full", "preset_name": "book"},
     ]
     made = [run_config(settings, train_controls(**{"model": "gpt2-small", **change}), owner="Ada L.") for change in changes]
     return [replace(cfg, out_dir=str(tmp_path / "runs" / f"run{i}")) for i, cfg in enumerate(made)]  # the queue gives each its folder
 
 
 def test_the_command_line_of_every_app_run_gives_the_same_run(tmp_path: Path) -> None:
-    for cfg in app_configs(tmp_path):
+    configs = app_configs(tmp_path)
+    assert {cfg.method for cfg in configs} == {"lora", "last-block", "full"}  # the method control reaches the run
+    for cfg in configs:
         assert reparsed(cfg) == as_run(cfg)
 
 
@@ -92,11 +96,17 @@ def test_the_client_call_queues_the_same_settings_in_a_running_app(tiny_model_di
     """Run the recorded Python itself against an app: the run it queues has the recorded run's settings."""
     settings = AppSettings(model=str(tiny_model_dir), device="cpu", out=tmp_path / "runs", cache=prepared_data)
     cfg = run_config(settings, train_controls(str(tiny_model_dir), rank=2.0, lr=1e-3, targets=["attn.q_proj", "score"], max_steps=1.0), owner="Grace")
-    seeded = cfg.with_train(seed=9)  # a grid's seed: queued through the Runs tab's grid
+    seeded = replace(cfg.with_train(seed=9), method="last-block")  # a grid's seed: queued through the Runs tab's grid
     with running_app(settings) as running:
         for wanted in (cfg, seeded):
             exec(client_call(wanted, running.url), {})  # noqa: S102 - the very text a run's record keeps
         queued = sorted((view.run for view in running.lab.scheduler.views()), key=lambda run: run.queued_at)
         assert len(queued) == 2
         for run, wanted in zip(queued, (cfg, seeded), strict=True):
-            assert (run.config.lora, run.config.train, run.config.owner, run.config.model) == (wanted.lora, wanted.train, wanted.owner, wanted.model)
+            assert (run.config.lora, run.config.train, run.config.owner, run.config.model, run.config.method) == (
+                wanted.lora,
+                wanted.train,
+                wanted.owner,
+                wanted.model,
+                wanted.method,
+            )

@@ -16,10 +16,11 @@ import gradio as gr
 from matplotlib.figure import Figure
 
 from engine.adapter import TENSORS_FILE
-from engine.anatomy import Anatomy, inspect_adapter, layers_of_point, summary
+from engine.anatomy import Anatomy, inspect_adapter, layers_of_point, no_lora_adapter, summary
 from engine.config import EXPORT_FORMATS, RunConfig
 from engine.errors import ConfigError
 from engine.export import export_adapter, zipped
+from engine.methods import METHOD_WORDS
 from engine.reproduce import reproduction
 from engine.runs.history import all_runs
 from engine.runs.record import ADAPTER_DIR, read_record
@@ -88,6 +89,10 @@ class AnatomyTab:
         if measure not in MEASURES:
             raise gr.Error("choose what the colours show from the list", duration=5)
         folder = self.folder(run)
+        method = (read_record(folder) or {}).get("config", {}).get("method", "lora")
+        if method in METHOD_WORDS and method != "lora":
+            said = no_lora_adapter(method)
+            return f"**{said[0].upper()}{said[1:]}.**", "", None
         anatomy = self.anatomy(folder)
         n_blocks = _blocks(anatomy)
         if moment in (None, "", SAVED):

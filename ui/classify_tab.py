@@ -155,7 +155,7 @@ class ClassifyTab:
 
     def classify(
         self, message: str, adapter_file: str | None, run: str | None = None, request: gr.Request | None = None
-    ) -> tuple[dict[str, float], dict[str, float], str]:
+    ) -> tuple[dict[str, float], dict[str, float] | None, str]:
         """The fine-tuned model's answer next to the untrained one's (the same model with LoRA off); `run`
         (a finished run's name) answers unless an adapter is uploaded; neither: the visitor's default run."""
         problem = message_problem(message)
@@ -167,7 +167,9 @@ class ClassifyTab:
                 before, after = classifier.compare_with_base(message)
         cut = " (the message was cut to the model's length limit)" if after.truncated else ""
         details = f"{after.tokens} tokens read{cut}. Answered by {answering}; base model: {Path(classifier.config.base_model).name}."
-        return dict(after.probabilities), dict(before.probabilities), details
+        if before is None:
+            details += " This run retrained the model's own weights (no LoRA), so there is no untouched model to compare with."
+        return dict(after.probabilities), dict(before.probabilities) if before else None, details
 
     def run_choices(self, current: str | None, request: gr.Request | None = None) -> gr.Dropdown:
         """The finished runs (the same list as Evaluate's), newest first; the current choice stays while it is in the list,

@@ -46,6 +46,7 @@ class Controls:
     eval_freq: float
     live_metrics: bool = True
     precision: str = "auto"  # what the frozen model computes in (engine.device): auto, fp32 or bf16
+    method: str = "lora"  # what trains (engine.config.METHODS); the LoRA settings apply to lora only
 
     @classmethod
     def of(cls, cfg: RunConfig) -> "Controls":
@@ -84,6 +85,7 @@ class ControlWidgets:
     eval_freq: gr.Number
     live_metrics: gr.Checkbox
     precision: gr.Radio
+    method: gr.Radio
 
     def pick(self, names: Sequence[str]) -> list[Component]:
         return [getattr(self, name) for name in names]
@@ -134,6 +136,7 @@ def run_config(settings: AppSettings, controls: Controls, owner: str = "") -> Ru
         device=settings.device,
         preset=c.preset_name,
         owner=owner_name(owner),
+        method=c.method,
     )
 
 

@@ -30,7 +30,30 @@ SCALING_CHOICES = [("alpha (the book)", "alpha"), ("alpha ÷ rank (Hu et al., PE
 POOLING_CHOICES = [("the last position, padding or not (last: the book)", "last"), ("the last real token (last_token)", "last_token")]
 PADDING_CHOICES = [("to the longest training message (longest: the book)", "longest"), ("to the longest of each batch (batch)", "batch")]
 TARGET_CHOICES = [(layer_label(target), target) for target in LORA_TARGETS]
+METHOD_CHOICES = [
+    ("LoRA: small add-on weights learn; the model itself stays as it is (the book's appendix E)", "lora"),
+    ("Last block: the model's last layer block is retrained (the book's chapter 6)", "last-block"),
+    ("Everything: every weight of the model is retrained (full fine-tuning)", "full"),
+]
+# The controls that only LoRA uses: greyed out for the other methods.
+LORA_ONLY = ("rank", "alpha", "scaling", "targets", "train_head")
 PRECISION_CHOICES = [("auto: bf16 on a graphics card that has it, else fp32", "auto"), ("fp32 (the book)", "fp32"), ("bf16", "bf16")]
+
+
+def method_note(method: str) -> str:
+    """What the chosen method means for the LoRA settings, in words for anyone (empty for LoRA)."""
+    if method == "lora":
+        return ""
+    return (
+        "*No LoRA with this method: the LoRA settings (rank, strength, scaling, layers, class head) are not used, so they are greyed out; "
+        "the picture still shows what LoRA would do, for comparison.*"
+    )
+
+
+def method_effects(method: str) -> tuple[Any, ...]:
+    """The note, and the LoRA-only controls usable for LoRA and greyed out for the other methods."""
+    usable = method == "lora"
+    return (method_note(method), *(gr.update(interactive=usable) for _ in LORA_ONLY))
 
 
 def model_label(model: str) -> str:
@@ -197,6 +220,15 @@ def build_model_tab(model_tab: ModelTab, demo: gr.Blocks) -> ControlWidgets:
         )
         with gr.Row():
             with gr.Column(scale=1):
+                method = gr.Radio(
+                    METHOD_CHOICES,
+                    value=initial.method,
+                    label="What training changes (method)",
+                    info="LoRA trains a small share of the weights and saves a small file. The other two change the model's own "
+                    "weights: more to train and a larger file. Compare them on the Runs tab.",
+                    elem_id="method",
+                )
+                lora_note = gr.Markdown(method_note(initial.method), elem_id="method-note")
                 rank = gr.Slider(
                     1,
                     64,
@@ -330,7 +362,10 @@ def build_model_tab(model_tab: ModelTab, demo: gr.Blocks) -> ControlWidgets:
         eval_freq=eval_freq,
         live_metrics=live_metrics,
         precision=precision,
+        method=method,
     )
+    lora_widgets = controls.pick(LORA_ONLY)
+    method.change(method_effects, method, [lora_note, *lora_widgets], show_progress="hidden", api_visibility="private")
 
     load.click(model_tab.load_weights, model, [weights_status, sanity], api_name="load_weights").then(
         model_tab.model_list, None, model, show_progress="hidden", api_visibility="private"

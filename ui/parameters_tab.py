@@ -71,13 +71,13 @@ class ParametersTab:
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
 
-    def parameters(self, model: str, rank: float, targets: Sequence[str], train_head: bool) -> tuple[Figure, pd.DataFrame, pd.DataFrame]:
-        """Frozen vs trained counts for these settings, computed without weights: a chart, the totals, the split by kind of layer."""
+    def parameters(self, model: str, rank: float, targets: Sequence[str], train_head: bool, method: str = "lora") -> tuple[Figure, pd.DataFrame, pd.DataFrame]:
+        """Frozen vs trained counts for these settings and method, computed without weights: a chart, the totals, the split by kind of layer."""
         self.lab.check_model(model)
         try:
             lora = LoRAConfig(rank=as_int(rank), targets=tuple(targets or ()), train_head=bool(train_head))
-            summary = param_summary(model, lora)
-            breakdown = param_breakdown(model, lora)
+            summary = param_summary(model, lora, method)
+            breakdown = param_breakdown(model, lora, method=method)
         except LoRALabError as error:
             raise user_error(error) from None
         frozen = summary.total_before_freeze - summary.trainable_after_freeze
@@ -86,9 +86,9 @@ class ParametersTab:
                 ("total parameters (before freezing)", f"{summary.total_before_freeze:,}"),
                 ("frozen", f"{frozen:,}"),
                 ("LoRA trainable", f"{summary.trainable_lora:,}"),
-                ("trainable in all (LoRA + head if trained)", f"{summary.trainable:,}"),
+                ("trainable in all (LoRA + head if trained)" if method == "lora" else f"trainable in all ({method})", f"{summary.trainable:,}"),
                 ("ratio", f"{summary.ratio:,.0f}x fewer"),
-                ("adapter file", f"{summary.adapter_megabytes:,.2f} MB"),
+                ("adapter file" if method == "lora" else "saved file (the retrained weights)", f"{summary.adapter_megabytes:,.2f} MB"),
                 ("base model", f"{summary.model_megabytes:,.1f} MB"),
             ],
             columns=["", Path(model).name],  # a size name, or the local folder's name
@@ -118,7 +118,7 @@ def build_parameters_tab(parameters: ParametersTab, demo: gr.Blocks, controls: C
                 scale=3,
             )
 
-    param_inputs = [controls.model, controls.rank, controls.targets, controls.train_head]
+    param_inputs = [controls.model, controls.rank, controls.targets, controls.train_head, controls.method]
     gr.on(
         [demo.load] + [c.change for c in param_inputs],
         parameters.parameters,

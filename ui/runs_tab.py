@@ -11,6 +11,7 @@ chosen settings, and as accuracy against trainable parameters and time, with the
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +19,17 @@ import gradio as gr
 import pandas as pd
 from matplotlib.figure import Figure
 
-from engine.config import PRESETS, SCALINGS, TARGET_SETS
+from engine.config import BASELINE_METHOD, PRESETS, SCALINGS, TARGET_SETS, RunConfig
 from engine.errors import ConfigError, LoRALabError
-from engine.runs.compare import GRID_SETTINGS, grid_points, varied
+from engine.runs.compare import BOOK_A100, GRID_SETTINGS, grid_points, methods_side_by_side, varied
 from engine.runs.grid import MAX_GRID_RUNS, Grid, targets_named
 from engine.runs.history import RunSummary, all_runs, list_runs
 from engine.runs.queue import MAX_WAITING
 from engine.runs.scheduler import RunView
 from ui.anatomy_tab import AnatomyTab, build_run_entry
-from ui.controls import Controls, ControlWidgets, run_config
+from ui.controls import Controls, ControlWidgets, data_settings, run_config
 from ui.grid_plots import SETTING_WORDS, accuracy_against_cost, heat_map
-from ui.guards import user_error
+from ui.guards import engine_errors_as_toasts, user_error
 from ui.lab import Lab
 from ui.room import EVERYONE, Visitor, refusal, whose
 from ui.run_words import format_seconds, layers_words, progress_words
@@ -80,11 +81,13 @@ HISTORY_COLUMNS = [
     "validation acc. (%)",
     "state",
     "run",
+    "method",
     "rank",
     "alpha",
     "trainable",
     "steps",
     "train time (s)",
+    "size on disk (MB)",
     "model",
     "preset",
     "device",
@@ -101,11 +104,13 @@ def history_frame(runs: Sequence[tuple[str, RunSummary]]) -> pd.DataFrame | None
             "validation acc. (%)": percent(run.validation_accuracy),
             "state": run.state,  # done, stopped, failed, interrupted (killed), or running
             "run": name,
-            "rank": run.rank,
-            "alpha": run.alpha,
+            "method": METHOD_LABELS.get(run.method, run.method),
+            "rank": run.rank if run.method == "lora" else "",  # the other methods have no LoRA
+            "alpha": run.alpha if run.method == "lora" else "",
             "trainable": f"{run.trainable:,}" if run.trainable else "",
             "steps": run.steps,
             "train time (s)": round(run.train_seconds, 1),
+            "size on disk (MB)": megabytes(run.size_bytes),
             "model": Path(run.model).name,
             "preset": run.preset or "",
             "device": run.device,
@@ -114,6 +119,37 @@ def history_frame(runs: Sequence[tuple[str, RunSummary]]) -> pd.DataFrame | None
         for name, run in runs
     ]
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+
+
+METHOD_LABELS = {
+    "lora": "LoRA",
+    "last-block": "last block",
+    "full": "full fine-tuning",
+    BASELINE_METHOD: "TF-IDF baseline (no LLM)",
+}
+METHOD_COLUMNS = ["method", "test acc. (%)", "validation acc. (%)", "trainable", "train time (s)", "size on disk (MB)", "run"]
+
+
+def megabytes(size: int | None) -> str:
+    """A size in MB to three figures (a baseline's 0.6, a full model's 498); empty when nothing was saved."""
+    return f"{size / 1e6:,.3g}" if size is not None else ""
+
+
+def methods_frame(runs: Sequence[tuple[str, RunSummary]]) -> pd.DataFrame | None:
+    """The newest finished run of each method, side by side: what each costs and what it gets."""
+    rows = [
+        {
+            "method": METHOD_LABELS.get(run.method, run.method),
+            "test acc. (%)": percent(run.test_accuracy),
+            "validation acc. (%)": percent(run.validation_accuracy),
+            "trainable": f"{run.trainable:,}" if run.trainable else "",
+            "train time (s)": round(run.train_seconds, 1),
+            "size on disk (MB)": megabytes(run.size_bytes),
+            "run": name,
+        }
+        for name, run in methods_side_by_side(runs)
+    ]
+    return pd.DataFrame(rows, columns=METHOD_COLUMNS) if rows else None
 
 
 def overlay_frame(runs: Sequence[tuple[str, RunSummary]], chosen: Sequence[str]) -> pd.DataFrame | None:
@@ -337,6 +373,20 @@ class RunsTab:
     def history(self) -> pd.DataFrame | None:
         return history_frame(all_runs(self.out))
 
+    def methods(self) -> pd.DataFrame | None:
+        return methods_frame(all_runs(self.out))
+
+    def fit_baseline(self, preset_name: str) -> tuple[str, pd.DataFrame | None]:
+        """Fit the classical baseline on the splits this app's runs read (as `preset_name` reads the file), into a new run folder."""
+        from engine.runs.baseline_run import new_baseline_folder, run_baseline  # scikit-learn loads when asked, not at every start
+
+        with engine_errors_as_toasts("cpu", "fitting the baseline"):
+            cfg = RunConfig.from_preset(preset_name, **data_settings(self.lab.settings))  # an unknown preset is refused before a folder is made
+            result, _ = run_baseline(replace(cfg, out_dir=str(new_baseline_folder(self.out))))
+        test = result.final["test"].accuracy
+        said = f"The classical baseline (no language model) got **{100 * test:.2f} %** of the test messages right; its cost is in the table."
+        return said, self.methods()
+
     def overlay_choices(self) -> gr.Dropdown:
         """Runs with loss curves; the newest two chosen (the picker's choices, so not a plain value)."""
         names = [name for name, run in all_runs(self.out) if run.losses]
@@ -425,6 +475,22 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
 
         gr.Markdown("### History")
         refresh = gr.Button("Refresh", size="sm", elem_id="runs-refresh")
+        methods = gr.Dataframe(
+            headers=METHOD_COLUMNS,
+            label="Is the language model worth it? The newest finished run of each method, side by side",
+            interactive=False,
+            wrap=True,
+            elem_id="methods-compared",
+        )
+        with gr.Row():
+            gr.Markdown(
+                "Choose the method on *Model & LoRA*. The classical baseline reads the same messages with no language model at all: "
+                "word counts and logistic regression (also `python -m engine baseline`). "
+                f"The book's figures on an A100 graphics card, for reference: {BOOK_A100}.",
+                elem_id="methods-note",
+            )
+            baseline = gr.Button("Fit the classical baseline (under a minute)", size="sm", elem_id="fit-baseline", scale=0)
+        baseline_note = gr.Markdown(elem_id="baseline-note")
         history = gr.Dataframe(
             headers=HISTORY_COLUMNS,
             label="Every run's record, as of the last refresh (each run's folder is under the runs folder)",
@@ -471,6 +537,9 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
         api_name="compare",
         show_progress="hidden",
     )
+    gr.on([tab.select, refresh.click], runs.methods, None, methods, api_name="methods_compared", show_progress="hidden")
+    fitted = baseline.click(runs.fit_baseline, controls.preset_name, [baseline_note, methods], api_name="fit_baseline", concurrency_limit=1)
+    fitted.then(runs.history, None, history, show_progress="hidden")
     gr.on([tab.select, refresh.click], runs.history, None, history, api_name="run_history", show_progress="hidden").then(
         runs.overlay_choices, None, chosen, api_name="overlay_runs", show_progress="hidden"
     )

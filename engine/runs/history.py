@@ -12,7 +12,7 @@ from engine.config import LABELS, RunConfig
 from engine.data.prepared import read_split
 from engine.errors import AdapterError, ConfigError, DataError
 from engine.evaluate import Scores
-from engine.runs.record import ADAPTER_DIR, RECORD_FILE, read_record, record_state
+from engine.runs.record import ADAPTER_DIR, BASELINE_FILE, RECORD_FILE, read_record, record_state
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,8 @@ class RunSummary:
     config: RunConfig | None = None  # None: a record of an older version whose config no longer validates
     state: str = "done"  # running, done, stopped, failed, interrupted (see engine.runs.record)
     error: str | None = None  # why a failed or interrupted run ended
+    method: str = "lora"  # lora, last-block, full, or the classical baseline (engine.config.BASELINE_METHOD)
+    size_bytes: int | None = None  # what the run saved to use it: its adapter (or trained weights), or the baseline's model
 
 
 def read_run(folder: Path) -> RunSummary | None:
@@ -68,9 +70,22 @@ def read_run(folder: Path) -> RunSummary | None:
             config=_config_of(config),
             state=state,
             error=record.get("error"),
+            method=str(config.get("method", "lora")),
+            size_bytes=saved_bytes(Path(folder)),
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def saved_bytes(folder: Path) -> int | None:
+    """The size on disk of what a run saved to be used (adapter tensors, or the baseline's model); None when it saved nothing."""
+    sizes = []
+    for path in (folder / ADAPTER_DIR / TENSORS_FILE, folder / BASELINE_FILE):
+        try:
+            sizes.append(path.stat().st_size)
+        except OSError:
+            continue
+    return sum(sizes) if sizes else None
 
 
 def list_runs(root: Path) -> list[RunSummary]:

@@ -32,6 +32,7 @@ from engine.runs.states import RECORD_STATES, RecordState
 RECORD_FILE = "run.json"
 PLOT_FILE = "loss.png"
 ADAPTER_DIR = "adapter"
+BASELINE_FILE = "tfidf_logreg.json"  # the classical baseline's fitted model (engine/baseline.py), in place of an adapter
 ADAPTER_FILES = (TENSORS_FILE, CONFIG_FILE)
 CHECKPOINT_EVERY_S = 30.0  # at most one checkpoint per this many seconds (a gpt2-xl adapter can be 350 MB)
 
@@ -274,7 +275,7 @@ def _remove_run_files(folder: Path) -> None:
 
 def _run_files(folder: Path) -> list[tuple[str, Path]]:
     """(name, folder holding it) of every file a run writes into `folder`."""
-    return [(RECORD_FILE, folder), (PLOT_FILE, folder), *((name, folder / ADAPTER_DIR) for name in ADAPTER_FILES)]
+    return [(RECORD_FILE, folder), (PLOT_FILE, folder), (BASELINE_FILE, folder), *((name, folder / ADAPTER_DIR) for name in ADAPTER_FILES)]
 
 
 def _key(folder: Path) -> str:

@@ -18,12 +18,12 @@ import torch
 from engine.adapter import AdapterConfig, adapter_tensors, save_adapter
 from engine.anatomy import frozen_weight_norms, growth_point
 from engine.classifier import build_classifier
-from engine.config import RunConfig
+from engine.config import METHODS, RunConfig
 from engine.data.download import DownloadProgress, ProgressCallback
-from engine.data.prepared import is_prepared_folder, prepare
+from engine.data.prepared import PreparedData, is_prepared_folder, prepare
 from engine.device import Resolved, dtype_of, pick_device, precision_for, prepare_device
 from engine.draws import RunDraws
-from engine.errors import Cancelled
+from engine.errors import Cancelled, ConfigError
 from engine.evaluate import LossMean, evaluate, evaluate_with_scores
 from engine.loaders import make_loaders
 from engine.lora import count_parameters
@@ -65,6 +65,10 @@ def fine_tune(
     stop = stop or threading.Event()
     device = pick_device(cfg.device)
     precision = precision_for(cfg.train.precision, device)  # bf16 asked of a GPU without it is refused before anything is written
+    if cfg.method not in METHODS:
+        raise ConfigError(f"method {cfg.method!r} is not trained by `train`: the classical baseline is `python -m engine baseline`")
+    if cfg.method != "lora":
+        precision = "fp32"  # the base's weights train themselves here: AdamW on bf16 weights would lose most of each update
     record = RunRecord.begin(cfg)  # from here the run leaves a trace, however it ends
     with record.closed_on_failure():
         yield from _run(cfg, stop, on_download, weights_at, device, precision, record, started)
@@ -86,9 +90,7 @@ def _run(
         recorder.record(event)
         return event
 
-    # A folder prepared otherwise than this run asks is prepared again into the run's own folder, never over it.
-    cache = Path(cfg.out_dir) / DATA_DIR if is_prepared_folder(cfg.data) else cfg.data_cache
-    data = prepare(cfg.data, cache, stoppable(on_download, stop), seed=cfg.train.seed, urls=cfg.data_urls, deduplicate=cfg.deduplicate, parse=cfg.parse)
+    data = run_data(cfg, stoppable(on_download, stop))
     cfg = replace(cfg, data=str(data.folder))  # the record names the splits the run read
     yield emit(DataReady(data.summary))
 
@@ -99,7 +101,7 @@ def _run(
     base.cfg = replace(base.cfg, name=cfg.model)
     loaders = make_loaders(data.splits, cfg.train, base.cfg.context_length, book_draws=cfg.draws == "book", pin_memory=device.type == "cuda")
     draws = RunDraws(cfg.train.seed, loaders)
-    model = build_classifier(base, cfg.lora, n_classes=len(labels), draws=draws)
+    model = build_classifier(base, cfg.lora, n_classes=len(labels), draws=draws, method=cfg.method)
     yield emit(ModelReady(cfg.model, str(device), count_parameters(model), time.perf_counter() - loading, precision))
 
     loss_mean: LossMean = "batch" if cfg.draws == "book" else "message"
@@ -111,17 +113,19 @@ def _run(
 
     out = Path(cfg.out_dir)
     adapter_dir = out / ADAPTER_DIR
-    adapter_config = AdapterConfig(cfg.model, model.cfg, cfg.lora, cfg.train.pooling, cfg.train.padding, loaders.max_length, labels)
+    adapter_config = AdapterConfig(cfg.model, model.cfg, cfg.lora, cfg.train.pooling, cfg.train.padding, loaders.max_length, labels, method=cfg.method)
+    lora = cfg.method == "lora"  # only LoRA has an adapter anatomy to measure
     draws.before_training()
     frozen_norms = frozen_weight_norms(model)  # ‖W‖ under each LoRA layer, for its anatomy: the frozen weights never change
     for event in train(model, loaders, cfg.train, device, stop, loss_mean):
         if isinstance(event, LossEvaluated):  # each estimate's losses are finite (train raises otherwise): a checkpoint a killed run keeps
-            yield emit(measured(model, cfg, frozen_norms, event.step + 1))
+            if lora:
+                yield emit(measured(model, cfg, frozen_norms, event.step + 1))
             progress = recorder.progress()
             record.checkpoint(lambda: save_adapter(model, adapter_dir, adapter_config), progress.step, **record_fields(cfg, progress, str(device), precision))
         yield emit(event)
     steps, anatomy = recorder.progress().step, recorder.progress().anatomy
-    if steps and (not anatomy or anatomy[-1].steps != steps):
+    if lora and steps and (not anatomy or anatomy[-1].steps != steps):
         yield emit(measured(model, cfg, frozen_norms, steps))  # the adapter as it is saved
 
     if not recorder.progress().stopped:
@@ -140,6 +144,13 @@ def _run(
     stopped = progress.final is None
     path = record.finish(record_fields(cfg, progress, str(device), precision, time.perf_counter() - started))
     yield RunSaved(out, adapter_dir, path, plot, stopped)
+
+
+def run_data(cfg: RunConfig, on_download: ProgressCallback | None) -> PreparedData:
+    """The splits `cfg` trains on: its data prepared as it asks. A folder prepared otherwise than this run asks
+    is prepared again into the run's own folder, never over it."""
+    cache = Path(cfg.out_dir) / DATA_DIR if is_prepared_folder(cfg.data) else cfg.data_cache
+    return prepare(cfg.data, cache, on_download, seed=cfg.train.seed, urls=cfg.data_urls, deduplicate=cfg.deduplicate, parse=cfg.parse)
 
 
 def stoppable(on_download: ProgressCallback | None, stop: StopFlag) -> ProgressCallback:
