@@ -1,4 +1,4 @@
-"""`python -m engine <command>`: data, params, generate, train, sweep, classify, inspect, export, bench.
+"""`python -m engine <command>`: data, params, generate, train, estimate, sweep, classify, inspect, export, bench.
 
 Every command takes --json (one JSON object on the last stdout line) and exits non-zero with a
 one-line message on bad input.
@@ -47,6 +47,7 @@ DOING = {  # each command, as the words of an out-of-memory message
     "inspect": "inspecting the adapter",
     "export": "exporting the adapter",
     "bench": "benchmarking",
+    "estimate": "estimating the run's cost",
 }
 
 
@@ -139,12 +140,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     _emit(args, result, lines + [f"adapter saved to {result['adapter']}; run record {result['record']}"])
 
 
-def _run_config(args: argparse.Namespace) -> RunConfig:
-    """The run `train` (or each point of `sweep`) starts from: the preset, then every option given."""
+def _run_config(args: argparse.Namespace, fetch_data: bool = True) -> RunConfig:
+    """The run `train` (or each point of `sweep`) starts from: the preset, then every option given.
+    Without `fetch_data` (estimate) the data is only named, never downloaded."""
     cfg = RunConfig.from_preset(
         args.preset,
         model=args.model,
-        data=_training_data(args),
+        data=_training_data(args) if fetch_data else args.data,
         data_urls=tuple(args.data_urls) if args.data_urls else None,
         data_cache=args.cache,
         out_dir=args.out,
@@ -381,6 +383,34 @@ def cmd_bench(args: argparse.Namespace) -> None:
     _emit(args, report.to_dict(), report.lines())
 
 
+def cmd_estimate(args: argparse.Namespace) -> None:
+    from engine.estimate import duration_words, gigabytes
+    from engine.runs.cost import available_bytes, run_cost
+
+    cfg = _run_config(args, fetch_data=False)
+    cost = run_cost(cfg, "cached")
+    if cost is None:
+        if not args.json:
+            _log("measuring this machine (once per device and model shape) ...")
+        cost = run_cost(cfg)
+    assert cost is not None  # measured here when not cached
+    free = available_bytes(cost.device)
+    memory = cost.memory
+    result = {"model": cfg.model, **cost.to_dict(), "available_bytes": free, "fits": free is None or memory.total - memory.runtime <= free}
+    data = "the prepared data's token counts" if cost.measured_data else "the SMS data's known split sizes (no data prepared yet)"
+    lines = [
+        f"{cfg.model} on {cost.device} ({cost.precision}): {cost.steps:,} steps, {cost.steps_per_epoch:,} an epoch, from {data}",
+        f"time per epoch: {duration_words(cost.epoch_s)} of training steps",
+        f"total: {duration_words(cost.total_s)} (training {duration_words(cost.train_s)}, evaluations {duration_words(cost.evaluation_s)})",
+        f"peak memory: {gigabytes(memory.total)} (frozen weights {gigabytes(memory.weights)}, LoRA with its gradients and AdamW state "
+        f"{gigabytes(memory.trainable)}, activations {gigabytes(memory.activations)}, runtime {gigabytes(memory.runtime)})",
+    ]
+    if free is not None:
+        refused = "" if result["fits"] else ": this run would be refused (`train` says what to change)"
+        lines.append(f"available on {cost.device}: {gigabytes(free)}{refused}")
+    _emit(args, result, lines)
+
+
 def _lora(args: argparse.Namespace) -> LoRAConfig:
     return LoRAConfig(rank=args.rank, alpha=args.alpha, scaling=args.scaling, targets=tuple(args.targets or LORA_TARGETS), train_head=args.train_head)
 
@@ -473,6 +503,15 @@ def build_parser() -> argparse.ArgumentParser:
     _run_arguments(train, model_help)
     train.add_argument("--out", default=RunConfig.out_dir, help=f"output folder (default: {RunConfig.out_dir})")
     train.set_defaults(run=cmd_train)
+
+    estimate = add("estimate", "time per epoch, total time and peak memory of a `train` run on this machine, before starting it")
+    estimate.add_argument("--preset", choices=PRESETS, default="recommended", help="as train's")
+    _lora_arguments(estimate, defaults=False)
+    estimate.add_argument("--lr", type=float, help="as train's (does not change the cost)")
+    estimate.add_argument("--seed", type=int, help="as train's")
+    _run_arguments(estimate, model_help)
+    estimate.add_argument("--out", default=RunConfig.out_dir, help="as train's (nothing is written there)")
+    estimate.set_defaults(run=cmd_estimate)
 
     sweep = add("sweep", "train a grid of runs, every combination of the values given, on several workers (or a Ray cluster)")
     grid = sweep.add_argument_group("the grid (a setting given two or more values varies; one value applies to every run)")

@@ -63,7 +63,7 @@ Progress = Callable[[str], None] | None
 
 
 def _environment(cfg: GPTConfig, device: torch.device, precision: str) -> dict[str, Any]:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
         "model": cfg.name,
         "device": str(device),
@@ -81,7 +81,7 @@ def _environment(cfg: GPTConfig, device: torch.device, precision: str) -> dict[s
     }
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
