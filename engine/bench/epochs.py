@@ -19,7 +19,7 @@ import torch
 from engine.bench.peak import sync
 from engine.bench.report import EpochResult
 from engine.bench.training import WARMUP_STEPS
-from engine.config import DATA_CACHE, GPTConfig, preset
+from engine.config import DATA_CACHE, MAX_EVAL_FREQ, GPTConfig, preset
 
 
 def load_splits_for_bench(data: str | None) -> Any:
@@ -64,7 +64,9 @@ class _EpochRun:
             self.real += batch.lengths.tolist()
         self.total = len(self.widths) if timed is None else min(len(self.widths), timed)
         self.full = timed is None
-        self.train_cfg = replace(chosen.train, epochs=1, max_steps=self.total, eval_iter=1, eval_freq=10**9, live_metrics=False, precision=self.precision)
+        self.train_cfg = replace(
+            chosen.train, epochs=1, max_steps=self.total, eval_iter=1, eval_freq=MAX_EVAL_FREQ, live_metrics=False, precision=self.precision
+        )
         self.preset_train = chosen.train
         with torch.device(device):  # random weights, drawn where they are used
             base = GPT(cfg)

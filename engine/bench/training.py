@@ -21,7 +21,7 @@ from engine import strict_json
 from engine.bench.peak import BATCH, SEQ, sync
 from engine.bench.peer import peer_model
 from engine.bench.report import Footprint, StepResult
-from engine.config import GPTConfig, preset
+from engine.config import MAX_EVAL_FREQ, GPTConfig, preset
 from engine.tokenizer import END_OF_TEXT_ID
 
 WARMUP_STEPS = 2  # train() evaluates after its first step, so step 2's interval holds that evaluation
@@ -112,7 +112,7 @@ class _OursStepper:
         rows = [(row.tolist(), int(label)) for batch, batch_labels in zip(ids, labels, strict=True) for row, label in zip(batch, batch_labels, strict=True)]
         loader = DataLoader(rows, batch_size=BATCH, shuffle=False, collate_fn=lambda items: collate(items, SEQ), pin_memory=device.type == "cuda")
         # eval_iter 1 and a far eval_freq: the only evaluation is train()'s after step 1, inside the warm-up.
-        train_cfg = replace(book.train, epochs=1, max_steps=total, eval_iter=1, eval_freq=10**9, live_metrics=False, precision=precision)
+        train_cfg = replace(book.train, epochs=1, max_steps=total, eval_iter=1, eval_freq=MAX_EVAL_FREQ, live_metrics=False, precision=precision)
         self.device = device
         start = time.perf_counter()
         with torch.device(device):  # random weights, drawn where they are used
