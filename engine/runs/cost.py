@@ -7,7 +7,6 @@ the worker before the model loads: the run's peak memory against the device's fr
 the machine's available memory (CPU, MPS), with what to change when it is too much.
 """
 
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -180,10 +179,3 @@ def grid_cost(
         first = free_at.index(min(free_at))
         free_at[first] += cost.total_s
     return max(free_at)
-
-
-def worker_threads(workers: int) -> int:
-    """The CPU threads each of `workers` local workers gets (engine/runs/local_workers.py shares the cores)."""
-    from engine.runs.local_workers import share_cores
-
-    return len(share_cores(max(1, workers))[0]) if os.cpu_count() else 1
