@@ -7,7 +7,7 @@ else from the SMS data's known split sizes and length profile. On top of the tra
 baseline (BASELINE_BATCHES a split), every loss estimate (eval_iter training batches, and the whole
 validation set with live metrics, else eval_iter of its batches), each epoch's accuracies and the
 final evaluation of all three splits. The LoRA part of a step scales with the rank and the layers
-adapted (engine/bench/peak.py's FLOP count).
+adapted (engine/flops.py's FLOP count).
 
 Memory, from arithmetic: the frozen weights in the precision they are stored in (the blocks' Linear
 weights in bf16 or fp32, the embeddings, norms and head in fp32), LoRA's weights, their gradients and
@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.bench.peak import step_flops
 from engine.calibration import CALIBRATION_RANK, Calibration
 from engine.config import LORA_TARGETS, GPTConfig, RunConfig
+from engine.flops import step_flops
 
 BASELINE_BATCHES = 10  # engine/runs/run.py's: the book's accuracy before training, 10 batches a split
 GROUP_BATCHES = 16  # engine/loaders.py's: batches per length-sorted group

@@ -32,7 +32,6 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,11 +40,13 @@ from engine.adapted_linear import product_path
 from engine.bench.epochs import load_splits_for_bench, time_epochs
 from engine.bench.estimate_check import estimate_checks, memory_check
 from engine.bench.latency import classification_floor, classification_latency, percentile
-from engine.bench.peak import BATCH, SEQ, classify_flops, int8_matmul_peak, matmul_peak, step_flops
+from engine.bench.peak import BATCH, SEQ, classify_flops, int8_matmul_peak, matmul_peak
 from engine.bench.peer import PEER_BATCH, peers_available
 from engine.bench.report import ClassificationFloor, EpochResult, Footprint, LatencyResult, MatmulPeak, Report, StepResult
 from engine.bench.training import WARMUP_STEPS, fixed_workload, footprint, step_result
 from engine.config import DEFAULT_MODEL, GPTConfig, preset
+from engine.device import cpu_name
+from engine.flops import step_flops
 from engine.tokenizer import encode
 
 __all__ = [
@@ -83,16 +84,6 @@ def _environment(cfg: GPTConfig, device: torch.device, precision: str) -> dict[s
         "batch": BATCH,
         "seq": SEQ,
     }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f", {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return (platform.processor() or "cpu") + f", {os.cpu_count()} cores"
 
 
 def run_benchmark(

@@ -11,11 +11,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from engine.bench import cpu_name
 from engine.calibration import Calibration, cached, calibrate, calibrate_in_subprocess, calibration_key
 from engine.config import CALIBRATION_NAME, GPT2_SIZES, RunConfig
 from engine.data.prepared import is_prepared_folder
-from engine.device import DeviceFacts, device_kind, probed_facts, resolve_precision
+from engine.device import DeviceFacts, cpu_name, device_kind, probed_facts, resolve_precision
 from engine.errors import ConfigError
 from engine.estimate import Estimate, Lengths, Memory, data_lengths, estimate, memory_for
 from engine.params import param_summary
