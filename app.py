@@ -18,7 +18,9 @@ tokens), these on `--app-device` (never a GPU a worker trains on unless named th
 Inside the adapter (`engine.export`: the base model loaded on the CPU once per export, one at a time).
 Parameters builds the model on PyTorch's meta device (shapes, no numbers) to
 count; Inside the adapter reads the adapter's small matrices (`engine.anatomy`). Training and everything
-it evaluates run in the workers.
+it evaluates run in the workers, and so does the cost estimate's one measurement per model shape (the
+lines beside Start and under a grid's preview, `ui/cost_view.py`): a short `python -m engine.calibration`
+subprocess, whose result is cached; the estimate itself is arithmetic.
 
 What a visitor can reach is fenced: models are the four sizes plus the `--model` given at start,
 uploads are read only from Gradio's own temporary copies (never a typed path or a URL), bounded in

@@ -1,4 +1,4 @@
-"""`python -m engine <command>`: data, params, generate, train, sweep, classify, inspect, export, bench.
+"""`python -m engine <command>`: data, params, generate, train, estimate, sweep, classify, inspect, export, bench.
 
 Every command takes --json (one JSON object on the last stdout line) and exits non-zero with a
 one-line message on bad input.
@@ -49,6 +49,7 @@ DOING = {  # each command, as the words of an out-of-memory message
     "export": "exporting the adapter",
     "bench": "benchmarking",
     "baseline": "fitting the baseline",
+    "estimate": "estimating the run's cost",
 }
 
 
@@ -162,12 +163,13 @@ def cmd_baseline(args: argparse.Namespace) -> None:
     _emit(args, payload, lines + [f"run record {record}"])
 
 
-def _run_config(args: argparse.Namespace) -> RunConfig:
-    """The run `train` (or each point of `sweep`) starts from: the preset, then every option given."""
+def _run_config(args: argparse.Namespace, fetch_data: bool = True) -> RunConfig:
+    """The run `train` (or each point of `sweep`) starts from: the preset, then every option given.
+    Without `fetch_data` (estimate) the data is only named, never downloaded."""
     cfg = RunConfig.from_preset(
         args.preset,
         model=args.model,
-        data=_training_data(args),
+        data=_training_data(args) if fetch_data else args.data,
         data_urls=tuple(args.data_urls) if args.data_urls else None,
         data_cache=args.cache,
         out_dir=args.out,
@@ -405,6 +407,34 @@ def cmd_bench(args: argparse.Namespace) -> None:
     _emit(args, report.to_dict(), report.lines())
 
 
+def cmd_estimate(args: argparse.Namespace) -> None:
+    from engine.estimate import duration_words, gigabytes
+    from engine.runs.cost import available_bytes, run_cost
+
+    cfg = _run_config(args, fetch_data=False)
+    cost = run_cost(cfg, "cached")
+    if cost is None:
+        if not args.json:
+            _log("measuring this machine (once per device and model shape) ...")
+        cost = run_cost(cfg)
+    assert cost is not None  # measured here when not cached
+    free = available_bytes(cost.device)
+    memory = cost.memory
+    result = {"model": cfg.model, **cost.to_dict(), "available_bytes": free, "fits": free is None or memory.total - memory.runtime <= free}
+    data = "the prepared data's token counts" if cost.measured_data else "the SMS data's known split sizes (no data prepared yet)"
+    lines = [
+        f"{cfg.model} on {cost.device} ({cost.precision}): {cost.steps:,} steps, {cost.steps_per_epoch:,} an epoch, from {data}",
+        f"time per epoch: {duration_words(cost.epoch_s)} of training steps",
+        f"total: {duration_words(cost.total_s)} (training {duration_words(cost.train_s)}, evaluations {duration_words(cost.evaluation_s)})",
+        f"peak memory: {gigabytes(memory.total)} (frozen weights {gigabytes(memory.weights)}, LoRA with its gradients and AdamW state "
+        f"{gigabytes(memory.trainable)}, activations {gigabytes(memory.activations)}, runtime {gigabytes(memory.runtime)})",
+    ]
+    if free is not None:
+        refused = "" if result["fits"] else ": this run would be refused (`train` says what to change)"
+        lines.append(f"available on {cost.device}: {gigabytes(free)}{refused}")
+    _emit(args, result, lines)
+
+
 def _lora(args: argparse.Namespace) -> LoRAConfig:
     return LoRAConfig(rank=args.rank, alpha=args.alpha, scaling=args.scaling, targets=tuple(args.targets or LORA_TARGETS), train_head=args.train_head)
 
@@ -509,6 +539,15 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--owner", default="", help="whose run this is (free text), kept in its record")
     baseline.add_argument("--out", default=RUNS_DIR, help=f"the runs folder; the baseline goes into OUT/baseline-<date-time>/ (default: {RUNS_DIR})")
     baseline.set_defaults(run=cmd_baseline)
+
+    estimate = add("estimate", "time per epoch, total time and peak memory of a `train` run on this machine, before starting it")
+    estimate.add_argument("--preset", choices=PRESETS, default="recommended", help="as train's")
+    _lora_arguments(estimate, defaults=False)
+    estimate.add_argument("--lr", type=float, help="as train's (does not change the cost)")
+    estimate.add_argument("--seed", type=int, help="as train's")
+    _run_arguments(estimate, model_help)
+    estimate.add_argument("--out", default=RunConfig.out_dir, help="as train's (nothing is written there)")
+    estimate.set_defaults(run=cmd_estimate)
 
     sweep = add("sweep", "train a grid of runs, every combination of the values given, on several workers (or a Ray cluster)")
     grid = sweep.add_argument_group("the grid (a setting given two or more values varies; one value applies to every run)")

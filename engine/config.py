@@ -31,6 +31,7 @@ BASELINE_METHOD = "tfidf-logreg"
 
 DEFAULT_SEED = 123  # the book's seed: its balancing, split, head and LoRA draws, batch order
 DATA_CACHE = "data_cache"  # where downloaded data and the prepared splits go unless told otherwise
+CALIBRATION_NAME = "calibration.json"  # in the data cache: how fast this machine trains each model shape (engine/calibration.py)
 
 # Every Linear of the classifier, by module-name suffix; the book wraps all of them.
 LORA_TARGETS: tuple[str, ...] = (

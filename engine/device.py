@@ -17,6 +17,7 @@ fp32 elsewhere: on a CPU without bf16 instructions it is slower, not faster.
 import functools
 import json
 import os
+import platform
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -169,6 +170,16 @@ def prepare_device(device: "torch.device") -> None:
 
     if device.type == "cuda":
         torch.backends.cuda.matmul.fp32_precision = "tf32"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f", {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return (platform.processor() or "cpu") + f", {os.cpu_count()} cores"
 
 
 def main() -> int:

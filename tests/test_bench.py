@@ -183,6 +183,10 @@ def _check(report: Report, with_peer: bool) -> dict:
     assert data["ratios"]["classification_batch_over_floor"] == pytest.approx(fp32["batch_p50_s"] / floor["fp32_s"])
     assert [f["precision"] for f in data["footprints"]] == ["fp32", "bf16"]
     assert any(line.startswith("  100 messages: ") and "at the fp32 peak" in line and "(target 2 s)" in line for line in lines)
+    checks = {check["what"]: check for check in data["estimate_checks"]}  # the cost estimate against the measurements
+    assert set(checks) == {"fixed workload peak memory", "book epoch", "recommended epoch"}
+    assert all(check["predicted"] > 0 and check["measured"] > 0 for check in checks.values())
+    assert set(data["ratios"]["estimate_errors"]) == set(checks) and any(line.startswith("the cost estimate") for line in lines)
     return data
 
 

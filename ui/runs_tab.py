@@ -28,6 +28,7 @@ from engine.runs.queue import MAX_WAITING
 from engine.runs.scheduler import RunView
 from ui.anatomy_tab import AnatomyTab, build_run_entry
 from ui.controls import Controls, ControlWidgets, data_settings, run_config
+from ui.cost_view import CostView, build_grid_cost_line
 from ui.grid_plots import SETTING_WORDS, accuracy_against_cost, heat_map
 from ui.guards import engine_errors_as_toasts, user_error
 from ui.lab import Lab
@@ -462,6 +463,7 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
             owner = gr.Textbox("", label="Your name (optional)", placeholder="shown beside your runs", max_lines=1, elem_id="grid-owner", scale=1)
             preview = gr.Markdown(grid_preview(Grid(rank=DEFAULT_RANKS)), elem_id="grid-preview")
             add = gr.Button("Add the grid to the queue", variant="primary", elem_id="grid-add", scale=1)
+        grid_cost = gr.Markdown(elem_id="grid-cost")  # what the grid will cost: ui/cost_view.py
 
         gr.Markdown("### What a grid found")
         with gr.Row():
@@ -506,6 +508,7 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
 
     grid_fields = [ranks, alphas, scalings, lrs, presets, layers, seeds]
     gr.on([field.change for field in grid_fields], runs.preview, grid_fields, preview, api_name="grid_preview", show_progress="hidden", concurrency_limit=None)
+    build_grid_cost_line(CostView(runs.lab), demo, controls, grid_fields, grid_cost)
     add_inputs = dict(zip(("ranks", "alphas", "scalings", "lrs", "presets", "layers", "seeds"), grid_fields, strict=True))
     queue_view = [queue_table, picked, last_queue, ended]
     add.click(runs.add_grid, inputs_kwargs={**add_inputs, "owner": owner, **controls.by_name()}, outputs=queue_note, api_name="add_grid").then(

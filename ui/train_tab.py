@@ -25,6 +25,7 @@ from engine.runs.recorder import RunProgress
 from engine.runs.run import BASELINE_BATCHES
 from engine.runs.scheduler import RunView
 from ui.controls import Controls, ControlWidgets, run_config
+from ui.cost_view import CostView, build_cost_line
 from ui.errors_view import CELL_SCRIPT, CLASSES_TABLE, CellSource, build_reasons
 from ui.guards import user_error
 from ui.lab import Lab
@@ -441,6 +442,7 @@ def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) 
             followed = gr.Dropdown(
                 follow_choices([], room_on=train.lab.room.on), value=NEWEST, label="Watching", allow_custom_value=True, elem_id="follow", scale=3
             )
+        cost_line = gr.Markdown(elem_id="run-cost")  # what the settings will cost: ui/cost_view.py
         header = gr.Markdown(elem_id="run-header")
         train_status = gr.Textbox(label="Status", interactive=False, elem_id="train-status")
         progress = gr.HTML(elem_id="train-progress")
@@ -497,6 +499,7 @@ def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) 
     followed.input(train.poll, [followed, nothing_shown], view, api_name="follow", show_progress="hidden", concurrency_limit=None)
     stop_button.click(train.stop_training, followed, train_status, api_name="stop", concurrency_limit=None)
     demo.load(train.attach, None, view, api_name="attach", show_progress="hidden")
+    build_cost_line(CostView(train.lab), demo, controls, cost_line)
     return timer, followed
 
 

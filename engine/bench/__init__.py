@@ -15,11 +15,14 @@ Everything runs in one process tree, in one run, on the current device (noise be
    of the real, seeded batch order and extrapolated to all batches by their token counts, or whole
    with `full_epochs`), and what the preset's periodic loss estimates add to it, with and without
    live validation scoring — `epochs.py`;
-4. classification latency, one message and 100 messages, for us (the chosen precision; int8 on CPU)
+4. the cost estimate (`engine/estimate.py`, what `python -m engine estimate` prints) against parts
+   2 and 3: each epoch's time predicted from a calibration measured in this run, and the fixed
+   workload's peak memory from arithmetic (`estimate_check.py`; goal within ±30 %);
+5. classification latency, one message and 100 messages, for us (the chosen precision; int8 on CPU)
    and for `transformers` + `peft` (LoRA merged on both sides), and the least time the 100 messages'
    FLOPs allow at the fp32 and int8 peaks — `latency.py`.
 
-Parts 3 and 4 read the SMS data; without it (offline, nothing prepared) they are skipped with one
+Parts 3, 4 (its epochs) and 5 read the SMS data; without it (offline, nothing prepared) they are skipped with one
 note. Results are frozen dataclasses gathered in a Report (`report.py`). Timing uses
 time.perf_counter around whole steps, each step's loss read (which waits for the device), medians
 after warm-up; the thread count is left as PyTorch sets it.
@@ -29,19 +32,21 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from engine.adapted_linear import product_path
 from engine.bench.epochs import load_splits_for_bench, time_epochs
+from engine.bench.estimate_check import estimate_checks, memory_check
 from engine.bench.latency import classification_floor, classification_latency, percentile
-from engine.bench.peak import BATCH, SEQ, classify_flops, int8_matmul_peak, matmul_peak, step_flops
+from engine.bench.peak import BATCH, SEQ, classify_flops, int8_matmul_peak, matmul_peak
 from engine.bench.peer import PEER_BATCH, peers_available
 from engine.bench.report import ClassificationFloor, EpochResult, Footprint, LatencyResult, MatmulPeak, Report, StepResult
 from engine.bench.training import WARMUP_STEPS, fixed_workload, footprint, step_result
 from engine.config import DEFAULT_MODEL, GPTConfig, preset
+from engine.device import cpu_name
+from engine.flops import step_flops
 from engine.tokenizer import encode
 
 __all__ = [
@@ -63,7 +68,7 @@ Progress = Callable[[str], None] | None
 
 
 def _environment(cfg: GPTConfig, device: torch.device, precision: str) -> dict[str, Any]:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
         "model": cfg.name,
         "device": str(device),
@@ -79,16 +84,6 @@ def _environment(cfg: GPTConfig, device: torch.device, precision: str) -> dict[s
         "batch": BATCH,
         "seq": SEQ,
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f", {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return (platform.processor() or "cpu") + f", {os.cpu_count()} cores"
 
 
 def run_benchmark(
@@ -169,11 +164,14 @@ def run_benchmark(
             "prepare it with `python -m engine data --source sms_spam_collection.zip` (or pass --data), then run the benchmark again"
         )
     epoch_results: list[EpochResult] = []
+    checks = [memory_check(cfg, torch_device, ours)]
     latency: list[LatencyResult] = []
     floor = None
     if splits is not None:
         say(f"one epoch, book and recommended: {'each whole' if full_epochs else f'{WARMUP_STEPS} warm-up + {steps} timed steps each, interleaved'} ...")
         epoch_results = time_epochs(cfg, splits, torch_device, steps, full_epochs, say, precision)
+        say("the cost estimate: a calibration, then its prediction of each epoch ...")
+        checks += estimate_checks(cfg, splits, torch_device, epoch_results)
         say("classification latency ...")
         test_texts = splits.test["Text"].tolist()
         messages = (test_texts * (100 // max(1, len(test_texts)) + 1))[:100]
@@ -219,6 +217,7 @@ def run_benchmark(
         peak_at_end=peak_at_end,
         classification_floor=floor,
         footprints=footprints,
+        estimate_checks=tuple(checks),
         notes=tuple(notes),
         elapsed_s=round(time.perf_counter() - began, 1),
     )

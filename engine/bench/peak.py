@@ -25,33 +25,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_flops(cfg: GPTConfig, batch: int, seq: int, rank: int, n_classes: int = 2) -> dict[str, float]:
-    """FLOPs of one LoRA training step (forward + backward) over batch × seq tokens, all positions.
-
-    With N = batch·seq tokens, d = n_embd, L = n_layer, r = rank:
-      frozen products  4 · P · N,  P = L·12d² + d·n_classes (q, k, v, c_proj: 4d²; MLP: 8d²; head).
-                       Forward 2PN; backward 2PN for the input gradients only: frozen weights need
-                       no weight gradient (the usual 6PN counts a weight gradient we never compute).
-      attention        3 · 4·L·seq·d · N: QKᵀ and A·V cost 2·seq·d each per token (full square, as
-                       both implementations are charged alike), backward twice the forward.
-      LoRA             3 · 2r·Σ(in + out) · N over every adapted Linear: forward x·A·B, backward
-                       input gradient and the A and B weight gradients.
-    Layer norms, GELU, softmax, the loss and AdamW are O(N·d) and ignored. For gpt2-small at 8 × 120:
-    326.1 + 12.7 + 15.4 = 354.2 GFLOP. Both implementations are credited with this
-    same nominal work, so computing fewer positions (the engine's last block) shows up as speed.
-    """
-    d, L, N = cfg.n_embd, cfg.n_layer, batch * seq
-    frozen_params = L * 12 * d * d + d * n_classes
-    lora_widths = L * (4 * (d + d) + 2 * (d + 4 * d)) + (d + n_classes)
-    parts = {
-        "frozen_matmul": 4.0 * frozen_params * N,
-        "attention": 3.0 * 4 * L * seq * d * N,
-        "lora": 3.0 * 2 * rank * lora_widths * N,
-    }
-    parts["total"] = sum(parts.values())
-    return parts
-
-
 def classify_flops(cfg: GPTConfig, lengths: Sequence[int], n_classes: int = 2) -> dict[str, float]:
     """FLOPs of one forward pass classifying messages of these token lengths, as the engine runs it
     (LoRA merged, each message's logits read at its last real token).

@@ -10,6 +10,7 @@ from typing import Any
 STEP_GOAL = 1.2
 FLOOR_GOAL = 1.3
 MEMORY_GOAL_GB = 1.2
+ESTIMATE_GOAL = 0.3  # the cost estimate's aim: within ±30 % of what the bench measures
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,21 @@ class ClassificationFloor:
 
 
 @dataclass(frozen=True)
+class EstimateCheck:
+    """One figure of the cost estimate (engine/estimate.py) against the bench's measurement of it."""
+
+    what: str  # "book epoch", "fixed workload peak memory"
+    unit: str  # "s", "GB"
+    predicted: float
+    measured: float
+
+    @property
+    def error(self) -> float:
+        """predicted / measured - 1: +0.1 means 10 % too high."""
+        return self.predicted / self.measured - 1 if self.measured else 0.0
+
+
+@dataclass(frozen=True)
 class Report:
     environment: dict[str, Any]
     flops: dict[str, float]
@@ -153,6 +169,7 @@ class Report:
     peak_at_end: MatmulPeak | None = None  # measured again last: a large drift means the machine's speed changed mid-run
     classification_floor: ClassificationFloor | None = None
     footprints: tuple[Footprint, ...] = ()
+    estimate_checks: tuple[EstimateCheck, ...] = ()
 
     @property
     def speedup_vs_peer(self) -> float | None:
@@ -196,6 +213,7 @@ class Report:
             "evaluation_overhead": {e.mode: {"loss_estimates": e.estimate_overhead, "with_live_scoring": e.live_overhead} for e in self.epochs},
             "classification_speedup_vs_transformers": self.latency_ratios(),
             "classification_batch_over_floor": self.batch_over_floor,
+            "estimate_errors": {check.what: round(check.error, 3) for check in self.estimate_checks},
         }
         data["rates"] = {
             "step_tokens_per_s": self.ours.tokens_per_s,
@@ -237,6 +255,7 @@ class Report:
         out += self._step_lines()
         out += self._epoch_lines()
         out += self._latency_lines()
+        out += self._estimate_lines()
         out += [f"note: {note}" for note in self.notes]
         return out
 
@@ -283,6 +302,17 @@ class Report:
                 out.append(f"  {'':<12} the preset's {e.preset_epochs} epochs with live scoring: about {e.preset_training_s:.1f} s")
         if self.epoch_speedup is not None:
             out.append(f"  recommended vs book: {self.epoch_speedup:.2f}x faster per epoch, {self.padding_ratio:.2f}x fewer padded tokens per row (target 3x)")
+        return out
+
+    def _estimate_lines(self) -> list[str]:
+        if not self.estimate_checks:
+            return []
+        out = [f"the cost estimate (python -m engine estimate) against the measurements (goal within ±{ESTIMATE_GOAL:.0%}):"]
+        for check in self.estimate_checks:
+            verdict = "" if abs(check.error) <= ESTIMATE_GOAL else "  OUTSIDE THE GOAL"
+            out.append(
+                f"  {check.what:<28} predicted {check.predicted:8.2f} {check.unit}, measured {check.measured:8.2f} {check.unit} ({check.error:+.0%}){verdict}"
+            )
         return out
 
     def _latency_lines(self) -> list[str]:

@@ -27,6 +27,7 @@ from engine.errors import Cancelled, ConfigError
 from engine.evaluate import LossMean, evaluate, evaluate_with_scores
 from engine.loaders import make_loaders
 from engine.lora import count_parameters
+from engine.runs.cost import check_fits
 from engine.runs.events import AdapterMeasured, BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunEvent, RunSaved
 from engine.runs.plot import save_loss_plot
 from engine.runs.record import ADAPTER_DIR, PLOT_FILE, RunRecord
@@ -97,6 +98,7 @@ def _run(
     loading = time.perf_counter()
     labels = data.splits.labels
     prepare_device(device)
+    check_fits(replace(cfg, model=weights_at or cfg.model), str(device), precision)  # refused with what to change, before the model takes the memory
     base = load_model(weights_at or cfg.model, device, products_dtype=dtype_of(precision))
     base.cfg = replace(base.cfg, name=cfg.model)
     loaders = make_loaders(data.splits, cfg.train, base.cfg.context_length, book_draws=cfg.draws == "book", pin_memory=device.type == "cuda")
