@@ -16,6 +16,7 @@ from fake_workers import FakeWorkers
 
 from engine.adapter import read_adapter
 from engine.checkpoint import CHECKPOINT_FILE
+from engine.cli import main
 from engine.config import RunConfig
 from engine.errors import ConfigError
 from engine.runs.jobs import WorkerEnded, WorkerJob
@@ -160,3 +161,8 @@ def test_in_a_room_a_visitor_resumes_their_own_stopped_run_and_the_presenter_any
     workers.ends.pop(run_id)(WorkerEnded("stopped"))
     wait_for(lambda: room_lab.scheduler.queue.get(run_id).state == "stopped")
     assert "queued to resume" in runs.resume(run_id, presenter)  # the presenter resumes anyone's run
+
+
+def test_the_command_line_refuses_to_resume_a_folder_without_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert f"{tmp_path} has no run record (run.json): it is not a run folder" in capsys.readouterr().err
