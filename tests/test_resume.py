@@ -85,6 +85,13 @@ def test_a_run_without_checkpoint_or_finished_is_refused(trained_run: tuple, tmp
     (bare / RECORD_FILE).write_text((folder / RECORD_FILE).read_text())
     assert "no checkpoint" in resume_problem(bare)
     assert (folder / CHECKPOINT_FILE).is_file()
+    assert resume_problem(folder) is None  # it stopped at its step limit: it may go on to its epochs
+    complete = json.loads((folder / RECORD_FILE).read_text())
+    complete["config"]["train"]["max_steps"] = None
+    (bare / RECORD_FILE).write_text(json.dumps(complete))
+    (bare / CHECKPOINT_FILE).write_bytes(b"")
+    assert "is complete: to train it further, resume it with more --epochs" in resume_problem(bare)
+    assert resume_problem(bare, further=True) is None
 
 
 def test_the_scheduler_queues_an_ended_run_to_resume_and_the_queue_remembers(tmp_path: Path) -> None:

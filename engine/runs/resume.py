@@ -15,14 +15,17 @@ from engine.runs.record import read_record, record_state
 from engine.train import TrainStarted
 
 
-def resume_problem(folder: Path) -> str | None:
-    """Why the run in `folder` cannot resume, in a sentence; None when it can (to its configured end, or further if asked)."""
+def resume_problem(folder: Path, further: bool = False) -> str | None:
+    """Why the run in `folder` cannot resume, in a sentence; None when it can: to its configured end, or
+    (`further`: more epochs or steps are asked for) past it."""
     record = read_record(Path(folder))
     if record is None:
         return f"{folder} has no run record (run.json): it is not a run folder"
     state = record_state(record)
     if state == "running":
         return f"the run in {folder} is still running: stop it first"
+    if state == "done" and not further and not _ended_by_step_limit(record):
+        return f"the run in {folder} is complete: to train it further, resume it with more --epochs or --max-steps"
     if state == "failed" and not record.get("out_of_memory"):
         return f"the run in {folder} failed ({record.get('error')}); resuming would fail again: start a new run with other settings"
     if not (Path(folder) / CHECKPOINT_FILE).is_file():
@@ -37,7 +40,7 @@ def resumed_config(folder: Path, max_steps: int | None = None, epochs: int | Non
     Raises:
         ConfigError: the run cannot resume (why, and what to do), or the new limits are invalid.
     """
-    problem = resume_problem(folder)
+    problem = resume_problem(folder, further=max_steps is not None or epochs is not None)
     if problem:
         raise ConfigError(problem)
     record = read_record(Path(folder)) or {}
@@ -50,6 +53,11 @@ def resumed_config(folder: Path, max_steps: int | None = None, epochs: int | Non
     if cfg.train.max_steps is not None and steps >= cfg.train.max_steps:
         return cfg.with_train(max_steps=None)
     return cfg
+
+
+def _ended_by_step_limit(record: dict) -> bool:
+    limit = ((record.get("config") or {}).get("train") or {}).get("max_steps")
+    return isinstance(limit, int) and record.get("steps") == limit
 
 
 def check_resumable(cfg: RunConfig, checkpoint: Checkpoint) -> None:

@@ -73,7 +73,7 @@ def fine_tune(
     precision = precision_for(cfg.train.precision, device)  # bf16 asked of a GPU without it is refused before anything is written
     checkpoint = None
     if resume:
-        if problem := resume_problem(Path(cfg.out_dir)):
+        if problem := resume_problem(Path(cfg.out_dir), further=True):  # check_resumable then checks there are steps left
             raise ConfigError(problem)
         checkpoint = read_checkpoint(Path(cfg.out_dir) / CHECKPOINT_FILE)
         check_resumable(cfg, checkpoint)
