@@ -123,9 +123,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     from engine.runs.recorder import RunRecorder
     from engine.runs.run import fine_tune
 
-    cfg = _run_config(args)
+    if args.resume:
+        from engine.runs.resume import resumed_config
+
+        cfg = resumed_config(Path(args.resume), args.max_steps, args.epochs)
+    else:
+        cfg = _run_config(args)
     recorder = RunRecorder(cfg.train.eval_freq)
-    for event in fine_tune(cfg, on_download=None if args.json else _download_reporter()):
+    for event in fine_tune(cfg, on_download=None if args.json else _download_reporter(), resume=bool(args.resume)):
         recorder.record(event)
         _log_event(event, recorder.progress().eta_s)
     progress = recorder.progress()
@@ -528,6 +533,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, help=f"random seed of the head, LoRA and batch order (default: the preset's, {preset_values('train', 'seed')})")
     _run_arguments(train, model_help)
     train.add_argument("--out", default=RunConfig.out_dir, help=f"output folder (default: {RunConfig.out_dir})")
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="go on with the stopped, interrupted or step-limited run in RUN_DIR from its last checkpoint, in that folder and with its settings "
+        "(--max-steps or --epochs: how far; neither: to its own end)",
+    )
     train.set_defaults(run=cmd_train)
 
     baseline = add("baseline", "the classical baseline: TF-IDF and logistic regression on the same splits, recorded as a run beside the LoRA runs")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.checkpoint import LoopPosition, LoopTracker, generator_states, load_trainable, loader_generators, resumed_epoch
 from engine.config import TrainConfig
 from engine.errors import TrainingDiverged
 from engine.evaluate import LossMean, Metrics, Scores, batch_loss, evaluate, evaluate_whole_and_first
@@ -100,29 +101,47 @@ def train(
     loss_mean: LossMean = "message",
     *,
     read_losses_every_s: float = LOSS_READ_S,
+    tracker: LoopTracker | None = None,
 ) -> Iterator[TrainEvent]:
     """Fine-tune the trainable parameters of `model` in place, yielding progress as it goes.
 
     Draws nothing itself: the order of the batches is the loaders' (see engine.draws). The batches'
     losses are read from the device at most every `read_losses_every_s` (0: after every step, as a
     per-step timer needs), their StepDone events then leaving together.
+
+    `tracker` is told the optimiser and, after every step (before a loss estimate's events leave),
+    where the loop is, for checkpoints; with `tracker.resume_from` the loop starts where that
+    checkpoint left it (engine.checkpoint).
     """
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError("the model has no trainable parameters: apply LoRA before training")
     optimizer, fused = make_optimizer(parameters, cfg)
+    tracker = tracker or LoopTracker()
+    tracker.optimizer = optimizer
+    resume = tracker.resume_from.position if tracker.resume_from is not None else None
+    tracker.position = resume
+    if tracker.resume_from is not None:
+        load_trainable(model, tracker.resume_from.trainable)
+        optimizer.load_state_dict(tracker.resume_from.optimizer)
+    generators = loader_generators(loaders)
     lora_scale = max((layer.scale for layer in lora_layers(model)), default=None)  # named if the loss diverges
     steps_per_epoch = len(loaders.train)
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
     yield TrainStarted(total, steps_per_epoch, cfg.epochs, len(loaders.train.dataset))
     estimate = lambda loader: evaluate(model, loader, device, cfg.pooling, cfg.eval_iter, loss_mean=loss_mean)
-    start = time.perf_counter()
+    start = time.perf_counter() - (resume.elapsed_s if resume else 0.0)
     losses = _StepLosses(device, fused, cfg, lora_scale, total, start, read_losses_every_s)
-    step = examples_seen = 0
+    step, examples_seen = (resume.step, resume.examples_seen) if resume else (0, 0)
     stopped = False
     model.train()
-    for epoch in range(1, cfg.epochs + 1):
-        for batch in loaders.train:
+    for epoch in range(resume.epoch if resume else 1, cfg.epochs + 1):
+        if resume is not None and epoch == resume.epoch:
+            epoch_start, in_epoch, batches = resume.epoch_start, resume.in_epoch, resumed_epoch(loaders.train, generators, resume)
+        else:
+            epoch_start, in_epoch, batches = generator_states(generators), 0, iter(loaders.train)
+
+        for batch in batches:
             if stop is not None and stop.is_set():
                 stopped = True
                 break
@@ -133,6 +152,7 @@ def train(
             losses.before_step(optimizer, loss, step + 1)
             optimizer.step()
             step += 1
+            in_epoch += 1
             examples_seen += batch.labels.numel()
             losses.add(step, epoch, examples_seen, loss)
             estimating = (step - 1) % cfg.eval_freq == 0
@@ -143,15 +163,19 @@ def train(
                 train_loss = _finite(estimate(loaders.train_sample).loss, "estimated training", step, cfg, lora_scale)
                 if not cfg.live_metrics:
                     validation_loss = _finite(estimate(loaders.validation).loss, "validation", step, cfg, lora_scale)
+                    tracker.position = _here(step, epoch, in_epoch, examples_seen, start, epoch_start, generators)
                     yield LossEvaluated(step - 1, progress, examples_seen, train_loss, validation_loss)
                 else:
                     # The full pass checks Stop between batches (it is several times longer than an estimate).
                     whole, first, scores = evaluate_whole_and_first(
                         model, loaders.validation, device, cfg.pooling, cfg.eval_iter, stop.is_set if stop else None, loss_mean
                     )
+                    tracker.position = _here(step, epoch, in_epoch, examples_seen, start, epoch_start, generators)
                     if stop is None or not stop.is_set():  # cut short by Stop, its figures would cover part of the set
                         yield LossEvaluated(step - 1, progress, examples_seen, train_loss, _finite(first.loss, "validation", step, cfg, lora_scale))
                         yield ValidationEvaluated(step - 1, progress, examples_seen, whole, scores)
+            else:
+                tracker.position = _here(step, epoch, in_epoch, examples_seen, start, epoch_start, generators)
             if step >= total:
                 break
         yield from losses.read()
@@ -232,6 +256,13 @@ def _finite(loss: float, which: str, step: int, cfg: TrainConfig, lora_scale: fl
     if not math.isfinite(loss):
         raise TrainingDiverged(f"the {which} loss became {loss} at step {step}: training diverged, {divergence_cause(cfg.lr, lora_scale)}")
     return loss
+
+
+def _here(
+    step: int, epoch: int, in_epoch: int, examples_seen: int, start: float, epoch_start: tuple[torch.Tensor, ...], generators: list[torch.Generator]
+) -> LoopPosition:
+    """Where the loop is after `step` steps, `in_epoch` of them in epoch `epoch`."""
+    return LoopPosition(step, epoch, in_epoch, examples_seen, time.perf_counter() - start, epoch_start, generator_states(generators))
 
 
 def _position_in_epoch(step: int, steps_per_epoch: int) -> float:

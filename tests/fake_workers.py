@@ -32,15 +32,18 @@ class FakeWorkers:
         self.ends: dict[str, Callable[[WorkerEnded], None]] = {}
         self.events: dict[str, Callable[[object], None]] = {}
         self.refuse = False
+        self.resumed: set[str] = set()  # the runs launched to resume
         self._lock = threading.Lock()
 
     def describe(self) -> str:
         return f"{len(self.slots)} fake workers"
 
-    def launch(self, config: RunConfig, slot: Slot, on_event: Callable[[object], None], on_end: Callable[[WorkerEnded], None]) -> Held:
+    def launch(self, config: RunConfig, slot: Slot, on_event: Callable[[object], None], on_end: Callable[[WorkerEnded], None], resume: bool = False) -> Held:
         if self.refuse:
             raise RuntimeError("no such interpreter")
         with self._lock:
             run_id = Path(config.out_dir).name
             self.ends[run_id], self.events[run_id] = on_end, on_event
+            if resume:
+                self.resumed.add(run_id)
         return Held(on_end)

@@ -76,6 +76,7 @@ VIEW = (  # the Train tab's outputs, in order
     "files",
     "follow",
     "stop_button",
+    "resume_button",
     "shown",
 )
 
@@ -86,8 +87,8 @@ def wait_until_idle(lab: Lab, timeout: float = 600.0) -> RunView:
 
 
 def view_of(values: tuple) -> dict[str, Any]:
-    """The Train tab's outputs by name (gradio_client leaves out the page's own state and the Stop button)."""
-    names = VIEW if len(values) == len(VIEW) else tuple(name for name in VIEW if name not in ("stop_button", "shown"))
+    """The Train tab's outputs by name (gradio_client leaves out the page's own state and the Stop and Resume buttons)."""
+    names = VIEW if len(values) == len(VIEW) else tuple(name for name in VIEW if name not in ("stop_button", "resume_button", "shown"))
     return dict(zip(names, values, strict=True))
 
 

@@ -95,7 +95,7 @@ class Watching:
     def describe(self) -> str:
         return self.workers.describe()
 
-    def launch(self, config, slot, on_event, on_end):
+    def launch(self, config, slot, on_event, on_end, resume=False):
         label = Path(config.out_dir).name
         self.steps[label], self.ends[label] = [], 0
 

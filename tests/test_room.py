@@ -123,7 +123,7 @@ def test_visitors_act_on_their_own_runs_and_the_presenter_on_all(room_lab: Lab, 
             act()
     with pytest.raises(gr.Error, match="is Ann's"):
         train.stop_training(ann_running, bob)
-    up, down, cancel, stop, note = runs.controls_for(ann_waiting, bob)
+    up, down, cancel, stop, _, note = runs.controls_for(ann_waiting, bob)
     assert [button.interactive for button in (up, down, cancel, stop)] == [False] * 4 and "is Ann's" in note
     assert [button.interactive for button in runs.controls_for(bob_waiting, bob)[:4]] == [True] * 4
     watching = train.poll(ann_running, None, bob)  # anyone may watch any run; the Stop button says why it is off

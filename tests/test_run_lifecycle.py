@@ -159,7 +159,7 @@ def test_a_run_that_fills_the_disk_fails_with_advice_and_is_never_the_latest(
         assert [run.folder for run in finished_runs(root, [])] == [finished]  # never the failed run's adapter
         left = files_under(out) if out.exists() else []
         if room_left:  # the run is recorded as failed (its full record did not fit), with what it saved
-            assert left == ["adapter/adapter.safetensors", "adapter/adapter_config.json", "loss.png", "run.json"]
+            assert left == ["adapter/adapter.safetensors", "adapter/adapter_config.json", "checkpoint.pt", "loss.png", "run.json"]
             record = read_record(out)
             assert record["state"] == "failed" and record["error"] == f"the disk is full at {out}: free space or choose another --out; " + (
                 f"the adapter saved at step 6 is kept in {out / 'adapter'}"  # the final one: only the record failed

@@ -76,7 +76,7 @@ class SpyWorkers(LocalWorkers):
         super().__init__(slots)
         self.launched = {}
 
-    def launch(self, config, slot, on_event, on_end):
+    def launch(self, config, slot, on_event, on_end, resume=False):
         worker = super().launch(config, slot, on_event, on_end)
         self.launched[Path(config.out_dir).name] = worker
         return worker

@@ -18,13 +18,15 @@ from engine.classifier import Classifier
 from engine.config import RunConfig
 from engine.data.prepared import PreparedData, load_summary
 from engine.device import pick_device
-from engine.errors import ConfigError
+from engine.errors import ConfigError, LoRALabError
 from engine.runs.history import settle_runs
+from engine.runs.queue import QueuedRun
+from engine.runs.resume import resume_problem, resumed_config
 from engine.runs.scheduler import RunView, Scheduler, workers_for
 from engine.runs.wait import expected_wait_s, planned_steps
 from ui.answering import FinishedRun, default_run, finished_runs
 from ui.controls import data_settings
-from ui.guards import deleted_if_refused, engine_errors_as_toasts, uploaded_path
+from ui.guards import deleted_if_refused, engine_errors_as_toasts, uploaded_path, user_error
 from ui.room import Room, Visitor
 from ui.settings import AppSettings
 
@@ -61,6 +63,25 @@ class Lab:
         if cfg.model not in self.settings.models:
             raise ConfigError(f"its model {cfg.model[:80]!r} is not one this app offers ({', '.join(self.settings.models)})")
         return replace(cfg, **data_settings(self.settings), device=self.settings.device)
+
+    def can_resume(self, run: QueuedRun, visitor: Visitor) -> bool:
+        """Whether `visitor` may resume `run` now: it ended, it has a checkpoint to go on from, and it is theirs (in a room)."""
+        return run.ended and visitor.may_act_on(run) and resume_problem(Path(run.config.out_dir)) is None
+
+    def resume(self, run_id: str | None, visitor: Visitor) -> QueuedRun:
+        """Queue the ended run `run_id` again to go on from its checkpoint (in a room, only its visitor or the presenter may).
+
+        Raises:
+            gr.Error: no run picked, someone else's, or it cannot resume (why, and what to do).
+        """
+        if not run_id or not isinstance(run_id, str):
+            raise gr.Error("pick a run first", duration=5)
+        try:
+            run = self.scheduler.queue.get(run_id)
+            self.room.check(visitor, run, "resume")
+            return self.scheduler.resume(run_id, resumed_config(Path(run.config.out_dir)), visitor.key, self.room.limit_for(visitor))
+        except LoRALabError as error:
+            raise user_error(error) from None
 
     def followed(self, run_id: str | None, visitor: Visitor | None = None) -> RunView | None:
         """The run a page follows: `run_id`; else in a room the visitor's own latest run; else the newest run to

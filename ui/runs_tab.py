@@ -40,6 +40,7 @@ RANK_CHOICES = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_RANKS = (1, 2, 4, 8, 16)
 POLL_SECONDS = 2.0
 NUMBER = re.compile(r"[^\s,;]+")
+MAX_RESUMABLE_CHOICES = 20  # newest ended runs that can resume, offered in the queue's pick list
 
 
 QUEUE_COLUMNS = ["state", "test acc. (%)", "run", "who", "rank", "alpha", "learning rate", "seed", "preset", "layers", "time", "worker", "note"]
@@ -249,17 +250,22 @@ class RunsTab:
         key = tuple((v.run.id, v.run.state, v.position, progress_words(v)) for v in views)
         if last is not None and key == last:
             return gr.skip(), gr.skip(), last, gr.skip()
-        open_runs = [v.run for v in sorted(views, key=lambda v: v.run.queued_at, reverse=True) if not v.run.ended]
+        newest_first = [v.run for v in sorted(views, key=lambda v: v.run.queued_at, reverse=True)]
+        open_runs = [run for run in newest_first if not run.ended]
+        resumable = [run for run in newest_first if run.ended and lab.can_resume(run, visitor)][:MAX_RESUMABLE_CHOICES]
         choices = [(" · ".join(filter(None, (run.id, run.config.owner, whose(run, visitor, lab.room.on)))), run.id) for run in open_runs]
+        choices += [(" · ".join(filter(None, (run.id, run.config.owner, f"{run.state}, can resume"))), run.id) for run in resumable]
         return queue_frame(views, visitor, lab.room.on), gr.Dropdown(choices=choices), key, sum(v.run.ended for v in views)
 
     def controls_for(self, run_id: str | None, request: gr.Request | None = None) -> tuple[Any, ...]:
         """The queue's buttons for the picked run: disabled, with the reason, when it is someone else's (in a room)."""
         lab = self.lab
         run = next((view.run for view in lab.scheduler.views() if view.run.id == run_id), None) if run_id else None
-        allowed = run is None or lab.room.visitor(request).may_act_on(run)
-        note = "" if allowed else f"*{refusal(run, 'move, cancel or stop')}.*"
-        return (*[gr.Button(interactive=allowed)] * 4, note)
+        visitor = lab.room.visitor(request)
+        allowed = run is None or visitor.may_act_on(run)
+        note = "" if allowed else f"*{refusal(run, 'move, cancel, stop or resume')}.*"
+        waiting_or_running = allowed and (run is None or not run.ended)
+        return (*[gr.Button(interactive=waiting_or_running)] * 4, gr.Button(interactive=run is not None and lab.can_resume(run, visitor)), note)
 
     def move_up(self, run_id: str | None, request: gr.Request | None = None) -> str:
         self._move(run_id, 1, request)
@@ -282,6 +288,10 @@ class RunsTab:
     def stop(self, run_id: str | None, request: gr.Request | None = None) -> str:
         run = self._act(run_id, "stop", self.lab.room.visitor(request), self.lab.scheduler.stop)
         return f"Stopping {run_id} after its current step." if run.state == "running" else f"Cancelled {run_id}: it left the queue."
+
+    def resume(self, run_id: str | None, request: gr.Request | None = None) -> str:
+        run = self.lab.resume(run_id, self.lab.room.visitor(request))
+        return f"Run {run.id} is queued to resume from its last checkpoint, in its own folder; Watch shows it on the Train tab."
 
     def watch(self, run_id: str | None) -> tuple[Any, gr.Tabs]:
         """Point the Train tab at the picked run and open it (anyone may watch any run)."""
@@ -426,11 +436,14 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
         )
         with gr.Row(equal_height=True):
             # Any run id of the queue is accepted (scripts send them); the handlers check it.
-            picked = gr.Dropdown([], label="Run", info="a waiting or running run", allow_custom_value=True, elem_id="queue-pick", scale=3)
+            picked = gr.Dropdown(
+                [], label="Run", info="a waiting or running run, or one that stopped and can resume", allow_custom_value=True, elem_id="queue-pick", scale=3
+            )
             up = gr.Button("Move up", size="sm", elem_id="queue-up")
             down = gr.Button("Move down", size="sm", elem_id="queue-down")
             cancel = gr.Button("Cancel", size="sm", elem_id="queue-cancel")
             stop = gr.Button("Stop", variant="stop", size="sm", elem_id="queue-stop")
+            resume = gr.Button("Resume", size="sm", elem_id="queue-resume")
             watch = gr.Button("Watch on the Train tab", size="sm", elem_id="queue-watch")
         queue_note = gr.Markdown(elem_id="queue-note")
         with gr.Accordion("The room (presenter only)", open=True, visible=False, elem_id="room-settings") as room_settings, gr.Row(equal_height=True):
@@ -519,13 +532,15 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
 
     timer.tick(runs.queue, last_queue, queue_view, api_name="queue", show_progress="hidden", concurrency_limit=None)
     gr.on([demo.load, tab.select], runs.queue, None, queue_view, api_name="queue_now", show_progress="hidden", concurrency_limit=None)
-    picked.change(runs.controls_for, picked, [up, down, cancel, stop, queue_note], api_name="queue_controls", show_progress="hidden", concurrency_limit=None)
+    queue_buttons = [up, down, cancel, stop, resume, queue_note]
+    picked.change(runs.controls_for, picked, queue_buttons, api_name="queue_controls", show_progress="hidden", concurrency_limit=None)
     demo.load(runs.room_panel, None, [room_settings, most_waiting], api_name="room_panel", show_progress="hidden", concurrency_limit=None)
     apply_limit.click(runs.set_room_limit, most_waiting, queue_note, api_name="set_room_limit", concurrency_limit=None)
     up.click(runs.move_up, picked, queue_note, api_name="move_up", concurrency_limit=None)
     down.click(runs.move_down, picked, queue_note, api_name="move_down", concurrency_limit=None)
     cancel.click(runs.cancel, picked, queue_note, api_name="cancel_run", concurrency_limit=None)
     stop.click(runs.stop, picked, queue_note, api_name="stop_run", concurrency_limit=None)
+    resume.click(runs.resume, picked, queue_note, api_name="resume_run", concurrency_limit=None).then(runs.queue, None, queue_view, show_progress="hidden")
     watch.click(runs.watch, picked, [follow, tabs], api_name="watch_run", concurrency_limit=None)
 
     compare_inputs = [grid, x_axis, y_axis]

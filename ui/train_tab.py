@@ -315,15 +315,16 @@ class TrainTab:
         view = lab.followed(followed or None, visitor)
         choices = follow_choices(views, visitor, lab.room.on)
         allowed = view is None or visitor.may_act_on(view.run)
-        key = (view_key(view), tuple(choices), followed or NEWEST, allowed)
+        resumable = view is not None and lab.can_resume(view.run, visitor)
+        key = (view_key(view), tuple(choices), followed or NEWEST, allowed, resumable)
         dropdown = gr.Dropdown(choices=choices, value=followed if followed in {value for _, value in choices} else NEWEST)
         if last is not None and key == last:
             running_status = status_line(view) if view is not None and view.run.state in ("running", "queued") else gr.skip()
-            return (gr.skip(), running_status, *[gr.skip()] * 10, gr.skip(), gr.skip(), last)
+            return (gr.skip(), running_status, *[gr.skip()] * 10, gr.skip(), gr.skip(), gr.skip(), last)
         shown = training_view(view)
         if not allowed:
             shown = replace(shown, header=f"{shown.header}  \n*{refusal(view.run, 'stop')}.*")
-        return (*shown.values(), dropdown, gr.Button(interactive=allowed), key)
+        return (*shown.values(), dropdown, gr.Button(interactive=allowed), gr.Button(visible=resumable), key)
 
     def run_info(self, run_id: str = "", request: gr.Request | None = None) -> dict[str, Any]:
         """A run as plain values, for scripts: `run_id`, or "" for the caller's latest run (in a room; else the newest run).
@@ -360,6 +361,15 @@ class TrainTab:
             raise gr.Error("no live confusion matrix yet: it comes with the run's first loss estimate", duration=5)
         folder = Path(view.run.config.out_dir)
         return CellSource(scores, split_texts(folder, "validation", scores.labels), class_names(view.progress), folder / ADAPTER_DIR)
+
+    def resume_training(self, followed: str | None, request: gr.Request | None = None) -> str:
+        """Queue the followed run again to go on from its last checkpoint (in a room, only the visitor's own runs)."""
+        visitor = self.lab.room.visitor(request)
+        view = self.lab.followed(followed or None, visitor)
+        if view is None:
+            raise gr.Error("no run to resume: follow a stopped run first", duration=5)
+        run = self.lab.resume(view.run.id, visitor)
+        return f"Run {run.id} is queued to go on from its last checkpoint; this page follows it."
 
     def stop_training(self, followed: str | None, request: gr.Request | None = None) -> str:
         """Stop the followed run after its current step (or take it out of the queue if it has not started)."""
@@ -437,6 +447,8 @@ def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) 
         with gr.Row():
             start_button = gr.Button("Start training", variant="primary", elem_id="start", scale=2)
             stop_button = gr.Button("Stop", variant="stop", elem_id="stop", scale=1)
+            # Shown for a run that ended before its end (stopped, interrupted, out of memory) and kept a checkpoint.
+            resume_button = gr.Button("Resume", elem_id="resume", visible=False, scale=1)
             owner = gr.Textbox("", label="Your name (optional)", placeholder="shown beside your runs", max_lines=1, elem_id="owner", scale=2)
             # Any run id is accepted (a script may follow or stop any run of the queue); poll checks it.
             followed = gr.Dropdown(
@@ -492,12 +504,14 @@ def build_train_tab(train: TrainTab, demo: gr.Blocks, controls: ControlWidgets) 
         files,
         followed,
         stop_button,
+        resume_button,
         last_shown,
     ]
     start_button.click(train.start, inputs_kwargs={"owner": owner, **controls.by_name()}, outputs=view, api_name="start", show_progress="hidden")
     timer.tick(train.poll, [followed, last_shown], view, api_name="poll", show_progress="hidden", concurrency_limit=None)
     followed.input(train.poll, [followed, nothing_shown], view, api_name="follow", show_progress="hidden", concurrency_limit=None)
     stop_button.click(train.stop_training, followed, train_status, api_name="stop", concurrency_limit=None)
+    resume_button.click(train.resume_training, followed, train_status, api_name="resume", concurrency_limit=None)
     demo.load(train.attach, None, view, api_name="attach", show_progress="hidden")
     build_cost_line(CostView(train.lab), demo, controls, cost_line)
     return timer, followed

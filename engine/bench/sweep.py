@@ -66,7 +66,7 @@ class _TimedWorkers:
     def describe(self) -> str:
         return self.workers.describe()
 
-    def launch(self, config: RunConfig, slot: Any, on_event: Any, on_end: Any) -> Any:
+    def launch(self, config: RunConfig, slot: Any, on_event: Any, on_end: Any, resume: bool = False) -> Any:
         from engine.train import StepDone
 
         launched = time.perf_counter()
@@ -77,7 +77,7 @@ class _TimedWorkers:
                     self.startup[config.out_dir] = time.perf_counter() - launched
             on_event(event)
 
-        return self.workers.launch(config, slot, timed, on_end)
+        return self.workers.launch(config, slot, timed, on_end, resume)
 
 
 def time_sweep(cfg: GPTConfig, device: str, workers: int, steps: int, data: Any, say: Any) -> SweepResult:

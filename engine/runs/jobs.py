@@ -23,6 +23,7 @@ class WorkerJob:
     config: RunConfig  # its device is the worker's own
     cores: tuple[int, ...] | None = None  # CPU cores the worker keeps to (None: all)
     weights_at: str | None = None  # a copy of the model's files on this machine (a Ray worker), see fine_tune
+    resume: bool = False  # go on from the checkpoint in the config's out_dir (see fine_tune)
 
 
 @dataclass(frozen=True)

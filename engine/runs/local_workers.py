@@ -196,11 +196,13 @@ class LocalWorkers:
     def describe(self) -> str:
         return f"{len(self.slots)} local worker{'s' if len(self.slots) != 1 else ''} ({', '.join(s.name for s in self.slots)})"
 
-    def launch(self, config: RunConfig, slot: Slot, on_event: Callable[[object], None], on_end: Callable[[WorkerEnded], None]) -> WorkerProcess:
-        """Start `config` on `slot` in a new worker process; its events and end go to the callbacks (on another thread)."""
+    def launch(
+        self, config: RunConfig, slot: Slot, on_event: Callable[[object], None], on_end: Callable[[WorkerEnded], None], resume: bool = False
+    ) -> WorkerProcess:
+        """Start `config` (with `resume`, from its checkpoint) on `slot` in a new worker process; its events and end go to the callbacks (on another thread)."""
         env = {**os.environ, **slot.env, "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))}
         if slot.cores:  # OpenMP reads these before PyTorch starts its threads
             env.update(OMP_NUM_THREADS=str(len(slot.cores)), MKL_NUM_THREADS=str(len(slot.cores)))
         process = subprocess.Popen([sys.executable, "-m", "engine.runs.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        write_frame(process.stdin, WorkerJob(replace(config, device=slot.device), slot.cores))
+        write_frame(process.stdin, WorkerJob(replace(config, device=slot.device), slot.cores, resume=resume))
         return WorkerProcess(process, on_event, on_end)

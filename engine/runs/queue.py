@@ -56,6 +56,7 @@ class QueuedRun:
     ended_at: float | None = None
     visitor: str = ""  # who queued it: an opaque key ("" for nobody in particular); `config.owner` is only its label
     settings_known: bool = True  # False: queue.json held settings that were refused, and `config` is a stand-in
+    resume: bool = False  # it goes on from the checkpoint in its folder (engine/runs/resume.py)
 
     @property
     def ended(self) -> bool:
@@ -135,6 +136,27 @@ class RunQueue:
                         folder.rmdir()  # made just now, so empty
                 raise
             return added
+
+    def requeue(self, run_id: str, config: RunConfig, visitor: str = "", max_waiting_per_visitor: int | None = None) -> QueuedRun:
+        """Queue the ended run `run_id` (or a run folder the queue never knew) again, at its fair place, to resume with `config`.
+
+        Raises:
+            QueueError: the run is waiting or running, its folder is not in the runs folder, the queue is full, or it cannot be saved.
+        """
+        folder = self.root / run_id
+        if ".." in Path(run_id).parts or not folder.is_dir():
+            raise QueueError(f"no run folder {str(run_id)[:120]!r} in {self.root}: refresh the list")
+        with self._lock:
+            old = next((run for run in self._runs if run.id == run_id), None)
+            if old is not None and not old.ended:
+                raise QueueError(f"run {run_id} is {old.state}: only a run that ended can resume")
+            owner = old.visitor if old is not None else visitor
+            self._check_room(1, owner, max_waiting_per_visitor)
+            again = QueuedRun(run_id, replace(config, out_dir=str(folder)), old.grid if old else None, queued_at=time.time(), visitor=owner, resume=True)
+            runs = [run for run in self._runs if run.id != run_id]
+            runs.insert(fair_place(runs, owner), again)
+            self._commit(runs)
+            return again
 
     def _check_room(self, adding: int, visitor: str, per_visitor: int | None) -> None:
         waiting = sum(run.state == "queued" for run in self._runs)

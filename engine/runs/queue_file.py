@@ -90,7 +90,7 @@ def read_entry(entry: dict[str, Any], run_id: str, root: Path, rebase: Rebase | 
             return _refused(run_type, run_id, folder, entry, f"it cannot run here ({error})", config=config)
     known = {f.name for f in fields(run_type)}
     kept = {key: value for key, value in values.items() if key in known and value is not None}
-    return run_type(**kept, id=run_id, config=config, settings_known=entry.get("settings_known") is not False)
+    return run_type(**kept, id=run_id, config=config, settings_known=entry.get("settings_known") is not False, resume=entry.get("resume") is True)
 
 
 def _problem(values: dict[str, Any]) -> str | None:

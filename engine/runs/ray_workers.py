@@ -171,7 +171,11 @@ class RayWorkers:
         each = f"1 GPU and {cpus}" if slot.num_gpus else cpus
         return f"{len(self.slots)} Ray worker{'s' if len(self.slots) != 1 else ''} ({each} each)"
 
-    def launch(self, config: RunConfig, slot: RaySlot, on_event: Callable[[object], None], on_end: Callable[[WorkerEnded], None]) -> "RayRun":
+    def launch(
+        self, config: RunConfig, slot: RaySlot, on_event: Callable[[object], None], on_end: Callable[[WorkerEnded], None], resume: bool = False
+    ) -> "RayRun":
+        if resume:  # the checkpoint is in this machine's run folder, and a task writes into its node's scratch folder
+            raise ConfigError("a run cannot resume on a Ray cluster yet: resume it with local workers, or with `python -m engine train --resume`")
         job = WorkerJob(replace(config, device="cuda" if slot.num_gpus else "cpu", model=absolute(config.model)))
         data = pack_data(config.data)
         run_id = f"{config.out_dir}@{time.time_ns()}"

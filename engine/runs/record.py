@@ -23,9 +23,11 @@ from typing import Any
 from engine import strict_json
 from engine.adapter import CONFIG_FILE, TENSORS_FILE
 from engine.atomic import disk_full_named, temporary_files, write_text_atomic
+from engine.checkpoint import CHECKPOINT_FILE
 from engine.config import RunConfig
 from engine.errors import Cancelled, DiskFullError, TrainingDiverged
 from engine.failure import one_line
+from engine.memory import is_out_of_memory
 from engine.reproduce import reproduction
 from engine.runs.states import RECORD_STATES, RecordState
 
@@ -124,6 +126,24 @@ class RunRecord:
             raise
         return record
 
+    @classmethod
+    def resume(cls, cfg: RunConfig, from_step: int) -> "RunRecord":
+        """Reopen the record in `cfg.out_dir` as "running" again, for a run resumed at step `from_step`;
+        its files stay, its earlier stretches are kept in its "segments"."""
+        folder = Path(cfg.out_dir)
+        earlier = read_record(folder) or {}
+        fields = {key: value for key, value in earlier.items() if key not in ("error", "ended")}
+        fields.update(state="running", config=asdict(cfg), process=this_process(), resumed=now(), segment_start=from_step)
+        record = cls(folder, fields, made_folder=False)
+        with _running_lock:
+            _running.add(_key(folder))
+        try:
+            write_text_atomic(record.path, _json(fields))
+        except BaseException:
+            record._forget(remove_files=False)
+            raise
+        return record
+
     def checkpoint(self, save_adapter: Callable[[], None], step: int, **progress: Any) -> bool:
         """Save the adapter (`save_adapter`) and note it and `progress` in the record; at most every
         CHECKPOINT_EVERY_S (the first always). Returns whether it saved."""
@@ -142,8 +162,9 @@ class RunRecord:
 
     def finish(self, fields: dict[str, Any]) -> Path:
         """Close the record as "stopped" or "done" (as `fields["stopped"]` says) with the run's full `fields`."""
-        keep = {key: self.fields[key] for key in ("created", "process", "reproduce")}
-        closed = {**fields, **keep, "state": "stopped" if fields["stopped"] else "done", "ended": now()}
+        keep = {key: self.fields[key] for key in ("created", "process", "reproduce", "resumed") if key in self.fields}
+        state = "stopped" if fields["stopped"] else "done"
+        closed = {**fields, **keep, "state": state, "segments": _segments(self.fields, fields.get("steps"), state), "ended": now()}
         write_text_atomic(self.path, _json(closed))  # if this fails, the failure is recorded from the smaller fields so far
         self.fields = closed
         self._forget(remove_files=False)
@@ -180,7 +201,10 @@ class RunRecord:
         message = one_line(str(error)) or type(error).__name__
         if not isinstance(error, TrainingDiverged):  # its message says so already
             message += self._kept()
-        self.fields.update(state="interrupted" if interrupted else "failed", error=message, ended=now())
+        state = "interrupted" if interrupted else "failed"
+        self.fields.update(state=state, error=message, ended=now(), segments=_segments(self.fields, self.fields.get("checkpoint_step"), state))
+        if is_out_of_memory(error):
+            self.fields["out_of_memory"] = True  # a failure that can be resumed (with a smaller batch, on another device)
         try:
             write_text_atomic(self.path, _json(self.fields))
         except OSError:
@@ -211,6 +235,7 @@ def _interrupted(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
     settled = {
         **record,
         "state": "interrupted",
+        "segments": _segments(record, step, "interrupted"),
         "error": f"the process running it (pid {process.get('pid')} on {process.get('host')}) ended before the run did: killed, or the machine stopped{kept}",
     }
     for name, where in _run_files(folder):
@@ -219,6 +244,11 @@ def _interrupted(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
     with contextlib.suppress(OSError):  # read-only or full: still reported as interrupted
         write_text_atomic(folder / RECORD_FILE, _json(settled))
     return settled
+
+
+def _segments(fields: dict[str, Any], end_step: Any, ended: str) -> list[dict[str, Any]]:
+    """The run's stretches (`segments`), the one going now ended (as `ended`) at `end_step`: each began at step 0 or where it was resumed."""
+    return [*fields.get("segments", []), {"start_step": fields.get("segment_start", 0), "end_step": end_step, "ended": ended}]
 
 
 def adapter_kept(step: Any, folder: Path) -> str:
@@ -275,7 +305,13 @@ def _remove_run_files(folder: Path) -> None:
 
 def _run_files(folder: Path) -> list[tuple[str, Path]]:
     """(name, folder holding it) of every file a run writes into `folder`."""
-    return [(RECORD_FILE, folder), (PLOT_FILE, folder), (BASELINE_FILE, folder), *((name, folder / ADAPTER_DIR) for name in ADAPTER_FILES)]
+    return [
+        (RECORD_FILE, folder),
+        (PLOT_FILE, folder),
+        (BASELINE_FILE, folder),
+        (CHECKPOINT_FILE, folder),
+        *((name, folder / ADAPTER_DIR) for name in ADAPTER_FILES),
+    ]
 
 
 def _key(folder: Path) -> str:

@@ -17,6 +17,7 @@ import torch
 
 from engine.adapter import AdapterConfig, adapter_tensors, save_adapter
 from engine.anatomy import frozen_weight_norms, growth_point
+from engine.checkpoint import CHECKPOINT_FILE, Checkpoint, LoopTracker, read_checkpoint, save_checkpoint
 from engine.classifier import build_classifier
 from engine.config import METHODS, RunConfig
 from engine.data.download import DownloadProgress, ProgressCallback
@@ -32,7 +33,8 @@ from engine.runs.events import AdapterMeasured, BaselineEvaluated, DataReady, Fi
 from engine.runs.plot import save_loss_plot
 from engine.runs.record import ADAPTER_DIR, PLOT_FILE, RunRecord
 from engine.runs.recorder import RunProgress, RunRecorder
-from engine.train import LossEvaluated, train
+from engine.runs.resume import check_resumable, resume_problem
+from engine.train import EpochDone, LossEvaluated, TrainEnded, ValidationEvaluated, train
 from engine.weights import load_model
 
 BASELINE_BATCHES = 10  # the book estimates accuracy before training on 10 batches per split
@@ -50,8 +52,12 @@ def fine_tune(
     stop: StopFlag | None = None,
     on_download: ProgressCallback | None = None,
     weights_at: str | None = None,
+    resume: bool = False,
 ) -> Iterator[RunEvent]:
     """Run `cfg` to the end (or until `stop` is set) and save the adapter, run record and loss plot.
+
+    With `resume`, go on from the checkpoint in `cfg.out_dir` (engine/runs/resume.py made `cfg`): the
+    events so far come first, then training from where it was, as if it had never stopped.
 
     A stopped run still saves the adapter of its last completed step, and skips the final evaluation.
     `weights_at` is a copy of `cfg.model` (a folder) on a machine that lacks the original, e.g. a
@@ -70,9 +76,16 @@ def fine_tune(
         raise ConfigError(f"method {cfg.method!r} is not trained by `train`: the classical baseline is `python -m engine baseline`")
     if cfg.method != "lora":
         precision = "fp32"  # the base's weights train themselves here: AdamW on bf16 weights would lose most of each update
-    record = RunRecord.begin(cfg)  # from here the run leaves a trace, however it ends
+    checkpoint = None
+    if resume:
+        if problem := resume_problem(Path(cfg.out_dir), further=True):  # check_resumable then checks there are steps left
+            raise ConfigError(problem)
+        checkpoint = read_checkpoint(Path(cfg.out_dir) / CHECKPOINT_FILE)
+        check_resumable(cfg, checkpoint)
+    # From here the run leaves a trace, however it ends.
+    record = RunRecord.resume(cfg, checkpoint.position.step) if checkpoint else RunRecord.begin(cfg)
     with record.closed_on_failure():
-        yield from _run(cfg, stop, on_download, weights_at, device, precision, record, started)
+        yield from _run(cfg, stop, on_download, weights_at, device, precision, record, started, checkpoint)
 
 
 def _run(
@@ -84,16 +97,24 @@ def _run(
     precision: Resolved,
     record: RunRecord,
     started: float,
+    checkpoint: Checkpoint | None,
 ) -> Iterator[RunEvent]:
     recorder = RunRecorder(cfg.train.eval_freq)
+    events: list[RunEvent] = []  # what a checkpoint replays to whoever follows the run once resumed
 
     def emit(event: RunEvent) -> RunEvent:
         recorder.record(event)
+        events.append(event)
         return event
+
+    if checkpoint is not None:
+        for event in replayed(checkpoint):
+            yield emit(event)
 
     data = run_data(cfg, stoppable(on_download, stop))
     cfg = replace(cfg, data=str(data.folder))  # the record names the splits the run read
-    yield emit(DataReady(data.summary))
+    if checkpoint is None:
+        yield emit(DataReady(data.summary))
 
     loading = time.perf_counter()
     labels = data.splits.labels
@@ -104,14 +125,14 @@ def _run(
     loaders = make_loaders(data.splits, cfg.train, base.cfg.context_length, book_draws=cfg.draws == "book", pin_memory=device.type == "cuda")
     draws = RunDraws(cfg.train.seed, loaders)
     model = build_classifier(base, cfg.lora, n_classes=len(labels), draws=draws, method=cfg.method)
-    yield emit(ModelReady(cfg.model, str(device), count_parameters(model), time.perf_counter() - loading, precision))
-
     loss_mean: LossMean = "batch" if cfg.draws == "book" else "message"
-    draws.before_baseline()
-    accuracy = lambda loader: evaluate(model, loader, device, cfg.train.pooling, BASELINE_BATCHES, stop.is_set).accuracy
-    baseline = BaselineEvaluated(accuracy(loaders.train_sample), accuracy(loaders.validation), accuracy(loaders.test))
-    if not stop.is_set():  # cut short by Stop, its accuracies would cover too few batches to mean anything
-        yield emit(baseline)
+    if checkpoint is None:
+        yield emit(ModelReady(cfg.model, str(device), count_parameters(model), time.perf_counter() - loading, precision))
+        draws.before_baseline()
+        accuracy = lambda loader: evaluate(model, loader, device, cfg.train.pooling, BASELINE_BATCHES, stop.is_set).accuracy
+        baseline = BaselineEvaluated(accuracy(loaders.train_sample), accuracy(loaders.validation), accuracy(loaders.test))
+        if not stop.is_set():  # cut short by Stop, its accuracies would cover too few batches to mean anything
+            yield emit(baseline)
 
     out = Path(cfg.out_dir)
     adapter_dir = out / ADAPTER_DIR
@@ -119,13 +140,22 @@ def _run(
     lora = cfg.method == "lora"  # only LoRA has an adapter anatomy to measure
     draws.before_training()
     frozen_norms = frozen_weight_norms(model)  # ‖W‖ under each LoRA layer, for its anatomy: the frozen weights never change
-    for event in train(model, loaders, cfg.train, device, stop, loss_mean):
-        if isinstance(event, LossEvaluated):  # each estimate's losses are finite (train raises otherwise): a checkpoint a killed run keeps
-            if lora:
-                yield emit(measured(model, cfg, frozen_norms, event.step + 1))
-            progress = recorder.progress()
-            record.checkpoint(lambda: save_adapter(model, adapter_dir, adapter_config), progress.step, **record_fields(cfg, progress, str(device), precision))
+    tracker = LoopTracker(checkpoint)
+
+    def save_all() -> None:
+        save_adapter(model, adapter_dir, adapter_config)
+        save_checkpoint(out / CHECKPOINT_FILE, model, tracker, kept_events(events))
+
+    estimate_ends = ValidationEvaluated if cfg.train.live_metrics else LossEvaluated
+    for event in train(model, loaders, cfg.train, device, stop, loss_mean, tracker=tracker):
+        if isinstance(event, LossEvaluated) and lora:
+            yield emit(measured(model, cfg, frozen_norms, event.step + 1))
+        if isinstance(event, TrainEnded) and tracker.position is not None:
+            save_checkpoint(out / CHECKPOINT_FILE, model, tracker, kept_events(events))  # where training ended, to go on from
         yield emit(event)
+        if isinstance(event, estimate_ends):  # each estimate's losses are finite (train raises otherwise): a checkpoint a killed run keeps
+            progress = recorder.progress()
+            record.checkpoint(save_all, progress.step, **record_fields(cfg, progress, str(device), precision))
     steps, anatomy = recorder.progress().step, recorder.progress().anatomy
     if lora and steps and (not anatomy or anatomy[-1].steps != steps):
         yield emit(measured(model, cfg, frozen_norms, steps))  # the adapter as it is saved
@@ -153,6 +183,19 @@ def run_data(cfg: RunConfig, on_download: ProgressCallback | None) -> PreparedDa
     is prepared again into the run's own folder, never over it."""
     cache = Path(cfg.out_dir) / DATA_DIR if is_prepared_folder(cfg.data) else cfg.data_cache
     return prepare(cfg.data, cache, on_download, seed=cfg.train.seed, urls=cfg.data_urls, deduplicate=cfg.deduplicate, parse=cfg.parse)
+
+
+def replayed(checkpoint: Checkpoint) -> list[RunEvent]:
+    """A checkpoint's events as the resumed run tells them again: without an epoch's accuracies taken where
+    the run stopped mid-epoch at its step limit (the run never stopping takes none there)."""
+    step = checkpoint.position.step
+    return [event for event in checkpoint.events if not (isinstance(event, EpochDone) and event.step >= step)]
+
+
+def kept_events(events: list[RunEvent]) -> list[RunEvent]:
+    """`events` as a checkpoint keeps them: per-message scores only at the latest estimate (as the recorder keeps them)."""
+    latest = max((i for i, event in enumerate(events) if isinstance(event, ValidationEvaluated)), default=-1)
+    return [replace(event, scores=None) if isinstance(event, ValidationEvaluated) and i != latest else event for i, event in enumerate(events)]
 
 
 def stoppable(on_download: ProgressCallback | None, stop: StopFlag) -> ProgressCallback:

@@ -45,7 +45,9 @@ class Workers(Protocol):
 
     def describe(self) -> str: ...
 
-    def launch(self, config: RunConfig, slot: Slot, on_event: Callable[[object], None], on_end: Callable[[WorkerEnded], None]) -> Launched: ...
+    def launch(
+        self, config: RunConfig, slot: Slot, on_event: Callable[[object], None], on_end: Callable[[WorkerEnded], None], resume: bool = False
+    ) -> Launched: ...
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,17 @@ class Scheduler:
         with self._changed:
             self._changed.notify_all()
         return added
+
+    def resume(self, run_id: str, config: RunConfig, visitor: str = "", max_waiting_per_visitor: int | None = None) -> QueuedRun:
+        """Queue the ended run `run_id` again, to go on from its checkpoint with `config` (engine/runs/resume.py made it).
+
+        Raises:
+            QueueError: the run is waiting or running, or the queue cannot be saved.
+        """
+        run = self.queue.requeue(run_id, config, visitor, max_waiting_per_visitor)
+        with self._changed:
+            self._changed.notify_all()
+        return run
 
     def stop(self, run_id: str) -> QueuedRun:
         """Stop a running run after its current step, or cancel a queued one.
@@ -204,7 +217,7 @@ class Scheduler:
                 self._launched[run.id] = None
                 self._recorders[run.id] = RunRecorder(run.config.train.eval_freq)
                 self._trim_recorders()
-            launched = self.workers.launch(run.config, slot, self._on_event(run.id), self._on_end(run.id, slot))
+            launched = self.workers.launch(run.config, slot, self._on_event(run.id), self._on_end(run.id, slot), resume=run.resume)
         except Exception as error:
             if run is None:  # not claimed: claim_next failed that run already (a failed save), or a fault of ours fails it here
                 if isinstance(error, QueueError):

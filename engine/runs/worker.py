@@ -34,7 +34,7 @@ def run_job(job: WorkerJob, stop: threading.Event, send: Callable[[object], None
         send(event)
 
     try:
-        for event in fine_tune(job.config, stop, on_download=report, weights_at=job.weights_at):
+        for event in fine_tune(job.config, stop, on_download=report, weights_at=job.weights_at, resume=job.resume):
             report(event)
     except Cancelled:
         return WorkerEnded("stopped")
