@@ -118,10 +118,11 @@ def sms_lengths() -> Lengths:
 
 @functools.lru_cache(maxsize=8)
 def _folder_lengths(folder: str, stamp: tuple[int, ...]) -> Lengths:
-    from engine.data.prepared import load_splits
+    from engine.data.prepared import LABELS, load_splits, load_summary
     from engine.tokenizer import encode
 
-    splits = load_splits(Path(folder))
+    saved = load_summary(Path(folder))
+    splits = load_splits(Path(folder), saved.labels if saved else LABELS)  # a folder of three or more classes reads as such
     counts = [tuple(len(encode(text)) for text in part["Text"]) for _, part in splits.items()]
     return Lengths(*counts, measured=True)
 

@@ -89,4 +89,4 @@ def test_a_poisoned_queue_loads_with_that_entry_failed_and_every_page_still_gets
         assert rows["20261207-120000"][table["headers"].index("seed")] in (None, "")  # its settings are unknown, not shown as defaults
         with pytest.raises(Exception, match="seed must be a whole number from 0 to 4,294,967,295"):
             client.predict(seeds=str(HUGE), model=settings.model, api_name="/add_grid")
-        assert len(client.predict(None, api_name="/queue")[0]["data"]) == 2  # the queue still answers, unchanged
+        assert len(client.predict(api_name="/queue_now")[0]["data"]) == 2  # the queue still answers, unchanged (/queue, the timer's, sends only changes)

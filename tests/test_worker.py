@@ -168,8 +168,8 @@ def test_out_of_memory_fails_with_advice(tiny_model_dir: Path, tmp_path: Path, m
 
     real = engine.runs.run.fine_tune
 
-    def exhausted(cfg, stop=None, on_download=None, weights_at=None):
-        for event in real(cfg, stop, on_download, weights_at):
+    def exhausted(cfg, stop=None, on_download=None, weights_at=None, resume=False):
+        for event in real(cfg, stop, on_download, weights_at, resume):
             yield event
             if isinstance(event, StepDone):
                 raise error
@@ -186,7 +186,7 @@ def test_a_bug_is_an_internal_error_with_its_traceback_logged(
 ) -> None:
     import engine.runs.run
 
-    def broken(cfg, stop=None, on_download=None, weights_at=None):
+    def broken(cfg, stop=None, on_download=None, weights_at=None, resume=False):
         raise ValueError("zip() argument 2 is shorter than argument 1")  # a bug, though a ValueError: not the user's input
         yield
 

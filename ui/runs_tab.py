@@ -540,7 +540,9 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
     down.click(runs.move_down, picked, queue_note, api_name="move_down", concurrency_limit=None)
     cancel.click(runs.cancel, picked, queue_note, api_name="cancel_run", concurrency_limit=None)
     stop.click(runs.stop, picked, queue_note, api_name="stop_run", concurrency_limit=None)
-    resume.click(runs.resume, picked, queue_note, api_name="resume_run", concurrency_limit=None).then(runs.queue, None, queue_view, show_progress="hidden")
+    resume.click(runs.resume, picked, queue_note, api_name="resume_run", concurrency_limit=None).then(
+        runs.queue, None, queue_view, api_name="queue_after_resume", show_progress="hidden", api_visibility="private"
+    )
     watch.click(runs.watch, picked, [follow, tabs], api_name="watch_run", concurrency_limit=None)
 
     compare_inputs = [grid, x_axis, y_axis]
@@ -557,7 +559,7 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
     )
     gr.on([tab.select, refresh.click], runs.methods, None, methods, api_name="methods_compared", show_progress="hidden")
     fitted = baseline.click(runs.fit_baseline, controls.preset_name, [baseline_note, methods], api_name="fit_baseline", concurrency_limit=1)
-    fitted.then(runs.history, None, history, show_progress="hidden")
+    fitted.then(runs.history, None, history, api_name="history_after_baseline", show_progress="hidden", api_visibility="private")
     gr.on([tab.select, refresh.click], runs.history, None, history, api_name="run_history", show_progress="hidden").then(
         runs.overlay_choices, None, chosen, api_name="overlay_runs", show_progress="hidden"
     )
