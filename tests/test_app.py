@@ -341,6 +341,8 @@ def test_train_poll_classify_through_the_handlers(lab: Lab, settings: AppSetting
         0,
         50,
         True,
+        "auto",
+        "lora",
     )
     idle = view_of(TrainTab(lab).attach())
     assert idle["status"] == "Ready: no run yet." and idle["loss"] is None and idle["live_scores"] is None  # None, never an empty frame, for the plots
