@@ -399,7 +399,7 @@ def test_stop_while_a_run_downloads_its_data(settings: AppSettings, http_server)
 
 
 @pytest.mark.slow
-def test_a_run_stopped_before_training_keeps_an_adapter_classify_uses(lab: Lab, sms_zip: Path) -> None:
+def test_a_run_stopped_before_training_keeps_an_adapter_classify_can_use(lab: Lab, sms_zip: Path) -> None:
     DataTab(lab).upload_data(as_upload(sms_zip))
     run_id = TrainTab(lab).start_training(train_controls(lab.settings.model))[12].value
     deadline = time.monotonic() + 60
@@ -412,7 +412,10 @@ def test_a_run_stopped_before_training_keeps_an_adapter_classify_uses(lab: Lab, 
     status, files = polled[1], polled[11]
     assert status.startswith("Stopped") and lab.scheduler.view(run_id).progress.step == 0
     assert [Path(f).name for f in files] == ["adapter.safetensors", "run.json"]
-    assert set(ClassifyTab(lab).classify(SPAM, None)[0]) == {"ham", "spam"}  # the stopped run's adapter is usable
+    with pytest.raises(gr.Error, match="No finished run yet"):  # a stopped run never answers unasked (ui/answering.py)
+        ClassifyTab(lab).classify(SPAM, None)
+    downloaded = as_upload(Path(files[0]))  # its adapter, downloaded and uploaded on Classify, is usable
+    assert set(ClassifyTab(lab).classify(SPAM, downloaded)[0]) == {"ham", "spam"}
 
 
 # --- out of memory -------------------------------------------------------------------------------
