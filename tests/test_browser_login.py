@@ -35,7 +35,7 @@ def open_any_tab(page: Any, name: str) -> None:
 
 @pytest.mark.parametrize("size", [(1280, 720), (390, 844)], ids=["desktop", "phone"])
 def test_the_login_page_logs_in_and_the_app_works(browser: Any, trained_lab: Lab, size: tuple[int, int]) -> None:
-    with running_app(trained_lab.settings, auth=("demo", "pw")) as running:
+    with running_app(trained_lab.settings, auth=("demo", "pw"), lab=trained_lab) as running:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page = browser.new_page(viewport={"width": size[0], "height": size[1]})
         errors: list[str] = []

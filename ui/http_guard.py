@@ -16,6 +16,7 @@ Each refusal is one line in the server log. It is plain ASGI middleware, given t
 Gradio builds (`launch(app_kwargs=...)`).
 """
 
+import math
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -100,8 +101,9 @@ class HttpGuard:
         address = (scope.get("client") or ("unknown", 0))[0]
         wait_s = self.logins.attempt(address)
         if wait_s:
-            text = f"too many wrong logins: wait {wait_s:.0f} s, then try again"
-            await self._refuse(scope, receive, send, 429, text, "a login", {"Retry-After": str(max(1, round(wait_s)))})
+            seconds = max(1, math.ceil(wait_s))  # rounded up: a retry after the wait named is never refused again
+            text = f"too many wrong logins: wait {seconds} s, then try again"
+            await self._refuse(scope, receive, send, 429, text, "a login", {"Retry-After": str(seconds)})
             return
         status = 0
 
