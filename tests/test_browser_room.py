@@ -101,7 +101,7 @@ def test_two_visitors_and_the_presenter(browser: "sync_api.Browser", room: Runni
         expect(bob.locator("#queue [role=row]", has_text="Bob (you)")).to_have_count(1, timeout=20_000)
         pick(bob, anns)
         expect(bob.locator("#queue-stop")).to_be_disabled(timeout=10_000)
-        expect(bob.locator("#queue-note")).to_contain_text(f"run {anns} is Ann's: {REFUSED} move, cancel or stop it", timeout=20_000)
+        expect(bob.locator("#queue-note")).to_contain_text(f"run {anns} is Ann's: {REFUSED} move, cancel, stop or resume it", timeout=20_000)
         screenshot(bob, "room-visitor-runs")
         bob.set_viewport_size({"width": 390, "height": 844})
         screenshot(bob, "room-visitor-runs-phone")

@@ -43,7 +43,9 @@ def test_a_whole_visit_with_no_console_error(browser: "sync_api.Browser", served
         errors: list[str] = []
         stage = ["start"]  # where the visit was when an error came
         page.on("pageerror", lambda error: errors.append(f"uncaught at {stage[0]}: {error}"))
-        page.on("console", lambda message: errors.append(f"console at {stage[0]}: {message.text}") if message.type == "error" else None)
+        # While the page reloads, Gradio's client logs each event stream the reload cuts ("AbortError", "Connection errored
+        # out"): the page's own doing, not a fault. Every other stage must stay free of console errors.
+        page.on("console", lambda msg: errors.append(f"console at {stage[0]}: {msg.text}") if msg.type == "error" and stage[0] != "reload" else None)
 
         # Data: the shipped zip, uploaded
         stage[0] = "upload"
@@ -65,8 +67,10 @@ def test_a_whole_visit_with_no_console_error(browser: "sync_api.Browser", served
         status = page.locator(STATUS)
         expect(status).to_have_value(re.compile(r"^Running: step [1-9]"), timeout=120_000)
         expect(page.locator("#run-header")).to_contain_text("rank 4")
+        stage[0] = "reload"
         page.reload()
         page.get_by_role("button", name="Download the SMS Spam Collection").wait_for()
+        stage[0] = "first run, reloaded"
         open_tab(page, "Train")
         expect(status).to_have_value(re.compile(r"^Running: step [1-9]"), timeout=20_000)
         page.get_by_role("button", name="Stop", exact=True).click()
@@ -86,7 +90,7 @@ def test_a_whole_visit_with_no_console_error(browser: "sync_api.Browser", served
         # Classify and explain with the adapter just trained
         stage[0] = "classify"
         open_tab(page, "Classify")
-        expect(page.locator("#adapter-status")).to_contain_text("Using the latest trained adapter", timeout=20_000)
+        expect(page.locator("#adapter-status")).to_contain_text(re.compile(r"Answering: run \d{8}-\d{6} · "), timeout=20_000)  # the run just trained
         page.locator("#message textarea").fill("WINNER!! You have won a free holiday, call now")
         page.get_by_role("button", name="Classify", exact=True).click()
         expect(page.locator("#prediction-after [data-testid='label-output-value']")).to_have_text(re.compile("^(ham|spam)$"), timeout=60_000)
