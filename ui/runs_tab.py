@@ -267,6 +267,10 @@ class RunsTab:
         waiting_or_running = allowed and (run is None or not run.ended)
         return (*[gr.Button(interactive=waiting_or_running)] * 4, gr.Button(interactive=run is not None and lab.can_resume(run, visitor)), note)
 
+    def buttons_for(self, run_id: str | None, request: gr.Request | None = None) -> tuple[Any, ...]:
+        """`controls_for`'s buttons alone: for a pick the queue's refresh changed, which must not wipe the note an action left."""
+        return self.controls_for(run_id, request)[:5]
+
     def move_up(self, run_id: str | None, request: gr.Request | None = None) -> str:
         self._move(run_id, 1, request)
         return f"Moved {run_id} one place up."
@@ -533,7 +537,12 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
     timer.tick(runs.queue, last_queue, queue_view, api_name="queue", show_progress="hidden", concurrency_limit=None)
     gr.on([demo.load, tab.select], runs.queue, None, queue_view, api_name="queue_now", show_progress="hidden", concurrency_limit=None)
     queue_buttons = [up, down, cancel, stop, resume, queue_note]
-    picked.change(runs.controls_for, picked, queue_buttons, api_name="queue_controls", show_progress="hidden", concurrency_limit=None)
+    # A visitor's pick sets the buttons and the note (why a run is not theirs); a pick the queue's refresh changed (a run
+    # that ended, or became resumable) sets the buttons only, leaving the note of what was just done ("Stopping ...").
+    picked.input(runs.controls_for, picked, queue_buttons, api_name="queue_controls", show_progress="hidden", concurrency_limit=None)
+    picked.change(
+        runs.buttons_for, picked, queue_buttons[:5], api_name="queue_buttons", show_progress="hidden", api_visibility="private", concurrency_limit=None
+    )
     demo.load(runs.room_panel, None, [room_settings, most_waiting], api_name="room_panel", show_progress="hidden", concurrency_limit=None)
     apply_limit.click(runs.set_room_limit, most_waiting, queue_note, api_name="set_room_limit", concurrency_limit=None)
     up.click(runs.move_up, picked, queue_note, api_name="move_up", concurrency_limit=None)
