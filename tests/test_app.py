@@ -361,6 +361,8 @@ def test_train_poll_classify_through_the_handlers(lab: Lab, settings: AppSetting
     assert (first_run.state, first_run.config.lora.rank, second_run.state, second_run.config.lora.rank) == ("done", 16, "done", 2)
 
     polled = view_of(TrainTab(lab).poll(first_run.id, None))
+    # a poll sends the follow list's choices, never its value: one in flight as the visitor picks a run would put the old one back
+    assert "value" not in polled["follow"].constructor_args and first["follow"].constructor_args["value"] == first_run.id
     assert polled["status"].startswith("Finished in ") and "step 12 of 12" in polled["progress"]
     assert polled["loss"] is polled["loss_again"] and set(polled["loss"]["split"]) == {"training batch", "train", "validation", *AXIS_SERIES}
     # the axes reach the run's planned end: 12 steps, 12 batches of 8 examples (a row outside the axes stretches them)

@@ -291,7 +291,7 @@ class TrainTab:
             others = [v for v in lab.scheduler.views() if v.run.id != run.id and not v.run.ended]
             if len(others) >= len(lab.scheduler.workers.slots):
                 gr.Info(f"Run {run.id} waits in the queue behind {plural(len(others), 'other run')}; this page follows it.", duration=TOAST_SECONDS)
-        return self.poll(run.id, None, request)
+        return self._view(run.id, None, request, point_at_followed=True)
 
     def place_words(self, run_id: str) -> str:
         """A new run's place in the queue and its expected wait, in one sentence."""
@@ -309,6 +309,10 @@ class TrainTab:
 
     def poll(self, followed: str | None, last: tuple | None, request: gr.Request | None = None) -> tuple[Any, ...]:
         """The followed run's view, or nothing new (gr.skip) when nothing changed since `last`."""
+        return self._view(followed, last, request, point_at_followed=False)
+
+    def _view(self, followed: str | None, last: tuple | None, request: gr.Request | None, point_at_followed: bool) -> tuple[Any, ...]:
+        """The Train tab's outputs for `followed`; the follow list is set to it only when `point_at_followed` (a new run)."""
         lab = self.lab
         visitor = lab.room.visitor(request)
         views = lab.scheduler.views()
@@ -317,7 +321,13 @@ class TrainTab:
         allowed = view is None or visitor.may_act_on(view.run)
         resumable = view is not None and lab.can_resume(view.run, visitor)
         key = (view_key(view), tuple(choices), followed or NEWEST, allowed, resumable)
-        dropdown = gr.Dropdown(choices=choices, value=followed if followed in {value for _, value in choices} else NEWEST)
+        # The value is sent only to fall back to the newest run: a poll in flight while the visitor picks a run
+        # (or the Runs tab's Watch points here) would otherwise put back the run it was asked about.
+        listed = followed in {value for _, value in choices}
+        if point_at_followed and listed:
+            dropdown = gr.Dropdown(choices=choices, value=followed)
+        else:
+            dropdown = gr.Dropdown(choices=choices) if listed or not followed else gr.Dropdown(choices=choices, value=NEWEST)
         if last is not None and key == last:
             running_status = status_line(view) if view is not None and view.run.state in ("running", "queued") else gr.skip()
             return (gr.skip(), running_status, *[gr.skip()] * 10, gr.skip(), gr.skip(), gr.skip(), last)
