@@ -6,13 +6,14 @@ the prepared data's token counts (each message's length, batched as the run's lo
 else from the SMS data's known split sizes and length profile. On top of the training steps: the
 baseline (BASELINE_BATCHES a split), every loss estimate (eval_iter training batches, and the whole
 validation set with live metrics, else eval_iter of its batches), each epoch's accuracies and the
-final evaluation of all three splits. The LoRA part of a step scales with the rank and the layers
-adapted (engine/flops.py's FLOP count).
+final evaluation of all three splits. A step scales with its FLOP count (engine/flops.py): LoRA's
+with the rank and the layers adapted; the last-block and full methods by their own backward passes.
 
 Memory, from arithmetic: the frozen weights in the precision they are stored in (the blocks' Linear
-weights in bf16 or fp32, the embeddings, norms and head in fp32), LoRA's weights, their gradients and
-AdamW's two moments (fp32), the activations the backward pass keeps for the longest batch, and what
-the process itself holds (PyTorch's libraries on a CPU, the CUDA context on a GPU).
+weights in bf16 or fp32, the embeddings, norms and head in fp32), the trained weights (LoRA's, or the
+last block's, or all of them), their gradients and AdamW's two moments (fp32), the activations the
+backward pass keeps for the longest batch, and what the process itself holds (PyTorch's libraries on
+a CPU, the CUDA context on a GPU).
 """
 
 import functools
@@ -23,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.calibration import CALIBRATION_RANK, Calibration
-from engine.config import LORA_TARGETS, GPTConfig, RunConfig
-from engine.flops import step_flops
+from engine.config import GPTConfig, RunConfig
+from engine.flops import method_step_flops
 
 BASELINE_BATCHES = 10  # engine/runs/run.py's: the book's accuracy before training, 10 batches a split
 GROUP_BATCHES = 16  # engine/loaders.py's: batches per length-sorted group
@@ -53,7 +54,7 @@ class Memory:
     """Peak bytes, by what holds them."""
 
     weights: int  # the frozen model, as stored
-    trainable: int  # LoRA (and the head when trained): weights, gradients and AdamW's two moments
+    trainable: int  # what trains (LoRA and the head, or the weights the method trains): weights, gradients, AdamW's two moments
     activations: int  # kept for the backward pass of the longest batch, plus its working space
     runtime: int  # the process: libraries, CUDA context
 
@@ -163,25 +164,33 @@ def split_widths(lengths: Sequence[int], cfg: RunConfig, max_length: int) -> lis
     return [max(clipped[i : i + batch]) for i in range(0, len(clipped), batch)]
 
 
-def lora_factor(shape: GPTConfig, cfg: RunConfig, width: float) -> float:
-    """A training step's work at the run's rank and layers over the calibration's (LoRA on every Linear at CALIBRATION_RANK)."""
+def work_factor(shape: GPTConfig, cfg: RunConfig, width: float) -> float:
+    """A training step's work by the run's method (at its rank and layers, for LoRA) over the calibration's
+    (LoRA on every Linear at CALIBRATION_RANK)."""
     seq = max(1, round(width))
-    run = step_flops(shape, 1, seq, cfg.lora.rank, targets=cfg.lora.targets)["total"]
-    measured = step_flops(shape, 1, seq, CALIBRATION_RANK, targets=LORA_TARGETS)["total"]
+    run = method_step_flops(shape, 1, seq, cfg.lora.rank, cfg.method, targets=cfg.lora.targets)
+    measured = method_step_flops(shape, 1, seq, CALIBRATION_RANK)
     return run / measured
 
 
 def memory_of(shape: GPTConfig, cfg: RunConfig, trainable: int, total_parameters: int, precision: str, device_kind: str, widest: int) -> Memory:
     """Peak bytes of training `cfg` with batches at most `widest` tokens wide (see the module docstring)."""
     d, layers, batch = shape.n_embd, shape.n_layer, cfg.train.batch_size
-    product_bytes = 2 if precision == "bf16" else FP32
-    block_linear = layers * (12 * d * d + 9 * d)  # q, k, v, c_proj: 4 (d² + d); c_fc and the MLP's c_proj: 8d² + 5d
-    weights = block_linear * product_bytes + (total_parameters - block_linear) * FP32
+    lora = cfg.method == "lora"
+    product_bytes = 2 if precision == "bf16" and lora else FP32  # the other methods train in fp32 (engine/methods.py)
+    # The frozen weights: the whole model under LoRA (the trained head is small), all but what trains otherwise.
+    frozen = total_parameters if lora else total_parameters - trainable
+    frozen_blocks = layers if lora else layers - 1 if cfg.method == "last-block" else 0
+    block_linear = frozen_blocks * (12 * d * d + 9 * d)  # q, k, v, c_proj: 4 (d² + d); c_fc and the MLP's c_proj: 8d² + 5d
+    weights = block_linear * product_bytes + (frozen - block_linear) * FP32
     trainable_bytes = 4 * trainable * FP32  # weights, gradients, AdamW's two moments
     # Kept per token and block for the backward pass: q, k, v and the MLP's two products (11d) in the
     # products' precision; both layer norms' inputs and outputs and attention's output (5d) in fp32;
     # LoRA's x·A (rank) on each adapted layer. Attention is PyTorch's fused kernel: no seq² scores kept.
-    per_token = layers * (11 * d * product_bytes + 5 * d * FP32 + len(cfg.lora.targets) * cfg.lora.rank * FP32)
+    # Only the last block keeps any when only it trains: nothing before it needs a gradient.
+    kept_blocks = 1 if cfg.method == "last-block" else layers
+    lora_kept = len(cfg.lora.targets) * cfg.lora.rank * FP32 if lora else 0
+    per_token = kept_blocks * (11 * d * product_bytes + 5 * d * FP32 + lora_kept)
     tokens = batch * widest
     working = 3 * tokens * 4 * d * FP32  # the backward pass's own temporaries: a few MLP-wide tensors
     return Memory(int(weights), int(trainable_bytes), int(per_token * tokens + working), int(RUNTIME_BYTES.get(device_kind, RUNTIME_BYTES["cpu"])))
@@ -218,7 +227,7 @@ def estimate(
     steps = per_epoch * train.epochs if train.max_steps is None else min(train.max_steps, per_epoch * train.epochs)
     epochs = math.ceil(steps / per_epoch)
     mean_width = sum(widths) / len(widths)
-    factor = lora_factor(shape, cfg, mean_width)
+    factor = work_factor(shape, cfg, mean_width)
     step_s = lambda width: calibration.step_s(train.batch_size * width) * factor
     epoch_s = sum(step_s(w) for w in widths)
     full_epochs, rest = divmod(steps, per_epoch)

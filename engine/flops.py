@@ -32,3 +32,19 @@ def step_flops(cfg: GPTConfig, batch: int, seq: int, rank: int, n_classes: int =
     }
     parts["total"] = sum(parts.values())
     return parts
+
+
+def method_step_flops(cfg: GPTConfig, batch: int, seq: int, rank: int, method: str = "lora", targets: Sequence[str] = LORA_TARGETS) -> float:
+    """FLOPs of one training step by `method` (engine/methods.py), counted as `step_flops` counts LoRA's:
+    full fine-tuning adds every block's weight gradients (6PN for the products) and trains no LoRA; the
+    last block forwards every block but runs the backward pass through the last one only (nothing
+    before it trains, so autograd stops there). AdamW's update is O(parameters) and left out: for full
+    fine-tuning of a large model on a CPU it is not negligible, so that estimate errs low."""
+    if method == "lora":
+        return step_flops(cfg, batch, seq, rank, targets=targets)["total"]
+    d, L, N = cfg.n_embd, cfg.n_layer, batch * seq
+    block, head = 12 * d * d, 2 * d
+    attention_forward = 4 * seq * d * N  # per block
+    if method == "full":
+        return 6.0 * (L * block + head) * N + 3.0 * L * attention_forward
+    return 2.0 * (L * block + head) * N + L * attention_forward + 4.0 * (block + head) * N + 2.0 * attention_forward

@@ -22,6 +22,12 @@ METHOD_WORDS: dict[str, str] = {
 }
 
 
+def method_precision(method: str, precision: str) -> str:
+    """The precision `method` trains in: LoRA's frozen base may be stored in bf16; the other methods train
+    the base's own weights, kept in fp32 (AdamW on bf16 weights would lose most of each update)."""
+    return precision if method == "lora" else "fp32"
+
+
 def check_method(method: str) -> None:
     """Raises ConfigError unless `method` is one of METHODS."""
     if method not in METHODS:

@@ -15,6 +15,7 @@ only ever followed its own run, the failed requests, and the app's memory (resid
 
 import argparse
 import contextlib
+import multiprocessing
 import os
 import shutil
 import socket
@@ -133,11 +134,39 @@ def resident_mb() -> float | None:
 
 def room_visitors(url: str, model: str, visitors: int = 30, steps: int = 4, poll_s: float = 1.0, timeout_s: float = 3600.0) -> RoomReport:
     """`visitors` gradio_clients, each starting one run of `steps` steps on `model` and polling it as a page does (the
-    Train tab's /poll, its default "your latest run", and /run_info) until it ends; the app must run in this process for its memory."""
+    Train tab's /poll, its default "your latest run", and /run_info) until it ends. The visitors run in a process of
+    their own, as a room's browsers are elsewhere (sharing the app's interpreter lock they would slow its answers);
+    the app must run in this process, whose memory is sampled meanwhile."""
+    samples: list[float] = []
+    finished = threading.Event()
+
+    def sample_memory() -> None:
+        while True:
+            if (mb := resident_mb()) is not None:
+                samples.append(mb)
+            if finished.wait(1.0):
+                return
+
+    sampler = threading.Thread(target=sample_memory, daemon=True)
+    sampler.start()
+    try:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            report = pool.apply(_visitors_in_this_process, (url, model, visitors, steps, poll_s, timeout_s))
+    finally:
+        finished.set()
+        sampler.join()
+    if (mb := resident_mb()) is not None:
+        samples.append(mb)
+    report.rss_mb = samples
+    return report
+
+
+def _visitors_in_this_process(url: str, model: str, visitors: int, steps: int, poll_s: float, timeout_s: float) -> RoomReport:
+    """The visitors of `room_visitors`, each a thread with its own gradio_client, all starting together."""
     from gradio_client import Client
 
     report = RoomReport(visitors)
-    lock, ready, finished = threading.Lock(), threading.Barrier(visitors + 1), threading.Event()
+    lock, ready = threading.Lock(), threading.Barrier(visitors + 1)
 
     def call(client: Client, *args: object, **kwargs: object) -> object:
         with lock:
@@ -176,26 +205,14 @@ def room_visitors(url: str, model: str, visitors: int = 30, steps: int = 4, poll
             with lock:
                 report.errors.append(f"visitor {index}: {error!r}")
 
-    def sample_memory() -> None:
-        while not finished.wait(1.0):
-            if (mb := resident_mb()) is not None:
-                report.rss_mb.append(mb)
-
-    if (mb := resident_mb()) is not None:
-        report.rss_mb.append(mb)
-    sampler = threading.Thread(target=sample_memory, daemon=True)
     threads = [threading.Thread(target=visitor, args=(index,), daemon=True) for index in range(visitors)]
-    for thread in [sampler, *threads]:
+    for thread in threads:
         thread.start()
     ready.wait()
     started = time.perf_counter()
     for thread in threads:
         thread.join()
     report.wall_s = time.perf_counter() - started
-    finished.set()
-    sampler.join()
-    if (mb := resident_mb()) is not None:
-        report.rss_mb.append(mb)
     return report
 
 

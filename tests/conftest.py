@@ -19,6 +19,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that forgets a fixture must not reach the internet
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import settings  # noqa: E402
@@ -95,6 +96,27 @@ def prepared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("sms-prepared")
     prepare(str(SMS_ZIP), folder)
     return folder
+
+
+def small_csv(folder: Path, per_class: int = 40) -> Path:
+    """A headered CSV of the first `per_class` ham and spam messages: the custom-data path, and fast."""
+    from engine.data.prepared import read_source_file
+
+    messages = read_source_file(SMS_ZIP)
+    rows = pd.concat([messages[messages["Label"] == name].head(per_class) for name in ("ham", "spam")])
+    path = folder / "small.csv"
+    rows.rename(columns={"Label": "label", "Text": "text"})[["label", "text"]].to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """small_csv prepared (56 / 8 / 16 messages): for runs that test the queue, the workers or the app, not the data."""
+    from engine.data.prepared import prepare
+
+    folder = tmp_path_factory.mktemp("small-data")
+    prepare(str(small_csv(folder)), folder / "prepared")
+    return folder / "prepared"
 
 
 @dataclass

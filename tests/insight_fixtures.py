@@ -1,30 +1,13 @@
-"""Fixtures for the insight tests: a small slice of the SMS data as your-own-data CSV, and one finished tiny run on it."""
+"""Fixtures for the insight tests: one finished tiny run on conftest's small slice of the SMS data."""
 
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import SMS_ZIP, tiny_run_config
+from conftest import tiny_run_config
 
-from engine.data.prepared import prepare, read_source_file
 from engine.runs.run import fine_tune
-
-
-def small_csv(folder: Path, per_class: int = 40) -> Path:
-    """A headered CSV of the first `per_class` ham and spam messages: the custom-data path, and fast."""
-    messages = read_source_file(SMS_ZIP)
-    rows = pd.concat([messages[messages["Label"] == name].head(per_class) for name in ("ham", "spam")])
-    path = folder / "small.csv"
-    rows.rename(columns={"Label": "label", "Text": "text"})[["label", "text"]].to_csv(path, index=False)
-    return path
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("small-data")
-    prepare(str(small_csv(folder)), folder / "prepared")
-    return folder / "prepared"
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from ui.evaluate_tab import EvaluateTab
 from ui.lab import Lab
 from ui.settings import AppSettings
 
-small_data, finished_runs = insight_fixtures.small_data, insight_fixtures.finished_runs
+finished_runs = insight_fixtures.finished_runs
 
 
 @pytest.fixture

@@ -208,10 +208,10 @@ def test_bench_with_peers_in_subprocesses() -> None:
 
 
 @pytest.mark.slow
-def test_bench_sweep_times_a_grid_on_one_worker_and_on_two(tiny_model_dir, prepared_data) -> None:
+def test_bench_sweep_times_a_grid_on_one_worker_and_on_two(tiny_model_dir, small_data) -> None:
     from engine.bench.sweep import SWEEP_RANKS, run_sweep_benchmark
 
-    result = run_sweep_benchmark(str(tiny_model_dir), "cpu", 2, 1, str(prepared_data))
+    result = run_sweep_benchmark(str(tiny_model_dir), "cpu", 2, 1, str(small_data))
     assert [t.workers for t in result.timings] == [1, 2] and result.runs == len(SWEEP_RANKS) and result.steps == 1
     for timing in result.timings:
         assert set(timing.states) == {"done"} and timing.wall_s > 0

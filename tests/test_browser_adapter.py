@@ -22,7 +22,7 @@ from ui.settings import AppSettings
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-small_data, finished_runs = insight_fixtures.small_data, insight_fixtures.finished_runs
+finished_runs = insight_fixtures.finished_runs
 browser = test_browser.browser
 
 PHONE = {"width": 390, "height": 844}

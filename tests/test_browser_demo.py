@@ -23,7 +23,7 @@ from ui.views import AWAY_RGB, TOWARDS_RGB
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-small_data, finished_runs = insight_fixtures.small_data, insight_fixtures.finished_runs
+finished_runs = insight_fixtures.finished_runs
 browser = test_browser.browser  # the same module-scoped chromium fixture
 served, page = test_browser_insight.served, test_browser_insight.page  # the same app: a finished run and the small data
 

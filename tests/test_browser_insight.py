@@ -24,7 +24,7 @@ from ui.settings import AppSettings
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-small_data, finished_runs = insight_fixtures.small_data, insight_fixtures.finished_runs
+finished_runs = insight_fixtures.finished_runs
 browser = test_browser.browser  # the same module-scoped chromium fixture
 
 

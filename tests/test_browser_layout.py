@@ -25,7 +25,7 @@ from ui.views import HALF_ROW_PX
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-small_data, finished_runs = insight_fixtures.small_data, insight_fixtures.finished_runs
+finished_runs = insight_fixtures.finished_runs
 browser = test_browser.browser  # the same module-scoped chromium fixture
 
 SIZES = {"phone": (390, 844), "projector": (1280, 720)}

@@ -173,8 +173,8 @@ def test_train_logs_live_validation_scores_unless_switched_off(capsys, tiny_mode
 
 
 @pytest.mark.slow
-def test_sweep_runs_a_grid_on_two_workers_with_a_line_per_run_and_a_table(capsys, tiny_model_dir, prepared_data, tmp_path):
-    argv = ["sweep", "--model", str(tiny_model_dir), "--data", str(prepared_data), "--rank", "1", "4", "--seed", "1", "2", "--alpha", "8"]
+def test_sweep_runs_a_grid_on_two_workers_with_a_line_per_run_and_a_table(capsys, tiny_model_dir, small_data, tmp_path):
+    argv = ["sweep", "--model", str(tiny_model_dir), "--data", str(small_data), "--rank", "1", "4", "--seed", "1", "2", "--alpha", "8"]
     argv += ["--max-steps", "3", "--device", "cpu", "--workers", "2", "--owner", "Eve", "--out", str(tmp_path / "runs")]
     assert main(argv) == 0
     printed = capsys.readouterr()

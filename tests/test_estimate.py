@@ -6,14 +6,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine import calibration
 from engine.bench.training import footprint
 from engine.calibration import Calibration, calibration_key
+from engine.classifier import build_classifier
 from engine.cli import main
 from engine.config import GPT2_SIZES, LORA_TARGETS, RunConfig
 from engine.errors import ConfigError
 from engine.estimate import SMS_SPLITS, Lengths, estimate, sms_lengths
+from engine.model import GPT
 from engine.params import param_summary
 from engine.runs import cost
 
@@ -23,7 +26,7 @@ FAKE = Calibration("fake", step_fixed_s=0.2, step_per_token_s=0.004, forward_fix
 
 
 def _estimate(cfg: RunConfig, lengths: Lengths | None = None, precision: str = "fp32", device: str = "cpu"):
-    counts = param_summary(cfg.model, cfg.lora)
+    counts = param_summary(cfg.model, cfg.lora, cfg.method)
     return estimate(cfg, SMALL, FAKE, lengths or sms_lengths(), counts.trainable, counts.total_before_freeze, device, precision)
 
 
@@ -35,6 +38,24 @@ def test_the_weights_and_the_trained_tensors_take_what_the_model_holds(precision
     memory = _estimate(cfg, precision=precision).memory
     assert memory.weights == counted.frozen_bytes
     assert memory.trainable == 2 * counted.trainable_bytes + counted.optimizer_bytes
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_each_method_is_charged_its_own_trained_weights_and_backward_pass(precision):
+    """Full fine-tuning keeps every weight four times over (weights, gradients, two moments) and in fp32;
+    the last block only its own, and its backward pass alone keeps activations and takes time."""
+    cfg = RunConfig.from_preset("recommended")
+    lora, last, full = (_estimate(replace(cfg, method=method), precision=precision) for method in ("lora", "last-block", "full"))
+    for method, result in (("last-block", last), ("full", full)):
+        with torch.device("meta"):
+            model = build_classifier(GPT(SMALL), cfg.lora, method=method)
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        assert result.memory.trainable == 4 * 4 * trained and result.memory.weights == 4 * frozen  # fp32 whatever was asked
+    assert full.memory.weights == 0 and full.memory.trainable > 1.8e9  # gpt2-small: 124 M weights x 16 bytes
+    assert last.memory.activations < lora.memory.activations / 3  # one block of twelve keeps activations (fp32 against bf16 at worst)
+    assert last.train_s < lora.train_s < full.train_s
+    assert cost.peak_memory(replace(cfg, method="full"), "cpu", "fp32") == full.memory  # what a worker checks before it loads the model
 
 
 def test_bf16_needs_less_memory_and_a_bigger_batch_more():

@@ -32,7 +32,7 @@ from ui.runs_tab import RunsTab, grid_of, grid_preview, parse_values, pick_axes
 from ui.settings import AppSettings
 from ui.views import confusion_html
 
-small_data, finished_runs = insight_fixtures.small_data, insight_fixtures.finished_runs  # fixtures shared with the browser test
+finished_runs = insight_fixtures.finished_runs  # fixtures shared with the browser test
 
 
 @pytest.fixture

@@ -222,11 +222,11 @@ def test_ray_started_in_this_process_must_give_its_workers_the_engine(cluster, t
 
 
 @pytest.mark.slow
-def test_ray_returns_the_same_adapters_and_metrics_as_local_workers(ray_workers_on, tiny_model_dir, prepared_data, tmp_path):
+def test_ray_returns_the_same_adapters_and_metrics_as_local_workers(ray_workers_on, tiny_model_dir, small_data, tmp_path):
     ray = import_ray()
     cpus = int(ray.cluster_resources()["CPU"])
     assert ray_workers_on.describe() == f"2 Ray workers ({cpus // 2} CPU{'s' if cpus // 2 != 1 else ''} each)"
-    runs = Grid(rank=(1, 4)).expand(tiny_run_config(tiny_model_dir, prepared_data, tmp_path, max_steps=6, eval_freq=3))
+    runs = Grid(rank=(1, 4)).expand(tiny_run_config(tiny_model_dir, small_data, tmp_path, max_steps=6, eval_freq=3))
     watching = Watching(ray_workers_on)
     on_ray = run_grid(tmp_path / "ray", runs, watching)
     local = run_grid(tmp_path / "local", runs, LocalWorkers(local_slots_like(ray_workers_on.slots)))

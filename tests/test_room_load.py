@@ -22,11 +22,11 @@ VISITORS = 30
 MEMORY_GROWTH_MB = 400
 
 
-def test_thirty_visitors_each_start_a_run_follow_it_and_every_run_ends_done(settings: AppSettings, prepared_data: Path) -> None:
-    shutil.copytree(prepared_data, settings.cache)
+def test_thirty_visitors_each_start_a_run_follow_it_and_every_run_ends_done(settings: AppSettings, small_data: Path) -> None:
+    shutil.copytree(small_data, settings.cache)  # small splits: the time goes to the visitors, the queue and the workers
     room = replace(settings, room=True, workers=2)
     with running_app(room) as served:
-        report = room_visitors(served.url, settings.model, visitors=VISITORS, steps=4)
+        report = room_visitors(served.url, settings.model, visitors=VISITORS, steps=2)
         runs = {run.id: run for run in served.lab.scheduler.queue.runs()}
     print(report.summary())  # the figures the report quotes (pytest -s shows them)
     assert report.errors == []  # no request failed, every run ended in time

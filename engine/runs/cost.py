@@ -17,6 +17,7 @@ from engine.data.prepared import is_prepared_folder
 from engine.device import DeviceFacts, cpu_name, device_kind, probed_facts, resolve_precision
 from engine.errors import ConfigError
 from engine.estimate import Estimate, Lengths, Memory, data_lengths, estimate, memory_for
+from engine.methods import method_precision
 from engine.params import param_summary
 from engine.weights import resolve
 
@@ -42,7 +43,7 @@ def target_of(cfg: RunConfig, facts: DeviceFacts | None = None, threads: int | N
     """
     facts = facts or (DeviceFacts() if cfg.device == "cpu" else probed_facts())
     device = device_kind(cfg.device, facts)
-    precision = resolve_precision(cfg.train.precision, device, facts)
+    precision = method_precision(cfg.method, resolve_precision(cfg.train.precision, device, facts))
     kind, _, index = device.partition(":")
     if kind == "cuda":
         names = facts.cuda_names or ("CUDA GPU",)
@@ -88,13 +89,13 @@ def run_cost(cfg: RunConfig, measure: Measure = "here", facts: DeviceFacts | Non
         calibration = calibrate(shape, target.device, target.precision, key, path)
     if calibration is None:
         return None
-    counts = param_summary(cfg.model, cfg.lora)
+    counts = param_summary(cfg.model, cfg.lora, cfg.method)
     return estimate(cfg, shape, calibration, lengths_of(cfg), counts.trainable, counts.total_before_freeze, target.device, target.precision)
 
 
 def peak_memory(cfg: RunConfig, device: str, precision: str, lengths: Lengths | None = None) -> Memory:
     """`cfg`'s peak memory on `device` in `precision` (arithmetic only: no calibration)."""
-    counts = param_summary(cfg.model, cfg.lora)
+    counts = param_summary(cfg.model, cfg.lora, cfg.method)
     shape = resolve(cfg.model).config
     return memory_for(cfg, shape, lengths or lengths_of(cfg), counts.trainable, counts.total_before_freeze, precision, device.partition(":")[0])
 

@@ -28,6 +28,7 @@ from engine.errors import Cancelled, ConfigError
 from engine.evaluate import LossMean, evaluate, evaluate_with_scores
 from engine.loaders import make_loaders
 from engine.lora import count_parameters
+from engine.methods import method_precision
 from engine.runs.cost import check_fits
 from engine.runs.events import AdapterMeasured, BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunEvent, RunSaved
 from engine.runs.plot import save_loss_plot
@@ -74,8 +75,7 @@ def fine_tune(
     precision = precision_for(cfg.train.precision, device)  # bf16 asked of a GPU without it is refused before anything is written
     if cfg.method not in METHODS:
         raise ConfigError(f"method {cfg.method!r} is not trained by `train`: the classical baseline is `python -m engine baseline`")
-    if cfg.method != "lora":
-        precision = "fp32"  # the base's weights train themselves here: AdamW on bf16 weights would lose most of each update
+    precision = method_precision(cfg.method, precision)
     checkpoint = None
     if resume:
         if problem := resume_problem(Path(cfg.out_dir), further=True):  # check_resumable then checks there are steps left
