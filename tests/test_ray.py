@@ -17,10 +17,12 @@ import pytest
 from conftest import tiny_run_config
 from test_scheduler import assert_same_results, results, run_grid
 
+from engine.checkpoint import CHECKPOINT_FILE, read_checkpoint
 from engine.errors import ConfigError
 from engine.runs.grid import Grid
 from engine.runs.local_workers import LocalWorkers, Slot
 from engine.runs.ray_workers import CONNECT_TIMEOUT_S, RayRun, RayWorkers, ray_slots
+from engine.runs.resume import resumed_config
 from engine.runs.scheduler import Scheduler
 from engine.train import StepDone
 
@@ -165,6 +167,7 @@ def test_an_address_where_nothing_listens_is_refused_at_once():
 SILENT_SCRIPT = """
 import sys, time
 sys.path.insert(0, {root!r})
+from engine.checkpoint import CHECKPOINT_FILE, read_checkpoint
 from engine.errors import ConfigError
 from engine.runs.ray_workers import RayWorkers
 started = time.monotonic()
@@ -193,6 +196,7 @@ ENGINE_SCRIPT = """
 import sys
 sys.path.insert(0, {root!r})  # this process finds engine; Ray's workers are not told where
 import ray
+from engine.checkpoint import CHECKPOINT_FILE, read_checkpoint
 from engine.errors import ConfigError
 from engine.runs.ray_workers import RayWorkers, job_files
 ray.init(address=sys.argv[1], logging_level="ERROR")
@@ -266,7 +270,7 @@ def checkpoint_here(scheduler, run_id) -> dict | None:
 
 
 @pytest.mark.slow
-def test_a_ray_run_stops_within_a_step_and_saves_here(ray_workers_on, schedulers, tiny_model_dir, prepared_data, tmp_path):
+def test_a_ray_run_stops_within_a_step_saves_here_and_resumes_on_the_cluster(ray_workers_on, schedulers, tiny_model_dir, prepared_data, tmp_path):
     scheduler = schedulers(ray_workers_on)
     (run,) = scheduler.submit([long_run(tiny_model_dir, prepared_data, tmp_path)])
     wait_for(lambda: (view := scheduler.view(run.id)).progress is not None and view.progress.step >= 2, "the run never trained")
@@ -277,7 +281,17 @@ def test_a_ray_run_stops_within_a_step_and_saves_here(ray_workers_on, schedulers
     out = Path(stopped.run.config.out_dir)
     assert (out / "adapter" / "adapter.safetensors").is_file() and (out / "loss.png").is_file()  # saved by the run itself
     assert json.loads((out / "run.json").read_text())["state"] == "stopped"
+    assert (out / CHECKPOINT_FILE).is_file()  # the training state came back with the run's files
     assert ray_workers_on.weights.held() == {}  # no run in flight needs the weights any more
+
+    # Resumed on the cluster: the task starts from this machine's folder and its files come back to it.
+    reached = stopped.progress.step
+    scheduler.resume(run.id, resumed_config(out, max_steps=reached + 2))
+    assert scheduler.wait([run.id], timeout=120)
+    resumed = json.loads((out / "run.json").read_text())
+    assert scheduler.view(run.id).run.state == "done" and resumed["state"] == "done" and resumed["steps"] == reached + 2
+    assert [(s["start_step"], s["end_step"]) for s in resumed["segments"]] == [(0, reached), (reached, reached + 2)]
+    assert resumed["config"]["out_dir"] == str(out) and read_checkpoint(out / CHECKPOINT_FILE).position.step == reached + 2
 
 
 @pytest.mark.slow

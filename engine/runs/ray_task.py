@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.atomic import write_bytes_atomic
 from engine.runs.events import RunSaved
 from engine.runs.jobs import WorkerEnded, WorkerJob
 from engine.runs.ray_shipment import Shipment, Weights, unpack
@@ -32,7 +33,7 @@ SIGNAL_WAIT_S = 10.0  # how long a finished task waits for the stop watcher to l
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """The adapter and run record as the run saved them at a checkpoint, by path relative to its folder."""
+    """The adapter, training state and run record as the run saved them at a checkpoint, by path relative to its folder."""
 
     files: dict[str, bytes]
 
@@ -68,8 +69,11 @@ class StopSignals:
         self._stopped.discard(run_id)
 
 
-def train_remotely(run_id: str, job: WorkerJob, weights: Weights | None, data: Shipment, signals: Any) -> Iterator[list[object]]:
-    """The task: run the job in a scratch folder, yielding batches of what it says, `TaskEnd` last."""
+def train_remotely(
+    run_id: str, job: WorkerJob, weights: Weights | None, data: Shipment, signals: Any, folder: dict[str, bytes] | None = None
+) -> Iterator[list[object]]:
+    """The task: run the job in a scratch folder (holding `folder`'s files first, for a run that goes on
+    from its checkpoint), yielding batches of what it says, `TaskEnd` last."""
     import ray
 
     from engine.runs.worker import run_job
@@ -84,6 +88,8 @@ def train_remotely(run_id: str, job: WorkerJob, weights: Weights | None, data: S
             job = unpack(job, weights, data, Path(scratch), ray)
             use_assigned_cpus(ray)
             out = Path(job.config.out_dir)
+            for name, content in (folder or {}).items():
+                write_bytes_atomic(out / name, content)
             ship_checkpoint = checkpoint_shipper(out, said.put)
 
             def send(event: object) -> None:  # on the training thread, between steps: the files are whole
@@ -125,8 +131,10 @@ def watch_for_stop(ray: Any, asked: Any, stop: threading.Event) -> None:
 
 
 def checkpoint_shipper(out: Path, ship: Callable[[object], None]) -> Callable[[object], None]:
-    """A hook, called with each event, that ships the adapter and record whenever the run has saved them
-    anew (a checkpoint: its record rewritten beside an adapter) since the last time."""
+    """A hook, called with each event, that ships the adapter, the training state and the record whenever
+    the run has saved them anew (a checkpoint: its record rewritten beside an adapter) since the last time."""
+    from engine.checkpoint import CHECKPOINT_FILE  # on the node: the driver need not import PyTorch for this module
+
     shipped: list[tuple[int, int] | None] = [None]
 
     def after(event: object) -> None:
@@ -141,7 +149,8 @@ def checkpoint_shipper(out: Path, ship: Callable[[object], None]) -> Callable[[o
         if stamp == shipped[0] or not all(path.is_file() for path in adapter):
             return
         shipped[0] = stamp
-        files = {str(path.relative_to(out)): path.read_bytes() for path in adapter}
+        state = [out / CHECKPOINT_FILE] if (out / CHECKPOINT_FILE).is_file() else []  # written before the record
+        files = {str(path.relative_to(out)): path.read_bytes() for path in [*adapter, *state]}
         ship(Checkpoint({**files, RECORD_FILE: (out / RECORD_FILE).read_bytes()}))
 
     return after

@@ -174,15 +174,15 @@ class RayWorkers:
     def launch(
         self, config: RunConfig, slot: RaySlot, on_event: Callable[[object], None], on_end: Callable[[WorkerEnded], None], resume: bool = False
     ) -> "RayRun":
-        if resume:  # the checkpoint is in this machine's run folder, and a task writes into its node's scratch folder
-            raise ConfigError("a run cannot resume on a Ray cluster yet: resume it with local workers, or with `python -m engine train --resume`")
-        job = WorkerJob(replace(config, device="cuda" if slot.num_gpus else "cpu", model=absolute(config.model)))
+        job = WorkerJob(replace(config, device="cuda" if slot.num_gpus else "cpu", model=absolute(config.model)), resume=resume)
         data = pack_data(config.data)
+        # The task writes into its node's scratch folder: a run going on takes its folder there (checkpoint, record, adapter).
+        folder = run_folder_files(Path(config.out_dir)) if resume else None
         run_id = f"{config.out_dir}@{time.time_ns()}"
         weights = self.weights.take(config.model)
         try:
             task = self._task.options(num_returns="streaming", max_retries=0, num_cpus=slot.num_cpus, num_gpus=slot.num_gpus)
-            stream = task.remote(run_id, job, weights, data, self._signals)
+            stream = task.remote(run_id, job, weights, data, self._signals, folder)
         except BaseException:
             self.weights.give_back(config.model)
             raise
@@ -288,8 +288,13 @@ def absolute(model: str) -> str:
     return str(Path(model).resolve()) if Path(model).exists() else model
 
 
+def run_folder_files(out: Path) -> dict[str, bytes]:
+    """Every file of a run's folder here, by path relative to it: what a task resuming the run starts from."""
+    return {str(path.relative_to(out)): path.read_bytes() for path in sorted(out.rglob("*")) if path.is_file()}
+
+
 def keep_checkpoint(checkpoint: Checkpoint, out: Path, config: RunConfig) -> int | None:
-    """Write a checkpoint's adapter, then its record, into the run's folder here; its step."""
+    """Write a checkpoint's files (adapter, training state), then its record, into the run's folder here; its step."""
     for name, data in checkpoint.files.items():
         if name != RECORD_FILE:
             write_bytes_atomic(out / name, data)
