@@ -6,7 +6,8 @@ draw from. The epoch's order is drawn when its first batch is read, and estimate
 generators too (with the book's draws, from the very same one), so the checkpoint keeps each
 generator's state twice: when the epoch's first batch was drawn, and now. Resuming sets them to
 the first, reads the epoch's batches up to the position (replaying the draws of the order, not
-the steps), then sets them to the second.
+the steps), then sets them to the second. The best weights so far and early stopping's count
+(engine.best) go with it.
 
 The file is written atomically with torch.save; it holds the run's own events too (plain
 dataclasses), so it is read back with pickle's full loader: a checkpoint is trusted as the run
@@ -17,13 +18,16 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader
 
 from engine.atomic import write_bytes_atomic
 from engine.loaders import Batch, Loaders
+
+if TYPE_CHECKING:
+    from engine.best import BestSoFar
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -48,6 +52,7 @@ class LoopTracker:
         self.resume_from = resume_from
         self.optimizer: torch.optim.Optimizer | None = None
         self.position: LoopPosition | None = None
+        self.best: BestSoFar | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class Checkpoint:
     optimizer: dict[str, Any]  # AdamW's state_dict
     position: LoopPosition
     events: tuple[Any, ...]  # the run's events so far, replayed to whoever follows the resumed run
+    best: "BestSoFar | None" = None  # the lowest validation loss so far, its step, weights and the estimates since (None: a checkpoint of an older version)
 
 
 def loader_generators(loaders: Loaders) -> list[torch.Generator]:
@@ -114,6 +120,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, tracker: LoopTracker, ev
         "optimizer": _to_cpu(tracker.optimizer.state_dict()),
         "position": tracker.position,
         "events": tuple(events),
+        "best": tracker.best,
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -122,7 +129,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, tracker: LoopTracker, ev
 
 def read_checkpoint(path: Path) -> Checkpoint:
     state = torch.load(path, map_location="cpu", weights_only=False)  # our own file (see the module's note)
-    return Checkpoint(state["trainable"], state["optimizer"], state["position"], state["events"])
+    return Checkpoint(state["trainable"], state["optimizer"], state["position"], state["events"], state.get("best"))
 
 
 def _to_cpu(value: Any) -> Any:

@@ -81,6 +81,7 @@ MAX_STEPS = 10_000_000
 MAX_EVAL_FREQ = 10_000_000
 MAX_EVAL_ITER = 10_000
 MAX_WEIGHT_DECAY = 10.0
+MAX_EARLY_STOP = 10_000  # loss estimates without improvement before a run stops early
 MAX_OWNER_CHARS = 60  # the name shown beside a run
 
 
@@ -247,6 +248,8 @@ class TrainConfig:
     # At each loss estimate, also the confusion matrix and precision/recall/F1 on the full validation
     # set (one pass over it; its first eval_iter batches still give the book's validation loss).
     live_metrics: bool = True
+    # Stop once this many loss estimates in a row bring no lower validation loss (0: never, train to the end).
+    early_stop: int = 0
 
     def __post_init__(self) -> None:
         problems: list[str | None] = []
@@ -259,6 +262,7 @@ class TrainConfig:
             whole_number_problem("eval_freq", self.eval_freq, 1, MAX_EVAL_FREQ),
             whole_number_problem("eval_iter", self.eval_iter, 1, MAX_EVAL_ITER),
             whole_number_problem("seed", self.seed, 0, MAX_SEED),
+            whole_number_problem("early_stop", self.early_stop, 0, MAX_EARLY_STOP),
         ]
         if self.max_steps is not None:
             problems.append(whole_number_problem("max_steps", self.max_steps, 1, MAX_STEPS))

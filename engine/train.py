@@ -8,6 +8,10 @@ event is checked before every step and between the batches of that full pass. A 
 finite (a batch's, whose step then leaves the weights as they were, or an estimate's) ends the run
 with TrainingDiverged.
 
+Each loss estimate's validation loss is compared with the lowest so far (engine.best): the weights of the
+lowest are kept (`tracker.best`), and with `early_stop` N, N estimates in a row without a lower one end
+the training (TrainEnded says so and where the best was).
+
 The host never waits for the device within a step: the optimiser is AdamW's fused kernel where the
 device has it, and the batches' losses stay on the device until read (`_StepLosses`).
 """
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.best import after_estimate, patience_spent
 from engine.checkpoint import LoopPosition, LoopTracker, generator_states, load_trainable, loader_generators, resumed_epoch
 from engine.config import TrainConfig
 from engine.errors import TrainingDiverged
@@ -87,6 +92,9 @@ class TrainEnded:
     steps: int
     examples_seen: int
     elapsed_s: float
+    early_stop: int = 0  # the patience that ended it (estimates without a lower validation loss); 0: it was not stopped early
+    best_step: int | None = None  # steps taken at the estimate with the lowest validation loss (None: no estimate)
+    best_validation_loss: float | None = None
 
 
 TrainEvent = TrainStarted | StepDone | LossEvaluated | ValidationEvaluated | EpochDone | TrainEnded
@@ -110,8 +118,8 @@ def train(
     per-step timer needs), their StepDone events then leaving together.
 
     `tracker` is told the optimiser and, after every step (before a loss estimate's events leave),
-    where the loop is, for checkpoints; with `tracker.resume_from` the loop starts where that
-    checkpoint left it (engine.checkpoint).
+    where the loop is and the best weights so far (engine.best), for checkpoints; with
+    `tracker.resume_from` the loop starts where that checkpoint left it (engine.checkpoint).
     """
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
@@ -121,6 +129,7 @@ def train(
     tracker.optimizer = optimizer
     resume = tracker.resume_from.position if tracker.resume_from is not None else None
     tracker.position = resume
+    tracker.best = tracker.resume_from.best if tracker.resume_from is not None else None
     if tracker.resume_from is not None:
         load_trainable(model, tracker.resume_from.trainable)
         optimizer.load_state_dict(tracker.resume_from.optimizer)
@@ -133,7 +142,7 @@ def train(
     start = time.perf_counter() - (resume.elapsed_s if resume else 0.0)
     losses = _StepLosses(device, fused, cfg, lora_scale, total, start, read_losses_every_s)
     step, examples_seen = (resume.step, resume.examples_seen) if resume else (0, 0)
-    stopped = False
+    stopped = early = False
     model.train()
     for epoch in range(resume.epoch if resume else 1, cfg.epochs + 1):
         if resume is not None and epoch == resume.epoch:
@@ -163,6 +172,7 @@ def train(
                 train_loss = _finite(estimate(loaders.train_sample).loss, "estimated training", step, cfg, lora_scale)
                 if not cfg.live_metrics:
                     validation_loss = _finite(estimate(loaders.validation).loss, "validation", step, cfg, lora_scale)
+                    tracker.best = after_estimate(tracker.best, step, validation_loss, model)
                     tracker.position = _here(step, epoch, in_epoch, examples_seen, start, epoch_start, generators)
                     yield LossEvaluated(step - 1, progress, examples_seen, train_loss, validation_loss)
                 else:
@@ -172,14 +182,17 @@ def train(
                     )
                     tracker.position = _here(step, epoch, in_epoch, examples_seen, start, epoch_start, generators)
                     if stop is None or not stop.is_set():  # cut short by Stop, its figures would cover part of the set
-                        yield LossEvaluated(step - 1, progress, examples_seen, train_loss, _finite(first.loss, "validation", step, cfg, lora_scale))
+                        validation_loss = _finite(first.loss, "validation", step, cfg, lora_scale)
+                        tracker.best = after_estimate(tracker.best, step, validation_loss, model)
+                        yield LossEvaluated(step - 1, progress, examples_seen, train_loss, validation_loss)
                         yield ValidationEvaluated(step - 1, progress, examples_seen, whole, scores)
+                early = patience_spent(tracker.best, cfg.early_stop)
             else:
                 tracker.position = _here(step, epoch, in_epoch, examples_seen, start, epoch_start, generators)
-            if step >= total:
+            if step >= total or early:
                 break
         yield from losses.read()
-        if stopped:
+        if stopped or early:  # no epoch's accuracies where it did not end
             break
         yield EpochDone(
             epoch,
@@ -192,7 +205,9 @@ def train(
         if step >= total:
             break
     model.eval()
-    yield TrainEnded(stopped, step, examples_seen, time.perf_counter() - start)
+    best = tracker.best
+    best_step, best_loss = (best.step, best.validation_loss) if best else (None, None)
+    yield TrainEnded(stopped, step, examples_seen, time.perf_counter() - start, cfg.early_stop if early else 0, best_step, best_loss)
 
 
 def make_optimizer(parameters: list[torch.nn.Parameter], cfg: TrainConfig) -> tuple[torch.optim.AdamW, bool]:
