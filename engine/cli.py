@@ -143,9 +143,16 @@ def cmd_train(args: argparse.Namespace) -> None:
         "adapter": str(saved.adapter_dir),
         "record": str(saved.record),
         "stopped": saved.stopped,
+        "early_stopped": progress.early_stopped,
+        "best": {"step": progress.best.step, "validation_loss": progress.best.validation_loss, "adapter": str(saved.out_dir / progress.best.adapter)}
+        if progress.best
+        else None,
     }
     lines = [f"{name} accuracy: {value:.2%}" for name, value in result["accuracy"].items()]
-    _emit(args, result, lines + [f"adapter saved to {result['adapter']}; run record {result['record']}"])
+    lines.append(f"adapter saved to {result['adapter']}; run record {result['record']}")
+    if progress.best is not None:
+        lines.append(f"best adapter (lowest validation loss, step {progress.best.step} of {progress.step}): {result['best']['adapter']}")
+    _emit(args, result, lines)
 
 
 def cmd_baseline(args: argparse.Namespace) -> None:
@@ -194,6 +201,7 @@ def _run_config(args: argparse.Namespace, fetch_data: bool = True) -> RunConfig:
         ("batch_size", args.batch_size),
         ("max_steps", args.max_steps),
         ("eval_freq", args.eval_freq),
+        ("early_stop", args.early_stop),
         ("seed", seed),
         ("pooling", args.pooling),
     )
@@ -210,8 +218,9 @@ def _run_config(args: argparse.Namespace, fetch_data: bool = True) -> RunConfig:
 
 def _log_event(event: Any, eta_s: float | None = None) -> None:
     """The progress lines `train` writes to stderr; `eta_s` is the recorder's time left (engine.runs.time_left)."""
+    from engine.best import early_stop_words
     from engine.runs.events import ModelReady
-    from engine.train import EpochDone, LossEvaluated, StepDone, ValidationEvaluated
+    from engine.train import EpochDone, LossEvaluated, StepDone, TrainEnded, ValidationEvaluated
 
     match event:
         case StepDone():
@@ -222,6 +231,8 @@ def _log_event(event: Any, eta_s: float | None = None) -> None:
             m = event.metrics
             scores = f"validation accuracy {m.accuracy:.2%}, precision {m.precision:.2%}, recall {m.recall:.2%}, F1 {m.f1:.2%}"
             _log(f"step {event.step:04d}: {scores} ({m.count} messages)")
+        case TrainEnded(early_stop=patience, best_step=best) if patience and best is not None:
+            _log(early_stop_words(event.steps, patience, best))
         case EpochDone():
             _log(f"epoch {event.epoch}: train accuracy {event.train_accuracy:.2%}, validation accuracy {event.validation_accuracy:.2%}")
         case ModelReady():
@@ -626,6 +637,13 @@ def _run_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
         "--eval-freq",
         type=int,
         help=f"optimiser steps between loss estimates (default: the preset's, {preset_values('train', 'eval_freq')}); never changes what a run learns",
+    )
+    parser.add_argument(
+        "--early-stop",
+        type=int,
+        metavar="N",
+        help="stop once N loss estimates in a row bring no lower validation loss (default 0: never); every run keeps its best adapter "
+        "(lowest validation loss) in OUT/adapter-best beside its last",
     )
     parser.add_argument("--pooling", choices=POOLINGS, help=f"which position classifies a message (default: the preset's, {preset_values('train', 'pooling')})")
     parser.add_argument(

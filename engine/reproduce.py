@@ -38,6 +38,7 @@ def app_controls(cfg: RunConfig) -> dict[str, Any]:
         "batch_size": train.batch_size,
         "max_steps": train.max_steps or 0,  # 0: no limit
         "eval_freq": train.eval_freq,
+        "early_stop": train.early_stop,
         "live_metrics": train.live_metrics,
         "precision": train.precision,
         "method": cfg.method,
@@ -90,6 +91,7 @@ def train_arguments(cfg: RunConfig) -> list[str]:
         ("--epochs", train.epochs, preset.train.epochs),
         ("--batch-size", train.batch_size, preset.train.batch_size),
         ("--eval-freq", train.eval_freq, preset.train.eval_freq),
+        ("--early-stop", train.early_stop, preset.train.early_stop),
         ("--seed", train.seed, preset.train.seed),
         ("--pooling", train.pooling, preset.train.pooling),
         ("--padding", train.padding, preset.train.padding),

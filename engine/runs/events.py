@@ -53,6 +53,20 @@ class AdapterMeasured:
 
 
 @dataclass(frozen=True)
+class BestKept:
+    """The run's best weights (lowest validation loss at a loss estimate, engine.best), saved beside its last in the
+    run folder's `adapter` folder: adapter-best, or adapter itself when the last step was the best. `metrics` and
+    `scores` are theirs on the validation and test sets, when they are not the last's (those are FinalEvaluated's)
+    and the run was not stopped."""
+
+    step: int
+    validation_loss: float
+    adapter: str
+    metrics: dict[str, Metrics] = field(default_factory=dict)
+    scores: dict[str, Scores] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class RunSaved:
     out_dir: Path
     adapter_dir: Path
@@ -61,4 +75,4 @@ class RunSaved:
     stopped: bool
 
 
-RunEvent = DownloadProgress | DataReady | ModelReady | BaselineEvaluated | TrainEvent | AdapterMeasured | FinalEvaluated | RunSaved
+RunEvent = DownloadProgress | DataReady | ModelReady | BaselineEvaluated | TrainEvent | AdapterMeasured | FinalEvaluated | BestKept | RunSaved

@@ -12,7 +12,7 @@ from engine.config import LABELS, RunConfig
 from engine.data.prepared import read_split
 from engine.errors import AdapterError, ConfigError, DataError
 from engine.evaluate import Scores
-from engine.runs.record import ADAPTER_DIR, BASELINE_FILE, RECORD_FILE, read_record, record_state
+from engine.runs.record import ADAPTER_DIR, BASELINE_FILE, BEST_ADAPTER_DIR, RECORD_FILE, read_record, record_state
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,9 @@ class RunSummary:
     error: str | None = None  # why a failed or interrupted run ended
     method: str = "lora"  # lora, last-block, full, or the classical baseline (engine.config.BASELINE_METHOD)
     size_bytes: int | None = None  # what the run saved to use it: its adapter (or trained weights), or the baseline's model
+    best_step: int | None = None  # steps taken at its lowest validation loss (None: a run that kept no best, e.g. of an older version)
+    best_adapter: str | None = None  # the folder in `folder` holding those weights: adapter-best, or adapter when the last were the best
+    best_test_accuracy: float | None = None  # the best weights' own, when they are not the last (None: not measured)
 
 
 def read_run(folder: Path) -> RunSummary | None:
@@ -72,9 +75,18 @@ def read_run(folder: Path) -> RunSummary | None:
             error=record.get("error"),
             method=str(config.get("method", "lora")),
             size_bytes=saved_bytes(Path(folder)),
+            **_best_fields(record.get("best")),
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _best_fields(best: Any) -> dict[str, Any]:
+    """The summary's fields of the record's best weights (none when it names none)."""
+    if not isinstance(best, dict) or best.get("adapter") not in (ADAPTER_DIR, BEST_ADAPTER_DIR) or not isinstance(best.get("step"), int):
+        return {}
+    test = ((best.get("final") or {}).get("test") or {}).get("accuracy")
+    return {"best_step": int(best["step"]), "best_adapter": best["adapter"], "best_test_accuracy": test}
 
 
 def saved_bytes(folder: Path) -> int | None:
@@ -163,9 +175,9 @@ class SplitScores:
     texts: list[str] | None  # the messages, while the run's data folder still holds exactly these (else None)
 
 
-def read_scores(folder: Path, split: str) -> SplitScores | None:
-    """The per-message scores a run's record keeps for `split`; None when it keeps none (the run
-    stopped before its final evaluation, or an older version trained it).
+def read_scores(folder: Path, split: str, adapter: str = ADAPTER_DIR) -> SplitScores | None:
+    """The per-message scores a run's record keeps for `split`, of its last weights or (`adapter` adapter-best)
+    its best; None when it keeps none (the run stopped before its final evaluation, or an older version trained it).
 
     Raises:
         DataError: the record is unreadable or its scores are damaged.
@@ -173,7 +185,8 @@ def read_scores(folder: Path, split: str) -> SplitScores | None:
     record = read_record(folder)
     if record is None:
         raise DataError(f"{Path(folder) / RECORD_FILE} is unreadable: the run's folder was moved, or its record damaged")
-    raw = (record.get("scores") or {}).get(split)
+    figures = (record.get("best") or {}) if adapter == BEST_ADAPTER_DIR else record  # the best's are kept apart (engine.runs.run)
+    raw = (figures.get("scores") or {}).get(split)
     if not raw:
         return None
     try:
@@ -183,7 +196,7 @@ def read_scores(folder: Path, split: str) -> SplitScores | None:
             scores = Scores(labels, [[float(p) for p in row] for row in raw["probabilities"]])
         else:  # records of older versions kept P(class 1) only
             scores = Scores.binary(labels, raw["p_positive"])
-        confusion = ((record.get("final") or {}).get(split) or {}).get("confusion")
+        confusion = ((figures.get("final") or {}).get(split) or {}).get("confusion")
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise DataError(f"the scores in {Path(folder) / RECORD_FILE} are damaged ({type(error).__name__}: {error})") from None
     return SplitScores(class_names, scores, confusion, _split_texts(record, split, labels, len(class_names)))

@@ -34,6 +34,7 @@ from engine.runs.states import RECORD_STATES, RecordState
 RECORD_FILE = "run.json"
 PLOT_FILE = "loss.png"
 ADAPTER_DIR = "adapter"
+BEST_ADAPTER_DIR = "adapter-best"  # the weights of the lowest validation loss, when they are not the last's (engine/best.py)
 BASELINE_FILE = "tfidf_logreg.json"  # the classical baseline's fitted model (engine/baseline.py), in place of an adapter
 ADAPTER_FILES = (TENSORS_FILE, CONFIG_FILE)
 CHECKPOINT_EVERY_S = 30.0  # at most one checkpoint per this many seconds (a gpt2-xl adapter can be 350 MB)
@@ -299,8 +300,17 @@ def _remove_run_files(folder: Path) -> None:
         for path in [where / name, *temporary_files(where, name)]:
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
+    for adapter in (ADAPTER_DIR, BEST_ADAPTER_DIR):
+        with contextlib.suppress(OSError):
+            (folder / adapter).rmdir()  # only when empty
+
+
+def remove_best_adapter(folder: Path) -> None:
+    """Remove the run's best adapter (an earlier stretch's, when the run resumed): its last is now its best."""
+    for name in ADAPTER_FILES:
+        (folder / BEST_ADAPTER_DIR / name).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
-        (folder / ADAPTER_DIR).rmdir()  # only when empty
+        (folder / BEST_ADAPTER_DIR).rmdir()
 
 
 def _run_files(folder: Path) -> list[tuple[str, Path]]:
@@ -310,7 +320,7 @@ def _run_files(folder: Path) -> list[tuple[str, Path]]:
         (PLOT_FILE, folder),
         (BASELINE_FILE, folder),
         (CHECKPOINT_FILE, folder),
-        *((name, folder / ADAPTER_DIR) for name in ADAPTER_FILES),
+        *((name, folder / adapter) for adapter in (ADAPTER_DIR, BEST_ADAPTER_DIR) for name in ADAPTER_FILES),
     ]
 
 

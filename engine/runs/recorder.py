@@ -9,11 +9,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
+from engine.best import early_stop_words
 from engine.data.download import DownloadProgress
 from engine.data.prepared import DataSummary
 from engine.evaluate import Metrics, Scores
 from engine.lora import ParamCounts
-from engine.runs.events import AdapterMeasured, BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunEvent, RunSaved
+from engine.runs.events import AdapterMeasured, BaselineEvaluated, BestKept, DataReady, FinalEvaluated, ModelReady, RunEvent, RunSaved
 from engine.runs.time_left import TimeLeft
 from engine.train import EpochDone, LossEvaluated, StepDone, TrainEnded, TrainStarted, ValidationEvaluated
 
@@ -68,6 +69,8 @@ class RunProgress:
     final: Mapping[str, Metrics] | None = None  # full splits, after training; None when stopped
     scores: Mapping[str, Scores] = field(default_factory=dict)
     stopped: bool = False  # training was cut short by Stop
+    early_stopped: str | None = None  # why early stopping ended the training before its last step (engine.best), None if it did not
+    best: BestKept | None = None  # the weights with the lowest validation loss, kept beside the last
     train_seconds: float = 0.0
     saved: RunSaved | None = None
 
@@ -127,6 +130,10 @@ class RunRecorder:
                 self._anatomy.append(event)
             case TrainEnded():
                 change.update(stopped=event.stopped, train_seconds=event.elapsed_s, eta_s=None, phase="saving" if event.stopped else "final evaluation")
+                if event.early_stop and event.best_step is not None:
+                    change.update(early_stopped=early_stop_words(event.steps, event.early_stop, event.best_step))
+            case BestKept():
+                change.update(best=event)
             case FinalEvaluated():
                 change.update(final=dict(event.metrics), scores=dict(event.scores), phase="saving")
             case RunSaved():

@@ -8,7 +8,7 @@ a worker process sends them to the app, tests collect them. The run record is wh
 import platform
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,7 +17,8 @@ import torch
 
 from engine.adapter import AdapterConfig, adapter_tensors, save_adapter
 from engine.anatomy import frozen_weight_norms, growth_point
-from engine.checkpoint import CHECKPOINT_FILE, Checkpoint, LoopTracker, read_checkpoint, save_checkpoint
+from engine.best import BestSoFar
+from engine.checkpoint import CHECKPOINT_FILE, Checkpoint, LoopTracker, load_trainable, read_checkpoint, save_checkpoint
 from engine.classifier import build_classifier
 from engine.config import METHODS, RunConfig
 from engine.data.download import DownloadProgress, ProgressCallback
@@ -25,14 +26,14 @@ from engine.data.prepared import PreparedData, is_prepared_folder, prepare
 from engine.device import Resolved, dtype_of, pick_device, precision_for, prepare_device
 from engine.draws import RunDraws
 from engine.errors import Cancelled, ConfigError
-from engine.evaluate import LossMean, evaluate, evaluate_with_scores
-from engine.loaders import make_loaders
+from engine.evaluate import LossMean, Metrics, Scores, evaluate, evaluate_with_scores
+from engine.loaders import Loaders, make_loaders
 from engine.lora import count_parameters
 from engine.methods import method_precision
 from engine.runs.cost import check_fits
-from engine.runs.events import AdapterMeasured, BaselineEvaluated, DataReady, FinalEvaluated, ModelReady, RunEvent, RunSaved
+from engine.runs.events import AdapterMeasured, BaselineEvaluated, BestKept, DataReady, FinalEvaluated, ModelReady, RunEvent, RunSaved
 from engine.runs.plot import save_loss_plot
-from engine.runs.record import ADAPTER_DIR, PLOT_FILE, RunRecord
+from engine.runs.record import ADAPTER_DIR, BEST_ADAPTER_DIR, PLOT_FILE, RunRecord, remove_best_adapter
 from engine.runs.recorder import RunProgress, RunRecorder
 from engine.runs.resume import check_resumable, resume_problem
 from engine.train import EpochDone, LossEvaluated, TrainEnded, ValidationEvaluated, train
@@ -61,6 +62,8 @@ def fine_tune(
     events so far come first, then training from where it was, as if it had never stopped.
 
     A stopped run still saves the adapter of its last completed step, and skips the final evaluation.
+    Every run also keeps its best weights (lowest validation loss at an estimate, engine.best) beside its
+    last, measured on the validation and test sets as the last are (`BestKept`).
     `weights_at` is a copy of `cfg.model` (a folder) on a machine that lacks the original, e.g. a
     Ray worker: the run reads it, and still records the model by its own name.
 
@@ -160,22 +163,57 @@ def _run(
     if lora and steps and (not anatomy or anatomy[-1].steps != steps):
         yield emit(measured(model, cfg, frozen_norms, steps))  # the adapter as it is saved
 
+    measure = lambda names: final_metrics(model, loaders, names, device, cfg.train.pooling, stop, loss_mean)
     if not recorder.progress().stopped:
-        final, scores = {}, {}
-        for name, loader in (("train", loaders.train_sample), ("validation", loaders.validation), ("test", loaders.test)):
-            final[name], split_scores = evaluate_with_scores(model, loader, device, cfg.train.pooling, should_stop=stop.is_set, loss_mean=loss_mean)
-            if name != "train":  # the training loader is shuffled: its order means nothing
-                scores[name] = split_scores
+        final, scores = measure(("train", "validation", "test"))
         if not stop.is_set():  # stopped mid-evaluation: partial figures would mislead, so none are kept
             yield emit(FinalEvaluated(final, scores))
 
     save_adapter(model, adapter_dir, adapter_config)
+    if tracker.best is not None:
+        yield emit(kept_best(model, tracker.best, recorder.progress(), out, adapter_config, lambda: measure(("validation", "test")), stop))
     progress = recorder.progress()
     record.adapter_saved(progress.step)
     plot = save_loss_plot(progress.estimates, out / PLOT_FILE) if progress.estimates else None
     stopped = progress.final is None
     path = record.finish(record_fields(cfg, progress, str(device), precision, time.perf_counter() - started))
     yield RunSaved(out, adapter_dir, path, plot, stopped)
+
+
+def final_metrics(
+    model: torch.nn.Module, loaders: Loaders, names: tuple[str, ...], device: torch.device, pooling: str, stop: StopFlag, loss_mean: LossMean
+) -> tuple[dict[str, Metrics], dict[str, Scores]]:
+    """The model's metrics on the full splits `names` (train, validation, test), and the per-message scores of validation and test."""
+    loaders_by_name = {"train": loaders.train_sample, "validation": loaders.validation, "test": loaders.test}
+    metrics, scores = {}, {}
+    for name in names:
+        metrics[name], split_scores = evaluate_with_scores(model, loaders_by_name[name], device, pooling, should_stop=stop.is_set, loss_mean=loss_mean)
+        if name != "train":  # the training loader is shuffled: its order means nothing
+            scores[name] = split_scores
+    return metrics, scores
+
+
+def kept_best(
+    model: torch.nn.Module,
+    best: BestSoFar,
+    progress: RunProgress,
+    out: Path,
+    adapter_config: AdapterConfig,
+    measure: Callable[[], tuple[dict[str, Metrics], dict[str, Scores]]],
+    stop: StopFlag,
+) -> BestKept:
+    """Save the best weights beside the last (their adapter saved already): nothing more when the last step was
+    the best; else into adapter-best, measured on validation and test unless the run was stopped. Leaves the
+    model holding the best weights."""
+    if best.step == progress.step:
+        remove_best_adapter(out)  # an earlier stretch's best, when the run was resumed
+        return BestKept(best.step, best.validation_loss, ADAPTER_DIR)
+    load_trainable(model, best.tensors)
+    metrics, scores = measure() if progress.final is not None else ({}, {})
+    if stop.is_set():  # stopped mid-evaluation: partial figures would mislead
+        metrics, scores = {}, {}
+    save_adapter(model, out / BEST_ADAPTER_DIR, adapter_config)
+    return BestKept(best.step, best.validation_loss, BEST_ADAPTER_DIR, metrics, scores)
 
 
 def run_data(cfg: RunConfig, on_download: ProgressCallback | None) -> PreparedData:
@@ -235,6 +273,21 @@ def record_fields(cfg: RunConfig, progress: RunProgress, device: str, precision:
         "epochs": [asdict(e) for e in progress.epoch_accuracies],
         "anatomy": [asdict(point) for point in progress.anatomy],
         "final": {name: asdict(m) for name, m in progress.final.items()} if progress.final else None,
+        "best": best_fields(progress.best),
+        "early_stopped": progress.early_stopped,
         "scores": {name: asdict(s) for name, s in progress.scores.items()},
         "timings": {"train_seconds": round(progress.train_seconds, 2), "total_seconds": round(seconds, 2) if seconds is not None else None},
+    }
+
+
+def best_fields(best: BestKept | None) -> dict[str, Any] | None:
+    """What the record says of the best weights: their step, validation loss, adapter folder, and their figures when not the last's."""
+    if best is None:
+        return None
+    return {
+        "step": best.step,
+        "validation_loss": best.validation_loss,
+        "adapter": best.adapter,
+        "final": {name: asdict(m) for name, m in best.metrics.items()} or None,
+        "scores": {name: asdict(s) for name, s in best.scores.items()},
     }
