@@ -7,6 +7,7 @@ The default is the visitor's own latest finished run, else the presenter's (runs
 particular queued, from the command line or an older version, count as the presenter's); never a
 grid's run or another visitor's, so a page never silently answers with a model its visitor did not choose.
 With the room off it is the latest finished run that is not a grid's.
+A run answers with its best adapter (lowest validation loss) unless its last is asked for (engine.runs.adapters).
 """
 
 import functools
@@ -14,6 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import gradio as gr
+
+from engine.runs.adapters import WHICH, kept_adapter
 from engine.runs.history import RunSummary, read_run, run_folders, usable_adapter
 from engine.runs.queue import QueuedRun
 from engine.runs.record import ADAPTER_DIR, RECORD_FILE
@@ -72,11 +76,39 @@ def default_run(runs: Sequence[FinishedRun], visitor: Visitor, room_on: bool) ->
     return (own or presenters or [None])[0]
 
 
-def choice_label(run: FinishedRun, visitor: Visitor, room_on: bool) -> str:
-    """How the list names a run: "20261202-153000 · 96.3% on test · yours"."""
+ADAPTER_CHOICES = [("best: lowest validation loss", "best"), ("last: after the final step", "last")]  # the picker's words, then its values
+
+
+def adapter_choice(which: object) -> str:
+    """Which adapter of a run a visitor asked for: "best" (also when nothing was sent) or "last".
+
+    Raises:
+        gr.Error: anything else (a script's typo), with the two choices.
+    """
+    if which in (None, ""):
+        return "best"
+    if which not in WHICH:
+        raise gr.Error(f"unknown adapter {str(which)[:40]!r}: choose best (lowest validation loss) or last (after the final step)")
+    return str(which)
+
+
+def adapter_picker(elem_id: str) -> gr.Radio:
+    """Which of a run's adapters answers: its best (the default) or its last."""
+    return gr.Radio(
+        ADAPTER_CHOICES,
+        value="best",
+        label="Which of its adapters",
+        info="best: saved when its validation loss was lowest; last: after its final training step",
+        elem_id=elem_id,
+    )
+
+
+def choice_label(run: FinishedRun, visitor: Visitor, room_on: bool, which: str = "best") -> str:
+    """How the list names a run: "20261202-153000 · 96.3% on test · yours", the accuracy of its `which` adapter (best or last)."""
     parts = [run.name]
-    if run.summary.test_accuracy is not None:
-        parts.append(f"{100 * run.summary.test_accuracy:.1f}% on test")
+    accuracy = kept_adapter(run.summary, which).test_accuracy
+    if accuracy is not None:
+        parts.append(f"{100 * accuracy:.1f}% on test")
     owner = run.summary.config.owner if run.summary.config else ""
     if room_on and run.visitor == visitor.key:
         parts.append("yours")

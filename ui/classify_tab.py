@@ -2,7 +2,8 @@
 
 The model that answers is chosen from one list of finished runs, the same as Evaluate's (ui.answering:
 by default the visitor's own latest finished run, else the presenter's); an uploaded adapter
-replaces it, and the header above always names what answers. Classification has its own queue
+replaces it, and the header above always names what answers (a run answers with its best adapter, lowest
+validation loss, unless its last is chosen). Classification has its own queue
 ("classify", one at a time), never behind training or a download: visitors can classify while a run goes.
 """
 
@@ -18,7 +19,8 @@ import pandas as pd
 from engine.batch import classify_file
 from engine.classifier import Classifier, Prediction
 from engine.explain import TokenScore, WordInfluence, explained_class, token_scores, word_influence
-from ui.answering import choice_label, default_run
+from engine.runs.adapters import kept_adapter
+from ui.answering import adapter_choice, adapter_picker, choice_label, default_run
 from ui.guards import deleted_if_refused, engine_errors_as_toasts, message_problem, output_path, uploaded_file, uploaded_path, written_output
 from ui.lab import Lab, no_run_words
 from ui.views import AWAY_RGB, TOWARDS_RGB, plural, rgba, text_last
@@ -154,7 +156,7 @@ class ClassifyTab:
         self.lab = lab
 
     def classify(
-        self, message: str, adapter_file: str | None, run: str | None = None, request: gr.Request | None = None
+        self, message: str, adapter_file: str | None, run: str | None = None, which: str | None = "best", request: gr.Request | None = None
     ) -> tuple[dict[str, float], dict[str, float] | None, str]:
         """The fine-tuned model's answer next to the untrained one's (the same model with LoRA off); `run`
         (a finished run's name) answers unless an adapter is uploaded; neither: the visitor's default run."""
@@ -162,7 +164,7 @@ class ClassifyTab:
         if problem:
             raise gr.Error(problem)
         with self.lab.classify_lock:
-            answering, classifier = self.lab.classifier_for(adapter_file, run, self.lab.room.visitor(request))
+            answering, classifier = self.lab.classifier_for(adapter_file, run, self.lab.room.visitor(request), adapter_choice(which))
             with engine_errors_as_toasts(str(classifier.device), "classifying"):
                 before, after = classifier.compare_with_base(message)
         cut = " (the message was cut to the model's length limit)" if after.truncated else ""
@@ -187,7 +189,9 @@ class ClassifyTab:
         key = tuple(view.run.id for view in self.lab.scheduler.views() if view.run.state == "done")
         return (gr.skip() if key == last else self.run_choices(current, request)), key
 
-    def classify_many(self, messages: str, adapter_file: str | None, run: str | None = None, request: gr.Request | None = None) -> tuple[str, pd.DataFrame]:
+    def classify_many(
+        self, messages: str, adapter_file: str | None, run: str | None = None, which: str | None = "best", request: gr.Request | None = None
+    ) -> tuple[str, pd.DataFrame]:
         """One message per line: a summary and a table of answers. Lines are numbered as typed; blank
         lines are ignored, a line that cannot be classified is reported in its row."""
         if not isinstance(messages, str):
@@ -202,41 +206,45 @@ class ClassifyTab:
         problems = {number: message_problem(line, number) for number, line in lines}
         good = [(number, line) for number, line in lines if problems[number] is None]
         with self.lab.classify_lock:
-            _, classifier = self.lab.classifier_for(adapter_file, run, self.lab.room.visitor(request))
+            _, classifier = self.lab.classifier_for(adapter_file, run, self.lab.room.visitor(request), adapter_choice(which))
             with engine_errors_as_toasts(str(classifier.device), "classifying"):
                 predictions = dict(zip([n for n, _ in good], classifier.classify([line for _, line in good]) if good else [], strict=True))
         skipped = [problem for problem in problems.values() if problem]
         return many_summary(len(good), skipped, blank), answers_frame(lines, predictions, problems)
 
-    def adapter_info(self, adapter_file: str | None = None, run: str | None = None, request: gr.Request | None = None) -> str:
-        """The header: what answers now (the uploaded adapter by its file name, else the chosen or default run)."""
+    def adapter_info(self, adapter_file: str | None = None, run: str | None = None, which: str | None = "best", request: gr.Request | None = None) -> str:
+        """The header: what answers now (the uploaded adapter by its file name, else the chosen or default run, and which of its adapters)."""
         if adapter_file and isinstance(adapter_file, str):
             return f"**Answering: the uploaded adapter {Path(adapter_file).name}** (it replaces the run chosen below; remove it to use a run again)."
         visitor = self.lab.room.visitor(request)
         try:
             chosen = self.lab.answering_run(run, visitor)
+            which = adapter_choice(which)
         except gr.Error as error:
             return f"**No model answers:** {error}"
         if chosen is None:
             return f"**{no_run_words(self.lab.room.on, bool(self.lab.finished_runs()))}**"
-        return f"**Answering: run {choice_label(chosen, visitor, self.lab.room.on)}.** Choose another finished run below, or upload an adapter."
+        label, kept = choice_label(chosen, visitor, self.lab.room.on, which), kept_adapter(chosen.summary, which)
+        return f"**Answering: run {label} · {kept.words()}.** Choose another finished run or adapter below, or upload an adapter."
 
-    def explain(self, message: str, adapter_file: str | None, run: str | None = None, request: gr.Request | None = None) -> tuple[str, str]:
+    def explain(
+        self, message: str, adapter_file: str | None, run: str | None = None, which: str | None = "best", request: gr.Request | None = None
+    ) -> tuple[str, str]:
         """P(the explained class) token by token (one causal pass) and the words whose removal moves it most."""
         if not isinstance(message, str) or not message.strip():
             raise gr.Error("the message is empty: type a message to explain, then press Explain")
         with self.lab.classify_lock:
-            _, classifier = self.lab.classifier_for(adapter_file, run, self.lab.room.visitor(request))
+            _, classifier = self.lab.classifier_for(adapter_file, run, self.lab.room.visitor(request), adapter_choice(which))
             return explanation_html(classifier, message)
 
     def classify_upload(
-        self, path: str | None, adapter_file: str | None, run: str | None = None, request: gr.Request | None = None
+        self, path: str | None, adapter_file: str | None, run: str | None = None, which: str | None = "best", request: gr.Request | None = None
     ) -> tuple[str, pd.DataFrame]:
         """Classify every message of an uploaded file; a CSV of label and probabilities to download."""
         source = uploaded_path(path, "a file of messages (one per line, or a CSV/TSV with a text column)")
         destination = output_path(f"{source.stem}-predictions.csv")
         with self.lab.classify_lock:
-            _, classifier = self.lab.classifier_for(adapter_file, run, self.lab.room.visitor(request))
+            _, classifier = self.lab.classifier_for(adapter_file, run, self.lab.room.visitor(request), adapter_choice(which))
             with deleted_if_refused(source), deleted_if_refused(destination), engine_errors_as_toasts(str(classifier.device), "classifying the file"):
                 table = classify_file(classifier, source, destination)
                 preview = preview_frame(table)
@@ -249,20 +257,21 @@ def clear_on_failure(event: gr.events.Dependency, outputs: list[Any]) -> None:
     event.failure(lambda: empty, None, outputs, show_progress="hidden", api_visibility="private")
 
 
-def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.Timer) -> gr.Dropdown:
-    """The Classify tab, wired; returns its list of runs (Evaluate's follows it). A run that finishes joins the list as
+def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.Timer) -> tuple[gr.Dropdown, gr.Radio]:
+    """The Classify tab, wired; returns its list of runs and its choice of adapter (Evaluate's follow them). A run that finishes joins the list as
     the Train tab's timer ticks."""
     with gr.Tab("Classify") as tab:
         adapter_status = gr.Markdown(elem_id="adapter-status")
         with gr.Row(equal_height=True):
-            run = gr.Dropdown(
-                [],
-                label="Run that answers",
-                info="finished runs, newest first (the same list as on Evaluate)",
-                allow_custom_value=True,  # a script may name any finished run; the handlers check it
-                elem_id="answering-run",
-                scale=2,
-            )
+            with gr.Column(scale=2):
+                run = gr.Dropdown(
+                    [],
+                    label="Run that answers",
+                    info="finished runs, newest first (the same list as on Evaluate)",
+                    allow_custom_value=True,  # a script may name any finished run; the handlers check it
+                    elem_id="answering-run",
+                )
+                which = adapter_picker("answering-adapter")
             adapter_file = uploaded_file(
                 label="Or upload an adapter (optional): an adapter.safetensors file replaces the run while it is here",
                 file_types=[".safetensors"],
@@ -289,15 +298,15 @@ def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.T
                 column_widths=text_last(len(MANY_COLUMNS), "50%"),
                 elem_id="many-results",
             )
-        build_explain(classify, message, adapter_file, run)
-        build_classify_file(classify, adapter_file, run)
+        build_explain(classify, message, adapter_file, run, which)
+        build_classify_file(classify, adapter_file, run, which)
         finished = gr.State(None)  # the finished runs the list last showed (created in the tab: see the Train tab's note)
 
     answers = [after, before, details]
     classified = gr.on(
         [classify_button.click, message.submit],
         classify.classify,
-        [message, adapter_file, run],
+        [message, adapter_file, run, which],
         answers,
         api_name="classify",
         concurrency_id="classify",
@@ -307,7 +316,7 @@ def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.T
     many_answers = [many_summary_line, many_results]
     classified_many = classify_many_button.click(
         classify.classify_many,
-        [many, adapter_file, run],
+        [many, adapter_file, run, which],
         many_answers,
         api_name="classify_many",
         concurrency_id="classify",
@@ -316,19 +325,24 @@ def build_classify_tab(classify: ClassifyTab, demo: gr.Blocks, train_timer: gr.T
     clear_on_failure(classified_many, many_answers)
     gr.on([demo.load, tab.select], classify.run_choices, run, run, api_name="answering_runs", show_progress="hidden", concurrency_limit=None).then(
         # named apart: left to Gradio, this private event would take the name "adapter_info" from the public one below
-        classify.adapter_info, [adapter_file, run], adapter_status, api_name="adapter_info_on_open", show_progress="hidden", api_visibility="private"
+        classify.adapter_info,
+        [adapter_file, run, which],
+        adapter_status,
+        api_name="adapter_info_on_open",
+        show_progress="hidden",
+        api_visibility="private",
     )
     train_timer.tick(classify.refresh_runs, [run, finished], [run, finished], api_visibility="private", show_progress="hidden", concurrency_limit=None)
     gr.on(
-        [run.change, adapter_file.change],
+        [run.change, adapter_file.change, which.change],
         classify.adapter_info,
-        [adapter_file, run],
+        [adapter_file, run, which],
         adapter_status,
         api_name="adapter_info",
         show_progress="hidden",
         concurrency_limit=None,
     )
-    return run
+    return run, which
 
 
 def build_examples(message: gr.Textbox) -> None:
@@ -340,7 +354,7 @@ def build_examples(message: gr.Textbox) -> None:
             example.click(None, None, message, js=f"() => {json.dumps(text)}", api_visibility="private")  # in the page: no round trip to the server
 
 
-def build_explain(classify: ClassifyTab, message: gr.Textbox, adapter_file: gr.File, run: gr.Dropdown) -> None:
+def build_explain(classify: ClassifyTab, message: gr.Textbox, adapter_file: gr.File, run: gr.Dropdown, which: gr.Radio) -> None:
     """Why this answer: P(spam), or of the predicted class for three or more, token by token, and the
     words that moved it, in one colour code."""
     with gr.Accordion("Why this answer?", open=True):
@@ -349,7 +363,7 @@ def build_explain(classify: ClassifyTab, message: gr.Textbox, adapter_file: gr.F
         bars = gr.HTML(elem_id="word-influence")
     explained = explain_button.click(
         classify.explain,
-        [message, adapter_file, run],
+        [message, adapter_file, run, which],
         [heat, bars],
         api_name="explain",
         concurrency_id="classify",
@@ -360,7 +374,7 @@ def build_explain(classify: ClassifyTab, message: gr.Textbox, adapter_file: gr.F
     message.change(lambda: ("", ""), None, [heat, bars], show_progress="hidden", api_visibility="private")
 
 
-def build_classify_file(classify: ClassifyTab, adapter_file: gr.File, run: gr.Dropdown) -> None:
+def build_classify_file(classify: ClassifyTab, adapter_file: gr.File, run: gr.Dropdown, which: gr.Radio) -> None:
     """Classify a file: upload messages, download a CSV of label and probabilities."""
     with gr.Accordion("Classify a file", open=False):
         source = uploaded_file(
@@ -370,6 +384,11 @@ def build_classify_file(classify: ClassifyTab, adapter_file: gr.File, run: gr.Dr
         result = gr.File(label="Download: label and probabilities per message (CSV)", interactive=False, elem_id="batch-result")
         preview = gr.Dataframe(headers=["label", "message"], label="First answers", interactive=False, wrap=True, elem_id="batch-preview")
     classified = batch_button.click(
-        classify.classify_upload, [source, adapter_file, run], [result, preview], api_name="classify_file", concurrency_id="classify", concurrency_limit=1
+        classify.classify_upload,
+        [source, adapter_file, run, which],
+        [result, preview],
+        api_name="classify_file",
+        concurrency_id="classify",
+        concurrency_limit=1,
     )
     clear_on_failure(classified, [result, preview])

@@ -47,6 +47,7 @@ class Controls:
     live_metrics: bool = True
     precision: str = "auto"  # what the frozen model computes in (engine.device): auto, fp32 or bf16
     method: str = "lora"  # what trains (engine.config.METHODS); the LoRA settings apply to lora only
+    early_stop: float | None = 0  # loss estimates without a lower validation loss before training ends; 0 or empty: never
 
     @classmethod
     def of(cls, cfg: RunConfig) -> "Controls":
@@ -86,6 +87,7 @@ class ControlWidgets:
     live_metrics: gr.Checkbox
     precision: gr.Radio
     method: gr.Radio
+    early_stop: gr.Number
 
     def pick(self, names: Sequence[str]) -> list[Component]:
         return [getattr(self, name) for name in names]
@@ -126,6 +128,7 @@ def run_config(settings: AppSettings, controls: Controls, owner: str = "") -> Ru
         group_by_length=c.padding == "batch",
         precision=c.precision,
         live_metrics=bool(c.live_metrics),
+        early_stop=as_int(c.early_stop) or 0,  # 0 or empty: train to the end
     )
     return RunConfig(
         model=c.model,

@@ -1,11 +1,11 @@
 """The Evaluate tab: a finished run on every message of the validation (or test) set.
 
 The run is chosen from the same list as Classify's (ui.answering), with the same default, and
-choosing on one tab chooses on the other.
+choosing on one tab chooses on the other; so is which of its adapters (its best by default, or its last).
 
 Its confusion matrix, precision/recall/F1 at a chosen threshold, the ROC curve and the misclassified
 messages, one class against the rest (spam by default; any class, so three or more classes too),
-all from the per-message scores the run kept in run.json.
+all from the per-message scores the run kept in run.json for that adapter.
 """
 
 from dataclasses import dataclass
@@ -16,9 +16,9 @@ import pandas as pd
 
 from engine.errors import LoRALabError
 from engine.evaluate import POSITIVE_CLASS, Scores, at_threshold, mistakes, positive_class, roc_curve
+from engine.runs.adapters import KeptAdapter, kept_adapter
 from engine.runs.history import RunSummary, read_scores
-from engine.runs.record import ADAPTER_DIR
-from ui.answering import choice_label, default_run
+from ui.answering import adapter_choice, adapter_picker, choice_label, default_run
 from ui.errors_view import CELL_SCRIPT, CLASSES_TABLE, THRESHOLD_TABLE, CellSource, build_reasons
 from ui.lab import Lab
 from ui.views import HALF_ROW_PX, confusion_html, plural, text_last
@@ -34,6 +34,7 @@ class RunEvaluation:
 
     name: str
     split: str
+    adapter: KeptAdapter
     class_names: tuple[str, ...]
     scores: Scores
     texts: list[str] | None  # None: the data folder was prepared again since (or is gone)
@@ -49,15 +50,16 @@ class RunEvaluation:
         return names[1 - positive] if len(names) == 2 else f"not {names[positive]}"
 
 
-def read_evaluation(folder: Path, name: str, split: str) -> RunEvaluation:
-    """The scores run.json keeps for `split`, and the split's texts when the data folder still matches them."""
+def read_evaluation(summary: RunSummary, name: str, split: str, which: str = "best") -> RunEvaluation:
+    """The scores run.json keeps for `split` of the run's `which` adapter, and the split's texts when the data folder still matches them."""
+    kept = kept_adapter(summary, which)
     try:
-        found = read_scores(folder, split)
+        found = read_scores(summary.folder, split, kept.adapter)
     except LoRALabError as error:
         raise gr.Error(f"the record of run {name} is unreadable ({error}): choose another run") from None
     if found is None:
         raise gr.Error(f"run {name} has no per-message scores (stopped before its final evaluation, or trained by an older version): choose a finished run")
-    return RunEvaluation(name, split, found.class_names, found.scores, found.texts, found.confusion)
+    return RunEvaluation(name, split, kept, found.class_names, found.scores, found.texts, found.confusion)
 
 
 def threshold_frame(evaluation: RunEvaluation, threshold: float, positive: int = POSITIVE_CLASS) -> pd.DataFrame:
@@ -120,7 +122,7 @@ def evaluation_views(evaluation: RunEvaluation, chosen: str, threshold: float) -
         "" if len(names) == 2 else f", else as one of the other {len(names) - 1} classes (one vs rest)"
     )
     result = f"{plural(mistakes_count, 'mistake')}, accuracy {100 * metrics.accuracy:.1f}%.{auc_text}{texts}"
-    summary = f"Run **{run}**, full {split} set: {metrics.count} messages. {rule}: {result}"
+    summary = f"Run **{run}** ({evaluation.adapter.words()}), full {split} set: {metrics.count} messages. {rule}: {result}"
     table = confusion_html(metrics.confusion, (rest, chosen), f"{split} set at threshold {threshold:.2f}, {chosen} vs the rest", THRESHOLD_TABLE)
     if len(names) > 2:  # the threshold view is one class against the rest: show every class's answers too
         every = confusion_html(evaluation.confusion or [], names, f"{split} set, each message given its most likely class", CLASSES_TABLE)
@@ -157,12 +159,12 @@ class EvaluateTab:
         found = dict(self.evaluated_runs()).get(run) if run else None
         if found is None:
             return gr.Dropdown(choices=[], value=None)
-        evaluation = read_evaluation(found.folder, run, "validation")
+        evaluation = read_evaluation(found, run, "validation")
         names = list(evaluation.class_names)
         return gr.Dropdown(choices=names, value=current if current in names else evaluation.default_positive())
 
-    def evaluate(self, run: str | None, split: str, threshold: float, positive: str | None = None) -> EvaluateViews:
-        """Confusion matrix, metrics at `threshold`, ROC and the misclassified messages of one finished run.
+    def evaluate(self, run: str | None, split: str, threshold: float, positive: str | None = None, which: str | None = "best") -> EvaluateViews:
+        """Confusion matrix, metrics at `threshold`, ROC and the misclassified messages of one finished run's `which` adapter (best or last).
 
         The threshold, ROC and mistakes are one-vs-rest for the `positive` class (spam by default):
         it is predicted when its probability reaches the threshold, any other class otherwise.
@@ -178,26 +180,26 @@ class EvaluateTab:
         found = dict(self.evaluated_runs()).get(run)
         if found is None:
             raise gr.Error(f"no finished run called {str(run)[:80]!r} in {self.out}: press Refresh and choose one from the list")
-        evaluation = read_evaluation(found.folder, run, split)
+        evaluation = read_evaluation(found, run, split, adapter_choice(which))
         chosen = positive or evaluation.default_positive()
         if chosen not in evaluation.class_names:
             raise gr.Error(f"run {run} has no class {str(chosen)[:40]!r}: choose one of {', '.join(evaluation.class_names)}")
         return evaluation_views(evaluation, chosen, float(threshold))
 
-    def cell_source(self, run: str | None, split: str, threshold: float, positive: str | None = None) -> CellSource:
+    def cell_source(self, run: str | None, split: str, threshold: float, positive: str | None = None, which: str | None = "best") -> CellSource:
         """Where the confusion matrices' answers come from: for listing a clicked cell's messages and explaining them."""
-        self.evaluate(run, split, threshold, positive)  # the same checks, each with its message
+        self.evaluate(run, split, threshold, positive, which)  # the same checks, each with its message
         found = dict(self.evaluated_runs())[run]
-        evaluation = read_evaluation(found.folder, run, split)
+        evaluation = read_evaluation(found, run, split, adapter_choice(which))
         chosen = positive or evaluation.default_positive()
         return CellSource(
-            evaluation.scores, evaluation.texts, evaluation.class_names, found.folder / ADAPTER_DIR, float(threshold), evaluation.class_names.index(chosen)
+            evaluation.scores, evaluation.texts, evaluation.class_names, evaluation.adapter.folder, float(threshold), evaluation.class_names.index(chosen)
         )
 
 
-def build_evaluate_tab(evaluate: EvaluateTab, classify_run: gr.Dropdown) -> None:
+def build_evaluate_tab(evaluate: EvaluateTab, classify_run: gr.Dropdown, classify_which: gr.Radio) -> None:
     """The Evaluate tab, wired; opening it (or Refresh) lists the finished runs and shows the chosen one (or the default).
-    Its choice and Classify's `classify_run` follow each other."""
+    Its choices of run and adapter and Classify's (`classify_run`, `classify_which`) follow each other."""
     with gr.Tab("Evaluate") as tab:
         gr.Markdown(
             "How a finished run does on every message of the validation (or test) set, and what changes when the chosen class "
@@ -209,6 +211,7 @@ def build_evaluate_tab(evaluate: EvaluateTab, classify_run: gr.Dropdown) -> None
             )  # the handler checks the name
             split = gr.Radio(list(SPLITS), value="validation", label="Messages", elem_id="eval-split", scale=1)
             refresh = gr.Button("Refresh", size="sm", elem_id="eval-refresh", scale=0)
+        which = adapter_picker("eval-adapter")
         with gr.Row():
             positive = gr.Dropdown(
                 [],
@@ -239,7 +242,7 @@ def build_evaluate_tab(evaluate: EvaluateTab, classify_run: gr.Dropdown) -> None
                 elem_id="roc",
                 scale=1,
             )
-        build_reasons(evaluate.lab, "eval", confusion, evaluate.cell_source, [run, split, threshold, positive])
+        build_reasons(evaluate.lab, "eval", confusion, evaluate.cell_source, [run, split, threshold, positive, which])
         wrong = gr.Dataframe(
             headers=["true", "predicted", "P", "message"],
             label="Misclassified messages, most confident mistakes first",
@@ -250,7 +253,7 @@ def build_evaluate_tab(evaluate: EvaluateTab, classify_run: gr.Dropdown) -> None
             elem_id="mistakes",
         )
     views = [summary, confusion, metrics, roc, wrong]
-    inputs = [run, split, threshold, positive]
+    inputs = [run, split, threshold, positive, which]
     # A chosen run brings its own classes: the positive-class picker is refilled before evaluating.
     gr.on([tab.select, refresh.click], evaluate.evaluation_choices, run, run, api_name="evaluation_runs", show_progress="hidden").then(
         evaluate.positive_choices, [run, positive], positive, api_name="positive_classes_refreshed", show_progress="hidden"
@@ -258,7 +261,9 @@ def build_evaluate_tab(evaluate: EvaluateTab, classify_run: gr.Dropdown) -> None
     run.input(evaluate.positive_choices, [run, positive], positive, api_name="positive_classes", show_progress="hidden").then(
         evaluate.evaluate, inputs, views, api_name="evaluate_run", show_progress="hidden"
     )
-    gr.on([split.change, threshold.change, positive.input], evaluate.evaluate, inputs, views, api_name="evaluate", show_progress="hidden")
+    gr.on([split.change, threshold.change, positive.input, which.change], evaluate.evaluate, inputs, views, api_name="evaluate", show_progress="hidden")
     # One choice for both tabs: a run chosen on either is chosen on the other (Evaluate redraws when opened).
     run.input(lambda chosen: chosen, run, classify_run, api_visibility="private", show_progress="hidden", queue=False)
     classify_run.input(lambda chosen: chosen, classify_run, run, api_visibility="private", show_progress="hidden", queue=False)
+    which.input(lambda chosen: chosen, which, classify_which, api_visibility="private", show_progress="hidden", queue=False)
+    classify_which.input(lambda chosen: chosen, classify_which, which, api_visibility="private", show_progress="hidden", queue=False)

@@ -19,6 +19,7 @@ from engine.config import RunConfig
 from engine.data.prepared import PreparedData, load_summary
 from engine.device import pick_device
 from engine.errors import ConfigError, LoRALabError
+from engine.runs.adapters import kept_adapter
 from engine.runs.history import settle_runs
 from engine.runs.queue import QueuedRun
 from engine.runs.resume import resume_problem, resumed_config
@@ -140,10 +141,14 @@ class Lab:
             raise gr.Error(f"no finished run called {str(chosen)[:80]!r} in {self.settings.out}: choose one from the list (press Refresh)", duration=None)
         return found
 
-    def classifier_for(self, adapter_file: str | None, chosen: str | None = None, visitor: Visitor | None = None) -> tuple[str, Classifier]:
-        """What answers, in words ("run X", "the uploaded adapter NAME"), and its loaded classifier; call under `classify_lock`.
+    def classifier_for(
+        self, adapter_file: str | None, chosen: str | None = None, visitor: Visitor | None = None, which: str = "best"
+    ) -> tuple[str, Classifier]:
+        """What answers, in words ("run X; best adapter, step 60 of 130 ...", "the uploaded adapter NAME"), and its loaded
+        classifier; call under `classify_lock`.
 
-        An uploaded adapter answers when there is one, else the run `chosen` from the list, else the visitor's default run.
+        An uploaded adapter answers when there is one, else the run `chosen` from the list, else the visitor's default run:
+        its `which` adapter, best (the default) or last (engine.runs.adapters).
         """
         if adapter_file:
             adapter = uploaded_path(adapter_file, "an adapter.safetensors file")
@@ -152,7 +157,8 @@ class Lab:
             run = self.answering_run(chosen, visitor or self.room.visitor(None))
             if run is None:
                 raise gr.Error(no_run_words(self.room.on, bool(self.finished_runs())), duration=None)
-            adapter, answering = run.folder / "adapter", f"run {run.name}"
+            kept = kept_adapter(run.summary, which)
+            adapter, answering = kept.folder, f"run {run.name}; {kept.words()}"
         return answering, self.classifier_at(adapter, uploaded=bool(adapter_file))
 
     def classifier_at(self, adapter: Path, uploaded: bool = False) -> Classifier:

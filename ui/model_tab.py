@@ -331,6 +331,15 @@ def build_model_tab(model_tab: ModelTab, demo: gr.Blocks) -> ControlWidgets:
                     minimum=1,
                     elem_id="eval-freq",
                 )
+                early_stop = gr.Number(
+                    initial.early_stop,
+                    label="Stop early after N estimates without improvement (early_stop; 0: never)",
+                    info="Ends training once the validation loss has not gone down for this many loss estimates in a row, before the model "
+                    "learns its training messages by heart. Either way, the run keeps its best adapter (lowest validation loss).",
+                    precision=0,
+                    minimum=0,
+                    elem_id="early-stop",
+                )
             live_metrics = gr.Checkbox(
                 initial.live_metrics,
                 label="Score the whole validation set at each estimate (live_metrics)",
@@ -363,6 +372,7 @@ def build_model_tab(model_tab: ModelTab, demo: gr.Blocks) -> ControlWidgets:
         live_metrics=live_metrics,
         precision=precision,
         method=method,
+        early_stop=early_stop,
     )
     lora_widgets = controls.pick(LORA_ONLY)
     method.change(method_effects, method, [lora_note, *lora_widgets], show_progress="hidden", api_visibility="private")

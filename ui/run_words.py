@@ -72,7 +72,20 @@ def status_line(view: RunView | None, now: float | None = None) -> str:
     where = f"; saved in {run.config.out_dir}" if run.state in ("done", "stopped") else ""
     reached = f" after step {progress.step:,} of {progress.total_steps:,}" if progress and progress.total_steps and run.state != "done" else ""
     reason = f": {run.reason}" if run.reason else ""
-    return f"{STATES[run.state].capitalize()}{reached}{took}{where}{reason}"
+    return f"{STATES[run.state].capitalize()}{reached}{took}{where}{reason}{best_words(progress)}"
+
+
+def best_words(progress: RunProgress | None) -> str:
+    """How training ended and where its best adapter is, once it has ended: ". Stopped early at step 21: ...; best at step 11 ..."."""
+    if progress is None or progress.best is None:
+        return ""
+    best = progress.best
+    if progress.early_stopped:
+        said = f". It {progress.early_stopped} (lowest validation loss, {best.validation_loss:.3f})"
+    else:
+        said = f". Best at step {best.step:,} of {progress.step:,} (lowest validation loss, {best.validation_loss:.3f})"
+    also = ": its last adapter is its best" if best.step == progress.step else ": Classify and Evaluate use that adapter unless told otherwise"
+    return f"{said}{also}."
 
 
 def running_details(progress: RunProgress | None, elapsed: float) -> str:

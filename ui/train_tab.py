@@ -18,6 +18,7 @@ import pandas as pd
 
 from engine.config import LABELS, TrainConfig
 from engine.errors import LoRALabError
+from engine.evaluate import Metrics
 from engine.params import param_summary
 from engine.runs.history import split_texts
 from engine.runs.record import ADAPTER_DIR
@@ -173,7 +174,7 @@ def accuracy_frames(view: RunView | None) -> tuple[pd.DataFrame | None, pd.DataF
                     "loss": round(m.loss, 4),
                     "messages": messages_scored(progress, name, m.count),
                 }
-                for name, m in progress.final.items()
+                for name, m in [*progress.final.items(), *best_metrics(progress)]
             ],
             columns=FINAL_COLUMNS,
         )
@@ -182,6 +183,14 @@ def accuracy_frames(view: RunView | None) -> tuple[pd.DataFrame | None, pd.DataF
             {"": [f"No final accuracies: the run {STATES[view.run.state]} before its final evaluation, so it is not offered on Evaluate either."]}
         )
     return accuracy, baseline, final
+
+
+def best_metrics(progress: RunProgress) -> list[tuple[str, Metrics]]:
+    """The best adapter's final metrics, named for the final table, when it is not the last: ("test, best adapter (step 11)", metrics)."""
+    best = progress.best
+    if best is None:
+        return []
+    return [(f"{name}, best adapter (step {best.step:,})", metrics) for name, metrics in best.metrics.items()]
 
 
 def messages_scored(progress: RunProgress, split: str, count: int) -> str:
