@@ -41,6 +41,7 @@ def settings_line(cfg: RunConfig) -> str:
     lora, train = cfg.lora, cfg.train
     scale = "alpha / rank" if lora.scaling == "alpha_over_rank" else "alpha"
     steps = f", at most {train.max_steps:,} steps" if train.max_steps else ""
+    steps += f", stopping early after {plural(train.early_stop, 'estimate')} without improvement" if train.early_stop else ""
     return (
         f"{Path(cfg.model).name} · preset {cfg.preset or 'custom'} · rank {lora.rank} · alpha {lora.alpha:g} (scaled by {scale}) · "
         f"{layers_words(lora.targets)} · learning rate {train.lr:g} · {plural(train.epochs, 'epoch')}{steps} · "
