@@ -156,7 +156,7 @@ class ClassifyTab:
         self.lab = lab
 
     def classify(
-        self, message: str, adapter_file: str | None, run: str | None = None, which: str | None = "best", request: gr.Request | None = None
+        self, message: str, adapter_file: str | None, run: str | None = None, request: gr.Request | None = None, which: str | None = "best"
     ) -> tuple[dict[str, float], dict[str, float] | None, str]:
         """The fine-tuned model's answer next to the untrained one's (the same model with LoRA off); `run`
         (a finished run's name) answers unless an adapter is uploaded; neither: the visitor's default run."""
@@ -190,7 +190,7 @@ class ClassifyTab:
         return (gr.skip() if key == last else self.run_choices(current, request)), key
 
     def classify_many(
-        self, messages: str, adapter_file: str | None, run: str | None = None, which: str | None = "best", request: gr.Request | None = None
+        self, messages: str, adapter_file: str | None, run: str | None = None, request: gr.Request | None = None, which: str | None = "best"
     ) -> tuple[str, pd.DataFrame]:
         """One message per line: a summary and a table of answers. Lines are numbered as typed; blank
         lines are ignored, a line that cannot be classified is reported in its row."""
@@ -212,7 +212,7 @@ class ClassifyTab:
         skipped = [problem for problem in problems.values() if problem]
         return many_summary(len(good), skipped, blank), answers_frame(lines, predictions, problems)
 
-    def adapter_info(self, adapter_file: str | None = None, run: str | None = None, which: str | None = "best", request: gr.Request | None = None) -> str:
+    def adapter_info(self, adapter_file: str | None = None, run: str | None = None, request: gr.Request | None = None, which: str | None = "best") -> str:
         """The header: what answers now (the uploaded adapter by its file name, else the chosen or default run, and which of its adapters)."""
         if adapter_file and isinstance(adapter_file, str):
             return f"**Answering: the uploaded adapter {Path(adapter_file).name}** (it replaces the run chosen below; remove it to use a run again)."
@@ -228,7 +228,7 @@ class ClassifyTab:
         return f"**Answering: run {label} · {kept.words()}.** Choose another finished run or adapter below, or upload an adapter."
 
     def explain(
-        self, message: str, adapter_file: str | None, run: str | None = None, which: str | None = "best", request: gr.Request | None = None
+        self, message: str, adapter_file: str | None, run: str | None = None, request: gr.Request | None = None, which: str | None = "best"
     ) -> tuple[str, str]:
         """P(the explained class) token by token (one causal pass) and the words whose removal moves it most."""
         if not isinstance(message, str) or not message.strip():
@@ -238,7 +238,7 @@ class ClassifyTab:
             return explanation_html(classifier, message)
 
     def classify_upload(
-        self, path: str | None, adapter_file: str | None, run: str | None = None, which: str | None = "best", request: gr.Request | None = None
+        self, path: str | None, adapter_file: str | None, run: str | None = None, request: gr.Request | None = None, which: str | None = "best"
     ) -> tuple[str, pd.DataFrame]:
         """Classify every message of an uploaded file; a CSV of label and probabilities to download."""
         source = uploaded_path(path, "a file of messages (one per line, or a CSV/TSV with a text column)")

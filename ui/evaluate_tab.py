@@ -122,7 +122,7 @@ def evaluation_views(evaluation: RunEvaluation, chosen: str, threshold: float) -
         "" if len(names) == 2 else f", else as one of the other {len(names) - 1} classes (one vs rest)"
     )
     result = f"{plural(mistakes_count, 'mistake')}, accuracy {100 * metrics.accuracy:.1f}%.{auc_text}{texts}"
-    summary = f"Run **{run}** ({evaluation.adapter.words()}), full {split} set: {metrics.count} messages. {rule}: {result}"
+    summary = f"Run **{run}**, {evaluation.adapter.words()}; full {split} set: {metrics.count} messages. {rule}: {result}"
     table = confusion_html(metrics.confusion, (rest, chosen), f"{split} set at threshold {threshold:.2f}, {chosen} vs the rest", THRESHOLD_TABLE)
     if len(names) > 2:  # the threshold view is one class against the rest: show every class's answers too
         every = confusion_html(evaluation.confusion or [], names, f"{split} set, each message given its most likely class", CLASSES_TABLE)
