@@ -14,9 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import tiny_run_config
 from test_scheduler import assert_same_results, results, run_grid
 
+from engine.adapter import read_adapter
 from engine.checkpoint import CHECKPOINT_FILE, read_checkpoint
 from engine.errors import ConfigError
 from engine.runs.grid import Grid
@@ -235,6 +237,7 @@ def test_ray_returns_the_same_adapters_and_metrics_as_local_workers(ray_workers_
     on_ray = run_grid(tmp_path / "ray", runs, watching)
     local = run_grid(tmp_path / "local", runs, LocalWorkers(local_slots_like(ray_workers_on.slots)))
     assert_same_results(results(on_ray), results(local))
+    local_folders = {view.run.id.rsplit("/", 1)[-1]: Path(view.run.config.out_dir) for view in local}
     # every step streamed back as it happened, in order, once (a retried task would say its steps again), and one end per run
     assert watching.steps == {label: list(range(1, 7)) for label, _ in runs} and watching.ends == {label: 1 for label, _ in runs}
     model = str(tiny_model_dir)
@@ -246,6 +249,9 @@ def test_ray_returns_the_same_adapters_and_metrics_as_local_workers(ray_workers_
         record = json.loads((out / "run.json").read_text())
         assert record["config"]["out_dir"] == str(out) and record["config"]["model"] == model  # this machine's paths, not the task's
         assert record["ray_node"] and record["state"] == "done"
+        assert record["best"]["adapter"] == "adapter-best"  # best at an estimate (after step 1 or 4), never the last step (6)
+        best_there, best_here = (read_adapter(folder / "adapter-best")[1] for folder in (out, local_folders[view.run.id.rsplit("/", 1)[-1]]))
+        assert best_there.keys() == best_here.keys() and all(torch.equal(best_there[name], best_here[name]) for name in best_here)  # back like the last
 
 
 def local_slots_like(ray_slots) -> list[Slot]:

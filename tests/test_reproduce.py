@@ -39,7 +39,7 @@ def app_configs(tmp_path: Path) -> list[RunConfig]:
     changes = [
         {},
         {"preset_name": "book", "rank": 16.0, "alpha": 16.0, "scaling": "alpha", "pooling": "last", "padding": "longest", "lr": 5e-5, "epochs": 5.0},
-        {"rank": 4.0, "alpha": 8.0, "scaling": "alpha", "lr": 3e-4, "epochs": 2.0, "batch_size": 4.0, "max_steps": 0.0, "eval_freq": 7.0},
+        {"rank": 4.0, "alpha": 8.0, "scaling": "alpha", "lr": 3e-4, "epochs": 2.0, "batch_size": 4.0, "max_steps": 0.0, "eval_freq": 7.0, "early_stop": 3.0},
         {"targets": ["attn.q_proj", "attn.v_proj"], "train_head": True, "pooling": "last", "padding": "longest", "live_metrics": False},
         {"preset_name": "book", "padding": "batch", "model": "gpt2-medium"},
         {"method": "last-block"},
