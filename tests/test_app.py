@@ -343,6 +343,7 @@ def test_train_poll_classify_through_the_handlers(lab: Lab, settings: AppSetting
         True,
         "auto",
         "lora",
+        0,
     )
     idle = view_of(TrainTab(lab).attach())
     assert idle["status"] == "Ready: no run yet." and idle["loss"] is None and idle["live_scores"] is None  # None, never an empty frame, for the plots
@@ -377,9 +378,11 @@ def test_train_poll_classify_through_the_handlers(lab: Lab, settings: AppSetting
     assert f">{last.confusion[1][1]}</td>" in live_confusion
     assert list(drawn(polled["accuracy"], "split")["step"]) == [0, 0, 12, 12]  # before training, then the end of epoch 1 (cut at step 12)
     assert list(polled["baseline"]["split"]) == ["train", "validation", "test"]
-    assert list(polled["final"]["split"]) == ["train", "validation", "test"]
+    best = lab.scheduler.view(first_run.id).progress.best.step  # an estimate's step (1, 6 or 11): never the last, 12
+    best_rows = [f"validation, best adapter (step {best})", f"test, best adapter (step {best})"]
+    assert list(polled["final"]["split"]) == ["train", "validation", "test", *best_rows]  # the best adapter's figures below the last's
     # train scores whole batches only, as in the book: the table says so beside the Data tab's 1,045
-    assert polled["final"]["messages"].tolist() == ["1,040 of 1,045", "149", "300"]
+    assert polled["final"]["messages"].tolist() == ["1,040 of 1,045", "149", "300", "149", "300"]
     assert Path(polled["book_plot"]).name == "loss.png" and [Path(f).name for f in polled["files"]] == ["adapter.safetensors", "run.json"]
     unchanged = TrainTab(lab).poll(first_run.id, polled["shown"])  # a poll with nothing new sends nothing
     assert all(value is gr.skip() or isinstance(value, dict) and value.get("__type__") == "update" for value in unchanged[:-1])
@@ -465,7 +468,9 @@ def test_gradio_client_drives_the_whole_app(served: RunningApp, settings: AppSet
         assert time.monotonic() < deadline, polled["status"]
         time.sleep(0.5)
     assert "step 15 of 15" in polled["progress"]
-    assert frame(polled["final"])["split"].tolist() == ["train", "validation", "test"]
+    splits = frame(polled["final"])["split"].tolist()
+    assert splits[:3] == ["train", "validation", "test"]
+    assert [split.split(" (")[0] for split in splits[3:]] == ["validation, best adapter", "test, best adapter"]  # "(step N)": an estimate's
     assert sorted(Path(f).name for f in polled["files"]) == ["adapter.safetensors", "run.json"]
     assert "Full validation set (149 messages) after step 11" in polled["live_confusion"]  # the live confusion matrix of the last estimate
     attached = view_of(client.predict(api_name="/attach"))  # what a reloaded page shows: the newest run
