@@ -101,12 +101,18 @@ def train_remotely(
             yield from batches(said)
             ended = said.get()
             trainer.join()
-            files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} if out.is_dir() else {}
+            files = run_folder_files(out)
     finally:
         with contextlib.suppress(Exception):  # the actor gone: the watcher ends on its own error
             ray.get(signals.end.remote(run_id), timeout=SIGNAL_WAIT_S)
         watcher.join(SIGNAL_WAIT_S)
     yield [TaskEnd(ended, files, socket.gethostname())]  # type: ignore[arg-type]
+
+
+def run_folder_files(out: Path) -> dict[str, bytes]:
+    """Every file of a run's folder, by path relative to it (none when there is no folder): what a task sends
+    back at its end, and what a task resuming the run starts from."""
+    return {str(path.relative_to(out)): path.read_bytes() for path in sorted(out.rglob("*")) if path.is_file()} if out.is_dir() else {}
 
 
 def batches(said: "queue.SimpleQueue[object]") -> Iterator[list[object]]:

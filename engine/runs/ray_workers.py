@@ -34,7 +34,7 @@ from engine.failure import Failure, failure_of, one_line
 from engine.runs.events import RunSaved
 from engine.runs.jobs import WorkerEnded, WorkerJob
 from engine.runs.ray_shipment import WeightsShelf, pack_data
-from engine.runs.ray_task import Checkpoint, StopSignals, TaskEnd, train_remotely
+from engine.runs.ray_task import Checkpoint, StopSignals, TaskEnd, run_folder_files, train_remotely
 from engine.runs.record import ADAPTER_DIR, RECORD_FILE, adapter_kept, now
 
 CONNECT_TIMEOUT_S = 25.0  # an address that does not answer as a Ray cluster is refused after this long
@@ -286,11 +286,6 @@ class RayRun:
 def absolute(model: str) -> str:
     """A model folder or file as an absolute path (a task's working directory is not the driver's); a size name as it is."""
     return str(Path(model).resolve()) if Path(model).exists() else model
-
-
-def run_folder_files(out: Path) -> dict[str, bytes]:
-    """Every file of a run's folder here, by path relative to it: what a task resuming the run starts from."""
-    return {str(path.relative_to(out)): path.read_bytes() for path in sorted(out.rglob("*")) if path.is_file()}
 
 
 def keep_checkpoint(checkpoint: Checkpoint, out: Path, config: RunConfig) -> int | None:
