@@ -5,7 +5,7 @@ or one whose best adapter is missing or was not measured (stopped during its mea
 with its last, and says so.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -49,10 +49,10 @@ def kept_adapter(summary: RunSummary, which: str = "best") -> KeptAdapter:
     if summary.best_step is None or summary.best_adapter is None:
         return last
     if summary.best_adapter == ADAPTER_DIR:  # the last step was the best: one adapter is both
-        return KeptAdapter(last.folder, "best" if which != "last" else "last", summary.steps, summary.steps, summary.best_step, summary.test_accuracy)
+        return replace(last, which="best" if which != "last" else "last", best_step=summary.best_step)
     best = summary.folder / BEST_ADAPTER_DIR
     if summary.best_test_accuracy is None or not usable_adapter(best):  # not measured, or missing or damaged: the last answers
         return last
     if which == "last":
-        return KeptAdapter(last.folder, "last", summary.steps, summary.steps, summary.best_step, summary.test_accuracy)
+        return replace(last, best_step=summary.best_step)
     return KeptAdapter(best, "best", summary.best_step, summary.steps, summary.best_step, summary.best_test_accuracy)
