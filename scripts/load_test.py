@@ -13,6 +13,8 @@ polls as its page does until the run ends; prints whether every run ended done, 
 only ever followed its own run, the failed requests, and the app's memory (resident size) meanwhile.
 """
 
+from __future__ import annotations
+
 import argparse
 import contextlib
 import multiprocessing
@@ -27,9 +29,32 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gradio_client import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+# How long a caller waits for an answer. gradio_client's own default (5 s) is stricter than any browser, which
+# waits as long as it takes: on a loaded 2-core machine an answer can take longer and still be an answer.
+PATIENCE_S = 60.0
+
+
+def local_client(url: str, auth: tuple[str, str] | None = None) -> Client:
+    """A gradio_client for an app served on plain HTTP at 127.0.0.1, as patient as a browser. It skips TLS set-up,
+    which has nothing to verify here: with it, each call loads the CA bundle again (about 0.1 s of CPU, more than
+    the app spends answering), and 30 such callers would take the machine from the app they measure."""
+    from gradio_client import Client
+
+    return Client(url, verbose=False, analytics_enabled=False, auth=auth, ssl_verify=False, httpx_kwargs={"timeout": PATIENCE_S})
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The `q` quantile of `values` (the nearest one); nan for none."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
 @dataclass
@@ -44,8 +69,7 @@ class LoadReport:
     answers: list[tuple[str, str, float]] = field(default_factory=list)  # (message, label, its probability)
 
     def percentile(self, q: float) -> float:
-        ordered = sorted(self.latencies_s)
-        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
+        return percentile(self.latencies_s, q)
 
     def summary(self) -> str:
         return (
@@ -58,15 +82,13 @@ class LoadReport:
 
 def hammer(url: str, messages: Sequence[str], callers: int = 20, requests: int = 200, auth: tuple[str, str] | None = None) -> LoadReport:
     """`callers` threads, each with its own gradio_client, send `requests` /classify calls in all, all starting together."""
-    from gradio_client import Client
-
     report = LoadReport(callers, requests)
     lock = threading.Lock()
     ready = threading.Barrier(callers + 1)
 
     def caller(index: int) -> None:
         try:
-            client = Client(url, verbose=False, analytics_enabled=False, auth=auth)
+            client = local_client(url, auth)
         except Exception as error:  # a caller that cannot connect counts every request it owned as failed
             with lock:
                 report.errors += [f"connect: {error!r}"] * len(range(index, requests, callers))
@@ -112,14 +134,17 @@ class RoomReport:
     errors: list[str] = field(default_factory=list)
     strangers: list[str] = field(default_factory=list)  # a visitor shown another visitor's run by default
     rss_mb: list[float] = field(default_factory=list)  # the app's resident memory, sampled every second
+    poll_s: list[float] = field(default_factory=list)  # how long each answered /poll took, as its page would wait
 
     def summary(self) -> str:
         done = sum(state == "done" for state in self.ended.values())
         rss = self.rss_mb
         memory = f"{rss[0]:.0f} MB at the start, at most {max(rss):.0f} MB, {rss[-1]:.0f} MB at the end" if rss else "not measured"
+        latency = f"polls answered in {percentile(self.poll_s, 0.5):.2f} s (median), {percentile(self.poll_s, 0.95):.2f} s (95th percentile)"
         return (
             f"{self.visitors} visitors, {len(self.runs)} runs started, {done} done, in {self.wall_s:.0f} s; "
-            f"{self.requests} requests, {len(self.errors)} failed; {len(self.strangers)} polls showed another visitor's run; app memory {memory}"
+            f"{self.requests} requests, {len(self.errors)} failed; {latency}; "
+            f"{len(self.strangers)} polls showed another visitor's run; app memory {memory}"
         )
 
 
@@ -163,8 +188,6 @@ def room_visitors(url: str, model: str, visitors: int = 30, steps: int = 4, poll
 
 def _visitors_in_this_process(url: str, model: str, visitors: int, steps: int, poll_s: float, timeout_s: float) -> RoomReport:
     """The visitors of `room_visitors`, each a thread with its own gradio_client, all starting together."""
-    from gradio_client import Client
-
     report = RoomReport(visitors)
     lock, ready = threading.Lock(), threading.Barrier(visitors + 1)
 
@@ -175,7 +198,7 @@ def _visitors_in_this_process(url: str, model: str, visitors: int, steps: int, p
 
     def visitor(index: int) -> None:
         try:
-            client = Client(url, verbose=False, analytics_enabled=False)
+            client = local_client(url)
         except Exception as error:  # a visitor that cannot connect still lets the others start
             with lock:
                 report.errors.append(f"visitor {index}: connect: {error!r}")
@@ -189,7 +212,10 @@ def _visitors_in_this_process(url: str, model: str, visitors: int, steps: int, p
             with lock:
                 report.runs[index] = run
             while time.monotonic() < deadline:
+                asked = time.perf_counter()
                 header = call(client, "", api_name="/poll")[0]  # the page's timer, following "your latest run"
+                with lock:
+                    report.poll_s.append(time.perf_counter() - asked)
                 info = call(client, "", api_name="/run_info")
                 if info["id"] != run or (isinstance(header, str) and header.startswith("**Run") and not header.startswith(f"**Run {run}**")):
                     with lock:

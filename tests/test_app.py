@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from app_fixtures import RunningApp, as_upload, running_app, train_controls, upload_bytes
 from conftest import sms_zip_bytes
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from matplotlib.figure import Figure
 
 import app
@@ -23,6 +23,7 @@ from engine.data.prepared import SOURCES
 from engine.errors import ConfigError
 from engine.runs.lock import LOCK_FILE
 from engine.runs.scheduler import RunView
+from scripts.load_test import local_client
 from ui.classify_tab import EXAMPLE_MESSAGES, ClassifyTab
 from ui.controls import Controls, ControlWidgets, run_config
 from ui.data_tab import DataTab
@@ -449,7 +450,7 @@ def served(settings: AppSettings) -> Iterator[RunningApp]:
 
 @pytest.mark.slow
 def test_gradio_client_drives_the_whole_app(served: RunningApp, settings: AppSettings, sms_zip: Path) -> None:
-    client = Client(served.url, verbose=False, analytics_enabled=False)
+    client = local_client(served.url)
     endpoints = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
     assert {f"/{name}" for name in API_NAMES} <= endpoints
 
@@ -486,8 +487,8 @@ def test_gradio_client_drives_the_whole_app(served: RunningApp, settings: AppSet
 
 @pytest.mark.slow
 def test_a_second_visitors_run_queues_and_any_visitor_can_stop_or_cancel(served: RunningApp, settings: AppSettings, sms_zip: Path) -> None:
-    first = Client(served.url, verbose=False, analytics_enabled=False)
-    second = Client(served.url, verbose=False, analytics_enabled=False)
+    first = local_client(served.url)
+    second = local_client(served.url)
     first.predict(handle_file(str(sms_zip)), api_name="/upload_data")
     running = view_of(first.predict(model=settings.model, epochs=50, max_steps=0, api_name="/start"))["follow"]["value"]
     deadline = time.monotonic() + 600

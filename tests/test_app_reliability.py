@@ -19,7 +19,7 @@ import pytest
 import torch
 from app_fixtures import SPAM, RunningApp, as_upload, running_app, train_controls, upload_bytes
 from conftest import sms_zip_bytes, zip_of
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import AuthenticationError
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -30,7 +30,7 @@ from engine.config import LORA_TARGETS
 from engine.memory import ADVICE
 from engine.runs.lock import LOCK_FILE
 from engine.runs.recorder import RunProgress
-from scripts.load_test import hammer, sample_messages, wrong_answers
+from scripts.load_test import hammer, local_client, sample_messages, wrong_answers
 from ui.classify_tab import EXAMPLE_MESSAGES, MAX_BATCH_MESSAGES, ClassifyTab
 from ui.controls import run_config
 from ui.data_tab import DataTab
@@ -460,7 +460,7 @@ def served(trained_lab: Lab) -> Iterator[RunningApp]:
 
 
 def test_bad_input_through_gradio_client(served: RunningApp, settings: AppSettings, sms_zip: Path) -> None:
-    client = Client(served.url, verbose=False, analytics_enabled=False)
+    client = local_client(served.url)
     for message, problem in [("", "empty"), (" \t ", "empty"), ("\x00\x01", "control characters")]:
         with pytest.raises(Exception, match=problem):
             client.predict(message, None, api_name="/classify")
@@ -513,7 +513,7 @@ def test_uploads_over_the_launch_limit_are_refused(trained_lab: Lab, tmp_path: P
     small = AppSettings(model=trained_lab.settings.model, device="cpu", out=trained_lab.settings.out, cache=trained_lab.settings.cache, max_upload_mb=1)
     big = write_bytes(tmp_path / "big.zip", b"\0" * (2 * 1024 * 1024))
     with running_app(small, lab=trained_lab) as running:
-        client = Client(running.url, verbose=False, analytics_enabled=False)
+        client = local_client(running.url)
         with pytest.raises(Exception, match="(?i)size|large|413"):
             client.predict(handle_file(str(big)), api_name="/upload_data")
         assert client.predict(SPAM, None, api_name="/classify")[0]["label"] in ("ham", "spam")
@@ -534,7 +534,7 @@ def test_classify_stays_fast_while_training_runs(served: RunningApp, settings: A
     assert demo_fns["classify"].concurrency_id == demo_fns["classify_many"].concurrency_id == "classify"
     assert demo_fns["classify"].concurrency_id != demo_fns["start"].concurrency_id
 
-    client = Client(served.url, verbose=False, analytics_enabled=False)
+    client = local_client(served.url)
     client.predict(handle_file(str(sms_zip)), api_name="/upload_data")
     client.predict(SPAM, None, api_name="/classify")  # the classifier is loaded once
     run_id = client.predict(model=settings.model, epochs=50, max_steps=0, api_name="/start")[12]["value"]
@@ -566,10 +566,10 @@ def test_only_run_outputs_are_served(served: RunningApp) -> None:
 def test_login_is_asked_when_auth_is_given(trained_lab: Lab) -> None:
     with running_app(trained_lab.settings, auth=("demo", "s3cret:pw"), lab=trained_lab) as running:
         with pytest.raises(AuthenticationError, match="credentials were not provided"):
-            Client(running.url, verbose=False, analytics_enabled=False).predict(SPAM, None, api_name="/classify")
+            local_client(running.url).predict(SPAM, None, api_name="/classify")
         with pytest.raises(ValueError, match="Could not login"):
-            Client(running.url, verbose=False, analytics_enabled=False, auth=("demo", "wrong")).predict(SPAM, None, api_name="/classify")
-        client = Client(running.url, verbose=False, analytics_enabled=False, auth=("demo", "s3cret:pw"))
+            local_client(running.url, ("demo", "wrong")).predict(SPAM, None, api_name="/classify")
+        client = local_client(running.url, ("demo", "s3cret:pw"))
         assert client.predict(SPAM, None, api_name="/classify")[0]["label"] in ("ham", "spam")
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import gradio as gr
 import pytest
 from app_fixtures import running_app, train_controls
-from gradio_client import Client
 
 from engine.cli import main as engine_main
 from engine.config import LoRAConfig, RunConfig, TrainConfig
 from engine.errors import ConfigError
 from engine.runs.queue import QUEUE_FILE
+from scripts.load_test import local_client
 from ui.lab import Lab
 from ui.runs_tab import RunsTab
 from ui.settings import AppSettings
@@ -81,7 +81,7 @@ def test_a_poisoned_queue_loads_with_that_entry_failed_and_every_page_still_gets
     ]
     (settings.out / QUEUE_FILE).write_text(json.dumps({"format_version": 1, "runs": entries}))
     with running_app(settings) as served:
-        client = Client(served.url, verbose=False, analytics_enabled=False)
+        client = local_client(served.url)
         table = client.predict(None, api_name="/queue")[0]
         rows = {row[table["headers"].index("run")]: row for row in table["data"]}
         assert set(rows) == {"20261207-120000", "20261207-120001"}

@@ -4,11 +4,11 @@ from dataclasses import asdict, replace
 
 import pytest
 from app_fixtures import running_app, train_controls
-from gradio_client import Client
 
 from engine import calibration
 from engine.calibration import Calibration
 from engine.runs import cost
+from scripts.load_test import local_client
 from ui.cost_view import MEASURING, CostView
 
 FAKE = Calibration("fake", step_fixed_s=0.2, step_per_token_s=0.004, forward_fixed_s=0.05, forward_per_token_s=0.0013)
@@ -63,7 +63,7 @@ def test_the_grid_line_counts_runs_and_workers(lab, subprocess_calibrations):
 def test_the_app_measures_in_a_subprocess_and_shows_the_line(settings):
     """The served app, a real calibration of the tiny model: the line beside Start and the grid's, over the API."""
     with running_app(settings) as served:
-        client = Client(served.url, verbose=False, analytics_enabled=False)
+        client = local_client(served.url)
         controls = asdict(train_controls(settings.model))
         line = client.predict(**controls, api_name="/estimate")
         assert "on this machine (CPU), peak memory" in line

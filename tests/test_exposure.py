@@ -14,13 +14,14 @@ import safehttpx
 import torch
 from app_fixtures import SPAM, as_upload, running_app, train_controls, upload_bytes
 from conftest import broken_adapter
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 
 import app
 import engine.train
 from engine.errors import TrainingDiverged
 from engine.runs.history import read_run
 from engine.runs.run import fine_tune
+from scripts.load_test import local_client
 from ui.classify_tab import ClassifyTab
 from ui.controls import run_config
 from ui.data_tab import DataTab
@@ -61,7 +62,7 @@ def test_uploads_are_refused_when_their_space_is_full(trained_lab: Lab, tmp_path
         refused = http.post("gradio_api/upload", files={"files": ("part2.bin", b"\2" * 900_000)})
         assert refused.status_code == 413
         assert refused.text.startswith("The server's space for uploads is full: this upload (0.9 MB) and the 1.7 MB uploaded recently would pass")
-        client = Client(running.url, verbose=False, analytics_enabled=False)
+        client = local_client(running.url)
         big = tmp_path / "sms.zip"
         big.write_bytes(b"\3" * 900_000)
         with pytest.raises(Exception, match="413"):  # gradio_client shows the status, the page shows the text above

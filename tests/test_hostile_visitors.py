@@ -19,9 +19,10 @@ import httpx
 import pytest
 from app_fixtures import SPAM, free_port, running_app
 from conftest import sms_zip_bytes
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 
 import app
+from scripts.load_test import local_client
 from ui.guards import upload_folder
 from ui.http_guard import OPEN_PATHS, OPEN_PREFIXES
 from ui.lab import Lab
@@ -91,7 +92,7 @@ def test_refused_input_is_one_line_in_the_log_wherever_it_is_refused(
     settings: AppSettings, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     with running_app(settings) as served, httpx.Client(base_url=served.url, timeout=30) as http:
-        client = Client(served.url, verbose=False, analytics_enabled=False)
+        client = local_client(served.url)
         typed_path = {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}
         url = {"path": "https://example.com/sms.zip", "url": "https://example.com/sms.zip", "meta": {"_type": "gradio.FileData"}}
         with caplog.at_level(logging.WARNING, logger="lora_lab.app"):
@@ -121,7 +122,7 @@ def test_predictions_live_in_the_upload_space_and_go_with_the_app(trained_lab: L
     messages.write_text(f"{SPAM}\nsee you at dinner\n")
     before = set(Path(tempfile.gettempdir()).glob("lora-lab-predictions-*"))
     with running_app(trained_lab.settings, lab=trained_lab) as running:
-        client = Client(running.url, verbose=False, analytics_enabled=False)
+        client = local_client(running.url)
         client.predict(handle_file(str(messages)), None, api_name="/classify_file")
         written = list(upload_folder().glob("lora-lab-*/messages-predictions.csv"))
         assert len(written) == 1 and "see you at dinner" in written[0].read_text()  # beside the uploads, not in $TMPDIR
@@ -139,7 +140,7 @@ def test_downloads_of_different_visitors_run_side_by_side(settings: AppSettings,
     http_server.routes["/slow.zip"] = (200, sms_zip_bytes(), {})
     http_server.trickle["/slow.zip"] = 2.0  # 4 KiB every 2 s: the zip would take minutes
     with running_app(replace(settings, data_urls=(http_server.url("/slow.zip"),))) as running:
-        visitors = [Client(running.url, verbose=False, analytics_enabled=False) for _ in range(2)]
+        visitors = [local_client(running.url) for _ in range(2)]
         jobs = [visitor.submit(False, api_name="/download_data") for visitor in visitors]
         deadline = time.monotonic() + 120
         while http_server.hits.count("/slow.zip") < 2:  # the second reaches the source...

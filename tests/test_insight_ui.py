@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from app_fixtures import RunningApp, running_app, train_controls, upload_bytes
 from conftest import SMS_ZIP
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from insight_fixtures import three_class_scores, write_three_classes
 
 from engine.data.prepared import prepare
@@ -23,6 +23,7 @@ from engine.explain import TokenScore, WordInfluence
 from engine.runs.compare import grid_points, summarise
 from engine.runs.grid import Grid
 from engine.runs.history import all_runs, list_runs
+from scripts.load_test import local_client
 from ui.classify_tab import ClassifyTab, influence_html, token_heatmap_html
 from ui.data_tab import DataTab, counts_frame, quality_markdown
 from ui.evaluate_tab import EvaluateTab
@@ -262,7 +263,7 @@ def test_insight_views_through_gradio_client(lab: Lab, tmp_path: Path) -> None:
 
 
 def check_through_client(served: RunningApp, tmp_path: Path) -> None:
-    client = Client(served.url, verbose=False, analytics_enabled=False)
+    client = local_client(served.url)
     endpoints = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
     wanted = {"/evaluate", "/positive_classes", "/explain", "/classify_file", "/run_history", "/overlay", "/add_grid", "/queue", "/compare"}
     assert wanted <= endpoints

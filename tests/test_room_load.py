@@ -2,17 +2,14 @@
 mode with two workers and polling it as its page does (scripts/load_test.py's `room_visitors`)."""
 
 import shutil
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from app_fixtures import running_app
 
+from scripts.load_test import room_visitors
 from ui.settings import AppSettings
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from load_test import room_visitors  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -16,6 +16,7 @@ from fake_workers import FakeWorkers
 from gradio_client import Client
 
 from engine.runs.scheduler import Scheduler
+from scripts.load_test import local_client
 from ui.lab import Lab
 from ui.settings import AppSettings
 
@@ -23,7 +24,7 @@ ROOM_DOC = Path(__file__).resolve().parents[1] / "docs" / "room.md"
 
 
 def client_of(served: RunningApp) -> Client:
-    return Client(served.url, verbose=False, analytics_enabled=False)
+    return local_client(served.url)
 
 
 @pytest.fixture(params=[False, True], ids=["room off", "room on"])

@@ -4,8 +4,8 @@ import logging
 
 import pytest
 from app_fixtures import running_app
-from gradio_client import Client
 
+from scripts.load_test import local_client
 from ui.lab import Lab
 from ui.settings import AppSettings
 
@@ -14,7 +14,7 @@ def test_a_user_error_is_one_line_and_a_fault_keeps_its_traceback(
     settings: AppSettings, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with running_app(settings) as served:
-        client = Client(served.url, verbose=False, analytics_enabled=False)
+        client = local_client(served.url)
         with caplog.at_level(logging.WARNING, logger="lora_lab.app"):
             with pytest.raises(Exception, match="the message is empty"):
                 client.predict("", None, api_name="/classify")
