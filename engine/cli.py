@@ -636,7 +636,10 @@ def _run_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
     parser.add_argument(
         "--eval-freq",
         type=int,
-        help=f"optimiser steps between loss estimates (default: the preset's, {preset_values('train', 'eval_freq')}); never changes what a run learns",
+        help=(
+            f"optimiser steps between loss estimates (default: the preset's, {preset_values('train', 'eval_freq')}); it never changes what a run "
+            "learns, except with the book's draws (--preset book), where each estimate moves the next epoch's order as in the book"
+        ),
     )
     parser.add_argument(
         "--early-stop",

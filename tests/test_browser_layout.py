@@ -1,7 +1,7 @@
 """Every tab on a phone (390 x 844) and on a projector (1280 x 720), checked from the page's own boxes.
 
 No main component overlaps another (its content included, unless the component scrolls or clips it),
-charts keep a readable width, no table column is narrower than its header's first word, the LoRA
+charts keep a readable width and their titles whole, no table column is narrower than its header's first word, the LoRA
 picture reads W, then A, then B, and the browser console stays free of the warnings our plots used to
 cause. Screenshots of every tab at both sizes go to a temporary folder, or to LORA_LAB_SCREENSHOTS
 (e.g. docs/screenshots) as phone-<tab>.png and projector-<tab>.png. Same rules as test_browser.py.
@@ -37,7 +37,8 @@ READY = {
     "Parameters": "#param-chart img",
     "Classify": "#word-influence .bar",
     "Evaluate": "#mistakes [role=gridcell]",
-    "Runs": "#run-history [role=gridcell]",
+    "Inside the adapter": "#anatomy-spectra img",
+    "Runs": "#overlay path[aria-roledescription='line mark']",  # drawn after the history table
 }
 GRADIOS_OWN = "The input spec uses Vega-Lite v5"  # Gradio's chart spec names an older Vega-Lite than it ships, on every chart
 
@@ -83,6 +84,16 @@ LAYOUT_JS = """
     return width < Math.min(minChart, panel.getBoundingClientRect().width) - 2 || drawn < width / 2
       ? [`${name(b)} is ${Math.round(width)} px wide, its axis ${Math.round(drawn)} px`] : [];
   });
+  // A chart's title (and axis titles) inside its drawing (a text box may pass it by a pixel or two, unseen):
+  // a y title taller than the plot pushes the title out.
+  const cutTitles = leaves.flatMap(b => [...b.querySelectorAll('svg.marks')].flatMap(svg => {
+    const frame = svg.getBoundingClientRect();
+    return [...svg.querySelectorAll('g.role-title text, g.role-axis-title text')].flatMap(t => {
+      const r = t.getBoundingClientRect();
+      const out = Math.max(frame.top - r.top, frame.left - r.left, r.bottom - frame.bottom, r.right - frame.right);
+      return r.width > 0 && out > 3 ? [`${name(b)}: "${t.textContent}" is cut by its chart's edge (${Math.round(out)} px)`] : [];
+    });
+  }));
   const canvas = document.createElement('canvas').getContext('2d');
   const narrowColumns = [];
   for (const grid of panel.querySelectorAll('[role=grid]')) {
@@ -99,7 +110,7 @@ LAYOUT_JS = """
       if (room + 0.5 < needed) narrowColumns.push(`${name(grid.closest('.block'))}: "${word}" needs ${Math.round(needed)} px, has ${Math.round(room)}`);
     }
   }
-  return {leaves: boxes.length, overlaps, narrowCharts, narrowColumns};
+  return {leaves: boxes.length, overlaps, narrowCharts, narrowColumns, cutTitles};
 }
 """
 
@@ -132,6 +143,7 @@ def check_layout(page: "sync_api.Page", size: str, tab: str) -> None:
     assert found["overlaps"] == [], (size, tab)
     assert found["narrowCharts"] == [], (size, tab)
     assert found["narrowColumns"] == [], (size, tab)
+    assert found["cutTitles"] == [], (size, tab, *found["cutTitles"])
     if tab == "Model & LoRA":
         w, a, b = (page.locator(f"#lora-picture .matrix.{name}").bounding_box() for name in "wab")
         assert w and a and b

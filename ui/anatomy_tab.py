@@ -27,6 +27,7 @@ from engine.runs.record import ADAPTER_DIR, read_record
 from ui.anatomy_view import GROWTH_Y, KIND_COLORS, MEASURES, SAVED, growth_frame, heat_map_html, moment_choices, spectra_figure
 from ui.guards import engine_errors_as_toasts
 from ui.lab import Lab
+from ui.live_axes import WHOLE_NUMBERS
 
 EXPORTS_DIR = "exports"  # inside a run's folder: the exports and their zips
 FORMAT_WORDS = {"peft": "a PEFT adapter", "transformers": "a whole transformers model"}
@@ -193,7 +194,8 @@ def build_anatomy_tab(anatomy: AnatomyTab) -> None:
             y=GROWTH_Y,
             color="layers",
             color_map=KIND_COLORS,
-            title="How the changes grew (mean over the blocks)",
+            title="How the changes grew",  # short: a title wider than a phone is cut
+            x_axis_format=WHOLE_NUMBERS,
             height=300,
             elem_id="anatomy-growth",
         )

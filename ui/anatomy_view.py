@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from engine.anatomy import ENERGY_SHARE, KIND_WORDS, LayerAnatomy, layers_of_point
 from ui.views import PALETTE, rgba
@@ -23,7 +24,7 @@ MEASURES: dict[str, str] = {  # what the heat map's colour says, in words a visi
 }
 KIND_COLORS = {words: PALETTE[i] for i, words in enumerate(KIND_WORDS.values())}
 HEAT_RGB = (88, 24, 140)
-GROWTH_Y = "size of the change (% of the weights)"
+GROWTH_Y = "mean change, % of weights"  # the mean over the blocks; short: a y title longer than the plot pushes its title out of view
 SAVED = "saved"  # the moment choice for the adapter as saved
 
 
@@ -94,6 +95,7 @@ def spectra_figure(layers: Sequence[LayerAnatomy], n_blocks: int, complete: bool
         axis.set_title(KIND_WORDS[kind], fontsize=9)
         axis.tick_params(labelsize=7)
         axis.set_ylim(bottom=0)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # directions are counted: no direction 2.5
         axis.grid(alpha=0.3)
     for axis in list(axes.flat)[len(kinds) :]:
         axis.set_visible(False)

@@ -32,6 +32,7 @@ from ui.cost_view import CostView, build_grid_cost_line
 from ui.grid_plots import SETTING_WORDS, accuracy_against_cost, heat_map
 from ui.guards import engine_errors_as_toasts, user_error
 from ui.lab import Lab
+from ui.live_axes import WHOLE_NUMBERS
 from ui.room import EVERYONE, Visitor, refusal, whose
 from ui.run_words import format_seconds, layers_words, progress_words
 from ui.views import TOAST_SECONDS, percent, plural, series_colors, text_last
@@ -519,7 +520,16 @@ def build_runs_tab(runs: RunsTab, demo: gr.Blocks, controls: ControlWidgets, fol
         )
         build_run_entry(AnatomyTab(runs.lab), history, HISTORY_COLUMNS.index("run"))
         chosen = gr.Dropdown([], multiselect=True, label="Runs to compare", allow_custom_value=True, elem_id="overlay-runs")  # choices come on refresh
-        overlay = gr.LinePlot(x="step", y="loss", color="run", title="Loss curves of the chosen runs (estimated every N steps)", height=300, elem_id="overlay")
+        overlay = gr.LinePlot(
+            x="step",
+            y="loss",
+            color="run",
+            title="Loss of the chosen runs",  # short: a title wider than a phone is cut
+            x_title="step (loss estimated every N steps)",
+            x_axis_format=WHOLE_NUMBERS,
+            height=300,
+            elem_id="overlay",
+        )
         last_queue, ended = gr.State(None), gr.State(0)
         timer = gr.Timer(POLL_SECONDS, active=True)
 

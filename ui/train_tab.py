@@ -454,7 +454,7 @@ def accuracy_plot() -> gr.ScatterPlot:
         y_title=f"accuracy (%) on {TrainConfig().eval_iter} batches",
         x_axis_format=WHOLE_NUMBERS,
         y_lim=[0, 100],
-        height=240,
+        height=280,  # the y title's length: a shorter plot pushes the title above its edge
         min_width=HALF_ROW_PX,
         elem_id="accuracy",
     )
