@@ -14,7 +14,7 @@ from insight_fixtures import three_class_scores
 from engine.anatomy import KIND_WORDS
 from engine.evaluate import Scores, cell_messages
 from ui.anatomy_tab import AnatomyTab, shell_lines
-from ui.anatomy_view import SAVED, growth_frame, heat_map_html
+from ui.anatomy_view import BEST, SAVED, growth_frame, heat_map_html
 from ui.errors_view import CLASSES_TABLE, THRESHOLD_TABLE, Cell, CellSource, cell_listing, explain_message, parse_cell
 from ui.evaluate_tab import EvaluateTab
 from ui.lab import Lab
@@ -115,7 +115,8 @@ def test_the_tab_shows_a_runs_anatomy_growth_and_command(lab: Lab) -> None:
     assert tab.runs_with_adapters() == ["first-run"]
     moments, growth, command, client = tab.run_views("first-run")
     record = json.loads((lab.settings.out / "first-run" / "run.json").read_text())
-    assert [value for _, value in moments.constructor_args["choices"]] == [SAVED, *(str(p["steps"]) for p in record["anatomy"])]
+    best = [BEST] if record["best"]["adapter"] == "adapter-best" else []  # its best adapter first where it is not its last
+    assert [value for _, value in moments.constructor_args["choices"]] == [*best, SAVED, *(str(p["steps"]) for p in record["anatomy"])]
     assert set(growth["layers"]) == set(KIND_WORDS.values())
     assert command.startswith("python -m engine train \\\n  --preset recommended") and "api_name='/start'" in client
     sentence, heat, figure = tab.show("first-run", "relative", SAVED)

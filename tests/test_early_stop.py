@@ -8,11 +8,13 @@ best is and where training stops are known in advance; the weights themselves tr
 
 import json
 import shutil
+import zipfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from conftest import tiny_run_config
 
@@ -27,6 +29,8 @@ from engine.runs.record import RECORD_FILE
 from engine.runs.resume import resumed_config
 from engine.runs.run import fine_tune
 from engine.train import LossEvaluated, StepDone, TrainEnded, train
+from ui import anatomy_view
+from ui.anatomy_tab import AnatomyTab
 from ui.classify_tab import ClassifyTab
 from ui.evaluate_tab import EvaluateTab, read_evaluation
 from ui.lab import Lab
@@ -191,6 +195,35 @@ def test_classify_and_evaluate_use_the_best_adapter_unless_told_and_an_old_run_s
     assert "kept no best adapter" in classify.adapter_info(None, "early")
     assert classify.classify(message, None, "early")[0] == pytest.approx(answer(run / "adapter"))
     assert "kept no best adapter" in evaluate.evaluate("early", "validation", 0.5)[0]
+
+
+@pytest.mark.slow
+def test_inside_the_adapter_shows_and_exports_the_best_adapter_first_and_the_last_when_picked(early_stopped: tuple[Path, Path], lab: Lab) -> None:
+    run, three = early_stopped
+    shutil.copytree(run, lab.settings.out / "early")
+    shutil.copytree(three, lab.settings.out / "three")
+    tab = AnatomyTab(lab)
+    moments = tab.run_views("early")[0]
+    choices = moments.constructor_args["choices"]
+    assert moments.constructor_args["value"] == anatomy_view.BEST  # what Classify answers with comes first
+    assert [value for _, value in choices][:2] == [anatomy_view.BEST, anatomy_view.SAVED]
+    assert choices[0][0] == f"best adapter (step {BEST}): what Classify uses"
+    best_said, best_heat, _ = tab.show("early", "norm", anatomy_view.BEST)
+    last_said, last_heat, _ = tab.show("early", "norm", anatomy_view.SAVED)
+    assert best_said.startswith(f"**Best adapter (step {BEST}):") and last_said.startswith("**As saved:")
+    assert best_heat != last_heat  # two adapters, two sets of norms
+    assert tab.run_views("three")[0].constructor_args["value"] == anatomy_view.SAVED  # its best was its last: one adapter, no second choice
+
+    best_zip, last_zip = Path(tab.download_peft("early", anatomy_view.BEST)), Path(tab.download_peft("early", anatomy_view.SAVED))
+    assert (best_zip.name, last_zip.name) == ("early-best-peft.zip", "early-peft.zip")
+    with zipfile.ZipFile(best_zip) as archive:
+        exported = safetensors.torch.load(archive.read("adapter_model.safetensors"))
+        card = archive.read("README.md").decode()
+    with zipfile.ZipFile(last_zip) as archive:
+        exported_last = safetensors.torch.load(archive.read("adapter_model.safetensors"))
+    assert any(not torch.equal(exported[name], exported_last[name]) for name in exported)  # the best one's weights, not the last's
+    record = json.loads((run / RECORD_FILE).read_text())
+    assert f"| test | {100 * record['best']['final']['test']['accuracy']:.2f}% |" in card  # its card gives the best adapter's scores
 
 
 def test_the_train_tab_says_a_run_stopped_early_and_where_its_best_is() -> None:

@@ -22,9 +22,10 @@ from engine.errors import ConfigError
 from engine.export import export_adapter, zipped
 from engine.methods import METHOD_WORDS
 from engine.reproduce import reproduction
-from engine.runs.history import all_runs
+from engine.runs.adapters import KeptAdapter, kept_adapter
+from engine.runs.history import RunSummary, all_runs
 from engine.runs.record import ADAPTER_DIR, read_record
-from ui.anatomy_view import GROWTH_Y, KIND_COLORS, MEASURES, SAVED, growth_frame, heat_map_html, moment_choices, spectra_figure
+from ui.anatomy_view import BEST, GROWTH_Y, KIND_COLORS, MEASURES, SAVED, growth_frame, heat_map_html, moment_choices, spectra_figure
 from ui.guards import engine_errors_as_toasts
 from ui.lab import Lab
 from ui.live_axes import WHOLE_NUMBERS
@@ -58,28 +59,43 @@ class AnatomyTab:
         names = self.runs_with_adapters()
         return gr.Dropdown(choices=names, value=names[0] if names else None, allow_custom_value=True)
 
-    def folder(self, run: str | None) -> Path:
-        """The folder of a run from the list (a name from anywhere else is refused: no typed path reaches the disk)."""
+    def summary(self, run: str | None) -> RunSummary:
+        """A run from the list (a name from anywhere else is refused: no typed path reaches the disk)."""
         if not run:
             raise gr.Error(NO_RUN, duration=5)
         found = dict(all_runs(self.out)).get(run) if isinstance(run, str) else None
         if found is None or not (found.folder / ADAPTER_DIR / TENSORS_FILE).is_file():
             raise gr.Error(f"no run called {str(run)[:80]!r} with a saved adapter: press Refresh and choose one from the list", duration=5)
-        return found.folder
+        return found
 
-    def anatomy(self, folder: Path) -> Anatomy:
-        tensors = folder / ADAPTER_DIR / TENSORS_FILE
+    def folder(self, run: str | None) -> Path:
+        return self.summary(run).folder
+
+    def best_apart(self, run: str | None) -> KeptAdapter | None:
+        """The run's best adapter where it is kept apart from its last (the one Classify answers with by default)."""
+        kept = kept_adapter(self.summary(run), "best")
+        return kept if kept.which == "best" and kept.adapter != ADAPTER_DIR else None
+
+    def adapter_folder(self, run: str | None, moment: str | None) -> Path:
+        """The adapter the moment `moment` names: the best one for BEST (where the run kept one apart), else the last."""
+        best = self.best_apart(run) if moment == BEST else None
+        return best.folder if best is not None else self.folder(run) / ADAPTER_DIR
+
+    def anatomy(self, adapter: Path) -> Anatomy:
+        tensors = adapter / TENSORS_FILE
         with engine_errors_as_toasts(self.lab.settings.device, "reading the adapter"):
             return _inspected(str(tensors.resolve()), tensors.stat().st_mtime_ns)
 
     def run_views(self, run: str | None) -> tuple[Any, ...]:
-        """A chosen run's moments to look at, its growth, and how to run it again."""
+        """A chosen run's moments to look at (first the adapter Classify answers with), its growth, and how to run it again."""
         if not run:
             return gr.Dropdown(choices=[], value=None), None, "", ""
         folder = self.folder(run)
+        best = self.best_apart(run)
         record = read_record(folder) or {}
         points = record.get("anatomy") or []
-        moments = gr.Dropdown(choices=moment_choices(points, record.get("checkpoint_step") or record.get("steps")), value=SAVED)
+        choices = moment_choices(points, record.get("checkpoint_step") or record.get("steps"), best.step if best else None)
+        moments = gr.Dropdown(choices=choices, value=BEST if best else SAVED)
         command, client = reproduce_texts(record)
         return moments, growth_frame(points), command, client
 
@@ -94,10 +110,11 @@ class AnatomyTab:
         if method in METHOD_WORDS and method != "lora":
             said = no_lora_adapter(method)
             return f"**{said[0].upper()}{said[1:]}.**", "", None
-        anatomy = self.anatomy(folder)
+        best = self.best_apart(run) if moment == BEST else None
+        anatomy = self.anatomy(self.adapter_folder(run, moment))
         n_blocks = _blocks(anatomy)
-        if moment in (None, "", SAVED):
-            layers, complete, when = anatomy.layers, True, "As saved"
+        if moment in (None, "", SAVED, BEST):
+            layers, complete, when = anatomy.layers, True, f"Best adapter (step {best.step})" if best else "As saved"
         else:
             point = next((p for p in (read_record(folder) or {}).get("anatomy") or [] if str(p.get("steps")) == str(moment)), None)
             if point is None:
@@ -107,17 +124,22 @@ class AnatomyTab:
         sentence = f"**{when}: {said[0].upper()}{said[1:]}**"
         return sentence, heat_map_html(layers, measure, n_blocks), spectra_figure(layers, n_blocks, complete)
 
-    def download(self, run: str | None, fmt: str) -> str:
-        """Export the run's adapter as `fmt` into its folder and zip it (once per adapter version); the zip's path."""
+    def download(self, run: str | None, fmt: str, moment: str | None = SAVED) -> str:
+        """Export the run's adapter (its best for the moment BEST, else its last) as `fmt` into its folder and zip it
+        (once per adapter version); the zip's path."""
         if fmt not in EXPORT_FORMATS:
             raise gr.Error(f"unknown format {str(fmt)[:20]!r}: choose {' or '.join(EXPORT_FORMATS)}", duration=5)
         folder = self.folder(run)
-        adapter = folder / ADAPTER_DIR
-        target = folder / EXPORTS_DIR / f"{folder.name}-{fmt}.zip"
+        adapter = self.adapter_folder(run, moment)
+        which = "-best" if adapter.name != ADAPTER_DIR else ""
+        target = folder / EXPORTS_DIR / f"{folder.name}{which}-{fmt}.zip"
         if target.is_file() and target.stat().st_mtime_ns >= (adapter / TENSORS_FILE).stat().st_mtime_ns:
             return str(target)  # made from this very adapter already
         with engine_errors_as_toasts("cpu", f"exporting {FORMAT_WORDS[fmt]}"):
-            exported = export_adapter(adapter, folder / EXPORTS_DIR / fmt, fmt, record=read_record(folder))
+            record = read_record(folder)
+            if which and record and isinstance(record.get("best"), dict):  # the card gives the steps and scores of the adapter it holds
+                record = {**record, "steps": record["best"].get("step"), "final": record["best"].get("final")}
+            exported = export_adapter(adapter, folder / EXPORTS_DIR / f"{fmt}{which}", fmt, record=record)
             try:
                 return str(zipped(exported.folder, target))
             finally:
@@ -131,11 +153,11 @@ class AnatomyTab:
         command, client = reproduce_texts(read_record(found.folder) or {})
         return f"**{run}**: how to run it again. Its adapter's anatomy and downloads are on *Inside the adapter*.", command, client
 
-    def download_peft(self, run: str | None) -> str:
-        return self.download(run, "peft")
+    def download_peft(self, run: str | None, moment: str | None = SAVED) -> str:
+        return self.download(run, "peft", moment)
 
-    def download_transformers(self, run: str | None) -> str:
-        return self.download(run, "transformers")
+    def download_transformers(self, run: str | None, moment: str | None = SAVED) -> str:
+        return self.download(run, "transformers", moment)
 
 
 def _blocks(anatomy: Anatomy) -> int:
@@ -185,7 +207,13 @@ def build_anatomy_tab(anatomy: AnatomyTab) -> None:
                 [(words, name) for name, words in MEASURES.items()], value="relative", label="Colour by", elem_id="anatomy-measure", scale=3, min_width=300
             )
             moment = gr.Dropdown(
-                [], label="When", info="the adapter as saved, or at a loss estimate", allow_custom_value=True, elem_id="anatomy-moment", scale=1, min_width=220
+                [],
+                label="Which adapter, or when",
+                info="the best or last adapter (the downloads take the one shown), or at a loss estimate",
+                allow_custom_value=True,
+                elem_id="anatomy-moment",
+                scale=1,
+                min_width=220,
             )
         heat = gr.HTML(elem_id="anatomy-heat")
         spectra = gr.Plot(label="Each layer's spectrum", show_label=False, elem_id="anatomy-spectra")
@@ -224,8 +252,8 @@ def build_anatomy_tab(anatomy: AnatomyTab) -> None:
         anatomy.show, shown, views, api_name="anatomy_chosen", show_progress="hidden"
     )
     gr.on([measure.input, moment.input], anatomy.show, shown, views, api_name="anatomy", show_progress="hidden")
-    peft.click(anatomy.download_peft, run, exported, api_name="export_peft", concurrency_id="export", concurrency_limit=1)
-    whole.click(anatomy.download_transformers, run, exported, api_name="export_transformers", concurrency_id="export", concurrency_limit=1)
+    peft.click(anatomy.download_peft, [run, moment], exported, api_name="export_peft", concurrency_id="export", concurrency_limit=1)
+    whole.click(anatomy.download_transformers, [run, moment], exported, api_name="export_transformers", concurrency_id="export", concurrency_limit=1)
 
 
 def build_run_entry(anatomy: AnatomyTab, history: gr.Dataframe, run_column: int) -> None:

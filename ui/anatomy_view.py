@@ -25,7 +25,8 @@ MEASURES: dict[str, str] = {  # what the heat map's colour says, in words a visi
 KIND_COLORS = {words: PALETTE[i] for i, words in enumerate(KIND_WORDS.values())}
 HEAT_RGB = (88, 24, 140)
 GROWTH_Y = "mean change, % of weights"  # the mean over the blocks; short: a y title longer than the plot pushes its title out of view
-SAVED = "saved"  # the moment choice for the adapter as saved
+SAVED = "saved"  # the moment choice for the adapter as saved last
+BEST = "best"  # the moment choice for the run's best adapter, where it is not also its last
 
 
 def measure_of(layer: LayerAnatomy, measure: str) -> float | None:
@@ -123,7 +124,9 @@ def growth_frame(points: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["layers", "step"], key=lambda c: c.map(list(KIND_COLORS).index) if c.name == "layers" else c)
 
 
-def moment_choices(points: Sequence[dict[str, Any]], saved_step: int | None) -> list[tuple[str, str]]:
-    """The moments the heat map can show: the adapter as saved, then each point the run recorded."""
+def moment_choices(points: Sequence[dict[str, Any]], saved_step: int | None, best_step: int | None = None) -> list[tuple[str, str]]:
+    """The moments the heat map can show: the best adapter (where the run kept one apart from its last), the
+    adapter as saved last, then each point the run recorded."""
     saved = f"as saved (after step {saved_step})" if saved_step else "as saved"
-    return [(saved, SAVED)] + [(f"after step {int(p['steps'])}", str(int(p["steps"]))) for p in points]
+    best = [(f"best adapter (step {best_step}): what Classify uses", BEST)] if best_step is not None else []
+    return best + [(saved, SAVED)] + [(f"after step {int(p['steps'])}", str(int(p["steps"]))) for p in points]
