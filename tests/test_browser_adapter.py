@@ -67,7 +67,8 @@ def open_a_cell_and_a_message(page: "sync_api.Page", prefix: str, matrix: str) -
 
 def test_the_anatomy_of_a_run_its_command_and_its_downloads(page: "sync_api.Page", served: RunningApp, browser: "sync_api.Browser") -> None:
     open_tab(page, "Inside the adapter")
-    expect(page.locator("#anatomy-summary")).to_contain_text("As saved: Rank 16, but most layers use", timeout=30_000)
+    # First the adapter Classify answers with: the run's best, where it kept one apart from its last.
+    expect(page.locator("#anatomy-summary")).to_contain_text(re.compile(r"(Best adapter \(step \d+\)|As saved): Rank 16, but most layers use"), timeout=30_000)
     heat = page.locator("#anatomy-heat td[data-layer]")
     expect(heat).to_have_count(6 * 2 + 1, timeout=20_000)  # 2 blocks x 6 kinds, and the head
     expect(page.locator("#anatomy-heat")).to_contain_text("%")
@@ -83,6 +84,9 @@ def test_the_anatomy_of_a_run_its_command_and_its_downloads(page: "sync_api.Page
     page.locator("#anatomy-moment input").click()
     page.get_by_role("option", name="after step 1", exact=True).click()
     expect(page.locator("#anatomy-summary")).to_contain_text("After step 1:", timeout=20_000)
+    page.locator("#anatomy-moment input").click()
+    page.get_by_role("option", name=re.compile(r"^as saved \(after step 6\)$")).click()
+    expect(page.locator("#anatomy-summary")).to_contain_text("As saved: Rank 16, but most layers use", timeout=20_000)  # the last adapter
 
     page.locator("#export-peft").click()
     expect(page.locator("#export-file a").first).to_be_attached(timeout=120_000)
