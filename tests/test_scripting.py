@@ -1,5 +1,5 @@
-"""Scripting with gradio_client: every run control takes any run id of queue.json, and the example of
-docs/room.md (start a run, wait for it, classify with it) runs as written."""
+"""Scripting with gradio_client: every run control takes any run id of queue.json, and the README's
+script (start a run, wait for it, classify with it) runs as written."""
 
 import os
 import re
@@ -20,7 +20,7 @@ from scripts.load_test import local_client
 from ui.lab import Lab
 from ui.settings import AppSettings
 
-ROOM_DOC = Path(__file__).resolve().parents[1] / "docs" / "room.md"
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def client_of(served: RunningApp) -> Client:
@@ -57,6 +57,9 @@ def test_every_run_control_takes_any_run_id_from_a_script(held: RunningApp, sett
     assert [scheduler.queue.get(run).state for run in started] == ["stopped", "cancelled", "cancelled"]
     info = script.predict(running, api_name="/run_info")
     assert (info["id"], info["state"], info["place"]) == (running, "stopped", None)
+    for resume in ("/resume_run", "/resume"):  # the id reaches the run's folder, which these fake runs never wrote
+        with pytest.raises(Exception, match=f"{running} has no run record"):
+            script.predict(running, api_name=resume)
     with pytest.raises(Exception, match="no run 'nothing-here' in the queue"):
         script.predict("nothing-here", api_name="/stop_run")
     other = client_of(held)
@@ -69,14 +72,14 @@ def test_every_run_control_takes_any_run_id_from_a_script(held: RunningApp, sett
 
 
 def room_example() -> str:
-    """The scripting example of docs/room.md, as a reader copies it."""
-    blocks = re.findall(r"```python\n(.*?)```", ROOM_DOC.read_text(encoding="utf-8"), re.S)
+    """The README's script for a room, as a reader copies it."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
     (example,) = [block for block in blocks if "/run_info" in block]
     return example
 
 
 @pytest.mark.slow
-def test_the_room_doc_s_script_starts_a_run_waits_for_it_and_classifies(settings: AppSettings, prepared_data: Path) -> None:
+def test_the_readme_s_script_starts_a_run_waits_for_it_and_classifies(settings: AppSettings, prepared_data: Path) -> None:
     shutil.copytree(prepared_data, settings.cache)  # the data is ready, as the doc asks
     example = room_example()
     with running_app(replace(settings, room=True)) as served:
