@@ -68,19 +68,6 @@ class AnatomyTab:
             raise gr.Error(f"no run called {str(run)[:80]!r} with a saved adapter: press Refresh and choose one from the list", duration=5)
         return found
 
-    def folder(self, run: str | None) -> Path:
-        return self.summary(run).folder
-
-    def best_apart(self, run: str | None) -> KeptAdapter | None:
-        """The run's best adapter where it is kept apart from its last (the one Classify answers with by default)."""
-        kept = kept_adapter(self.summary(run), "best")
-        return kept if kept.which == "best" and kept.adapter != ADAPTER_DIR else None
-
-    def adapter_folder(self, run: str | None, moment: str | None) -> Path:
-        """The adapter the moment `moment` names: the best one for BEST (where the run kept one apart), else the last."""
-        best = self.best_apart(run) if moment == BEST else None
-        return best.folder if best is not None else self.folder(run) / ADAPTER_DIR
-
     def anatomy(self, adapter: Path) -> Anatomy:
         tensors = adapter / TENSORS_FILE
         with engine_errors_as_toasts(self.lab.settings.device, "reading the adapter"):
@@ -90,8 +77,8 @@ class AnatomyTab:
         """A chosen run's moments to look at (first the adapter Classify answers with), its growth, and how to run it again."""
         if not run:
             return gr.Dropdown(choices=[], value=None), None, "", ""
-        folder = self.folder(run)
-        best = self.best_apart(run)
+        found = self.summary(run)
+        folder, best = found.folder, best_apart(found)
         record = read_record(folder) or {}
         points = record.get("anatomy") or []
         choices = moment_choices(points, record.get("checkpoint_step") or record.get("steps"), best.step if best else None)
@@ -105,13 +92,14 @@ class AnatomyTab:
             return NO_RUN, "", None
         if measure not in MEASURES:
             raise gr.Error("choose what the colours show from the list", duration=5)
-        folder = self.folder(run)
+        found = self.summary(run)
+        folder = found.folder
         method = (read_record(folder) or {}).get("config", {}).get("method", "lora")
         if method in METHOD_WORDS and method != "lora":
             said = no_lora_adapter(method)
             return f"**{said[0].upper()}{said[1:]}.**", "", None
-        best = self.best_apart(run) if moment == BEST else None
-        anatomy = self.anatomy(self.adapter_folder(run, moment))
+        best = best_apart(found) if moment == BEST else None
+        anatomy = self.anatomy(best.folder if best else folder / ADAPTER_DIR)
         n_blocks = _blocks(anatomy)
         if moment in (None, "", SAVED, BEST):
             layers, complete, when = anatomy.layers, True, f"Best adapter (step {best.step})" if best else "As saved"
@@ -129,9 +117,9 @@ class AnatomyTab:
         (once per adapter version); the zip's path."""
         if fmt not in EXPORT_FORMATS:
             raise gr.Error(f"unknown format {str(fmt)[:20]!r}: choose {' or '.join(EXPORT_FORMATS)}", duration=5)
-        folder = self.folder(run)
-        adapter = self.adapter_folder(run, moment)
-        which = "-best" if adapter.name != ADAPTER_DIR else ""
+        found = self.summary(run)
+        folder, best = found.folder, best_apart(found) if moment == BEST else None
+        adapter, which = (best.folder, "-best") if best else (folder / ADAPTER_DIR, "")
         target = folder / EXPORTS_DIR / f"{folder.name}{which}-{fmt}.zip"
         if target.is_file() and target.stat().st_mtime_ns >= (adapter / TENSORS_FILE).stat().st_mtime_ns:
             return str(target)  # made from this very adapter already
@@ -158,6 +146,12 @@ class AnatomyTab:
 
     def download_transformers(self, run: str | None, moment: str | None = SAVED) -> str:
         return self.download(run, "transformers", moment)
+
+
+def best_apart(run: RunSummary) -> KeptAdapter | None:
+    """The run's best adapter where it is kept apart from its last (the one Classify answers with by default)."""
+    kept = kept_adapter(run, "best")
+    return kept if kept.which == "best" and kept.adapter != ADAPTER_DIR else None
 
 
 def _blocks(anatomy: Anatomy) -> int:
@@ -251,7 +245,8 @@ def build_anatomy_tab(anatomy: AnatomyTab) -> None:
     run.input(anatomy.run_views, run, run_outputs, api_name="anatomy_run_chosen", show_progress="hidden").then(
         anatomy.show, shown, views, api_name="anatomy_chosen", show_progress="hidden"
     )
-    gr.on([measure.input, moment.input], anatomy.show, shown, views, api_name="anatomy", show_progress="hidden")
+    # always_last: a pick made while the last one still draws is drawn next (Gradio's default drops it, leaving the box and the view apart).
+    gr.on([measure.input, moment.input], anatomy.show, shown, views, api_name="anatomy", show_progress="hidden", trigger_mode="always_last")
     peft.click(anatomy.download_peft, [run, moment], exported, api_name="export_peft", concurrency_id="export", concurrency_limit=1)
     whole.click(anatomy.download_transformers, [run, moment], exported, api_name="export_transformers", concurrency_id="export", concurrency_limit=1)
 
