@@ -127,7 +127,11 @@ def test_book_draws_replay_the_first_baseline_before_the_adapters(prepared_data)
 
 
 def test_the_book_averages_a_split_s_loss_over_batches():
-    model = build_classifier(GPT(TINY), LoRAConfig(rank=4, alpha=8))
+    # Fixed weights: with whatever the global generator held, the messages' losses once all but agreed (the two means
+    # within 4e-6 of each other), and then no test can tell the means apart. With these they differ by 9%.
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build_classifier(GPT(TINY), LoRAConfig(rank=4, alpha=8))
     texts = ["win a prize now", "see you at six", "free entry", "ok", "call me later tonight"]
     frame = pd.DataFrame({"Label": [0, 1, 1, 0, 1], "Text": texts})
     loader = make_loaders(Splits(frame, frame, frame), TrainConfig(batch_size=2), TINY.context_length).validation  # batches of 2, 2 and 1
