@@ -395,11 +395,12 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from engine.export import export_adapter
-    from engine.runs.record import read_record
+    from engine.runs.record import adapter_record, read_record
 
     adapter = Path(args.adapter)
     folder = adapter if adapter.is_dir() else adapter.parent
-    exported = export_adapter(adapter, Path(args.out), args.format, model=args.model, record=read_record(folder.parent))  # the card reads the run's record
+    record = adapter_record(read_record(folder.parent), folder.name)  # the card reads the run's record, as it speaks of this adapter
+    exported = export_adapter(adapter, Path(args.out), args.format, model=args.model, record=record)
     how = "PeftModel.from_pretrained" if args.format == "peft" else 'pipeline("text-classification", model=...)'
     _emit(
         args,

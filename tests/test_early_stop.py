@@ -21,7 +21,7 @@ from conftest import tiny_run_config
 import engine.train
 from engine.adapter import read_adapter
 from engine.classifier import Classifier
-from engine.cli import _run_config, build_parser
+from engine.cli import _run_config, build_parser, main
 from engine.config import PRESET_CONFIGS, TrainConfig
 from engine.errors import ConfigError
 from engine.reproduce import app_controls, train_arguments
@@ -223,7 +223,11 @@ def test_inside_the_adapter_shows_and_exports_the_best_adapter_first_and_the_las
         exported_last = safetensors.torch.load(archive.read("adapter_model.safetensors"))
     assert any(not torch.equal(exported[name], exported_last[name]) for name in exported)  # the best one's weights, not the last's
     record = json.loads((run / RECORD_FILE).read_text())
-    assert f"| test | {100 * record['best']['final']['test']['accuracy']:.2f}% |" in card  # its card gives the best adapter's scores
+    best_row = f"| test | {100 * record['best']['final']['test']['accuracy']:.2f}% |"
+    assert best_row in card and f"| test | {100 * record['final']['test']['accuracy']:.2f}% |" not in card  # its card gives the best adapter's scores
+    out = lab.settings.out.parent / "cli-export"
+    assert main(["export", "--adapter", str(run / "adapter-best"), "--format", "peft", "--out", str(out)]) == 0
+    assert best_row in (out / "README.md").read_text()  # the command line's export says the same
 
 
 def test_the_train_tab_says_a_run_stopped_early_and_where_its_best_is() -> None:

@@ -24,7 +24,7 @@ from engine.methods import METHOD_WORDS
 from engine.reproduce import reproduction
 from engine.runs.adapters import KeptAdapter, kept_adapter
 from engine.runs.history import RunSummary, all_runs
-from engine.runs.record import ADAPTER_DIR, read_record
+from engine.runs.record import ADAPTER_DIR, adapter_record, read_record
 from ui.anatomy_view import BEST, GROWTH_Y, KIND_COLORS, MEASURES, SAVED, growth_frame, heat_map_html, moment_choices, spectra_figure
 from ui.guards import engine_errors_as_toasts
 from ui.lab import Lab
@@ -59,7 +59,7 @@ class AnatomyTab:
         names = self.runs_with_adapters()
         return gr.Dropdown(choices=names, value=names[0] if names else None, allow_custom_value=True)
 
-    def summary(self, run: str | None) -> RunSummary:
+    def run_summary(self, run: str | None) -> RunSummary:
         """A run from the list (a name from anywhere else is refused: no typed path reaches the disk)."""
         if not run:
             raise gr.Error(NO_RUN, duration=5)
@@ -77,7 +77,7 @@ class AnatomyTab:
         """A chosen run's moments to look at (first the adapter Classify answers with), its growth, and how to run it again."""
         if not run:
             return gr.Dropdown(choices=[], value=None), None, "", ""
-        found = self.summary(run)
+        found = self.run_summary(run)
         folder, best = found.folder, best_apart(found)
         record = read_record(folder) or {}
         points = record.get("anatomy") or []
@@ -92,9 +92,9 @@ class AnatomyTab:
             return NO_RUN, "", None
         if measure not in MEASURES:
             raise gr.Error("choose what the colours show from the list", duration=5)
-        found = self.summary(run)
-        folder = found.folder
-        method = (read_record(folder) or {}).get("config", {}).get("method", "lora")
+        found = self.run_summary(run)
+        folder, record = found.folder, read_record(found.folder) or {}
+        method = record.get("config", {}).get("method", "lora")
         if method in METHOD_WORDS and method != "lora":
             said = no_lora_adapter(method)
             return f"**{said[0].upper()}{said[1:]}.**", "", None
@@ -104,7 +104,7 @@ class AnatomyTab:
         if moment in (None, "", SAVED, BEST):
             layers, complete, when = anatomy.layers, True, f"Best adapter (step {best.step})" if best else "As saved"
         else:
-            point = next((p for p in (read_record(folder) or {}).get("anatomy") or [] if str(p.get("steps")) == str(moment)), None)
+            point = next((p for p in record.get("anatomy") or [] if str(p.get("steps")) == str(moment)), None)
             if point is None:
                 raise gr.Error("this run recorded no such moment: choose one from the list", duration=5)
             layers, complete, when = layers_of_point(point["layers"]), False, f"After step {moment}"
@@ -117,16 +117,14 @@ class AnatomyTab:
         (once per adapter version); the zip's path."""
         if fmt not in EXPORT_FORMATS:
             raise gr.Error(f"unknown format {str(fmt)[:20]!r}: choose {' or '.join(EXPORT_FORMATS)}", duration=5)
-        found = self.summary(run)
+        found = self.run_summary(run)
         folder, best = found.folder, best_apart(found) if moment == BEST else None
         adapter, which = (best.folder, "-best") if best else (folder / ADAPTER_DIR, "")
         target = folder / EXPORTS_DIR / f"{folder.name}{which}-{fmt}.zip"
         if target.is_file() and target.stat().st_mtime_ns >= (adapter / TENSORS_FILE).stat().st_mtime_ns:
             return str(target)  # made from this very adapter already
         with engine_errors_as_toasts("cpu", f"exporting {FORMAT_WORDS[fmt]}"):
-            record = read_record(folder)
-            if which and record and isinstance(record.get("best"), dict):  # the card gives the steps and scores of the adapter it holds
-                record = {**record, "steps": record["best"].get("step"), "final": record["best"].get("final")}
+            record = adapter_record(read_record(folder), adapter.name)
             exported = export_adapter(adapter, folder / EXPORTS_DIR / f"{fmt}{which}", fmt, record=record)
             try:
                 return str(zipped(exported.folder, target))

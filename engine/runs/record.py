@@ -71,6 +71,15 @@ def read_record(folder: Path) -> dict[str, Any] | None:
     return record
 
 
+def adapter_record(record: dict[str, Any] | None, adapter: str) -> dict[str, Any] | None:
+    """`record` as it speaks of its adapter folder `adapter`: for the best one (BEST_ADAPTER_DIR), that adapter's
+    own step and final scores in place of the last's, so a model card states what the exported weights did."""
+    best = (record or {}).get("best")
+    if adapter != BEST_ADAPTER_DIR or not isinstance(best, dict) or best.get("adapter") != BEST_ADAPTER_DIR:
+        return record
+    return {**record, "steps": best.get("step"), "final": best.get("final")}  # type: ignore[dict-item]
+
+
 def outcome(folder: Path) -> tuple[RecordState, str | None]:
     """What became of the run in `folder` once nothing drives it any more (its app went away): its
     record's state and reason, settled by `read_record`'s one rule (a process gone before it closed
