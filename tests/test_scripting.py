@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from app_fixtures import RunningApp, running_app
 from fake_workers import FakeWorkers
-from gradio_client import Client
 
 from engine.runs.scheduler import Scheduler
 from scripts.load_test import local_client
@@ -21,10 +20,6 @@ from ui.lab import Lab
 from ui.settings import AppSettings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def client_of(served: RunningApp) -> Client:
-    return local_client(served.url)
 
 
 @pytest.fixture(params=[False, True], ids=["room off", "room on"])
@@ -41,7 +36,7 @@ def held(request: pytest.FixtureRequest, settings: AppSettings) -> Iterator[Runn
 
 def test_every_run_control_takes_any_run_id_from_a_script(held: RunningApp, settings: AppSettings) -> None:
     """The attack: /stop_run and /cancel_run refused every id ("Value ... is not in the list of choices: []")."""
-    script = client_of(held)  # a client that never loaded the page: its pick lists are empty
+    script = local_client(held.url)  # a client that never loaded the page: its pick lists are empty
     started = [script.predict(model=settings.model, api_name="/start")[12]["value"] for _ in range(3)]
     running, second, third = started
     scheduler = held.lab.scheduler
@@ -62,7 +57,7 @@ def test_every_run_control_takes_any_run_id_from_a_script(held: RunningApp, sett
             script.predict(running, api_name=resume)
     with pytest.raises(Exception, match="no run 'nothing-here' in the queue"):
         script.predict("nothing-here", api_name="/stop_run")
-    other = client_of(held)
+    other = local_client(held.url)
     (mine,) = [other.predict(model=settings.model, api_name="/start")[12]["value"]]
     if held.lab.room.on:  # in a room a script acts on its own runs only
         with pytest.raises(Exception, match=f"run {mine} is another visitor's: only the visitor who started it"):
